@@ -1,0 +1,1 @@
+//! GPU health rules and Xid parsing: not written yet.

@@ -1,0 +1,1 @@
+//! NVML backend (real NVIDIA GPUs): not written yet.

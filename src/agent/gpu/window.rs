@@ -1,0 +1,1 @@
+//! Per-GPU aggregation windows: not written yet.

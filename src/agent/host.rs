@@ -1,0 +1,1 @@
+//! Host probe: not written yet.

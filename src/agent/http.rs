@@ -1,0 +1,1 @@
+//! Agent HTTP endpoints: not written yet.

@@ -1,0 +1,1 @@
+//! Coordinator session: not written yet.

@@ -1,0 +1,1 @@
+//! Model-server metrics scraping: not written yet.

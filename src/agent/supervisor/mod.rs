@@ -1,0 +1,1 @@
+//! Replica supervision: not written yet.

@@ -1,0 +1,5 @@
+//! `gpufleet demo`: a whole local fleet on simulated GPUs, plus the demo model
+//! server and load generator it uses.
+
+pub mod load;
+pub mod server;

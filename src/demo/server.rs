@@ -1,0 +1,1 @@
+//! Demo model server: not written yet.

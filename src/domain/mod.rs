@@ -1,0 +1,21 @@
+//! The fleet's vocabulary: GPUs, hosts, replicas and warm entries as every role
+//! sees them. Wire types convert to and from these at the edge (`crate::wire`).
+
+pub mod gpu;
+pub mod host;
+pub mod replica;
+pub mod warm;
+
+pub use gpu::{GpuInfo, GpuProcess, GpuSample, WindowStats};
+pub use host::{HostInfo, HostSample};
+pub use replica::{ReplicaSpec, ReplicaState, ReplicaStatus, ServingSignals};
+pub use warm::{WarmSpec, WarmStatus};
+
+/// Milliseconds since the Unix epoch, for display and history only: every
+/// timeout and window uses the monotonic clock.
+pub fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

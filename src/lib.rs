@@ -1,0 +1,7 @@
+//! gpufleet: run model servers on bare-metal GPU fleets. One binary, three
+//! roles: the per-host agent, the coordinator, and the operator CLI.
+
+pub mod agent;
+pub mod domain;
+pub mod demo;
+pub mod wire;
