@@ -2,6 +2,7 @@
 //! roles: the per-host agent, the coordinator, and the operator CLI.
 
 pub mod agent;
+pub mod config;
 pub mod domain;
 pub mod demo;
 pub mod wire;

@@ -42,3 +42,29 @@ pub trait GpuProbe: Send {
     /// The replicas running now and their GPUs.
     fn set_workload(&mut self, _workload: &[GpuWorkload]) {}
 }
+
+/// Which GPU backend the agent uses (`--gpu-backend`, `[gpu] backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuBackend {
+    /// NVML when the driver library loads, otherwise no GPUs (with a warning).
+    #[default]
+    Auto,
+    Nvml,
+    Simulated,
+}
+
+impl std::str::FromStr for GpuBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(GpuBackend::Auto),
+            "nvml" => Ok(GpuBackend::Nvml),
+            "simulated" => Ok(GpuBackend::Simulated),
+            other => Err(format!(
+                "unknown GPU backend `{other}`; allowed: auto, nvml, simulated"
+            )),
+        }
+    }
+}

@@ -1,1 +1,3 @@
-//! Page-cache warmer: not written yet.
+//! Page-cache warmer: keeps model weights resident so replicas start from RAM.
+
+pub mod paths;

@@ -1,0 +1,82 @@
+//! Model paths the agent accepts: only under its configured model roots,
+//! judged after symlinks are resolved, so a link cannot escape a root.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PathError {
+    #[error("{path}: cannot resolve: {reason}")]
+    Unresolvable { path: PathBuf, reason: String },
+    #[error("{path} resolves to {resolved}, which is outside the model roots ({roots}); allowed: paths under model_roots")]
+    OutsideRoots {
+        path: PathBuf,
+        resolved: PathBuf,
+        roots: String,
+    },
+    #[error("{path}: no model_roots are configured on this agent, so no model path is allowed")]
+    NoRoots { path: PathBuf },
+}
+
+/// Resolves `path` (symlinks included) and checks that it lies under one of
+/// `roots` (also resolved). Returns the resolved path.
+pub fn resolve_model_path(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, PathError> {
+    if roots.is_empty() {
+        return Err(PathError::NoRoots {
+            path: path.to_path_buf(),
+        });
+    }
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| PathError::Unresolvable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let inside = roots.iter().any(|root| {
+        root.canonicalize()
+            .map(|r| resolved.starts_with(&r))
+            .unwrap_or(false)
+    });
+    if inside {
+        Ok(resolved)
+    } else {
+        Err(PathError::OutsideRoots {
+            path: path.to_path_buf(),
+            resolved,
+            roots: roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_paths_under_a_root_and_refuses_escapes() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let model = root.path().join("m.bin");
+        std::fs::write(&model, b"w").unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        let roots = vec![root.path().to_path_buf()];
+
+        assert!(resolve_model_path(&model, &roots).is_ok());
+
+        let link = root.path().join("escape");
+        std::os::unix::fs::symlink(outside.path().join("secret"), &link).unwrap();
+        assert!(matches!(
+            resolve_model_path(&link, &roots),
+            Err(PathError::OutsideRoots { .. })
+        ));
+        let dotdot = root.path().join("../").join(outside.path().file_name().unwrap());
+        assert!(resolve_model_path(&dotdot, &roots).is_err());
+        assert!(matches!(
+            resolve_model_path(&model, &[]),
+            Err(PathError::NoRoots { .. })
+        ));
+    }
+}
