@@ -2,7 +2,11 @@
 //! roles: the per-host agent, the coordinator, and the operator CLI.
 
 pub mod agent;
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod coordinator;
 pub mod domain;
+pub mod logging;
 pub mod demo;
 pub mod wire;

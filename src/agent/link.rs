@@ -1,1 +1,196 @@
-//! Coordinator session: not written yet.
+//! The session with the coordinator: dial out, say Hello, report every
+//! interval, and hand each Assignment to the agent. Reconnects forever with
+//! capped, jittered backoff; while the coordinator is away the agent keeps
+//! running what it has.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::domain::{Assignment, GpuInfo, Hello, Report};
+use crate::wire::pb;
+
+/// Where the session's content comes from: the agent's live state.
+pub trait Reporter: Send + Sync + 'static {
+    fn hello(&self) -> Hello;
+    fn report(&self) -> Report;
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub coordinator: String,
+    pub node_name: String,
+    pub report_interval: Duration,
+    /// First reconnect delay; doubles up to `backoff_cap`.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+/// Reconnect delay after `failures` consecutive failures: doubling from
+/// `base` to `cap`, then jittered into [50%, 100%] so a restarted coordinator
+/// is not hit by every agent at the same instant.
+pub fn backoff(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.min(20));
+    let d = exp.min(cap);
+    d.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// How often a coordinator that stays unreachable is logged at warn level.
+const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs the session until `shutdown` resolves. Assignments go to
+/// `assignments`; `connected` says whether a session is open.
+pub async fn run(
+    cfg: LinkConfig,
+    reporter: std::sync::Arc<dyn Reporter>,
+    assignments: watch::Sender<Option<Assignment>>,
+    connected: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut failures: u32 = 0;
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            _ = &mut shutdown => return,
+            r = session(&cfg, reporter.as_ref(), &assignments, &connected) => r,
+        };
+        let _ = connected.send(false);
+        // A session that lived a while was a success: start backoff afresh.
+        if started.elapsed() > Duration::from_secs(10) {
+            failures = 0;
+        }
+        let delay = backoff(failures, cfg.backoff_base, cfg.backoff_cap, rand::random());
+        failures = failures.saturating_add(1);
+        let message = match outcome {
+            Ok(()) => "coordinator ended the session".to_string(),
+            Err(e) => e,
+        };
+        if last_warn.is_none_or(|t| t.elapsed() >= UNREACHABLE_LOG_EVERY) || failures == 1 {
+            tracing::warn!(
+                coordinator = %cfg.coordinator,
+                attempts = failures,
+                retry_in = ?delay,
+                "{message}; keeping replicas running and retrying"
+            );
+            last_warn = Some(Instant::now());
+        } else {
+            tracing::debug!(coordinator = %cfg.coordinator, retry_in = ?delay, "{message}");
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn connect(cfg: &LinkConfig) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+        .map_err(|e| format!("coordinator URL `{}` is invalid: {e}", cfg.coordinator))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(crate::coordinator::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::coordinator::KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the coordinator at {}: {}", cfg.coordinator, error_chain(&e)))
+}
+
+/// One session, from connect to its end.
+async fn session(
+    cfg: &LinkConfig,
+    reporter: &dyn Reporter,
+    assignments: &watch::Sender<Option<Assignment>>,
+    connected: &watch::Sender<bool>,
+) -> Result<(), String> {
+    let channel = connect(cfg).await?;
+    let mut client = pb::agent_session_client::AgentSessionClient::new(channel);
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(8);
+    let hello = reporter.hello();
+    let mut last_inventory: Vec<GpuInfo> = hello.gpus.clone();
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello((&hello).into())),
+    })
+    .await
+    .map_err(|_| "session closed before Hello".to_string())?;
+    let response = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("coordinator refused the session: {}", s.message()))?;
+    let mut inbound = response.into_inner();
+    let _ = connected.send(true);
+    tracing::info!(coordinator = %cfg.coordinator, node = %cfg.node_name, "connected to the coordinator");
+
+    let mut seq: u64 = 0;
+    let mut applied: u64 = assignments.borrow().as_ref().map(|a| a.generation).unwrap_or(0);
+    let mut ticker = tokio::time::interval(cfg.report_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                seq += 1;
+                let mut report = reporter.report();
+                report.seq = seq;
+                report.applied_generation = applied;
+                // Inventory travels only when it changed (health, MIG).
+                if report.inventory == last_inventory {
+                    report.inventory.clear();
+                } else {
+                    last_inventory = report.inventory.clone();
+                }
+                let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Report((&report).into())) };
+                if tx.send(msg).await.is_err() {
+                    return Err("the session's send side closed".into());
+                }
+            }
+            msg = inbound.message() => match msg {
+                Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Assignment(a)) })) => {
+                    let a = Assignment::from(a);
+                    applied = a.generation;
+                    tracing::debug!(generation = a.generation, replicas = a.replicas.len(), "assignment received");
+                    let _ = assignments.send(Some(a));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(format!("session with {} broke: {}", cfg.coordinator, s.message())),
+            }
+        }
+    }
+}
+
+/// "a: b: c" from an error and its sources: tonic's transport errors say
+/// little at the top level.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let (base, cap) = (Duration::from_millis(500), Duration::from_secs(30));
+        assert_eq!(backoff(0, base, cap, 1.0), Duration::from_millis(500));
+        assert_eq!(backoff(1, base, cap, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(3, base, cap, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(10, base, cap, 1.0), cap);
+        assert_eq!(backoff(1000, base, cap, 1.0), cap);
+        assert_eq!(backoff(10, base, cap, 0.0), cap / 2);
+    }
+}

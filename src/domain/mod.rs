@@ -4,11 +4,13 @@
 pub mod gpu;
 pub mod host;
 pub mod replica;
+pub mod session;
 pub mod warm;
 
 pub use gpu::{GpuInfo, GpuProcess, GpuSample, WindowStats};
 pub use host::{HostInfo, HostSample};
 pub use replica::{ReplicaSpec, ReplicaState, ReplicaStatus, ServingSignals};
+pub use session::{Assignment, Hello, Report};
 pub use warm::{WarmSpec, WarmStatus};
 
 /// Milliseconds since the Unix epoch, for display and history only: every

@@ -1,0 +1,180 @@
+//! The Control API in domain terms: what the coordinator answers and what the
+//! CLI prints. The JSON form of these structs (`-o json`) is a contract that
+//! operators' scripts rely on (DESIGN.md §8): fields are only ever added.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{HostInfo, HostSample, ReplicaStatus, WarmStatus};
+
+/// Formats Unix milliseconds as RFC 3339 (UTC, seconds); empty for "never".
+pub fn rfc3339(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return String::new();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Ready,
+    Suspect,
+    Lost,
+    Cordoned,
+    Draining,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "ready",
+            NodeState::Suspect => "suspect",
+            NodeState::Lost => "lost",
+            NodeState::Cordoned => "cordoned",
+            NodeState::Draining => "draining",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NodeState> {
+        Some(match s {
+            "ready" => NodeState::Ready,
+            "suspect" => NodeState::Suspect,
+            "lost" => NodeState::Lost,
+            "cordoned" => NodeState::Cordoned,
+            "draining" => NodeState::Draining,
+            _ => return None,
+        })
+    }
+}
+
+/// One GPU inside `node ls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeGpu {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub utilization_pct: f64,
+    pub healthy: bool,
+    pub health_reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub state: NodeState,
+    pub cordoned: bool,
+    pub draining: bool,
+    /// RFC 3339; empty if the node never reported.
+    pub last_seen: String,
+    pub last_seen_unix_ms: i64,
+    pub connected: bool,
+    pub address: String,
+    pub agent_version: String,
+    pub boot_id: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub host: HostInfo,
+    pub host_sample: HostSample,
+    pub gpus: Vec<NodeGpu>,
+    pub replicas: u32,
+}
+
+/// One GPU in `gpu ls`: inventory, latest sample and what runs on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuView {
+    pub node: String,
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub utilization_pct: f64,
+    pub temperature_c: Option<f64>,
+    pub power_w: Option<f64>,
+    pub healthy: bool,
+    pub health_reason: String,
+    /// The replica on this GPU (comma-separated if several share it).
+    pub replica: String,
+    pub utilization_mean_60s: f64,
+    pub utilization_p95_60s: f64,
+    pub memory_used_max_60s: f64,
+    pub xid_errors: u64,
+}
+
+/// A replica and the node it runs on. The JSON is the replica's status
+/// (id, model, state, pid, port, gpus, restarts, signals …) plus `node`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub node: String,
+    #[serde(flatten)]
+    pub status: ReplicaStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelView {
+    pub name: String,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub desired_replicas: u32,
+    pub ready_replicas: u32,
+    pub current_replicas: u32,
+    pub pinned_replicas: Option<u32>,
+    pub created: String,
+    pub updated: String,
+    pub placement_problem: String,
+    pub last_decision: String,
+    #[serde(skip)]
+    pub spec_toml: String,
+    #[serde(skip)]
+    pub created_unix_ms: i64,
+    #[serde(skip)]
+    pub updated_unix_ms: i64,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub replicas: Vec<ReplicaView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmView {
+    pub node: String,
+    pub model: String,
+    pub path: String,
+    pub resident_bytes: u64,
+    pub total_bytes: u64,
+    pub state: String,
+    pub rate_bytes_per_s: f64,
+    pub eta_ms: u64,
+    pub error: String,
+    pub reason: String,
+}
+
+impl WarmView {
+    pub fn new(node: &str, w: &WarmStatus, reason: &str) -> WarmView {
+        WarmView {
+            node: node.to_string(),
+            model: w.model.clone(),
+            path: w.path.clone(),
+            resident_bytes: w.resident_bytes,
+            total_bytes: w.total_bytes,
+            state: w.state.clone(),
+            rate_bytes_per_s: w.rate_bytes_per_s,
+            eta_ms: w.eta_ms,
+            error: w.error.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Something the fleet did or decided, in words, with what it concerned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Event {
+    pub seq: u64,
+    pub time: String,
+    pub time_unix_ms: i64,
+    pub kind: String,
+    pub model: String,
+    pub node: String,
+    pub replica: String,
+    pub message: String,
+}

@@ -1,0 +1,169 @@
+//! `gpufleet model …`: apply, list, show, remove and scale models.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::api::ModelView;
+use crate::config::ModelSpec;
+use crate::wire::pb;
+
+use super::client::{connect, status_error, ClientArgs};
+use super::output::{ago, opt, print_json, Output, Table};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ModelCommand {
+    /// Create or update a model from its spec file (TOML).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List models with desired and ready replicas.
+    Ls,
+    /// Show one model: spec, scaling state, replicas.
+    Show { name: String },
+    /// Delete a model; its replicas are stopped.
+    Rm { name: String },
+    /// Pin the replica count, or return the model to its scaling policy.
+    Scale {
+        name: String,
+        #[arg(long, conflicts_with = "auto", required_unless_present = "auto")]
+        replicas: Option<u32>,
+        #[arg(long)]
+        auto: bool,
+    },
+}
+
+pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
+    match cmd {
+        ModelCommand::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            // Validate here too: the operator gets the file name with the error
+            // without a round trip, and nothing bad reaches the coordinator.
+            let spec = ModelSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let mut c = connect(client).await?;
+            let view: ModelView = c
+                .apply_model(pb::ApplyModelRequest { spec_toml: text })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), s.message()))?
+                .into_inner()
+                .into();
+            if output == Output::Json {
+                return print_json(&with_spec(&view)?);
+            }
+            println!(
+                "model {} applied ({} GPU{} × {}, replicas {}..{})",
+                spec.name,
+                spec.server.gpus,
+                if spec.server.gpus == 1 { "" } else { "s" },
+                crate::config::units::format_bytes(spec.server.gpu_memory_bytes),
+                view.min_replicas,
+                view.max_replicas
+            );
+        }
+        ModelCommand::Ls => {
+            let mut c = connect(client).await?;
+            let models: Vec<ModelView> = c
+                .list_models(pb::ListModelsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .models
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            if output == Output::Json {
+                return print_json(&models);
+            }
+            let mut t = Table::new(&["NAME", "MIN", "MAX", "DESIRED", "CURRENT", "READY", "PINNED", "PROBLEM"]);
+            for m in &models {
+                t.row(vec![
+                    m.name.clone(),
+                    m.min_replicas.to_string(),
+                    m.max_replicas.to_string(),
+                    m.desired_replicas.to_string(),
+                    m.current_replicas.to_string(),
+                    m.ready_replicas.to_string(),
+                    opt(m.pinned_replicas),
+                    if m.placement_problem.is_empty() { "-".into() } else { m.placement_problem.clone() },
+                ]);
+            }
+            t.print();
+        }
+        ModelCommand::Show { name } => {
+            let mut c = connect(client).await?;
+            let view: ModelView = c
+                .get_model(pb::ModelRef { name })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .into();
+            if output == Output::Json {
+                return print_json(&with_spec(&view)?);
+            }
+            print_model(&view);
+        }
+        ModelCommand::Rm { name } => {
+            let mut c = connect(client).await?;
+            let r = c
+                .delete_model(pb::ModelRef { name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if output == Output::Json {
+                return print_json(&serde_json::json!({"name": r.name, "replicas_stopping": r.replicas_stopping}));
+            }
+            println!("model {} deleted; {} replicas stopping", r.name, r.replicas_stopping);
+        }
+        ModelCommand::Scale { name, replicas, auto } => {
+            let mut c = connect(client).await?;
+            let view: ModelView = c
+                .scale_model(pb::ScaleModelRequest { name, replicas, auto })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .into();
+            if output == Output::Json {
+                return print_json(&with_spec(&view)?);
+            }
+            match view.pinned_replicas {
+                Some(n) => println!("model {} pinned to {n} replicas", view.name),
+                None => println!("model {} follows its scaling policy again", view.name),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The model view plus its parsed spec, for `-o json`.
+fn with_spec(view: &ModelView) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(view)?;
+    if let (Some(obj), Ok(spec)) = (v.as_object_mut(), ModelSpec::parse(&view.spec_toml)) {
+        obj.insert("spec".into(), serde_json::to_value(spec)?);
+    }
+    Ok(v)
+}
+
+fn print_model(m: &ModelView) {
+    println!("Model:     {}", m.name);
+    println!("Replicas:  desired {} · current {} · ready {} (min {}, max {}{})",
+        m.desired_replicas, m.current_replicas, m.ready_replicas, m.min_replicas, m.max_replicas,
+        m.pinned_replicas.map(|n| format!(", pinned to {n}")).unwrap_or_default());
+    println!("Created:   {} ({})", m.created, ago(m.created_unix_ms));
+    println!("Updated:   {} ({})", m.updated, ago(m.updated_unix_ms));
+    if !m.last_decision.is_empty() {
+        println!("Decision:  {}", m.last_decision);
+    }
+    if !m.placement_problem.is_empty() {
+        println!("Problem:   {}", m.placement_problem);
+    }
+    println!("\nSpec:");
+    for line in m.spec_toml.lines() {
+        println!("  {line}");
+    }
+    if !m.replicas.is_empty() {
+        println!();
+        super::replica::print_table(&m.replicas);
+    }
+}

@@ -1,0 +1,100 @@
+//! `gpufleet node …`: the fleet's hosts.
+
+use crate::api::NodeView;
+use crate::wire::pb;
+
+use super::client::{connect, status_error, ClientArgs};
+use super::output::{ago, bytes, print_json, Output, Table};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// List nodes with their state and GPUs.
+    Ls,
+    /// Show one node: host facts, GPUs, replicas.
+    Show { node: String },
+}
+
+pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
+    let mut c = connect(client).await?;
+    match cmd {
+        NodeCommand::Ls => {
+            let nodes: Vec<NodeView> = c
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .nodes
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            if output == Output::Json {
+                return print_json(&nodes);
+            }
+            let mut t = Table::new(&["NAME", "STATE", "GPUS", "HEALTHY", "GPU MEM USED", "REPLICAS", "ADDRESS", "LAST SEEN"]);
+            for n in &nodes {
+                let used: u64 = n.gpus.iter().map(|g| g.memory_used_bytes).sum();
+                let total: u64 = n.gpus.iter().map(|g| g.memory_total_bytes).sum();
+                t.row(vec![
+                    n.name.clone(),
+                    n.state.as_str().into(),
+                    n.gpus.len().to_string(),
+                    n.gpus.iter().filter(|g| g.healthy).count().to_string(),
+                    format!("{} / {}", bytes(used), bytes(total)),
+                    n.replicas.to_string(),
+                    n.address.clone(),
+                    ago(n.last_seen_unix_ms),
+                ]);
+            }
+            t.print();
+        }
+        NodeCommand::Show { node } => {
+            let n: NodeView = c
+                .get_node(pb::NodeRef { name: node })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .into();
+            if output == Output::Json {
+                return print_json(&n);
+            }
+            println!("Node:        {}", n.name);
+            println!("State:       {}", n.state.as_str());
+            println!("Address:     {}", n.address);
+            println!("Last seen:   {} ({})", n.last_seen, ago(n.last_seen_unix_ms));
+            println!("Agent:       {}", n.agent_version);
+            println!("Host:        {} · {} · kernel {}", n.host.hostname, n.host.os, n.host.kernel);
+            println!("CPUs:        {} (load {:.2} {:.2} {:.2}, {:.0}% busy)", n.host.cpus, n.host_sample.load1, n.host_sample.load5, n.host_sample.load15, n.host_sample.cpu_pct);
+            println!(
+                "Memory:      {} used, {} available, {} total, page cache {}",
+                bytes(n.host_sample.memory_used_bytes),
+                bytes(n.host_sample.memory_available_bytes),
+                bytes(n.host.memory_total_bytes),
+                bytes(n.host_sample.page_cache_bytes)
+            );
+            println!(
+                "State dir:   {} free of {}",
+                bytes(n.host_sample.state_dir_free_bytes),
+                bytes(n.host_sample.state_dir_total_bytes)
+            );
+            if !n.labels.is_empty() {
+                let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("Labels:      {}", labels.join(", "));
+            }
+            println!();
+            let mut t = Table::new(&["GPU", "NAME", "UUID", "MEM USED", "MEM TOTAL", "UTIL", "HEALTH"]);
+            for g in &n.gpus {
+                t.row(vec![
+                    g.index.to_string(),
+                    g.name.clone(),
+                    g.uuid.clone(),
+                    bytes(g.memory_used_bytes),
+                    bytes(g.memory_total_bytes),
+                    format!("{:.0}%", g.utilization_pct),
+                    if g.healthy { "healthy".into() } else { format!("unhealthy: {}", g.health_reason) },
+                ]);
+            }
+            t.print();
+        }
+    }
+    Ok(())
+}

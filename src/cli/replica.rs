@@ -1,0 +1,62 @@
+//! `gpufleet replica …`: the model-server processes across the fleet.
+
+use crate::api::ReplicaView;
+use crate::wire::pb;
+
+use super::client::{connect, status_error, ClientArgs};
+use super::output::{opt, print_json, Output, Table};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ReplicaCommand {
+    /// List replicas, optionally of one model or node.
+    Ls {
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+pub async fn run(cmd: ReplicaCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
+    let ReplicaCommand::Ls { model, node } = cmd;
+    let mut c = connect(client).await?;
+    let replicas: Vec<ReplicaView> = c
+        .list_replicas(pb::ListReplicasRequest {
+            model: model.unwrap_or_default(),
+            node: node.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .replicas
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    if output == Output::Json {
+        return print_json(&replicas);
+    }
+    print_table(&replicas);
+    Ok(())
+}
+
+pub fn print_table(replicas: &[ReplicaView]) {
+    let mut t = Table::new(&["ID", "MODEL", "NODE", "STATE", "PID", "PORT", "GPUS", "RESTARTS", "ONGOING", "P95", "REASON"]);
+    for r in replicas {
+        let s = &r.status;
+        let gpus: Vec<String> = s.gpus.iter().map(u32::to_string).collect();
+        t.row(vec![
+            s.id.clone(),
+            s.model.clone(),
+            r.node.clone(),
+            s.state.as_str().into(),
+            if s.pid == 0 { "-".into() } else { s.pid.to_string() },
+            if s.port == 0 { "-".into() } else { s.port.to_string() },
+            gpus.join(","),
+            s.restarts.to_string(),
+            if s.signals.fresh { format!("{:.0}", s.signals.ongoing()) } else { "-".into() },
+            opt(s.signals.p95_latency_s.map(|p| format!("{:.0}ms", p * 1000.0))),
+            if s.reason.is_empty() { "-".into() } else { s.reason.clone() },
+        ]);
+    }
+    t.print();
+}

@@ -1,0 +1,701 @@
+//! The one task that owns the fleet's state: nodes, models, the replica plan
+//! and the event log. gRPC and HTTP handlers send it commands and await the
+//! reply; nothing else touches the state, so no locks are shared.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::api::{Event, GpuView, ModelView, NodeView, ReplicaView};
+use crate::config::ModelSpec;
+use crate::domain::{unix_ms_now, Assignment, Hello, Report};
+
+use super::nodes::{Node, Session};
+use super::store::{ModelRecord, NodeFlags, Store};
+
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub tick: Duration,
+    pub suspect_after: Duration,
+    pub lost_after: Duration,
+    /// After a coordinator start: no stop or move decisions before this, so
+    /// agents can reconnect and report what they run.
+    pub reconnect_grace: Duration,
+    pub event_capacity: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FleetError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A replica the fleet wants to exist, and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedReplica {
+    pub id: String,
+    pub model: String,
+    pub node: String,
+    pub gpus: Vec<u32>,
+    pub spec_hash: String,
+    pub created: Instant,
+}
+
+pub struct Model {
+    pub record: ModelRecord,
+    pub spec: ModelSpec,
+    pub desired: u32,
+    pub placement_problem: String,
+    pub last_decision: String,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, FleetError>>;
+
+pub enum Command {
+    Connect {
+        hello: Hello,
+        address: String,
+        outbox: mpsc::Sender<Assignment>,
+        reply: Reply<u64>,
+    },
+    Report {
+        session: u64,
+        node: String,
+        report: Box<Report>,
+    },
+    Disconnect {
+        session: u64,
+        node: String,
+        reason: String,
+    },
+    ApplyModel {
+        spec_toml: String,
+        reply: Reply<ModelView>,
+    },
+    DeleteModel {
+        name: String,
+        reply: Reply<u32>,
+    },
+    ListModels {
+        reply: Reply<Vec<ModelView>>,
+    },
+    GetModel {
+        name: String,
+        reply: Reply<ModelView>,
+    },
+    ScaleModel {
+        name: String,
+        replicas: Option<u32>,
+        reply: Reply<ModelView>,
+    },
+    ListNodes {
+        reply: Reply<Vec<NodeView>>,
+    },
+    GetNode {
+        name: String,
+        reply: Reply<NodeView>,
+    },
+    ListGpus {
+        node: Option<String>,
+        reply: Reply<Vec<GpuView>>,
+    },
+    ListReplicas {
+        model: Option<String>,
+        node: Option<String>,
+        reply: Reply<Vec<ReplicaView>>,
+    },
+    ListEvents {
+        model: Option<String>,
+        node: Option<String>,
+        limit: usize,
+        reply: Reply<Vec<Event>>,
+    },
+    SubscribeEvents {
+        reply: Reply<broadcast::Receiver<Event>>,
+    },
+    /// Ready replica addresses per model, for `/v1/endpoints`.
+    Endpoints {
+        reply: Reply<BTreeMap<String, Vec<String>>>,
+    },
+}
+
+/// Cheap to clone; every method is one round trip to the fleet task.
+#[derive(Clone)]
+pub struct FleetHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+macro_rules! ask {
+    ($self:ident, $variant:ident { $($field:ident),* }) => {{
+        let (reply, rx) = oneshot::channel();
+        $self
+            .tx
+            .send(Command::$variant { $($field,)* reply })
+            .await
+            .map_err(|_| FleetError::Internal("the fleet task has stopped".into()))?;
+        rx.await
+            .map_err(|_| FleetError::Internal("the fleet task dropped the request".into()))?
+    }};
+}
+
+impl FleetHandle {
+    pub async fn connect(
+        &self,
+        hello: Hello,
+        address: String,
+        outbox: mpsc::Sender<Assignment>,
+    ) -> Result<u64, FleetError> {
+        ask!(self, Connect { hello, address, outbox })
+    }
+
+    /// Reports are fire-and-forget: the session never waits on the fleet.
+    pub async fn report(&self, session: u64, node: String, report: Report) {
+        let _ = self
+            .tx
+            .send(Command::Report {
+                session,
+                node,
+                report: Box::new(report),
+            })
+            .await;
+    }
+
+    pub async fn disconnect(&self, session: u64, node: String, reason: String) {
+        let _ = self
+            .tx
+            .send(Command::Disconnect {
+                session,
+                node,
+                reason,
+            })
+            .await;
+    }
+
+    pub async fn apply_model(&self, spec_toml: String) -> Result<ModelView, FleetError> {
+        ask!(self, ApplyModel { spec_toml })
+    }
+
+    pub async fn delete_model(&self, name: String) -> Result<u32, FleetError> {
+        ask!(self, DeleteModel { name })
+    }
+
+    pub async fn list_models(&self) -> Result<Vec<ModelView>, FleetError> {
+        ask!(self, ListModels {})
+    }
+
+    pub async fn get_model(&self, name: String) -> Result<ModelView, FleetError> {
+        ask!(self, GetModel { name })
+    }
+
+    pub async fn scale_model(
+        &self,
+        name: String,
+        replicas: Option<u32>,
+    ) -> Result<ModelView, FleetError> {
+        ask!(self, ScaleModel { name, replicas })
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeView>, FleetError> {
+        ask!(self, ListNodes {})
+    }
+
+    pub async fn get_node(&self, name: String) -> Result<NodeView, FleetError> {
+        ask!(self, GetNode { name })
+    }
+
+    pub async fn list_gpus(&self, node: Option<String>) -> Result<Vec<GpuView>, FleetError> {
+        ask!(self, ListGpus { node })
+    }
+
+    pub async fn list_replicas(
+        &self,
+        model: Option<String>,
+        node: Option<String>,
+    ) -> Result<Vec<ReplicaView>, FleetError> {
+        ask!(self, ListReplicas { model, node })
+    }
+
+    pub async fn list_events(
+        &self,
+        model: Option<String>,
+        node: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Event>, FleetError> {
+        ask!(self, ListEvents { model, node, limit })
+    }
+
+    pub async fn subscribe_events(&self) -> Result<broadcast::Receiver<Event>, FleetError> {
+        ask!(self, SubscribeEvents {})
+    }
+
+    pub async fn endpoints(&self) -> Result<BTreeMap<String, Vec<String>>, FleetError> {
+        ask!(self, Endpoints {})
+    }
+}
+
+pub struct Fleet {
+    pub(super) settings: FleetSettings,
+    pub(super) store: Box<dyn Store>,
+    pub(super) nodes: BTreeMap<String, Node>,
+    pub(super) node_flags: BTreeMap<String, NodeFlags>,
+    pub(super) models: BTreeMap<String, Model>,
+    pub(super) plan: BTreeMap<String, PlannedReplica>,
+    pub(super) started: Instant,
+    next_session: u64,
+    events: VecDeque<Event>,
+    unsaved_events: Vec<Event>,
+    next_event_seq: u64,
+    event_tx: broadcast::Sender<Event>,
+}
+
+impl Fleet {
+    /// Loads the desired state from the store and starts the fleet task.
+    pub fn spawn(
+        settings: FleetSettings,
+        store: Box<dyn Store>,
+    ) -> Result<(FleetHandle, tokio::task::JoinHandle<()>), FleetError> {
+        let internal = |e: super::store::StoreError| FleetError::Internal(e.to_string());
+        let mut models = BTreeMap::new();
+        for record in store.load_models().map_err(internal)? {
+            match ModelSpec::parse(&record.spec_toml) {
+                Ok(spec) => {
+                    models.insert(
+                        record.name.clone(),
+                        Model {
+                            desired: 0,
+                            record,
+                            spec,
+                            placement_problem: String::new(),
+                            last_decision: String::new(),
+                        },
+                    );
+                }
+                // A spec this version no longer accepts stays in the store
+                // untouched, so a rollback still finds it.
+                Err(e) => tracing::error!(model = %record.name, error = %e, "stored model spec no longer valid; skipping it"),
+            }
+        }
+        let node_flags: BTreeMap<String, NodeFlags> =
+            store.load_node_flags().map_err(internal)?.into_iter().collect();
+        let events: VecDeque<Event> = store
+            .load_events(settings.event_capacity)
+            .map_err(internal)?
+            .into();
+        let next_event_seq = events.back().map(|e| e.seq + 1).unwrap_or(1);
+        let (event_tx, _) = broadcast::channel(1024);
+        let (tx, rx) = mpsc::channel(1024);
+        let mut fleet = Fleet {
+            settings,
+            store,
+            nodes: BTreeMap::new(),
+            node_flags,
+            models,
+            plan: BTreeMap::new(),
+            started: Instant::now(),
+            next_session: 1,
+            events,
+            unsaved_events: Vec::new(),
+            next_event_seq,
+            event_tx,
+        };
+        fleet.record("coordinator", "", "", "", format!("coordinator started with {} models", fleet.models.len()));
+        let task = tokio::spawn(fleet.run(rx));
+        Ok((FleetHandle { tx }, task))
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(self.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.tick(Instant::now());
+                    self.flush_events();
+                }
+            }
+        }
+        self.flush_events();
+    }
+
+    /// Records an event: kept in memory (bounded), broadcast to followers and
+    /// saved to the store at the end of the tick.
+    pub(super) fn record(&mut self, kind: &str, model: &str, node: &str, replica: &str, message: String) {
+        let now = unix_ms_now();
+        let event = Event {
+            seq: self.next_event_seq,
+            time: crate::api::rfc3339(now),
+            time_unix_ms: now,
+            kind: kind.to_string(),
+            model: model.to_string(),
+            node: node.to_string(),
+            replica: replica.to_string(),
+            message,
+        };
+        self.next_event_seq += 1;
+        tracing::info!(kind, model, node, replica, "{}", event.message);
+        let _ = self.event_tx.send(event.clone());
+        self.events.push_back(event.clone());
+        while self.events.len() > self.settings.event_capacity {
+            self.events.pop_front();
+        }
+        self.unsaved_events.push(event);
+    }
+
+    fn flush_events(&mut self) {
+        if self.unsaved_events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.unsaved_events);
+        if let Err(e) = self.store.append_events(&events, self.settings.event_capacity) {
+            tracing::warn!(error = %e, "could not save {} events", events.len());
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Connect { hello, address, outbox, reply } => {
+                let _ = reply.send(self.connect(hello, address, outbox, now));
+            }
+            Command::Report { session, node, report } => self.report(session, &node, *report, now),
+            Command::Disconnect { session, node, reason } => self.disconnect(session, &node, &reason),
+            Command::ApplyModel { spec_toml, reply } => {
+                let _ = reply.send(self.apply_model(spec_toml));
+            }
+            Command::DeleteModel { name, reply } => {
+                let _ = reply.send(self.delete_model(&name));
+            }
+            Command::ListModels { reply } => {
+                let _ = reply.send(Ok(self.models.keys().map(|m| self.model_view(m, false)).collect()));
+            }
+            Command::GetModel { name, reply } => {
+                let r = if self.models.contains_key(&name) {
+                    Ok(self.model_view(&name, true))
+                } else {
+                    Err(self.model_not_found(&name))
+                };
+                let _ = reply.send(r);
+            }
+            Command::ScaleModel { name, replicas, reply } => {
+                let _ = reply.send(self.scale_model(&name, replicas));
+            }
+            Command::ListNodes { reply } => {
+                let _ = reply.send(Ok(self.nodes.values().map(|n| n.view(self.node_state(n, now))).collect()));
+            }
+            Command::GetNode { name, reply } => {
+                let r = self
+                    .nodes
+                    .get(&name)
+                    .map(|n| n.view(self.node_state(n, now)))
+                    .ok_or_else(|| self.node_not_found(&name));
+                let _ = reply.send(r);
+            }
+            Command::ListGpus { node, reply } => {
+                let r = match node {
+                    Some(name) => self
+                        .nodes
+                        .get(&name)
+                        .map(|n| n.gpu_views())
+                        .ok_or_else(|| self.node_not_found(&name)),
+                    None => Ok(self.nodes.values().flat_map(|n| n.gpu_views()).collect()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::ListReplicas { model, node, reply } => {
+                let _ = reply.send(Ok(self.replica_views(model.as_deref(), node.as_deref())));
+            }
+            Command::ListEvents { model, node, limit, reply } => {
+                let matching: Vec<Event> = self
+                    .events
+                    .iter()
+                    .filter(|e| model.as_deref().is_none_or(|m| e.model == m))
+                    .filter(|e| node.as_deref().is_none_or(|n| e.node == n))
+                    .cloned()
+                    .collect();
+                let skip = matching.len().saturating_sub(limit);
+                let _ = reply.send(Ok(matching.into_iter().skip(skip).collect()));
+            }
+            Command::SubscribeEvents { reply } => {
+                let _ = reply.send(Ok(self.event_tx.subscribe()));
+            }
+            Command::Endpoints { reply } => {
+                let _ = reply.send(Ok(self.endpoints()));
+            }
+        }
+    }
+
+    pub(super) fn node_state(&self, n: &Node, now: Instant) -> crate::api::NodeState {
+        n.state(now, self.settings.suspect_after, self.settings.lost_after)
+    }
+
+    fn model_not_found(&self, name: &str) -> FleetError {
+        let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+        FleetError::NotFound(if known.is_empty() {
+            format!("model `{name}` not found; no models are applied")
+        } else {
+            format!("model `{name}` not found; known models: {}", known.join(", "))
+        })
+    }
+
+    fn node_not_found(&self, name: &str) -> FleetError {
+        let known: Vec<&str> = self.nodes.keys().map(String::as_str).collect();
+        FleetError::NotFound(if known.is_empty() {
+            format!("node `{name}` not found; no agent has connected yet")
+        } else {
+            format!("node `{name}` not found; known nodes: {}", known.join(", "))
+        })
+    }
+
+    fn connect(
+        &mut self,
+        hello: Hello,
+        address: String,
+        outbox: mpsc::Sender<Assignment>,
+        now: Instant,
+    ) -> Result<u64, FleetError> {
+        let name = hello.node_name.clone();
+        if let Some(existing) = self.nodes.get(&name) {
+            if existing.has_live_session(now, self.settings.suspect_after) {
+                let holder = existing.session.as_ref().map(|s| s.address.clone()).unwrap_or_default();
+                let message = format!(
+                    "node name `{name}` is already connected from {holder}; each agent needs its own node_name (refused {address})"
+                );
+                self.record("node-refused", "", &name, "", message.clone());
+                return Err(FleetError::AlreadyExists(message));
+            }
+        }
+        let id = self.next_session;
+        self.next_session += 1;
+        let flags = self.node_flags.get(&name).cloned().unwrap_or_default();
+        let node = self
+            .nodes
+            .entry(name.clone())
+            .or_insert_with(|| Node::from_hello(&hello, now, flags));
+        node.update_from_hello(&hello, now);
+        node.session = Some(Session {
+            id,
+            outbox,
+            address: address.clone(),
+            agent_instance: hello.agent_instance.clone(),
+            connected_unix_ms: unix_ms_now(),
+        });
+        // A new session has received nothing yet: the next tick sends the
+        // node's full assignment.
+        node.sent = None;
+        node.announced = crate::api::NodeState::Ready;
+        let gpus = hello.gpus.len();
+        let replicas = hello.replicas.len();
+        self.adopt_reported_replicas(&name, now);
+        self.record(
+            "node-connected",
+            "",
+            &name,
+            "",
+            format!("agent {} connected from {address} with {gpus} GPUs and {replicas} replicas", hello.agent_version),
+        );
+        Ok(id)
+    }
+
+    fn report(&mut self, session: u64, name: &str, report: Report, now: Instant) {
+        let Some(node) = self.nodes.get_mut(name) else { return };
+        if node.session.as_ref().map(|s| s.id) != Some(session) {
+            // A report from a replaced session: its node has moved on.
+            return;
+        }
+        node.last_seen = now;
+        node.last_seen_unix_ms = unix_ms_now();
+        node.samples = report.gpus;
+        node.host_sample = report.host;
+        node.replicas = report.replicas;
+        node.warm = report.warm;
+        if !report.inventory.is_empty() {
+            node.gpus = report.inventory;
+        }
+    }
+
+    fn disconnect(&mut self, session: u64, name: &str, reason: &str) {
+        let Some(node) = self.nodes.get_mut(name) else { return };
+        if node.session.as_ref().map(|s| s.id) != Some(session) {
+            return;
+        }
+        node.session = None;
+        node.sent = None;
+        self.record("node-disconnected", "", name, "", format!("agent session ended: {reason}"));
+    }
+
+    fn apply_model(&mut self, spec_toml: String) -> Result<ModelView, FleetError> {
+        let spec = ModelSpec::parse(&spec_toml).map_err(|e| FleetError::InvalidArgument(e.to_string()))?;
+        let now_ms = unix_ms_now();
+        let name = spec.name.clone();
+        let previous = self.models.get(&name);
+        if let Some(prev) = previous {
+            if prev.record.spec_toml == spec_toml {
+                return Ok(self.model_view(&name, true));
+            }
+        }
+        let record = ModelRecord {
+            name: name.clone(),
+            spec_toml,
+            created_unix_ms: previous.map(|p| p.record.created_unix_ms).unwrap_or(now_ms),
+            updated_unix_ms: now_ms,
+            pinned_replicas: previous.and_then(|p| p.record.pinned_replicas),
+        };
+        self.store
+            .put_model(&record)
+            .map_err(|e| FleetError::Internal(format!("model `{name}` not applied: {e}")))?;
+        let verb = if previous.is_some() { "updated" } else { "applied" };
+        let desired = previous.map(|p| p.desired).unwrap_or(0);
+        self.models.insert(
+            name.clone(),
+            Model {
+                record,
+                spec,
+                desired,
+                placement_problem: String::new(),
+                last_decision: String::new(),
+            },
+        );
+        self.record("model-applied", &name, "", "", format!("model {verb}"));
+        Ok(self.model_view(&name, true))
+    }
+
+    fn delete_model(&mut self, name: &str) -> Result<u32, FleetError> {
+        if !self.models.contains_key(name) {
+            return Err(self.model_not_found(name));
+        }
+        self.store
+            .delete_model(name)
+            .map_err(|e| FleetError::Internal(format!("model `{name}` not deleted: {e}")))?;
+        self.models.remove(name);
+        let before = self.plan.len();
+        self.plan.retain(|_, r| r.model != name);
+        let stopping = (before - self.plan.len()) as u32;
+        self.record("model-deleted", name, "", "", format!("model deleted; stopping {stopping} replicas"));
+        Ok(stopping)
+    }
+
+    fn scale_model(&mut self, name: &str, replicas: Option<u32>) -> Result<ModelView, FleetError> {
+        let Some(model) = self.models.get_mut(name) else {
+            return Err(self.model_not_found(name));
+        };
+        if let Some(n) = replicas {
+            if n > crate::coordinator::MAX_REPLICAS {
+                return Err(FleetError::InvalidArgument(format!(
+                    "--replicas {n} is out of range; allowed: 0..={}",
+                    crate::coordinator::MAX_REPLICAS
+                )));
+            }
+        }
+        let mut record = model.record.clone();
+        record.pinned_replicas = replicas;
+        record.updated_unix_ms = unix_ms_now();
+        self.store
+            .put_model(&record)
+            .map_err(|e| FleetError::Internal(format!("scale of `{name}` not saved: {e}")))?;
+        model.record = record;
+        let message = match replicas {
+            Some(n) => format!("pinned to {n} replicas (autoscaling off until `model scale {name} --auto`)"),
+            None => "returned to its scaling policy".to_string(),
+        };
+        self.record("model-scaled", name, "", "", message);
+        Ok(self.model_view(name, true))
+    }
+
+    /// Ready replicas of each model with their `host:port`.
+    fn endpoints(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> =
+            self.models.keys().map(|m| (m.clone(), Vec::new())).collect();
+        for node in self.nodes.values() {
+            let Some(session) = &node.session else { continue };
+            let host = session
+                .address
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| session.address.clone());
+            for r in &node.replicas {
+                if r.state == crate::domain::ReplicaState::Ready && self.plan.contains_key(&r.id) {
+                    if let Some(list) = out.get_mut(&r.model) {
+                        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+                        list.push(format!("{host}:{}", r.port));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn replica_views(&self, model: Option<&str>, node: Option<&str>) -> Vec<ReplicaView> {
+        let mut out = Vec::new();
+        for n in self.nodes.values() {
+            if node.is_some_and(|want| want != n.name) {
+                continue;
+            }
+            for r in &n.replicas {
+                if model.is_some_and(|want| want != r.model) {
+                    continue;
+                }
+                out.push(ReplicaView {
+                    node: n.name.clone(),
+                    status: r.clone(),
+                });
+            }
+        }
+        // Planned replicas the agent has not reported yet show as starting.
+        for p in self.plan.values() {
+            if model.is_some_and(|want| want != p.model) || node.is_some_and(|want| want != p.node) {
+                continue;
+            }
+            if !out.iter().any(|v| v.status.id == p.id) {
+                out.push(ReplicaView {
+                    node: p.node.clone(),
+                    status: crate::domain::ReplicaStatus {
+                        id: p.id.clone(),
+                        model: p.model.clone(),
+                        spec_hash: p.spec_hash.clone(),
+                        state: crate::domain::ReplicaState::Starting,
+                        gpus: p.gpus.clone(),
+                        reason: "assigned; waiting for the agent to start it".into(),
+                        ..Default::default()
+                    },
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.status.model, &a.status.id).cmp(&(&b.status.model, &b.status.id)));
+        out
+    }
+
+    pub(super) fn model_view(&self, name: &str, with_replicas: bool) -> ModelView {
+        // Callers check that the model exists.
+        let m = &self.models[name];
+        let replicas = self.replica_views(Some(name), None);
+        let planned: Vec<&ReplicaView> = replicas.iter().filter(|r| self.plan.contains_key(&r.status.id)).collect();
+        ModelView {
+            name: name.to_string(),
+            min_replicas: m.spec.min_replicas(),
+            max_replicas: m.spec.max_replicas(),
+            desired_replicas: m.desired,
+            ready_replicas: planned.iter().filter(|r| r.status.state == crate::domain::ReplicaState::Ready).count() as u32,
+            current_replicas: planned.len() as u32,
+            pinned_replicas: m.record.pinned_replicas,
+            created: crate::api::rfc3339(m.record.created_unix_ms),
+            updated: crate::api::rfc3339(m.record.updated_unix_ms),
+            placement_problem: m.placement_problem.clone(),
+            last_decision: m.last_decision.clone(),
+            spec_toml: m.record.spec_toml.clone(),
+            created_unix_ms: m.record.created_unix_ms,
+            updated_unix_ms: m.record.updated_unix_ms,
+            replicas: if with_replicas { replicas } else { Vec::new() },
+        }
+    }
+}

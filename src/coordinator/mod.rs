@@ -1,0 +1,98 @@
+//! The fleet brain: holds desired state, decides replica counts and places
+//! them, and tells each agent what to run.
+
+pub mod fleet;
+pub mod http;
+pub mod nodes;
+pub mod placement;
+pub mod reconcile;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::CoordinatorConfig;
+use crate::wire::pb;
+
+use fleet::{Fleet, FleetSettings};
+
+/// Upper bound on any replica count an operator can ask for.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// HTTP/2 keepalive: well under the default 10 s suspect time, so a dead
+/// connection is noticed before the node is judged.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long open agent sessions may take to close after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs the coordinator until `shutdown` resolves.
+pub async fn run(
+    cfg: CoordinatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = store::RedbStore::open(&cfg.data_dir)?;
+    let (fleet, fleet_task) = Fleet::spawn(
+        FleetSettings {
+            tick: cfg.tick,
+            suspect_after: cfg.node_suspect_after,
+            lost_after: cfg.node_lost_after,
+            reconnect_grace: cfg.reconnect_grace,
+            event_capacity: cfg.event_log_capacity,
+        },
+        Box::new(store),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot load the fleet state: {e}"))?;
+
+    let grpc = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", cfg.listen))?;
+    let http = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_listen))?;
+    tracing::info!(
+        grpc = %grpc.local_addr()?,
+        http = %http.local_addr()?,
+        data_dir = %cfg.data_dir.display(),
+        "coordinator listening"
+    );
+    if !cfg.tls.enabled() {
+        tracing::warn!("TLS is not configured: agent sessions and the Control API are plain TCP");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(pb::agent_session_server::AgentSessionServer::new(
+            service::SessionService::new(fleet.clone()),
+        ))
+        .add_service(pb::control_server::ControlServer::new(
+            service::ControlService::new(fleet.clone()),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(http::serve(http, fleet.clone(), stopped(stop_rx)));
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        r = fleet_task => anyhow::bail!("the fleet task ended unexpectedly: {r:?}"),
+    }
+    let _ = stop_tx.send(true);
+    // Agent sessions are endless streams: give them a moment, then go.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    })
+    .await;
+    drop(fleet);
+    Ok(())
+}

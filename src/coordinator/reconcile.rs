@@ -1,0 +1,325 @@
+//! The control loop's tick: node lifecycle, desired counts, the replica plan
+//! (placement of missing replicas, removal of surplus ones, replacement of
+//! replicas on lost nodes) and the per-node assignments derived from it.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::api::NodeState;
+use crate::domain::{Assignment, ReplicaSpec, ReplicaState};
+
+use super::fleet::{Fleet, Model, PlannedReplica};
+use super::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
+
+impl Fleet {
+    pub(super) fn tick(&mut self, now: Instant) {
+        self.announce_node_states(now);
+        if now.saturating_duration_since(self.started) < self.settings.reconnect_grace {
+            // Agents are still reconnecting after a coordinator start: what we
+            // know of the fleet is partial, so we change nothing yet.
+            return;
+        }
+        self.decide_desired();
+        self.replace_on_lost_nodes(now);
+        self.follow_spec_changes();
+        self.remove_surplus();
+        self.place_missing(now);
+        self.send_assignments();
+    }
+
+    /// Records each node's lifecycle transitions once.
+    fn announce_node_states(&mut self, now: Instant) {
+        let mut changes = Vec::new();
+        for node in self.nodes.values_mut() {
+            let state = node.liveness(now, self.settings.suspect_after, self.settings.lost_after);
+            if state != node.announced {
+                changes.push((node.name.clone(), node.announced, state));
+                node.announced = state;
+            }
+        }
+        for (name, from, to) in changes {
+            let why = match to {
+                NodeState::Suspect => format!("no report for {}", humantime::format_duration(self.settings.suspect_after)),
+                NodeState::Lost => format!("no report for {}", humantime::format_duration(self.settings.lost_after)),
+                _ => "reporting again".to_string(),
+            };
+            self.record("node-state", "", &name, "", format!("{} → {}: {why}", from.as_str(), to.as_str()));
+        }
+    }
+
+    /// Desired replica counts: a pinned count, the fixed `replicas`, or the
+    /// scaling policy's minimum until autoscaling decides more.
+    fn decide_desired(&mut self) {
+        let mut decisions = Vec::new();
+        for (name, model) in self.models.iter_mut() {
+            let (desired, why) = match (model.record.pinned_replicas, &model.spec.scaling) {
+                (Some(n), _) => (n, format!("pinned to {n} by `model scale`")),
+                (None, None) => (model.spec.replicas, format!("fixed replicas = {}", model.spec.replicas)),
+                (None, Some(s)) => (s.min_replicas, format!("scaling policy minimum {}", s.min_replicas)),
+            };
+            if desired != model.desired || model.last_decision.is_empty() {
+                let message = format!("desired {} → {desired}: {why}", model.desired);
+                model.desired = desired;
+                model.last_decision = message.clone();
+                decisions.push((name.clone(), message));
+            }
+        }
+        for (name, message) in decisions {
+            self.record("scale", &name, "", "", message);
+        }
+    }
+
+    fn replace_on_lost_nodes(&mut self, now: Instant) {
+        let lost: Vec<String> = self
+            .nodes
+            .values()
+            .filter(|n| n.liveness(now, self.settings.suspect_after, self.settings.lost_after) == NodeState::Lost)
+            .map(|n| n.name.clone())
+            .collect();
+        let doomed: Vec<PlannedReplica> = self
+            .plan
+            .values()
+            .filter(|r| lost.contains(&r.node))
+            .cloned()
+            .collect();
+        for r in doomed {
+            self.plan.remove(&r.id);
+            self.record(
+                "replace",
+                &r.model,
+                &r.node,
+                &r.id,
+                format!("node {} is lost; replacing replica {} elsewhere", r.node, r.id),
+            );
+        }
+    }
+
+    /// A changed spec hash reaches the agent in the next assignment, which
+    /// replaces the replica (stop, then start with the new spec).
+    fn follow_spec_changes(&mut self) {
+        for r in self.plan.values_mut() {
+            if let Some(m) = self.models.get(&r.model) {
+                let hash = m.spec.spec_hash();
+                if r.spec_hash != hash {
+                    r.spec_hash = hash;
+                }
+            }
+        }
+    }
+
+    /// Stops replicas beyond the desired count: ones not ready first, then
+    /// the ones that became ready last.
+    fn remove_surplus(&mut self) {
+        let statuses = self.reported_statuses();
+        let mut removals = Vec::new();
+        for (name, model) in &self.models {
+            let mut mine: Vec<&PlannedReplica> = self.plan.values().filter(|r| &r.model == name).collect();
+            let surplus = mine.len().saturating_sub(model.desired as usize);
+            if surplus == 0 {
+                continue;
+            }
+            mine.sort_by_key(|r| {
+                let s = statuses.get(&r.id);
+                let ready = s.is_some_and(|s| s.0 == ReplicaState::Ready);
+                let ready_since = s.map(|s| s.1).unwrap_or(i64::MAX);
+                (ready, std::cmp::Reverse(ready_since))
+            });
+            for r in mine.into_iter().take(surplus) {
+                removals.push(r.clone());
+            }
+        }
+        for r in removals {
+            self.plan.remove(&r.id);
+            self.record("stop", &r.model, &r.node, &r.id, format!("stopping replica {} on {}: more replicas than desired", r.id, r.node));
+        }
+    }
+
+    fn place_missing(&mut self, now: Instant) {
+        let names: Vec<String> = self.models.keys().cloned().collect();
+        for name in names {
+            let model = &self.models[&name];
+            let current = self.plan.values().filter(|r| r.model == name).count() as u32;
+            let desired = model.desired;
+            let spec_hash = model.spec.spec_hash();
+            let needs = ReplicaNeeds {
+                gpus: model.spec.server.gpus,
+                gpu_memory_bytes: model.spec.server.gpu_memory_bytes,
+                spread: false,
+            };
+            let mut problem = String::new();
+            for _ in current..desired {
+                let candidates = self.candidates(&name, now);
+                match placement::place(&candidates, &needs) {
+                    Ok(p) => {
+                        let id = self.new_replica_id(&name);
+                        let replica = PlannedReplica {
+                            id: id.clone(),
+                            model: name.clone(),
+                            node: p.node.clone(),
+                            gpus: p.gpus.clone(),
+                            spec_hash: spec_hash.clone(),
+                            created: now,
+                        };
+                        self.plan.insert(id.clone(), replica);
+                        let gpus: Vec<String> = p.gpus.iter().map(u32::to_string).collect();
+                        self.record("place", &name, &p.node, &id, format!("placed {id} on {} GPU {} ({})", p.node, gpus.join(","), p.why));
+                    }
+                    Err(why) => {
+                        problem = why;
+                        break;
+                    }
+                }
+            }
+            let model = self.models.get_mut(&name).expect("model names were just listed");
+            if model.placement_problem != problem {
+                model.placement_problem = problem.clone();
+                if !problem.is_empty() {
+                    self.record("unplaceable", &name, "", "", problem);
+                }
+            }
+        }
+    }
+
+    /// The fleet as placement sees it for one model.
+    fn candidates(&self, model: &str, now: Instant) -> Vec<NodeCandidate> {
+        self.nodes
+            .values()
+            .map(|n| {
+                let state = self.node_state(n, now);
+                let unschedulable = if n.session.is_none() {
+                    Some("disconnected".to_string())
+                } else if state != NodeState::Ready {
+                    Some(state.as_str().to_string())
+                } else {
+                    None
+                };
+                let mut taken: Vec<u32> = self
+                    .plan
+                    .values()
+                    .filter(|r| r.node == n.name)
+                    .flat_map(|r| r.gpus.iter().copied())
+                    .collect();
+                // Replicas still running outside the plan (being stopped)
+                // hold their GPUs until they are gone.
+                taken.extend(n.replicas.iter().filter(|r| r.state.is_live()).flat_map(|r| r.gpus.iter().copied()));
+                let warm = n
+                    .warm
+                    .iter()
+                    .find(|w| w.model == model && w.total_bytes > 0)
+                    .map(|w| w.resident_bytes as f64 / w.total_bytes as f64)
+                    .unwrap_or(0.0);
+                NodeCandidate {
+                    name: n.name.clone(),
+                    unschedulable,
+                    gpus: n
+                        .gpus
+                        .iter()
+                        .map(|g| {
+                            let s = n.sample(g.index);
+                            GpuCandidate {
+                                index: g.index,
+                                healthy: g.healthy && s.is_none_or(|s| s.healthy),
+                                taken: taken.contains(&g.index),
+                                free_bytes: s
+                                    .map(|s| s.memory_total_bytes.saturating_sub(s.memory_used_bytes))
+                                    .unwrap_or(g.memory_total_bytes),
+                            }
+                        })
+                        .collect(),
+                    warm_fraction: warm,
+                    model_replicas: self.plan.values().filter(|r| r.node == n.name && r.model == model).count() as u32,
+                }
+            })
+            .collect()
+    }
+
+    fn new_replica_id(&self, model: &str) -> String {
+        loop {
+            let id = format!("{model}-{:05x}", rand::random::<u32>() & 0xfffff);
+            if !self.plan.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// (state, ready since) of every replica the agents report, by id.
+    fn reported_statuses(&self) -> BTreeMap<String, (ReplicaState, i64)> {
+        self.nodes
+            .values()
+            .flat_map(|n| n.replicas.iter().map(|r| (r.id.clone(), (r.state, r.ready_unix_ms))))
+            .collect()
+    }
+
+    /// Takes replicas an agent reports (after a coordinator restart or a
+    /// node's return) into the plan, so they are kept rather than duplicated.
+    pub(super) fn adopt_reported_replicas(&mut self, node: &str, now: Instant) {
+        let Some(n) = self.nodes.get(node) else { return };
+        let mut adopted = Vec::new();
+        for r in &n.replicas {
+            let keep = matches!(r.state, ReplicaState::Starting | ReplicaState::Ready | ReplicaState::Crashloop | ReplicaState::Failed);
+            if !keep || !self.models.contains_key(&r.model) || self.plan.contains_key(&r.id) {
+                continue;
+            }
+            adopted.push(PlannedReplica {
+                id: r.id.clone(),
+                model: r.model.clone(),
+                node: node.to_string(),
+                gpus: r.gpus.clone(),
+                spec_hash: r.spec_hash.clone(),
+                created: now,
+            });
+        }
+        for r in adopted {
+            self.plan.insert(r.id.clone(), r);
+        }
+    }
+
+    fn send_assignments(&mut self) {
+        let mut by_node: BTreeMap<String, Vec<ReplicaSpec>> = BTreeMap::new();
+        for r in self.plan.values() {
+            if let Some(m) = self.models.get(&r.model) {
+                by_node.entry(r.node.clone()).or_default().push(render(m, r));
+            }
+        }
+        for node in self.nodes.values_mut() {
+            let Some(session) = &node.session else { continue };
+            let wanted = Assignment {
+                generation: node.generation + 1,
+                replicas: by_node.remove(&node.name).unwrap_or_default(),
+                warm: Vec::new(),
+            };
+            if node.sent.as_ref().is_some_and(|s| s.same_state(&wanted)) {
+                continue;
+            }
+            match session.outbox.try_send(wanted.clone()) {
+                Ok(()) => {
+                    node.generation = wanted.generation;
+                    node.sent = Some(wanted);
+                }
+                // A full outbox means the agent is slow to read; the next tick
+                // tries again with whatever is wanted then.
+                Err(e) => tracing::debug!(node = %node.name, error = %e, "assignment not sent this tick"),
+            }
+        }
+    }
+}
+
+/// The replica spec an agent runs, from the model spec and the plan.
+fn render(m: &Model, r: &PlannedReplica) -> ReplicaSpec {
+    let s = &m.spec.server;
+    ReplicaSpec {
+        id: r.id.clone(),
+        model: r.model.clone(),
+        spec_hash: r.spec_hash.clone(),
+        command: s.command.clone(),
+        env: s.env.clone(),
+        gpus: r.gpus.clone(),
+        weights: m.spec.weights.clone(),
+        preset: s.preset.as_str().to_string(),
+        health_path: m.spec.health_path().unwrap_or_default(),
+        metrics_path: m.spec.metrics_path(),
+        ready_timeout: s.ready_timeout,
+        stop_timeout: s.stop_timeout,
+        gpu_memory_bytes: s.gpu_memory_bytes,
+    }
+}

@@ -1,0 +1,353 @@
+//! gRPC handlers: the agent session and the Control API. Handlers validate
+//! their input and forward to the fleet task; they hold no state of their own.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::wire::{pb, to_pb};
+
+use super::fleet::{FleetError, FleetHandle};
+
+/// How long a new session may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl From<FleetError> for Status {
+    fn from(e: FleetError) -> Status {
+        match e {
+            FleetError::InvalidArgument(m) => Status::invalid_argument(m),
+            FleetError::NotFound(m) => Status::not_found(m),
+            FleetError::AlreadyExists(m) => Status::already_exists(m),
+            FleetError::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct SessionService {
+    fleet: FleetHandle,
+}
+
+impl SessionService {
+    pub fn new(fleet: FleetHandle) -> Self {
+        Self { fleet }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_session_server::AgentSession for SessionService {
+    type SessionStream = BoxStream<pb::CoordinatorMessage>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let address = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10s of opening the session"))??;
+        let hello = match first.and_then(|m| m.msg) {
+            Some(pb::agent_message::Msg::Hello(h)) => crate::domain::Hello::from(h),
+            _ => return Err(Status::invalid_argument("the first message of a session must be Hello")),
+        };
+        validate_node_name(&hello.node_name)?;
+        let node = hello.node_name.clone();
+        let (assign_tx, assign_rx) = mpsc::channel::<crate::domain::Assignment>(4);
+        let session = self.fleet.connect(hello, address, assign_tx).await?;
+
+        let fleet = self.fleet.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match inbound.message().await {
+                    Ok(Some(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Report(r)),
+                    })) => fleet.report(session, node.clone(), r.into()).await,
+                    Ok(Some(_)) => {
+                        tracing::debug!(node = %node, "ignoring a repeated Hello or empty message")
+                    }
+                    Ok(None) => break "agent closed the session".to_string(),
+                    Err(e) => break format!("stream error: {}", e.message()),
+                }
+            };
+            fleet.disconnect(session, node, reason).await;
+        });
+
+        let outbound = ReceiverStream::new(assign_rx).map(|a| {
+            Ok(pb::CoordinatorMessage {
+                msg: Some(pb::coordinator_message::Msg::Assignment((&a).into())),
+            })
+        });
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+fn validate_node_name(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "node name `{name}` is invalid; allowed: 1-63 characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+        )))
+    }
+}
+
+fn required<'a>(what: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.trim().is_empty() {
+        Err(Status::invalid_argument(format!("{what} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+fn optional(value: String) -> Option<String> {
+    if value.is_empty() {
+        None
+    } else {
+        Some(value)
+    }
+}
+
+pub struct ControlService {
+    fleet: FleetHandle,
+}
+
+impl ControlService {
+    pub fn new(fleet: FleetHandle) -> Self {
+        Self { fleet }
+    }
+}
+
+/// Largest model spec accepted; real specs are a few hundred bytes.
+const MAX_SPEC_BYTES: usize = 256 * 1024;
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn apply_model(
+        &self,
+        request: Request<pb::ApplyModelRequest>,
+    ) -> Result<Response<pb::ModelStatus>, Status> {
+        let spec = request.into_inner().spec_toml;
+        if spec.len() > MAX_SPEC_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "model spec is {} bytes; allowed: up to {MAX_SPEC_BYTES}",
+                spec.len()
+            )));
+        }
+        let view = self.fleet.apply_model(spec).await?;
+        Ok(Response::new((&view).into()))
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<pb::ModelRef>,
+    ) -> Result<Response<pb::DeleteModelResponse>, Status> {
+        let name = request.into_inner().name;
+        required("model name", &name)?;
+        let stopping = self.fleet.delete_model(name.clone()).await?;
+        Ok(Response::new(pb::DeleteModelResponse {
+            name,
+            replicas_stopping: stopping,
+        }))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ModelList>, Status> {
+        let models = self.fleet.list_models().await?;
+        Ok(Response::new(pb::ModelList {
+            models: to_pb(&models),
+        }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::ModelRef>,
+    ) -> Result<Response<pb::ModelStatus>, Status> {
+        let name = request.into_inner().name;
+        required("model name", &name)?;
+        let view = self.fleet.get_model(name).await?;
+        Ok(Response::new((&view).into()))
+    }
+
+    async fn scale_model(
+        &self,
+        request: Request<pb::ScaleModelRequest>,
+    ) -> Result<Response<pb::ModelStatus>, Status> {
+        let r = request.into_inner();
+        required("model name", &r.name)?;
+        let replicas = match (r.replicas, r.auto) {
+            (Some(_), true) => {
+                return Err(Status::invalid_argument(
+                    "give either --replicas N or --auto, not both",
+                ))
+            }
+            (None, false) => {
+                return Err(Status::invalid_argument("give --replicas N or --auto"))
+            }
+            (n, _) => n,
+        };
+        let view = self.fleet.scale_model(r.name, replicas).await?;
+        Ok(Response::new((&view).into()))
+    }
+
+    async fn wake_model(
+        &self,
+        _request: Request<pb::ModelRef>,
+    ) -> Result<Response<pb::ModelStatus>, Status> {
+        Err(Status::unimplemented(
+            "wake needs the autoscaler, which this coordinator does not have yet",
+        ))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::NodeList>, Status> {
+        let nodes = self.fleet.list_nodes().await?;
+        Ok(Response::new(pb::NodeList {
+            nodes: to_pb(&nodes),
+        }))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<pb::NodeRef>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        let name = request.into_inner().name;
+        required("node name", &name)?;
+        let view = self.fleet.get_node(name).await?;
+        Ok(Response::new((&view).into()))
+    }
+
+    async fn cordon_node(
+        &self,
+        _request: Request<pb::NodeRef>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        Err(Status::unimplemented("cordon is not implemented yet"))
+    }
+
+    async fn uncordon_node(
+        &self,
+        _request: Request<pb::NodeRef>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        Err(Status::unimplemented("uncordon is not implemented yet"))
+    }
+
+    async fn drain_node(
+        &self,
+        _request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::NodeStatus>, Status> {
+        Err(Status::unimplemented("drain is not implemented yet"))
+    }
+
+    async fn list_gpus(
+        &self,
+        request: Request<pb::ListGpusRequest>,
+    ) -> Result<Response<pb::GpuList>, Status> {
+        let node = optional(request.into_inner().node);
+        let gpus = self.fleet.list_gpus(node).await?;
+        Ok(Response::new(pb::GpuList { gpus: to_pb(&gpus) }))
+    }
+
+    async fn list_replicas(
+        &self,
+        request: Request<pb::ListReplicasRequest>,
+    ) -> Result<Response<pb::ReplicaList>, Status> {
+        let r = request.into_inner();
+        let replicas = self
+            .fleet
+            .list_replicas(optional(r.model), optional(r.node))
+            .await?;
+        Ok(Response::new(pb::ReplicaList {
+            replicas: to_pb(&replicas),
+        }))
+    }
+
+    async fn list_warm(
+        &self,
+        _request: Request<pb::ListWarmRequest>,
+    ) -> Result<Response<pb::WarmList>, Status> {
+        Err(Status::unimplemented("warm ls is not implemented yet"))
+    }
+
+    async fn warm_start(
+        &self,
+        _request: Request<pb::WarmRequest>,
+    ) -> Result<Response<pb::WarmList>, Status> {
+        Err(Status::unimplemented("warm start is not implemented yet"))
+    }
+
+    async fn warm_evict(
+        &self,
+        _request: Request<pb::WarmRequest>,
+    ) -> Result<Response<pb::WarmList>, Status> {
+        Err(Status::unimplemented("warm evict is not implemented yet"))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::EventList>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        let events = self
+            .fleet
+            .list_events(optional(r.model), optional(r.node), limit)
+            .await?;
+        Ok(Response::new(pb::EventList {
+            events: to_pb(&events),
+        }))
+    }
+
+    type FollowEventsStream = BoxStream<pb::Event>;
+
+    async fn follow_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<Self::FollowEventsStream>, Status> {
+        let r = request.into_inner();
+        let (model, node) = (optional(r.model), optional(r.node));
+        let rx = self.fleet.subscribe_events().await?;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |e| {
+            let keep = match &e {
+                Ok(e) => {
+                    model.as_deref().is_none_or(|m| e.model == m)
+                        && node.as_deref().is_none_or(|n| e.node == n)
+                }
+                Err(_) => true,
+            };
+            let item = match e {
+                Ok(e) => Ok(pb::Event::from(&e)),
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Err(Status::data_loss(format!(
+                        "this follower fell {n} events behind; reconnect to continue"
+                    )))
+                }
+            };
+            futures_util::future::ready(keep.then_some(item))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn explain(
+        &self,
+        _request: Request<pb::ModelRef>,
+    ) -> Result<Response<pb::Explanation>, Status> {
+        Err(Status::unimplemented("explain is not implemented yet"))
+    }
+}

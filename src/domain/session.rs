@@ -1,0 +1,51 @@
+//! The agent session in domain terms: what an agent says when it connects,
+//! what it reports, and the assignment the coordinator sends back.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{GpuInfo, GpuSample, HostInfo, HostSample, ReplicaSpec, ReplicaStatus};
+use super::{WarmSpec, WarmStatus};
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Hello {
+    pub node_name: String,
+    pub boot_id: String,
+    pub agent_version: String,
+    pub labels: BTreeMap<String, String>,
+    pub host: HostInfo,
+    pub gpus: Vec<GpuInfo>,
+    pub replicas: Vec<ReplicaStatus>,
+    pub warm: Vec<WarmStatus>,
+    /// Random per agent process: tells a reconnect from a restart.
+    pub agent_instance: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Report {
+    pub seq: u64,
+    pub time_unix_ms: i64,
+    pub gpus: Vec<GpuSample>,
+    pub host: HostSample,
+    pub replicas: Vec<ReplicaStatus>,
+    pub warm: Vec<WarmStatus>,
+    pub applied_generation: u64,
+    /// GPU inventory with current health, when it changed.
+    pub inventory: Vec<GpuInfo>,
+}
+
+/// The complete desired state of one node (level-triggered).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Assignment {
+    pub generation: u64,
+    pub replicas: Vec<ReplicaSpec>,
+    pub warm: Vec<WarmSpec>,
+}
+
+impl Assignment {
+    /// Same desired state, whatever the generation.
+    pub fn same_state(&self, other: &Assignment) -> bool {
+        self.replicas == other.replicas && self.warm == other.warm
+    }
+}
