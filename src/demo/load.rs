@@ -1,1 +1,356 @@
-//! Load generator: not written yet.
+//! Load generator: open-loop Poisson traffic against one model server or over
+//! a model's ready replicas, reporting what was sent, what completed, why the
+//! rest failed, and the latency percentiles.
+
+use crate::demo::arrivals::{ArrivalRate, RateError};
+use crate::demo::endpoints::{EndpointWatch, EndpointsError, REFRESH_EVERY};
+use crate::demo::latency::Percentiles;
+use anyhow::Context as _;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+
+/// The failure reason of requests that found no replica to go to.
+pub const NO_READY_REPLICA: &str = "no ready replica";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Base URL of one model server, e.g. http://127.0.0.1:20001.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub url: Option<String>,
+    /// Spread requests round-robin over this model's ready replicas, as the
+    /// coordinator lists them on /v1/endpoints (re-read every second).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Mean requests per second (Poisson arrivals); the start rate with --ramp-to.
+    #[arg(long)]
+    pub rps: f64,
+    /// How long to send.
+    #[arg(long)]
+    pub duration: humantime::Duration,
+    /// Ramp the rate linearly from --rps to this by the end of --duration.
+    #[arg(long)]
+    pub ramp_to: Option<f64>,
+    /// max_tokens of each request [default: the server's].
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Longest wait for one request, and for the in-flight ones after sending stops.
+    #[arg(long, default_value = "60s")]
+    pub timeout: humantime::Duration,
+    /// The coordinator's HTTP base URL (for --model).
+    #[arg(
+        long,
+        env = "GPUFLEET_COORDINATOR_HTTP",
+        default_value = "http://127.0.0.1:7461"
+    )]
+    pub coordinator_http: String,
+    /// Prompt of every request.
+    #[arg(
+        long,
+        default_value = "Explain why warm page caches make model servers start fast."
+    )]
+    pub prompt: String,
+    /// Seed of the arrival times, to repeat a run exactly.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Report format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Table)]
+    pub output: ReportFormat,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("--url {url}: {reason}; allowed: an http:// base URL such as http://127.0.0.1:20001")]
+    BadUrl { url: String, reason: String },
+    #[error("give --url URL or --model NAME: the load needs somewhere to go")]
+    NoTarget,
+    #[error(transparent)]
+    Rate(#[from] RateError),
+    #[error(transparent)]
+    Endpoints(#[from] EndpointsError),
+}
+
+/// What one run did. `sent == completed + failed`: a request still running
+/// when the timeout ends the run counts as failed ("timeout").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadReport {
+    pub sent: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub duration_s: f64,
+    pub achieved_rps: f64,
+    pub p50_s: Option<f64>,
+    pub p90_s: Option<f64>,
+    pub p95_s: Option<f64>,
+    pub p99_s: Option<f64>,
+    pub max_s: Option<f64>,
+}
+
+/// Where each request goes.
+enum Route {
+    One(String),
+    Replicas { watch: EndpointWatch, next: usize },
+}
+
+impl Route {
+    fn one(base: &str) -> Result<Self, LoadError> {
+        let bad = |reason: String| LoadError::BadUrl {
+            url: base.to_string(),
+            reason,
+        };
+        let parsed = reqwest::Url::parse(base).map_err(|e| bad(e.to_string()))?;
+        if parsed.scheme() != "http" {
+            return Err(bad(format!("scheme {} is not supported", parsed.scheme())));
+        }
+        Ok(Self::One(completions_url(base)))
+    }
+
+    /// The completions URL of the next request, round-robin over replicas.
+    fn next(&mut self) -> Option<String> {
+        match self {
+            Route::One(url) => Some(url.clone()),
+            Route::Replicas { watch, next } => {
+                let replicas = watch.current();
+                let base = replicas.get(*next % replicas.len().max(1))?;
+                *next = next.wrapping_add(1);
+                Some(completions_url(base))
+            }
+        }
+    }
+}
+
+fn completions_url(base: &str) -> String {
+    format!("{}/v1/completions", base.trim_end_matches('/'))
+}
+
+/// The request body. It names no model: vLLM serves under the weights path
+/// unless told otherwise, so the fleet's model name could be refused, and an
+/// engine with one model serves it to requests that name none.
+#[derive(Debug, Serialize)]
+struct CompletionRequest {
+    prompt: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionReply {
+    choices: Vec<serde_json::Value>,
+}
+
+pub async fn run_load(args: LoadArgs) -> anyhow::Result<LoadReport> {
+    let window: Duration = args.duration.into();
+    let timeout: Duration = args.timeout.into();
+    let rate = ArrivalRate::new(args.rps, args.ramp_to.unwrap_or(args.rps), window)
+        .map_err(LoadError::from)?;
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .context("building the HTTP client")?;
+    let mut route = match (&args.url, &args.model) {
+        (Some(url), _) => Route::one(url)?,
+        (None, Some(model)) => Route::Replicas {
+            watch: EndpointWatch::start(
+                client.clone(),
+                &args.coordinator_http,
+                model,
+                REFRESH_EVERY,
+            )
+            .await
+            .map_err(LoadError::from)?,
+            next: 0,
+        },
+        (None, None) => return Err(LoadError::NoTarget.into()),
+    };
+    let body = Arc::new(CompletionRequest {
+        prompt: args.prompt.clone(),
+        max_tokens: args.max_tokens,
+    });
+    let rng = match args.seed {
+        Some(seed) => StdRng::seed_from_u64(seed),
+        None => StdRng::from_os_rng(),
+    };
+    tracing::info!(
+        expected = rate.expected_arrivals().round(),
+        "sending for {window:?}"
+    );
+
+    let mut tally = Tally::default();
+    let mut in_flight = JoinSet::new();
+    let start = Instant::now();
+    let mut last_send = start;
+    for offset in rate.arrivals(rng) {
+        let due = start + offset;
+        // Open loop: the schedule never waits on responses; finished ones
+        // are only collected while waiting for the next send.
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = in_flight.join_next() => tally.record(done),
+                () = tokio::time::sleep_until(due) => break,
+            }
+        }
+        last_send = Instant::now();
+        tally.sent += 1;
+        match route.next() {
+            Some(url) => {
+                in_flight.spawn(send_one(client.clone(), url, body.clone(), due));
+            }
+            None => tally.fail(NO_READY_REPLICA, 1),
+        }
+    }
+    // A sender that fell behind its schedule sent over a longer time.
+    let sending = window.max(last_send - start);
+
+    let deadline = start + sending + timeout;
+    while !in_flight.is_empty() {
+        match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
+            Ok(Some(done)) => tally.record(done),
+            Ok(None) => break,
+            Err(_) => {
+                tally.fail("timeout", in_flight.len() as u64);
+                in_flight.abort_all();
+                break;
+            }
+        }
+    }
+    Ok(tally.report(sending))
+}
+
+/// Sends one request; its latency counts from when it was due, so a late
+/// send shows up as latency instead of hiding (no coordinated omission).
+async fn send_one(
+    client: reqwest::Client,
+    url: String,
+    body: Arc<CompletionRequest>,
+    due: Instant,
+) -> Result<Duration, String> {
+    let resp = client
+        .post(&url)
+        .json(&*body)
+        .send()
+        .await
+        .map_err(|e| failure_reason(&url, &e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("http {status}"));
+    }
+    let reply: CompletionReply = resp.json().await.map_err(|e| failure_reason(&url, &e))?;
+    if reply.choices.is_empty() {
+        return Err("invalid response".into());
+    }
+    Ok(due.elapsed())
+}
+
+/// A few coarse reasons, so a report groups thousands of failures readably.
+fn failure_reason(url: &str, e: &reqwest::Error) -> String {
+    tracing::debug!("{url}: {e:#}");
+    let reason = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_decode() {
+        "invalid response"
+    } else {
+        "request error"
+    };
+    reason.to_string()
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    sent: u64,
+    latencies_s: Vec<f64>,
+    failures: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn record(&mut self, done: Result<Result<Duration, String>, JoinError>) {
+        match done {
+            Ok(Ok(latency)) => self.latencies_s.push(latency.as_secs_f64()),
+            Ok(Err(reason)) => self.fail(&reason, 1),
+            Err(e) => self.fail(&format!("request task failed: {e}"), 1),
+        }
+    }
+
+    fn fail(&mut self, reason: &str, n: u64) {
+        *self.failures.entry(reason.to_string()).or_default() += n;
+    }
+
+    fn report(self, sending: Duration) -> LoadReport {
+        let p = Percentiles::from_samples(&self.latencies_s);
+        let duration_s = sending.as_secs_f64();
+        LoadReport {
+            sent: self.sent,
+            completed: self.latencies_s.len() as u64,
+            failed: self.failures.values().sum(),
+            failures: self.failures,
+            duration_s,
+            achieved_rps: self.sent as f64 / duration_s.max(1e-9),
+            p50_s: p.map(|p| p.p50_s),
+            p90_s: p.map(|p| p.p90_s),
+            p95_s: p.map(|p| p.p95_s),
+            p99_s: p.map(|p| p.p99_s),
+            max_s: p.map(|p| p.max_s),
+        }
+    }
+}
+
+pub fn print_report(report: &LoadReport, json: bool) {
+    print!("{}", render_report(report, json));
+}
+
+/// The report as `print_report` prints it: one JSON object, or a table.
+pub fn render_report(report: &LoadReport, json: bool) -> String {
+    if json {
+        // Serializing plain numbers and string-keyed maps cannot fail.
+        let mut line = serde_json::to_string(report).unwrap_or_default();
+        line.push('\n');
+        return line;
+    }
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "sent       {} in {:.1} s ({:.1} req/s)",
+        report.sent, report.duration_s, report.achieved_rps
+    );
+    let _ = writeln!(out, "completed  {}", report.completed);
+    let _ = writeln!(out, "failed     {}", report.failed);
+    let width = report.failures.keys().map(String::len).max().unwrap_or(0);
+    for (reason, n) in &report.failures {
+        let _ = writeln!(out, "  {reason:<width$}  {n}");
+    }
+    match (
+        report.p50_s,
+        report.p90_s,
+        report.p95_s,
+        report.p99_s,
+        report.max_s,
+    ) {
+        (Some(p50), Some(p90), Some(p95), Some(p99), Some(max)) => {
+            let _ = writeln!(
+                out,
+                "latency    p50 {p50:.3} s  p90 {p90:.3} s  p95 {p95:.3} s  p99 {p99:.3} s  max {max:.3} s"
+            );
+        }
+        _ => out.push_str("latency    no request completed\n"),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

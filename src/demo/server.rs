@@ -1,1 +1,500 @@
-//! Demo model server: not written yet.
+//! Demo model server: behaves like an inference engine to everything around it
+//! (weights read at start, /health, an OpenAI-like completions API with a
+//! concurrency limit and a real queue, vLLM's Prometheus metrics), minus the GPU.
+
+use crate::demo::latency::LatencyHistogram;
+use crate::demo::weights::{read_weights, WeightsError};
+use anyhow::Context as _;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::future::{Future, IntoFuture as _};
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+
+const DEFAULT_CONCURRENCY: NonZeroUsize = NonZeroUsize::new(4).unwrap(); // evaluated at compile time
+const DEFAULT_TOKENS: NonZeroU32 = NonZeroU32::new(32).unwrap(); // evaluated at compile time
+const DEFAULT_TOKEN_TIME: Duration = Duration::from_millis(20);
+
+/// Longer generations are refused, as an engine refuses more than its context.
+pub const MAX_TOKENS_LIMIT: u32 = 8192;
+
+/// How long a stopping server lets in-flight requests finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Port to listen on.
+    #[arg(long)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Weights file (or directory) read fully at start, like an engine loading a model.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Requests served at once; the rest wait in the queue.
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
+    pub concurrency: NonZeroUsize,
+    /// Time to generate one token.
+    #[arg(long, default_value_t = DEFAULT_TOKEN_TIME.into())]
+    pub token_time: humantime::Duration,
+    /// Tokens generated when a request gives no max_tokens.
+    #[arg(long, default_value_t = DEFAULT_TOKENS)]
+    pub tokens: NonZeroU32,
+    /// Time spent after reading the weights before serving, as an engine
+    /// spends on CUDA-graph capture and KV-cache profiling.
+    #[arg(long, default_value = "0s")]
+    pub init_time: humantime::Duration,
+    /// Model name in responses and metrics [default: the weights file's stem].
+    #[arg(long)]
+    pub model_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "cannot name the model after weights {weights}: it has no file name; pass --model-name"
+    )]
+    NoModelName { weights: PathBuf },
+    #[error("cannot listen on {addr}: {source}; choose a free port with --port")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+/// A validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub weights: PathBuf,
+    pub model_name: String,
+    pub concurrency: NonZeroUsize,
+    pub token_time: Duration,
+    pub default_tokens: NonZeroU32,
+    pub init_time: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// The defaults of `gpufleet demo server` for these weights.
+    pub fn new(weights: PathBuf) -> Result<Self, ServerError> {
+        let model_name = weights
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ServerError::NoModelName {
+                weights: weights.clone(),
+            })?;
+        Ok(Self {
+            weights,
+            model_name,
+            concurrency: DEFAULT_CONCURRENCY,
+            token_time: DEFAULT_TOKEN_TIME,
+            default_tokens: DEFAULT_TOKENS,
+            init_time: Duration::ZERO,
+            drain_timeout: DRAIN_TIMEOUT,
+        })
+    }
+
+    pub fn from_args(args: &ServerArgs) -> Result<Self, ServerError> {
+        let mut cfg = Self::new(args.weights.clone())?;
+        if let Some(name) = &args.model_name {
+            cfg.model_name.clone_from(name);
+        }
+        cfg.concurrency = args.concurrency;
+        cfg.token_time = args.token_time.into();
+        cfg.default_tokens = args.tokens;
+        cfg.init_time = args.init_time.into();
+        Ok(cfg)
+    }
+}
+
+/// Binds `--host:--port`, serves until SIGTERM or SIGINT, then drains.
+pub async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let cfg = ServerConfig::from_args(&args)?;
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+    };
+    serve(listener, cfg, stop).await
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops accepting and
+/// lets in-flight requests finish (at most `cfg.drain_timeout`). Fails if the
+/// weights cannot be read, as an engine that cannot load its model exits.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let local = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    tracing::info!(
+        addr = %local, model = %cfg.model_name, weights = %cfg.weights.display(),
+        concurrency = cfg.concurrency.get(), "demo model server listening; loading weights"
+    );
+    let engine = Arc::new(Engine::new(cfg));
+    let cancel_load = Arc::new(AtomicBool::new(false));
+    let mut loading = Box::pin(load(engine.clone(), cancel_load.clone()));
+    let mut loaded = false;
+
+    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let mut server = Box::pin(
+        axum::serve(listener, router(engine.clone()))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = drain_tx.send(());
+            })
+            .into_future(),
+    );
+    let drain_timeout = engine.cfg.drain_timeout;
+    let mut drain_deadline = Box::pin(async move {
+        match drain_rx.await {
+            Ok(()) => tokio::time::sleep(drain_timeout).await,
+            // The server ended without a shutdown request: the other arm wins.
+            Err(_) => std::future::pending().await,
+        }
+    });
+
+    let outcome = loop {
+        tokio::select! {
+            served = &mut server => break served.context("serving HTTP"),
+            _ = &mut drain_deadline => {
+                tracing::warn!(
+                    waiting = engine.waiting.load(Ordering::Relaxed),
+                    running = engine.running.load(Ordering::Relaxed),
+                    "requests still in flight after {drain_timeout:?}; stopping anyway"
+                );
+                break Ok(());
+            }
+            result = &mut loading, if !loaded => match result {
+                Ok(()) => loaded = true,
+                Err(e) => break Err(e),
+            },
+        }
+    };
+    cancel_load.store(true, Ordering::Relaxed);
+    if outcome.is_ok() {
+        tracing::info!("demo model server stopped");
+    }
+    outcome
+}
+
+/// Reads the weights on a blocking thread, waits out the init time, then
+/// opens the server for requests.
+async fn load(engine: Arc<Engine>, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let path = engine.cfg.weights.clone();
+    let read = tokio::task::spawn_blocking(move || read_weights(&path, &cancel))
+        .await
+        .context("the weights loader thread panicked")?
+        .map_err(ServerError::from)?;
+    tracing::info!(
+        files = read.files,
+        bytes = read.bytes,
+        "read weights in {:.3} s ({:.1} MiB/s)",
+        read.elapsed.as_secs_f64(),
+        read.bytes_per_s() / f64::from(1 << 20)
+    );
+    tokio::time::sleep(engine.cfg.init_time).await;
+    engine.ready.store(true, Ordering::Release);
+    tracing::info!("ready");
+    Ok(())
+}
+
+/// The serving state every handler sees. Gauges are atomics; the finished
+/// requests' histogram sits behind a mutex held only for an update or a render.
+struct Engine {
+    cfg: ServerConfig,
+    ready: AtomicBool,
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+    finished: Mutex<LatencyHistogram>,
+    next_id: AtomicU64,
+}
+
+impl Engine {
+    fn new(cfg: ServerConfig) -> Self {
+        Self {
+            slots: Semaphore::new(cfg.concurrency.get()),
+            cfg,
+            ready: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            finished: Mutex::new(LatencyHistogram::vllm_e2e()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Counts a request in a gauge for as long as it lives, so a client that hangs
+/// up mid-request (its handler future dropped) leaves the gauge right.
+struct InGauge<'a>(&'a AtomicUsize);
+
+impl<'a> InGauge<'a> {
+    fn enter(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for InGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/completions", post(completions))
+        .route("/metrics", get(metrics))
+        .with_state(engine)
+}
+
+async fn health(State(engine): State<Arc<Engine>>) -> Response {
+    if engine.is_ready() {
+        StatusCode::OK.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading weights\n").into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    prompt: Prompt,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Prompt {
+    /// Whitespace-separated words stand in for tokens.
+    fn tokens(&self) -> usize {
+        match self {
+            Prompt::One(p) => p.split_whitespace().count(),
+            Prompt::Many(ps) => ps.iter().map(|p| p.split_whitespace().count()).sum(),
+        }
+    }
+}
+
+/// An error body shaped like vLLM's OpenAI server's.
+fn api_error(status: StatusCode, kind: &str, message: String) -> Response {
+    let body =
+        json!({"object": "error", "message": message, "type": kind, "code": status.as_u16()});
+    (status, Json(body)).into_response()
+}
+
+async fn completions(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Response {
+    let arrived = Instant::now();
+    if !engine.is_ready() {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableError",
+            "the model is still loading its weights; retry when /health answers 200".into(),
+        );
+    }
+    let req = match body {
+        Ok(Json(req)) => req,
+        Err(rejection) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequestError",
+                rejection.body_text(),
+            )
+        }
+    };
+    let name = &engine.cfg.model_name;
+    if let Some(asked) = req.model.as_deref().filter(|m| m != name) {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "NotFoundError",
+            format!("The model `{asked}` does not exist; this server serves `{name}`."),
+        );
+    }
+    if req.stream {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequestError",
+            "stream=true is not supported by the demo model server".into(),
+        );
+    }
+    let tokens = req.max_tokens.unwrap_or(engine.cfg.default_tokens.get());
+    if !(1..=MAX_TOKENS_LIMIT).contains(&tokens) {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequestError",
+            format!("max_tokens is {tokens}; allowed: 1 to {MAX_TOKENS_LIMIT}"),
+        );
+    }
+
+    let queued = InGauge::enter(&engine.waiting);
+    // The semaphore is never closed, so acquiring only fails on a broken invariant.
+    let Ok(_slot) = engine.slots.acquire().await else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableError",
+            "the server is shutting down".into(),
+        );
+    };
+    drop(queued);
+    let generating = InGauge::enter(&engine.running);
+    tokio::time::sleep(engine.cfg.token_time.saturating_mul(tokens)).await;
+    drop(generating);
+
+    engine
+        .finished
+        .lock()
+        // A panic elsewhere cannot leave a histogram half-updated: use it as is.
+        .unwrap_or_else(PoisonError::into_inner)
+        .observe(arrived.elapsed().as_secs_f64());
+    let id = engine.next_id.fetch_add(1, Ordering::Relaxed);
+    let prompt_tokens = req.prompt.tokens();
+    let created = crate::domain::unix_ms_now() / 1000;
+    Json(json!({
+        "id": format!("cmpl-{id:016x}"),
+        "object": "text_completion",
+        "created": created,
+        "model": name,
+        "choices": [{
+            "index": 0,
+            "text": generated_text(tokens),
+            "logprobs": null,
+            "finish_reason": "length",
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": tokens,
+            "total_tokens": prompt_tokens + tokens as usize,
+        },
+    }))
+    .into_response()
+}
+
+fn generated_text(tokens: u32) -> String {
+    const WORDS: [&str; 8] = [
+        " the", " fleet", " keeps", " weights", " warm", " on", " every", " host",
+    ];
+    (0..tokens as usize)
+        .map(|i| WORDS[i % WORDS.len()])
+        .collect()
+}
+
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    let body = render_metrics(&engine);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn render_metrics(engine: &Engine) -> String {
+    let labels = format!("model_name=\"{}\"", escape_label(&engine.cfg.model_name));
+    let waiting = engine.waiting.load(Ordering::Relaxed);
+    let running = engine.running.load(Ordering::Relaxed);
+    let kv_usage = running as f64 / engine.cfg.concurrency.get() as f64;
+    let finished = engine
+        .finished
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, value: f64| {
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value:?}\n"
+        );
+    };
+    family(
+        "vllm:num_requests_running",
+        "gauge",
+        "Number of requests in model execution batches.",
+        running as f64,
+    );
+    family(
+        "vllm:num_requests_waiting",
+        "gauge",
+        "Number of requests waiting to be processed.",
+        waiting as f64,
+    );
+    family(
+        "vllm:kv_cache_usage_perc",
+        "gauge",
+        "KV-cache usage. 1 means 100 percent usage.",
+        kv_usage,
+    );
+    let name = "vllm:request_success_total";
+    let _ = write!(
+        out,
+        "# HELP {name} Count of successfully processed requests.\n# TYPE {name} counter\n\
+         {name}{{finished_reason=\"length\",{labels}}} {:?}\n",
+        finished.count() as f64
+    );
+    let name = "vllm:e2e_request_latency_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} Histogram of e2e request latency in seconds.\n# TYPE {name} histogram\n"
+    );
+    finished.write_prometheus(&mut out, name, &labels);
+    out
+}
+
+/// Escapes a Prometheus label value (backslash, double quote, newline).
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
