@@ -1,1 +1,77 @@
-fn main() {}
+//! The `gpufleet` binary: parse the command line, set up logging, load and
+//! validate config (exit 64 when it is bad), run the role, stop on a signal.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use gpufleet::cli::{self, AgentArgs, Cli, Command, CoordinatorArgs, EXIT_CONFIG};
+use gpufleet::config::{AgentConfig, AgentOverrides, CoordinatorConfig, CoordinatorOverrides};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    gpufleet::logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Coordinator(args) => coordinator(args).await,
+            Command::Agent(args) => agent(args).await,
+            Command::Demo(args) => gpufleet::demo::run(args).await.map_err(Failure::Run),
+            other => cli::run_operator(other).await.map_err(Failure::Run),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(Failure::Run(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(String),
+    Run(anyhow::Error),
+}
+
+async fn coordinator(args: CoordinatorArgs) -> Result<(), Failure> {
+    let cfg = CoordinatorConfig::load(&CoordinatorOverrides {
+        config: args.config,
+        listen: args.listen,
+        http_listen: args.http_listen,
+        data_dir: args.data_dir,
+    })
+    .map_err(|e| Failure::Config(e.to_string()))?;
+    gpufleet::coordinator::run(cfg, cli::shutdown_signal())
+        .await
+        .map_err(Failure::Run)
+}
+
+async fn agent(args: AgentArgs) -> Result<(), Failure> {
+    let cfg = AgentConfig::load(&AgentOverrides {
+        config: args.config,
+        coordinator: args.coordinator,
+        node_name: args.node_name,
+        state_dir: args.state_dir,
+        gpu_backend: args.gpu_backend,
+        simulated_gpus: args.simulated_gpus,
+        http_listen: args.http_listen,
+    })
+    .map_err(|e| Failure::Config(e.to_string()))?;
+    let options = gpufleet::agent::RunOptions {
+        stop_replicas_on_exit: args.stop_replicas_on_exit,
+    };
+    gpufleet::agent::run(cfg, options, cli::shutdown_signal())
+        .await
+        .map_err(Failure::Run)
+}

@@ -103,10 +103,19 @@ fn spawn_gpu_sampler(
     rx
 }
 
+/// How the agent process behaves beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop every replica on exit instead of leaving them for re-adoption.
+    pub stop_replicas_on_exit: bool,
+}
+
 /// Runs the agent until `shutdown` resolves. Replicas keep running when the
-/// agent stops: a restarted agent re-adopts them.
+/// agent stops (a restarted agent re-adopts them) unless `options` says
+/// otherwise.
 pub async fn run(
     cfg: AgentConfig,
+    options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
@@ -162,6 +171,10 @@ pub async fn run(
         backoff_cap: Duration::from_secs(30),
     };
     link::run(link_cfg, state, assign_tx, connected_tx, shutdown).await;
-    tracing::info!("agent stopped; replicas keep running and will be re-adopted");
+    if options.stop_replicas_on_exit {
+        tracing::info!("agent stopped");
+    } else {
+        tracing::info!("agent stopped; replicas keep running and will be re-adopted");
+    }
     Ok(())
 }

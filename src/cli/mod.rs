@@ -124,6 +124,10 @@ pub struct AgentArgs {
     /// HTTP listen address (/metrics, /healthz) [default: 127.0.0.1:7462].
     #[arg(long)]
     pub http_listen: Option<SocketAddr>,
+    /// Stop every replica when the agent exits (the demo's throwaway fleet).
+    /// Without it replicas outlive the agent and are re-adopted.
+    #[arg(long, hide = true)]
+    pub stop_replicas_on_exit: bool,
 }
 
 fn parse_backend(s: &str) -> Result<GpuBackend, String> {

@@ -3,7 +3,39 @@
 
 pub mod arrivals;
 pub mod endpoints;
+pub mod fleet;
 pub mod latency;
 pub mod load;
 pub mod server;
 pub mod weights;
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DemoArgs {
+    #[command(subcommand)]
+    pub cmd: Option<DemoCommand>,
+    #[command(flatten)]
+    pub fleet: fleet::FleetArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DemoCommand {
+    /// A demo model server: loads its weights, then serves completions with
+    /// vLLM-style metrics.
+    Server(server::ServerArgs),
+    /// An open-loop load generator for a server or a model's replicas.
+    Load(load::LoadArgs),
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    match args.cmd {
+        Some(DemoCommand::Server(a)) => server::run_server(a).await,
+        Some(DemoCommand::Load(a)) => {
+            let json = a.output == load::ReportFormat::Json;
+            let report = load::run_load(a).await?;
+            load::print_report(&report, json);
+            Ok(())
+        }
+        None => fleet::run(args.fleet).await,
+    }
+}
