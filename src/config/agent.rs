@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::problem::{duration_in, int_in, optional_path, size, socket_addr, Problem};
+use super::problem::{duration_in, int_in, size, socket_addr, Problem};
 use super::{read_config, ConfigError, RawTls, TlsSettings};
 use crate::agent::gpu::GpuBackend;
 
@@ -270,7 +270,10 @@ fn absolute_paths(key: &str, paths: Vec<String>) -> Result<Vec<PathBuf>, Problem
 }
 
 fn check_run_as(run_as: Option<String>) -> Result<Option<String>, Problem> {
-    let Some(user) = optional_path(run_as).map(|p| p.to_string_lossy().trim().to_string()) else {
+    let Some(user) = run_as
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+    else {
         return Ok(None);
     };
     if user == "root" || user == "0" {

@@ -154,8 +154,13 @@ fn command_must_name_a_program() {
             "{e}"
         );
     }
-    let e = err(&BASE.replace("command = [\"/opt/vllm/bin/vllm\"", "command = [3"));
-    assert!(e.contains("server.command"), "{e}");
+    let e = err(&BASE.replace("\"{port}\"]", "\"{port}\", 3]"));
+    assert!(
+        e.ends_with("server.command[5] must be a string, not integer `3`"),
+        "{e}"
+    );
+    let e = err(&with("server", "command = \"vllm serve\""));
+    assert!(e.ends_with("duplicate key `command`"), "{e}");
 }
 
 #[test]

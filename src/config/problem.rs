@@ -80,10 +80,14 @@ impl Problem {
         let line = err.span().map(|span| line_at(src, span.start));
         let message = err.message().trim().to_string();
         let Ok(table) = DeTable::parse(src) else {
-            return Problem::Syntax {
-                line,
-                message: first_line(&message),
-            };
+            let mut message = first_line(&message);
+            // The parser says "duplicate key" without saying which.
+            if let Some(key) = err.span().and_then(|span| src.get(span)) {
+                if message == "duplicate key" {
+                    message = format!("duplicate key `{}`", key.trim());
+                }
+            }
+            return Problem::Syntax { line, message };
         };
         let path = err
             .span()
@@ -199,6 +203,11 @@ fn key_path_at(table: &DeTable<'_>, span: &Range<usize>) -> Option<String> {
             }
         }
         if covers(value.span()) {
+            if let DeValue::Array(items) = value.get_ref() {
+                if let Some(i) = items.iter().position(|item| covers(item.span())) {
+                    return Some(format!("{}[{i}]", key.get_ref()));
+                }
+            }
             return Some(key.get_ref().to_string());
         }
     }
