@@ -1,13 +1,347 @@
-use super::{ConfigError, TlsSettings};
+//! The coordinator's settings: `/etc/gpufleet/coordinator.toml` merged with
+//! the flags of `gpufleet coordinator`, flags winning, every value checked.
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::problem::{duration_in, int_in, optional_path, socket_addr, Problem};
+use super::units::format_duration;
+use super::{read_config, ConfigError, RawTls, TlsSettings};
+
+pub const DEFAULT_COORDINATOR_CONFIG: &str = "/etc/gpufleet/coordinator.toml";
+
+/// Flags of `gpufleet coordinator`; each one set beats the file.
 #[derive(Debug, Default, Clone)]
-pub struct CoordinatorOverrides { pub config: Option<PathBuf>, pub listen: Option<SocketAddr>, pub http_listen: Option<SocketAddr>, pub data_dir: Option<PathBuf> }
-#[derive(Debug, Clone)]
-pub struct CoordinatorConfig { pub listen: SocketAddr, pub http_listen: SocketAddr, pub data_dir: PathBuf, pub tick: Duration, pub node_suspect_after: Duration, pub node_lost_after: Duration, pub reconnect_grace: Duration, pub event_log_capacity: usize, pub tls: TlsSettings, pub auth: AuthSettings }
-#[derive(Debug, Clone, Default)]
-pub struct AuthSettings { pub tokens_file: Option<PathBuf> }
+pub struct CoordinatorOverrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoordinatorConfig {
+    /// gRPC: agent sessions and the Control API.
+    pub listen: SocketAddr,
+    /// HTTP: /metrics, /healthz, /v1/endpoints, wake.
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Control loop period.
+    pub tick: Duration,
+    pub node_suspect_after: Duration,
+    pub node_lost_after: Duration,
+    /// After a restart, no stop or move decisions before this.
+    pub reconnect_grace: Duration,
+    pub event_log_capacity: usize,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// Lines "admin <token>" / "read <token>"; `None`: no tokens required.
+    pub tokens_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoordinator {
+    listen: Option<String>,
+    http_listen: Option<String>,
+    data_dir: Option<String>,
+    tick: Option<String>,
+    node_suspect_after: Option<String>,
+    node_lost_after: Option<String>,
+    reconnect_grace: Option<String>,
+    event_log_capacity: Option<i64>,
+    tls: Option<RawTls>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    tokens_file: Option<String>,
+}
+
 impl CoordinatorConfig {
-    pub fn load(o: &CoordinatorOverrides) -> Result<CoordinatorConfig, ConfigError> { Ok(CoordinatorConfig { listen: o.listen.unwrap_or("0.0.0.0:7460".parse().unwrap()), http_listen: o.http_listen.unwrap_or("0.0.0.0:7461".parse().unwrap()), data_dir: o.data_dir.clone().unwrap_or("/var/lib/gpufleet".into()), tick: Duration::from_secs(1), node_suspect_after: Duration::from_secs(10), node_lost_after: Duration::from_secs(30), reconnect_grace: Duration::from_secs(30), event_log_capacity: 10000, tls: TlsSettings::default(), auth: AuthSettings::default() }) }
+    /// Reads the `--config` file (which must exist) or the default file (when
+    /// present) and applies the flags.
+    pub fn load(o: &CoordinatorOverrides) -> Result<CoordinatorConfig, ConfigError> {
+        let (src, origin) =
+            read_config(o.config.as_deref(), Path::new(DEFAULT_COORDINATOR_CONFIG))?;
+        from_toml_at(&src, o, origin)
+    }
+
+    /// Builds the settings from TOML text and the flags; errors say "coordinator config".
+    pub fn from_toml(
+        src: &str,
+        o: &CoordinatorOverrides,
+    ) -> Result<CoordinatorConfig, ConfigError> {
+        from_toml_at(src, o, "coordinator config".to_string())
+    }
+}
+
+fn from_toml_at(
+    src: &str,
+    o: &CoordinatorOverrides,
+    origin: String,
+) -> Result<CoordinatorConfig, ConfigError> {
+    let invalid = |problem: Problem| ConfigError::Invalid {
+        origin: origin.clone(),
+        problem: problem.locate(src),
+    };
+    let raw: RawCoordinator = toml::from_str(src)
+        .map_err(|e| invalid(Problem::from_toml(src, &e, "the coordinator config")))?;
+    validate(raw, o).map_err(invalid)
+}
+
+fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<CoordinatorConfig, Problem> {
+    let listen = match (o.listen, raw.listen) {
+        (Some(flag), _) => flag,
+        (None, Some(file)) => socket_addr("listen", &file)?,
+        (None, None) => SocketAddr::from(([0, 0, 0, 0], 7460)),
+    };
+    let http_listen = match (o.http_listen, raw.http_listen) {
+        (Some(flag), _) => flag,
+        (None, Some(file)) => socket_addr("http_listen", &file)?,
+        (None, None) => SocketAddr::from(([0, 0, 0, 0], 7461)),
+    };
+    if listen == http_listen {
+        return Err(Problem::invalid(
+            "http_listen",
+            format!(
+                "http_listen and listen are both {listen}; the gRPC and HTTP ports must differ"
+            ),
+        ));
+    }
+    let data_dir = match (&o.data_dir, raw.data_dir) {
+        (Some(flag), _) => flag.clone(),
+        (None, Some(file)) if file.trim().is_empty() => {
+            return Err(Problem::invalid(
+                "data_dir",
+                "data_dir must not be empty; default: \"/var/lib/gpufleet\"",
+            ))
+        }
+        (None, Some(file)) => PathBuf::from(file),
+        (None, None) => PathBuf::from("/var/lib/gpufleet"),
+    };
+
+    let tick = duration_in(
+        "tick",
+        raw.tick.as_deref().unwrap_or("1s"),
+        Duration::from_millis(50)..=Duration::from_secs(60),
+    )?;
+    let node_suspect_after = duration_in(
+        "node_suspect_after",
+        raw.node_suspect_after.as_deref().unwrap_or("10s"),
+        Duration::from_millis(100)..=Duration::from_secs(3600),
+    )?;
+    let node_lost_after = duration_in(
+        "node_lost_after",
+        raw.node_lost_after.as_deref().unwrap_or("30s"),
+        Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
+    )?;
+    if node_lost_after <= node_suspect_after {
+        return Err(Problem::invalid(
+            "node_lost_after",
+            format!(
+                "node_lost_after ({}) must be longer than node_suspect_after ({})",
+                format_duration(node_lost_after),
+                format_duration(node_suspect_after)
+            ),
+        ));
+    }
+    let reconnect_grace = duration_in(
+        "reconnect_grace",
+        raw.reconnect_grace.as_deref().unwrap_or("30s"),
+        Duration::ZERO..=Duration::from_secs(3600),
+    )?;
+    let event_log_capacity = int_in(
+        "event_log_capacity",
+        raw.event_log_capacity.unwrap_or(10_000),
+        100..=1_000_000u32,
+    )? as usize;
+    let tls = raw.tls.unwrap_or_default().validate()?;
+    let auth = AuthSettings {
+        tokens_file: optional_path(raw.auth.unwrap_or_default().tokens_file),
+    };
+
+    Ok(CoordinatorConfig {
+        listen,
+        http_listen,
+        data_dir,
+        tick,
+        node_suspect_after,
+        node_lost_after,
+        reconnect_grace,
+        event_log_capacity,
+        tls,
+        auth,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PACKAGED: &str = include_str!("../../packaging/config/coordinator.toml");
+
+    fn load(src: &str) -> CoordinatorConfig {
+        CoordinatorConfig::from_toml(src, &CoordinatorOverrides::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn err(src: &str) -> String {
+        match CoordinatorConfig::from_toml(src, &CoordinatorOverrides::default()) {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = load("");
+        assert_eq!(c.listen, "0.0.0.0:7460".parse().unwrap());
+        assert_eq!(c.http_listen, "0.0.0.0:7461".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/gpufleet"));
+        assert_eq!(c.tick, Duration::from_secs(1));
+        assert_eq!(c.node_suspect_after, Duration::from_secs(10));
+        assert_eq!(c.node_lost_after, Duration::from_secs(30));
+        assert_eq!(c.reconnect_grace, Duration::from_secs(30));
+        assert_eq!(c.event_log_capacity, 10_000);
+        assert!(!c.tls.enabled());
+        assert_eq!(c.auth.tokens_file, None);
+    }
+
+    #[test]
+    fn the_packaged_file_documents_the_defaults() {
+        assert_eq!(load(PACKAGED), load(""));
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let src = "listen = \"127.0.0.1:1\"\nhttp_listen = \"127.0.0.1:2\"\ndata_dir = \"/file\"\n";
+        let o = CoordinatorOverrides {
+            config: None,
+            listen: Some("127.0.0.1:3".parse().unwrap()),
+            http_listen: Some("127.0.0.1:4".parse().unwrap()),
+            data_dir: Some("/flag".into()),
+        };
+        let c = CoordinatorConfig::from_toml(src, &o).unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.http_listen.port(), 4);
+        assert_eq!(c.data_dir, PathBuf::from("/flag"));
+        let c = load(src);
+        assert_eq!((c.listen.port(), c.http_listen.port()), (1, 2));
+        assert_eq!(c.data_dir, PathBuf::from("/file"));
+    }
+
+    #[test]
+    fn file_values_are_read() {
+        let c = load(
+            "tick = \"100ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"5s\"\nreconnect_grace = \"0s\"\nevent_log_capacity = 500\n[auth]\ntokens_file = \"/etc/gpufleet/tokens\"\n",
+        );
+        assert_eq!(c.tick, Duration::from_millis(100));
+        assert_eq!(c.node_lost_after, Duration::from_secs(5));
+        assert_eq!(c.reconnect_grace, Duration::ZERO);
+        assert_eq!(c.event_log_capacity, 500);
+        assert_eq!(
+            c.auth.tokens_file,
+            Some(PathBuf::from("/etc/gpufleet/tokens"))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_line_and_allowed_keys() {
+        let e = err("tick = \"1s\"\ntikc = \"1s\"\n");
+        assert!(
+            e.starts_with("coordinator config: line 2: unknown key `tikc` in the coordinator config; allowed keys: listen, http_listen"),
+            "{e}"
+        );
+        let e = err("[auth]\ntoken_file = \"/x\"\n");
+        assert!(
+            e.contains("line 2: unknown key `token_file` in [auth]; allowed keys: tokens_file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rules_and_their_messages() {
+        let e = err("tick = \"10ms\"\n");
+        assert_eq!(
+            e,
+            "coordinator config: line 1: tick = \"10ms\" is out of range; allowed: 50ms..=1m"
+        );
+        let e = err("node_suspect_after = \"30s\"\nnode_lost_after = \"20s\"\n");
+        assert!(
+            e.ends_with(
+                "line 2: node_lost_after (20s) must be longer than node_suspect_after (30s)"
+            ),
+            "{e}"
+        );
+        let e = err("node_lost_after = \"10s\"\n");
+        assert!(
+            e.contains("must be longer than node_suspect_after (10s)"),
+            "{e}"
+        );
+        let e = err("event_log_capacity = -5\n");
+        assert!(
+            e.ends_with("event_log_capacity = -5 must be ≥ 0; allowed: 100..=1000000"),
+            "{e}"
+        );
+        let e = err("event_log_capacity = 5\n");
+        assert!(
+            e.ends_with("event_log_capacity = 5 is out of range; allowed: 100..=1000000"),
+            "{e}"
+        );
+        let e = err("listen = \"0.0.0.0\"\n");
+        assert!(e.contains("listen `0.0.0.0` is not an address"), "{e}");
+        let e = err("listen = \"0.0.0.0:7461\"\n");
+        assert!(e.contains("the gRPC and HTTP ports must differ"), "{e}");
+        let e = err("reconnect_grace = \"2h\"\n");
+        assert!(e.contains("allowed: 0s..=1h"), "{e}");
+        let e = err("[tls]\ncert = \"/c.pem\"\n");
+        assert!(e.contains("tls.ca and tls.key must be set too"), "{e}");
+        let e = err("data_dir = \"\"\n");
+        assert!(e.contains("data_dir must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, "\n\ntick = \"2m\"\n").unwrap();
+        let o = CoordinatorOverrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let e = CoordinatorConfig::load(&o).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: line 3: tick = \"2m\" is out of range; allowed: 50ms..=1m",
+                path.display()
+            )
+        );
+        let o = CoordinatorOverrides {
+            config: Some(dir.path().join("nope.toml")),
+            ..Default::default()
+        };
+        assert!(CoordinatorConfig::load(&o)
+            .unwrap_err()
+            .to_string()
+            .contains("nope.toml: cannot read"));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(src in "\\PC*") {
+            let _ = CoordinatorConfig::from_toml(&src, &CoordinatorOverrides::default());
+        }
+    }
 }

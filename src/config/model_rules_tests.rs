@@ -1,0 +1,467 @@
+//! Every model spec rule, with the message an operator would see.
+
+use super::*;
+use proptest::prelude::*;
+
+const BASE: &str = r#"name = "llama-3-8b"
+weights = "/srv/models/llama"
+
+[server]
+preset = "vllm"
+command = ["/opt/vllm/bin/vllm", "serve", "{weights}", "--port", "{port}"]
+gpu_memory = "20GiB"
+"#;
+
+fn ok(src: &str) -> ModelSpec {
+    ModelSpec::parse(src).unwrap_or_else(|e| panic!("{e}\n---\n{src}"))
+}
+
+fn err(src: &str) -> String {
+    match ModelSpec::parse(src) {
+        Ok(spec) => panic!("accepted: {spec:?}\n---\n{src}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// BASE with `line` added to the table `table` ("" for top level).
+fn with(table: &str, line: &str) -> String {
+    if table.is_empty() {
+        format!("{line}\n{BASE}")
+    } else if table == "server" {
+        format!("{BASE}{line}\n")
+    } else {
+        format!("{BASE}\n[{table}]\n{line}\n")
+    }
+}
+
+fn scaling(lines: &str) -> String {
+    format!("{BASE}\n[scaling]\nmax_replicas = 4\n{lines}\n")
+}
+
+#[test]
+fn defaults_fill_what_the_spec_leaves_out() {
+    let s = ok(BASE);
+    assert_eq!(s.replicas, 1);
+    assert!(s.scaling.is_none());
+    assert_eq!(s.server.gpus, 1);
+    assert_eq!(s.server.ready_timeout, Duration::from_secs(20 * 60));
+    assert_eq!(s.server.stop_timeout, Duration::from_secs(30));
+    assert!(s.server.env.is_empty());
+    assert_eq!(s.warm.mode, WarmMode::Off);
+    assert_eq!(s.warm.standby_nodes, 0);
+    let no_preset = BASE.replace("preset = \"vllm\"\n", "");
+    assert_eq!(ok(&no_preset).server.preset, Preset::Generic);
+}
+
+#[test]
+fn scaling_defaults_follow_the_design() {
+    let c = ok(&scaling("")).scaling.unwrap();
+    assert_eq!((c.min_replicas, c.max_replicas), (1, 4));
+    assert_eq!(c.target_ongoing_requests, 8.0);
+    assert_eq!(c.stable_window, Duration::from_secs(60));
+    assert_eq!(c.panic_window, Duration::from_secs(6));
+    assert_eq!(c.panic_threshold, 2.0);
+    assert_eq!(c.tolerance, 0.1);
+    assert_eq!(c.scale_down_delay, Duration::from_secs(300));
+    assert_eq!(c.scale_to_zero_after, Duration::from_secs(900));
+    assert_eq!(c.max_scale_down_step, 1);
+    assert!(!c.prescale);
+    assert_eq!(c.max_p95_latency, None);
+    assert_eq!(c.target_gpu_utilization, None);
+}
+
+#[test]
+fn unknown_key_names_line_and_allowed_keys() {
+    let src = BASE.replace("weights =", "replicass = 3\nweights =");
+    assert_eq!(
+        err(&src),
+        "line 2: unknown key `replicass` in the model spec; allowed keys: name, weights, replicas, server, scaling, warm"
+    );
+    let e = err(&scaling("stable_windw = \"1s\""));
+    assert!(e.starts_with("line 11: unknown key `stable_windw` in [scaling]; allowed keys: min_replicas, max_replicas"), "{e}");
+    let e = err(&with("server", "gpu = 2"));
+    assert!(
+        e.contains("unknown key `gpu` in [server]") && e.contains("gpus"),
+        "{e}"
+    );
+}
+
+#[test]
+fn name_rules() {
+    for bad in [
+        "my model",
+        "Llama",
+        "-llama",
+        "llama-",
+        "",
+        "a_b",
+        &"a".repeat(64),
+    ] {
+        let e = err(&BASE.replace("llama-3-8b", bad));
+        assert!(e.starts_with("line 1: name `"), "{e}");
+        assert!(
+            e.contains("allowed: 1-63 characters of a-z, 0-9 and -"),
+            "{e}"
+        );
+    }
+    ok(&BASE.replace("llama-3-8b", &"a".repeat(63)));
+    ok(&BASE.replace("llama-3-8b", "7"));
+    let e = err(&BASE.replace("name = \"llama-3-8b\"\n", ""));
+    assert!(e.starts_with("name is required"), "{e}");
+}
+
+#[test]
+fn weights_must_be_an_absolute_path() {
+    let e = err(&BASE.replace("/srv/models/llama", "models/llama"));
+    assert!(
+        e.contains("weights `models/llama` must be an absolute path"),
+        "{e}"
+    );
+    let e = err(&BASE.replace("/srv/models/llama", ""));
+    assert!(e.contains("weights `` must be an absolute path"), "{e}");
+    let e = err(&BASE.replace("weights = \"/srv/models/llama\"\n", ""));
+    assert!(e.starts_with("weights is required"), "{e}");
+}
+
+#[test]
+fn replicas_or_scaling_not_both() {
+    let e = err(&format!("replicas = 2\n{}", scaling("")));
+    assert_eq!(
+        e,
+        "line 1: use either replicas = N or a [scaling] table, not both"
+    );
+    assert_eq!(ok(&with("", "replicas = 0")).replicas, 0);
+    assert_eq!(ok(&with("", "replicas = 1000")).max_replicas(), 1000);
+    let e = err(&with("", "replicas = 1001"));
+    assert_eq!(
+        e,
+        "line 1: replicas = 1001 is out of range; allowed: 0..=1000"
+    );
+    let e = err(&with("", "replicas = -1"));
+    assert_eq!(e, "line 1: replicas = -1 must be ≥ 0; allowed: 0..=1000");
+}
+
+#[test]
+fn command_must_name_a_program() {
+    for bad in ["command = []", "command = [\"\", \"x\"]"] {
+        let src = BASE.replace(
+            "command = [\"/opt/vllm/bin/vllm\", \"serve\", \"{weights}\", \"--port\", \"{port}\"]",
+            bad,
+        );
+        let e = err(&src);
+        assert!(
+            e.starts_with("line 6: server.command must name a program"),
+            "{e}"
+        );
+    }
+    let e = err(&BASE.replace("\"{port}\"]", "\"{port}\", 3]"));
+    assert!(
+        e.ends_with("server.command[5] must be a string, not integer `3`"),
+        "{e}"
+    );
+    let e = err(&with("server", "command = \"vllm serve\""));
+    assert!(e.ends_with("duplicate key `command`"), "{e}");
+}
+
+#[test]
+fn unknown_placeholders_are_named_with_the_allowed_ones() {
+    let e = err(&BASE.replace("\"{port}\"]", "\"{port}\", \"--name\", \"{model}\"]"));
+    assert_eq!(
+        e,
+        "line 6: server.command[6] uses unknown placeholder `{model}`; allowed: {port}, {weights}, {gpus}, {gpu_count}, {replica_id}"
+    );
+    let e = err(&with("server", "env = { MODEL = \"{name}\" }"));
+    assert!(
+        e.contains("server.env.MODEL uses unknown placeholder `{name}`"),
+        "{e}"
+    );
+    // JSON arguments are not placeholders.
+    let s = ok(&BASE.replace(
+        "\"{port}\"]",
+        "\"{port}\", \"--hf-overrides\", '{\"rope\": {}}', \"{replica_id}-{gpu_count}\"]",
+    ));
+    assert_eq!(s.server.command.len(), 8);
+}
+
+#[test]
+fn env_keys_must_be_variable_names() {
+    let e = err(&with("server", "env = { \"1BAD\" = \"x\" }"));
+    assert!(
+        e.contains("server.env key `1BAD` is not a variable name"),
+        "{e}"
+    );
+    let e = err(&with("server", "env = { \"A-B\" = \"x\" }"));
+    assert!(e.contains("`A-B`"), "{e}");
+    let s = ok(&with("server", "env = { _A1 = \"{gpus}\" }"));
+    assert_eq!(s.server.env["_A1"], "{gpus}");
+    let e = err(&with("server", "env = { A = 1 }"));
+    assert!(e.contains("server.env.A must be a string"), "{e}");
+}
+
+#[test]
+fn gpus_are_one_to_sixteen() {
+    assert_eq!(ok(&with("server", "gpus = 16")).server.gpus, 16);
+    let e = err(&with("server", "gpus = 0"));
+    assert!(
+        e.ends_with("server.gpus = 0 is out of range; allowed: 1..=16"),
+        "{e}"
+    );
+    let e = err(&with("server", "gpus = 17"));
+    assert!(
+        e.ends_with("server.gpus = 17 is out of range; allowed: 1..=16"),
+        "{e}"
+    );
+    let e = err(&with("server", "gpus = -2"));
+    assert!(
+        e.ends_with("server.gpus = -2 must be ≥ 0; allowed: 1..=16"),
+        "{e}"
+    );
+    let e = err(&with("server", "gpus = \"two\""));
+    assert!(
+        e.contains("server.gpus must be a whole number, not string"),
+        "{e}"
+    );
+    let e = err(&with("server", "gpus = 1.5"));
+    assert!(e.contains("server.gpus must be a whole number"), "{e}");
+}
+
+#[test]
+fn gpu_memory_is_a_size_up_to_one_tib() {
+    let e = err(&BASE.replace("\"20GiB\"", "\"20 GB?\""));
+    assert_eq!(
+        e,
+        "line 7: server.gpu_memory `20 GB?` is not a size; use e.g. \"20GiB\", \"512MiB\" or \"80GB\""
+    );
+    let e = err(&BASE.replace("\"20GiB\"", "\"0\""));
+    assert!(
+        e.contains("server.gpu_memory = \"0\" is out of range"),
+        "{e}"
+    );
+    let e = err(&BASE.replace("\"20GiB\"", "\"2TiB\""));
+    assert!(e.contains("up to 1TiB"), "{e}");
+    assert_eq!(
+        ok(&BASE.replace("\"20GiB\"", "\"1TiB\""))
+            .server
+            .gpu_memory_bytes,
+        1 << 40
+    );
+    let e = err(&BASE.replace("gpu_memory = \"20GiB\"\n", ""));
+    assert!(e.starts_with("server.gpu_memory is required"), "{e}");
+}
+
+#[test]
+fn timeouts_have_bounds() {
+    let e = err(&with("server", "ready_timeout = \"500ms\""));
+    assert!(
+        e.ends_with("server.ready_timeout = \"500ms\" is out of range; allowed: 1s..=1day"),
+        "{e}"
+    );
+    let e = err(&with("server", "ready_timeout = \"2days\""));
+    assert!(e.contains("server.ready_timeout"), "{e}");
+    assert_eq!(
+        ok(&with("server", "ready_timeout = \"24h\""))
+            .server
+            .ready_timeout,
+        DAY
+    );
+    let e = err(&with("server", "stop_timeout = \"2h\""));
+    assert!(
+        e.ends_with("server.stop_timeout = \"2h\" is out of range; allowed: 1s..=1h"),
+        "{e}"
+    );
+    let e = err(&with("server", "stop_timeout = \"soon\""));
+    assert!(
+        e.contains("server.stop_timeout `soon` is not a duration"),
+        "{e}"
+    );
+    let e = err(&with("server", "stop_timeout = 30"));
+    assert!(e.contains("server.stop_timeout must be a string"), "{e}");
+}
+
+#[test]
+fn paths_must_start_with_a_slash() {
+    let e = err(&with("server", "health_path = \"health\""));
+    assert!(
+        e.contains("server.health_path `health` must be an HTTP path"),
+        "{e}"
+    );
+    let s = ok(&with("server", "metrics_path = \"/stats\""));
+    assert_eq!(s.metrics_path(), "/stats");
+}
+
+#[test]
+fn presets_and_warm_modes_list_what_is_allowed() {
+    let e = err(&BASE.replace("\"vllm\"", "\"vlm\""));
+    assert_eq!(
+        e,
+        "line 5: server.preset: unknown preset `vlm`; allowed: vllm, tgi, triton, sglang, llamacpp, generic"
+    );
+    let e = err(&with("warm", "mode = \"hot\""));
+    assert!(
+        e.ends_with("warm.mode: unknown warm mode `hot`; allowed: off, standby, predictive"),
+        "{e}"
+    );
+}
+
+#[test]
+fn warm_policy_rules() {
+    let w = ok(&with("warm", "mode = \"standby\"")).warm;
+    assert_eq!((w.mode, w.standby_nodes), (WarmMode::Standby, 1));
+    let w = ok(&with("warm", "mode = \"predictive\"\nstandby_nodes = 64")).warm;
+    assert_eq!(w.standby_nodes, 64);
+    let e = err(&with("warm", "mode = \"standby\"\nstandby_nodes = 65"));
+    assert!(
+        e.ends_with("warm.standby_nodes = 65 is out of range; allowed: 0..=64"),
+        "{e}"
+    );
+    let e = err(&with("warm", "standby_nodes = 2"));
+    assert!(
+        e.contains("warm.standby_nodes has no effect with warm.mode = \"off\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn replica_bounds() {
+    let e = err(&scaling("").replace("max_replicas = 4", "max_replicas = 100000"));
+    assert_eq!(
+        e,
+        "line 10: scaling.max_replicas = 100000 is out of range; allowed: 1..=1000"
+    );
+    let e = err(&scaling("").replace("max_replicas = 4", "max_replicas = 0"));
+    assert!(e.ends_with("allowed: 1..=1000"), "{e}");
+    let e = err(&scaling("min_replicas = 5"));
+    assert!(
+        e.ends_with("scaling.min_replicas = 5 is out of range; allowed: 0..=4"),
+        "{e}"
+    );
+    let e = err(&scaling("min_replicas = -1"));
+    assert!(
+        e.ends_with("scaling.min_replicas = -1 must be ≥ 0; allowed: 0..=4"),
+        "{e}"
+    );
+    let e = err(&scaling("").replace("max_replicas = 4", "min_replicas = 1"));
+    assert!(e.starts_with("scaling.max_replicas is required"), "{e}");
+    assert_eq!(ok(&scaling("min_replicas = 0")).min_replicas(), 0);
+}
+
+#[test]
+fn scaling_targets() {
+    let e = err(&scaling("target_ongoing_requests = 0"));
+    assert!(
+        e.ends_with("scaling.target_ongoing_requests = 0 must be > 0; allowed: (0, 100000]"),
+        "{e}"
+    );
+    let e = err(&scaling("target_ongoing_requests = 100001"));
+    assert!(e.contains("is out of range"), "{e}");
+    let e = err(&scaling("target_ongoing_requests = nan"));
+    assert!(e.contains("scaling.target_ongoing_requests = NaN"), "{e}");
+    assert_eq!(
+        ok(&scaling("target_ongoing_requests = 2.5"))
+            .scaling
+            .unwrap()
+            .target_ongoing_requests,
+        2.5
+    );
+    let e = err(&scaling("target_gpu_utilization = 1.2"));
+    assert!(
+        e.ends_with("scaling.target_gpu_utilization = 1.2 is out of range; allowed: (0, 1]"),
+        "{e}"
+    );
+    let e = err(&scaling("target_kv_cache_usage = -0.5"));
+    assert!(e.contains("must be > 0"), "{e}");
+    let c = ok(&scaling(
+        "target_gpu_utilization = 1\nmax_p95_latency = \"2s\"",
+    ))
+    .scaling
+    .unwrap();
+    assert_eq!(c.target_gpu_utilization, Some(1.0));
+    assert_eq!(c.max_p95_latency, Some(Duration::from_secs(2)));
+}
+
+#[test]
+fn scaling_windows() {
+    let c = ok(&scaling(
+        "stable_window = \"2s\"\npanic_window = \"500ms\"\nscale_down_delay = \"0s\"",
+    ))
+    .scaling
+    .unwrap();
+    assert_eq!(c.stable_window, Duration::from_secs(2));
+    assert_eq!(c.scale_down_delay, Duration::ZERO);
+    let e = err(&scaling("stable_window = \"5s\"\npanic_window = \"10s\""));
+    assert!(
+        e.ends_with(
+            "scaling.panic_window (10s) must not be longer than scaling.stable_window (5s)"
+        ),
+        "{e}"
+    );
+    let e = err(&scaling("stable_window = \"0s\""));
+    assert!(
+        e.contains("scaling.stable_window = \"0s\" is out of range"),
+        "{e}"
+    );
+    let e = err(&scaling("scale_down_delay = \"25h\""));
+    assert!(e.contains("allowed: 0s..=1day"), "{e}");
+    let e = err(&scaling("scale_to_zero_after = \"8days\""));
+    assert!(
+        e.contains("scaling.scale_to_zero_after = \"8days\" is out of range; allowed: 1s..=7days"),
+        "{e}"
+    );
+}
+
+#[test]
+fn panic_threshold_tolerance_and_step() {
+    let e = err(&scaling("panic_threshold = 1.0"));
+    assert!(e.ends_with("allowed: 1.1..=10"), "{e}");
+    let e = err(&scaling("tolerance = -0.1"));
+    assert!(
+        e.ends_with("scaling.tolerance = -0.1 must be ≥ 0; allowed: 0..=0.5"),
+        "{e}"
+    );
+    let e = err(&scaling("max_scale_down_step = 0"));
+    assert!(e.ends_with("allowed: 1..=1000"), "{e}");
+    let c = ok(&scaling("prescale = true\nmax_scale_down_step = 3"))
+        .scaling
+        .unwrap();
+    assert!(c.prescale);
+    assert_eq!(c.max_scale_down_step, 3);
+}
+
+#[test]
+fn broken_toml_says_where() {
+    let e = err("name = \"x\"\nweights = \n");
+    assert!(e.starts_with("line 2: not valid TOML"), "{e}");
+    let e = err("server = 3\n");
+    assert!(e.contains("server must be a table"), "{e}");
+}
+
+#[test]
+fn to_toml_reads_back_to_the_same_spec() {
+    let examples = [
+        include_str!("../../packaging/examples/demo.toml"),
+        include_str!("../../packaging/examples/llama.toml"),
+    ];
+    for src in examples {
+        let spec = ok(src);
+        assert_eq!(ok(&spec.to_toml()), spec);
+    }
+    let mut spec = ok(&with("", "replicas = 3"));
+    spec.server.gpu_memory_bytes = 3 * (1 << 20) + 5;
+    spec.server.ready_timeout = Duration::from_millis(61_500);
+    assert_eq!(ok(&spec.to_toml()), spec);
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_text_never_panics(src in "\\PC*") {
+        let _ = ModelSpec::parse(&src);
+    }
+
+    #[test]
+    fn mangled_specs_never_panic(cut in 0usize..400, insert in "[=\\[\\]\"{}a-z0-9 \\n.-]{0,12}") {
+        let mut src = BASE.to_string();
+        let at = src.char_indices().map(|(i, _)| i).nth(cut % BASE.len()).unwrap_or(0);
+        src.insert_str(at, &insert);
+        let _ = ModelSpec::parse(&src);
+    }
+}
