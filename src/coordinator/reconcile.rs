@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::api::NodeState;
 use crate::domain::{Assignment, ReplicaSpec, ReplicaState};
 
-use super::fleet::{Fleet, Model, PlannedReplica};
+use super::fleet::{Fleet, PlannedReplica};
 use super::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
 
 impl Fleet {
@@ -278,7 +278,10 @@ impl Fleet {
         let mut by_node: BTreeMap<String, Vec<ReplicaSpec>> = BTreeMap::new();
         for r in self.plan.values() {
             if let Some(m) = self.models.get(&r.model) {
-                by_node.entry(r.node.clone()).or_default().push(render(m, r));
+                by_node
+                    .entry(r.node.clone())
+                    .or_default()
+                    .push(m.spec.replica_spec(&r.id, r.gpus.clone()));
             }
         }
         for node in self.nodes.values_mut() {
@@ -301,25 +304,5 @@ impl Fleet {
                 Err(e) => tracing::debug!(node = %node.name, error = %e, "assignment not sent this tick"),
             }
         }
-    }
-}
-
-/// The replica spec an agent runs, from the model spec and the plan.
-fn render(m: &Model, r: &PlannedReplica) -> ReplicaSpec {
-    let s = &m.spec.server;
-    ReplicaSpec {
-        id: r.id.clone(),
-        model: r.model.clone(),
-        spec_hash: r.spec_hash.clone(),
-        command: s.command.clone(),
-        env: s.env.clone(),
-        gpus: r.gpus.clone(),
-        weights: m.spec.weights.clone(),
-        preset: s.preset.as_str().to_string(),
-        health_path: m.spec.health_path().unwrap_or_default(),
-        metrics_path: m.spec.metrics_path(),
-        ready_timeout: s.ready_timeout,
-        stop_timeout: s.stop_timeout,
-        gpu_memory_bytes: s.gpu_memory_bytes,
     }
 }
