@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn reads_a_histogram_family_from_a_scrape() {
         let body = "lat_bucket{le=\"0.5\",m=\"a\"} 1\nlat_bucket{le=\"+Inf\",m=\"a\"} 2\nlat_bucket{le=\"0.5\",m=\"b\"} 3\nlat_bucket{le=\"+Inf\",m=\"b\"} 3\nlat_sum{m=\"a\"} 1\nlat_count{m=\"a\"} 2\n";
-        let exp = super::super::prom::parse(body).unwrap();
+        let exp = crate::agent::scrape::prom::parse(body).unwrap();
         let h = CumulativeHistogram::from_exposition(&exp, "lat").unwrap();
         assert_eq!(h.count(), 5.0);
         assert_eq!(h.buckets()[0].cumulative, 4.0);

@@ -236,6 +236,8 @@ async fn fetch_limited(
 }
 
 #[cfg(test)]
+mod prom_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;

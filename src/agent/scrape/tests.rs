@@ -415,3 +415,24 @@ mod fetch {
         assert!(matches!(err, ScrapeError::Request { .. }), "{err}");
     }
 }
+
+#[test]
+fn triton_prefers_its_own_p95_summary_when_requests_finished() {
+    let t0 = Instant::now();
+    let summary = |p95_us: u64| {
+        format!(
+            "nv_inference_request_summary_us{{model=\"a\",quantile=\"0.5\",version=\"1\"}} 1000\n\
+             nv_inference_request_summary_us{{model=\"a\",quantile=\"0.95\",version=\"1\"}} {p95_us}\n\
+             nv_inference_request_summary_us{{model=\"b\",quantile=\"0.95\",version=\"1\"}} 2000\n"
+        )
+    };
+    let mut scraper = Scraper::new("triton", DEFAULT_WINDOW).unwrap();
+    let idle = triton_body(10, 1_000_000, 0, 0) + &summary(900_000);
+    scraper.observe(&idle, t0).unwrap();
+    let s = scraper.observe(&idle, t0 + Duration::from_secs(1)).unwrap();
+    assert_eq!(s.p95_latency_s, None, "nothing finished in the window");
+    let busy = triton_body(20, 2_000_000, 0, 0) + &summary(900_000);
+    let s = scraper.observe(&busy, t0 + Duration::from_secs(2)).unwrap();
+    // The slowest model's p95, not the mean of 100 ms the counters give.
+    assert_eq!(s.p95_latency_s, Some(0.9));
+}
