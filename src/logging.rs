@@ -3,6 +3,7 @@
 //! as `REPLICA_ID` and `MODEL`) when stderr is connected to it.
 
 use std::fmt::Write;
+use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -54,6 +55,7 @@ pub fn init(format: LogFormat) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_target(false),
             )
             .init(),

@@ -1,0 +1,258 @@
+//! Test harness: real `gpufleet` processes (coordinator, agents, CLI) on
+//! loopback ports chosen at run time, in a temporary directory. Every process
+//! is killed when the harness is dropped, so a failing test leaves nothing.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gpufleet");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics after `timeout`
+/// with `what` and the last value seen.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGTERM, then wait (SIGKILL after `grace`). Returns the exit code.
+    pub fn stop(&mut self, grace: Duration) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub grpc_port: u16,
+    pub http_port: u16,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness {
+            dir: tempfile::tempdir().unwrap(),
+            grpc_port: free_port(),
+            http_port: free_port(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn coordinator_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        let log = self.path(&format!("{name}.log"));
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env_remove("GPUFLEET_COORDINATOR")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    /// A coordinator with short windows; `extra` is appended to its config.
+    pub fn coordinator(&self, extra: &str) -> Proc {
+        let data = self.path("coordinator-data");
+        let cfg = self.path("coordinator.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"1s\"\n{extra}",
+                self.grpc_port,
+                self.http_port,
+                data.display()
+            ),
+        )
+        .unwrap();
+        self.spawn("coordinator", &["coordinator", "--config", cfg.to_str().unwrap()])
+    }
+
+    /// An agent with simulated GPUs; `extra` is appended to its config.
+    pub fn agent(&self, name: &str, gpus: u32, extra: &str) -> Proc {
+        self.agent_as(name, name, gpus, extra)
+    }
+
+    /// An agent whose process/log is `proc_name` but which claims `node_name`.
+    pub fn agent_as(&self, proc_name: &str, node_name: &str, gpus: u32, extra: &str) -> Proc {
+        let state = self.path(&format!("agent-{proc_name}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let models = self.path("models");
+        std::fs::create_dir_all(&models).unwrap();
+        let cfg = state.join("agent.toml");
+        let (extra_top, extra_tables) = match extra.find('[') {
+            Some(i) => (&extra[..i], &extra[i..]),
+            None => (extra, ""),
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                "node_name = \"{node_name}\"\ncoordinator = \"{}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\n{extra_top}\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n{extra_tables}",
+                self.coordinator_url(),
+                state.display(),
+                free_port(),
+                models.display()
+            ),
+        )
+        .unwrap();
+        self.spawn(proc_name, &["agent", "--config", cfg.to_str().unwrap()])
+    }
+
+    /// Runs the CLI against this harness's coordinator.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("GPUFLEET_COORDINATOR", self.coordinator_url())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI with `-o json` and parses stdout; panics with stderr on failure.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "gpufleet {all:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "gpufleet {all:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Like `json`, but None when the command fails (the coordinator is
+    /// still starting, say).
+    pub fn try_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(&all);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Names of the nodes in `node ls -o json` that are in `state`.
+pub fn nodes_in_state(nodes: &serde_json::Value, state: &str) -> Vec<String> {
+    nodes
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|n| n["state"] == state)
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
