@@ -1,6 +1,7 @@
 //! GPU probes: the agent's view of its GPUs, behind one trait so the real NVML
 //! backend and the simulated one (dev, tests, demo) are interchangeable.
 
+pub mod exporter;
 pub mod health;
 pub mod kmsg;
 pub mod nvml;
