@@ -172,22 +172,26 @@ impl HealthTracker {
                 reasons.push(latched.clone());
             }
 
-            let double_bit = sample.ecc_volatile_double_bit.unwrap_or(0);
-            if double_bit < gpu.accepted_double_bit {
-                // The volatile counter restarts with a GPU reset.
-                gpu.accepted_double_bit = double_bit;
-            }
-            gpu.seen_double_bit = double_bit;
-            if double_bit > gpu.accepted_double_bit {
-                reasons.push(format!("{double_bit} volatile double-bit ECC errors"));
+            // A field the GPU does not report (or a GPU that does not answer)
+            // leaves what was accepted before untouched.
+            if let Some(double_bit) = sample.ecc_volatile_double_bit {
+                if double_bit < gpu.accepted_double_bit {
+                    // The volatile counter restarts with a GPU reset.
+                    gpu.accepted_double_bit = double_bit;
+                }
+                gpu.seen_double_bit = double_bit;
+                if double_bit > gpu.accepted_double_bit {
+                    reasons.push(format!("{double_bit} volatile double-bit ECC errors"));
+                }
             }
 
-            let remap_failed = sample.remapped_rows_failed.unwrap_or(0);
-            gpu.seen_remap_failure = remap_failed > 0;
-            if remap_failed == 0 {
-                gpu.accepted_remap_failure = false;
-            } else if !gpu.accepted_remap_failure {
-                reasons.push(format!("row remapping failed ({remap_failed} rows)"));
+            if let Some(remap_failed) = sample.remapped_rows_failed {
+                gpu.seen_remap_failure = remap_failed > 0;
+                if remap_failed == 0 {
+                    gpu.accepted_remap_failure = false;
+                } else if !gpu.accepted_remap_failure {
+                    reasons.push(format!("row remapping failed ({remap_failed} rows)"));
+                }
             }
 
             if sample.throttle_reasons & HW_SLOWDOWN_REASONS != 0 {
@@ -332,8 +336,15 @@ mod tests {
         tracker.mark_healthy(0, t0);
         assert!(check(&mut tracker, dbe(2), t0).healthy);
         assert!(!check(&mut tracker, dbe(3), t0).healthy);
-        // A GPU reset zeroes the volatile counter: a fresh error counts again.
+        // A GPU that stops answering for a while does not lose the acceptance.
+        let unanswered = GpuSample {
+            ecc_volatile_double_bit: None,
+            ..healthy_sample(0)
+        };
+        assert!(check(&mut tracker, unanswered, t0).healthy);
         tracker.mark_healthy(0, t0);
+        assert!(check(&mut tracker, dbe(3), t0).healthy);
+        // A GPU reset zeroes the volatile counter: a fresh error counts again.
         assert!(check(&mut tracker, dbe(0), t0).healthy);
         assert!(!check(&mut tracker, dbe(1), t0).healthy);
     }

@@ -377,6 +377,7 @@ mod tests {
                 assert_eq!(library, "libnvidia-ml.so.1");
                 assert!(!reason.is_empty());
                 let message = ProbeError::LibraryUnavailable { library, reason }.to_string();
+                eprintln!("{message}");
                 assert!(message.contains("libnvidia-ml.so.1"), "{message}");
                 assert!(message.contains("--gpu-backend simulated"), "{message}");
             }
