@@ -1,12 +1,37 @@
 //! GPU probes: the agent's view of its GPUs, behind one trait so the real NVML
 //! backend and the simulated one (dev, tests, demo) are interchangeable.
 
+pub mod exporter;
 pub mod health;
+pub mod kmsg;
 pub mod nvml;
+mod nvml_events;
+pub mod sampler;
 pub mod simulated;
 pub mod window;
+pub mod xid;
 
 use crate::domain::{GpuInfo, GpuSample};
+
+pub use health::{GpuEvent, HealthRules, HealthTracker, XidSource};
+pub use nvml::NvmlGpus;
+pub use sampler::{open_probe, spawn_sampler, GpuSampler, GpuSnapshot, NoGpus, OpenedProbe};
+pub use simulated::{FaultError, FaultKind, SimulatedConfig, SimulatedFaults, SimulatedGpus};
+
+/// The NVIDIA management library the NVML backend loads at run time.
+pub const NVML_LIBRARY: &str = "libnvidia-ml.so.1";
+
+/// Why a GPU backend could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot load the NVIDIA management library {library}: {reason}; install the NVIDIA driver, or run with `--gpu-backend simulated`")]
+    LibraryUnavailable {
+        library: &'static str,
+        reason: String,
+    },
+    #[error("NVML loaded but {what} failed: {reason}")]
+    Nvml { what: String, reason: String },
+}
 
 /// What the supervisor runs on which GPUs. Real backends measure this
 /// themselves; the simulated backend derives memory and utilization from it.
@@ -41,6 +66,24 @@ pub trait GpuProbe: Send {
 
     /// The replicas running now and their GPUs.
     fn set_workload(&mut self, _workload: &[GpuWorkload]) {}
+
+    /// Events seen since the last call (Xid errors, repairs). Backends
+    /// without an event source have none.
+    fn take_events(&mut self) -> Vec<GpuEvent> {
+        Vec::new()
+    }
+}
+
+/// The sample of a GPU that does not answer (fallen off the bus, reset
+/// required): nothing measured, unhealthy with the reason.
+pub fn unanswered_sample(index: u32, memory_total_bytes: u64, reason: String) -> GpuSample {
+    GpuSample {
+        index,
+        memory_total_bytes,
+        healthy: false,
+        health_reason: reason,
+        ..GpuSample::default()
+    }
 }
 
 /// Which GPU backend the agent uses (`--gpu-backend`, `[gpu] backend`).

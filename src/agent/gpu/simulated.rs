@@ -1,9 +1,26 @@
 //! Simulated GPUs for development, tests and `gpufleet demo`: memory and
-//! utilization follow the replicas the supervisor runs on them.
+//! utilization follow the replicas the supervisor runs on them. Faults (a lost
+//! GPU, an Xid, hardware slowdown) can be injected through `SimulatedFaults`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::domain::{GpuInfo, GpuProcess, GpuSample, WindowStats};
 
-use super::{GpuProbe, GpuWorkload};
+use super::health::{GpuEvent, XidSource, HW_SLOWDOWN_REASONS};
+use super::xid::MAX_XID;
+use super::{unanswered_sample, GpuProbe, GpuWorkload};
+
+/// The reason a simulated lost GPU reports.
+pub const SIMULATED_LOST_REASON: &str = "GPU has fallen off the bus (simulated Xid 79)";
+
+/// Events waiting for the sampler beyond this are dropped (oldest first), so
+/// a flood of injected Xids cannot grow memory.
+const MAX_PENDING_EVENTS: usize = 1024;
+
+/// NVML's HW slowdown throttle reason, which a throttled simulated GPU shows.
+const HW_SLOWDOWN: u64 = 0x8;
+const _: () = assert!(HW_SLOWDOWN & HW_SLOWDOWN_REASONS != 0);
 
 /// Memory a simulated driver keeps for itself on every GPU.
 const DRIVER_RESERVED_BYTES: u64 = 512 * 1024 * 1024;
@@ -20,6 +37,127 @@ pub struct SimulatedConfig {
 pub struct SimulatedGpus {
     gpus: Vec<GpuInfo>,
     workload: Vec<GpuWorkload>,
+    faults: SimulatedFaults,
+}
+
+/// A fault to inject into one simulated GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The GPU stops answering, as after Xid 79.
+    Lost,
+    /// The driver reports this Xid.
+    Xid(u32),
+    /// Hardware slowdown (thermal or power brake) until cleared.
+    Throttle,
+    /// Repair the GPU: no longer lost or throttled, latched Xids forgotten.
+    Clear,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FaultError {
+    #[error("no simulated GPU {index}: this agent has {count} (indices 0..{count})")]
+    UnknownGpu { index: u32, count: u32 },
+    #[error("Xid {xid} is out of range: allowed 1..={MAX_XID}")]
+    InvalidXid { xid: u32 },
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    lost: BTreeSet<u32>,
+    throttled: BTreeSet<u32>,
+    events: Vec<GpuEvent>,
+}
+
+/// Handle to inject faults into a running `SimulatedGpus` (tests, demo,
+/// the agent's `/v1/simulated/...` endpoint). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SimulatedFaults {
+    count: u32,
+    state: Arc<Mutex<FaultState>>,
+}
+
+impl SimulatedFaults {
+    fn new(count: u32) -> Self {
+        SimulatedFaults {
+            count,
+            state: Arc::default(),
+        }
+    }
+
+    /// Number of simulated GPUs faults can target.
+    pub fn gpu_count(&self) -> u32 {
+        self.count
+    }
+
+    /// Injects a fault; it shows in the next sample.
+    pub fn inject(&self, index: u32, kind: FaultKind) -> Result<(), FaultError> {
+        if index >= self.count {
+            return Err(FaultError::UnknownGpu {
+                index,
+                count: self.count,
+            });
+        }
+        if let FaultKind::Xid(xid) = kind {
+            if !(1..=MAX_XID).contains(&xid) {
+                return Err(FaultError::InvalidXid { xid });
+            }
+        }
+        let mut state = self.lock();
+        match kind {
+            FaultKind::Lost => {
+                state.lost.insert(index);
+            }
+            FaultKind::Xid(xid) => state.push_event(GpuEvent::Xid {
+                index,
+                xid,
+                detail: "simulated".into(),
+                source: XidSource::Simulated,
+            }),
+            FaultKind::Throttle => {
+                state.throttled.insert(index);
+            }
+            FaultKind::Clear => {
+                state.lost.remove(&index);
+                state.throttled.remove(&index);
+                state.push_event(GpuEvent::Repaired { index });
+            }
+        }
+        tracing::info!(gpu = index, fault = ?kind, "simulated GPU fault injected");
+        Ok(())
+    }
+
+    pub fn lose(&self, index: u32) -> Result<(), FaultError> {
+        self.inject(index, FaultKind::Lost)
+    }
+
+    pub fn inject_xid(&self, index: u32, xid: u32) -> Result<(), FaultError> {
+        self.inject(index, FaultKind::Xid(xid))
+    }
+
+    pub fn throttle(&self, index: u32) -> Result<(), FaultError> {
+        self.inject(index, FaultKind::Throttle)
+    }
+
+    pub fn clear(&self, index: u32) -> Result<(), FaultError> {
+        self.inject(index, FaultKind::Clear)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FaultState> {
+        // The state is plain data that every writer leaves consistent, so a
+        // panic elsewhere while holding the lock cannot corrupt it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl FaultState {
+    fn push_event(&mut self, event: GpuEvent) {
+        if self.events.len() >= MAX_PENDING_EVENTS {
+            self.events.remove(0);
+        }
+        self.events.push(event);
+    }
 }
 
 impl SimulatedGpus {
@@ -39,7 +177,13 @@ impl SimulatedGpus {
         Self {
             gpus,
             workload: Vec::new(),
+            faults: SimulatedFaults::new(cfg.count),
         }
+    }
+
+    /// A handle to inject faults into these GPUs.
+    pub fn faults(&self) -> SimulatedFaults {
+        self.faults.clone()
     }
 }
 
@@ -73,9 +217,18 @@ impl GpuProbe for SimulatedGpus {
     }
 
     fn sample(&mut self) -> Vec<GpuSample> {
+        let faults = self.faults.lock();
         self.gpus
             .iter()
             .map(|gpu| {
+                if faults.lost.contains(&gpu.index) {
+                    return unanswered_sample(
+                        gpu.index,
+                        gpu.memory_total_bytes,
+                        SIMULATED_LOST_REASON.to_string(),
+                    );
+                }
+                let throttled = faults.throttled.contains(&gpu.index);
                 let mut used = DRIVER_RESERVED_BYTES.min(gpu.memory_total_bytes);
                 let mut busy: f64 = 0.0;
                 let mut processes = Vec::new();
@@ -99,8 +252,12 @@ impl GpuProbe for SimulatedGpus {
                     temperature_c: Some(32.0 + util * 0.4),
                     power_w: Some(power),
                     power_limit_w: Some(700.0),
-                    sm_clock_mhz: Some(if util > 0.0 { 1980 } else { 345 }),
-                    throttle_reasons: 0,
+                    sm_clock_mhz: Some(match (throttled, util > 0.0) {
+                        (true, _) => 600,
+                        (false, true) => 1980,
+                        (false, false) => 345,
+                    }),
+                    throttle_reasons: if throttled { HW_SLOWDOWN } else { 0 },
                     ecc_volatile_single_bit: Some(0),
                     ecc_volatile_double_bit: Some(0),
                     remapped_rows_pending: Some(0),
@@ -123,6 +280,10 @@ impl GpuProbe for SimulatedGpus {
 
     fn set_workload(&mut self, workload: &[GpuWorkload]) {
         self.workload = workload.to_vec();
+    }
+
+    fn take_events(&mut self) -> Vec<GpuEvent> {
+        std::mem::take(&mut self.faults.lock().events)
     }
 }
 
@@ -165,5 +326,78 @@ mod tests {
         assert_eq!(s[1].utilization_pct, 50.0);
         assert_eq!(s[2].processes[0].pid, 42);
         assert_eq!(s[3].utilization_pct, 0.0);
+    }
+
+    #[test]
+    fn a_lost_gpu_is_unhealthy_and_the_others_keep_answering() {
+        let mut g = gpus();
+        g.faults().lose(2).unwrap();
+        let s = g.sample();
+        assert!(!s[2].healthy);
+        assert_eq!(s[2].health_reason, SIMULATED_LOST_REASON);
+        assert_eq!(s[2].temperature_c, None);
+        assert!(s[0].healthy && s[1].healthy && s[3].healthy);
+        assert!(s[0].temperature_c.is_some());
+
+        g.faults().clear(2).unwrap();
+        assert!(g.sample()[2].healthy);
+        assert_eq!(g.take_events(), vec![GpuEvent::Repaired { index: 2 }]);
+    }
+
+    #[test]
+    fn throttling_shows_hardware_slowdown() {
+        let mut g = gpus();
+        let faults = g.faults();
+        faults.throttle(1).unwrap();
+        let s = g.sample();
+        assert_eq!(s[1].throttle_reasons, HW_SLOWDOWN);
+        assert_eq!(s[1].sm_clock_mhz, Some(600));
+        assert_eq!(s[0].throttle_reasons, 0);
+        faults.clear(1).unwrap();
+        assert_eq!(g.sample()[1].throttle_reasons, 0);
+    }
+
+    #[test]
+    fn injected_xids_are_delivered_once() {
+        let mut g = gpus();
+        g.faults().inject_xid(0, 48).unwrap();
+        let events = g.take_events();
+        assert_eq!(
+            events,
+            vec![GpuEvent::Xid {
+                index: 0,
+                xid: 48,
+                detail: "simulated".into(),
+                source: XidSource::Simulated,
+            }]
+        );
+        assert!(g.take_events().is_empty());
+    }
+
+    #[test]
+    fn faults_on_unknown_gpus_or_xids_are_refused() {
+        let g = gpus();
+        assert_eq!(
+            g.faults().lose(4),
+            Err(FaultError::UnknownGpu { index: 4, count: 4 })
+        );
+        assert_eq!(
+            g.faults().inject_xid(0, 0),
+            Err(FaultError::InvalidXid { xid: 0 })
+        );
+        assert_eq!(
+            FaultError::UnknownGpu { index: 4, count: 4 }.to_string(),
+            "no simulated GPU 4: this agent has 4 (indices 0..4)"
+        );
+    }
+
+    #[test]
+    fn pending_events_are_bounded() {
+        let mut g = gpus();
+        let faults = g.faults();
+        for _ in 0..(MAX_PENDING_EVENTS + 10) {
+            faults.inject_xid(0, 13).unwrap();
+        }
+        assert_eq!(g.take_events().len(), MAX_PENDING_EVENTS);
     }
 }

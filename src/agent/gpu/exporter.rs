@@ -1,0 +1,381 @@
+//! GPU samples in the Prometheus text format: dcgm-exporter's metric names,
+//! help texts, units and labels (so Grafana dashboards built for it work
+//! unchanged), then gpufleet's own GPU families. Also the small text-format
+//! writer the agent's other metrics use.
+
+use std::fmt::Write as _;
+
+use crate::domain::{GpuInfo, GpuSample};
+
+use super::sampler::GpuSnapshot;
+
+const MIB: u64 = 1024 * 1024;
+
+/// One series: its label set (without braces) and its value, as text.
+pub type Series = (String, String);
+
+/// Writes one family: HELP and TYPE, then one line per series. A family
+/// with no series is left out.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str, series: Vec<Series>) {
+    if series.is_empty() {
+        return;
+    }
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in series {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// `k1="v1",k2="v2"` with values escaped as the text format requires.
+pub fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (key, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let escaped = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = write!(out, "{key}=\"{escaped}\"");
+    }
+    out
+}
+
+/// A float as the text format spells it.
+pub fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        v.to_string()
+    }
+}
+
+type Field = fn(&GpuSample) -> Option<String>;
+
+/// dcgm-exporter's default counters that gpufleet measures, in the order of
+/// its default-counters.csv. Units follow it: whole percent and degrees,
+/// watts with six decimals, memory in MiB (free = total − used).
+const DCGM_FIELDS: &[(&str, &str, Field)] = &[
+    (
+        "DCGM_FI_DEV_SM_CLOCK",
+        "SM clock frequency (in MHz).",
+        |s| s.sm_clock_mhz.map(|v| v.to_string()),
+    ),
+    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", |s| {
+        s.temperature_c.map(|t| (t.round() as i64).to_string())
+    }),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", |s| {
+        s.power_w.map(|w| format!("{w:.6}"))
+    }),
+    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", |s| {
+        Some((s.utilization_pct.round() as i64).to_string())
+    }),
+    (
+        "DCGM_FI_DEV_MEM_COPY_UTIL",
+        "Memory utilization (in %).",
+        |s| Some((s.memory_utilization_pct.round() as i64).to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_XID_ERRORS",
+        "Value of the last XID error encountered.",
+        |s| Some(s.last_xid.to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_FB_FREE",
+        "Framebuffer memory free (in MiB).",
+        |s| Some((s.memory_total_bytes.saturating_sub(s.memory_used_bytes) / MIB).to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_FB_USED",
+        "Framebuffer memory used (in MiB).",
+        |s| Some((s.memory_used_bytes / MIB).to_string()),
+    ),
+];
+
+/// gpufleet's own per-GPU gauges (name, help); the counter of Xid errors is
+/// written separately.
+const GPUFLEET_GAUGES: &[(&str, &str, Field)] = &[
+    (
+        "gpufleet_gpu_healthy",
+        "1 when the GPU passes the agent's health rules, else 0.",
+        |s| Some(u8::from(s.healthy).to_string()),
+    ),
+    (
+        "gpufleet_gpu_memory_total_bytes",
+        "GPU memory installed.",
+        |s| Some(s.memory_total_bytes.to_string()),
+    ),
+    (
+        "gpufleet_gpu_memory_used_bytes",
+        "GPU memory in use.",
+        |s| Some(s.memory_used_bytes.to_string()),
+    ),
+    (
+        "gpufleet_gpu_power_limit_watts",
+        "Enforced power limit.",
+        |s| s.power_limit_w.map(float),
+    ),
+    (
+        "gpufleet_gpu_throttle_reasons",
+        "NVML clock throttle reasons bitmask.",
+        |s| Some(s.throttle_reasons.to_string()),
+    ),
+    (
+        "gpufleet_gpu_ecc_volatile_single_bit_errors",
+        "Single-bit ECC errors since the last driver load or GPU reset.",
+        |s| s.ecc_volatile_single_bit.map(|v| v.to_string()),
+    ),
+    (
+        "gpufleet_gpu_ecc_volatile_double_bit_errors",
+        "Double-bit ECC errors since the last driver load or GPU reset.",
+        |s| s.ecc_volatile_double_bit.map(|v| v.to_string()),
+    ),
+    (
+        "gpufleet_gpu_remapped_rows_pending",
+        "Memory row remapping waiting for a GPU reset (NVML remapped rows pending).",
+        |s| s.remapped_rows_pending.map(|v| v.to_string()),
+    ),
+    (
+        "gpufleet_gpu_remapped_rows_failed",
+        "Memory row remapping failed (NVML remapped rows failure).",
+        |s| s.remapped_rows_failed.map(|v| v.to_string()),
+    ),
+    (
+        "gpufleet_gpu_pcie_rx_bytes_per_second",
+        "PCIe receive throughput.",
+        |s| s.pcie_rx_bytes_per_s.map(|v| v.to_string()),
+    ),
+    (
+        "gpufleet_gpu_pcie_tx_bytes_per_second",
+        "PCIe transmit throughput.",
+        |s| s.pcie_tx_bytes_per_s.map(|v| v.to_string()),
+    ),
+    (
+        "gpufleet_gpu_processes",
+        "Compute processes on the GPU.",
+        |s| Some(s.processes.len().to_string()),
+    ),
+];
+
+/// Each sample with its GPU's dcgm-exporter labels: `gpu`, `UUID`,
+/// `pci_bus_id`, `device` (`nvidia<index>`), `modelName`, `Hostname`, and
+/// `DCGM_FI_DRIVER_VERSION` when the driver is known.
+fn gpu_rows<'a>(gpus: &'a GpuSnapshot, node: &str) -> Vec<(String, &'a GpuSample)> {
+    gpus.samples
+        .iter()
+        .map(|sample| {
+            let missing = GpuInfo::default();
+            let info = gpus
+                .inventory
+                .iter()
+                .find(|g| g.index == sample.index)
+                .unwrap_or(&missing);
+            let index = sample.index.to_string();
+            let device = format!("nvidia{}", sample.index);
+            let mut pairs = vec![
+                ("gpu", index.as_str()),
+                ("UUID", info.uuid.as_str()),
+                ("pci_bus_id", info.pci_bus_id.as_str()),
+                ("device", device.as_str()),
+                ("modelName", info.name.as_str()),
+                ("Hostname", node),
+            ];
+            if !gpus.driver_version.is_empty() {
+                pairs.push(("DCGM_FI_DRIVER_VERSION", gpus.driver_version.as_str()));
+            }
+            (labels(&pairs), sample)
+        })
+        .collect()
+}
+
+fn per_gpu(rows: &[(String, &GpuSample)], field: Field) -> Vec<Series> {
+    rows.iter()
+        .filter_map(|(labels, sample)| Some((labels.clone(), field(sample)?)))
+        .collect()
+}
+
+/// All GPU families for one snapshot.
+pub fn render_gpu_metrics(out: &mut String, gpus: &GpuSnapshot, node: &str) {
+    let rows = gpu_rows(gpus, node);
+    for (name, help, field) in DCGM_FIELDS {
+        family(out, name, "gauge", help, per_gpu(&rows, *field));
+    }
+    for (name, help, field) in GPUFLEET_GAUGES {
+        family(out, name, "gauge", help, per_gpu(&rows, *field));
+    }
+    family(
+        out,
+        "gpufleet_gpu_xid_errors_total",
+        "counter",
+        "Xid errors seen since the agent started.",
+        per_gpu(&rows, |s| Some(s.xid_errors.to_string())),
+    );
+    let mut windows = Vec::new();
+    for (gpu_labels, s) in &rows {
+        for (window, stats) in [("10s", &s.utilization_10s), ("60s", &s.utilization_60s)] {
+            for (stat, value) in [("mean", stats.mean), ("max", stats.max), ("p95", stats.p95)] {
+                let extra = labels(&[("window", window), ("stat", stat)]);
+                windows.push((format!("{gpu_labels},{extra}"), float(value)));
+            }
+        }
+    }
+    family(
+        out,
+        "gpufleet_gpu_utilization_window_percent",
+        "gauge",
+        "GPU utilization over a rolling window (mean, max, p95).",
+        windows,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::WindowStats;
+
+    fn snapshot() -> GpuSnapshot {
+        GpuSnapshot {
+            backend: "nvml",
+            driver_version: "550.54.15".into(),
+            cuda_version: "12.4".into(),
+            inventory: vec![GpuInfo {
+                index: 0,
+                uuid: "GPU-604ac76c-d9cf-fef3-62e9-d92044ab6e52".into(),
+                name: "NVIDIA H100 80GB HBM3".into(),
+                memory_total_bytes: 80 << 30,
+                pci_bus_id: "00000000:18:00.0".into(),
+                healthy: true,
+                health_reason: String::new(),
+                mig_parent: None,
+            }],
+            samples: vec![GpuSample {
+                index: 0,
+                memory_used_bytes: (20 << 30) + 12345,
+                memory_total_bytes: 80 << 30,
+                utilization_pct: 87.4,
+                memory_utilization_pct: 41.6,
+                temperature_c: Some(61.0),
+                power_w: Some(512.25),
+                power_limit_w: Some(700.0),
+                sm_clock_mhz: Some(1980),
+                throttle_reasons: 0x4,
+                ecc_volatile_single_bit: Some(3),
+                ecc_volatile_double_bit: None,
+                remapped_rows_pending: Some(0),
+                remapped_rows_failed: Some(0),
+                pcie_rx_bytes_per_s: Some(1024),
+                pcie_tx_bytes_per_s: None,
+                healthy: true,
+                last_xid: 13,
+                xid_errors: 2,
+                utilization_10s: WindowStats {
+                    last: 87.4,
+                    mean: 80.0,
+                    max: 90.5,
+                    p95: 90.0,
+                },
+                ..GpuSample::default()
+            }],
+            sample_cost: Default::default(),
+        }
+    }
+
+    #[test]
+    fn dcgm_families_match_dcgm_exporter_output() {
+        let mut out = String::new();
+        render_gpu_metrics(&mut out, &snapshot(), "gpu-host-17");
+        let labels = r#"gpu="0",UUID="GPU-604ac76c-d9cf-fef3-62e9-d92044ab6e52",pci_bus_id="00000000:18:00.0",device="nvidia0",modelName="NVIDIA H100 80GB HBM3",Hostname="gpu-host-17",DCGM_FI_DRIVER_VERSION="550.54.15""#;
+        let expected = format!(
+            "# HELP DCGM_FI_DEV_SM_CLOCK SM clock frequency (in MHz).
+# TYPE DCGM_FI_DEV_SM_CLOCK gauge
+DCGM_FI_DEV_SM_CLOCK{{{labels}}} 1980
+# HELP DCGM_FI_DEV_GPU_TEMP GPU temperature (in C).
+# TYPE DCGM_FI_DEV_GPU_TEMP gauge
+DCGM_FI_DEV_GPU_TEMP{{{labels}}} 61
+# HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).
+# TYPE DCGM_FI_DEV_POWER_USAGE gauge
+DCGM_FI_DEV_POWER_USAGE{{{labels}}} 512.250000
+# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{{{labels}}} 87
+# HELP DCGM_FI_DEV_MEM_COPY_UTIL Memory utilization (in %).
+# TYPE DCGM_FI_DEV_MEM_COPY_UTIL gauge
+DCGM_FI_DEV_MEM_COPY_UTIL{{{labels}}} 42
+# HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.
+# TYPE DCGM_FI_DEV_XID_ERRORS gauge
+DCGM_FI_DEV_XID_ERRORS{{{labels}}} 13
+# HELP DCGM_FI_DEV_FB_FREE Framebuffer memory free (in MiB).
+# TYPE DCGM_FI_DEV_FB_FREE gauge
+DCGM_FI_DEV_FB_FREE{{{labels}}} 61439
+# HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).
+# TYPE DCGM_FI_DEV_FB_USED gauge
+DCGM_FI_DEV_FB_USED{{{labels}}} 20480
+"
+        );
+        assert!(out.starts_with(&expected), "got:\n{out}");
+    }
+
+    #[test]
+    fn gpufleet_gpu_families_skip_unsupported_fields() {
+        let mut out = String::new();
+        render_gpu_metrics(&mut out, &snapshot(), "n");
+        let line = |name: &str| {
+            out.lines()
+                .find(|l| l.starts_with(&format!("{name}{{")))
+                .and_then(|l| l.rsplit_once(' ').map(|(_, v)| v.to_string()))
+        };
+        assert_eq!(line("gpufleet_gpu_healthy").as_deref(), Some("1"));
+        assert_eq!(line("gpufleet_gpu_xid_errors_total").as_deref(), Some("2"));
+        assert_eq!(line("gpufleet_gpu_throttle_reasons").as_deref(), Some("4"));
+        assert_eq!(
+            line("gpufleet_gpu_ecc_volatile_single_bit_errors").as_deref(),
+            Some("3")
+        );
+        assert_eq!(line("gpufleet_gpu_ecc_volatile_double_bit_errors"), None);
+        assert!(!out.contains("gpufleet_gpu_pcie_tx_bytes_per_second"));
+        assert!(out.contains("# TYPE gpufleet_gpu_xid_errors_total counter\n"));
+        assert!(out.contains(
+            r#"device="nvidia0",modelName="NVIDIA H100 80GB HBM3",Hostname="n",DCGM_FI_DRIVER_VERSION="550.54.15",window="10s",stat="p95"} 90"#
+        ));
+    }
+
+    #[test]
+    fn no_gpus_no_gpu_families() {
+        let mut out = String::new();
+        render_gpu_metrics(&mut out, &GpuSnapshot::default(), "n");
+        assert_eq!(out, "");
+    }
+
+    #[test]
+    fn a_gpu_without_inventory_or_driver_still_has_the_label_set() {
+        let mut s = snapshot();
+        s.inventory.clear();
+        s.driver_version.clear();
+        let mut out = String::new();
+        render_gpu_metrics(&mut out, &s, "n");
+        assert!(out.contains(
+            r#"DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="",pci_bus_id="",device="nvidia0",modelName="",Hostname="n"} 87"#
+        ));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            labels(&[("a", "x\"y"), ("b", "c:\\d"), ("c", "1\n2")]),
+            r#"a="x\"y",b="c:\\d",c="1\n2""#
+        );
+        assert_eq!(float(f64::INFINITY), "+Inf");
+        assert_eq!(float(0.5), "0.5");
+        assert_eq!(float(3.0), "3");
+    }
+}
