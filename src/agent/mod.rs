@@ -5,109 +5,43 @@ pub mod gpu;
 pub mod host;
 pub mod http;
 pub mod link;
+pub mod report;
 pub mod scrape;
+pub mod signals;
 pub mod supervisor;
 pub mod warm;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::config::AgentConfig;
-use crate::domain::{Assignment, GpuInfo, GpuSample, Hello, HostInfo, HostSample, Report};
-use crate::domain::{ReplicaStatus, WarmStatus};
+use crate::domain::{Assignment, ServingSignals};
 
-use gpu::simulated::{SimulatedConfig, SimulatedGpus};
-use gpu::{GpuBackend, GpuProbe};
-
-/// The agent's live state, as the session reports it.
-struct AgentState {
-    node_name: String,
-    boot_id: String,
-    instance: String,
-    labels: std::collections::BTreeMap<String, String>,
-    host_info: HostInfo,
-    gpus: watch::Receiver<(Vec<GpuInfo>, Vec<GpuSample>)>,
-    host: watch::Receiver<HostSample>,
-    replicas: watch::Receiver<Vec<ReplicaStatus>>,
-    warm: watch::Receiver<Vec<WarmStatus>>,
-}
-
-impl link::Reporter for AgentState {
-    fn hello(&self) -> Hello {
-        Hello {
-            node_name: self.node_name.clone(),
-            boot_id: self.boot_id.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            labels: self.labels.clone(),
-            host: self.host_info.clone(),
-            gpus: self.gpus.borrow().0.clone(),
-            replicas: self.replicas.borrow().clone(),
-            warm: self.warm.borrow().clone(),
-            agent_instance: self.instance.clone(),
-        }
-    }
-
-    fn report(&self) -> Report {
-        let (inventory, samples) = self.gpus.borrow().clone();
-        Report {
-            seq: 0,
-            time_unix_ms: crate::domain::unix_ms_now(),
-            gpus: samples,
-            host: self.host.borrow().clone(),
-            replicas: self.replicas.borrow().clone(),
-            warm: self.warm.borrow().clone(),
-            applied_generation: 0,
-            inventory,
-        }
-    }
-}
-
-fn open_probe(cfg: &AgentConfig) -> anyhow::Result<Box<dyn GpuProbe>> {
-    let sim = SimulatedConfig {
-        count: cfg.gpu.simulated_count,
-        model: cfg.gpu.simulated_model.clone(),
-        memory_bytes: cfg.gpu.simulated_memory_bytes,
-        node_name: cfg.node_name.clone(),
-    };
-    match cfg.gpu.backend {
-        GpuBackend::Simulated => Ok(Box::new(SimulatedGpus::new(&sim))),
-        GpuBackend::Nvml | GpuBackend::Auto => Ok(Box::new(SimulatedGpus::new(&SimulatedConfig {
-            count: 0,
-            ..sim
-        }))),
-    }
-}
-
-/// Samples the GPUs on a blocking thread (NVML calls block) and publishes
-/// each sample; stops when every receiver is gone.
-fn spawn_gpu_sampler(
-    mut probe: Box<dyn GpuProbe>,
-    interval: Duration,
-) -> watch::Receiver<(Vec<GpuInfo>, Vec<GpuSample>)> {
-    let (tx, rx) = watch::channel((probe.inventory(), probe.sample()));
-    std::thread::Builder::new()
-        .name("gpu-sampler".into())
-        .spawn(move || loop {
-            std::thread::sleep(interval);
-            let snapshot = (probe.inventory(), probe.sample());
-            if tx.send(snapshot).is_err() {
-                return;
-            }
-        })
-        .map(|_| ())
-        .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the GPU sampler thread"));
-    rx
-}
+use gpu::SimulatedConfig;
+use http::Telemetry;
+use report::{AgentReporter, Identity};
+use supervisor::{Supervisor, SupervisorConfig};
+use warm::warmer::{Warmer, WarmerConfig};
 
 /// How the agent process behaves beyond its config.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Stop every replica on exit instead of leaving them for re-adoption.
     pub stop_replicas_on_exit: bool,
+}
+
+/// What the agent knows of each assigned replica beyond its status.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct AssignedFacts {
+    /// id → (preset, metrics path)
+    metrics: BTreeMap<String, (String, String)>,
+    /// id → GPU memory per GPU
+    memory: BTreeMap<String, u64>,
 }
 
 /// Runs the agent until `shutdown` resolves. Replicas keep running when the
@@ -120,9 +54,19 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create the state dir {}", cfg.state_dir.display()))?;
-    let probe = open_probe(&cfg)?;
-    tracing::info!(node = %cfg.node_name, backend = probe.backend(), coordinator = %cfg.coordinator, "agent starting");
-    let gpus = spawn_gpu_sampler(probe, cfg.gpu.sample_interval);
+    let started = Instant::now();
+    let opened = gpu::open_probe(
+        cfg.gpu.backend,
+        &SimulatedConfig {
+            count: cfg.gpu.simulated_count,
+            model: cfg.gpu.simulated_model.clone(),
+            memory_bytes: cfg.gpu.simulated_memory_bytes,
+            node_name: cfg.node_name.clone(),
+        },
+    )?;
+    let backend = opened.probe.backend();
+    let sampler = Arc::new(gpu::spawn_sampler(opened.probe, cfg.gpu.sample_interval));
+    let gpus = sampler.subscribe();
 
     let mut host_probe = host::HostProbe::new(&cfg.state_dir);
     let host_info = host_probe.info();
@@ -138,31 +82,131 @@ pub async fn run(
         }
     });
 
-    let (_replicas_tx, replicas_rx) = watch::channel(Vec::new());
-    let (_warm_tx, warm_rx) = watch::channel(Vec::new());
-    let state = Arc::new(AgentState {
-        node_name: cfg.node_name.clone(),
-        boot_id: host::boot_id(),
-        instance: format!("{:016x}", rand::random::<u64>()),
-        labels: cfg.labels.clone(),
-        host_info,
-        gpus,
-        host: host_rx,
-        replicas: replicas_rx,
-        warm: warm_rx,
-    });
+    let mut sup_cfg = SupervisorConfig::new(&cfg.state_dir);
+    sup_cfg.port_range = cfg.port_range.clone();
+    sup_cfg.model_roots = cfg.model_roots.clone();
+    sup_cfg.allowed_executables = cfg.allowed_executables.clone();
+    sup_cfg.run_as = cfg.run_as.clone();
+    let supervisor = Supervisor::spawn(sup_cfg)
+        .await
+        .context("cannot start the replica supervisor")?;
+    let replicas = supervisor.subscribe();
+
+    let budget = cfg.warm.budget.bytes(host_info.memory_total_bytes);
+    let warmer = Warmer::spawn(WarmerConfig::new(cfg.model_roots.clone(), budget));
+    let lock_warm = cfg.warm.lock;
+
+    tracing::info!(
+        node = %cfg.node_name,
+        backend,
+        gpus = gpus.borrow().inventory.len(),
+        replicas = replicas.borrow().len(),
+        coordinator = %cfg.coordinator,
+        "agent starting"
+    );
+
+    let (facts_tx, facts_rx) = watch::channel(AssignedFacts::default());
+    let (metrics_tx, metrics_rx) = watch::channel(BTreeMap::new());
+    let (signals_tx, signals_rx) = watch::channel(BTreeMap::<String, ServingSignals>::new());
+    tokio::spawn(signals::run(replicas.clone(), metrics_rx, signals_tx, Duration::from_secs(1)));
+
+    let (connected_tx, connected_rx) = watch::channel(false);
+    let compose = {
+        let (gpus, host_rx, replicas, signals_rx, facts_rx, connected_rx) =
+            (gpus.clone(), host_rx.clone(), replicas.clone(), signals_rx.clone(), facts_rx.clone(), connected_rx.clone());
+        let warm_rx = warmer.subscribe();
+        let node_name = cfg.node_name.clone();
+        move || {
+            let snapshot = gpus.borrow().clone();
+            let signals = signals_rx.borrow().clone();
+            let mut statuses = replicas.borrow().clone();
+            for r in statuses.iter_mut() {
+                if let Some(s) = signals.get(&r.id) {
+                    r.signals = s.clone();
+                }
+            }
+            report::attribute_gpu_memory(&mut statuses, &snapshot.samples, report::session_of);
+            let workload = report::workload(&statuses, &facts_rx.borrow().memory);
+            let telemetry = Telemetry {
+                node_name: node_name.clone(),
+                gpus: snapshot,
+                host: host_rx.borrow().clone(),
+                replicas: statuses,
+                warm: warm_rx.borrow().clone(),
+                coordinator_connected: *connected_rx.borrow(),
+                started,
+            };
+            (telemetry, workload)
+        }
+    };
+    let (first, _) = compose();
+    let (telemetry_tx, telemetry_rx) = watch::channel(first);
+    {
+        let sampler = sampler.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(report_interval.min(Duration::from_millis(500)));
+            loop {
+                tick.tick().await;
+                let (t, workload) = compose();
+                sampler.set_workload(workload);
+                if telemetry_tx.send(t).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_listen))?;
+    let http_task = tokio::spawn(http::serve(http_listener, telemetry_rx.clone(), opened.faults, stopped(stop_rx)));
 
     let (assign_tx, mut assign_rx) = watch::channel::<Option<Assignment>>(None);
-    let (connected_tx, _connected_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        while assign_rx.changed().await.is_ok() {
-            let a = assign_rx.borrow_and_update().clone();
-            if let Some(a) = a {
-                tracing::info!(generation = a.generation, replicas = a.replicas.len(), "assignment");
+    {
+        let supervisor = supervisor.clone();
+        let warmer = warmer.clone();
+        tokio::spawn(async move {
+            while assign_rx.changed().await.is_ok() {
+                let Some(a) = assign_rx.borrow_and_update().clone() else { continue };
+                let facts = AssignedFacts {
+                    metrics: a.replicas.iter().map(|r| (r.id.clone(), (r.preset.clone(), r.metrics_path.clone()))).collect(),
+                    memory: a.replicas.iter().map(|r| (r.id.clone(), r.gpu_memory_bytes)).collect(),
+                };
+                let _ = metrics_tx.send(facts.metrics.clone());
+                let _ = facts_tx.send(facts);
+                // Weights of assigned replicas are kept warm: evicting them
+                // would only slow the next restart.
+                let keep = a.replicas.iter().map(|r| (r.model.clone(), r.weights.clone())).collect();
+                let warm = a
+                    .warm
+                    .iter()
+                    .cloned()
+                    .map(|mut w| {
+                        w.lock |= lock_warm;
+                        w
+                    })
+                    .collect();
+                warmer.set_desired(warm, keep);
+                tracing::info!(generation = a.generation, replicas = a.replicas.len(), warm = a.warm.len(), "applying assignment");
+                supervisor.apply(a.replicas);
             }
-        }
-    });
+        });
+    }
 
+    let reporter = Arc::new(AgentReporter {
+        identity: Identity {
+            node_name: cfg.node_name.clone(),
+            boot_id: host::boot_id(),
+            instance: format!("{:016x}", rand::random::<u64>()),
+            labels: cfg.labels.clone(),
+            host: host_info,
+        },
+        telemetry: telemetry_rx,
+    });
     let link_cfg = link::LinkConfig {
         coordinator: cfg.coordinator.clone(),
         node_name: cfg.node_name.clone(),
@@ -170,11 +214,17 @@ pub async fn run(
         backoff_base: Duration::from_millis(500),
         backoff_cap: Duration::from_secs(30),
     };
-    link::run(link_cfg, state, assign_tx, connected_tx, shutdown).await;
+    link::run(link_cfg, reporter, assign_tx, connected_tx, shutdown).await;
+
+    let _ = stop_tx.send(true);
+    let _ = http_task.await;
     if options.stop_replicas_on_exit {
-        tracing::info!("agent stopped");
+        supervisor.stop_all().await;
+        tracing::info!("agent stopped; its replicas were stopped");
     } else {
+        supervisor.detach().await;
         tracing::info!("agent stopped; replicas keep running and will be re-adopted");
     }
+    drop(sampler);
     Ok(())
 }
