@@ -45,7 +45,9 @@ impl Owner {
 
     fn adopt_one(&mut self, id: &str, rec: ReplicaRecord) {
         let dir = self.replica_dir(id);
-        if let Err(why) = process::is_same_process(rec.pid, rec.start_time, &rec.argv) {
+        if let Err(why) =
+            process::is_same_process(rec.pid, rec.start_time, &rec.argv, &rec.executable)
+        {
             // With its leader gone, a group that still has members holds our
             // server's workers (the pgid cannot be reused while they live).
             if rec.pid != 0
@@ -100,6 +102,7 @@ impl Owner {
         let mut r = Replica::new(spec, dir);
         r.epoch = epoch;
         r.argv = rec.argv;
+        r.executable = rec.executable;
         r.start_time = rec.start_time;
         r.phase = Phase::Running {
             stop: Some(stop_tx),

@@ -53,6 +53,7 @@ pub(super) struct Replica {
     pub phase: Phase,
     pub backoff: RestartBackoff,
     pub argv: Vec<String>,
+    pub executable: String,
     pub start_time: u64,
     /// Why the record could not be saved; retried by housekeeping.
     pub record_error: Option<String>,
@@ -75,6 +76,7 @@ impl Replica {
             phase: Phase::Waiting,
             backoff: RestartBackoff::default(),
             argv: Vec::new(),
+            executable: String::new(),
             start_time: 0,
             record_error: None,
         }
@@ -86,6 +88,7 @@ impl Replica {
             pid: self.status.pid,
             start_time: self.start_time,
             argv: self.argv.clone(),
+            executable: self.executable.clone(),
             port: self.status.port as u16,
             restarts: self.status.restarts,
             state: self.status.state,
@@ -545,6 +548,7 @@ impl Owner {
             .get_mut(id)
             .ok_or_else(|| Permanent("replica vanished".into()))?;
         r.argv = rendered.argv;
+        r.executable = executable.display().to_string();
         r.start_time = start_time;
         r.phase = Phase::Running {
             stop: Some(stop_tx),

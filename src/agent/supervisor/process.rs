@@ -65,9 +65,16 @@ fn is_gone(state: char) -> bool {
     matches!(state, 'Z' | 'X' | 'x')
 }
 
-/// Whether `pid` is still the process that was started with `argv` at
-/// `start_time`: a live process (not a zombie), same start time, same argv.
-pub fn is_same_process(pid: u32, start_time: u64, argv: &[String]) -> Result<(), String> {
+/// Whether `pid` is still the process that was started from `executable`
+/// with `argv` at `start_time`: alive (not a zombie), same start time, and a
+/// cmdline that is `argv`, or `argv` as the kernel rewrites it for a `#!`
+/// script (interpreter, its argument, the script path, then `argv[1..]`).
+pub fn is_same_process(
+    pid: u32,
+    start_time: u64,
+    argv: &[String],
+    executable: &str,
+) -> Result<(), String> {
     if pid == 0 {
         return Err("no process was recorded".into());
     }
@@ -82,7 +89,7 @@ pub fn is_same_process(pid: u32, start_time: u64, argv: &[String]) -> Result<(),
         ));
     }
     let now = cmdline(pid).map_err(|e| format!("pid {pid}: cannot read cmdline: {e}"))?;
-    if now != argv {
+    if !cmdline_matches(&now, argv, executable) {
         return Err(format!(
             "pid {pid} runs {:?}, not the recorded {:?}",
             now.join(" "),
@@ -90,6 +97,26 @@ pub fn is_same_process(pid: u32, start_time: u64, argv: &[String]) -> Result<(),
         ));
     }
     Ok(())
+}
+
+fn cmdline_matches(seen: &[String], argv: &[String], executable: &str) -> bool {
+    if seen == argv {
+        return true;
+    }
+    let Some((arg0, args)) = argv.split_first() else {
+        return false;
+    };
+    // A script run through its #! line: at most interpreter + one argument
+    // before the script's path, which replaces argv[0].
+    let Some(head_len) = seen.len().checked_sub(args.len()) else {
+        return false;
+    };
+    let (head, tail) = seen.split_at(head_len);
+    (2..=3).contains(&head.len())
+        && tail == args
+        && head
+            .last()
+            .is_some_and(|script| script == executable || script == arg0)
 }
 
 /// Live (non-zombie) members of process group `pgid`. Zombies are skipped:
@@ -221,18 +248,88 @@ mod tests {
         assert!(parse_stat("garbage").is_none());
     }
 
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn cmdline_of_a_shebang_script_still_matches() {
+        let argv = strings(&["vllm", "serve", "/m", "--port", "20001"]);
+        let exe = "/opt/vllm/bin/vllm";
+        assert!(cmdline_matches(&argv, &argv, exe));
+        let shebang = strings(&[
+            "/opt/vllm/bin/python",
+            exe,
+            "serve",
+            "/m",
+            "--port",
+            "20001",
+        ]);
+        assert!(cmdline_matches(&shebang, &argv, exe));
+        // `#!/usr/bin/env python3`, before and after env execs python.
+        let env_shebang = strings(&[
+            "/usr/bin/env",
+            "python3",
+            exe,
+            "serve",
+            "/m",
+            "--port",
+            "20001",
+        ]);
+        assert!(cmdline_matches(&env_shebang, &argv, exe));
+        let after_env = strings(&["python3", exe, "serve", "/m", "--port", "20001"]);
+        assert!(cmdline_matches(&after_env, &argv, exe));
+        let too_long = strings(&["a", "b", "c", exe, "serve", "/m", "--port", "20001"]);
+        assert!(!cmdline_matches(&too_long, &argv, exe));
+        let other_port = strings(&[
+            "/opt/vllm/bin/python",
+            exe,
+            "serve",
+            "/m",
+            "--port",
+            "20002",
+        ]);
+        assert!(!cmdline_matches(&other_port, &argv, exe));
+        let other_script = strings(&[
+            "/usr/bin/python",
+            "/tmp/evil",
+            "serve",
+            "/m",
+            "--port",
+            "20001",
+        ]);
+        assert!(!cmdline_matches(&other_script, &argv, exe));
+        assert!(!cmdline_matches(&[], &argv, exe));
+    }
+
     #[tokio::test]
     async fn identity_and_exit_of_a_real_process() {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
         let stat = proc_stat(pid).unwrap();
         let argv = vec!["sleep".to_string(), "30".to_string()];
+        // The spawner resumes while the kernel is still finishing the exec;
+        // the new argv shows up a moment later.
+        for _ in 0..100 {
+            if !cmdline(pid).unwrap().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(cmdline(pid).unwrap(), argv);
-        assert!(is_same_process(pid, stat.start_time, &argv).is_ok());
-        assert!(is_same_process(pid, stat.start_time + 1, &argv)
-            .unwrap_err()
-            .contains("another process"));
-        assert!(is_same_process(pid, stat.start_time, &["sleep".to_string()]).is_err());
+        assert!(is_same_process(pid, stat.start_time, &argv, "/usr/bin/sleep").is_ok());
+        assert!(
+            is_same_process(pid, stat.start_time + 1, &argv, "/usr/bin/sleep")
+                .unwrap_err()
+                .contains("another process")
+        );
+        assert!(is_same_process(
+            pid,
+            stat.start_time,
+            &["sleep".to_string()],
+            "/usr/bin/sleep"
+        )
+        .is_err());
 
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
         let how = tokio::time::timeout(Duration::from_secs(5), wait_exit(pid, stat.start_time))
@@ -240,6 +337,6 @@ mod tests {
             .unwrap();
         assert_eq!(how, ExitHow::Signal(Signal::SIGKILL));
         assert!(child.try_wait().is_err(), "already reaped by wait_exit");
-        assert!(is_same_process(pid, stat.start_time, &argv).is_err());
+        assert!(is_same_process(pid, stat.start_time, &argv, "/usr/bin/sleep").is_err());
     }
 }

@@ -36,6 +36,9 @@ pub struct ReplicaRecord {
     pub start_time: u64,
     /// The argv the process was executed with, as /proc/<pid>/cmdline shows it.
     pub argv: Vec<String>,
+    /// The resolved executable that was run (`#!` scripts show it in argv).
+    #[serde(default)]
+    pub executable: String,
     pub port: u16,
     pub restarts: u32,
     pub state: ReplicaState,
@@ -122,6 +125,7 @@ mod tests {
             pid: 4242,
             start_time: 99,
             argv: vec!["srv".into(), "--port".into(), "20001".into()],
+            executable: "/usr/bin/srv".into(),
             port: 20001,
             restarts: 2,
             state: ReplicaState::Ready,
