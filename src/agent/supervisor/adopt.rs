@@ -9,7 +9,7 @@ use super::lifecycle::{self, Watched};
 use super::owner::{Owner, Phase, Replica};
 use super::readiness::ReadinessProbe;
 use super::record::{self, ReplicaRecord};
-use super::{logfile, process, valid_replica_id};
+use super::{logfile, process, start, valid_replica_id};
 use crate::domain::{ReplicaState, ReplicaStatus};
 
 impl Owner {
@@ -56,7 +56,11 @@ impl Owner {
             {
                 let _ = process::signal_group(rec.pid, nix::sys::signal::Signal::SIGKILL);
             }
-            let reason = format!("exited while the agent was away ({why})");
+            let reason = if rec.pid == 0 {
+                "exited while the agent was away (it was waiting to restart)".to_string()
+            } else {
+                format!("exited while the agent was away ({why})")
+            };
             logfile::note(&dir, &reason);
             tracing::info!(replica = id, %reason, "replica not adopted");
             if let Err(e) = record::remove(&dir) {
@@ -93,8 +97,8 @@ impl Owner {
                 start_time: rec.start_time,
                 probe,
                 ready,
-                ready_timeout: spec.ready_timeout,
-                stop_timeout: spec.stop_timeout,
+                ready_timeout: start::ready_timeout(&spec),
+                stop_timeout: start::stop_timeout(&spec),
             },
             self.reports_tx.clone(),
             stop_rx,

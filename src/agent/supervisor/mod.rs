@@ -18,6 +18,7 @@ mod owner;
 pub mod process;
 pub mod readiness;
 pub mod record;
+mod start;
 pub mod template;
 
 #[cfg(test)]
