@@ -137,3 +137,26 @@ async fn a_record_that_cannot_be_written_does_not_stop_supervision() {
     assert!(dir.path().join("replicas/full/record.json").exists());
     sup.stop_all().await;
 }
+
+#[tokio::test]
+async fn dropping_every_handle_leaves_servers_running_for_the_next_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let sup = Supervisor::spawn(cfg.clone()).await.unwrap();
+    let mut rx = sup.subscribe();
+    sup.apply(vec![spec("orphan", &["sleep", "1000"])]);
+    let all = until(&mut rx, 5, |s| of(s, "orphan").is_some_and(|r| r.pid != 0)).await;
+    let pid = of(&all, "orphan").unwrap().pid;
+    drop(sup);
+    // The owning task notices the closed channel and detaches.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(alive(pid));
+    let sup = Supervisor::spawn(cfg).await.unwrap();
+    let now = sup.subscribe().borrow().clone();
+    assert_eq!(
+        of(&now, "orphan").map(|r| (r.pid, r.state)),
+        Some((pid, ReplicaState::Starting))
+    );
+    sup.stop_all().await;
+    assert!(!alive(pid));
+}

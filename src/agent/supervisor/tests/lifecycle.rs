@@ -214,3 +214,35 @@ async fn a_server_not_ready_in_time_is_stopped_and_retried() {
     );
     sup.stop_all().await;
 }
+
+#[tokio::test]
+async fn a_chatty_server_s_log_is_rotated_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.log_max_bytes = 4096;
+    let sup = Supervisor::spawn(cfg).await.unwrap();
+    let mut rx = sup.subscribe();
+    sup.apply(vec![spec(
+        "chatty",
+        &[
+            "/bin/sh",
+            "-c",
+            "head -c 20000 /dev/zero | tr '\\0' x; echo; exec sleep 1000",
+        ],
+    )]);
+    until(&mut rx, 5, |s| of(s, "chatty").is_some_and(|r| r.pid != 0)).await;
+    let replica_dir = dir.path().join("replicas/chatty");
+    let rotated = replica_dir.join("server.log.1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !rotated.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(std::fs::metadata(&rotated).unwrap().len() > 20_000);
+    assert!(
+        std::fs::metadata(replica_dir.join("server.log"))
+            .unwrap()
+            .len()
+            <= 4096
+    );
+    sup.stop_all().await;
+}
