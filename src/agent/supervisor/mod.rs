@@ -1,1 +1,196 @@
-//! Replica supervision: not written yet.
+//! Replica supervision: runs the model-server processes the latest assignment
+//! asks for, keeps them healthy (readiness, restart backoff, crash loops),
+//! stops them cleanly, and re-adopts them after an agent restart.
+//!
+//! One task owns every replica; the [`Supervisor`] handle only sends it
+//! commands, and its state is published on a watch channel.
+//!
+//! Weights are checked against `model_roots` only when roots are configured:
+//! the agent's default config has none, and refusing every replica there would
+//! make a bare install useless. Hosts that care set `model_roots`.
+
+mod adopt;
+pub mod backoff;
+pub mod launch;
+mod lifecycle;
+pub mod logfile;
+mod owner;
+pub mod process;
+pub mod readiness;
+pub mod record;
+mod start;
+pub mod template;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::domain::{ReplicaSpec, ReplicaStatus};
+
+/// How the supervisor runs replicas on this host.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Records and logs live under `state_dir/replicas/<id>/`.
+    pub state_dir: PathBuf,
+    pub port_range: RangeInclusive<u16>,
+    /// Weights must resolve under one of these; empty skips the check.
+    pub model_roots: Vec<PathBuf>,
+    /// Empty: any executable.
+    pub allowed_executables: Vec<PathBuf>,
+    /// Unprivileged user for model servers; `None`: the agent's own user.
+    pub run_as: Option<String>,
+    /// Where readiness probes connect (servers listen on the host).
+    pub probe_host: IpAddr,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub backoff_reset_after: Duration,
+    /// A server log is rotated once it passes this size.
+    pub log_max_bytes: u64,
+    /// Log files kept per replica, the live one included.
+    pub log_files: u32,
+}
+
+impl SupervisorConfig {
+    /// The documented defaults, with records and logs under `state_dir`.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        SupervisorConfig {
+            state_dir: state_dir.into(),
+            port_range: 20000..=20999,
+            model_roots: Vec::new(),
+            allowed_executables: Vec::new(),
+            run_as: None,
+            probe_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            backoff_base: Duration::from_secs(10),
+            backoff_cap: Duration::from_secs(300),
+            backoff_reset_after: Duration::from_secs(600),
+            log_max_bytes: 10 * 1024 * 1024,
+            log_files: 3,
+        }
+    }
+
+    fn replicas_dir(&self) -> PathBuf {
+        self.state_dir.join("replicas")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("cannot use state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("run_as: {0}")]
+    RunAs(String),
+    #[error("invalid replica id {id:?}: use 1..=128 of [A-Za-z0-9._-], not starting with '.'")]
+    InvalidReplicaId { id: String },
+    #[error("no log for replica {id:?} on this node")]
+    NoLog { id: String },
+    #[error("cannot read the log of replica {id:?}: {source}")]
+    LogRead { id: String, source: std::io::Error },
+}
+
+/// Replica ids name directories; anything that could escape `replicas/` or
+/// hide as a dotfile is refused.
+pub fn valid_replica_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+enum Command {
+    Apply(Vec<ReplicaSpec>),
+    Detach(oneshot::Sender<()>),
+    StopAll(oneshot::Sender<()>),
+}
+
+/// Handle to the supervising task. Cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    commands: mpsc::UnboundedSender<Command>,
+    statuses: watch::Receiver<Vec<ReplicaStatus>>,
+}
+
+impl Supervisor {
+    /// Starts supervising. Replicas recorded in `state_dir` whose process is
+    /// still the one recorded are adopted (not restarted); the others are
+    /// cleaned up and reported once as having exited while the agent was away.
+    pub async fn spawn(cfg: SupervisorConfig) -> Result<Supervisor, SupervisorError> {
+        let run_as = match cfg.run_as.as_deref() {
+            None | Some("") => None,
+            Some(name) => Some(launch::resolve_run_as(name).map_err(SupervisorError::RunAs)?),
+        };
+        let dir = cfg.replicas_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| SupervisorError::StateDir { path: dir, source })?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (status_tx, statuses) = watch::channel(Vec::new());
+        let mut owner = owner::Owner::new(cfg, run_as, status_tx);
+        owner.adopt_all();
+        owner.publish();
+        tokio::spawn(owner.run(command_rx));
+        Ok(Supervisor { commands, statuses })
+    }
+
+    /// Reconciles toward `desired`, the complete set of replicas this node
+    /// should run. Idempotent: repeating it changes nothing.
+    pub fn apply(&self, desired: Vec<ReplicaSpec>) {
+        if self.commands.send(Command::Apply(desired)).is_err() {
+            tracing::warn!("supervisor has stopped; assignment ignored");
+        }
+    }
+
+    /// Every replica's status, updated on each change.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<ReplicaStatus>> {
+        self.statuses.clone()
+    }
+
+    /// Stops supervising and leaves every server running, to be re-adopted
+    /// by the next agent (agent shutdown or restart).
+    pub async fn detach(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Detach(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops every replica (SIGTERM, grace, SIGKILL) and removes its record.
+    pub async fn stop_all(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::StopAll(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The last `lines` lines of a replica's server log (rotated files included).
+pub fn read_log_tail(
+    state_dir: &Path,
+    replica_id: &str,
+    lines: usize,
+) -> Result<Vec<String>, SupervisorError> {
+    if !valid_replica_id(replica_id) {
+        return Err(SupervisorError::InvalidReplicaId {
+            id: replica_id.to_string(),
+        });
+    }
+    let dir = state_dir.join("replicas").join(replica_id);
+    if !dir.join(logfile::LOG_FILE).exists() {
+        return Err(SupervisorError::NoLog {
+            id: replica_id.to_string(),
+        });
+    }
+    logfile::tail(&dir, lines).map_err(|source| SupervisorError::LogRead {
+        id: replica_id.to_string(),
+        source,
+    })
+}
