@@ -3,6 +3,6 @@
 
 pub mod agent;
 pub mod config;
-pub mod domain;
 pub mod demo;
+pub mod domain;
 pub mod wire;
