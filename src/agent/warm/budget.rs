@@ -120,7 +120,7 @@ mod tests {
         let dir = cache_dir();
         let path = dir.path().join("w.bin");
         std::fs::write(&path, vec![3u8; 2 << 20]).unwrap();
-        nix::unistd::fdatasync(&std::fs::File::open(&path).unwrap()).unwrap();
+        nix::unistd::fdatasync(std::fs::File::open(&path).unwrap()).unwrap();
         let listing = list_model_files(&path, &[dir.path().to_path_buf()]).unwrap();
         std::fs::read(&path).unwrap();
         assert_eq!(measure(&listing).resident_bytes, 2 << 20);

@@ -153,10 +153,7 @@ pub fn fill_files(
         for _ in 0..workers {
             scope.spawn(|| {
                 let mut buf = vec![0u8; chunk as usize];
-                loop {
-                    let Some(segment) = segments.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        break;
-                    };
+                while let Some(segment) = segments.get(next.fetch_add(1, Ordering::Relaxed)) {
                     if cancel.load(Ordering::Relaxed) {
                         break;
                     }

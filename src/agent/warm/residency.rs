@@ -117,7 +117,7 @@ impl Mapping {
         if len == 0 {
             return Err(invalid("cannot map 0 bytes"));
         }
-        if offset % page_size() != 0 {
+        if !offset.is_multiple_of(page_size()) {
             return Err(invalid("mapping offset is not page-aligned"));
         }
         let len = usize::try_from(len)
