@@ -6,7 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod coordinator;
+pub mod demo;
 pub mod domain;
 pub mod logging;
-pub mod demo;
 pub mod wire;

@@ -25,12 +25,10 @@ pub fn resolve_model_path(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Pat
             path: path.to_path_buf(),
         });
     }
-    let resolved = path
-        .canonicalize()
-        .map_err(|e| PathError::Unresolvable {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    let resolved = path.canonicalize().map_err(|e| PathError::Unresolvable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let inside = roots.iter().any(|root| {
         root.canonicalize()
             .map(|r| resolved.starts_with(&r))
@@ -72,7 +70,10 @@ mod tests {
             resolve_model_path(&link, &roots),
             Err(PathError::OutsideRoots { .. })
         ));
-        let dotdot = root.path().join("../").join(outside.path().file_name().unwrap());
+        let dotdot = root
+            .path()
+            .join("../")
+            .join(outside.path().file_name().unwrap());
         assert!(resolve_model_path(&dotdot, &roots).is_err());
         assert!(matches!(
             resolve_model_path(&model, &[]),
