@@ -11,7 +11,10 @@ use gpufleet::config::{AgentConfig, AgentOverrides, CoordinatorConfig, Coordinat
 fn main() -> ExitCode {
     let cli = Cli::parse();
     gpufleet::logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -7,8 +7,8 @@ pub mod pb {
 }
 
 use crate::domain::{
-    GpuInfo, GpuProcess, GpuSample, HostInfo, HostSample, ReplicaSpec, ReplicaState,
-    ReplicaStatus, ServingSignals, WarmSpec, WarmStatus, WindowStats,
+    GpuInfo, GpuProcess, GpuSample, HostInfo, HostSample, ReplicaSpec, ReplicaState, ReplicaStatus,
+    ServingSignals, WarmSpec, WarmStatus, WindowStats,
 };
 use std::time::Duration;
 
@@ -401,36 +401,6 @@ pub fn from_pb<P, T: From<P>>(items: Vec<P>) -> Vec<T> {
     items.into_iter().map(T::from).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replica_status_round_trips() {
-        let r = ReplicaStatus {
-            id: "demo-llm-1".into(),
-            model: "demo-llm".into(),
-            state: ReplicaState::Crashloop,
-            pid: 7,
-            gpus: vec![0, 3],
-            signals: ServingSignals {
-                waiting: 2.0,
-                p95_latency_s: Some(0.4),
-                fresh: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let back: ReplicaStatus = pb::ReplicaStatus::from(&r).into();
-        assert_eq!(back, r);
-    }
-
-    #[test]
-    fn unknown_replica_state_is_never_ready() {
-        assert_eq!(replica_state_from_i32(99), ReplicaState::Failed);
-    }
-}
-
 impl From<&crate::domain::Hello> for pb::Hello {
     fn from(h: &crate::domain::Hello) -> Self {
         pb::Hello {
@@ -782,5 +752,35 @@ impl From<pb::Event> for Event {
             replica: e.replica,
             message: e.message,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_status_round_trips() {
+        let r = ReplicaStatus {
+            id: "demo-llm-1".into(),
+            model: "demo-llm".into(),
+            state: ReplicaState::Crashloop,
+            pid: 7,
+            gpus: vec![0, 3],
+            signals: ServingSignals {
+                waiting: 2.0,
+                p95_latency_s: Some(0.4),
+                fresh: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let back: ReplicaStatus = pb::ReplicaStatus::from(&r).into();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn unknown_replica_state_is_never_ready() {
+        assert_eq!(replica_state_from_i32(99), ReplicaState::Failed);
     }
 }

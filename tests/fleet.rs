@@ -29,11 +29,28 @@ fn two_agents_show_up_with_their_gpus() {
         let nodes = h.try_json(&["node", "ls"])?;
         (nodes_in_state(&nodes, "ready").len() == 2).then_some(nodes)
     });
-    let a = nodes.as_array().unwrap().iter().find(|n| n["name"] == "node-a").unwrap();
+    let a = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node-a")
+        .unwrap();
     let gpus = a["gpus"].as_array().unwrap();
     assert_eq!(gpus.len(), 4);
-    for key in ["index", "uuid", "name", "memory_total_bytes", "memory_used_bytes", "utilization_pct", "healthy"] {
-        assert!(gpus[0].get(key).is_some(), "node ls gpu lacks {key}: {}", gpus[0]);
+    for key in [
+        "index",
+        "uuid",
+        "name",
+        "memory_total_bytes",
+        "memory_used_bytes",
+        "utilization_pct",
+        "healthy",
+    ] {
+        assert!(
+            gpus[0].get(key).is_some(),
+            "node ls gpu lacks {key}: {}",
+            gpus[0]
+        );
     }
     assert_eq!(gpus[0]["memory_total_bytes"], 80u64 << 30);
     assert!(a["last_seen"].as_str().unwrap().ends_with('Z'));
@@ -43,7 +60,19 @@ fn two_agents_show_up_with_their_gpus() {
     let one = h.json(&["gpu", "ls", "--node", "node-b"]);
     let one = one.as_array().unwrap();
     assert_eq!(one.len(), 2);
-    for key in ["node", "index", "uuid", "name", "memory_total_bytes", "memory_used_bytes", "utilization_pct", "temperature_c", "power_w", "healthy", "replica"] {
+    for key in [
+        "node",
+        "index",
+        "uuid",
+        "name",
+        "memory_total_bytes",
+        "memory_used_bytes",
+        "utilization_pct",
+        "temperature_c",
+        "power_w",
+        "healthy",
+        "replica",
+    ] {
         assert!(one[0].get(key).is_some(), "gpu ls lacks {key}: {}", one[0]);
     }
     assert_ne!(one[0]["uuid"], one[1]["uuid"]);
@@ -68,7 +97,11 @@ fn a_model_survives_a_coordinator_restart_and_agents_reconnect() {
     let out = h.cli(&["model", "apply", "-f", spec.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    assert_eq!(c.stop(Duration::from_secs(10)), Some(0), "coordinator exits 0 on SIGTERM");
+    assert_eq!(
+        c.stop(Duration::from_secs(10)),
+        Some(0),
+        "coordinator exits 0 on SIGTERM"
+    );
     let down = h.cli(&["model", "ls"]);
     assert!(!down.status.success());
     assert!(
@@ -90,7 +123,12 @@ fn a_model_survives_a_coordinator_restart_and_agents_reconnect() {
     assert_eq!(models.len(), 1);
     let m = &models[0];
     assert_eq!(m["name"], "llama-test");
-    for key in ["min_replicas", "max_replicas", "desired_replicas", "ready_replicas"] {
+    for key in [
+        "min_replicas",
+        "max_replicas",
+        "desired_replicas",
+        "ready_replicas",
+    ] {
         assert!(m.get(key).is_some(), "model ls lacks {key}: {m}");
     }
     let shown = h.json(&["model", "show", "llama-test"]);
@@ -101,20 +139,46 @@ fn a_model_survives_a_coordinator_restart_and_agents_reconnect() {
     assert_eq!(h.json(&["model", "ls"]).as_array().unwrap().len(), 0);
     let gone = h.cli(&["model", "show", "llama-test"]);
     assert!(!gone.status.success());
-    assert!(stderr(&gone).contains("model `llama-test` not found"), "{}", stderr(&gone));
+    assert!(
+        stderr(&gone).contains("model `llama-test` not found"),
+        "{}",
+        stderr(&gone)
+    );
 }
 
 #[test]
 fn bad_specs_are_refused_with_one_clear_line_and_nothing_is_stored() {
     let h = Harness::new();
     let _c = h.coordinator("");
-    wait_until(Duration::from_secs(10), "coordinator up", || h.try_json(&["model", "ls"]));
+    wait_until(Duration::from_secs(10), "coordinator up", || {
+        h.try_json(&["model", "ls"])
+    });
     let cases = [
-        ("typo", SPEC.replace("replicas = 0", "replicass = 0"), "unknown key `replicass`"),
-        ("negative", SPEC.replace("replicas = 0", "replicas = -3"), "replicas"),
-        ("absurd", SPEC.replace("replicas = 0", "replicas = 1000000"), "out of range"),
-        ("duration", format!("{SPEC}ready_timeout = \"soon\"\n"), "ready_timeout"),
-        ("size", SPEC.replace("\"20GiB\"", "\"20 gigs\""), "gpu_memory"),
+        (
+            "typo",
+            SPEC.replace("replicas = 0", "replicass = 0"),
+            "unknown key `replicass`",
+        ),
+        (
+            "negative",
+            SPEC.replace("replicas = 0", "replicas = -3"),
+            "replicas",
+        ),
+        (
+            "absurd",
+            SPEC.replace("replicas = 0", "replicas = 1000000"),
+            "out of range",
+        ),
+        (
+            "duration",
+            format!("{SPEC}ready_timeout = \"soon\"\n"),
+            "ready_timeout",
+        ),
+        (
+            "size",
+            SPEC.replace("\"20GiB\"", "\"20 gigs\""),
+            "gpu_memory",
+        ),
         ("name", SPEC.replace("llama-test", "llama test"), "name"),
     ];
     for (label, text, needle) in cases {
@@ -123,7 +187,11 @@ fn bad_specs_are_refused_with_one_clear_line_and_nothing_is_stored() {
         assert!(!out.status.success(), "{label} was accepted");
         let err = stderr(&out);
         assert!(err.contains(needle), "{label}: `{err}` lacks `{needle}`");
-        assert_eq!(err.trim().lines().count(), 1, "{label}: one line, got: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{label}: one line, got: {err}"
+        );
     }
     assert_eq!(h.json(&["model", "ls"]).as_array().unwrap().len(), 0);
 }
@@ -138,9 +206,16 @@ fn a_second_agent_with_the_same_node_name_is_refused() {
         (nodes_in_state(&nodes, "ready") == ["twin"]).then_some(())
     });
     let second = h.agent_as("second", "twin", 3, "");
-    wait_until(Duration::from_secs(15), "the refusal in the second agent's log", || {
-        second.log_text().contains("already connected").then_some(())
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "the refusal in the second agent's log",
+        || {
+            second
+                .log_text()
+                .contains("already connected")
+                .then_some(())
+        },
+    );
     // The first keeps its session: the node still has the first agent's 2 GPUs.
     std::thread::sleep(Duration::from_secs(1));
     let nodes = h.json(&["node", "ls"]);
@@ -180,7 +255,12 @@ fn a_silent_node_turns_suspect_then_lost() {
 fn the_cli_names_the_address_it_could_not_reach() {
     let port = free_port();
     let out = std::process::Command::new(BIN)
-        .args(["node", "ls", "--coordinator", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "node",
+            "ls",
+            "--coordinator",
+            &format!("http://127.0.0.1:{port}"),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -205,7 +285,11 @@ fn bad_daemon_config_exits_64_naming_the_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(stderr(&out).contains("/nonexistent/agent.toml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/agent.toml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

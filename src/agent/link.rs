@@ -95,10 +95,13 @@ async fn connect(cfg: &LinkConfig) -> Result<Channel, String> {
         .http2_keep_alive_interval(crate::coordinator::KEEPALIVE_INTERVAL)
         .keep_alive_timeout(crate::coordinator::KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the coordinator at {}: {}", cfg.coordinator, error_chain(&e)))
+    endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot reach the coordinator at {}: {}",
+            cfg.coordinator,
+            error_chain(&e)
+        )
+    })
 }
 
 /// One session, from connect to its end.
@@ -127,7 +130,11 @@ async fn session(
     tracing::info!(coordinator = %cfg.coordinator, node = %cfg.node_name, "connected to the coordinator");
 
     let mut seq: u64 = 0;
-    let mut applied: u64 = assignments.borrow().as_ref().map(|a| a.generation).unwrap_or(0);
+    let mut applied: u64 = assignments
+        .borrow()
+        .as_ref()
+        .map(|a| a.generation)
+        .unwrap_or(0);
     let mut ticker = tokio::time::interval(cfg.report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

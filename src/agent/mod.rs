@@ -26,7 +26,7 @@ use gpu::SimulatedConfig;
 use http::Telemetry;
 use report::{AgentReporter, Identity};
 use supervisor::{Supervisor, SupervisorConfig};
-use warm::warmer::{Warmer, WarmerConfig};
+use warm::{Warmer, WarmerConfig};
 
 /// How the agent process behaves beyond its config.
 #[derive(Debug, Clone, Default)]
@@ -108,12 +108,23 @@ pub async fn run(
     let (facts_tx, facts_rx) = watch::channel(AssignedFacts::default());
     let (metrics_tx, metrics_rx) = watch::channel(BTreeMap::new());
     let (signals_tx, signals_rx) = watch::channel(BTreeMap::<String, ServingSignals>::new());
-    tokio::spawn(signals::run(replicas.clone(), metrics_rx, signals_tx, Duration::from_secs(1)));
+    tokio::spawn(signals::run(
+        replicas.clone(),
+        metrics_rx,
+        signals_tx,
+        Duration::from_secs(1),
+    ));
 
     let (connected_tx, connected_rx) = watch::channel(false);
     let compose = {
-        let (gpus, host_rx, replicas, signals_rx, facts_rx, connected_rx) =
-            (gpus.clone(), host_rx.clone(), replicas.clone(), signals_rx.clone(), facts_rx.clone(), connected_rx.clone());
+        let (gpus, host_rx, replicas, signals_rx, facts_rx, connected_rx) = (
+            gpus.clone(),
+            host_rx.clone(),
+            replicas.clone(),
+            signals_rx.clone(),
+            facts_rx.clone(),
+            connected_rx.clone(),
+        );
         let warm_rx = warmer.subscribe();
         let node_name = cfg.node_name.clone();
         move || {
@@ -163,7 +174,12 @@ pub async fn run(
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_listen))?;
-    let http_task = tokio::spawn(http::serve(http_listener, telemetry_rx.clone(), opened.faults, stopped(stop_rx)));
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        telemetry_rx.clone(),
+        opened.faults,
+        stopped(stop_rx),
+    ));
 
     let (assign_tx, mut assign_rx) = watch::channel::<Option<Assignment>>(None);
     {
@@ -171,16 +187,30 @@ pub async fn run(
         let warmer = warmer.clone();
         tokio::spawn(async move {
             while assign_rx.changed().await.is_ok() {
-                let Some(a) = assign_rx.borrow_and_update().clone() else { continue };
+                let Some(a) = assign_rx.borrow_and_update().clone() else {
+                    continue;
+                };
                 let facts = AssignedFacts {
-                    metrics: a.replicas.iter().map(|r| (r.id.clone(), (r.preset.clone(), r.metrics_path.clone()))).collect(),
-                    memory: a.replicas.iter().map(|r| (r.id.clone(), r.gpu_memory_bytes)).collect(),
+                    metrics: a
+                        .replicas
+                        .iter()
+                        .map(|r| (r.id.clone(), (r.preset.clone(), r.metrics_path.clone())))
+                        .collect(),
+                    memory: a
+                        .replicas
+                        .iter()
+                        .map(|r| (r.id.clone(), r.gpu_memory_bytes))
+                        .collect(),
                 };
                 let _ = metrics_tx.send(facts.metrics.clone());
                 let _ = facts_tx.send(facts);
                 // Weights of assigned replicas are kept warm: evicting them
                 // would only slow the next restart.
-                let keep = a.replicas.iter().map(|r| (r.model.clone(), r.weights.clone())).collect();
+                let keep = a
+                    .replicas
+                    .iter()
+                    .map(|r| (r.model.clone(), r.weights.clone()))
+                    .collect();
                 let warm = a
                     .warm
                     .iter()
@@ -191,7 +221,12 @@ pub async fn run(
                     })
                     .collect();
                 warmer.set_desired(warm, keep);
-                tracing::info!(generation = a.generation, replicas = a.replicas.len(), warm = a.warm.len(), "applying assignment");
+                tracing::info!(
+                    generation = a.generation,
+                    replicas = a.replicas.len(),
+                    warm = a.warm.len(),
+                    "applying assignment"
+                );
                 supervisor.apply(a.replicas);
             }
         });

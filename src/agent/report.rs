@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use tokio::sync::watch;
 
-use crate::domain::{GpuSample, Hello, HostInfo, Report, ReplicaState, ReplicaStatus};
+use crate::domain::{GpuSample, Hello, HostInfo, ReplicaState, ReplicaStatus, Report};
 
 use super::gpu::GpuWorkload;
 use super::http::Telemetry;
@@ -119,21 +119,38 @@ mod tests {
     #[test]
     fn gpu_memory_goes_to_the_replica_whose_session_holds_it() {
         let mut replicas = vec![
-            ReplicaStatus { id: "a".into(), pid: 100, ..Default::default() },
-            ReplicaStatus { id: "b".into(), pid: 200, ..Default::default() },
+            ReplicaStatus {
+                id: "a".into(),
+                pid: 100,
+                ..Default::default()
+            },
+            ReplicaStatus {
+                id: "b".into(),
+                pid: 200,
+                ..Default::default()
+            },
         ];
         let samples = vec![
             GpuSample {
                 index: 0,
                 processes: vec![
-                    GpuProcess { pid: 101, used_memory_bytes: 10 },
-                    GpuProcess { pid: 102, used_memory_bytes: 5 },
+                    GpuProcess {
+                        pid: 101,
+                        used_memory_bytes: 10,
+                    },
+                    GpuProcess {
+                        pid: 102,
+                        used_memory_bytes: 5,
+                    },
                 ],
                 ..Default::default()
             },
             GpuSample {
                 index: 1,
-                processes: vec![GpuProcess { pid: 999, used_memory_bytes: 7 }],
+                processes: vec![GpuProcess {
+                    pid: 999,
+                    used_memory_bytes: 7,
+                }],
                 ..Default::default()
             },
         ];

@@ -47,7 +47,13 @@ pub async fn run(
             let (preset, path) = paths.get(&r.id)?.clone();
             let url = format!("http://127.0.0.1:{}{}", r.port, path);
             let client = client.clone();
-            Some(async move { (r.id.clone(), preset, scrape::fetch(&client, &url, SCRAPE_TIMEOUT).await) })
+            Some(async move {
+                (
+                    r.id.clone(),
+                    preset,
+                    scrape::fetch(&client, &url, SCRAPE_TIMEOUT).await,
+                )
+            })
         });
         let results = futures_util::future::join_all(fetches).await;
         let now = Instant::now();
@@ -55,13 +61,15 @@ pub async fn run(
         for (id, preset, body) in results {
             let scraper = match scrapers.entry(id.clone()) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => match Scraper::new(&preset, scrape::DEFAULT_WINDOW) {
-                    Ok(s) => v.insert(s),
-                    Err(e) => {
-                        tracing::warn!(replica_id = %id, error = %e, "no scraper for this replica");
-                        continue;
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    match Scraper::new(&preset, scrape::DEFAULT_WINDOW) {
+                        Ok(s) => v.insert(s),
+                        Err(e) => {
+                            tracing::warn!(replica_id = %id, error = %e, "no scraper for this replica");
+                            continue;
+                        }
                     }
-                },
+                }
             };
             let s = match body.and_then(|b| scraper.observe(&b, now)) {
                 Ok(s) => s,

@@ -13,14 +13,21 @@ pub type Control = ControlClient<Channel>;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Coordinator gRPC URL (`https://` means TLS).
-    #[arg(long, env = "GPUFLEET_COORDINATOR", default_value = "http://127.0.0.1:7460", global = true)]
+    #[arg(
+        long,
+        env = "GPUFLEET_COORDINATOR",
+        default_value = "http://127.0.0.1:7460",
+        global = true
+    )]
     pub coordinator: String,
 }
 
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
     let url = &args.coordinator;
     let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| anyhow!("coordinator URL `{url}` is invalid: {e}; expected e.g. http://127.0.0.1:7460"))?
+        .map_err(|e| {
+            anyhow!("coordinator URL `{url}` is invalid: {e}; expected e.g. http://127.0.0.1:7460")
+        })?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
     let channel = endpoint.connect().await.map_err(|e| {

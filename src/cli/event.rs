@@ -33,7 +33,13 @@ fn line(e: &Event) -> String {
     if !e.replica.is_empty() {
         scope.push(format!("replica={}", e.replica));
     }
-    format!("{}  {:<18} {}  {}", e.time, e.kind, e.message, scope.join(" "))
+    format!(
+        "{}  {:<18} {}  {}",
+        e.time,
+        e.kind,
+        e.message,
+        scope.join(" ")
+    )
 }
 
 pub async fn run(args: EventsArgs, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
@@ -45,7 +51,12 @@ pub async fn run(args: EventsArgs, client: &ClientArgs, output: Output) -> anyho
     };
     // Subscribe before listing, so nothing falls between the two.
     let stream = if args.follow {
-        Some(c.follow_events(req.clone()).await.map_err(status_error)?.into_inner())
+        Some(
+            c.follow_events(req.clone())
+                .await
+                .map_err(status_error)?
+                .into_inner(),
+        )
     } else {
         None
     };

@@ -32,7 +32,19 @@ pub async fn run(cmd: GpuCommand, client: &ClientArgs, output: Output) -> anyhow
     if output == Output::Json {
         return print_json(&gpus);
     }
-    let mut t = Table::new(&["NODE", "GPU", "NAME", "MEM USED", "MEM TOTAL", "UTIL", "UTIL 60s", "TEMP", "POWER", "HEALTH", "REPLICA"]);
+    let mut t = Table::new(&[
+        "NODE",
+        "GPU",
+        "NAME",
+        "MEM USED",
+        "MEM TOTAL",
+        "UTIL",
+        "UTIL 60s",
+        "TEMP",
+        "POWER",
+        "HEALTH",
+        "REPLICA",
+    ]);
     for g in &gpus {
         t.row(vec![
             g.node.clone(),
@@ -44,8 +56,16 @@ pub async fn run(cmd: GpuCommand, client: &ClientArgs, output: Output) -> anyhow
             format!("{:.0}%", g.utilization_mean_60s),
             opt(g.temperature_c.map(|t| format!("{t:.0}C"))),
             opt(g.power_w.map(|p| format!("{p:.0}W"))),
-            if g.healthy { "healthy".into() } else { format!("unhealthy: {}", g.health_reason) },
-            if g.replica.is_empty() { "-".into() } else { g.replica.clone() },
+            if g.healthy {
+                "healthy".into()
+            } else {
+                format!("unhealthy: {}", g.health_reason)
+            },
+            if g.replica.is_empty() {
+                "-".into()
+            } else {
+                g.replica.clone()
+            },
         ]);
     }
     t.print();

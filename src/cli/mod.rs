@@ -22,7 +22,11 @@ use client::ClientArgs;
 use output::Output;
 
 #[derive(Debug, Parser)]
-#[command(name = "gpufleet", version, about = "Run model servers on bare-metal GPU fleets")]
+#[command(
+    name = "gpufleet",
+    version,
+    about = "Run model servers on bare-metal GPU fleets"
+)]
 pub struct Cli {
     /// Log format: auto picks the journal under systemd, else text.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true)]
@@ -140,11 +144,31 @@ pub const EXIT_CONFIG: u8 = 64;
 /// Runs an operator command.
 pub async fn run_operator(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Node { cmd, client, output } => node::run(cmd, &client, output).await,
-        Command::Gpu { cmd, client, output } => gpu::run(cmd, &client, output).await,
-        Command::Model { cmd, client, output } => model::run(cmd, &client, output).await,
-        Command::Replica { cmd, client, output } => replica::run(cmd, &client, output).await,
-        Command::Events { args, client, output } => event::run(args, &client, output).await,
+        Command::Node {
+            cmd,
+            client,
+            output,
+        } => node::run(cmd, &client, output).await,
+        Command::Gpu {
+            cmd,
+            client,
+            output,
+        } => gpu::run(cmd, &client, output).await,
+        Command::Model {
+            cmd,
+            client,
+            output,
+        } => model::run(cmd, &client, output).await,
+        Command::Replica {
+            cmd,
+            client,
+            output,
+        } => replica::run(cmd, &client, output).await,
+        Command::Events {
+            args,
+            client,
+            output,
+        } => event::run(args, &client, output).await,
         Command::Coordinator(_) | Command::Agent(_) | Command::Demo(_) => {
             unreachable!("daemon commands are dispatched by main")
         }

@@ -41,7 +41,8 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                 .with_context(|| format!("cannot read {}", file.display()))?;
             // Validate here too: the operator gets the file name with the error
             // without a round trip, and nothing bad reaches the coordinator.
-            let spec = ModelSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let spec =
+                ModelSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let mut c = connect(client).await?;
             let view: ModelView = c
                 .apply_model(pb::ApplyModelRequest { spec_toml: text })
@@ -76,7 +77,9 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             if output == Output::Json {
                 return print_json(&models);
             }
-            let mut t = Table::new(&["NAME", "MIN", "MAX", "DESIRED", "CURRENT", "READY", "PINNED", "PROBLEM"]);
+            let mut t = Table::new(&[
+                "NAME", "MIN", "MAX", "DESIRED", "CURRENT", "READY", "PINNED", "PROBLEM",
+            ]);
             for m in &models {
                 t.row(vec![
                     m.name.clone(),
@@ -86,7 +89,11 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                     m.current_replicas.to_string(),
                     m.ready_replicas.to_string(),
                     opt(m.pinned_replicas),
-                    if m.placement_problem.is_empty() { "-".into() } else { m.placement_problem.clone() },
+                    if m.placement_problem.is_empty() {
+                        "-".into()
+                    } else {
+                        m.placement_problem.clone()
+                    },
                 ]);
             }
             t.print();
@@ -112,14 +119,27 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                 .map_err(status_error)?
                 .into_inner();
             if output == Output::Json {
-                return print_json(&serde_json::json!({"name": r.name, "replicas_stopping": r.replicas_stopping}));
+                return print_json(
+                    &serde_json::json!({"name": r.name, "replicas_stopping": r.replicas_stopping}),
+                );
             }
-            println!("model {} deleted; {} replicas stopping", r.name, r.replicas_stopping);
+            println!(
+                "model {} deleted; {} replicas stopping",
+                r.name, r.replicas_stopping
+            );
         }
-        ModelCommand::Scale { name, replicas, auto } => {
+        ModelCommand::Scale {
+            name,
+            replicas,
+            auto,
+        } => {
             let mut c = connect(client).await?;
             let view: ModelView = c
-                .scale_model(pb::ScaleModelRequest { name, replicas, auto })
+                .scale_model(pb::ScaleModelRequest {
+                    name,
+                    replicas,
+                    auto,
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -147,9 +167,17 @@ fn with_spec(view: &ModelView) -> anyhow::Result<serde_json::Value> {
 
 fn print_model(m: &ModelView) {
     println!("Model:     {}", m.name);
-    println!("Replicas:  desired {} · current {} · ready {} (min {}, max {}{})",
-        m.desired_replicas, m.current_replicas, m.ready_replicas, m.min_replicas, m.max_replicas,
-        m.pinned_replicas.map(|n| format!(", pinned to {n}")).unwrap_or_default());
+    println!(
+        "Replicas:  desired {} · current {} · ready {} (min {}, max {}{})",
+        m.desired_replicas,
+        m.current_replicas,
+        m.ready_replicas,
+        m.min_replicas,
+        m.max_replicas,
+        m.pinned_replicas
+            .map(|n| format!(", pinned to {n}"))
+            .unwrap_or_default()
+    );
     println!("Created:   {} ({})", m.created, ago(m.created_unix_ms));
     println!("Updated:   {} ({})", m.updated, ago(m.updated_unix_ms));
     if !m.last_decision.is_empty() {

@@ -30,7 +30,16 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
             if output == Output::Json {
                 return print_json(&nodes);
             }
-            let mut t = Table::new(&["NAME", "STATE", "GPUS", "HEALTHY", "GPU MEM USED", "REPLICAS", "ADDRESS", "LAST SEEN"]);
+            let mut t = Table::new(&[
+                "NAME",
+                "STATE",
+                "GPUS",
+                "HEALTHY",
+                "GPU MEM USED",
+                "REPLICAS",
+                "ADDRESS",
+                "LAST SEEN",
+            ]);
             for n in &nodes {
                 let used: u64 = n.gpus.iter().map(|g| g.memory_used_bytes).sum();
                 let total: u64 = n.gpus.iter().map(|g| g.memory_total_bytes).sum();
@@ -60,10 +69,24 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
             println!("Node:        {}", n.name);
             println!("State:       {}", n.state.as_str());
             println!("Address:     {}", n.address);
-            println!("Last seen:   {} ({})", n.last_seen, ago(n.last_seen_unix_ms));
+            println!(
+                "Last seen:   {} ({})",
+                n.last_seen,
+                ago(n.last_seen_unix_ms)
+            );
             println!("Agent:       {}", n.agent_version);
-            println!("Host:        {} · {} · kernel {}", n.host.hostname, n.host.os, n.host.kernel);
-            println!("CPUs:        {} (load {:.2} {:.2} {:.2}, {:.0}% busy)", n.host.cpus, n.host_sample.load1, n.host_sample.load5, n.host_sample.load15, n.host_sample.cpu_pct);
+            println!(
+                "Host:        {} · {} · kernel {}",
+                n.host.hostname, n.host.os, n.host.kernel
+            );
+            println!(
+                "CPUs:        {} (load {:.2} {:.2} {:.2}, {:.0}% busy)",
+                n.host.cpus,
+                n.host_sample.load1,
+                n.host_sample.load5,
+                n.host_sample.load15,
+                n.host_sample.cpu_pct
+            );
             println!(
                 "Memory:      {} used, {} available, {} total, page cache {}",
                 bytes(n.host_sample.memory_used_bytes),
@@ -77,11 +100,20 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
                 bytes(n.host_sample.state_dir_total_bytes)
             );
             if !n.labels.is_empty() {
-                let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let labels: Vec<String> =
+                    n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!("Labels:      {}", labels.join(", "));
             }
             println!();
-            let mut t = Table::new(&["GPU", "NAME", "UUID", "MEM USED", "MEM TOTAL", "UTIL", "HEALTH"]);
+            let mut t = Table::new(&[
+                "GPU",
+                "NAME",
+                "UUID",
+                "MEM USED",
+                "MEM TOTAL",
+                "UTIL",
+                "HEALTH",
+            ]);
             for g in &n.gpus {
                 t.row(vec![
                     g.index.to_string(),
@@ -90,7 +122,11 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
                     bytes(g.memory_used_bytes),
                     bytes(g.memory_total_bytes),
                     format!("{:.0}%", g.utilization_pct),
-                    if g.healthy { "healthy".into() } else { format!("unhealthy: {}", g.health_reason) },
+                    if g.healthy {
+                        "healthy".into()
+                    } else {
+                        format!("unhealthy: {}", g.health_reason)
+                    },
                 ]);
             }
             t.print();

@@ -40,7 +40,10 @@ pub async fn run(cmd: ReplicaCommand, client: &ClientArgs, output: Output) -> an
 }
 
 pub fn print_table(replicas: &[ReplicaView]) {
-    let mut t = Table::new(&["ID", "MODEL", "NODE", "STATE", "PID", "PORT", "GPUS", "RESTARTS", "ONGOING", "P95", "REASON"]);
+    let mut t = Table::new(&[
+        "ID", "MODEL", "NODE", "STATE", "PID", "PORT", "GPUS", "RESTARTS", "ONGOING", "P95",
+        "REASON",
+    ]);
     for r in replicas {
         let s = &r.status;
         let gpus: Vec<String> = s.gpus.iter().map(u32::to_string).collect();
@@ -49,13 +52,32 @@ pub fn print_table(replicas: &[ReplicaView]) {
             s.model.clone(),
             r.node.clone(),
             s.state.as_str().into(),
-            if s.pid == 0 { "-".into() } else { s.pid.to_string() },
-            if s.port == 0 { "-".into() } else { s.port.to_string() },
+            if s.pid == 0 {
+                "-".into()
+            } else {
+                s.pid.to_string()
+            },
+            if s.port == 0 {
+                "-".into()
+            } else {
+                s.port.to_string()
+            },
             gpus.join(","),
             s.restarts.to_string(),
-            if s.signals.fresh { format!("{:.0}", s.signals.ongoing()) } else { "-".into() },
-            opt(s.signals.p95_latency_s.map(|p| format!("{:.0}ms", p * 1000.0))),
-            if s.reason.is_empty() { "-".into() } else { s.reason.clone() },
+            if s.signals.fresh {
+                format!("{:.0}", s.signals.ongoing())
+            } else {
+                "-".into()
+            },
+            opt(s
+                .signals
+                .p95_latency_s
+                .map(|p| format!("{:.0}ms", p * 1000.0))),
+            if s.reason.is_empty() {
+                "-".into()
+            } else {
+                s.reason.clone()
+            },
         ]);
     }
     t.print();

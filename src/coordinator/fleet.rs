@@ -60,7 +60,7 @@ type Reply<T> = oneshot::Sender<Result<T, FleetError>>;
 
 pub enum Command {
     Connect {
-        hello: Hello,
+        hello: Box<Hello>,
         address: String,
         outbox: mpsc::Sender<Assignment>,
         reply: Reply<u64>,
@@ -152,7 +152,15 @@ impl FleetHandle {
         address: String,
         outbox: mpsc::Sender<Assignment>,
     ) -> Result<u64, FleetError> {
-        ask!(self, Connect { hello, address, outbox })
+        let hello = Box::new(hello);
+        ask!(
+            self,
+            Connect {
+                hello,
+                address,
+                outbox
+            }
+        )
     }
 
     /// Reports are fire-and-forget: the session never waits on the fleet.
@@ -279,11 +287,16 @@ impl Fleet {
                 }
                 // A spec this version no longer accepts stays in the store
                 // untouched, so a rollback still finds it.
-                Err(e) => tracing::error!(model = %record.name, error = %e, "stored model spec no longer valid; skipping it"),
+                Err(e) => {
+                    tracing::error!(model = %record.name, error = %e, "stored model spec no longer valid; skipping it")
+                }
             }
         }
-        let node_flags: BTreeMap<String, NodeFlags> =
-            store.load_node_flags().map_err(internal)?.into_iter().collect();
+        let node_flags: BTreeMap<String, NodeFlags> = store
+            .load_node_flags()
+            .map_err(internal)?
+            .into_iter()
+            .collect();
         let events: VecDeque<Event> = store
             .load_events(settings.event_capacity)
             .map_err(internal)?
@@ -305,7 +318,13 @@ impl Fleet {
             next_event_seq,
             event_tx,
         };
-        fleet.record("coordinator", "", "", "", format!("coordinator started with {} models", fleet.models.len()));
+        fleet.record(
+            "coordinator",
+            "",
+            "",
+            "",
+            format!("coordinator started with {} models", fleet.models.len()),
+        );
         let task = tokio::spawn(fleet.run(rx));
         Ok((FleetHandle { tx }, task))
     }
@@ -330,7 +349,14 @@ impl Fleet {
 
     /// Records an event: kept in memory (bounded), broadcast to followers and
     /// saved to the store at the end of the tick.
-    pub(super) fn record(&mut self, kind: &str, model: &str, node: &str, replica: &str, message: String) {
+    pub(super) fn record(
+        &mut self,
+        kind: &str,
+        model: &str,
+        node: &str,
+        replica: &str,
+        message: String,
+    ) {
         let now = unix_ms_now();
         let event = Event {
             seq: self.next_event_seq,
@@ -357,7 +383,10 @@ impl Fleet {
             return;
         }
         let events = std::mem::take(&mut self.unsaved_events);
-        if let Err(e) = self.store.append_events(&events, self.settings.event_capacity) {
+        if let Err(e) = self
+            .store
+            .append_events(&events, self.settings.event_capacity)
+        {
             tracing::warn!(error = %e, "could not save {} events", events.len());
         }
     }
@@ -365,11 +394,24 @@ impl Fleet {
     fn handle(&mut self, cmd: Command) {
         let now = Instant::now();
         match cmd {
-            Command::Connect { hello, address, outbox, reply } => {
-                let _ = reply.send(self.connect(hello, address, outbox, now));
+            Command::Connect {
+                hello,
+                address,
+                outbox,
+                reply,
+            } => {
+                let _ = reply.send(self.connect(*hello, address, outbox, now));
             }
-            Command::Report { session, node, report } => self.report(session, &node, *report, now),
-            Command::Disconnect { session, node, reason } => self.disconnect(session, &node, &reason),
+            Command::Report {
+                session,
+                node,
+                report,
+            } => self.report(session, &node, *report, now),
+            Command::Disconnect {
+                session,
+                node,
+                reason,
+            } => self.disconnect(session, &node, &reason),
             Command::ApplyModel { spec_toml, reply } => {
                 let _ = reply.send(self.apply_model(spec_toml));
             }
@@ -377,7 +419,11 @@ impl Fleet {
                 let _ = reply.send(self.delete_model(&name));
             }
             Command::ListModels { reply } => {
-                let _ = reply.send(Ok(self.models.keys().map(|m| self.model_view(m, false)).collect()));
+                let _ = reply.send(Ok(self
+                    .models
+                    .keys()
+                    .map(|m| self.model_view(m, false))
+                    .collect()));
             }
             Command::GetModel { name, reply } => {
                 let r = if self.models.contains_key(&name) {
@@ -387,11 +433,19 @@ impl Fleet {
                 };
                 let _ = reply.send(r);
             }
-            Command::ScaleModel { name, replicas, reply } => {
+            Command::ScaleModel {
+                name,
+                replicas,
+                reply,
+            } => {
                 let _ = reply.send(self.scale_model(&name, replicas));
             }
             Command::ListNodes { reply } => {
-                let _ = reply.send(Ok(self.nodes.values().map(|n| n.view(self.node_state(n, now))).collect()));
+                let _ = reply.send(Ok(self
+                    .nodes
+                    .values()
+                    .map(|n| n.view(self.node_state(n, now)))
+                    .collect()));
             }
             Command::GetNode { name, reply } => {
                 let r = self
@@ -415,7 +469,12 @@ impl Fleet {
             Command::ListReplicas { model, node, reply } => {
                 let _ = reply.send(Ok(self.replica_views(model.as_deref(), node.as_deref())));
             }
-            Command::ListEvents { model, node, limit, reply } => {
+            Command::ListEvents {
+                model,
+                node,
+                limit,
+                reply,
+            } => {
                 let matching: Vec<Event> = self
                     .events
                     .iter()
@@ -444,7 +503,10 @@ impl Fleet {
         FleetError::NotFound(if known.is_empty() {
             format!("model `{name}` not found; no models are applied")
         } else {
-            format!("model `{name}` not found; known models: {}", known.join(", "))
+            format!(
+                "model `{name}` not found; known models: {}",
+                known.join(", ")
+            )
         })
     }
 
@@ -467,7 +529,11 @@ impl Fleet {
         let name = hello.node_name.clone();
         if let Some(existing) = self.nodes.get(&name) {
             if existing.has_live_session(now, self.settings.suspect_after) {
-                let holder = existing.session.as_ref().map(|s| s.address.clone()).unwrap_or_default();
+                let holder = existing
+                    .session
+                    .as_ref()
+                    .map(|s| s.address.clone())
+                    .unwrap_or_default();
                 let message = format!(
                     "node name `{name}` is already connected from {holder}; each agent needs its own node_name (refused {address})"
                 );
@@ -502,13 +568,18 @@ impl Fleet {
             "",
             &name,
             "",
-            format!("agent {} connected from {address} with {gpus} GPUs and {replicas} replicas", hello.agent_version),
+            format!(
+                "agent {} connected from {address} with {gpus} GPUs and {replicas} replicas",
+                hello.agent_version
+            ),
         );
         Ok(id)
     }
 
     fn report(&mut self, session: u64, name: &str, report: Report, now: Instant) {
-        let Some(node) = self.nodes.get_mut(name) else { return };
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
         if node.session.as_ref().map(|s| s.id) != Some(session) {
             // A report from a replaced session: its node has moved on.
             return;
@@ -525,17 +596,26 @@ impl Fleet {
     }
 
     fn disconnect(&mut self, session: u64, name: &str, reason: &str) {
-        let Some(node) = self.nodes.get_mut(name) else { return };
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
         if node.session.as_ref().map(|s| s.id) != Some(session) {
             return;
         }
         node.session = None;
         node.sent = None;
-        self.record("node-disconnected", "", name, "", format!("agent session ended: {reason}"));
+        self.record(
+            "node-disconnected",
+            "",
+            name,
+            "",
+            format!("agent session ended: {reason}"),
+        );
     }
 
     fn apply_model(&mut self, spec_toml: String) -> Result<ModelView, FleetError> {
-        let spec = ModelSpec::parse(&spec_toml).map_err(|e| FleetError::InvalidArgument(e.to_string()))?;
+        let spec =
+            ModelSpec::parse(&spec_toml).map_err(|e| FleetError::InvalidArgument(e.to_string()))?;
         let now_ms = unix_ms_now();
         let name = spec.name.clone();
         let previous = self.models.get(&name);
@@ -554,7 +634,11 @@ impl Fleet {
         self.store
             .put_model(&record)
             .map_err(|e| FleetError::Internal(format!("model `{name}` not applied: {e}")))?;
-        let verb = if previous.is_some() { "updated" } else { "applied" };
+        let verb = if previous.is_some() {
+            "updated"
+        } else {
+            "applied"
+        };
         let desired = previous.map(|p| p.desired).unwrap_or(0);
         self.models.insert(
             name.clone(),
@@ -581,7 +665,13 @@ impl Fleet {
         let before = self.plan.len();
         self.plan.retain(|_, r| r.model != name);
         let stopping = (before - self.plan.len()) as u32;
-        self.record("model-deleted", name, "", "", format!("model deleted; stopping {stopping} replicas"));
+        self.record(
+            "model-deleted",
+            name,
+            "",
+            "",
+            format!("model deleted; stopping {stopping} replicas"),
+        );
         Ok(stopping)
     }
 
@@ -605,7 +695,9 @@ impl Fleet {
             .map_err(|e| FleetError::Internal(format!("scale of `{name}` not saved: {e}")))?;
         model.record = record;
         let message = match replicas {
-            Some(n) => format!("pinned to {n} replicas (autoscaling off until `model scale {name} --auto`)"),
+            Some(n) => format!(
+                "pinned to {n} replicas (autoscaling off until `model scale {name} --auto`)"
+            ),
             None => "returned to its scaling policy".to_string(),
         };
         self.record("model-scaled", name, "", "", message);
@@ -614,10 +706,15 @@ impl Fleet {
 
     /// Ready replicas of each model with their `host:port`.
     fn endpoints(&self) -> BTreeMap<String, Vec<String>> {
-        let mut out: BTreeMap<String, Vec<String>> =
-            self.models.keys().map(|m| (m.clone(), Vec::new())).collect();
+        let mut out: BTreeMap<String, Vec<String>> = self
+            .models
+            .keys()
+            .map(|m| (m.clone(), Vec::new()))
+            .collect();
         for node in self.nodes.values() {
-            let Some(session) = &node.session else { continue };
+            let Some(session) = &node.session else {
+                continue;
+            };
             let host = session
                 .address
                 .parse::<std::net::SocketAddr>()
@@ -626,7 +723,11 @@ impl Fleet {
             for r in &node.replicas {
                 if r.state == crate::domain::ReplicaState::Ready && self.plan.contains_key(&r.id) {
                     if let Some(list) = out.get_mut(&r.model) {
-                        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+                        let host = if host.contains(':') {
+                            format!("[{host}]")
+                        } else {
+                            host.clone()
+                        };
                         list.push(format!("{host}:{}", r.port));
                     }
                 }
@@ -635,7 +736,11 @@ impl Fleet {
         out
     }
 
-    pub(super) fn replica_views(&self, model: Option<&str>, node: Option<&str>) -> Vec<ReplicaView> {
+    pub(super) fn replica_views(
+        &self,
+        model: Option<&str>,
+        node: Option<&str>,
+    ) -> Vec<ReplicaView> {
         let mut out = Vec::new();
         for n in self.nodes.values() {
             if node.is_some_and(|want| want != n.name) {
@@ -653,7 +758,8 @@ impl Fleet {
         }
         // Planned replicas the agent has not reported yet show as starting.
         for p in self.plan.values() {
-            if model.is_some_and(|want| want != p.model) || node.is_some_and(|want| want != p.node) {
+            if model.is_some_and(|want| want != p.model) || node.is_some_and(|want| want != p.node)
+            {
                 continue;
             }
             if !out.iter().any(|v| v.status.id == p.id) {
@@ -679,13 +785,19 @@ impl Fleet {
         // Callers check that the model exists.
         let m = &self.models[name];
         let replicas = self.replica_views(Some(name), None);
-        let planned: Vec<&ReplicaView> = replicas.iter().filter(|r| self.plan.contains_key(&r.status.id)).collect();
+        let planned: Vec<&ReplicaView> = replicas
+            .iter()
+            .filter(|r| self.plan.contains_key(&r.status.id))
+            .collect();
         ModelView {
             name: name.to_string(),
             min_replicas: m.spec.min_replicas(),
             max_replicas: m.spec.max_replicas(),
             desired_replicas: m.desired,
-            ready_replicas: planned.iter().filter(|r| r.status.state == crate::domain::ReplicaState::Ready).count() as u32,
+            ready_replicas: planned
+                .iter()
+                .filter(|r| r.status.state == crate::domain::ReplicaState::Ready)
+                .count() as u32,
             current_replicas: planned.len() as u32,
             pinned_replicas: m.record.pinned_replicas,
             created: crate::api::rfc3339(m.record.created_unix_ms),

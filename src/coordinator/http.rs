@@ -81,15 +81,30 @@ async fn metrics(State(fleet): State<FleetHandle>) -> Response {
         let n = nodes.iter().filter(|n| n.state.as_str() == state).count();
         let _ = writeln!(out, "gpufleet_nodes{{state=\"{state}\"}} {n}");
     }
-    out.push_str("# HELP gpufleet_gpus GPUs known to the fleet by health.\n# TYPE gpufleet_gpus gauge\n");
+    out.push_str(
+        "# HELP gpufleet_gpus GPUs known to the fleet by health.\n# TYPE gpufleet_gpus gauge\n",
+    );
     let gpus: Vec<_> = nodes.iter().flat_map(|n| n.gpus.iter()).collect();
     let healthy = gpus.iter().filter(|g| g.healthy).count();
     let _ = writeln!(out, "gpufleet_gpus{{healthy=\"true\"}} {healthy}");
-    let _ = writeln!(out, "gpufleet_gpus{{healthy=\"false\"}} {}", gpus.len() - healthy);
+    let _ = writeln!(
+        out,
+        "gpufleet_gpus{{healthy=\"false\"}} {}",
+        gpus.len() - healthy
+    );
     for (metric, help) in [
-        ("gpufleet_model_desired_replicas", "Replicas the coordinator wants for the model."),
-        ("gpufleet_model_ready_replicas", "Replicas of the model that are ready."),
-        ("gpufleet_model_current_replicas", "Replicas of the model placed, in any state."),
+        (
+            "gpufleet_model_desired_replicas",
+            "Replicas the coordinator wants for the model.",
+        ),
+        (
+            "gpufleet_model_ready_replicas",
+            "Replicas of the model that are ready.",
+        ),
+        (
+            "gpufleet_model_current_replicas",
+            "Replicas of the model placed, in any state.",
+        ),
     ] {
         let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
         for m in &models {
@@ -101,13 +116,20 @@ async fn metrics(State(fleet): State<FleetHandle>) -> Response {
             let _ = writeln!(out, "{metric}{{model=\"{}\"}} {v}", m.name);
         }
     }
-    out.push_str("# HELP gpufleet_replicas Replicas by model and state.\n# TYPE gpufleet_replicas gauge\n");
+    out.push_str(
+        "# HELP gpufleet_replicas Replicas by model and state.\n# TYPE gpufleet_replicas gauge\n",
+    );
     let mut counts: std::collections::BTreeMap<(String, &str), u32> = Default::default();
     for r in &replicas {
-        *counts.entry((r.status.model.clone(), r.status.state.as_str())).or_default() += 1;
+        *counts
+            .entry((r.status.model.clone(), r.status.state.as_str()))
+            .or_default() += 1;
     }
     for ((model, state), n) in counts {
-        let _ = writeln!(out, "gpufleet_replicas{{model=\"{model}\",state=\"{state}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "gpufleet_replicas{{model=\"{model}\",state=\"{state}\"}} {n}"
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

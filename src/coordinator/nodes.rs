@@ -81,7 +81,12 @@ impl Node {
     }
 
     /// Liveness only: ready, suspect or lost.
-    pub fn liveness(&self, now: Instant, suspect_after: Duration, lost_after: Duration) -> NodeState {
+    pub fn liveness(
+        &self,
+        now: Instant,
+        suspect_after: Duration,
+        lost_after: Duration,
+    ) -> NodeState {
         let silent = now.saturating_duration_since(self.last_seen);
         if silent >= lost_after {
             NodeState::Lost
@@ -114,7 +119,11 @@ impl Node {
     /// Replica ids on each GPU index, from the node's own report.
     pub fn replicas_by_gpu(&self) -> BTreeMap<u32, Vec<String>> {
         let mut map: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        for r in self.replicas.iter().filter(|r| r.state.is_live() || r.state == crate::domain::ReplicaState::Crashloop) {
+        for r in self
+            .replicas
+            .iter()
+            .filter(|r| r.state.is_live() || r.state == crate::domain::ReplicaState::Crashloop)
+        {
             for g in &r.gpus {
                 map.entry(*g).or_default().push(r.id.clone());
             }
@@ -211,7 +220,10 @@ mod tests {
         let mut n = Node::from_hello(&Hello::default(), t0, NodeFlags::default());
         let (s, l) = (Duration::from_secs(10), Duration::from_secs(30));
         assert_eq!(n.state(t0 + Duration::from_secs(9), s, l), NodeState::Ready);
-        assert_eq!(n.state(t0 + Duration::from_secs(10), s, l), NodeState::Suspect);
+        assert_eq!(
+            n.state(t0 + Duration::from_secs(10), s, l),
+            NodeState::Suspect
+        );
         assert_eq!(n.state(t0 + Duration::from_secs(31), s, l), NodeState::Lost);
         n.flags.cordoned = true;
         assert_eq!(n.state(t0, s, l), NodeState::Cordoned);

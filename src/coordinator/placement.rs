@@ -183,7 +183,10 @@ mod tests {
         nodes[0].gpus[1].taken = true;
         nodes[1].unschedulable = Some("cordoned".into());
         let err = place(&nodes, &needs(1, 20)).unwrap_err();
-        assert_eq!(err, "needs 1 GPU with 20.0 GiB free on one node; best: a has 0");
+        assert_eq!(
+            err,
+            "needs 1 GPU with 20.0 GiB free on one node; best: a has 0"
+        );
     }
 
     #[test]

@@ -39,11 +39,23 @@ impl Fleet {
         }
         for (name, from, to) in changes {
             let why = match to {
-                NodeState::Suspect => format!("no report for {}", humantime::format_duration(self.settings.suspect_after)),
-                NodeState::Lost => format!("no report for {}", humantime::format_duration(self.settings.lost_after)),
+                NodeState::Suspect => format!(
+                    "no report for {}",
+                    humantime::format_duration(self.settings.suspect_after)
+                ),
+                NodeState::Lost => format!(
+                    "no report for {}",
+                    humantime::format_duration(self.settings.lost_after)
+                ),
                 _ => "reporting again".to_string(),
             };
-            self.record("node-state", "", &name, "", format!("{} → {}: {why}", from.as_str(), to.as_str()));
+            self.record(
+                "node-state",
+                "",
+                &name,
+                "",
+                format!("{} → {}: {why}", from.as_str(), to.as_str()),
+            );
         }
     }
 
@@ -54,8 +66,14 @@ impl Fleet {
         for (name, model) in self.models.iter_mut() {
             let (desired, why) = match (model.record.pinned_replicas, &model.spec.scaling) {
                 (Some(n), _) => (n, format!("pinned to {n} by `model scale`")),
-                (None, None) => (model.spec.replicas, format!("fixed replicas = {}", model.spec.replicas)),
-                (None, Some(s)) => (s.min_replicas, format!("scaling policy minimum {}", s.min_replicas)),
+                (None, None) => (
+                    model.spec.replicas,
+                    format!("fixed replicas = {}", model.spec.replicas),
+                ),
+                (None, Some(s)) => (
+                    s.min_replicas,
+                    format!("scaling policy minimum {}", s.min_replicas),
+                ),
             };
             if desired != model.desired || model.last_decision.is_empty() {
                 let message = format!("desired {} → {desired}: {why}", model.desired);
@@ -73,7 +91,10 @@ impl Fleet {
         let lost: Vec<String> = self
             .nodes
             .values()
-            .filter(|n| n.liveness(now, self.settings.suspect_after, self.settings.lost_after) == NodeState::Lost)
+            .filter(|n| {
+                n.liveness(now, self.settings.suspect_after, self.settings.lost_after)
+                    == NodeState::Lost
+            })
             .map(|n| n.name.clone())
             .collect();
         let doomed: Vec<PlannedReplica> = self
@@ -89,7 +110,10 @@ impl Fleet {
                 &r.model,
                 &r.node,
                 &r.id,
-                format!("node {} is lost; replacing replica {} elsewhere", r.node, r.id),
+                format!(
+                    "node {} is lost; replacing replica {} elsewhere",
+                    r.node, r.id
+                ),
             );
         }
     }
@@ -113,7 +137,8 @@ impl Fleet {
         let statuses = self.reported_statuses();
         let mut removals = Vec::new();
         for (name, model) in &self.models {
-            let mut mine: Vec<&PlannedReplica> = self.plan.values().filter(|r| &r.model == name).collect();
+            let mut mine: Vec<&PlannedReplica> =
+                self.plan.values().filter(|r| &r.model == name).collect();
             let surplus = mine.len().saturating_sub(model.desired as usize);
             if surplus == 0 {
                 continue;
@@ -130,7 +155,16 @@ impl Fleet {
         }
         for r in removals {
             self.plan.remove(&r.id);
-            self.record("stop", &r.model, &r.node, &r.id, format!("stopping replica {} on {}: more replicas than desired", r.id, r.node));
+            self.record(
+                "stop",
+                &r.model,
+                &r.node,
+                &r.id,
+                format!(
+                    "stopping replica {} on {}: more replicas than desired",
+                    r.id, r.node
+                ),
+            );
         }
     }
 
@@ -162,7 +196,18 @@ impl Fleet {
                         };
                         self.plan.insert(id.clone(), replica);
                         let gpus: Vec<String> = p.gpus.iter().map(u32::to_string).collect();
-                        self.record("place", &name, &p.node, &id, format!("placed {id} on {} GPU {} ({})", p.node, gpus.join(","), p.why));
+                        self.record(
+                            "place",
+                            &name,
+                            &p.node,
+                            &id,
+                            format!(
+                                "placed {id} on {} GPU {} ({})",
+                                p.node,
+                                gpus.join(","),
+                                p.why
+                            ),
+                        );
                     }
                     Err(why) => {
                         problem = why;
@@ -170,7 +215,10 @@ impl Fleet {
                     }
                 }
             }
-            let model = self.models.get_mut(&name).expect("model names were just listed");
+            let model = self
+                .models
+                .get_mut(&name)
+                .expect("model names were just listed");
             if model.placement_problem != problem {
                 model.placement_problem = problem.clone();
                 if !problem.is_empty() {
@@ -201,7 +249,12 @@ impl Fleet {
                     .collect();
                 // Replicas still running outside the plan (being stopped)
                 // hold their GPUs until they are gone.
-                taken.extend(n.replicas.iter().filter(|r| r.state.is_live()).flat_map(|r| r.gpus.iter().copied()));
+                taken.extend(
+                    n.replicas
+                        .iter()
+                        .filter(|r| r.state.is_live())
+                        .flat_map(|r| r.gpus.iter().copied()),
+                );
                 let warm = n
                     .warm
                     .iter()
@@ -221,13 +274,19 @@ impl Fleet {
                                 healthy: g.healthy && s.is_none_or(|s| s.healthy),
                                 taken: taken.contains(&g.index),
                                 free_bytes: s
-                                    .map(|s| s.memory_total_bytes.saturating_sub(s.memory_used_bytes))
+                                    .map(|s| {
+                                        s.memory_total_bytes.saturating_sub(s.memory_used_bytes)
+                                    })
                                     .unwrap_or(g.memory_total_bytes),
                             }
                         })
                         .collect(),
                     warm_fraction: warm,
-                    model_replicas: self.plan.values().filter(|r| r.node == n.name && r.model == model).count() as u32,
+                    model_replicas: self
+                        .plan
+                        .values()
+                        .filter(|r| r.node == n.name && r.model == model)
+                        .count() as u32,
                 }
             })
             .collect()
@@ -246,17 +305,29 @@ impl Fleet {
     fn reported_statuses(&self) -> BTreeMap<String, (ReplicaState, i64)> {
         self.nodes
             .values()
-            .flat_map(|n| n.replicas.iter().map(|r| (r.id.clone(), (r.state, r.ready_unix_ms))))
+            .flat_map(|n| {
+                n.replicas
+                    .iter()
+                    .map(|r| (r.id.clone(), (r.state, r.ready_unix_ms)))
+            })
             .collect()
     }
 
     /// Takes replicas an agent reports (after a coordinator restart or a
     /// node's return) into the plan, so they are kept rather than duplicated.
     pub(super) fn adopt_reported_replicas(&mut self, node: &str, now: Instant) {
-        let Some(n) = self.nodes.get(node) else { return };
+        let Some(n) = self.nodes.get(node) else {
+            return;
+        };
         let mut adopted = Vec::new();
         for r in &n.replicas {
-            let keep = matches!(r.state, ReplicaState::Starting | ReplicaState::Ready | ReplicaState::Crashloop | ReplicaState::Failed);
+            let keep = matches!(
+                r.state,
+                ReplicaState::Starting
+                    | ReplicaState::Ready
+                    | ReplicaState::Crashloop
+                    | ReplicaState::Failed
+            );
             if !keep || !self.models.contains_key(&r.model) || self.plan.contains_key(&r.id) {
                 continue;
             }
@@ -285,7 +356,9 @@ impl Fleet {
             }
         }
         for node in self.nodes.values_mut() {
-            let Some(session) = &node.session else { continue };
+            let Some(session) = &node.session else {
+                continue;
+            };
             let wanted = Assignment {
                 generation: node.generation + 1,
                 replicas: by_node.remove(&node.name).unwrap_or_default(),
@@ -301,7 +374,9 @@ impl Fleet {
                 }
                 // A full outbox means the agent is slow to read; the next tick
                 // tries again with whatever is wanted then.
-                Err(e) => tracing::debug!(node = %node.name, error = %e, "assignment not sent this tick"),
+                Err(e) => {
+                    tracing::debug!(node = %node.name, error = %e, "assignment not sent this tick")
+                }
             }
         }
     }

@@ -54,10 +54,16 @@ impl pb::agent_session_server::AgentSession for SessionService {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within 10s of opening the session"))??;
+            .map_err(|_| {
+                Status::deadline_exceeded("no Hello within 10s of opening the session")
+            })??;
         let hello = match first.and_then(|m| m.msg) {
             Some(pb::agent_message::Msg::Hello(h)) => crate::domain::Hello::from(h),
-            _ => return Err(Status::invalid_argument("the first message of a session must be Hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Hello",
+                ))
+            }
         };
         validate_node_name(&hello.node_name)?;
         let node = hello.node_name.clone();
@@ -196,9 +202,7 @@ impl pb::control_server::Control for ControlService {
                     "give either --replicas N or --auto, not both",
                 ))
             }
-            (None, false) => {
-                return Err(Status::invalid_argument("give --replicas N or --auto"))
-            }
+            (None, false) => return Err(Status::invalid_argument("give --replicas N or --auto")),
             (n, _) => n,
         };
         let view = self.fleet.scale_model(r.name, replicas).await?;

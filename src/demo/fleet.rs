@@ -4,8 +4,8 @@
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -100,8 +100,15 @@ fn check_port_free(port: u16) -> anyhow::Result<()> {
     })
 }
 
-fn spawn(exe: &Path, name: &str, args: &[String], log: PathBuf, path_env: &str) -> anyhow::Result<Daemon> {
-    let out = std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+fn spawn(
+    exe: &Path,
+    name: &str,
+    args: &[String],
+    log: PathBuf,
+    path_env: &str,
+) -> anyhow::Result<Daemon> {
+    let out =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
     let child = Command::new(exe)
         .args(args)
@@ -123,7 +130,10 @@ fn spawn(exe: &Path, name: &str, args: &[String], log: PathBuf, path_env: &str) 
 }
 
 fn write_weights(path: &Path, size: u64) -> anyhow::Result<()> {
-    if std::fs::metadata(path).map(|m| m.len() == size).unwrap_or(false) {
+    if std::fs::metadata(path)
+        .map(|m| m.len() == size)
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
@@ -145,7 +155,10 @@ fn write_weights(path: &Path, size: u64) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(DEMO_SPEC_DIR));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEMO_SPEC_DIR));
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let exe_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     // Model specs name the server as bare `gpufleet`: put this binary first
@@ -156,7 +169,10 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
     );
     let grpc_port = args.port;
-    let http_port = args.port.checked_add(1).context("--port must leave room for the HTTP port after it")?;
+    let http_port = args
+        .port
+        .checked_add(1)
+        .context("--port must leave room for the HTTP port after it")?;
     check_port_free(grpc_port)?;
     check_port_free(http_port)?;
 
@@ -170,7 +186,8 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     }
     let models = dir.join("models");
     let weights = models.join("demo-llm").join("weights.bin");
-    write_weights(&weights, args.weights_size).with_context(|| format!("cannot write {}", weights.display()))?;
+    write_weights(&weights, args.weights_size)
+        .with_context(|| format!("cannot write {}", weights.display()))?;
 
     let coordinator_cfg = dir.join("coordinator").join("coordinator.toml");
     std::fs::write(
@@ -184,7 +201,11 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         coordinator: Some(spawn(
             &exe,
             "coordinator",
-            &["coordinator".into(), "--config".into(), coordinator_cfg.display().to_string()],
+            &[
+                "coordinator".into(),
+                "--config".into(),
+                coordinator_cfg.display().to_string(),
+            ],
             dir.join("logs").join("coordinator.log"),
             &path_env,
         )?),
@@ -211,7 +232,12 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         fleet.agents.push(spawn(
             &exe,
             &name,
-            &["agent".into(), "--config".into(), cfg.display().to_string(), "--stop-replicas-on-exit".into()],
+            &[
+                "agent".into(),
+                "--config".into(),
+                cfg.display().to_string(),
+                "--stop-replicas-on-exit".into(),
+            ],
             dir.join("logs").join(format!("{name}.log")),
             &path_env,
         )?);
@@ -226,7 +252,10 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     println!("gpufleet demo: a local fleet on simulated GPUs\n");
     println!("  coordinator  gRPC 127.0.0.1:{grpc_port}   HTTP http://127.0.0.1:{http_port} (/metrics, /healthz, /v1/endpoints)");
     for (name, http) in &agent_http {
-        println!("  {name:<12} {} simulated GPUs, HTTP http://{http}/metrics", args.gpus_per_agent);
+        println!(
+            "  {name:<12} {} simulated GPUs, HTTP http://{http}/metrics",
+            args.gpus_per_agent
+        );
     }
     println!("  working dir  {} (logs in logs/)\n", dir.display());
 
@@ -279,13 +308,22 @@ fn exited(fleet: &mut Fleet) -> Option<String> {
             let log = std::fs::read_to_string(&d.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Some(format!("the {} exited ({status}); last lines of {}:\n{}", d.name, d.log.display(), tail.join("\n")));
+            return Some(format!(
+                "the {} exited ({status}); last lines of {}:\n{}",
+                d.name,
+                d.log.display(),
+                tail.join("\n")
+            ));
         }
     }
     None
 }
 
-async fn wait_for_fleet(client: &ClientArgs, agents: u32, fleet: &mut Fleet) -> anyhow::Result<Control> {
+async fn wait_for_fleet(
+    client: &ClientArgs,
+    agents: u32,
+    fleet: &mut Fleet,
+) -> anyhow::Result<Control> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(dead) = exited(fleet) {
@@ -306,8 +344,24 @@ async fn wait_for_fleet(client: &ClientArgs, agents: u32, fleet: &mut Fleet) -> 
 }
 
 async fn print_view(c: &mut Control, tty: bool) -> anyhow::Result<()> {
-    let nodes: Vec<NodeView> = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes.into_iter().map(Into::into).collect();
-    let gpus: Vec<GpuView> = c.list_gpus(pb::ListGpusRequest { node: String::new() }).await?.into_inner().gpus.into_iter().map(Into::into).collect();
+    let nodes: Vec<NodeView> = c
+        .list_nodes(pb::ListNodesRequest {})
+        .await?
+        .into_inner()
+        .nodes
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let gpus: Vec<GpuView> = c
+        .list_gpus(pb::ListGpusRequest {
+            node: String::new(),
+        })
+        .await?
+        .into_inner()
+        .gpus
+        .into_iter()
+        .map(Into::into)
+        .collect();
     let replicas: Vec<ReplicaView> = c
         .list_replicas(pb::ListReplicasRequest::default())
         .await?
@@ -321,31 +375,54 @@ async fn print_view(c: &mut Control, tty: bool) -> anyhow::Result<()> {
         // Clear the screen and home the cursor: a live view, not a scroll.
         out.push_str("\x1b[2J\x1b[H");
     }
-    out.push_str(&format!("gpufleet demo — {} (Ctrl-C to stop)\n\n", crate::api::rfc3339(crate::domain::unix_ms_now())));
-    let mut t = crate::cli::output::Table::new(&["NODE", "STATE", "GPU", "MEM USED", "UTIL", "HEALTH", "REPLICA"]);
+    out.push_str(&format!(
+        "gpufleet demo — {} (Ctrl-C to stop)\n\n",
+        crate::api::rfc3339(crate::domain::unix_ms_now())
+    ));
+    let mut t = crate::cli::output::Table::new(&[
+        "NODE", "STATE", "GPU", "MEM USED", "UTIL", "HEALTH", "REPLICA",
+    ]);
     for n in &nodes {
         for g in gpus.iter().filter(|g| g.node == n.name) {
             t.row(vec![
                 n.name.clone(),
                 n.state.as_str().into(),
                 g.index.to_string(),
-                format!("{} / {}", crate::cli::output::bytes(g.memory_used_bytes), crate::cli::output::bytes(g.memory_total_bytes)),
+                format!(
+                    "{} / {}",
+                    crate::cli::output::bytes(g.memory_used_bytes),
+                    crate::cli::output::bytes(g.memory_total_bytes)
+                ),
                 format!("{:.0}%", g.utilization_pct),
-                if g.healthy { "ok".into() } else { g.health_reason.clone() },
-                if g.replica.is_empty() { "-".into() } else { g.replica.clone() },
+                if g.healthy {
+                    "ok".into()
+                } else {
+                    g.health_reason.clone()
+                },
+                if g.replica.is_empty() {
+                    "-".into()
+                } else {
+                    g.replica.clone()
+                },
             ]);
         }
     }
     out.push_str(&t.render());
     if !replicas.is_empty() {
         out.push('\n');
-        let mut t = crate::cli::output::Table::new(&["REPLICA", "NODE", "STATE", "PORT", "ONGOING", "RESTARTS"]);
+        let mut t = crate::cli::output::Table::new(&[
+            "REPLICA", "NODE", "STATE", "PORT", "ONGOING", "RESTARTS",
+        ]);
         for r in &replicas {
             t.row(vec![
                 r.status.id.clone(),
                 r.node.clone(),
                 r.status.state.as_str().into(),
-                if r.status.port == 0 { "-".into() } else { r.status.port.to_string() },
+                if r.status.port == 0 {
+                    "-".into()
+                } else {
+                    r.status.port.to_string()
+                },
                 format!("{:.0}", r.status.signals.ongoing()),
                 r.status.restarts.to_string(),
             ]);

@@ -150,7 +150,10 @@ impl Harness {
             ),
         )
         .unwrap();
-        self.spawn("coordinator", &["coordinator", "--config", cfg.to_str().unwrap()])
+        self.spawn(
+            "coordinator",
+            &["coordinator", "--config", cfg.to_str().unwrap()],
+        )
     }
 
     /// An agent with simulated GPUs; `extra` is appended to its config.
