@@ -755,6 +755,22 @@ impl From<pb::Event> for Event {
     }
 }
 
+/// "a: b: c" from an error and its sources: tonic's transport errors say
+/// little at the top level.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,7 +99,7 @@ async fn connect(cfg: &LinkConfig) -> Result<Channel, String> {
         format!(
             "cannot reach the coordinator at {}: {}",
             cfg.coordinator,
-            error_chain(&e)
+            crate::wire::error_chain(&e)
         )
     })
 }
@@ -168,22 +168,6 @@ async fn session(
             }
         }
     }
-}
-
-/// "a: b: c" from an error and its sources: tonic's transport errors say
-/// little at the top level.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

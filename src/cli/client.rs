@@ -31,13 +31,10 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
     let channel = endpoint.connect().await.map_err(|e| {
-        let mut why = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            why = format!("{why}: {s}");
-            src = s.source();
-        }
-        anyhow!("cannot reach the coordinator at {url}: {why} (set --coordinator or GPUFLEET_COORDINATOR)")
+        anyhow!(
+            "cannot reach the coordinator at {url}: {} (set --coordinator or GPUFLEET_COORDINATOR)",
+            crate::wire::error_chain(&e)
+        )
     })?;
     Ok(ControlClient::new(channel))
 }

@@ -225,6 +225,14 @@ impl Harness {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// Waits until `n` nodes are ready (and so the coordinator answers).
+    pub fn wait_ready_nodes(&self, n: usize) -> serde_json::Value {
+        wait_until(Duration::from_secs(20), &format!("{n} ready nodes"), || {
+            let nodes = self.try_json(&["node", "ls"])?;
+            (nodes_in_state(&nodes, "ready").len() == n).then_some(nodes)
+        })
+    }
+
     pub fn write(&self, rel: &str, text: &str) -> PathBuf {
         let p = self.path(rel);
         if let Some(parent) = p.parent() {
