@@ -12,6 +12,18 @@ pub enum NodeCommand {
     Ls,
     /// Show one node: host facts, GPUs, replicas.
     Show { node: String },
+    /// Place no new replicas on the node; running ones stay.
+    Cordon { node: String },
+    /// Let the node take replicas again (also cancels a drain).
+    Uncordon { node: String },
+    /// Move the node's replicas elsewhere (replacements become ready first),
+    /// then leave it cordoned.
+    Drain {
+        node: String,
+        /// Stop whatever is left on the node after this long [default: 30m].
+        #[arg(long, value_parser = super::parse_duration)]
+        deadline: Option<std::time::Duration>,
+    },
 }
 
 pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
@@ -55,6 +67,37 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
                 ]);
             }
             t.print();
+        }
+        NodeCommand::Cordon { node } => {
+            let n: NodeView = c
+                .cordon_node(pb::NodeRef { name: node })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .into();
+            return done(&n, output, "cordoned: no new replicas will be placed on it");
+        }
+        NodeCommand::Uncordon { node } => {
+            let n: NodeView = c
+                .uncordon_node(pb::NodeRef { name: node })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .into();
+            return done(&n, output, "uncordoned: it takes replicas again");
+        }
+        NodeCommand::Drain { node, deadline } => {
+            let req = pb::DrainNodeRequest {
+                name: node,
+                deadline_ms: deadline.map(|d| d.as_millis() as u64).unwrap_or(0),
+            };
+            let n: NodeView = c
+                .drain_node(req)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .into();
+            return done(&n, output, "draining: replicas move elsewhere; follow with `gpufleet events --node NODE --follow`");
         }
         NodeCommand::Show { node } => {
             let n: NodeView = c
@@ -132,5 +175,13 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
             t.print();
         }
     }
+    Ok(())
+}
+
+fn done(n: &NodeView, output: Output, what: &str) -> anyhow::Result<()> {
+    if output == Output::Json {
+        return print_json(n);
+    }
+    println!("node {} {what}", n.name);
     Ok(())
 }

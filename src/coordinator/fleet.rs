@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 
-use crate::api::{Event, GpuView, ModelView, NodeView, ReplicaView};
+use crate::api::{Event, ModelView, ReplicaView};
 use crate::config::ModelSpec;
 use crate::domain::{unix_ms_now, Assignment, Hello, Report};
 
+pub use super::handle::{Command, FleetError, FleetHandle, NodeOp};
 use super::nodes::{Node, Session};
 use super::store::{ModelRecord, NodeFlags, Store};
 
@@ -23,18 +24,6 @@ pub struct FleetSettings {
     /// agents can reconnect and report what they run.
     pub reconnect_grace: Duration,
     pub event_capacity: usize,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum FleetError {
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    Internal(String),
 }
 
 /// A replica the fleet wants to exist, and where.
@@ -54,198 +43,6 @@ pub struct Model {
     pub desired: u32,
     pub placement_problem: String,
     pub last_decision: String,
-}
-
-type Reply<T> = oneshot::Sender<Result<T, FleetError>>;
-
-pub enum Command {
-    Connect {
-        hello: Box<Hello>,
-        address: String,
-        outbox: mpsc::Sender<Assignment>,
-        reply: Reply<u64>,
-    },
-    Report {
-        session: u64,
-        node: String,
-        report: Box<Report>,
-    },
-    Disconnect {
-        session: u64,
-        node: String,
-        reason: String,
-    },
-    ApplyModel {
-        spec_toml: String,
-        reply: Reply<ModelView>,
-    },
-    DeleteModel {
-        name: String,
-        reply: Reply<u32>,
-    },
-    ListModels {
-        reply: Reply<Vec<ModelView>>,
-    },
-    GetModel {
-        name: String,
-        reply: Reply<ModelView>,
-    },
-    ScaleModel {
-        name: String,
-        replicas: Option<u32>,
-        reply: Reply<ModelView>,
-    },
-    ListNodes {
-        reply: Reply<Vec<NodeView>>,
-    },
-    GetNode {
-        name: String,
-        reply: Reply<NodeView>,
-    },
-    ListGpus {
-        node: Option<String>,
-        reply: Reply<Vec<GpuView>>,
-    },
-    ListReplicas {
-        model: Option<String>,
-        node: Option<String>,
-        reply: Reply<Vec<ReplicaView>>,
-    },
-    ListEvents {
-        model: Option<String>,
-        node: Option<String>,
-        limit: usize,
-        reply: Reply<Vec<Event>>,
-    },
-    SubscribeEvents {
-        reply: Reply<broadcast::Receiver<Event>>,
-    },
-    /// Ready replica addresses per model, for `/v1/endpoints`.
-    Endpoints {
-        reply: Reply<BTreeMap<String, Vec<String>>>,
-    },
-}
-
-/// Cheap to clone; every method is one round trip to the fleet task.
-#[derive(Clone)]
-pub struct FleetHandle {
-    tx: mpsc::Sender<Command>,
-}
-
-macro_rules! ask {
-    ($self:ident, $variant:ident { $($field:ident),* }) => {{
-        let (reply, rx) = oneshot::channel();
-        $self
-            .tx
-            .send(Command::$variant { $($field,)* reply })
-            .await
-            .map_err(|_| FleetError::Internal("the fleet task has stopped".into()))?;
-        rx.await
-            .map_err(|_| FleetError::Internal("the fleet task dropped the request".into()))?
-    }};
-}
-
-impl FleetHandle {
-    pub async fn connect(
-        &self,
-        hello: Hello,
-        address: String,
-        outbox: mpsc::Sender<Assignment>,
-    ) -> Result<u64, FleetError> {
-        let hello = Box::new(hello);
-        ask!(
-            self,
-            Connect {
-                hello,
-                address,
-                outbox
-            }
-        )
-    }
-
-    /// Reports are fire-and-forget: the session never waits on the fleet.
-    pub async fn report(&self, session: u64, node: String, report: Report) {
-        let _ = self
-            .tx
-            .send(Command::Report {
-                session,
-                node,
-                report: Box::new(report),
-            })
-            .await;
-    }
-
-    pub async fn disconnect(&self, session: u64, node: String, reason: String) {
-        let _ = self
-            .tx
-            .send(Command::Disconnect {
-                session,
-                node,
-                reason,
-            })
-            .await;
-    }
-
-    pub async fn apply_model(&self, spec_toml: String) -> Result<ModelView, FleetError> {
-        ask!(self, ApplyModel { spec_toml })
-    }
-
-    pub async fn delete_model(&self, name: String) -> Result<u32, FleetError> {
-        ask!(self, DeleteModel { name })
-    }
-
-    pub async fn list_models(&self) -> Result<Vec<ModelView>, FleetError> {
-        ask!(self, ListModels {})
-    }
-
-    pub async fn get_model(&self, name: String) -> Result<ModelView, FleetError> {
-        ask!(self, GetModel { name })
-    }
-
-    pub async fn scale_model(
-        &self,
-        name: String,
-        replicas: Option<u32>,
-    ) -> Result<ModelView, FleetError> {
-        ask!(self, ScaleModel { name, replicas })
-    }
-
-    pub async fn list_nodes(&self) -> Result<Vec<NodeView>, FleetError> {
-        ask!(self, ListNodes {})
-    }
-
-    pub async fn get_node(&self, name: String) -> Result<NodeView, FleetError> {
-        ask!(self, GetNode { name })
-    }
-
-    pub async fn list_gpus(&self, node: Option<String>) -> Result<Vec<GpuView>, FleetError> {
-        ask!(self, ListGpus { node })
-    }
-
-    pub async fn list_replicas(
-        &self,
-        model: Option<String>,
-        node: Option<String>,
-    ) -> Result<Vec<ReplicaView>, FleetError> {
-        ask!(self, ListReplicas { model, node })
-    }
-
-    pub async fn list_events(
-        &self,
-        model: Option<String>,
-        node: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<Event>, FleetError> {
-        ask!(self, ListEvents { model, node, limit })
-    }
-
-    pub async fn subscribe_events(&self) -> Result<broadcast::Receiver<Event>, FleetError> {
-        ask!(self, SubscribeEvents {})
-    }
-
-    pub async fn endpoints(&self) -> Result<BTreeMap<String, Vec<String>>, FleetError> {
-        ask!(self, Endpoints {})
-    }
 }
 
 pub struct Fleet {
@@ -455,6 +252,9 @@ impl Fleet {
                     .ok_or_else(|| self.node_not_found(&name));
                 let _ = reply.send(r);
             }
+            Command::NodeOperation { name, op, reply } => {
+                let _ = reply.send(self.node_operation(&name, op, now));
+            }
             Command::ListGpus { node, reply } => {
                 let r = match node {
                     Some(name) => self
@@ -510,7 +310,7 @@ impl Fleet {
         })
     }
 
-    fn node_not_found(&self, name: &str) -> FleetError {
+    pub(super) fn node_not_found(&self, name: &str) -> FleetError {
         let known: Vec<&str> = self.nodes.keys().map(String::as_str).collect();
         FleetError::NotFound(if known.is_empty() {
             format!("node `{name}` not found; no agent has connected yet")

@@ -2,8 +2,10 @@
 //! them, and tells each agent what to run.
 
 pub mod fleet;
+pub mod handle;
 pub mod http;
 pub mod nodes;
+pub mod operations;
 pub mod placement;
 pub mod reconcile;
 pub mod service;

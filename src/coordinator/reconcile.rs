@@ -24,6 +24,7 @@ impl Fleet {
         self.follow_spec_changes();
         self.remove_surplus();
         self.place_missing(now);
+        self.drain_step();
         self.send_assignments();
     }
 
@@ -137,8 +138,12 @@ impl Fleet {
         let statuses = self.reported_statuses();
         let mut removals = Vec::new();
         for (name, model) in &self.models {
-            let mut mine: Vec<&PlannedReplica> =
-                self.plan.values().filter(|r| &r.model == name).collect();
+            // Replicas on a draining node leave through the drain, not here.
+            let mut mine: Vec<&PlannedReplica> = self
+                .plan
+                .values()
+                .filter(|r| &r.model == name && !self.on_draining_node(&r.node))
+                .collect();
             let surplus = mine.len().saturating_sub(model.desired as usize);
             if surplus == 0 {
                 continue;
@@ -172,7 +177,13 @@ impl Fleet {
         let names: Vec<String> = self.models.keys().cloned().collect();
         for name in names {
             let model = &self.models[&name];
-            let current = self.plan.values().filter(|r| r.model == name).count() as u32;
+            // Replicas on a draining node are on their way out: replacements
+            // are placed for them.
+            let current = self
+                .plan
+                .values()
+                .filter(|r| r.model == name && !self.on_draining_node(&r.node))
+                .count() as u32;
             let desired = model.desired;
             let spec_hash = model.spec.spec_hash();
             let needs = ReplicaNeeds {

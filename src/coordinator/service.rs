@@ -11,7 +11,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::wire::{pb, to_pb};
 
-use super::fleet::{FleetError, FleetHandle};
+use super::fleet::{FleetError, FleetHandle, NodeOp};
+
+/// A drain without `--deadline` gets this long.
+pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30 * 60);
+const MAX_DRAIN_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long a new session may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -240,23 +244,46 @@ impl pb::control_server::Control for ControlService {
 
     async fn cordon_node(
         &self,
-        _request: Request<pb::NodeRef>,
+        request: Request<pb::NodeRef>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        Err(Status::unimplemented("cordon is not implemented yet"))
+        let name = request.into_inner().name;
+        required("node name", &name)?;
+        let view = self.fleet.node_operation(name, NodeOp::Cordon).await?;
+        Ok(Response::new((&view).into()))
     }
 
     async fn uncordon_node(
         &self,
-        _request: Request<pb::NodeRef>,
+        request: Request<pb::NodeRef>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        Err(Status::unimplemented("uncordon is not implemented yet"))
+        let name = request.into_inner().name;
+        required("node name", &name)?;
+        let view = self.fleet.node_operation(name, NodeOp::Uncordon).await?;
+        Ok(Response::new((&view).into()))
     }
 
     async fn drain_node(
         &self,
-        _request: Request<pb::DrainNodeRequest>,
+        request: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::NodeStatus>, Status> {
-        Err(Status::unimplemented("drain is not implemented yet"))
+        let r = request.into_inner();
+        required("node name", &r.name)?;
+        let deadline = match r.deadline_ms {
+            0 => DEFAULT_DRAIN_DEADLINE,
+            ms if ms > MAX_DRAIN_DEADLINE.as_millis() as u64 => {
+                return Err(Status::invalid_argument(format!(
+                    "drain deadline {} is too long; allowed: up to {}",
+                    humantime::format_duration(Duration::from_millis(ms)),
+                    humantime::format_duration(MAX_DRAIN_DEADLINE)
+                )))
+            }
+            ms => Duration::from_millis(ms),
+        };
+        let view = self
+            .fleet
+            .node_operation(r.name, NodeOp::Drain { deadline })
+            .await?;
+        Ok(Response::new((&view).into()))
     }
 
     async fn list_gpus(

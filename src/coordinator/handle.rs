@@ -1,0 +1,234 @@
+//! How handlers talk to the fleet task: one command per request, each with
+//! a oneshot for the reply. A dead fleet task reads as an internal error.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::api::{Event, GpuView, ModelView, NodeView, ReplicaView};
+use crate::domain::{Assignment, Hello, Report};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FleetError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, FleetError>>;
+
+pub enum Command {
+    Connect {
+        hello: Box<Hello>,
+        address: String,
+        outbox: mpsc::Sender<Assignment>,
+        reply: Reply<u64>,
+    },
+    Report {
+        session: u64,
+        node: String,
+        report: Box<Report>,
+    },
+    Disconnect {
+        session: u64,
+        node: String,
+        reason: String,
+    },
+    ApplyModel {
+        spec_toml: String,
+        reply: Reply<ModelView>,
+    },
+    DeleteModel {
+        name: String,
+        reply: Reply<u32>,
+    },
+    ListModels {
+        reply: Reply<Vec<ModelView>>,
+    },
+    GetModel {
+        name: String,
+        reply: Reply<ModelView>,
+    },
+    ScaleModel {
+        name: String,
+        replicas: Option<u32>,
+        reply: Reply<ModelView>,
+    },
+    ListNodes {
+        reply: Reply<Vec<NodeView>>,
+    },
+    GetNode {
+        name: String,
+        reply: Reply<NodeView>,
+    },
+    NodeOperation {
+        name: String,
+        op: NodeOp,
+        reply: Reply<NodeView>,
+    },
+    ListGpus {
+        node: Option<String>,
+        reply: Reply<Vec<GpuView>>,
+    },
+    ListReplicas {
+        model: Option<String>,
+        node: Option<String>,
+        reply: Reply<Vec<ReplicaView>>,
+    },
+    ListEvents {
+        model: Option<String>,
+        node: Option<String>,
+        limit: usize,
+        reply: Reply<Vec<Event>>,
+    },
+    SubscribeEvents {
+        reply: Reply<broadcast::Receiver<Event>>,
+    },
+    /// Ready replica addresses per model, for `/v1/endpoints`.
+    Endpoints {
+        reply: Reply<BTreeMap<String, Vec<String>>>,
+    },
+}
+
+/// Operator actions on a node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeOp {
+    /// No new replicas; running ones stay.
+    Cordon,
+    /// Back to normal scheduling (also ends a drain).
+    Uncordon,
+    /// Move replicas off: replacements start elsewhere and become ready
+    /// before the node's replicas stop, or the deadline forces it.
+    Drain { deadline: std::time::Duration },
+}
+
+/// Cheap to clone; every method is one round trip to the fleet task.
+#[derive(Clone)]
+pub struct FleetHandle {
+    pub(super) tx: mpsc::Sender<Command>,
+}
+
+macro_rules! ask {
+    ($self:ident, $variant:ident { $($field:ident),* }) => {{
+        let (reply, rx) = oneshot::channel();
+        $self
+            .tx
+            .send(Command::$variant { $($field,)* reply })
+            .await
+            .map_err(|_| FleetError::Internal("the fleet task has stopped".into()))?;
+        rx.await
+            .map_err(|_| FleetError::Internal("the fleet task dropped the request".into()))?
+    }};
+}
+
+impl FleetHandle {
+    pub async fn connect(
+        &self,
+        hello: Hello,
+        address: String,
+        outbox: mpsc::Sender<Assignment>,
+    ) -> Result<u64, FleetError> {
+        let hello = Box::new(hello);
+        ask!(
+            self,
+            Connect {
+                hello,
+                address,
+                outbox
+            }
+        )
+    }
+
+    /// Reports are fire-and-forget: the session never waits on the fleet.
+    pub async fn report(&self, session: u64, node: String, report: Report) {
+        let _ = self
+            .tx
+            .send(Command::Report {
+                session,
+                node,
+                report: Box::new(report),
+            })
+            .await;
+    }
+
+    pub async fn disconnect(&self, session: u64, node: String, reason: String) {
+        let _ = self
+            .tx
+            .send(Command::Disconnect {
+                session,
+                node,
+                reason,
+            })
+            .await;
+    }
+
+    pub async fn apply_model(&self, spec_toml: String) -> Result<ModelView, FleetError> {
+        ask!(self, ApplyModel { spec_toml })
+    }
+
+    pub async fn delete_model(&self, name: String) -> Result<u32, FleetError> {
+        ask!(self, DeleteModel { name })
+    }
+
+    pub async fn list_models(&self) -> Result<Vec<ModelView>, FleetError> {
+        ask!(self, ListModels {})
+    }
+
+    pub async fn get_model(&self, name: String) -> Result<ModelView, FleetError> {
+        ask!(self, GetModel { name })
+    }
+
+    pub async fn scale_model(
+        &self,
+        name: String,
+        replicas: Option<u32>,
+    ) -> Result<ModelView, FleetError> {
+        ask!(self, ScaleModel { name, replicas })
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeView>, FleetError> {
+        ask!(self, ListNodes {})
+    }
+
+    pub async fn get_node(&self, name: String) -> Result<NodeView, FleetError> {
+        ask!(self, GetNode { name })
+    }
+
+    pub async fn node_operation(&self, name: String, op: NodeOp) -> Result<NodeView, FleetError> {
+        ask!(self, NodeOperation { name, op })
+    }
+
+    pub async fn list_gpus(&self, node: Option<String>) -> Result<Vec<GpuView>, FleetError> {
+        ask!(self, ListGpus { node })
+    }
+
+    pub async fn list_replicas(
+        &self,
+        model: Option<String>,
+        node: Option<String>,
+    ) -> Result<Vec<ReplicaView>, FleetError> {
+        ask!(self, ListReplicas { model, node })
+    }
+
+    pub async fn list_events(
+        &self,
+        model: Option<String>,
+        node: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Event>, FleetError> {
+        ask!(self, ListEvents { model, node, limit })
+    }
+
+    pub async fn subscribe_events(&self) -> Result<broadcast::Receiver<Event>, FleetError> {
+        ask!(self, SubscribeEvents {})
+    }
+
+    pub async fn endpoints(&self) -> Result<BTreeMap<String, Vec<String>>, FleetError> {
+        ask!(self, Endpoints {})
+    }
+}
