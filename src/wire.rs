@@ -469,6 +469,7 @@ impl From<&crate::domain::Assignment> for pb::Assignment {
             generation: a.generation,
             replicas: to_pb(&a.replicas),
             warm: to_pb(&a.warm),
+            evict: to_pb(&a.evict),
         }
     }
 }
@@ -479,6 +480,7 @@ impl From<pb::Assignment> for crate::domain::Assignment {
             generation: a.generation,
             replicas: from_pb(a.replicas),
             warm: from_pb(a.warm),
+            evict: from_pb(a.evict),
         }
     }
 }
@@ -751,6 +753,54 @@ impl From<pb::Event> for Event {
             node: e.node,
             replica: e.replica,
             message: e.message,
+        }
+    }
+}
+
+impl From<&crate::domain::ToAgent> for pb::CoordinatorMessage {
+    fn from(m: &crate::domain::ToAgent) -> Self {
+        let msg = match m {
+            crate::domain::ToAgent::Assignment(a) => {
+                pb::coordinator_message::Msg::Assignment(a.into())
+            }
+            crate::domain::ToAgent::Logs(l) => {
+                pb::coordinator_message::Msg::Logs(pb::LogsRequest {
+                    request_id: l.request_id,
+                    replica_id: l.replica_id.clone(),
+                    lines: l.lines,
+                })
+            }
+        };
+        pb::CoordinatorMessage { msg: Some(msg) }
+    }
+}
+
+impl From<pb::LogsRequest> for crate::domain::LogsRequest {
+    fn from(l: pb::LogsRequest) -> Self {
+        crate::domain::LogsRequest {
+            request_id: l.request_id,
+            replica_id: l.replica_id,
+            lines: l.lines,
+        }
+    }
+}
+
+impl From<&crate::domain::LogsReply> for pb::LogsReply {
+    fn from(l: &crate::domain::LogsReply) -> Self {
+        pb::LogsReply {
+            request_id: l.request_id,
+            lines: l.lines.clone(),
+            error: l.error.clone(),
+        }
+    }
+}
+
+impl From<pb::LogsReply> for crate::domain::LogsReply {
+    fn from(l: pb::LogsReply) -> Self {
+        crate::domain::LogsReply {
+            request_id: l.request_id,
+            lines: l.lines,
+            error: l.error,
         }
     }
 }

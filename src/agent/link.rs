@@ -10,13 +10,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::domain::{Assignment, GpuInfo, Hello, Report};
+use crate::domain::{Assignment, GpuInfo, Hello, LogsReply, LogsRequest, Report};
 use crate::wire::pb;
 
 /// Where the session's content comes from: the agent's live state.
 pub trait Reporter: Send + Sync + 'static {
     fn hello(&self) -> Hello;
     fn report(&self) -> Report;
+    /// The last `lines` lines of a replica's server log.
+    fn logs(&self, replica_id: &str, lines: usize) -> Result<Vec<String>, String>;
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +163,17 @@ async fn session(
                     applied = a.generation;
                     tracing::debug!(generation = a.generation, replicas = a.replicas.len(), "assignment received");
                     let _ = assignments.send(Some(a));
+                }
+                Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Logs(l)) })) => {
+                    let l = LogsRequest::from(l);
+                    let reply = match reporter.logs(&l.replica_id, l.lines as usize) {
+                        Ok(lines) => LogsReply { request_id: l.request_id, lines, error: String::new() },
+                        Err(error) => LogsReply { request_id: l.request_id, lines: Vec::new(), error },
+                    };
+                    let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Logs((&reply).into())) };
+                    if tx.send(msg).await.is_err() {
+                        return Err("the session's send side closed".into());
+                    }
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(()),

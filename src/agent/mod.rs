@@ -182,6 +182,7 @@ pub async fn run(
     ));
 
     let (assign_tx, mut assign_rx) = watch::channel::<Option<Assignment>>(None);
+    let model_roots = cfg.model_roots.clone();
     {
         let supervisor = supervisor.clone();
         let warmer = warmer.clone();
@@ -221,6 +222,7 @@ pub async fn run(
                     })
                     .collect();
                 warmer.set_desired(warm, keep);
+                evict(&a, &model_roots);
                 tracing::info!(
                     generation = a.generation,
                     replicas = a.replicas.len(),
@@ -241,6 +243,7 @@ pub async fn run(
             host: host_info,
         },
         telemetry: telemetry_rx,
+        state_dir: cfg.state_dir.clone(),
     });
     let link_cfg = link::LinkConfig {
         coordinator: cfg.coordinator.clone(),
@@ -262,4 +265,31 @@ pub async fn run(
     }
     drop(sampler);
     Ok(())
+}
+
+/// Drops from the page cache the weights the operator asked to evict, unless
+/// a replica assigned here runs that model. Runs off the async runtime.
+fn evict(a: &Assignment, model_roots: &[std::path::PathBuf]) {
+    let doomed: Vec<crate::domain::WarmSpec> = a
+        .evict
+        .iter()
+        .filter(|e| !a.replicas.iter().any(|r| r.model == e.model))
+        .filter(|e| !a.warm.iter().any(|w| w.model == e.model))
+        .cloned()
+        .collect();
+    if doomed.is_empty() {
+        return;
+    }
+    let roots = model_roots.to_vec();
+    tokio::task::spawn_blocking(move || {
+        for e in doomed {
+            match warm::list_model_files(std::path::Path::new(&e.path), &roots) {
+                Ok(files) => {
+                    let problems = warm::budget::evict(&files);
+                    tracing::info!(model = %e.model, problems = problems.len(), "evicted weights from the page cache");
+                }
+                Err(err) => tracing::warn!(model = %e.model, error = %err, "cannot evict"),
+            }
+        }
+    });
 }

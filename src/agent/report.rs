@@ -24,6 +24,8 @@ pub struct Identity {
 pub struct AgentReporter {
     pub identity: Identity,
     pub telemetry: watch::Receiver<Telemetry>,
+    /// Where replica logs live.
+    pub state_dir: std::path::PathBuf,
 }
 
 impl Reporter for AgentReporter {
@@ -43,6 +45,11 @@ impl Reporter for AgentReporter {
             warm: t.warm.clone(),
             agent_instance: self.identity.instance.clone(),
         }
+    }
+
+    fn logs(&self, replica_id: &str, lines: usize) -> Result<Vec<String>, String> {
+        super::supervisor::read_log_tail(&self.state_dir, replica_id, lines)
+            .map_err(|e| e.to_string())
     }
 
     fn report(&self) -> Report {

@@ -8,6 +8,7 @@ pub mod model;
 pub mod node;
 pub mod output;
 pub mod replica;
+pub mod warm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -79,6 +80,15 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
         output: Output,
     },
+    /// Model weights kept warm in the nodes' page caches.
+    Warm {
+        #[command(subcommand)]
+        cmd: warm::WarmCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+        output: Output,
+    },
     /// What the fleet did and decided.
     Events {
         #[command(flatten)]
@@ -144,6 +154,11 @@ pub const EXIT_CONFIG: u8 = 64;
 /// Runs an operator command.
 pub async fn run_operator(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Warm {
+            cmd,
+            client,
+            output,
+        } => warm::run(cmd, &client, output).await,
         Command::Node {
             cmd,
             client,

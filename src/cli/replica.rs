@@ -15,10 +15,36 @@ pub enum ReplicaCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// The last lines of a replica's server log (fetched from its node).
+    Logs {
+        id: String,
+        /// How many lines.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: u32,
+    },
 }
 
 pub async fn run(cmd: ReplicaCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
-    let ReplicaCommand::Ls { model, node } = cmd;
+    let (model, node) = match cmd {
+        ReplicaCommand::Ls { model, node } => (model, node),
+        ReplicaCommand::Logs { id, lines } => {
+            let mut c = connect(client).await?;
+            let r = c
+                .replica_logs(pb::ReplicaLogsRequest { id, lines })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if output == Output::Json {
+                return print_json(
+                    &serde_json::json!({"id": r.id, "node": r.node, "lines": r.lines}),
+                );
+            }
+            for line in &r.lines {
+                println!("{line}");
+            }
+            return Ok(());
+        }
+    };
     let mut c = connect(client).await?;
     let replicas: Vec<ReplicaView> = c
         .list_replicas(pb::ListReplicasRequest {

@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::{Event, ModelView, ReplicaView};
 use crate::config::ModelSpec;
-use crate::domain::{unix_ms_now, Assignment, Hello, Report};
+use crate::domain::{unix_ms_now, Hello, LogsRequest, Report, ToAgent};
 
-pub use super::handle::{Command, FleetError, FleetHandle, NodeOp};
+pub use super::handle::{Command, FleetError, FleetHandle, NodeOp, WarmOp};
 use super::nodes::{Node, Session};
 use super::store::{ModelRecord, NodeFlags, Store};
 
@@ -45,6 +45,16 @@ pub struct Model {
     pub last_decision: String,
 }
 
+struct PendingLogs {
+    asked: Instant,
+    session: u64,
+    node: String,
+    reply: oneshot::Sender<Result<(String, Vec<String>), FleetError>>,
+}
+
+/// How long an agent may take to answer a log request.
+const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Fleet {
     pub(super) settings: FleetSettings,
     pub(super) store: Box<dyn Store>,
@@ -54,6 +64,9 @@ pub struct Fleet {
     pub(super) plan: BTreeMap<String, PlannedReplica>,
     pub(super) started: Instant,
     next_session: u64,
+    /// Log requests sent to agents, awaiting their reply.
+    pending_logs: BTreeMap<u64, PendingLogs>,
+    next_request: u64,
     events: VecDeque<Event>,
     unsaved_events: Vec<Event>,
     next_event_seq: u64,
@@ -110,6 +123,8 @@ impl Fleet {
             plan: BTreeMap::new(),
             started: Instant::now(),
             next_session: 1,
+            pending_logs: BTreeMap::new(),
+            next_request: 1,
             events,
             unsaved_events: Vec::new(),
             next_event_seq,
@@ -136,6 +151,7 @@ impl Fleet {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    self.expire_log_requests(Instant::now());
                     self.tick(Instant::now());
                     self.flush_events();
                 }
@@ -269,6 +285,19 @@ impl Fleet {
             Command::ListReplicas { model, node, reply } => {
                 let _ = reply.send(Ok(self.replica_views(model.as_deref(), node.as_deref())));
             }
+            Command::ReplicaLogs { id, lines, reply } => self.request_logs(id, lines, reply, now),
+            Command::LogsReply { session, reply } => self.logs_reply(session, reply),
+            Command::ListWarm { node, reply } => {
+                let _ = reply.send(self.list_warm(node.as_deref()));
+            }
+            Command::Warm {
+                model,
+                node,
+                op,
+                reply,
+            } => {
+                let _ = reply.send(self.warm_op(&model, &node, op));
+            }
             Command::ListEvents {
                 model,
                 node,
@@ -290,6 +319,89 @@ impl Fleet {
             }
             Command::Endpoints { reply } => {
                 let _ = reply.send(Ok(self.endpoints()));
+            }
+        }
+    }
+
+    fn request_logs(
+        &mut self,
+        id: String,
+        lines: u32,
+        reply: oneshot::Sender<Result<(String, Vec<String>), FleetError>>,
+        now: Instant,
+    ) {
+        let node = self
+            .nodes
+            .values()
+            .find(|n| n.replicas.iter().any(|r| r.id == id))
+            .map(|n| n.name.clone())
+            .or_else(|| self.plan.get(&id).map(|p| p.node.clone()));
+        let Some(node) = node else {
+            let _ = reply.send(Err(FleetError::NotFound(format!(
+                "replica `{id}` not found; `gpufleet replica ls` lists them"
+            ))));
+            return;
+        };
+        let Some(session) = self.nodes.get(&node).and_then(|n| n.session.as_ref()) else {
+            let _ = reply.send(Err(FleetError::Unavailable(format!(
+                "node {node} of replica `{id}` is not connected; its log stays on the node under the agent's state dir"
+            ))));
+            return;
+        };
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let request = ToAgent::Logs(LogsRequest {
+            request_id,
+            replica_id: id,
+            lines,
+        });
+        if session.outbox.try_send(request).is_err() {
+            let _ = reply.send(Err(FleetError::Unavailable(format!(
+                "node {node} is busy; try again"
+            ))));
+            return;
+        }
+        self.pending_logs.insert(
+            request_id,
+            PendingLogs {
+                asked: now,
+                session: session.id,
+                node,
+                reply,
+            },
+        );
+    }
+
+    fn logs_reply(&mut self, session: u64, reply: crate::domain::LogsReply) {
+        let Some(p) = self.pending_logs.remove(&reply.request_id) else {
+            return;
+        };
+        if p.session != session {
+            return;
+        }
+        let result = if reply.error.is_empty() {
+            Ok((p.node, reply.lines))
+        } else {
+            Err(FleetError::NotFound(reply.error))
+        };
+        let _ = p.reply.send(result);
+    }
+
+    /// Fails log requests whose agent never answered.
+    pub(super) fn expire_log_requests(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .pending_logs
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.asked) > LOGS_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending_logs.remove(&id) {
+                let _ = p.reply.send(Err(FleetError::Unavailable(format!(
+                    "node {} did not send the log within {}s",
+                    p.node,
+                    LOGS_TIMEOUT.as_secs()
+                ))));
             }
         }
     }
@@ -323,7 +435,7 @@ impl Fleet {
         &mut self,
         hello: Hello,
         address: String,
-        outbox: mpsc::Sender<Assignment>,
+        outbox: mpsc::Sender<ToAgent>,
         now: Instant,
     ) -> Result<u64, FleetError> {
         let name = hello.node_name.clone();

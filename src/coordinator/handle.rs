@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::api::{Event, GpuView, ModelView, NodeView, ReplicaView};
-use crate::domain::{Assignment, Hello, Report};
+use crate::api::{Event, GpuView, ModelView, NodeView, ReplicaView, WarmView};
+use crate::domain::{Hello, LogsReply, Report, ToAgent};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FleetError {
@@ -17,6 +17,8 @@ pub enum FleetError {
     #[error("{0}")]
     AlreadyExists(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -26,7 +28,7 @@ pub enum Command {
     Connect {
         hello: Box<Hello>,
         address: String,
-        outbox: mpsc::Sender<Assignment>,
+        outbox: mpsc::Sender<ToAgent>,
         reply: Reply<u64>,
     },
     Report {
@@ -80,6 +82,25 @@ pub enum Command {
         node: Option<String>,
         reply: Reply<Vec<ReplicaView>>,
     },
+    ReplicaLogs {
+        id: String,
+        lines: u32,
+        reply: Reply<(String, Vec<String>)>,
+    },
+    LogsReply {
+        session: u64,
+        reply: LogsReply,
+    },
+    ListWarm {
+        node: Option<String>,
+        reply: Reply<Vec<WarmView>>,
+    },
+    Warm {
+        model: String,
+        node: String,
+        op: WarmOp,
+        reply: Reply<Vec<WarmView>>,
+    },
     ListEvents {
         model: Option<String>,
         node: Option<String>,
@@ -107,6 +128,15 @@ pub enum NodeOp {
     Drain { deadline: std::time::Duration },
 }
 
+/// Operator actions on a node's warm cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmOp {
+    /// Keep the model's weights resident on the node.
+    Start,
+    /// Drop them from the page cache (unless a replica there runs the model).
+    Evict,
+}
+
 /// Cheap to clone; every method is one round trip to the fleet task.
 #[derive(Clone)]
 pub struct FleetHandle {
@@ -131,7 +161,7 @@ impl FleetHandle {
         &self,
         hello: Hello,
         address: String,
-        outbox: mpsc::Sender<Assignment>,
+        outbox: mpsc::Sender<ToAgent>,
     ) -> Result<u64, FleetError> {
         let hello = Box::new(hello);
         ask!(
@@ -213,6 +243,32 @@ impl FleetHandle {
         node: Option<String>,
     ) -> Result<Vec<ReplicaView>, FleetError> {
         ask!(self, ListReplicas { model, node })
+    }
+
+    /// The node and the last `lines` lines of a replica's server log.
+    pub async fn replica_logs(
+        &self,
+        id: String,
+        lines: u32,
+    ) -> Result<(String, Vec<String>), FleetError> {
+        ask!(self, ReplicaLogs { id, lines })
+    }
+
+    pub async fn logs_reply(&self, session: u64, reply: LogsReply) {
+        let _ = self.tx.send(Command::LogsReply { session, reply }).await;
+    }
+
+    pub async fn list_warm(&self, node: Option<String>) -> Result<Vec<WarmView>, FleetError> {
+        ask!(self, ListWarm { node })
+    }
+
+    pub async fn warm(
+        &self,
+        model: String,
+        node: String,
+        op: WarmOp,
+    ) -> Result<Vec<WarmView>, FleetError> {
+        ask!(self, Warm { model, node, op })
     }
 
     pub async fn list_events(

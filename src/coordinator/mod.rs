@@ -10,6 +10,7 @@ pub mod placement;
 pub mod reconcile;
 pub mod service;
 pub mod store;
+pub mod warmth;
 
 use std::future::Future;
 use std::time::Duration;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::api::{GpuView, NodeGpu, NodeState, NodeView};
-use crate::domain::{Assignment, GpuInfo, GpuSample, Hello, HostInfo, HostSample};
+use crate::domain::{Assignment, GpuInfo, GpuSample, Hello, HostInfo, HostSample, ToAgent};
 use crate::domain::{ReplicaStatus, WarmStatus};
 
 use super::store::NodeFlags;
@@ -16,7 +16,7 @@ use super::store::NodeFlags;
 /// The open session of a node's agent.
 pub struct Session {
     pub id: u64,
-    pub outbox: mpsc::Sender<Assignment>,
+    pub outbox: mpsc::Sender<ToAgent>,
     pub address: String,
     pub agent_instance: String,
     pub connected_unix_ms: i64,

@@ -29,7 +29,9 @@ impl Fleet {
             }
             NodeOp::Uncordon => {
                 let was_draining = flags.draining;
-                flags = NodeFlags::default();
+                flags.cordoned = false;
+                flags.draining = false;
+                flags.drain_deadline_unix_ms = 0;
                 if was_draining {
                     "uncordoned: drain cancelled, the node takes replicas again".to_string()
                 } else {
@@ -57,7 +59,11 @@ impl Fleet {
         Ok(node.view(self.node_state(node, now)))
     }
 
-    fn set_node_flags(&mut self, name: &str, flags: NodeFlags) -> Result<(), FleetError> {
+    pub(super) fn set_node_flags(
+        &mut self,
+        name: &str,
+        flags: NodeFlags,
+    ) -> Result<(), FleetError> {
         self.store
             .put_node_flags(name, &flags)
             .map_err(|e| FleetError::Internal(format!("node `{name}` flags not saved: {e}")))?;
@@ -116,10 +122,10 @@ impl Fleet {
             let live_left = self.nodes[&node].replicas.iter().any(|r| r.state.is_live());
             let planned_left = self.plan.values().any(|r| r.node == node);
             if !live_left && !planned_left {
-                let flags = NodeFlags {
-                    cordoned: true,
-                    ..Default::default()
-                };
+                let mut flags = self.node_flags.get(&node).cloned().unwrap_or_default();
+                flags.cordoned = true;
+                flags.draining = false;
+                flags.drain_deadline_unix_ms = 0;
                 if let Err(e) = self.set_node_flags(&node, flags) {
                     tracing::warn!(node = %node, error = %e, "drain finished but not saved");
                 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::api::NodeState;
-use crate::domain::{Assignment, ReplicaSpec, ReplicaState};
+use crate::domain::{Assignment, ReplicaSpec, ReplicaState, ToAgent};
 
 use super::fleet::{Fleet, PlannedReplica};
 use super::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
@@ -366,19 +366,23 @@ impl Fleet {
                     .push(m.spec.replica_spec(&r.id, r.gpus.clone()));
             }
         }
-        for node in self.nodes.values_mut() {
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in names {
+            let (warm, evict) = self.warm_specs(&name);
+            let node = self.nodes.get_mut(&name).expect("names were just listed");
             let Some(session) = &node.session else {
                 continue;
             };
             let wanted = Assignment {
                 generation: node.generation + 1,
-                replicas: by_node.remove(&node.name).unwrap_or_default(),
-                warm: Vec::new(),
+                replicas: by_node.remove(&name).unwrap_or_default(),
+                warm,
+                evict,
             };
             if node.sent.as_ref().is_some_and(|s| s.same_state(&wanted)) {
                 continue;
             }
-            match session.outbox.try_send(wanted.clone()) {
+            match session.outbox.try_send(ToAgent::Assignment(wanted.clone())) {
                 Ok(()) => {
                     node.generation = wanted.generation;
                     node.sent = Some(wanted);
@@ -386,7 +390,7 @@ impl Fleet {
                 // A full outbox means the agent is slow to read; the next tick
                 // tries again with whatever is wanted then.
                 Err(e) => {
-                    tracing::debug!(node = %node.name, error = %e, "assignment not sent this tick")
+                    tracing::debug!(node = %name, error = %e, "assignment not sent this tick")
                 }
             }
         }

@@ -11,11 +11,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::wire::{pb, to_pb};
 
-use super::fleet::{FleetError, FleetHandle, NodeOp};
+use super::fleet::{FleetError, FleetHandle, NodeOp, WarmOp};
 
 /// A drain without `--deadline` gets this long.
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30 * 60);
 const MAX_DRAIN_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Most log lines one `replica logs` call returns.
+const MAX_LOG_LINES: u32 = 10_000;
 
 /// How long a new session may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,6 +29,7 @@ impl From<FleetError> for Status {
             FleetError::InvalidArgument(m) => Status::invalid_argument(m),
             FleetError::NotFound(m) => Status::not_found(m),
             FleetError::AlreadyExists(m) => Status::already_exists(m),
+            FleetError::Unavailable(m) => Status::unavailable(m),
             FleetError::Internal(m) => Status::internal(m),
         }
     }
@@ -71,7 +75,7 @@ impl pb::agent_session_server::AgentSession for SessionService {
         };
         validate_node_name(&hello.node_name)?;
         let node = hello.node_name.clone();
-        let (assign_tx, assign_rx) = mpsc::channel::<crate::domain::Assignment>(4);
+        let (assign_tx, assign_rx) = mpsc::channel::<crate::domain::ToAgent>(8);
         let session = self.fleet.connect(hello, address, assign_tx).await?;
 
         let fleet = self.fleet.clone();
@@ -81,6 +85,9 @@ impl pb::agent_session_server::AgentSession for SessionService {
                     Ok(Some(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::Report(r)),
                     })) => fleet.report(session, node.clone(), r.into()).await,
+                    Ok(Some(pb::AgentMessage {
+                        msg: Some(pb::agent_message::Msg::Logs(l)),
+                    })) => fleet.logs_reply(session, l.into()).await,
                     Ok(Some(_)) => {
                         tracing::debug!(node = %node, "ignoring a repeated Hello or empty message")
                     }
@@ -91,11 +98,7 @@ impl pb::agent_session_server::AgentSession for SessionService {
             fleet.disconnect(session, node, reason).await;
         });
 
-        let outbound = ReceiverStream::new(assign_rx).map(|a| {
-            Ok(pb::CoordinatorMessage {
-                msg: Some(pb::coordinator_message::Msg::Assignment((&a).into())),
-            })
-        });
+        let outbound = ReceiverStream::new(assign_rx).map(|m| Ok(pb::CoordinatorMessage::from(&m)));
         Ok(Response::new(Box::pin(outbound)))
     }
 }
@@ -309,25 +312,64 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 
+    async fn replica_logs(
+        &self,
+        request: Request<pb::ReplicaLogsRequest>,
+    ) -> Result<Response<pb::ReplicaLogsResponse>, Status> {
+        let r = request.into_inner();
+        required("replica id", &r.id)?;
+        let lines = match r.lines {
+            0 => 100,
+            n if n > MAX_LOG_LINES => {
+                return Err(Status::invalid_argument(format!(
+                    "--lines {n} is too many; allowed: 1..={MAX_LOG_LINES}"
+                )))
+            }
+            n => n,
+        };
+        let (node, lines) = self.fleet.replica_logs(r.id.clone(), lines).await?;
+        Ok(Response::new(pb::ReplicaLogsResponse {
+            id: r.id,
+            node,
+            lines,
+        }))
+    }
+
     async fn list_warm(
         &self,
-        _request: Request<pb::ListWarmRequest>,
+        request: Request<pb::ListWarmRequest>,
     ) -> Result<Response<pb::WarmList>, Status> {
-        Err(Status::unimplemented("warm ls is not implemented yet"))
+        let node = optional(request.into_inner().node);
+        let entries = self.fleet.list_warm(node).await?;
+        Ok(Response::new(pb::WarmList {
+            entries: to_pb(&entries),
+        }))
     }
 
     async fn warm_start(
         &self,
-        _request: Request<pb::WarmRequest>,
+        request: Request<pb::WarmRequest>,
     ) -> Result<Response<pb::WarmList>, Status> {
-        Err(Status::unimplemented("warm start is not implemented yet"))
+        let r = request.into_inner();
+        required("model", &r.model)?;
+        required("--node", &r.node)?;
+        let entries = self.fleet.warm(r.model, r.node, WarmOp::Start).await?;
+        Ok(Response::new(pb::WarmList {
+            entries: to_pb(&entries),
+        }))
     }
 
     async fn warm_evict(
         &self,
-        _request: Request<pb::WarmRequest>,
+        request: Request<pb::WarmRequest>,
     ) -> Result<Response<pb::WarmList>, Status> {
-        Err(Status::unimplemented("warm evict is not implemented yet"))
+        let r = request.into_inner();
+        required("model", &r.model)?;
+        required("--node", &r.node)?;
+        let entries = self.fleet.warm(r.model, r.node, WarmOp::Evict).await?;
+        Ok(Response::new(pb::WarmList {
+            entries: to_pb(&entries),
+        }))
     }
 
     async fn list_events(

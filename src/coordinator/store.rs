@@ -43,6 +43,12 @@ pub struct NodeFlags {
     pub draining: bool,
     /// Unix ms by which a drain must be finished.
     pub drain_deadline_unix_ms: i64,
+    /// Models the operator asked to keep warm here (`warm start`).
+    #[serde(default)]
+    pub warm: Vec<String>,
+    /// Models the operator asked to drop from the page cache (`warm evict`).
+    #[serde(default)]
+    pub evict: Vec<String>,
 }
 
 pub trait Store: Send {

@@ -41,11 +41,37 @@ pub struct Assignment {
     pub generation: u64,
     pub replicas: Vec<ReplicaSpec>,
     pub warm: Vec<WarmSpec>,
+    /// Models the operator asked to drop from the page cache.
+    pub evict: Vec<WarmSpec>,
 }
 
 impl Assignment {
     /// Same desired state, whatever the generation.
     pub fn same_state(&self, other: &Assignment) -> bool {
-        self.replicas == other.replicas && self.warm == other.warm
+        self.replicas == other.replicas && self.warm == other.warm && self.evict == other.evict
     }
+}
+
+/// Asks an agent for the tail of a replica's server log.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogsRequest {
+    pub request_id: u64,
+    pub replica_id: String,
+    pub lines: u32,
+}
+
+/// An agent's answer to a `LogsRequest`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogsReply {
+    pub request_id: u64,
+    pub lines: Vec<String>,
+    /// Why no lines could be read; empty on success.
+    pub error: String,
+}
+
+/// What the coordinator sends down a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToAgent {
+    Assignment(Assignment),
+    Logs(LogsRequest),
 }

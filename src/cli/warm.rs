@@ -1,0 +1,202 @@
+//! `gpufleet warm …`: model weights kept resident in the nodes' page caches.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use crate::api::WarmView;
+use crate::wire::pb;
+
+use super::client::{connect, status_error, ClientArgs, Control};
+use super::output::{bytes, print_json, Output, Table};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum WarmCommand {
+    /// List warm cache entries across the fleet.
+    Ls {
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Keep a model's weights resident on a node.
+    Start {
+        model: String,
+        #[arg(long)]
+        node: String,
+        /// Show progress until the weights are resident (or warming fails).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "30m", value_parser = super::parse_duration)]
+        timeout: Duration,
+    },
+    /// Drop a model's weights from a node's page cache.
+    Evict {
+        model: String,
+        #[arg(long)]
+        node: String,
+    },
+}
+
+async fn list(c: &mut Control, node: Option<String>) -> anyhow::Result<Vec<WarmView>> {
+    Ok(c.list_warm(pb::ListWarmRequest {
+        node: node.unwrap_or_default(),
+    })
+    .await
+    .map_err(status_error)?
+    .into_inner()
+    .entries
+    .into_iter()
+    .map(Into::into)
+    .collect())
+}
+
+fn print_table(entries: &[WarmView]) {
+    let mut t = Table::new(&[
+        "NODE", "MODEL", "STATE", "RESIDENT", "TOTAL", "RATE", "WHY", "ERROR",
+    ]);
+    for w in entries {
+        t.row(vec![
+            w.node.clone(),
+            w.model.clone(),
+            w.state.clone(),
+            bytes(w.resident_bytes),
+            bytes(w.total_bytes),
+            if w.rate_bytes_per_s > 0.0 {
+                format!("{}/s", bytes(w.rate_bytes_per_s as u64))
+            } else {
+                "-".into()
+            },
+            w.reason.clone(),
+            if w.error.is_empty() {
+                "-".into()
+            } else {
+                w.error.clone()
+            },
+        ]);
+    }
+    t.print();
+}
+
+pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
+    let mut c = connect(client).await?;
+    match cmd {
+        WarmCommand::Ls { node } => {
+            let entries = list(&mut c, node).await?;
+            if output == Output::Json {
+                return print_json(&entries);
+            }
+            print_table(&entries);
+        }
+        WarmCommand::Start {
+            model,
+            node,
+            wait,
+            timeout,
+        } => {
+            let req = pb::WarmRequest {
+                model: model.clone(),
+                node: node.clone(),
+            };
+            c.warm_start(req).await.map_err(status_error)?;
+            if !wait {
+                if output == Output::Json {
+                    return print_json(&list(&mut c, Some(node)).await?);
+                }
+                println!(
+                    "warming {model} on {node}; `gpufleet warm ls --node {node}` shows progress"
+                );
+                return Ok(());
+            }
+            let entry = wait_resident(&mut c, &model, &node, timeout).await?;
+            if output == Output::Json {
+                return print_json(&entry);
+            }
+        }
+        WarmCommand::Evict { model, node } => {
+            let entries: Vec<WarmView> = c
+                .warm_evict(pb::WarmRequest {
+                    model: model.clone(),
+                    node: node.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .entries
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            if output == Output::Json {
+                return print_json(&entries);
+            }
+            println!("evicting {model} from {node}'s page cache");
+        }
+    }
+    Ok(())
+}
+
+/// Polls until the entry is resident, drawing a progress bar on a terminal.
+async fn wait_resident(
+    c: &mut Control,
+    model: &str,
+    node: &str,
+    timeout: Duration,
+) -> anyhow::Result<WarmView> {
+    let deadline = Instant::now() + timeout;
+    let tty = std::io::stderr().is_terminal();
+    loop {
+        let entries = list(c, Some(node.to_string())).await?;
+        if let Some(w) = entries.into_iter().find(|w| w.model == model) {
+            let pct = if w.total_bytes > 0 {
+                w.resident_bytes as f64 / w.total_bytes as f64 * 100.0
+            } else {
+                0.0
+            };
+            let filled = (pct / 5.0).round() as usize;
+            let line = format!(
+                "[{}{}] {pct:5.1}%  {} / {}  {}  eta {}",
+                "#".repeat(filled.min(20)),
+                " ".repeat(20 - filled.min(20)),
+                bytes(w.resident_bytes),
+                bytes(w.total_bytes),
+                if w.rate_bytes_per_s > 0.0 {
+                    format!("{}/s", bytes(w.rate_bytes_per_s as u64))
+                } else {
+                    "-".into()
+                },
+                if w.eta_ms > 0 {
+                    humantime::format_duration(Duration::from_secs(w.eta_ms / 1000)).to_string()
+                } else {
+                    "-".into()
+                },
+            );
+            if tty {
+                eprint!("\r{line}");
+                let _ = std::io::stderr().flush();
+            } else {
+                eprintln!("{line}");
+            }
+            match w.state.as_str() {
+                "resident" => {
+                    if tty {
+                        eprintln!();
+                    }
+                    eprintln!("{model} is resident on {node}");
+                    return Ok(w);
+                }
+                "failed" => {
+                    if tty {
+                        eprintln!();
+                    }
+                    anyhow::bail!("warming {model} on {node} failed: {}", w.error);
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{model} is not resident on {node} after {}",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

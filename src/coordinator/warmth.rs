@@ -1,0 +1,112 @@
+//! The warm cache across the fleet: what each node reports resident, and the
+//! operator's `warm start` / `warm evict` wishes, which become the `warm` and
+//! `evict` lists of the node's assignment.
+
+use crate::api::WarmView;
+use crate::domain::WarmSpec;
+
+use super::fleet::{Fleet, FleetError, WarmOp};
+
+impl Fleet {
+    pub(super) fn list_warm(&self, node: Option<&str>) -> Result<Vec<WarmView>, FleetError> {
+        if let Some(name) = node {
+            if !self.nodes.contains_key(name) {
+                return Err(self.node_not_found(name));
+            }
+        }
+        let mut out = Vec::new();
+        for n in self
+            .nodes
+            .values()
+            .filter(|n| node.is_none_or(|want| want == n.name))
+        {
+            for w in &n.warm {
+                let reason = if n.flags.warm.contains(&w.model) {
+                    "manual"
+                } else if self
+                    .plan
+                    .values()
+                    .any(|r| r.node == n.name && r.model == w.model)
+                {
+                    "replica"
+                } else {
+                    "cached"
+                };
+                out.push(WarmView::new(&n.name, w, reason));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn warm_op(
+        &mut self,
+        model: &str,
+        node: &str,
+        op: WarmOp,
+    ) -> Result<Vec<WarmView>, FleetError> {
+        if !self.models.contains_key(model) {
+            let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+            return Err(FleetError::NotFound(format!(
+                "model `{model}` not found; known models: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        if !self.nodes.contains_key(node) {
+            return Err(self.node_not_found(node));
+        }
+        let mut flags = self.node_flags.get(node).cloned().unwrap_or_default();
+        let message = match op {
+            WarmOp::Start => {
+                flags.evict.retain(|m| m != model);
+                if !flags.warm.iter().any(|m| m == model) {
+                    flags.warm.push(model.to_string());
+                }
+                "keeping the weights warm here (warm start)".to_string()
+            }
+            WarmOp::Evict => {
+                flags.warm.retain(|m| m != model);
+                if !flags.evict.iter().any(|m| m == model) {
+                    flags.evict.push(model.to_string());
+                }
+                let running = self
+                    .plan
+                    .values()
+                    .any(|r| r.node == node && r.model == model);
+                if running {
+                    "evict asked, but a replica here runs the model: its weights stay until it stops".to_string()
+                } else {
+                    "dropping the weights from the page cache (warm evict)".to_string()
+                }
+            }
+        };
+        self.set_node_flags(node, flags)?;
+        let kind = match op {
+            WarmOp::Start => "warm",
+            WarmOp::Evict => "evict",
+        };
+        self.record(kind, model, node, "", message);
+        self.list_warm(Some(node))
+    }
+
+    /// The warm and evict lists of a node's assignment.
+    pub(super) fn warm_specs(&self, node: &str) -> (Vec<WarmSpec>, Vec<WarmSpec>) {
+        let Some(flags) = self.node_flags.get(node) else {
+            return (Vec::new(), Vec::new());
+        };
+        let spec = |model: &String| {
+            self.models.get(model).map(|m| WarmSpec {
+                model: model.clone(),
+                path: m.spec.weights.clone(),
+                lock: false,
+            })
+        };
+        (
+            flags.warm.iter().filter_map(spec).collect(),
+            flags.evict.iter().filter_map(spec).collect(),
+        )
+    }
+}

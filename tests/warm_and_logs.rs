@@ -1,0 +1,118 @@
+//! The warm cache and replica logs through the CLI: `warm start --wait`,
+//! `warm ls`, `warm evict`, and `replica logs` fetched from the node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn apply(h: &Harness, name: &str, replicas: u32, weights_mib: usize) {
+    let weights = h.path(&format!("models/{name}/weights.bin"));
+    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
+    std::fs::write(&weights, vec![3u8; weights_mib << 20]).unwrap();
+    // Written back to disk: the kernel will not drop dirty pages, and real
+    // weights on shared storage are never dirty here.
+    std::fs::File::open(&weights).unwrap().sync_all().unwrap();
+    let f = h.write(
+        &format!("{name}.toml"),
+        &format!(
+            "name = \"{name}\"\nweights = \"{}\"\nreplicas = {replicas}\n[server]\npreset = \"vllm\"\ncommand = [\"{BIN}\", \"demo\", \"server\", \"--port\", \"{{port}}\", \"--weights\", \"{{weights}}\"]\ngpus = 1\ngpu_memory = \"10GiB\"\nready_timeout = \"30s\"\nstop_timeout = \"5s\"\n",
+            weights.display()
+        ),
+    );
+    let out = h.cli(&["model", "apply", "-f", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn warm_entry(h: &Harness, model: &str) -> Option<serde_json::Value> {
+    h.try_json(&["warm", "ls"])?
+        .as_array()?
+        .iter()
+        .find(|w| w["model"] == model)
+        .cloned()
+}
+
+#[test]
+fn warm_start_waits_until_resident_and_evict_drops_it() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    apply(&h, "cached", 0, 32);
+
+    let out = h.cli(&[
+        "warm",
+        "start",
+        "cached",
+        "--node",
+        "node-a",
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cached is resident on node-a"),
+        "{}",
+        stderr(&out)
+    );
+    let w = warm_entry(&h, "cached").expect("a warm entry");
+    assert_eq!(w["state"], "resident");
+    assert_eq!(w["resident_bytes"], w["total_bytes"]);
+    assert_eq!(w["total_bytes"], 32u64 << 20);
+    assert_eq!(w["reason"], "manual");
+    for key in ["node", "model", "resident_bytes", "total_bytes", "state"] {
+        assert!(w.get(key).is_some(), "warm ls lacks {key}");
+    }
+
+    let out = h.cli(&["warm", "evict", "cached", "--node", "node-a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The entry leaves the cache: it reads less than full, then drops out.
+    wait_until(
+        Duration::from_secs(30),
+        "the weights evicted",
+        || match warm_entry(&h, "cached") {
+            None => Some(()),
+            Some(w) => {
+                (w["resident_bytes"].as_u64()? < w["total_bytes"].as_u64()? / 2).then_some(())
+            }
+        },
+    );
+
+    let bad = h.cli(&["warm", "start", "nope", "--node", "node-a"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("model `nope` not found"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn replica_logs_come_from_the_node() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    apply(&h, "talky", 1, 1);
+    let id = wait_until(Duration::from_secs(30), "a ready replica", || {
+        let rs = h.try_json(&["replica", "ls"])?;
+        let r = rs.as_array()?.first()?.clone();
+        (r["state"] == "ready").then(|| r["id"].as_str().unwrap().to_string())
+    });
+    let out = h.cli(&["replica", "logs", &id, "-n", "50"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.trim().is_empty(), "the server's log has lines");
+    assert!(text.to_lowercase().contains("weights"), "{text}");
+
+    let missing = h.cli(&["replica", "logs", "no-such-replica"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("replica `no-such-replica` not found"),
+        "{}",
+        stderr(&missing)
+    );
+}
