@@ -21,6 +21,7 @@ impl Fleet {
         }
         self.decide_desired();
         self.replace_on_lost_nodes(now);
+        self.replace_on_unhealthy_gpus();
         self.follow_spec_changes();
         self.remove_surplus();
         self.place_missing(now);
@@ -115,6 +116,41 @@ impl Fleet {
                     "node {} is lost; replacing replica {} elsewhere",
                     r.node, r.id
                 ),
+            );
+        }
+    }
+
+    /// A replica whose GPU turned unhealthy (Xid, fallen off the bus, ECC)
+    /// is replaced on a healthy GPU: its own may never compute right again.
+    fn replace_on_unhealthy_gpus(&mut self) {
+        let mut doomed = Vec::new();
+        for r in self.plan.values() {
+            let Some(node) = self.nodes.get(&r.node) else {
+                continue;
+            };
+            for g in &r.gpus {
+                let info = node.gpus.iter().find(|i| i.index == *g);
+                let sample = node.sample(*g);
+                let healthy = info.is_none_or(|i| i.healthy) && sample.is_none_or(|s| s.healthy);
+                if !healthy {
+                    let reason = info
+                        .map(|i| i.health_reason.clone())
+                        .filter(|s| !s.is_empty())
+                        .or_else(|| sample.map(|s| s.health_reason.clone()))
+                        .unwrap_or_default();
+                    doomed.push((r.clone(), *g, reason));
+                    break;
+                }
+            }
+        }
+        for (r, gpu, reason) in doomed {
+            self.plan.remove(&r.id);
+            self.record(
+                "replace",
+                &r.model,
+                &r.node,
+                &r.id,
+                format!("GPU {gpu} on {} is unhealthy ({reason}); replacing replica {} on a healthy GPU", r.node, r.id),
             );
         }
     }

@@ -38,6 +38,8 @@ pub struct Proc {
     pub name: String,
     pub child: Child,
     pub log: PathBuf,
+    /// The agent's HTTP port (/metrics, fault injection), when it has one.
+    pub http_port: u16,
 }
 
 impl Proc {
@@ -133,6 +135,7 @@ impl Harness {
             name: name.to_string(),
             child,
             log,
+            http_port: 0,
         }
     }
 
@@ -168,6 +171,7 @@ impl Harness {
         let models = self.path("models");
         std::fs::create_dir_all(&models).unwrap();
         let cfg = state.join("agent.toml");
+        let http_port = free_port();
         let (extra_top, extra_tables) = match extra.find('[') {
             Some(i) => (&extra[..i], &extra[i..]),
             None => (extra, ""),
@@ -178,12 +182,14 @@ impl Harness {
                 "node_name = \"{node_name}\"\ncoordinator = \"{}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\n{extra_top}\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n{extra_tables}",
                 self.coordinator_url(),
                 state.display(),
-                free_port(),
+                http_port,
                 models.display()
             ),
         )
         .unwrap();
-        self.spawn(proc_name, &["agent", "--config", cfg.to_str().unwrap()])
+        let mut p = self.spawn(proc_name, &["agent", "--config", cfg.to_str().unwrap()]);
+        p.http_port = http_port;
+        p
     }
 
     /// Runs the CLI against this harness's coordinator.
@@ -266,4 +272,30 @@ pub fn nodes_in_state(nodes: &serde_json::Value, state: &str) -> Vec<String> {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A minimal HTTP/1.1 request on loopback: (status, body). Tests need no
+/// HTTP client beyond this.
+pub fn http(method: &str, port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

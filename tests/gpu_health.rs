@@ -1,0 +1,114 @@
+//! GPU health end to end: a simulated GPU falls off the bus under a running
+//! replica; the fleet sees it unhealthy with its reason, the other GPUs keep
+//! reporting, and the replica is replaced on a healthy GPU.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn a_gpu_that_falls_off_the_bus_is_reported_and_its_replica_moves() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let a = h.agent("node-a", 2, "");
+    h.wait_ready_nodes(1);
+    let weights = h.path("models/m/weights.bin");
+    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
+    std::fs::write(&weights, b"w").unwrap();
+    let spec = h.write(
+        "m.toml",
+        &format!(
+            "name = \"m\"\nweights = \"{}\"\nreplicas = 1\n[server]\npreset = \"vllm\"\ncommand = [\"{BIN}\", \"demo\", \"server\", \"--port\", \"{{port}}\", \"--weights\", \"{{weights}}\"]\ngpus = 1\ngpu_memory = \"10GiB\"\n",
+            weights.display()
+        ),
+    );
+    assert!(h
+        .cli(&["model", "apply", "-f", spec.to_str().unwrap()])
+        .status
+        .success());
+    let first = wait_until(Duration::from_secs(30), "a ready replica", || {
+        let rs = h.try_json(&["replica", "ls"])?;
+        let r = rs.as_array()?.first()?.clone();
+        (r["state"] == "ready").then_some(r)
+    });
+    let bad_gpu = first["gpus"][0].as_u64().unwrap();
+    let good_gpu = 1 - bad_gpu;
+
+    let (status, body) = http(
+        "POST",
+        a.http_port,
+        &format!("/v1/simulated/gpus/{bad_gpu}/fault"),
+        r#"{"kind":"lost"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+
+    let gpus = wait_until(
+        Duration::from_secs(15),
+        "the GPU unhealthy in gpu ls",
+        || {
+            let g = h.try_json(&["gpu", "ls"])?;
+            let bad = g
+                .as_array()?
+                .iter()
+                .find(|g| g["index"] == bad_gpu)?
+                .clone();
+            (bad["healthy"] == false).then_some(g)
+        },
+    );
+    let bad = gpus
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["index"] == bad_gpu)
+        .unwrap();
+    assert!(
+        bad["health_reason"]
+            .as_str()
+            .unwrap()
+            .contains("fallen off the bus"),
+        "{bad}"
+    );
+    let good = gpus
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["index"] == good_gpu)
+        .unwrap();
+    assert_eq!(good["healthy"], true);
+
+    // The replica moves to the healthy GPU, and the node keeps reporting.
+    let seen_before = h.json(&["node", "ls"])[0]["last_seen_unix_ms"]
+        .as_i64()
+        .unwrap();
+    let moved = wait_until(
+        Duration::from_secs(30),
+        "the replica on the healthy GPU",
+        || {
+            let rs = h.try_json(&["replica", "ls"])?;
+            let rs = rs.as_array()?.clone();
+            (rs.len() == 1 && rs[0]["state"] == "ready" && rs[0]["gpus"][0] == good_gpu)
+                .then_some(rs[0].clone())
+        },
+    );
+    assert_ne!(moved["id"], first["id"]);
+    assert!(
+        h.json(&["node", "ls"])[0]["last_seen_unix_ms"]
+            .as_i64()
+            .unwrap()
+            > seen_before
+    );
+    let events = h.json(&["events", "--model", "m"]);
+    assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "replace"
+        && e["message"].as_str().unwrap().contains("unhealthy")), "{events}");
+
+    // Bad fault requests are refused with a reason.
+    let (status, body) = http(
+        "POST",
+        a.http_port,
+        "/v1/simulated/gpus/9/fault",
+        r#"{"kind":"lost"}"#,
+    );
+    assert_eq!(status, 404, "{body}");
+}
