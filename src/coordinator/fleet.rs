@@ -63,6 +63,8 @@ pub struct Fleet {
     pub(super) models: BTreeMap<String, Model>,
     pub(super) plan: BTreeMap<String, PlannedReplica>,
     pub(super) started: Instant,
+    /// (model, node) pairs placement avoids until the instant given.
+    pub(super) avoid: BTreeMap<(String, String), Instant>,
     next_session: u64,
     /// Log requests sent to agents, awaiting their reply.
     pending_logs: BTreeMap<u64, PendingLogs>,
@@ -122,6 +124,7 @@ impl Fleet {
             models,
             plan: BTreeMap::new(),
             started: Instant::now(),
+            avoid: BTreeMap::new(),
             next_session: 1,
             pending_logs: BTreeMap::new(),
             next_request: 1,

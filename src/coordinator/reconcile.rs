@@ -11,6 +11,9 @@ use crate::domain::{Assignment, ReplicaSpec, ReplicaState, ToAgent};
 use super::fleet::{Fleet, PlannedReplica};
 use super::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
 
+/// How long a node is avoided for a model whose replica crash-looped there.
+const AVOID_AFTER_CRASHLOOP: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Fleet {
     pub(super) fn tick(&mut self, now: Instant) {
         self.announce_node_states(now);
@@ -22,6 +25,7 @@ impl Fleet {
         self.decide_desired();
         self.replace_on_lost_nodes(now);
         self.replace_on_unhealthy_gpus();
+        self.move_crash_looping(now);
         self.follow_spec_changes();
         self.remove_surplus();
         self.place_missing(now);
@@ -155,6 +159,54 @@ impl Fleet {
         }
     }
 
+    /// A replica crash-looping on one node moves to another node that can
+    /// take it (the host may be what is wrong: a bad driver, a full disk).
+    /// The node is avoided for that model for a while.
+    fn move_crash_looping(&mut self, now: Instant) {
+        self.avoid.retain(|_, until| *until > now);
+        let looping: Vec<PlannedReplica> = self
+            .plan
+            .values()
+            .filter(|r| self.reported_state(&r.id) == Some(ReplicaState::Crashloop))
+            .cloned()
+            .collect();
+        for r in looping {
+            let Some(m) = self.models.get(&r.model) else {
+                continue;
+            };
+            let needs = ReplicaNeeds {
+                gpus: m.spec.server.gpus,
+                gpu_memory_bytes: m.spec.server.gpu_memory_bytes,
+                spread: false,
+            };
+            let mut candidates = self.candidates(&r.model, now);
+            for c in candidates.iter_mut().filter(|c| c.name == r.node) {
+                c.unschedulable = Some("the replica crash-loops here".into());
+            }
+            if let Ok(p) = placement::place(&candidates, &needs) {
+                self.avoid.insert(
+                    (r.model.clone(), r.node.clone()),
+                    now + AVOID_AFTER_CRASHLOOP,
+                );
+                self.plan.remove(&r.id);
+                self.record(
+                    "replace",
+                    &r.model,
+                    &r.node,
+                    &r.id,
+                    format!(
+                        "replica {} crash-loops on {}; moving it (to {} next) and avoiding {} for {}",
+                        r.id,
+                        r.node,
+                        p.node,
+                        r.node,
+                        humantime::format_duration(AVOID_AFTER_CRASHLOOP)
+                    ),
+                );
+            }
+        }
+    }
+
     /// A changed spec hash reaches the agent in the next assignment, which
     /// replaces the replica (stop, then start with the new spec).
     fn follow_spec_changes(&mut self) {
@@ -281,7 +333,12 @@ impl Fleet {
             .values()
             .map(|n| {
                 let state = self.node_state(n, now);
-                let unschedulable = if n.session.is_none() {
+                let unschedulable = if self
+                    .avoid
+                    .contains_key(&(model.to_string(), n.name.clone()))
+                {
+                    Some("a replica of this model crash-looped here recently".to_string())
+                } else if n.session.is_none() {
                     Some("disconnected".to_string())
                 } else if state != NodeState::Ready {
                     Some(state.as_str().to_string())
