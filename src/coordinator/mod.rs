@@ -1,6 +1,7 @@
 //! The fleet brain: holds desired state, decides replica counts and places
 //! them, and tells each agent what to run.
 
+pub mod autoscale;
 pub mod fleet;
 pub mod http;
 pub mod nodes;
