@@ -6,6 +6,7 @@ pub mod fleet;
 pub mod http;
 pub mod nodes;
 pub mod placement;
+pub mod predict;
 pub mod reconcile;
 pub mod service;
 pub mod store;

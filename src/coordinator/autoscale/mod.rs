@@ -6,6 +6,8 @@
 mod history;
 mod policy;
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::config::model::ScalingSpec;
 
 use history::{DesireWindow, SignalHistory};
+pub(crate) use policy::num as format_count;
 use policy::{missing_signals, num, percent, seconds, span, strongest, Desire};
 
 /// Signals older than this (or than the panic window, if longer) are stale:

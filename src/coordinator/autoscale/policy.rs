@@ -144,8 +144,9 @@ pub(super) fn missing_signals(latest: &Signals, spec: &ScalingSpec) -> Vec<&'sta
 }
 
 /// A count of things with one decimal at most: "27", "20.5".
-pub(super) fn num(v: f64) -> String {
-    let rounded = (v * 10.0).round() / 10.0;
+pub(crate) fn num(v: f64) -> String {
+    // `+ 0.0` turns a rounded -0 into 0, which prints without a sign.
+    let rounded = (v * 10.0).round() / 10.0 + 0.0;
     if rounded.fract() == 0.0 {
         format!("{rounded:.0}")
     } else {
