@@ -565,3 +565,61 @@ fn broken_readings_do_not_scale() {
         .iter()
         .all(|d| !d.panic && d.desired >= 1 && d.desired <= 3));
 }
+
+/// The worked example of docs/autoscaling.md, tick by tick: keep the two in step.
+#[test]
+fn the_worked_example_in_the_docs() {
+    let spec = ScalingSpec {
+        min_replicas: 0,
+        max_replicas: 6,
+        ..spec()
+    };
+    let mut sim = Sim::new(spec, 2);
+    sim.load_time = Duration::from_secs(180);
+    let mut all = Vec::new();
+    all.extend(sim.run(300, ongoing(14.0))); // 09:00
+    all.extend(sim.run(1200, ongoing(40.0))); // 09:05
+    all.extend(sim.run(900, ongoing(12.0))); // 09:25
+    all.extend(sim.run(1800, ongoing(0.0))); // 09:40
+    let changes: Vec<(usize, &str)> = all
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[0].desired != w[1].desired)
+        .map(|(i, w)| (i + 1, w[1].reason.as_str()))
+        .collect();
+    assert_eq!(
+        all[299].reason,
+        "holding 2: stable 1m average 14 ongoing / target 8 per replica"
+    );
+    assert_eq!(
+        changes,
+        vec![
+            (
+                304,
+                "2 → 5: 6s average 35.7 ongoing / target 8 per replica \
+                 (panic: 35.7 ≥ 2 × capacity 16)"
+            ),
+            (
+                1817,
+                "5 → 4: stable 1m average 12 ongoing / target 8 per replica; scale-down waited 5m"
+            ),
+            (
+                1834,
+                "4 → 3: stable 1m average 12 ongoing / target 8 per replica; scale-down waited 5m"
+            ),
+            (
+                1851,
+                "3 → 2: stable 1m average 12 ongoing / target 8 per replica; scale-down waited 5m"
+            ),
+            (
+                2719,
+                "2 → 1: stable 1m average 0 ongoing / target 8 per replica; scale-down waited 5m"
+            ),
+            (3300, "1 → 0: no requests for 15m (scale to zero)"),
+        ]
+    );
+    assert_eq!(
+        all[1499].reason,
+        "holding 5: stable 1m average 40 ongoing / target 8 per replica"
+    );
+}
