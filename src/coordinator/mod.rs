@@ -1,12 +1,14 @@
 //! The fleet brain: holds desired state, decides replica counts and places
 //! them, and tells each agent what to run.
 
+pub mod autoscale;
 pub mod fleet;
 pub mod handle;
 pub mod http;
 pub mod nodes;
 pub mod operations;
 pub mod placement;
+pub mod predict;
 pub mod reconcile;
 pub mod service;
 pub mod store;

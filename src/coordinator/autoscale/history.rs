@@ -1,0 +1,152 @@
+//! What the autoscaler remembers between ticks: the signal samples of the
+//! last stable window, and the highest desire of the last scale-down delay.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::Signals;
+
+/// Hard cap on kept samples, whatever the window: one hour of 1 s ticks
+/// fits, and a faster tick only shortens the remembered window.
+pub(super) const MAX_SAMPLES: usize = 4096;
+
+/// The signal samples of a sliding window, oldest first.
+#[derive(Debug, Clone, Default)]
+pub(super) struct SignalHistory {
+    samples: VecDeque<(Instant, Signals)>,
+}
+
+/// Window means of each signal, over the samples that could measure it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(super) struct WindowAverage {
+    /// Samples with at least one ready replica: only those measure load.
+    pub measured: usize,
+    pub ongoing: Option<f64>,
+    pub p95_latency_s: Option<f64>,
+    pub gpu_utilization: Option<f64>,
+    pub kv_cache_usage: Option<f64>,
+    pub requests_per_s: Option<f64>,
+    /// Mean ready replicas behind the measured samples: the base that the
+    /// per-replica signals (latency, utilization, KV cache) scale.
+    pub ready: Option<f64>,
+}
+
+impl SignalHistory {
+    /// Adds a sample; one older than the newest is dropped, as a clock never
+    /// goes back and a late sample would distort the windows.
+    pub fn push(&mut self, now: Instant, signals: Signals) {
+        if self.samples.back().is_some_and(|(t, _)| *t > now) {
+            return;
+        }
+        self.samples.push_back((now, signals));
+        while self.samples.len() > MAX_SAMPLES {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Drops samples older than `keep` before `now`.
+    pub fn prune(&mut self, now: Instant, keep: Duration) {
+        let Some(cutoff) = now.checked_sub(keep) else {
+            return;
+        };
+        while self.samples.front().is_some_and(|(t, _)| *t < cutoff) {
+            self.samples.pop_front();
+        }
+    }
+
+    pub fn latest(&self) -> Option<(Instant, &Signals)> {
+        self.samples.back().map(|(t, s)| (*t, s))
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Means over the samples of the `window` that ends at `now` (its start
+    /// excluded, so a 6 s window over 1 s ticks holds 6 samples).
+    pub fn average(&self, now: Instant, window: Duration) -> WindowAverage {
+        let cutoff = now.checked_sub(window);
+        let mut ongoing = Mean::default();
+        let mut latency = Mean::default();
+        let mut gpu = Mean::default();
+        let mut kv = Mean::default();
+        let mut rps = Mean::default();
+        let mut ready = Mean::default();
+        let in_window = self
+            .samples
+            .iter()
+            .rev()
+            .take_while(|(t, _)| cutoff.is_none_or(|c| *t > c))
+            .filter(|(t, s)| *t <= now && s.ready > 0);
+        for (_, s) in in_window {
+            ongoing.add(Some(s.ongoing));
+            rps.add(Some(s.requests_per_s));
+            ready.add(Some(f64::from(s.ready)));
+            latency.add(s.p95_latency_s);
+            gpu.add(s.gpu_utilization);
+            kv.add(s.kv_cache_usage);
+        }
+        WindowAverage {
+            measured: ongoing.n,
+            ongoing: ongoing.get(),
+            p95_latency_s: latency.get(),
+            gpu_utilization: gpu.get(),
+            kv_cache_usage: kv.get(),
+            requests_per_s: rps.get(),
+            ready: ready.get(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Mean {
+    sum: f64,
+    n: usize,
+}
+
+impl Mean {
+    /// Non-finite values are a broken scrape, not a measurement.
+    fn add(&mut self, v: Option<f64>) {
+        if let Some(v) = v.filter(|v| v.is_finite()) {
+            self.sum += v;
+            self.n += 1;
+        }
+    }
+
+    fn get(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
+}
+
+/// The highest desire recommended over a sliding span of time, kept as a
+/// monotonic queue: each entry is higher than every later one, so the queue
+/// holds at most one entry per distinct count however long the span is.
+#[derive(Debug, Clone, Default)]
+pub(super) struct DesireWindow {
+    entries: VecDeque<(Instant, u32)>,
+}
+
+impl DesireWindow {
+    pub fn push(&mut self, now: Instant, desire: u32) {
+        while self.entries.back().is_some_and(|(_, d)| *d <= desire) {
+            self.entries.pop_back();
+        }
+        self.entries.push_back((now, desire));
+    }
+
+    /// The highest desire pushed within `span` before `now`.
+    pub fn max(&mut self, now: Instant, span: Duration) -> Option<u32> {
+        if let Some(cutoff) = now.checked_sub(span) {
+            while self.entries.front().is_some_and(|(t, _)| *t < cutoff) {
+                self.entries.pop_front();
+            }
+        }
+        self.entries.front().map(|(_, d)| *d)
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}

@@ -1,0 +1,489 @@
+//! The autoscaler: one model's serving signals → a desired replica count and
+//! the reason in words (Knative KPA's stable and panic windows, HPA's rule for
+//! several metrics). Pure: every call takes `now` and nothing reads a clock,
+//! so the simulator replays it on a virtual one.
+
+mod history;
+mod policy;
+#[cfg(test)]
+mod properties;
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+use crate::config::model::ScalingSpec;
+
+use history::{DesireWindow, SignalHistory};
+pub(crate) use policy::num as format_count;
+use policy::{missing_signals, num, percent, seconds, span, strongest, Desire};
+
+/// Signals older than this (or than the panic window, if longer) are stale:
+/// the autoscaler holds rather than act on what it can no longer see.
+pub const SIGNALS_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// Samples kept before the first decision tells the real stable window: the
+/// longest a spec allows.
+const DEFAULT_RETAIN: Duration = Duration::from_secs(3600);
+
+/// One tick's view of a model, summed or averaged over its replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Signals {
+    /// Waiting + running requests, summed over ready replicas.
+    pub ongoing: f64,
+    /// p95 request latency; the caller picks the worst across replicas, so
+    /// one saturated replica is enough to ask for help.
+    pub p95_latency_s: Option<f64>,
+    /// 0..1, mean over the model's GPUs.
+    pub gpu_utilization: Option<f64>,
+    /// 0..1, mean over ready replicas.
+    pub kv_cache_usage: Option<f64>,
+    pub ready: u32,
+    /// Placed, not ready yet: capacity on its way.
+    pub starting: u32,
+    /// Requests per second, summed over ready replicas.
+    pub requests_per_s: f64,
+}
+
+/// One decision, with what it was made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub desired: u32,
+    /// Whether the model is in panic mode after this decision.
+    pub panic: bool,
+    /// "2 → 5: …" when the count changes, "holding 3: …" when it does not.
+    pub reason: String,
+    /// The numbers behind the decision, for the event log.
+    pub inputs: Vec<(String, String)>,
+}
+
+/// A model's autoscaling state across ticks.
+#[derive(Debug, Clone)]
+pub struct Autoscaler {
+    history: SignalHistory,
+    /// Desires of the last scale-down delay: a scale-down goes no lower than
+    /// their maximum.
+    desires: DesireWindow,
+    /// Since when the desire has been below the current count.
+    below_since: Option<Instant>,
+    /// Since when ready replicas have seen no requests.
+    idle_since: Option<Instant>,
+    /// Panic mode lasts until this instant (one stable window after the last trigger).
+    panic_until: Option<Instant>,
+    woken: bool,
+    prescale_floor: u32,
+    /// Window lengths from the last decision, so that `observe` can bound
+    /// memory and spot gaps without the spec.
+    retain: Duration,
+    stale_after: Duration,
+    /// The last observation, kept apart from the history, which forgets it
+    /// after a stable window.
+    last_seen: Option<Instant>,
+}
+
+impl Default for Autoscaler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the signals alone ask for, before the minimum, the pre-scale floor
+/// and a wake raise it.
+struct Plan {
+    target: u32,
+    why: String,
+}
+
+impl Plan {
+    fn hold(current: u32, why: impl Into<String>) -> Plan {
+        Plan {
+            target: current,
+            why: why.into(),
+        }
+    }
+}
+
+impl Autoscaler {
+    pub fn new() -> Self {
+        Autoscaler {
+            history: SignalHistory::default(),
+            desires: DesireWindow::default(),
+            below_since: None,
+            idle_since: None,
+            panic_until: None,
+            woken: false,
+            prescale_floor: 0,
+            retain: DEFAULT_RETAIN,
+            stale_after: SIGNALS_STALE_AFTER,
+            last_seen: None,
+        }
+    }
+
+    /// Records one tick's signals. Call it only with fresh data (at least one
+    /// replica scraped this tick, or none ready with `ready = 0`): a tick
+    /// without fresh data is better skipped than reported as zeros.
+    pub fn observe(&mut self, now: Instant, s: &Signals) {
+        let s = sanitized(s);
+        let gap = self
+            .last_seen
+            .is_none_or(|t| now.saturating_duration_since(t) > self.stale_after);
+        self.last_seen = Some(self.last_seen.map_or(now, |t| t.max(now)));
+        if gap {
+            // Nothing is known about the unseen stretch: idle time starts over.
+            self.idle_since = None;
+        }
+        if s.ongoing > 0.0 || s.requests_per_s > 0.0 {
+            self.idle_since = None;
+        } else if s.ready > 0 {
+            self.idle_since.get_or_insert(now);
+        } else if s.starting > 0 {
+            // Nobody can have sent a request yet: idle time counts from ready.
+            self.idle_since = None;
+        }
+        self.history.push(now, s);
+        self.history.prune(now, self.retain);
+    }
+
+    /// Demand for a model at zero: the next decision is at least 1 at once,
+    /// and the idle timer starts over.
+    pub fn wake(&mut self, now: Instant) {
+        self.woken = true;
+        self.idle_since = self.idle_since.map(|_| now);
+        self.below_since = None;
+    }
+
+    /// Predictive pre-scaling: decisions ask for at least `n` (capped by the
+    /// maximum) until it is called again; `n = 0` lifts the floor.
+    pub fn prescale_floor(&mut self, n: u32, now: Instant) {
+        self.prescale_floor = n;
+        if n > 0 {
+            self.idle_since = self.idle_since.map(|_| now);
+        }
+    }
+
+    pub fn panicking(&self, now: Instant) -> bool {
+        self.panic_until.is_some_and(|until| now < until)
+    }
+
+    /// Decides the desired count. `current` is the count last decided (the
+    /// model's desired replicas), not what is running: replicas still
+    /// starting are capacity on its way.
+    pub fn decide(&mut self, spec: &ScalingSpec, current: u32, now: Instant) -> Decision {
+        self.retain = spec.stable_window.max(spec.panic_window);
+        self.stale_after = spec.panic_window.max(SIGNALS_STALE_AFTER);
+        self.history.prune(now, self.retain);
+        let woken = std::mem::take(&mut self.woken);
+
+        let mut inputs = Inputs::default();
+        inputs.add("current", current);
+        let mut plan = if current == 0 {
+            Plan::hold(0, "scaled to zero; waiting for demand (wake or prediction)")
+        } else if current > spec.max_replicas {
+            // The operator's bound is hard: no walking down to it.
+            Plan {
+                target: spec.max_replicas,
+                why: format!("above the maximum {}", spec.max_replicas),
+            }
+        } else {
+            self.plan_from_signals(spec, current, now, &mut inputs)
+        };
+
+        let lo = spec.min_replicas;
+        if plan.target < lo {
+            plan = Plan {
+                target: lo,
+                why: format!("below the minimum {lo}"),
+            };
+        }
+        let floor = self.prescale_floor.min(spec.max_replicas);
+        if self.prescale_floor > 0 {
+            inputs.add("prescale_floor", self.prescale_floor);
+        }
+        if floor > plan.target {
+            let mut why = format!("pre-scaling for predicted demand (floor {floor})");
+            if current > 0 {
+                why = format!("{why}; signals: {}", plan.why);
+            }
+            plan = Plan { target: floor, why };
+        }
+        if woken && plan.target == 0 {
+            plan = Plan {
+                target: 1,
+                why: "woken on demand".to_string(),
+            };
+        }
+        let desired = plan.target.min(spec.max_replicas);
+        if desired > current {
+            self.below_since = None;
+        }
+        let panic = self.panicking(now);
+        inputs.add("panic", panic);
+        Decision {
+            desired,
+            panic,
+            reason: if desired == current {
+                format!("holding {current}: {}", plan.why)
+            } else {
+                format!("{current} → {desired}: {}", plan.why)
+            },
+            inputs: inputs.0,
+        }
+    }
+
+    /// The count the signals ask for, for a model that has replicas.
+    fn plan_from_signals(
+        &mut self,
+        spec: &ScalingSpec,
+        current: u32,
+        now: Instant,
+        inputs: &mut Inputs,
+    ) -> Plan {
+        let fresh = self
+            .last_seen
+            .is_some_and(|t| now.saturating_duration_since(t) <= self.stale_after);
+        let latest = match self.history.latest() {
+            Some((_, s)) if fresh => *s,
+            _ => {
+                let why = match self.last_seen {
+                    Some(t) => format!(
+                        "no fresh signals for {}; not scaling on missing data",
+                        span(now.saturating_duration_since(t))
+                    ),
+                    None => "no signals yet; not scaling on missing data".to_string(),
+                };
+                return Plan::hold(current, why);
+            }
+        };
+        inputs.add("ready", latest.ready);
+        inputs.add("starting", latest.starting);
+        inputs.add("requests_per_s", num(latest.requests_per_s));
+
+        let stable = self.history.average(now, spec.stable_window);
+        let panic_avg = self.history.average(now, spec.panic_window);
+        let stable_label = format!("stable {} average", span(spec.stable_window));
+        let panic_label = format!("{} average", span(spec.panic_window));
+        let Some(stable_best) = strongest(policy::desires(&stable, &stable_label, spec)) else {
+            return Plan::hold(
+                current,
+                format!(
+                    "no ready replica to measure yet ({} starting)",
+                    latest.starting
+                ),
+            );
+        };
+        let panic_best = strongest(policy::desires(&panic_avg, &panic_label, spec));
+        record_averages(inputs, &stable, &panic_avg);
+        inputs.add("stable_desire", num(stable_best.replicas));
+
+        let capacity = latest.ready.saturating_add(latest.starting).max(1);
+        inputs.add("capacity", capacity);
+        let mut trigger = None;
+        if let Some(p) = &panic_best {
+            inputs.add("panic_desire", num(p.replicas));
+            if p.replicas >= spec.panic_threshold * f64::from(capacity) {
+                self.panic_until = Some(now + spec.stable_window);
+                trigger = Some(p.panic_note(spec, capacity));
+            }
+        }
+        let hi = spec.max_replicas;
+        // What the signals alone ask for, then with the minimum and the
+        // pre-scale floor: the floors count as desire, so the scale-down
+        // delay applies after they are lifted.
+        let asked = ceil_count(stable_best.replicas).min(hi);
+        let rec = asked
+            .max(spec.min_replicas.max(1))
+            .max(self.prescale_floor)
+            .min(hi);
+
+        if let Some(until) = self.panic_until.filter(|u| now < *u) {
+            let panic_rec = panic_best.as_ref().map_or(0, |p| ceil_count(p.replicas));
+            let target = panic_rec.max(rec).max(current).min(hi);
+            self.desires.push(now, target);
+            self.below_since = None;
+            let driver = match &panic_best {
+                Some(p) if panic_rec >= rec => p,
+                _ => &stable_best,
+            };
+            let why = match trigger {
+                Some(note) => format!("{} ({note})", driver.explain),
+                None => format!(
+                    "{}; panic mode for another {}, no scale-down while panicking",
+                    driver.explain,
+                    span(until.saturating_duration_since(now))
+                ),
+            };
+            return Plan { target, why };
+        }
+        self.panic_until = None;
+        self.desires.push(now, rec);
+
+        if let Some(idle) = self.idle_since.map(|t| now.saturating_duration_since(t)) {
+            inputs.add("idle_for", span(idle));
+            if spec.min_replicas == 0 && idle >= spec.scale_to_zero_after {
+                let target = current.saturating_sub(spec.max_scale_down_step);
+                let walking = if target > 0 {
+                    format!(", at most {} per step", spec.max_scale_down_step)
+                } else {
+                    String::new()
+                };
+                return Plan {
+                    target,
+                    why: format!(
+                        "no requests for {} (scale to zero{walking})",
+                        span(spec.scale_to_zero_after)
+                    ),
+                };
+            }
+        }
+
+        if rec > current {
+            self.below_since = None;
+            if asked <= current {
+                // A floor, not the signals, asks for more: `decide` raises
+                // the count and names the floor.
+                return Plan::hold(current, stable_best.explain);
+            }
+            if within_tolerance(&stable_best, current, spec) {
+                return Plan::hold(current, tolerance_note(&stable_best, spec));
+            }
+            return Plan {
+                target: rec,
+                why: stable_best.explain,
+            };
+        }
+        if rec == current {
+            self.below_since = None;
+            return Plan::hold(current, stable_best.explain);
+        }
+        let missing = missing_signals(&latest, spec);
+        self.scale_down(spec, current, now, rec, &stable_best, &missing)
+    }
+
+    /// The signals ask for fewer replicas: walk down only once the desire
+    /// has been lower for the whole delay, and no lower than its highest.
+    fn scale_down(
+        &mut self,
+        spec: &ScalingSpec,
+        current: u32,
+        now: Instant,
+        rec: u32,
+        best: &Desire,
+        missing: &[&str],
+    ) -> Plan {
+        let since = *self.below_since.get_or_insert(now);
+        if within_tolerance(best, current, spec) {
+            return Plan::hold(current, tolerance_note(best, spec));
+        }
+        if !missing.is_empty() {
+            return Plan::hold(
+                current,
+                format!(
+                    "{}; {} missing from the last scrape, not scaling down on partial signals",
+                    best.explain,
+                    missing.join(" and ")
+                ),
+            );
+        }
+        let delay = spec.scale_down_delay;
+        let waited = now.saturating_duration_since(since);
+        if waited < delay {
+            return Plan::hold(
+                current,
+                format!(
+                    "{}; scale-down waits {}, desire lower for {} so far",
+                    best.explain,
+                    span(delay),
+                    span(waited)
+                ),
+            );
+        }
+        let highest = self.desires.max(now, delay).unwrap_or(rec).max(rec);
+        let step_floor = current.saturating_sub(spec.max_scale_down_step);
+        let target = highest.max(step_floor);
+        if target >= current {
+            return Plan::hold(
+                current,
+                format!(
+                    "{}; highest desire over the last {} is {highest}",
+                    best.explain,
+                    span(delay)
+                ),
+            );
+        }
+        let mut why = format!("{}; scale-down waited {}", best.explain, span(delay));
+        if target > highest {
+            why.push_str(&format!(", at most {} per step", spec.max_scale_down_step));
+        }
+        Plan { target, why }
+    }
+}
+
+/// Named inputs in the order they were read.
+#[derive(Default)]
+struct Inputs(Vec<(String, String)>);
+
+impl Inputs {
+    fn add(&mut self, key: &str, value: impl ToString) {
+        self.0.push((key.to_string(), value.to_string()));
+    }
+}
+
+fn record_averages(
+    inputs: &mut Inputs,
+    stable: &history::WindowAverage,
+    panic: &history::WindowAverage,
+) {
+    if let Some(v) = stable.ongoing {
+        inputs.add("stable_ongoing", num(v));
+    }
+    if let Some(v) = panic.ongoing {
+        inputs.add("panic_ongoing", num(v));
+    }
+    if let Some(v) = stable.p95_latency_s {
+        inputs.add("p95_latency", seconds(v));
+    }
+    if let Some(v) = stable.gpu_utilization {
+        inputs.add("gpu_utilization", percent(v));
+    }
+    if let Some(v) = stable.kv_cache_usage {
+        inputs.add("kv_cache_usage", percent(v));
+    }
+}
+
+/// A change this small relative to the current count is noise.
+fn within_tolerance(best: &Desire, current: u32, spec: &ScalingSpec) -> bool {
+    (best.replicas / f64::from(current.max(1)) - 1.0).abs() <= spec.tolerance
+}
+
+fn tolerance_note(best: &Desire, spec: &ScalingSpec) -> String {
+    format!(
+        "{} (within {} tolerance)",
+        best.explain,
+        percent(spec.tolerance)
+    )
+}
+
+/// Replicas for a fractional desire: up, but a rounding error of an exact
+/// count (16 / 8 = 2.0000000001) is not a third replica.
+fn ceil_count(replicas: f64) -> u32 {
+    if !replicas.is_finite() || replicas <= 0.0 {
+        return 0;
+    }
+    (replicas - 1e-9).ceil().min(f64::from(u32::MAX)) as u32
+}
+
+/// Broken readings (NaN, infinite, negative) are not measurements: counts
+/// become 0 and ratios become absent.
+fn sanitized(s: &Signals) -> Signals {
+    let count = |v: f64| if v.is_finite() && v > 0.0 { v } else { 0.0 };
+    let ratio = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
+    Signals {
+        ongoing: count(s.ongoing),
+        p95_latency_s: ratio(s.p95_latency_s),
+        gpu_utilization: ratio(s.gpu_utilization),
+        kv_cache_usage: ratio(s.kv_cache_usage),
+        ready: s.ready,
+        starting: s.starting,
+        requests_per_s: count(s.requests_per_s),
+    }
+}

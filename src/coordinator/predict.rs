@@ -1,0 +1,418 @@
+//! Demand history per model and the forecast drawn from it: same time
+//! yesterday and last week, blended with the recent trend, one cold-start
+//! horizon ahead. Pure: time is a parameter (unix seconds, since seasons
+//! follow the wall clock), so the simulator can replay weeks in a second.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::model::ScalingSpec;
+use crate::coordinator::autoscale::format_count as num;
+
+const DAY_S: i64 = 24 * 3600;
+const WEEK_S: i64 = 7 * DAY_S;
+
+/// Fine buckets: 10 s over the last day, for the recent trend.
+pub const FINE_BUCKET_S: i64 = 10;
+const FINE_BUCKETS: usize = (DAY_S / FINE_BUCKET_S) as usize;
+/// Coarse buckets: 5 min over the last two weeks, for the seasonal profile.
+pub const COARSE_BUCKET_S: i64 = 300;
+const COARSE_BUCKETS: usize = (14 * DAY_S / COARSE_BUCKET_S) as usize;
+
+/// The recent trend is a straight line fitted to the last 5 minutes.
+const TREND_SPAN_S: i64 = 300;
+/// Fewer fine buckets than this give a level but no slope.
+const TREND_MIN_BUCKETS: usize = 3;
+/// A trend projection never exceeds this multiple of the recent peak: a
+/// straight line from five minutes of data is no licence to promise a flood.
+const TREND_CAP: f64 = 2.0;
+/// Where a season's base level ("now", yesterday) is read from.
+const SEASON_BASE_S: i64 = 600;
+/// Weights of the seasonal lags among those with data.
+const LAGS: [(i64, &str, f64); 2] = [(DAY_S, "yesterday", 0.6), (WEEK_S, "last week", 0.4)];
+/// Weight of the seasonal estimate against the recent trend when both exist.
+const SEASON_WEIGHT: f64 = 0.7;
+/// Horizons beyond a day would read yesterday's profile from the future.
+const MAX_HORIZON_S: i64 = DAY_S;
+
+/// One bucket's sums; `samples == 0` is an empty slot.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+struct Bucket {
+    start: i64,
+    ongoing_sum: f64,
+    rps_sum: f64,
+    samples: u32,
+}
+
+/// Mean demand over some span.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Demand {
+    ongoing: f64,
+    rps: f64,
+}
+
+impl Bucket {
+    fn mean(&self) -> Option<Demand> {
+        (self.samples > 0).then(|| Demand {
+            ongoing: self.ongoing_sum / f64::from(self.samples),
+            rps: self.rps_sum / f64::from(self.samples),
+        })
+    }
+}
+
+/// Buckets of one width in a fixed ring: a slot is reused once its bucket
+/// falls out of the span, so memory never grows.
+#[derive(Debug, Clone, PartialEq)]
+struct Ring {
+    width: i64,
+    slots: Vec<Bucket>,
+}
+
+impl Ring {
+    fn new(width: i64, len: usize) -> Ring {
+        Ring {
+            width,
+            slots: vec![Bucket::default(); len],
+        }
+    }
+
+    fn start_of(&self, t: i64) -> i64 {
+        t.div_euclid(self.width) * self.width
+    }
+
+    fn slot(&self, start: i64) -> usize {
+        // The ring length is a few thousand, so it fits any integer type.
+        start
+            .div_euclid(self.width)
+            .rem_euclid(self.slots.len() as i64) as usize
+    }
+
+    fn add(&mut self, t: i64, ongoing: f64, rps: f64) {
+        let start = self.start_of(t);
+        let i = self.slot(start);
+        let slot = &mut self.slots[i];
+        if slot.samples > 0 && slot.start > start {
+            // A sample older than what replaced its slot: out of the span.
+            return;
+        }
+        if slot.samples == 0 || slot.start < start {
+            *slot = Bucket {
+                start,
+                ..Bucket::default()
+            };
+        }
+        slot.ongoing_sum += ongoing;
+        slot.rps_sum += rps;
+        slot.samples = slot.samples.saturating_add(1);
+    }
+
+    /// Puts back a stored bucket; of two for one slot, the newer stays.
+    fn restore(&mut self, b: Bucket) {
+        let valid = b.samples > 0 && b.ongoing_sum.is_finite() && b.rps_sum.is_finite();
+        let start = self.start_of(b.start);
+        if !valid || b.ongoing_sum < 0.0 || b.rps_sum < 0.0 {
+            return;
+        }
+        let i = self.slot(start);
+        if self.slots[i].samples == 0 || self.slots[i].start < start {
+            self.slots[i] = Bucket { start, ..b };
+        }
+    }
+
+    fn get(&self, start: i64) -> Option<Demand> {
+        let b = &self.slots[self.slot(start)];
+        if b.start == start {
+            b.mean()
+        } else {
+            None
+        }
+    }
+
+    /// Bucket means whose buckets start in `[from, to]`, oldest first.
+    fn span(&self, from: i64, to: i64) -> Vec<(i64, Demand)> {
+        let mut out = Vec::new();
+        let mut start = self.start_of(from);
+        while start <= to {
+            if let Some(d) = self.get(start) {
+                out.push((start, d));
+            }
+            start += self.width;
+        }
+        out
+    }
+
+    fn filled(&self) -> impl Iterator<Item = &Bucket> {
+        self.slots.iter().filter(|b| b.samples > 0)
+    }
+}
+
+/// A model's demand over the last two weeks, in bounded memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredHistory", into = "StoredHistory")]
+pub struct DemandHistory {
+    fine: Ring,
+    coarse: Ring,
+}
+
+/// The persisted form: filled buckets only, so a young history stays small.
+#[derive(Serialize, Deserialize)]
+struct StoredHistory {
+    fine: Vec<Bucket>,
+    coarse: Vec<Bucket>,
+}
+
+impl From<DemandHistory> for StoredHistory {
+    fn from(h: DemandHistory) -> Self {
+        StoredHistory {
+            fine: h.fine.filled().copied().collect(),
+            coarse: h.coarse.filled().copied().collect(),
+        }
+    }
+}
+
+impl From<StoredHistory> for DemandHistory {
+    fn from(s: StoredHistory) -> Self {
+        let mut h = DemandHistory::new();
+        for b in s.fine {
+            h.fine.restore(b);
+        }
+        for b in s.coarse {
+            h.coarse.restore(b);
+        }
+        h
+    }
+}
+
+impl Default for DemandHistory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Expected demand at the end of a horizon, and what it rests on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Forecast {
+    pub expected_ongoing: f64,
+    pub expected_rps: f64,
+    /// In words: which history the numbers come from, or why there is none.
+    pub basis: String,
+}
+
+impl DemandHistory {
+    pub fn new() -> Self {
+        DemandHistory {
+            fine: Ring::new(FINE_BUCKET_S, FINE_BUCKETS),
+            coarse: Ring::new(COARSE_BUCKET_S, COARSE_BUCKETS),
+        }
+    }
+
+    /// Records one observation of the model's demand (once per tick is
+    /// plenty; bucket means do not depend on the rate). Broken readings are
+    /// dropped rather than averaged in.
+    pub fn record(&mut self, now_unix_s: i64, ongoing: f64, requests_per_s: f64) {
+        if !(ongoing.is_finite() && requests_per_s.is_finite()) {
+            return;
+        }
+        let (ongoing, rps) = (ongoing.max(0.0), requests_per_s.max(0.0));
+        self.fine.add(now_unix_s, ongoing, rps);
+        self.coarse.add(now_unix_s, ongoing, rps);
+    }
+
+    /// Expected demand `horizon_s` from now (capped at a day).
+    ///
+    /// - Recent trend: a least-squares line through the 10 s buckets of the
+    ///   last 5 minutes, projected to the horizon, kept between 0 and twice
+    ///   the recent peak.
+    /// - Season: for yesterday (weight 0.6) and last week (0.4), the peak
+    ///   of that day's 5 min buckets between the same time and the same time
+    ///   plus the horizon, minus that day's level at the same time (its last
+    ///   10 minutes): how much demand rose then. Added to today's level, so
+    ///   a quieter or busier day keeps its own level. The peak, not the
+    ///   value at the horizon's end, so that a rise anywhere inside the
+    ///   horizon is seen, and a fall is left to the autoscaler.
+    /// - Blend: 0.7 season + 0.3 trend when both exist; either alone
+    ///   otherwise; zero with no history at all.
+    pub fn forecast(&self, now_unix_s: i64, horizon_s: i64) -> Forecast {
+        let horizon = horizon_s.clamp(0, MAX_HORIZON_S);
+        let recent = self
+            .fine
+            .span(now_unix_s - TREND_SPAN_S + 1, now_unix_s)
+            .into_iter()
+            .map(|(start, d)| ((start + FINE_BUCKET_S / 2).min(now_unix_s), d))
+            .collect::<Vec<_>>();
+        let ongoing = self.forecast_one(&recent, now_unix_s, horizon, |d| d.ongoing);
+        let rps = self.forecast_one(&recent, now_unix_s, horizon, |d| d.rps);
+        let basis = match (&ongoing, recent.is_empty()) {
+            (None, _) => "no demand history yet; expecting none".to_string(),
+            (Some(o), true) => format!(
+                "no demand recorded in the last {}; {}",
+                minutes(TREND_SPAN_S),
+                o.words
+            ),
+            (Some(o), false) => o.words.clone(),
+        };
+        Forecast {
+            expected_ongoing: ongoing.map_or(0.0, |o| o.value),
+            expected_rps: rps.map_or(0.0, |o| o.value),
+            basis: format!("{basis} ({} ahead)", minutes(horizon)),
+        }
+    }
+
+    fn forecast_one(
+        &self,
+        recent: &[(i64, Demand)],
+        now: i64,
+        horizon: i64,
+        pick: impl Fn(&Demand) -> f64,
+    ) -> Option<Estimate> {
+        let trend = fit_trend(recent, now, horizon, &pick);
+        let level = trend.as_ref().map(|t| t.level);
+        let mut seasons = Vec::new();
+        for (lag, name, weight) in LAGS {
+            let then = now - lag;
+            let Some(peak) = self
+                .coarse
+                .span(then, then + horizon)
+                .iter()
+                .map(|(_, d)| pick(d))
+                .reduce(f64::max)
+            else {
+                continue;
+            };
+            let base = mean(
+                self.coarse
+                    .span(then - SEASON_BASE_S + 1, then)
+                    .iter()
+                    .map(|(_, d)| pick(d)),
+            );
+            let estimate = match (level, base) {
+                (Some(level), Some(base)) => (level + peak - base).max(0.0),
+                _ => peak,
+            };
+            seasons.push((name, weight, peak, estimate));
+        }
+        let season = if seasons.is_empty() {
+            None
+        } else {
+            let total: f64 = seasons.iter().map(|s| s.1).sum();
+            Some(seasons.iter().map(|s| s.1 * s.3).sum::<f64>() / total)
+        };
+        let season_words = seasons
+            .iter()
+            .map(|(name, _, peak, _)| format!("same time {name} up to {}", num(*peak)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match (season, trend) {
+            (Some(s), Some(t)) => Some(Estimate {
+                value: SEASON_WEIGHT * s + (1.0 - SEASON_WEIGHT) * t.projected,
+                words: format!(
+                    "{season_words}; recent {} with trend {}/min; \
+                     blended {:.0}% season, {:.0}% trend",
+                    num(t.level),
+                    signed(t.slope_per_s * 60.0),
+                    SEASON_WEIGHT * 100.0,
+                    (1.0 - SEASON_WEIGHT) * 100.0
+                ),
+            }),
+            (Some(s), None) => Some(Estimate {
+                value: s,
+                words: season_words,
+            }),
+            (None, Some(t)) => Some(Estimate {
+                value: t.projected,
+                words: format!(
+                    "too little history for a seasonal profile (nothing from \
+                     yesterday or last week): recent level {} with trend {}/min",
+                    num(t.level),
+                    signed(t.slope_per_s * 60.0)
+                ),
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+struct Estimate {
+    value: f64,
+    words: String,
+}
+
+struct Trend {
+    /// The fitted value now.
+    level: f64,
+    slope_per_s: f64,
+    /// The line at the horizon, within [0, TREND_CAP × recent peak].
+    projected: f64,
+}
+
+/// Least squares through the recent buckets; with too few, a flat level.
+fn fit_trend(
+    recent: &[(i64, Demand)],
+    now: i64,
+    horizon: i64,
+    pick: impl Fn(&Demand) -> f64,
+) -> Option<Trend> {
+    let points: Vec<(f64, f64)> = recent
+        .iter()
+        .map(|(t, d)| ((t - now) as f64, pick(d)))
+        .collect();
+    let peak = points.iter().map(|p| p.1).reduce(f64::max)?;
+    let flat = mean(points.iter().map(|p| p.1))?;
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    if points.len() < TREND_MIN_BUCKETS || sxx <= 0.0 {
+        return Some(Trend {
+            level: flat,
+            slope_per_s: 0.0,
+            projected: flat,
+        });
+    }
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - flat)).sum();
+    let slope = sxy / sxx;
+    // x is time relative to now, so the line's value now is its intercept.
+    let level = (flat - slope * mean_x).max(0.0);
+    let projected = (level + slope * horizon as f64).clamp(0.0, TREND_CAP * peak.max(level));
+    Some(Trend {
+        level,
+        slope_per_s: slope,
+        projected,
+    })
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+fn signed(v: f64) -> String {
+    let text = num(v);
+    if text.starts_with('-') {
+        text
+    } else {
+        format!("+{text}")
+    }
+}
+
+fn minutes(s: i64) -> String {
+    if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Replicas the forecast needs at the spec's target ongoing requests per
+/// replica, within the spec's bounds; any expected request at all needs one.
+pub fn replicas_needed(forecast: &Forecast, spec: &ScalingSpec) -> u32 {
+    let ongoing = forecast.expected_ongoing.max(0.0);
+    let wanted = if ongoing.is_finite() && ongoing > 0.0 {
+        let n = (ongoing / spec.target_ongoing_requests - 1e-9).ceil();
+        n.clamp(1.0, f64::from(spec.max_replicas)) as u32
+    } else {
+        u32::from(forecast.expected_rps > 0.0)
+    };
+    wanted.clamp(spec.min_replicas, spec.max_replicas)
+}
+
+#[cfg(test)]
+mod tests;
