@@ -178,3 +178,30 @@ pub struct Event {
     pub replica: String,
     pub message: String,
 }
+
+/// One tick of a model's signals and the decision taken, for `explain`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct SignalPoint {
+    pub time: String,
+    pub time_unix_ms: i64,
+    /// Waiting + running requests over the model's ready replicas.
+    pub ongoing: f64,
+    pub p95_latency_s: Option<f64>,
+    /// Mean utilization (0..1) of the model's GPUs.
+    pub gpu_utilization: Option<f64>,
+    pub kv_cache_usage: Option<f64>,
+    pub desired: u32,
+    pub ready: u32,
+    pub current: u32,
+    pub panic: bool,
+}
+
+/// Why a model has the replicas it has: the last decisions with their
+/// inputs, and the recent timeline of signals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Explanation {
+    pub model: String,
+    pub summary: String,
+    pub decisions: Vec<Event>,
+    pub signals: Vec<SignalPoint>,
+}

@@ -850,3 +850,58 @@ mod tests {
         assert_eq!(replica_state_from_i32(99), ReplicaState::Failed);
     }
 }
+
+impl From<&crate::api::SignalPoint> for pb::SignalPoint {
+    fn from(p: &crate::api::SignalPoint) -> Self {
+        pb::SignalPoint {
+            time_unix_ms: p.time_unix_ms,
+            ongoing: p.ongoing,
+            p95_latency_s: p.p95_latency_s,
+            gpu_utilization: p.gpu_utilization,
+            kv_cache_usage: p.kv_cache_usage,
+            desired: p.desired,
+            ready: p.ready,
+            current: p.current,
+            panic: p.panic,
+        }
+    }
+}
+
+impl From<pb::SignalPoint> for crate::api::SignalPoint {
+    fn from(p: pb::SignalPoint) -> Self {
+        crate::api::SignalPoint {
+            time: crate::api::rfc3339(p.time_unix_ms),
+            time_unix_ms: p.time_unix_ms,
+            ongoing: p.ongoing,
+            p95_latency_s: p.p95_latency_s,
+            gpu_utilization: p.gpu_utilization,
+            kv_cache_usage: p.kv_cache_usage,
+            desired: p.desired,
+            ready: p.ready,
+            current: p.current,
+            panic: p.panic,
+        }
+    }
+}
+
+impl From<&crate::api::Explanation> for pb::Explanation {
+    fn from(e: &crate::api::Explanation) -> Self {
+        pb::Explanation {
+            model: e.model.clone(),
+            decisions: to_pb(&e.decisions),
+            signals: to_pb(&e.signals),
+            summary: e.summary.clone(),
+        }
+    }
+}
+
+impl From<pb::Explanation> for crate::api::Explanation {
+    fn from(e: pb::Explanation) -> Self {
+        crate::api::Explanation {
+            model: e.model,
+            summary: e.summary,
+            decisions: from_pb(e.decisions),
+            signals: from_pb(e.signals),
+        }
+    }
+}

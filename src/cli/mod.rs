@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod event;
+pub mod explain;
 pub mod gpu;
 pub mod model;
 pub mod node;
@@ -89,6 +90,14 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
         output: Output,
     },
+    /// Why a model has the replicas it has: decisions with their inputs.
+    Explain {
+        model: String,
+        #[command(flatten)]
+        client: ClientArgs,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// What the fleet did and decided.
     Events {
         #[command(flatten)]
@@ -154,6 +163,11 @@ pub const EXIT_CONFIG: u8 = 64;
 /// Runs an operator command.
 pub async fn run_operator(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Explain {
+            model,
+            client,
+            output,
+        } => explain::run(model, &client, output).await,
         Command::Warm {
             cmd,
             client,

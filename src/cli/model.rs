@@ -24,6 +24,8 @@ pub enum ModelCommand {
     Show { name: String },
     /// Delete a model; its replicas are stopped.
     Rm { name: String },
+    /// Bring a model scaled to zero back to at least one replica now.
+    Wake { name: String },
     /// Pin the replica count, or return the model to its scaling policy.
     Scale {
         name: String,
@@ -126,6 +128,22 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             println!(
                 "model {} deleted; {} replicas stopping",
                 r.name, r.replicas_stopping
+            );
+        }
+        ModelCommand::Wake { name } => {
+            let mut c = connect(client).await?;
+            let view: ModelView = c
+                .wake_model(pb::ModelRef { name })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .into();
+            if output == Output::Json {
+                return print_json(&with_spec(&view)?);
+            }
+            println!(
+                "model {} woken: desired {}, ready {}",
+                view.name, view.desired_replicas, view.ready_replicas
             );
         }
         ModelCommand::Scale {

@@ -43,6 +43,25 @@ pub struct Model {
     pub desired: u32,
     pub placement_problem: String,
     pub last_decision: String,
+    pub autoscaler: super::autoscale::Autoscaler,
+    pub demand: super::predict::DemandHistory,
+    /// The last ticks' signals and decisions, for `explain`.
+    pub timeline: VecDeque<crate::api::SignalPoint>,
+}
+
+impl Model {
+    pub fn new(record: ModelRecord, spec: ModelSpec) -> Model {
+        Model {
+            record,
+            spec,
+            desired: 0,
+            placement_problem: String::new(),
+            last_decision: String::new(),
+            autoscaler: super::autoscale::Autoscaler::new(),
+            demand: super::predict::DemandHistory::new(),
+            timeline: VecDeque::new(),
+        }
+    }
 }
 
 struct PendingLogs {
@@ -69,7 +88,7 @@ pub struct Fleet {
     /// Log requests sent to agents, awaiting their reply.
     pending_logs: BTreeMap<u64, PendingLogs>,
     next_request: u64,
-    events: VecDeque<Event>,
+    pub(super) events: VecDeque<Event>,
     unsaved_events: Vec<Event>,
     next_event_seq: u64,
     event_tx: broadcast::Sender<Event>,
@@ -86,16 +105,7 @@ impl Fleet {
         for record in store.load_models().map_err(internal)? {
             match ModelSpec::parse(&record.spec_toml) {
                 Ok(spec) => {
-                    models.insert(
-                        record.name.clone(),
-                        Model {
-                            desired: 0,
-                            record,
-                            spec,
-                            placement_problem: String::new(),
-                            last_decision: String::new(),
-                        },
-                    );
+                    models.insert(record.name.clone(), Model::new(record, spec));
                 }
                 // A spec this version no longer accepts stays in the store
                 // untouched, so a rollback still finds it.
@@ -233,6 +243,13 @@ impl Fleet {
             }
             Command::DeleteModel { name, reply } => {
                 let _ = reply.send(self.delete_model(&name));
+            }
+            Command::WakeModel { name, reply } => {
+                let r = self.wake(&name, now).map(|()| self.model_view(&name, true));
+                let _ = reply.send(r);
+            }
+            Command::Explain { name, reply } => {
+                let _ = reply.send(self.explain(&name));
             }
             Command::ListModels { reply } => {
                 let _ = reply.send(Ok(self
@@ -554,17 +571,16 @@ impl Fleet {
         } else {
             "applied"
         };
-        let desired = previous.map(|p| p.desired).unwrap_or(0);
-        self.models.insert(
-            name.clone(),
-            Model {
-                record,
-                spec,
-                desired,
-                placement_problem: String::new(),
-                last_decision: String::new(),
-            },
-        );
+        // An update keeps the model's scaling state and history.
+        let model = match self.models.remove(&name) {
+            Some(mut m) => {
+                m.record = record;
+                m.spec = spec;
+                m
+            }
+            None => Model::new(record, spec),
+        };
+        self.models.insert(name.clone(), model);
         self.record("model-applied", &name, "", "", format!("model {verb}"));
         Ok(self.model_view(&name, true))
     }

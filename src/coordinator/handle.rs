@@ -49,6 +49,14 @@ pub enum Command {
         name: String,
         reply: Reply<u32>,
     },
+    WakeModel {
+        name: String,
+        reply: Reply<ModelView>,
+    },
+    Explain {
+        name: String,
+        reply: Reply<crate::api::Explanation>,
+    },
     ListModels {
         reply: Reply<Vec<ModelView>>,
     },
@@ -203,6 +211,14 @@ impl FleetHandle {
 
     pub async fn delete_model(&self, name: String) -> Result<u32, FleetError> {
         ask!(self, DeleteModel { name })
+    }
+
+    pub async fn wake_model(&self, name: String) -> Result<ModelView, FleetError> {
+        ask!(self, WakeModel { name })
+    }
+
+    pub async fn explain(&self, name: String) -> Result<crate::api::Explanation, FleetError> {
+        ask!(self, Explain { name })
     }
 
     pub async fn list_models(&self) -> Result<Vec<ModelView>, FleetError> {

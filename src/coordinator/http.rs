@@ -25,6 +25,7 @@ pub fn router(fleet: FleetHandle) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/endpoints", get(endpoints))
+        .route("/v1/models/{name}/wake", axum::routing::post(wake))
         .with_state(fleet)
 }
 
@@ -61,6 +62,32 @@ async fn endpoints(State(fleet): State<FleetHandle>) -> Response {
                 })
                 .collect();
             Json(groups).into_response()
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+/// For a gateway that sees a request for a sleeping model: bring it to at
+/// least one replica now. 202 with the model's state; 404 for an unknown
+/// model; 409 when it is pinned.
+async fn wake(
+    State(fleet): State<FleetHandle>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    use super::fleet::FleetError;
+    match fleet.wake_model(name).await {
+        Ok(m) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "model": m.name,
+                "desired_replicas": m.desired_replicas,
+                "ready_replicas": m.ready_replicas,
+            })),
+        )
+            .into_response(),
+        Err(FleetError::NotFound(m)) => (StatusCode::NOT_FOUND, format!("{m}\n")).into_response(),
+        Err(FleetError::InvalidArgument(m)) => {
+            (StatusCode::CONFLICT, format!("{m}\n")).into_response()
         }
         Err(e) => unavailable(e),
     }

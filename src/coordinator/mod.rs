@@ -10,6 +10,7 @@ pub mod operations;
 pub mod placement;
 pub mod predict;
 pub mod reconcile;
+pub mod scaling;
 pub mod service;
 pub mod store;
 pub mod warmth;

@@ -22,7 +22,7 @@ impl Fleet {
             // know of the fleet is partial, so we change nothing yet.
             return;
         }
-        self.decide_desired();
+        self.decide_desired(now);
         self.replace_on_lost_nodes(now);
         self.replace_on_unhealthy_gpus();
         self.move_crash_looping(now);
@@ -62,34 +62,6 @@ impl Fleet {
                 "",
                 format!("{} → {}: {why}", from.as_str(), to.as_str()),
             );
-        }
-    }
-
-    /// Desired replica counts: a pinned count, the fixed `replicas`, or the
-    /// scaling policy's minimum until autoscaling decides more.
-    fn decide_desired(&mut self) {
-        let mut decisions = Vec::new();
-        for (name, model) in self.models.iter_mut() {
-            let (desired, why) = match (model.record.pinned_replicas, &model.spec.scaling) {
-                (Some(n), _) => (n, format!("pinned to {n} by `model scale`")),
-                (None, None) => (
-                    model.spec.replicas,
-                    format!("fixed replicas = {}", model.spec.replicas),
-                ),
-                (None, Some(s)) => (
-                    s.min_replicas,
-                    format!("scaling policy minimum {}", s.min_replicas),
-                ),
-            };
-            if desired != model.desired || model.last_decision.is_empty() {
-                let message = format!("desired {} → {desired}: {why}", model.desired);
-                model.desired = desired;
-                model.last_decision = message.clone();
-                decisions.push((name.clone(), message));
-            }
-        }
-        for (name, message) in decisions {
-            self.record("scale", &name, "", "", message);
         }
     }
 

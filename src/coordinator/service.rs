@@ -218,11 +218,12 @@ impl pb::control_server::Control for ControlService {
 
     async fn wake_model(
         &self,
-        _request: Request<pb::ModelRef>,
+        request: Request<pb::ModelRef>,
     ) -> Result<Response<pb::ModelStatus>, Status> {
-        Err(Status::unimplemented(
-            "wake needs the autoscaler, which this coordinator does not have yet",
-        ))
+        let name = request.into_inner().name;
+        required("model name", &name)?;
+        let view = self.fleet.wake_model(name).await?;
+        Ok(Response::new((&view).into()))
     }
 
     async fn list_nodes(
@@ -419,8 +420,11 @@ impl pb::control_server::Control for ControlService {
 
     async fn explain(
         &self,
-        _request: Request<pb::ModelRef>,
+        request: Request<pb::ModelRef>,
     ) -> Result<Response<pb::Explanation>, Status> {
-        Err(Status::unimplemented("explain is not implemented yet"))
+        let name = request.into_inner().name;
+        required("model name", &name)?;
+        let e = self.fleet.explain(name).await?;
+        Ok(Response::new((&e).into()))
     }
 }

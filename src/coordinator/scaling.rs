@@ -1,0 +1,234 @@
+//! Each model's replica count, every tick: its serving signals gathered from
+//! the agents' reports, fed to its autoscaler and demand history, and the
+//! decision recorded in words. Also `wake` and `explain`.
+
+use std::time::{Duration, Instant};
+
+use crate::api::{Explanation, SignalPoint};
+use crate::config::WarmMode;
+use crate::domain::{unix_ms_now, ReplicaState};
+
+use super::autoscale::Signals;
+use super::fleet::{Fleet, FleetError};
+use super::predict::replicas_needed;
+
+/// Ticks of signals kept per model for `explain` (10 minutes at 1 s).
+const TIMELINE_LEN: usize = 600;
+
+/// How far ahead predictive pre-warming and pre-scaling look: about the
+/// cold start of a large model from shared storage.
+pub const PREDICT_HORIZON: Duration = Duration::from_secs(300);
+
+/// Event kinds that are decisions about a model, for `explain`.
+const DECISION_KINDS: &[&str] = &[
+    "scale",
+    "place",
+    "unplaceable",
+    "replace",
+    "stop",
+    "drain",
+    "wake",
+    "warm",
+    "evict",
+];
+
+impl Fleet {
+    /// The model's signals this tick, from what its replicas' nodes report.
+    /// `None` when no ready replica has fresh metrics (nothing to judge by).
+    fn model_signals(&self, model: &str) -> (Signals, bool) {
+        let mut s = Signals::default();
+        let mut fresh = false;
+        let mut kv = Vec::new();
+        let mut util = Vec::new();
+        for r in self.plan.values().filter(|r| r.model == model) {
+            let Some(node) = self.nodes.get(&r.node) else {
+                s.starting += 1;
+                continue;
+            };
+            let status = node.replicas.iter().find(|x| x.id == r.id);
+            match status {
+                Some(st) if st.state == ReplicaState::Ready => {
+                    s.ready += 1;
+                    if st.signals.fresh {
+                        fresh = true;
+                        s.ongoing += st.signals.ongoing();
+                        s.requests_per_s += st.signals.requests_per_s;
+                        if let Some(p) = st.signals.p95_latency_s {
+                            s.p95_latency_s = Some(s.p95_latency_s.map_or(p, |q: f64| q.max(p)));
+                        }
+                        if let Some(k) = st.signals.kv_cache_usage {
+                            kv.push(k);
+                        }
+                    }
+                    for g in &r.gpus {
+                        if let Some(sample) = node.sample(*g) {
+                            util.push(sample.utilization_pct / 100.0);
+                        }
+                    }
+                }
+                _ => s.starting += 1,
+            }
+        }
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        s.kv_cache_usage = mean(&kv);
+        s.gpu_utilization = mean(&util);
+        // With nothing ready yet, "replicas are starting" is itself fresh news.
+        let fresh = fresh || (s.ready == 0 && s.starting > 0);
+        (s, fresh)
+    }
+
+    /// Desired replica counts: a pinned count, the fixed `replicas`, or the
+    /// autoscaler's decision on the model's signals.
+    pub(super) fn decide_desired(&mut self, now: Instant) {
+        let now_unix_s = unix_ms_now() / 1000;
+        let names: Vec<String> = self.models.keys().cloned().collect();
+        let mut events = Vec::new();
+        for name in names {
+            let (signals, fresh) = self.model_signals(&name);
+            let model = self.models.get_mut(&name).expect("names were just listed");
+            if fresh {
+                model.autoscaler.observe(now, &signals);
+                if signals.ready > 0 {
+                    model
+                        .demand
+                        .record(now_unix_s, signals.ongoing, signals.requests_per_s);
+                }
+            }
+            let (desired, why, panic) = match (model.record.pinned_replicas, &model.spec.scaling) {
+                (Some(n), _) => (n, format!("pinned to {n} by `model scale`"), false),
+                (None, None) => (
+                    model.spec.replicas,
+                    format!("fixed replicas = {}", model.spec.replicas),
+                    false,
+                ),
+                (None, Some(spec)) => {
+                    if spec.prescale {
+                        let forecast = model
+                            .demand
+                            .forecast(now_unix_s, PREDICT_HORIZON.as_secs() as i64);
+                        model
+                            .autoscaler
+                            .prescale_floor(replicas_needed(&forecast, spec), now);
+                    }
+                    let d = model.autoscaler.decide(spec, model.desired, now);
+                    (d.desired, d.reason, d.panic)
+                }
+            };
+            if desired != model.desired || model.last_decision.is_empty() {
+                let message = if why.contains('→') {
+                    why.clone()
+                } else {
+                    format!("{} → {desired}: {why}", model.desired)
+                };
+                model.desired = desired;
+                model.last_decision = message.clone();
+                events.push((name.clone(), message));
+            }
+            let current = self.plan.values().filter(|r| r.model == name).count() as u32;
+            let model = self.models.get_mut(&name).expect("names were just listed");
+            model.timeline.push_back(SignalPoint {
+                time: crate::api::rfc3339(unix_ms_now()),
+                time_unix_ms: unix_ms_now(),
+                ongoing: signals.ongoing,
+                p95_latency_s: signals.p95_latency_s,
+                gpu_utilization: signals.gpu_utilization,
+                kv_cache_usage: signals.kv_cache_usage,
+                desired,
+                ready: signals.ready,
+                current,
+                panic,
+            });
+            while model.timeline.len() > TIMELINE_LEN {
+                model.timeline.pop_front();
+            }
+        }
+        for (name, message) in events {
+            self.record("scale", &name, "", "", message);
+        }
+    }
+
+    /// Demand for a model at zero (or below its need): at least one replica
+    /// at once, and the idle timer restarts.
+    pub(super) fn wake(&mut self, name: &str, now: Instant) -> Result<(), FleetError> {
+        let Some(model) = self.models.get_mut(name) else {
+            let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+            return Err(FleetError::NotFound(format!(
+                "model `{name}` not found; known models: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        if let Some(n) = model.record.pinned_replicas {
+            return Err(FleetError::InvalidArgument(format!(
+                "model `{name}` is pinned to {n} replicas; `gpufleet model scale {name} --auto` lets it scale (and wake) again"
+            )));
+        }
+        if model.spec.scaling.is_none() {
+            return Ok(());
+        }
+        model.autoscaler.wake(now);
+        self.record(
+            "wake",
+            name,
+            "",
+            "",
+            "woken on demand: at least one replica at once".into(),
+        );
+        Ok(())
+    }
+
+    pub(super) fn explain(&self, name: &str) -> Result<Explanation, FleetError> {
+        let Some(model) = self.models.get(name) else {
+            return Err(FleetError::NotFound(format!("model `{name}` not found")));
+        };
+        let decisions: Vec<_> = self
+            .events
+            .iter()
+            .filter(|e| e.model == name && DECISION_KINDS.contains(&e.kind.as_str()))
+            .cloned()
+            .collect();
+        let skip = decisions.len().saturating_sub(30);
+        let mut summary = format!("desired {}: {}", model.desired, model.last_decision);
+        if !model.placement_problem.is_empty() {
+            summary.push_str(&format!("; cannot place: {}", model.placement_problem));
+        }
+        match (&model.spec.scaling, model.record.pinned_replicas) {
+            (_, Some(n)) => summary.push_str(&format!("; pinned to {n} (autoscaling off)")),
+            (Some(s), None) => summary.push_str(&format!(
+                "; policy: {}..{} replicas, target {} ongoing per replica{}",
+                s.min_replicas,
+                s.max_replicas,
+                s.target_ongoing_requests,
+                s.max_p95_latency
+                    .map(|d| format!(", p95 under {}", humantime::format_duration(d)))
+                    .unwrap_or_default()
+            )),
+            (None, None) => {
+                summary.push_str(&format!("; fixed at {} replicas", model.spec.replicas))
+            }
+        }
+        if model.spec.warm.mode != WarmMode::Off {
+            summary.push_str(&format!(
+                "; warm mode {} with {} standby nodes",
+                model.spec.warm.mode, model.spec.warm.standby_nodes
+            ));
+        }
+        let points: Vec<SignalPoint> = model
+            .timeline
+            .iter()
+            .rev()
+            .take(120)
+            .rev()
+            .cloned()
+            .collect();
+        Ok(Explanation {
+            model: name.to_string(),
+            summary,
+            decisions: decisions.into_iter().skip(skip).collect(),
+            signals: points,
+        })
+    }
+}
