@@ -25,7 +25,7 @@ pub async fn run(model: String, client: &ClientArgs, output: Output) -> anyhow::
         ]);
         let n = e.signals.len();
         for (i, p) in e.signals.iter().enumerate() {
-            if (n - 1 - i) % 10 != 0 {
+            if !(n - 1 - i).is_multiple_of(10) {
                 continue;
             }
             t.row(vec![
