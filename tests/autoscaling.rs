@@ -48,7 +48,7 @@ fn load_scales_a_model_up_within_seconds_and_back_down_after_the_delay() {
 
     // 30 requests/s of 0.64 s each keep about 19 requests in flight: far over
     // 2 per replica, so the model goes to its maximum.
-    let mut load = std::process::Command::new(BIN)
+    let load = std::process::Command::new(BIN)
         .args([
             "demo",
             "load",
