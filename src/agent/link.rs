@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::domain::{Assignment, GpuInfo, Hello, Report};
 use crate::wire::pb;
@@ -27,6 +27,8 @@ pub struct LinkConfig {
     /// First reconnect delay; doubles up to `backoff_cap`.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// TLS to the coordinator (from `[tls]`); None: plain TCP.
+    pub tls: Option<crate::security::ClientTls>,
 }
 
 /// Reconnect delay after `failures` consecutive failures: doubling from
@@ -89,13 +91,13 @@ pub async fn run(
 }
 
 async fn connect(cfg: &LinkConfig) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+    let endpoint = crate::security::tls::endpoint(&cfg.coordinator, cfg.tls.as_ref())
         .map_err(|e| format!("coordinator URL `{}` is invalid: {e}", cfg.coordinator))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(crate::coordinator::KEEPALIVE_INTERVAL)
         .keep_alive_timeout(crate::coordinator::KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    endpoint.connect().await.map_err(|e| {
+    crate::security::tls::connect(endpoint, cfg.tls.as_ref()).await.map_err(|e| {
         format!(
             "cannot reach the coordinator at {}: {}",
             cfg.coordinator,
