@@ -61,10 +61,14 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         println!("  {}", path.display());
     }
     println!("\ncoordinator certificate names: {names}");
-    println!("  coordinator host: ca.pem, coordinator.pem, coordinator-key.pem  ([tls] ca, cert, key)");
+    println!(
+        "  coordinator host: ca.pem, coordinator.pem, coordinator-key.pem  ([tls] ca, cert, key)"
+    );
     for agent in &args.agents {
         println!("  host {agent}: ca.pem, {agent}.pem, {agent}-key.pem  ([tls] ca, cert, key; coordinator = \"https://…\")");
     }
-    println!("  operators: ca.pem as GPUFLEET_CA; keep ca-key.pem offline, it can mint any certificate");
+    println!(
+        "  operators: ca.pem as GPUFLEET_CA; keep ca-key.pem offline, it can mint any certificate"
+    );
     Ok(())
 }

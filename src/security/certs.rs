@@ -25,9 +25,13 @@ const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("agent name `{0}` is invalid; allowed: 1-63 characters of A-Z, a-z, 0-9, '.', '_' and '-'")]
+    #[error(
+        "agent name `{0}` is invalid; allowed: 1-63 characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+    )]
     BadAgentName(String),
-    #[error("agent name `{0}` is reserved: its files would clash with the CA's or the coordinator's")]
+    #[error(
+        "agent name `{0}` is reserved: its files would clash with the CA's or the coordinator's"
+    )]
     ReservedAgentName(String),
     #[error("agent `{0}` is listed twice")]
     DuplicateAgent(String),
@@ -86,10 +90,12 @@ impl FleetCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let cert = params.self_signed(&key).map_err(|source| CertError::Generate {
-            what: "the CA certificate".into(),
-            source,
-        })?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|source| CertError::Generate {
+                what: "the CA certificate".into(),
+                source,
+            })?;
         let issued = Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),

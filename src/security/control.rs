@@ -191,11 +191,7 @@ pub struct BearerToken {
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = if self.header.is_some() {
-            "set"
-        } else {
-            "none"
-        };
+        let state = if self.header.is_some() { "set" } else { "none" };
         write!(f, "BearerToken({state})")
     }
 }
@@ -256,10 +252,7 @@ impl BearerToken {
                 .strip_suffix('\n')
                 .map(|t| t.strip_suffix('\r').unwrap_or(t))
                 .unwrap_or(&text);
-            return BearerToken::new(
-                token,
-                &format!("the token in {}", path.display()),
-            );
+            return BearerToken::new(token, &format!("the token in {}", path.display()));
         }
         match env {
             Some(token) => BearerToken::new(&token, "GPUFLEET_TOKEN"),
@@ -316,7 +309,13 @@ mod tests {
     #[test]
     fn read_token_reads_but_cannot_write() {
         let auth = guarded();
-        for m in ["ListNodes", "GetModel", "FollowEvents", "Explain", "ListEvents"] {
+        for m in [
+            "ListNodes",
+            "GetModel",
+            "FollowEvents",
+            "Explain",
+            "ListEvents",
+        ] {
             assert!(auth.authorize(m, Some(&bearer(READ))).is_ok(), "{m}");
         }
         let s = auth
@@ -355,7 +354,11 @@ mod tests {
         let huge = auth
             .authorize("ListNodes", Some(&bearer(&"x".repeat(1 << 20))))
             .unwrap_err();
-        assert!(huge.message().contains("1048576 characters"), "{}", huge.message());
+        assert!(
+            huge.message().contains("1048576 characters"),
+            "{}",
+            huge.message()
+        );
         let spaced = auth
             .authorize("ListNodes", Some(&bearer(&format!("{ADMIN} x"))))
             .unwrap_err();
@@ -374,6 +377,9 @@ mod tests {
         std::fs::write(&file, format!("{ADMIN}\n")).unwrap();
         let t = BearerToken::from_sources(Some(&file), Some("ignored".into())).unwrap();
         assert!(t.header.is_some());
-        assert!(BearerToken::from_sources(None, None).unwrap().header.is_none());
+        assert!(BearerToken::from_sources(None, None)
+            .unwrap()
+            .header
+            .is_none());
     }
 }

@@ -148,7 +148,9 @@ mod tests {
         assert_eq!(id.common_name.as_deref(), Some("gpu-07"));
         let e = id.require_coordinator().unwrap_err().to_string();
         assert!(
-            e.starts_with("certificate is not a coordinator certificate (it has role agent, node `gpu-07`"),
+            e.starts_with(
+                "certificate is not a coordinator certificate (it has role agent, node `gpu-07`"
+            ),
             "{e}"
         );
     }

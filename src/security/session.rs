@@ -20,10 +20,7 @@ pub enum SessionPeer {
 /// client certificate, or with one that is not an agent's, is refused here,
 /// before the Hello is read.
 pub fn session_peer<T>(request: &Request<T>) -> Result<SessionPeer, Status> {
-    let Some(tls) = request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-    else {
+    let Some(tls) = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() else {
         return Ok(SessionPeer::Plain);
     };
     let address = request
@@ -51,7 +48,11 @@ fn refuse(address: &str, why: String) -> Status {
 }
 
 /// Checks that the Hello's node name is the one the certificate names.
-pub fn authorize_session(peer: &SessionPeer, hello_node: &str, address: &str) -> Result<(), Status> {
+pub fn authorize_session(
+    peer: &SessionPeer,
+    hello_node: &str,
+    address: &str,
+) -> Result<(), Status> {
     match peer {
         SessionPeer::Plain => Ok(()),
         SessionPeer::Agent { node } if node == hello_node => Ok(()),
@@ -71,10 +72,7 @@ mod tests {
     #[test]
     fn plain_sessions_are_not_checked() {
         assert!(authorize_session(&SessionPeer::Plain, "anything", "a").is_ok());
-        assert_eq!(
-            session_peer(&Request::new(())).unwrap(),
-            SessionPeer::Plain
-        );
+        assert_eq!(session_peer(&Request::new(())).unwrap(), SessionPeer::Plain);
     }
 
     #[test]
@@ -86,8 +84,9 @@ mod tests {
         let s = authorize_session(&peer, "gpu-2", "a").unwrap_err();
         assert_eq!(s.code(), tonic::Code::PermissionDenied);
         assert!(
-            s.message()
-                .starts_with("the client certificate is for node `gpu-1` but the Hello says `gpu-2`"),
+            s.message().starts_with(
+                "the client certificate is for node `gpu-1` but the Hello says `gpu-2`"
+            ),
             "{}",
             s.message()
         );

@@ -165,13 +165,14 @@ impl ClientTls {
     /// `identity` (certificate chain file, key file) when given.
     pub fn new(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider.clone())
-            .build()
-            .map_err(|e| TlsError::BadCa {
-                what: "the CA bundle",
-                path: ca.to_path_buf(),
-                why: e.to_string(),
-            })?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca)?), provider.clone())
+                .build()
+                .map_err(|e| TlsError::BadCa {
+                    what: "the CA bundle",
+                    path: ca.to_path_buf(),
+                    why: e.to_string(),
+                })?;
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Setup(e.to_string()))?
@@ -433,8 +434,7 @@ mod tests {
     #[test]
     fn coordinator_certificate_of_the_fleet_is_accepted_for_its_names() {
         let ca = FleetCa::new(30).unwrap();
-        let coord =
-            issue_coordinator(&ca, &["localhost".into(), "127.0.0.1".into()], 30).unwrap();
+        let coord = issue_coordinator(&ca, &["localhost".into(), "127.0.0.1".into()], 30).unwrap();
         let v = verifier_for(&ca);
         verify(&v, &coord.cert_pem, "localhost").unwrap();
         verify(&v, &coord.cert_pem, "127.0.0.1").unwrap();
@@ -466,14 +466,18 @@ mod tests {
     fn tls_and_https_go_together() {
         let none = TlsSettings::default();
         assert!(agent_tls(&none, "http://c:7460", "n").unwrap().is_none());
-        let e = agent_tls(&none, "https://c:7460", "n").unwrap_err().to_string();
+        let e = agent_tls(&none, "https://c:7460", "n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is https:// but no TLS is configured"), "{e}");
         let set = TlsSettings {
             ca: Some("/x/ca.pem".into()),
             cert: Some("/x/n.pem".into()),
             key: Some("/x/n-key.pem".into()),
         };
-        let e = agent_tls(&set, "http://c:7460", "n").unwrap_err().to_string();
+        let e = agent_tls(&set, "http://c:7460", "n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must start with https://"), "{e}");
         let e = cli_tls(None, "https://c:7460").unwrap_err().to_string();
         assert!(e.contains("GPUFLEET_CA"), "{e}");

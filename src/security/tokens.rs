@@ -102,8 +102,7 @@ impl TokenSet {
                 continue;
             }
             let mut words = content.split_whitespace();
-            let (Some(kind), Some(token), None) = (words.next(), words.next(), words.next())
-            else {
+            let (Some(kind), Some(token), None) = (words.next(), words.next(), words.next()) else {
                 return Err(bad(
                     "expected `admin <token>` or `read <token>` (one token per line, no spaces in it)"
                         .into(),
@@ -121,7 +120,9 @@ impl TokenSet {
             check_token(token).map_err(|p| bad(format!("the token {p}")))?;
             let d = digest::digest(&digest::SHA256, token.as_bytes());
             if digests.iter().any(|(_, seen)| seen.as_ref() == d.as_ref()) {
-                return Err(bad("this token is listed twice; list each token once".into()));
+                return Err(bad(
+                    "this token is listed twice; list each token once".into()
+                ));
             }
             digests.push((access, d));
         }
@@ -201,7 +202,9 @@ mod tests {
             e,
             "tokens file /etc/gpufleet/tokens line 2: unknown access `write`; allowed: admin, read"
         );
-        let e = parse(&format!("admin {ADMIN} extra\n")).unwrap_err().to_string();
+        let e = parse(&format!("admin {ADMIN} extra\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 1: expected `admin <token>`"), "{e}");
         assert!(!e.contains(ADMIN), "{e}");
         let e = parse("read short\n").unwrap_err().to_string();
