@@ -276,6 +276,31 @@ async fn a_client_without_a_certificate_cannot_open_a_session() {
     assert!(c
         .log_text()
         .contains("refused an agent session without a client certificate"));
+
+    // The coordinator's own certificate is no agent's: it has no clientAuth
+    // usage, so the handshake or the session fails.
+    let coordinator_as_client = tls::ClientTls::new(
+        &dir.join("ca.pem"),
+        Some((
+            &dir.join("coordinator.pem"),
+            &dir.join("coordinator-key.pem"),
+        )),
+    )
+    .unwrap();
+    let endpoint = tls::endpoint(&url, Some(&coordinator_as_client)).unwrap();
+    let opened = match tls::connect(endpoint, Some(&coordinator_as_client)).await {
+        Err(_) => false,
+        Ok(channel) => pb::agent_session_client::AgentSessionClient::new(channel)
+            .session(tokio_stream::iter(vec![pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+                    node_name: "gpu-1".into(),
+                    ..Default::default()
+                })),
+            }]))
+            .await
+            .is_ok(),
+    };
+    assert!(!opened, "a coordinator certificate must not open a session");
 }
 
 fn tokens_file(h: &Harness) -> std::path::PathBuf {
