@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::domain::{Assignment, GpuInfo, Hello, LogsReply, LogsRequest, Report};
 use crate::wire::pb;
@@ -29,6 +29,8 @@ pub struct LinkConfig {
     /// First reconnect delay; doubles up to `backoff_cap`.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// TLS to the coordinator (from `[tls]`); None: plain TCP.
+    pub tls: Option<crate::security::ClientTls>,
 }
 
 /// Reconnect delay after `failures` consecutive failures: doubling from
@@ -55,6 +57,8 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut failures: u32 = 0;
     let mut last_warn: Option<Instant> = None;
+    // A new reason (the coordinator came up but refuses us) is worth a warning at once.
+    let mut warned: std::collections::HashSet<String> = std::collections::HashSet::new();
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {
@@ -72,7 +76,11 @@ pub async fn run(
             Ok(()) => "coordinator ended the session".to_string(),
             Err(e) => e,
         };
-        if last_warn.is_none_or(|t| t.elapsed() >= UNREACHABLE_LOG_EVERY) || failures == 1 {
+        let window_over = last_warn.is_none_or(|t| t.elapsed() >= UNREACHABLE_LOG_EVERY);
+        if window_over {
+            warned.clear();
+        }
+        if window_over || failures == 1 || !warned.contains(&message) {
             tracing::warn!(
                 coordinator = %cfg.coordinator,
                 attempts = failures,
@@ -80,6 +88,7 @@ pub async fn run(
                 "{message}; keeping replicas running and retrying"
             );
             last_warn = Some(Instant::now());
+            warned.insert(message);
         } else {
             tracing::debug!(coordinator = %cfg.coordinator, retry_in = ?delay, "{message}");
         }
@@ -91,19 +100,21 @@ pub async fn run(
 }
 
 async fn connect(cfg: &LinkConfig) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+    let endpoint = crate::security::tls::endpoint(&cfg.coordinator, cfg.tls.as_ref())
         .map_err(|e| format!("coordinator URL `{}` is invalid: {e}", cfg.coordinator))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(crate::coordinator::KEEPALIVE_INTERVAL)
         .keep_alive_timeout(crate::coordinator::KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    endpoint.connect().await.map_err(|e| {
-        format!(
-            "cannot reach the coordinator at {}: {}",
-            cfg.coordinator,
-            crate::wire::error_chain(&e)
-        )
-    })
+    crate::security::tls::connect(endpoint, cfg.tls.as_ref())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach the coordinator at {}: {}",
+                cfg.coordinator,
+                crate::wire::error_chain(&e)
+            )
+        })
 }
 
 /// One session, from connect to its end.
@@ -123,10 +134,17 @@ async fn session(
     })
     .await
     .map_err(|_| "session closed before Hello".to_string())?;
-    let response = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| format!("coordinator refused the session: {}", s.message()))?;
+    let response =
+        client.session(ReceiverStream::new(rx)).await.map_err(
+            |s| match std::error::Error::source(&s) {
+                // A transport failure (a TLS alert: the coordinator did not accept our certificate) says why only in its sources.
+                Some(cause) => format!(
+                    "coordinator refused the session: {}",
+                    crate::wire::error_chain(cause)
+                ),
+                None => format!("coordinator refused the session: {}", s.message()),
+            },
+        )?;
     let mut inbound = response.into_inner();
     let _ = connected.send(true);
     tracing::info!(coordinator = %cfg.coordinator, node = %cfg.node_name, "connected to the coordinator");

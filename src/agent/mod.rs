@@ -52,6 +52,7 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let link_tls = crate::security::tls::agent_tls(&cfg.tls, &cfg.coordinator, &cfg.node_name)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create the state dir {}", cfg.state_dir.display()))?;
     let started = Instant::now();
@@ -251,6 +252,7 @@ pub async fn run(
         report_interval: cfg.report_interval,
         backoff_base: Duration::from_millis(500),
         backoff_cap: Duration::from_secs(30),
+        tls: link_tls,
     };
     link::run(link_cfg, reporter, assign_tx, connected_tx, shutdown).await;
 

@@ -9,6 +9,7 @@ pub mod model;
 pub mod node;
 pub mod output;
 pub mod replica;
+pub mod tls;
 pub mod warm;
 
 use std::net::SocketAddr;
@@ -107,6 +108,11 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Certificates for mTLS between agents and the coordinator.
+    Tls {
+        #[command(subcommand)]
+        cmd: tls::TlsCommand,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -198,6 +204,7 @@ pub async fn run_operator(command: Command) -> anyhow::Result<()> {
             client,
             output,
         } => event::run(args, &client, output).await,
+        Command::Tls { cmd } => tls::run(cmd),
         Command::Coordinator(_) | Command::Agent(_) | Command::Demo(_) => {
             unreachable!("daemon commands are dispatched by main")
         }

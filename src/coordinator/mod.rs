@@ -75,15 +75,16 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let grpc_server = tonic::transport::Server::builder()
+    let control_auth = crate::security::ControlAuth::from_settings(&cfg.auth)?;
+    let grpc_server = crate::security::tls::grpc_server(&cfg.tls)?
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(pb::agent_session_server::AgentSessionServer::new(
             service::SessionService::new(fleet.clone()),
         ))
-        .add_service(pb::control_server::ControlServer::new(
+        .add_service(control_auth.guard(pb::control_server::ControlServer::new(
             service::ControlService::new(fleet.clone()),
-        ))
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(http::serve(http, fleet.clone(), stopped(stop_rx)));

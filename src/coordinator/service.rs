@@ -59,6 +59,7 @@ impl pb::agent_session_server::AgentSession for SessionService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unknown".into());
+        let peer = crate::security::session_peer(&request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -74,6 +75,7 @@ impl pb::agent_session_server::AgentSession for SessionService {
             }
         };
         validate_node_name(&hello.node_name)?;
+        crate::security::authorize_session(&peer, &hello.node_name, &address)?;
         let node = hello.node_name.clone();
         let (assign_tx, assign_rx) = mpsc::channel::<crate::domain::ToAgent>(8);
         let session = self.fleet.connect(hello, address, assign_tx).await?;

@@ -244,9 +244,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         agent_http.push((name, http));
     }
 
-    let client = ClientArgs {
-        coordinator: format!("http://127.0.0.1:{grpc_port}"),
-    };
+    let client = ClientArgs::plain(format!("http://127.0.0.1:{grpc_port}"));
     let mut control = wait_for_fleet(&client, args.agents, &mut fleet).await?;
 
     println!("gpufleet demo: a local fleet on simulated GPUs\n");

@@ -299,3 +299,85 @@ pub fn http(method: &str, port: u16, path: &str, body: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+// ---- TLS and tokens (tests/security.rs) ----
+
+impl Harness {
+    /// The coordinator's gRPC URL over TLS, by a name `tls init` puts in its
+    /// certificate by default.
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}", self.grpc_port)
+    }
+
+    /// Like `agent_as`, but the agent reaches the coordinator at `url`.
+    /// (`agent_as` is this with `coordinator_url()`.)
+    pub fn agent_at(
+        &self,
+        proc_name: &str,
+        node_name: &str,
+        gpus: u32,
+        url: &str,
+        extra: &str,
+    ) -> Proc {
+        let state = self.path(&format!("agent-{proc_name}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let models = self.path("models");
+        std::fs::create_dir_all(&models).unwrap();
+        let cfg = state.join("agent.toml");
+        let (extra_top, extra_tables) = match extra.find('[') {
+            Some(i) => (&extra[..i], &extra[i..]),
+            None => (extra, ""),
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                "node_name = \"{node_name}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\n{extra_top}\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n{extra_tables}",
+                state.display(),
+                free_port(),
+                models.display()
+            ),
+        )
+        .unwrap();
+        self.spawn(proc_name, &["agent", "--config", cfg.to_str().unwrap()])
+    }
+
+    /// Runs the CLI with exactly `env` for GPUFLEET_COORDINATOR,
+    /// GPUFLEET_CA and GPUFLEET_TOKEN (those not given are unset).
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("GPUFLEET_CA")
+            .env_remove("GPUFLEET_TOKEN")
+            .env("GPUFLEET_COORDINATOR", self.coordinator_url());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+}
+
+/// A `[tls]` table using `DIR/ca.pem`, `DIR/STEM.pem` and `DIR/STEM-key.pem`.
+pub fn tls_table(dir: &Path, stem: &str) -> String {
+    format!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        dir.join("ca.pem").display(),
+        dir.join(format!("{stem}.pem")).display(),
+        dir.join(format!("{stem}-key.pem")).display()
+    )
+}
+
+/// Runs `gpufleet tls init --out DIR --agents AGENTS` and panics if it fails.
+pub fn tls_init(dir: &Path, agents: &str) {
+    let out = Command::new(BIN)
+        .args([
+            "tls",
+            "init",
+            "--out",
+            dir.to_str().unwrap(),
+            "--agents",
+            agents,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tls init failed: {}", stderr(&out));
+}
