@@ -52,6 +52,7 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let _watchdog = crate::notify::spawn_watchdog();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create the state dir {}", cfg.state_dir.display()))?;
     let started = Instant::now();
@@ -180,6 +181,12 @@ pub async fn run(
         opened.faults,
         stopped(stop_rx),
     ));
+    // Replicas are adopted (Supervisor::spawn) and /healthz answers: ready.
+    crate::notify::ready(&service_status(&telemetry_rx.borrow()));
+    let status_task = crate::notify::spawn_status(Duration::from_secs(2), {
+        let telemetry = telemetry_rx.clone();
+        move || std::future::ready(Some(service_status(&telemetry.borrow())))
+    });
 
     let (assign_tx, mut assign_rx) = watch::channel::<Option<Assignment>>(None);
     {
@@ -251,6 +258,8 @@ pub async fn run(
     };
     link::run(link_cfg, reporter, assign_tx, connected_tx, shutdown).await;
 
+    crate::notify::stopping();
+    drop(status_task);
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     if options.stop_replicas_on_exit {
@@ -262,4 +271,23 @@ pub async fn run(
     }
     drop(sampler);
     Ok(())
+}
+
+/// The line `systemctl status gpufleet-agent` shows.
+fn service_status(t: &Telemetry) -> String {
+    let ready = t
+        .replicas
+        .iter()
+        .filter(|r| r.state == crate::domain::ReplicaState::Ready)
+        .count();
+    format!(
+        "{} GPUs, {} replicas ({ready} ready), coordinator {}",
+        t.gpus.inventory.len(),
+        t.replicas.len(),
+        if t.coordinator_connected {
+            "connected"
+        } else {
+            "not connected"
+        }
+    )
 }
