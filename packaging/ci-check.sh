@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# CI check of the packaging: both systemd units verify cleanly, the .deb
+# builds and holds what it should, installs (and reinstalls, the upgrade
+# path) on this machine, and the installed binary runs, parses the shipped
+# configs and speaks sd_notify. Run as root on a throwaway Debian/Ubuntu
+# machine: it installs packages (cargo-deb, systemd, gpufleet) there.
+# Idempotent; exits non-zero with a line saying what failed.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+fail() {
+    echo "ci-check: FAIL: $*" >&2
+    exit 1
+}
+step() { echo "ci-check: $*" >&2; }
+
+[[ $(id -u) -eq 0 ]] || fail "must run as root: it installs the .deb with dpkg -i (run it on a throwaway machine)"
+command -v dpkg-deb >/dev/null 2>&1 || fail "dpkg-deb not found: this check needs a Debian-based machine"
+command -v cargo >/dev/null 2>&1 || fail "cargo not found on PATH"
+
+# --- tools ------------------------------------------------------------------
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    step "installing systemd (for systemd-analyze)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null ||
+        fail "apt-get install systemd failed"
+fi
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    step "installing cargo-deb"
+    cargo install cargo-deb --locked || fail "cargo install cargo-deb failed"
+fi
+
+# systemd-analyze verify exits 0 on unknown keys and unparsable values (it
+# only warns), so any output at all counts as a failure.
+verify_units() {
+    local out
+    if ! out=$(systemd-analyze verify "$@" 2>&1) || [[ -n $out ]]; then
+        echo "$out" >&2
+        fail "systemd-analyze verify $*"
+    fi
+}
+
+# --- units, before packaging: ExecStart must exist, so point it at a copy ----
+step "verifying the units (ExecStart pointed at a stand-in binary)"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+install -m 0755 /bin/true "$scratch/gpufleet"
+for unit in gpufleet-agent gpufleet-coordinator; do
+    sed "s#/usr/bin/gpufleet #$scratch/gpufleet #" "systemd/$unit.service" >"$scratch/$unit.service"
+done
+verify_units "$scratch/gpufleet-agent.service" "$scratch/gpufleet-coordinator.service"
+
+# --- build ------------------------------------------------------------------
+step "building the .deb (release; this takes a while on a cold cache)"
+deb=$(packaging/build-deb.sh | tail -n 1) || fail "packaging/build-deb.sh failed"
+step "built $deb"
+
+# --- inspect ----------------------------------------------------------------
+info=$(dpkg-deb -I "$deb") || fail "dpkg-deb -I $deb"
+contents=$(dpkg-deb -c "$deb") || fail "dpkg-deb -c $deb"
+control="$scratch/control"
+rm -rf "$control"
+dpkg-deb -e "$deb" "$control" || fail "dpkg-deb -e $deb"
+
+grep -q '^ Package: gpufleet$' <<<"$info" || fail "control file: Package is not gpufleet"
+for script in postinst prerm postrm; do
+    [[ -x $control/$script ]] || fail "the .deb has no executable $script maintainer script"
+done
+for path in \
+    ./usr/bin/gpufleet \
+    ./etc/gpufleet/agent.toml \
+    ./etc/gpufleet/coordinator.toml \
+    ./usr/lib/sysusers.d/gpufleet.conf \
+    ./usr/share/doc/gpufleet/install.md \
+    ./usr/share/doc/gpufleet/copyright \
+    ./usr/share/doc/gpufleet/examples/llama.toml; do
+    grep -q " $path\$" <<<"$contents" || fail "the .deb does not contain $path"
+done
+for unit in gpufleet-agent gpufleet-coordinator; do
+    grep -Eq " \./(usr/)?lib/systemd/system/$unit\.service\$" <<<"$contents" ||
+        fail "the .deb does not contain the unit $unit.service"
+done
+grep -q '^-rwxr-xr-x root/root .* ./usr/bin/gpufleet$' <<<"$contents" ||
+    fail "/usr/bin/gpufleet is not root-owned mode 0755 in the .deb"
+for conf in /etc/gpufleet/agent.toml /etc/gpufleet/coordinator.toml; do
+    grep -qx "$conf" "$control/conffiles" 2>/dev/null ||
+        fail "$conf is not a conffile (operator edits would be overwritten on upgrade)"
+done
+grep -q 'deb-systemd-helper enable gpufleet-agent.service' "$control/postinst" ||
+    fail "postinst does not enable gpufleet-agent.service"
+grep -q 'deb-systemd-helper enable gpufleet-coordinator.service' "$control/postinst" &&
+    fail "postinst enables gpufleet-coordinator.service (it must be opt-in: one coordinator per fleet)"
+
+# --- install, then reinstall (the upgrade path of the maintainer scripts) ---
+for pass in install reinstall; do
+    step "dpkg -i ($pass)"
+    dpkg -i "$deb" >&2 || fail "dpkg -i $deb ($pass)"
+done
+dpkg -s gpufleet | grep -q '^Status: install ok installed$' || fail "dpkg says gpufleet is not installed"
+
+version=$(/usr/bin/gpufleet --version) || fail "/usr/bin/gpufleet --version"
+want="gpufleet $(dpkg-deb -f "$deb" Version | sed 's/-[^-]*$//')"
+[[ $version == "$want" ]] || fail "/usr/bin/gpufleet --version says '$version', expected '$want'"
+step "installed: $version"
+
+getent passwd gpufleet >/dev/null || fail "the gpufleet system user was not created"
+[[ -d /var/lib/gpufleet && -d /var/lib/gpufleet/coordinator ]] || fail "the state dir /var/lib/gpufleet was not created"
+[[ $(stat -c %U /var/lib/gpufleet/coordinator) == gpufleet ]] || fail "/var/lib/gpufleet/coordinator is not owned by gpufleet"
+[[ -L /etc/systemd/system/multi-user.target.wants/gpufleet-agent.service ]] ||
+    fail "gpufleet-agent.service is not enabled after install"
+[[ ! -e /etc/systemd/system/multi-user.target.wants/gpufleet-coordinator.service ]] ||
+    fail "gpufleet-coordinator.service was enabled on install (it is opt-in, one per fleet)"
+
+step "verifying the installed units"
+unitdir=$(dirname "$(dpkg -L gpufleet | grep '/systemd/system/gpufleet-agent.service$')")
+verify_units "$unitdir/gpufleet-agent.service" "$unitdir/gpufleet-coordinator.service"
+
+# --- the installed binary with the shipped config, as systemd would start it -
+# The coordinator runs as its user with the conffile, on loopback ports, and
+# must send READY=1 on a notify socket once its listeners are bound.
+if command -v python3 >/dev/null 2>&1; then
+    step "starting the installed coordinator with NOTIFY_SOCKET (expects READY=1)"
+    chown gpufleet "$scratch"
+    chmod 0755 "$scratch"
+    python3 - "$scratch" <<'PY' || fail "the installed coordinator did not report READY=1 over sd_notify"
+import os, signal, socket, subprocess, sys, time
+scratch = sys.argv[1]
+sock_path = os.path.join(scratch, "notify.sock")
+rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+rx.bind(sock_path)
+os.chmod(sock_path, 0o777)
+rx.settimeout(30)
+data_dir = os.path.join(scratch, "data")
+os.makedirs(data_dir)
+os.system(f"chown gpufleet {data_dir}")
+env = {"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": sock_path}
+cmd = ["setpriv", "--reuid=gpufleet", "--regid=gpufleet", "--init-groups",
+       "/usr/bin/gpufleet", "coordinator", "--config", "/etc/gpufleet/coordinator.toml",
+       "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data_dir]
+proc = subprocess.Popen(cmd, env=env)
+try:
+    msg = rx.recv(4096).decode()
+    print(f"ci-check: coordinator says {msg!r}", file=sys.stderr)
+    if "READY=1" not in msg.split("\n"):
+        sys.exit(f"first notification is not READY=1: {msg!r}")
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        msg = rx.recv(4096).decode()
+        if "STOPPING=1" in msg.split("\n"):
+            break
+    else:
+        sys.exit("no STOPPING=1 after SIGTERM")
+    if proc.wait(timeout=15) != 0:
+        sys.exit(f"coordinator exited {proc.returncode} after SIGTERM")
+except socket.timeout:
+    sys.exit("timed out waiting for a notification")
+finally:
+    if proc.poll() is None:
+        proc.kill()
+PY
+else
+    echo "ci-check: SKIP: python3 not found, the sd_notify smoke run of the installed coordinator did not run" >&2
+fi
+
+step "OK: units verify, $(basename "$deb") builds, installs, reinstalls and runs"
