@@ -82,16 +82,21 @@ for unit in gpufleet-agent gpufleet-coordinator; do
     grep -Eq " \./(usr/)?lib/systemd/system/$unit\.service\$" <<<"$contents" ||
         fail "the .deb does not contain the unit $unit.service"
 done
-grep -q '^-rwxr-xr-x root/root .* ./usr/bin/gpufleet$' <<<"$contents" ||
+grep -Eq '^-rwxr-xr-x (root/root|0/0) .* \./usr/bin/gpufleet$' <<<"$contents" ||
     fail "/usr/bin/gpufleet is not root-owned mode 0755 in the .deb"
 for conf in /etc/gpufleet/agent.toml /etc/gpufleet/coordinator.toml; do
     grep -qx "$conf" "$control/conffiles" 2>/dev/null ||
         fail "$conf is not a conffile (operator edits would be overwritten on upgrade)"
 done
-grep -q 'deb-systemd-helper enable gpufleet-agent.service' "$control/postinst" ||
-    fail "postinst does not enable gpufleet-agent.service"
-grep -q 'deb-systemd-helper enable gpufleet-coordinator.service' "$control/postinst" &&
-    fail "postinst enables gpufleet-coordinator.service (it must be opt-in: one coordinator per fleet)"
+for script in postinst prerm postrm; do
+    sh -n "$control/$script" || fail "the $script maintainer script is not valid sh"
+done
+# Exactly once: a stray debhelper token (in a comment, say) duplicates the
+# generated snippets.
+[[ $(grep -c 'deb-systemd-helper enable gpufleet-agent.service' "$control/postinst") -eq 1 ]] ||
+    fail "postinst does not enable gpufleet-agent.service exactly once"
+grep -Eq '^ *systemd-sysusers .* gpufleet\.conf$' "$control/postinst" ||
+    fail "postinst does not create the gpufleet user (systemd-sysusers gpufleet.conf)"
 
 # --- install, then reinstall (the upgrade path of the maintainer scripts) ---
 for pass in install reinstall; do
@@ -127,36 +132,47 @@ if command -v python3 >/dev/null 2>&1; then
     python3 - "$scratch" <<'PY' || fail "the installed coordinator did not report READY=1 over sd_notify"
 import os, signal, socket, subprocess, sys, time
 scratch = sys.argv[1]
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 sock_path = os.path.join(scratch, "notify.sock")
 rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 rx.bind(sock_path)
 os.chmod(sock_path, 0o777)
-rx.settimeout(30)
+rx.settimeout(0.2)
 data_dir = os.path.join(scratch, "data")
 os.makedirs(data_dir)
 os.system(f"chown gpufleet {data_dir}")
 env = {"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": sock_path}
 cmd = ["setpriv", "--reuid=gpufleet", "--regid=gpufleet", "--init-groups",
        "/usr/bin/gpufleet", "coordinator", "--config", "/etc/gpufleet/coordinator.toml",
-       "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", data_dir]
+       "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}",
+       "--data-dir", data_dir]
 proc = subprocess.Popen(cmd, env=env)
-try:
-    msg = rx.recv(4096).decode()
-    print(f"ci-check: coordinator says {msg!r}", file=sys.stderr)
-    if "READY=1" not in msg.split("\n"):
-        sys.exit(f"first notification is not READY=1: {msg!r}")
-    proc.send_signal(signal.SIGTERM)
-    deadline = time.time() + 10
+
+def wait_for(assignment, within):
+    deadline = time.time() + within
     while time.time() < deadline:
-        msg = rx.recv(4096).decode()
-        if "STOPPING=1" in msg.split("\n"):
-            break
-    else:
-        sys.exit("no STOPPING=1 after SIGTERM")
+        try:
+            msg = rx.recv(4096).decode()
+        except socket.timeout:
+            if proc.poll() is not None and assignment != "STOPPING=1":
+                sys.exit(f"coordinator exited {proc.returncode} before {assignment}")
+            continue
+        print(f"ci-check: coordinator notified {msg!r}", file=sys.stderr)
+        if assignment in msg.split("\n"):
+            return
+    sys.exit(f"no {assignment} within {within}s")
+
+try:
+    wait_for("READY=1", 30)
+    proc.send_signal(signal.SIGTERM)
+    wait_for("STOPPING=1", 10)
     if proc.wait(timeout=15) != 0:
         sys.exit(f"coordinator exited {proc.returncode} after SIGTERM")
-except socket.timeout:
-    sys.exit("timed out waiting for a notification")
 finally:
     if proc.poll() is None:
         proc.kill()
