@@ -122,36 +122,41 @@ step "verifying the installed units"
 unitdir=$(dirname "$(dpkg -L gpufleet | grep '/systemd/system/gpufleet-agent.service$')")
 verify_units "$unitdir/gpufleet-agent.service" "$unitdir/gpufleet-coordinator.service"
 
-# --- the installed binary with the shipped config, as systemd would start it -
-# The coordinator runs as its user with the conffile, on loopback ports, and
-# must send READY=1 on a notify socket once its listeners are bound.
-if command -v python3 >/dev/null 2>&1; then
-    step "starting the installed coordinator with NOTIFY_SOCKET (expects READY=1)"
-    chown gpufleet "$scratch"
-    chmod 0755 "$scratch"
-    python3 - "$scratch" <<'PY' || fail "the installed coordinator did not report READY=1 over sd_notify"
-import os, signal, socket, subprocess, sys, time
-scratch = sys.argv[1]
+# --- the installed binary with the shipped configs, as systemd starts it ----
+# Each role runs with its conffile on free loopback ports and must send
+# READY=1 on a notify socket, then STOPPING=1 and exit 0 on SIGTERM: the
+# coordinator as the gpufleet user, the agent as root with no coordinator
+# reachable (an agent must be harmless before it is configured).
+smoke() {
+    local role=$1
+    step "starting the installed $role with NOTIFY_SOCKET (expects READY=1, then STOPPING=1)"
+    python3 - "$scratch" "$role" <<'PY' || fail "the installed $role did not speak sd_notify as a Type=notify unit needs"
+import os, shutil, signal, socket, subprocess, sys, time
+scratch, role = sys.argv[1], sys.argv[2]
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-sock_path = os.path.join(scratch, "notify.sock")
+sock_path = os.path.join(scratch, f"{role}-notify.sock")
 rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 rx.bind(sock_path)
 os.chmod(sock_path, 0o777)
 rx.settimeout(0.2)
-data_dir = os.path.join(scratch, "data")
-os.makedirs(data_dir)
-os.system(f"chown gpufleet {data_dir}")
-env = {"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": sock_path}
-cmd = ["setpriv", "--reuid=gpufleet", "--regid=gpufleet", "--init-groups",
-       "/usr/bin/gpufleet", "coordinator", "--config", "/etc/gpufleet/coordinator.toml",
-       "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}",
-       "--data-dir", data_dir]
-proc = subprocess.Popen(cmd, env=env)
+state = os.path.join(scratch, f"{role}-state")
+os.makedirs(state)
+if role == "coordinator":
+    shutil.chown(state, "gpufleet", "gpufleet")
+    cmd = ["setpriv", "--reuid=gpufleet", "--regid=gpufleet", "--init-groups",
+           "/usr/bin/gpufleet", "coordinator", "--config", "/etc/gpufleet/coordinator.toml",
+           "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}",
+           "--data-dir", state]
+else:
+    cmd = ["/usr/bin/gpufleet", "agent", "--config", "/etc/gpufleet/agent.toml",
+           "--state-dir", state, "--http-listen", f"127.0.0.1:{free_port()}",
+           "--coordinator", f"http://127.0.0.1:{free_port()}", "--gpu-backend", "simulated"]
+proc = subprocess.Popen(cmd, env={"PATH": "/usr/bin:/bin", "NOTIFY_SOCKET": sock_path})
 
 def wait_for(assignment, within):
     deadline = time.time() + within
@@ -160,25 +165,30 @@ def wait_for(assignment, within):
             msg = rx.recv(4096).decode()
         except socket.timeout:
             if proc.poll() is not None and assignment != "STOPPING=1":
-                sys.exit(f"coordinator exited {proc.returncode} before {assignment}")
+                sys.exit(f"{role} exited {proc.returncode} before {assignment}")
             continue
-        print(f"ci-check: coordinator notified {msg!r}", file=sys.stderr)
+        print(f"ci-check: {role} notified {msg!r}", file=sys.stderr)
         if assignment in msg.split("\n"):
             return
-    sys.exit(f"no {assignment} within {within}s")
+    sys.exit(f"no {assignment} from the {role} within {within}s")
 
 try:
     wait_for("READY=1", 30)
     proc.send_signal(signal.SIGTERM)
     wait_for("STOPPING=1", 10)
     if proc.wait(timeout=15) != 0:
-        sys.exit(f"coordinator exited {proc.returncode} after SIGTERM")
+        sys.exit(f"{role} exited {proc.returncode} after SIGTERM")
 finally:
     if proc.poll() is None:
         proc.kill()
 PY
+}
+if command -v python3 >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1; then
+    chmod 0755 "$scratch"
+    smoke coordinator
+    smoke agent
 else
-    echo "ci-check: SKIP: python3 not found, the sd_notify smoke run of the installed coordinator did not run" >&2
+    echo "ci-check: SKIP: python3 or setpriv not found, so the sd_notify smoke runs of the installed binary did not run" >&2
 fi
 
 step "OK: units verify, $(basename "$deb") builds, installs, reinstalls and runs"
