@@ -52,6 +52,20 @@ for unit in gpufleet-agent gpufleet-coordinator; do
 done
 verify_units "$scratch/gpufleet-agent.service" "$scratch/gpufleet-coordinator.service"
 
+# The units let each role write only its StateDirectory= under /var/lib, so
+# the shipped configs must keep their state there, or the role cannot start.
+config_value() { sed -n "s/^$2 *= *\"\(.*\)\".*/\1/p" "$1" | tail -n 1; }
+unit_state_dir() { echo "/var/lib/$(sed -n 's/^StateDirectory=//p' "$1" | head -n 1)"; }
+check_state_dir() {
+    local config=$1 key=$2 unit=$3 have want
+    have=$(config_value "$config" "$key")
+    want=$(unit_state_dir "$unit")
+    [[ $have == "$want" ]] ||
+        fail "$config: $key = \"$have\", but $unit lets the service write only $want (StateDirectory=); set $key = \"$want\""
+}
+check_state_dir packaging/config/agent.toml state_dir systemd/gpufleet-agent.service
+check_state_dir packaging/config/coordinator.toml data_dir systemd/gpufleet-coordinator.service
+
 # --- build ------------------------------------------------------------------
 step "building the .deb (release; this takes a while on a cold cache)"
 deb=$(packaging/build-deb.sh | tail -n 1) || fail "packaging/build-deb.sh failed"
