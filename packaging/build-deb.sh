@@ -3,6 +3,9 @@
 # [package.metadata.deb] table in Cargo.toml, and prints the .deb's path as
 # the last line of stdout. Honours CARGO_TARGET_DIR; the .deb goes to
 # $DEB_OUT (default: <target dir>/debian). Installs cargo-deb if missing.
+# cargo-deb packages <target dir>/release/gpufleet: give each checkout its
+# own target dir, since cargo does not re-copy a fresh binary over one that
+# another checkout built there.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
