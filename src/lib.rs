@@ -9,5 +9,6 @@ pub mod coordinator;
 pub mod demo;
 pub mod domain;
 pub mod logging;
+pub mod notify;
 pub mod security;
 pub mod wire;

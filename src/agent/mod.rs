@@ -53,6 +53,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let link_tls = crate::security::tls::agent_tls(&cfg.tls, &cfg.coordinator, &cfg.node_name)?;
+    let _watchdog = crate::notify::spawn_watchdog();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create the state dir {}", cfg.state_dir.display()))?;
     let started = Instant::now();
@@ -181,6 +182,12 @@ pub async fn run(
         opened.faults,
         stopped(stop_rx),
     ));
+    // Replicas are adopted (Supervisor::spawn) and /healthz answers: ready.
+    crate::notify::ready(&service_status(&telemetry_rx.borrow()));
+    let status_task = crate::notify::spawn_status(Duration::from_secs(2), {
+        let telemetry = telemetry_rx.clone();
+        move || std::future::ready(Some(service_status(&telemetry.borrow())))
+    });
 
     let (assign_tx, mut assign_rx) = watch::channel::<Option<Assignment>>(None);
     let model_roots = cfg.model_roots.clone();
@@ -256,6 +263,8 @@ pub async fn run(
     };
     link::run(link_cfg, reporter, assign_tx, connected_tx, shutdown).await;
 
+    crate::notify::stopping();
+    drop(status_task);
     let _ = stop_tx.send(true);
     let _ = http_task.await;
     if options.stop_replicas_on_exit {
@@ -294,4 +303,23 @@ fn evict(a: &Assignment, model_roots: &[std::path::PathBuf]) {
             }
         }
     });
+}
+
+/// The line `systemctl status gpufleet-agent` shows.
+fn service_status(t: &Telemetry) -> String {
+    let ready = t
+        .replicas
+        .iter()
+        .filter(|r| r.state == crate::domain::ReplicaState::Ready)
+        .count();
+    format!(
+        "{} GPUs, {} replicas ({ready} ready), coordinator {}",
+        t.gpus.inventory.len(),
+        t.replicas.len(),
+        if t.coordinator_connected {
+            "connected"
+        } else {
+            "not connected"
+        }
+    )
 }

@@ -126,7 +126,7 @@ pub struct CoordinatorArgs {
     /// HTTP listen address (/metrics, /healthz, /v1/endpoints) [default: 0.0.0.0:7461].
     #[arg(long)]
     pub http_listen: Option<SocketAddr>,
-    /// Where the store lives [default: /var/lib/gpufleet].
+    /// Where the store lives [default: /var/lib/gpufleet/coordinator].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
@@ -212,19 +212,24 @@ pub async fn run_operator(command: Command) -> anyhow::Result<()> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this process");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    // Registered now, not at the first poll: a SIGTERM that arrives between
+    // READY=1 and the first poll must stop the process gracefully, not kill it.
+    let term = signal(SignalKind::terminate());
+    async move {
+        let mut term = match term {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops this process");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 

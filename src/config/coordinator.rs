@@ -123,11 +123,11 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
         (None, Some(file)) if file.trim().is_empty() => {
             return Err(Problem::invalid(
                 "data_dir",
-                "data_dir must not be empty; default: \"/var/lib/gpufleet\"",
+                "data_dir must not be empty; default: \"/var/lib/gpufleet/coordinator\"",
             ))
         }
         (None, Some(file)) => PathBuf::from(file),
-        (None, None) => PathBuf::from("/var/lib/gpufleet"),
+        (None, None) => PathBuf::from("/var/lib/gpufleet/coordinator"),
     };
 
     let tick = duration_in(
@@ -208,7 +208,7 @@ mod tests {
         let c = load("");
         assert_eq!(c.listen, "0.0.0.0:7460".parse().unwrap());
         assert_eq!(c.http_listen, "0.0.0.0:7461".parse().unwrap());
-        assert_eq!(c.data_dir, PathBuf::from("/var/lib/gpufleet"));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/gpufleet/coordinator"));
         assert_eq!(c.tick, Duration::from_secs(1));
         assert_eq!(c.node_suspect_after, Duration::from_secs(10));
         assert_eq!(c.node_lost_after, Duration::from_secs(30));

@@ -195,7 +195,7 @@ impl Fleet {
             message,
         };
         self.next_event_seq += 1;
-        tracing::info!(kind, model, node, replica, "{}", event.message);
+        tracing::info!(kind, model, node, replica_id = replica, "{}", event.message);
         let _ = self.event_tx.send(event.clone());
         self.events.push_back(event.clone());
         while self.events.len() > self.settings.event_capacity {

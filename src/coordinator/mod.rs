@@ -42,6 +42,7 @@ pub async fn run(
     cfg: CoordinatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let _watchdog = crate::notify::spawn_watchdog();
     let store = store::RedbStore::open(&cfg.data_dir)?;
     let (fleet, fleet_task) = Fleet::spawn(
         FleetSettings {
@@ -88,11 +89,21 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(http::serve(http, fleet.clone(), stopped(stop_rx)));
+    crate::notify::ready(&service_status(&fleet).await.unwrap_or_default());
+    let status_task = crate::notify::spawn_status(Duration::from_secs(2), {
+        let fleet = fleet.clone();
+        move || {
+            let fleet = fleet.clone();
+            async move { service_status(&fleet).await }
+        }
+    });
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
         r = fleet_task => anyhow::bail!("the fleet task ended unexpectedly: {r:?}"),
     }
+    crate::notify::stopping();
+    drop(status_task);
     let _ = stop_tx.send(true);
     // Agent sessions are endless streams: give them a moment, then go.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -102,4 +113,16 @@ pub async fn run(
     .await;
     drop(fleet);
     Ok(())
+}
+
+/// The line `systemctl status gpufleet-coordinator` shows.
+async fn service_status(fleet: &fleet::FleetHandle) -> Option<String> {
+    let nodes = fleet.list_nodes().await.ok()?;
+    let models = fleet.list_models().await.ok()?;
+    let connected = nodes.iter().filter(|n| n.connected).count();
+    Some(format!(
+        "{} nodes ({connected} connected), {} models",
+        nodes.len(),
+        models.len()
+    ))
 }

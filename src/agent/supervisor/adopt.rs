@@ -30,7 +30,7 @@ impl Owner {
             match record::load(&replica_dir) {
                 Ok(rec) => self.adopt_one(&id, rec),
                 Err(e) => {
-                    tracing::warn!(replica = %id, error = %e, "unreadable replica record set aside");
+                    tracing::warn!(replica_id = %id, error = %e, "unreadable replica record set aside");
                     record::quarantine(&replica_dir);
                     self.departed.push(ReplicaStatus {
                         id: id.clone(),
@@ -62,9 +62,9 @@ impl Owner {
                 format!("exited while the agent was away ({why})")
             };
             logfile::note(&dir, &reason);
-            tracing::info!(replica = id, %reason, "replica not adopted");
+            tracing::info!(replica_id = id, %reason, "replica not adopted");
             if let Err(e) = record::remove(&dir) {
-                tracing::warn!(replica = id, error = %e, "cannot remove replica record");
+                tracing::warn!(replica_id = id, error = %e, "cannot remove replica record");
             }
             self.departed.push(ReplicaStatus {
                 id: id.to_string(),
@@ -130,7 +130,7 @@ impl Owner {
             &r.dir,
             &format!("adopted pid {} after an agent restart", rec.pid),
         );
-        tracing::info!(replica = id, pid = rec.pid, "replica adopted");
+        tracing::info!(replica_id = id, pid = rec.pid, "replica adopted");
         self.replicas.insert(id.to_string(), r);
         self.persist(id);
     }

@@ -237,7 +237,7 @@ impl Owner {
         let mut wanted: HashSet<String> = HashSet::new();
         for spec in desired {
             if !wanted.insert(spec.id.clone()) {
-                tracing::warn!(replica = %spec.id, "assignment names a replica twice; using the first");
+                tracing::warn!(replica_id = %spec.id, "assignment names a replica twice; using the first");
                 continue;
             }
             if !valid_replica_id(&spec.id) {
@@ -313,7 +313,7 @@ impl Owner {
                 if let Some(r) = self.replicas.remove(id) {
                     logfile::note(&r.dir, "stopped and removed");
                     if let Err(e) = record::remove(&r.dir) {
-                        tracing::warn!(replica = id, error = %e, "cannot remove replica record");
+                        tracing::warn!(replica_id = id, error = %e, "cannot remove replica record");
                     }
                 }
             }
@@ -412,7 +412,7 @@ impl Owner {
             humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
         );
         logfile::note(&r.dir, &r.status.reason);
-        tracing::info!(replica = id, reason = %r.status.reason, "replica will restart");
+        tracing::info!(replica_id = id, reason = %r.status.reason, "replica will restart");
         let reports = self.reports_tx.clone();
         let id_owned = id.to_string();
         tokio::spawn(async move {
@@ -440,7 +440,7 @@ impl Owner {
             Err(e) => {
                 let msg = e.to_string();
                 if r.record_error.as_deref() != Some(msg.as_str()) {
-                    tracing::warn!(replica = id, error = %msg, "cannot persist replica record; will retry");
+                    tracing::warn!(replica_id = id, error = %msg, "cannot persist replica record; will retry");
                     logfile::note(&r.dir, &format!("cannot persist record: {msg}"));
                 }
                 r.record_error = Some(msg);

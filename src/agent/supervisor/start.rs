@@ -59,14 +59,14 @@ impl Owner {
             Ok(()) => self.persist(id),
             Err(LaunchFailure::Permanent(reason)) => {
                 logfile::note(&r.dir, &format!("failed: {reason}"));
-                tracing::warn!(replica = id, %reason, "replica cannot start");
+                tracing::warn!(replica_id = id, %reason, "replica cannot start");
                 r.phase = Phase::Failed;
                 r.status.state = ReplicaState::Failed;
                 r.status.pid = 0;
                 r.status.next_restart_unix_ms = 0;
                 r.status.reason = reason;
                 if let Err(e) = record::remove(&r.dir) {
-                    tracing::warn!(replica = id, error = %e, "cannot remove replica record");
+                    tracing::warn!(replica_id = id, error = %e, "cannot remove replica record");
                 }
             }
             Err(LaunchFailure::Transient(reason)) => self.schedule_restart(id, reason),
