@@ -116,3 +116,61 @@ fn replica_logs_come_from_the_node() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn standby_warming_keeps_a_spare_node_warm_and_scale_up_lands_there() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    let _b = h.agent("node-b", 2, "");
+    let _c3 = h.agent("node-c", 1, "");
+    h.wait_ready_nodes(3);
+    let weights = h.path("models/spare/weights.bin");
+    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
+    std::fs::write(&weights, vec![9u8; 8 << 20]).unwrap();
+    std::fs::File::open(&weights).unwrap().sync_all().unwrap();
+    let f = h.write(
+        "spare.toml",
+        &format!(
+            "name = \"spare\"\nweights = \"{}\"\n[server]\npreset = \"vllm\"\ncommand = [\"{BIN}\", \"demo\", \"server\", \"--port\", \"{{port}}\", \"--weights\", \"{{weights}}\"]\ngpus = 1\ngpu_memory = \"10GiB\"\n[scaling]\nmin_replicas = 1\nmax_replicas = 2\n[warm]\nmode = \"standby\"\nstandby_nodes = 1\n",
+            weights.display()
+        ),
+    );
+    assert!(h
+        .cli(&["model", "apply", "-f", f.to_str().unwrap()])
+        .status
+        .success());
+    let first = wait_until(Duration::from_secs(30), "a ready replica", || {
+        let rs = h.try_json(&["replica", "ls"])?;
+        let r = rs.as_array()?.first()?.clone();
+        (r["state"] == "ready").then_some(r)
+    });
+    // Packing puts the first replica on a one-GPU node; the standby is the
+    // node with the most room that runs nothing of the model.
+    assert_ne!(first["node"], "node-b");
+    let standby = wait_until(Duration::from_secs(30), "a resident standby entry", || {
+        let w = h.try_json(&["warm", "ls"])?;
+        w.as_array()?
+            .iter()
+            .find(|e| e["reason"] == "standby" && e["state"] == "resident")
+            .cloned()
+    });
+    assert_eq!(standby["node"], "node-b", "{standby}");
+
+    // More replicas go where the weights are warm, not where packing points.
+    assert!(h
+        .cli(&["model", "scale", "spare", "--replicas", "2"])
+        .status
+        .success());
+    wait_until(
+        Duration::from_secs(30),
+        "the second replica on node-b",
+        || {
+            let rs = h.try_json(&["replica", "ls"])?;
+            rs.as_array()?
+                .iter()
+                .any(|r| r["node"] == "node-b")
+                .then_some(())
+        },
+    );
+}

@@ -71,6 +71,8 @@ struct PendingLogs {
     reply: oneshot::Sender<Result<(String, Vec<String>), FleetError>>,
 }
 
+const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(60);
+
 /// How long an agent may take to answer a log request.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,6 +84,9 @@ pub struct Fleet {
     pub(super) models: BTreeMap<String, Model>,
     pub(super) plan: BTreeMap<String, PlannedReplica>,
     pub(super) started: Instant,
+    /// node → model → why (standby, predictive): weights kept warm there.
+    demand_saved: Instant,
+    pub(super) warm_plan: BTreeMap<String, BTreeMap<String, &'static str>>,
     /// (model, node) pairs placement avoids until the instant given.
     pub(super) avoid: BTreeMap<(String, String), Instant>,
     next_session: u64,
@@ -114,6 +119,11 @@ impl Fleet {
                 }
             }
         }
+        for (name, history) in store.load_demand().map_err(internal)? {
+            if let Some(m) = models.get_mut(&name) {
+                m.demand = history;
+            }
+        }
         let node_flags: BTreeMap<String, NodeFlags> = store
             .load_node_flags()
             .map_err(internal)?
@@ -135,6 +145,8 @@ impl Fleet {
             plan: BTreeMap::new(),
             started: Instant::now(),
             avoid: BTreeMap::new(),
+            warm_plan: BTreeMap::new(),
+            demand_saved: Instant::now(),
             next_session: 1,
             pending_logs: BTreeMap::new(),
             next_request: 1,
@@ -166,6 +178,7 @@ impl Fleet {
                 _ = tick.tick() => {
                     self.expire_log_requests(Instant::now());
                     self.tick(Instant::now());
+                    self.save_demand(Instant::now());
                     self.flush_events();
                 }
             }
@@ -202,6 +215,20 @@ impl Fleet {
             self.events.pop_front();
         }
         self.unsaved_events.push(event);
+    }
+
+    /// Saves each model's demand history once a minute: losing the last
+    /// minute in a crash costs the forecast nothing.
+    fn save_demand(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.demand_saved) < DEMAND_SAVE_EVERY {
+            return;
+        }
+        self.demand_saved = now;
+        for (name, m) in &self.models {
+            if let Err(e) = self.store.put_demand(name, &m.demand) {
+                tracing::warn!(model = %name, error = %e, "demand history not saved");
+            }
+        }
     }
 
     fn flush_events(&mut self) {
@@ -593,6 +620,9 @@ impl Fleet {
             .delete_model(name)
             .map_err(|e| FleetError::Internal(format!("model `{name}` not deleted: {e}")))?;
         self.models.remove(name);
+        if let Err(e) = self.store.delete_demand(name) {
+            tracing::warn!(model = %name, error = %e, "demand history not deleted");
+        }
         let before = self.plan.len();
         self.plan.retain(|_, r| r.model != name);
         let stopping = (before - self.plan.len()) as u32;

@@ -30,6 +30,7 @@ impl Fleet {
         self.remove_surplus();
         self.place_missing(now);
         self.drain_step();
+        self.plan_warm(now);
         self.send_assignments();
     }
 

@@ -9,9 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Event;
 
+use super::predict::DemandHistory;
+
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 const NODE_FLAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_flags");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const DEMAND: TableDefinition<&str, &[u8]> = TableDefinition::new("demand");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,6 +64,10 @@ pub trait Store: Send {
     fn append_events(&self, events: &[Event], capacity: usize) -> Result<(), StoreError>;
     /// The newest `limit` events, oldest first.
     fn load_events(&self, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Each model's demand history, for prediction across restarts.
+    fn load_demand(&self) -> Result<Vec<(String, DemandHistory)>, StoreError>;
+    fn put_demand(&self, model: &str, history: &DemandHistory) -> Result<(), StoreError>;
+    fn delete_demand(&self, model: &str) -> Result<(), StoreError>;
 }
 
 pub struct RedbStore {
@@ -91,6 +98,7 @@ impl RedbStore {
             tx.open_table(NODE_FLAGS)
                 .map_err(|e| open_err(e.to_string()))?;
             tx.open_table(EVENTS).map_err(|e| open_err(e.to_string()))?;
+            tx.open_table(DEMAND).map_err(|e| open_err(e.to_string()))?;
         }
         tx.commit().map_err(|e| open_err(e.to_string()))?;
         Ok(RedbStore { db })
@@ -184,6 +192,23 @@ impl Store for RedbStore {
         tx.commit().map_err(io("commit"))
     }
 
+    fn load_demand(&self) -> Result<Vec<(String, DemandHistory)>, StoreError> {
+        self.load_json(DEMAND)
+    }
+
+    fn put_demand(&self, model: &str, history: &DemandHistory) -> Result<(), StoreError> {
+        self.put_json(DEMAND, model, history)
+    }
+
+    fn delete_demand(&self, model: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io("write"))?;
+        {
+            let mut t = tx.open_table(DEMAND).map_err(io("write"))?;
+            t.remove(model).map_err(io("write"))?;
+        }
+        tx.commit().map_err(io("commit"))
+    }
+
     fn load_events(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
         let tx = self.db.begin_read().map_err(io("read"))?;
         let t = tx.open_table(EVENTS).map_err(io("read"))?;
@@ -237,6 +262,24 @@ mod tests {
         let flags = s.load_node_flags().unwrap();
         assert_eq!(flags.len(), 1);
         assert!(flags[0].1.cordoned);
+    }
+
+    #[test]
+    fn demand_history_survives_reopen_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = DemandHistory::new();
+        h.record(1_700_000_000, 12.0, 3.0);
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            s.put_demand("m", &h).unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        let loaded = s.load_demand().unwrap();
+        assert_eq!(loaded.len(), 1);
+        let f = loaded[0].1.forecast(1_700_000_010, 60);
+        assert!(f.expected_ongoing > 0.0, "{f:?}");
+        s.delete_demand("m").unwrap();
+        assert!(s.load_demand().unwrap().is_empty());
     }
 
     #[test]

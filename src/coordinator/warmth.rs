@@ -2,10 +2,16 @@
 //! operator's `warm start` / `warm evict` wishes, which become the `warm` and
 //! `evict` lists of the node's assignment.
 
-use crate::api::WarmView;
-use crate::domain::WarmSpec;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use crate::api::{NodeState, WarmView};
+use crate::config::WarmMode;
+use crate::domain::{unix_ms_now, WarmSpec};
 
 use super::fleet::{Fleet, FleetError, WarmOp};
+use super::predict::replicas_needed;
+use super::scaling::PREDICT_HORIZON;
 
 impl Fleet {
     pub(super) fn list_warm(&self, node: Option<&str>) -> Result<Vec<WarmView>, FleetError> {
@@ -21,8 +27,11 @@ impl Fleet {
             .filter(|n| node.is_none_or(|want| want == n.name))
         {
             for w in &n.warm {
+                let planned = self.warm_plan.get(&n.name).and_then(|m| m.get(&w.model));
                 let reason = if n.flags.warm.contains(&w.model) {
                     "manual"
+                } else if let Some(why) = planned {
+                    why
                 } else if self
                     .plan
                     .values()
@@ -92,11 +101,90 @@ impl Fleet {
         self.list_warm(Some(node))
     }
 
+    /// Which nodes keep which models warm beyond those running them: the
+    /// model's `standby_nodes`, and with `mode = "predictive"` also the nodes
+    /// the forecast says the next replicas will need. Nodes already warm win,
+    /// then nodes with the most GPUs that could host a replica.
+    pub(super) fn plan_warm(&mut self, now: Instant) {
+        let now_unix_s = unix_ms_now() / 1000;
+        let mut plan: BTreeMap<String, BTreeMap<String, &'static str>> = BTreeMap::new();
+        let mut changes = Vec::new();
+        for (name, model) in &self.models {
+            if model.spec.warm.mode == WarmMode::Off {
+                continue;
+            }
+            let running: BTreeSet<&str> = self
+                .plan
+                .values()
+                .filter(|r| &r.model == name)
+                .map(|r| r.node.as_str())
+                .collect();
+            let server = &model.spec.server;
+            let mut candidates: Vec<(f64, usize, &str)> = self
+                .nodes
+                .values()
+                .filter(|n| n.session.is_some() && self.node_state(n, now) == NodeState::Ready)
+                .filter(|n| !running.contains(n.name.as_str()))
+                .filter_map(|n| {
+                    let fitting = n
+                        .gpus
+                        .iter()
+                        .filter(|g| g.healthy && g.memory_total_bytes >= server.gpu_memory_bytes)
+                        .count();
+                    if fitting < server.gpus as usize {
+                        return None;
+                    }
+                    let warm = n
+                        .warm
+                        .iter()
+                        .find(|w| &w.model == name && w.total_bytes > 0)
+                        .map(|w| w.resident_bytes as f64 / w.total_bytes as f64)
+                        .unwrap_or(0.0);
+                    Some((warm, fitting, n.name.as_str()))
+                })
+                .collect();
+            candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
+            let standby = model.spec.warm.standby_nodes as usize;
+            let predicted = match (&model.spec.warm.mode, &model.spec.scaling) {
+                (WarmMode::Predictive, Some(spec)) => {
+                    let f = model
+                        .demand
+                        .forecast(now_unix_s, PREDICT_HORIZON.as_secs() as i64);
+                    replicas_needed(&f, spec).saturating_sub(model.desired) as usize
+                }
+                _ => 0,
+            };
+            let mut chosen = Vec::new();
+            for (i, (_, _, node)) in candidates.iter().enumerate().take(standby + predicted) {
+                let why = if i < standby { "standby" } else { "predictive" };
+                plan.entry(node.to_string())
+                    .or_default()
+                    .insert(name.clone(), why);
+                chosen.push(format!("{node} ({why})"));
+            }
+            let before: Vec<String> = self
+                .warm_plan
+                .iter()
+                .filter_map(|(node, models)| models.get(name).map(|why| format!("{node} ({why})")))
+                .collect();
+            let mut sorted = chosen.clone();
+            sorted.sort();
+            if sorted != before && !chosen.is_empty() {
+                changes.push((
+                    name.clone(),
+                    format!("keeping weights warm on {}", chosen.join(", ")),
+                ));
+            }
+        }
+        self.warm_plan = plan;
+        for (model, message) in changes {
+            self.record("warm", &model, "", "", message);
+        }
+    }
+
     /// The warm and evict lists of a node's assignment.
     pub(super) fn warm_specs(&self, node: &str) -> (Vec<WarmSpec>, Vec<WarmSpec>) {
-        let Some(flags) = self.node_flags.get(node) else {
-            return (Vec::new(), Vec::new());
-        };
+        let flags = self.node_flags.get(node).cloned().unwrap_or_default();
         let spec = |model: &String| {
             self.models.get(model).map(|m| WarmSpec {
                 model: model.clone(),
@@ -104,8 +192,16 @@ impl Fleet {
                 lock: false,
             })
         };
+        let mut warm: Vec<String> = flags.warm.clone();
+        if let Some(planned) = self.warm_plan.get(node) {
+            for model in planned.keys() {
+                if !warm.contains(model) && !flags.evict.contains(model) {
+                    warm.push(model.clone());
+                }
+            }
+        }
         (
-            flags.warm.iter().filter_map(spec).collect(),
+            warm.iter().filter_map(spec).collect(),
             flags.evict.iter().filter_map(spec).collect(),
         )
     }
