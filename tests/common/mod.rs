@@ -166,30 +166,7 @@ impl Harness {
 
     /// An agent whose process/log is `proc_name` but which claims `node_name`.
     pub fn agent_as(&self, proc_name: &str, node_name: &str, gpus: u32, extra: &str) -> Proc {
-        let state = self.path(&format!("agent-{proc_name}"));
-        std::fs::create_dir_all(&state).unwrap();
-        let models = self.path("models");
-        std::fs::create_dir_all(&models).unwrap();
-        let cfg = state.join("agent.toml");
-        let http_port = free_port();
-        let (extra_top, extra_tables) = match extra.find('[') {
-            Some(i) => (&extra[..i], &extra[i..]),
-            None => (extra, ""),
-        };
-        std::fs::write(
-            &cfg,
-            format!(
-                "node_name = \"{node_name}\"\ncoordinator = \"{}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\n{extra_top}\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n{extra_tables}",
-                self.coordinator_url(),
-                state.display(),
-                http_port,
-                models.display()
-            ),
-        )
-        .unwrap();
-        let mut p = self.spawn(proc_name, &["agent", "--config", cfg.to_str().unwrap()]);
-        p.http_port = http_port;
-        p
+        self.agent_at(proc_name, node_name, gpus, &self.coordinator_url(), extra)
     }
 
     /// Runs the CLI against this harness's coordinator.
@@ -324,6 +301,10 @@ impl Harness {
         let models = self.path("models");
         std::fs::create_dir_all(&models).unwrap();
         let cfg = state.join("agent.toml");
+        let http_port = free_port();
+        // Each agent its own port range: agents of tests running at once
+        // must not race for the same replica port.
+        let base = 20000 + (free_port() % 400) * 100;
         let (extra_top, extra_tables) = match extra.find('[') {
             Some(i) => (&extra[..i], &extra[i..]),
             None => (extra, ""),
@@ -331,14 +312,16 @@ impl Harness {
         std::fs::write(
             &cfg,
             format!(
-                "node_name = \"{node_name}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\n{extra_top}\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n{extra_tables}",
+                "node_name = \"{node_name}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\nport_range = \"{base}-{}\"\n{extra_top}\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n{extra_tables}",
                 state.display(),
-                free_port(),
-                models.display()
+                models.display(),
+                base + 99
             ),
         )
         .unwrap();
-        self.spawn(proc_name, &["agent", "--config", cfg.to_str().unwrap()])
+        let mut p = self.spawn(proc_name, &["agent", "--config", cfg.to_str().unwrap()]);
+        p.http_port = http_port;
+        p
     }
 
     /// Runs the CLI with exactly `env` for GPUFLEET_COORDINATOR,
