@@ -83,7 +83,7 @@ metric() { awk -v name="$1" '$1 == name || index($1, name "{") == 1 {print $NF; 
 # One run, in this shell (so the EXIT trap knows its processes): appends
 # "agent_cpu_pct agent_rss_med_mib agent_rss_max_mib ne_cpu_pct
 # ne_rss_med_mib ne_rss_max_mib sample_cost_med_us sample_cost_max_us
-# agent_bytes ne_bytes agent_self_cpu_pct" to $WORK/runs.
+# agent_bytes ne_bytes agent_self_cpu_pct gpus" to $WORK/runs.
 one_run() {
   local run=$1 dir=$WORK/run$run
   mkdir -p "$dir/coord" "$dir/state" "$dir/models"
@@ -148,14 +148,15 @@ EOF
 
   pct() { echo "100 * ($2 - $1) / $TICK / $wall" | bc -l; }
   col() { awk -v c="$1" '{print $c}' "$dir/samples"; }
-  printf '%.3f %.1f %.1f %.3f %.1f %.1f %.1f %.1f %.0f %.0f %.3f\n' \
+  printf '%.3f %.1f %.1f %.3f %.1f %.1f %.1f %.1f %.0f %.0f %.3f %d\n' \
     "$(pct "$a0" "$a1")" \
     "$(col 1 | median | awk '{print $1/1024}')" "$(col 1 | max | awk '{print $1/1024}')" \
     "$(pct "$n0" "$n1")" \
     "$(col 2 | median | awk '{print $1/1024}')" "$(col 2 | max | awk '{print $1/1024}')" \
     "$(col 3 | median | awk '{print $1*1e6}')" "$(col 3 | max | awk '{print $1*1e6}')" \
     "$(col 4 | median)" "$(col 5 | median)" \
-    "$(echo "100 * ($self1 - $self0) / $wall" | bc -l)" >> "$WORK/runs"
+    "$(echo "100 * ($self1 - $self0) / $wall" | bc -l)" \
+    "$(grep -c '^DCGM_FI_DEV_GPU_UTIL{' "$dir/agent.prom" || true)" >> "$WORK/runs"
   stop_all
 }
 
@@ -165,25 +166,26 @@ echo "agent: $GPU_BACKEND backend, $GPUS GPUs, sample and report every 1 s; $RUN
 for run in $(seq 1 "$RUNS"); do
   one_run "$run"
   set -- $(tail -1 "$WORK/runs")
-  echo "run $run: agent ${1}% CPU, RSS ${2}/${3} MiB (median/max); node-exporter ${4}% CPU, RSS ${5}/${6} MiB; GPU sample ${7}/${8} us" >&2
+  echo "run $run: ${12} GPUs; agent ${1}% CPU, RSS ${2}/${3} MiB (median/max); node-exporter ${4}% CPU, RSS ${5}/${6} MiB; GPU sample ${7}/${8} us" >&2
 done
 
 m() { awk -v c="$1" '{print $c}' "$WORK/runs" | median; }
 mx() { awk -v c="$1" '{print $c}' "$WORK/runs" | max; }
 per_run() { awk -v c="$1" '{printf "%s%s", sep, $c; sep=", "}' "$WORK/runs"; }
 ratio() { echo "$1 / $2" | bc -l; }
+gpus=$(m 12)
 a_cpu=$(m 1); a_rss=$(m 2); a_rss_max=$(mx 3)
 n_cpu=$(m 4); n_rss=$(m 5); n_rss_max=$(mx 6)
 
 echo
 echo "| process | CPU, % of one core (median of $RUNS) | CPU per run | RSS median (MiB) | RSS max (MiB) | /metrics bytes |"
 echo "|---|---|---|---|---|---|"
-printf '| gpufleet agent (%s GPUs, %s) | %.3f | %s | %.1f | %.1f | %.0f |\n' "$GPUS" "$GPU_BACKEND" "$a_cpu" "$(per_run 1)" "$a_rss" "$a_rss_max" "$(m 9)"
+printf '| gpufleet agent (%s GPUs, %s) | %.3f | %s | %.1f | %.1f | %.0f |\n' "$gpus" "$GPU_BACKEND" "$a_cpu" "$(per_run 1)" "$a_rss" "$a_rss_max" "$(m 9)"
 printf '| prometheus-node-exporter | %.3f | %s | %.1f | %.1f | %.0f |\n' "$n_cpu" "$(per_run 4)" "$n_rss" "$n_rss_max" "$(m 10)"
 printf '| ratio agent / node-exporter | %.2fx | | %.2fx | %.2fx | |\n' "$(ratio "$a_cpu" "$n_cpu")" "$(ratio "$a_rss" "$n_rss")" "$(ratio "$a_rss_max" "$n_rss_max")"
 echo
 printf 'Agent self-reported: process_cpu_seconds_total rate %.3f%% (median of runs); gpufleet_agent_gpu_sample_seconds median %.1f us, max %.1f us (one sample of all %s GPUs).\n' \
-  "$(m 11)" "$(m 7)" "$(mx 8)" "$GPUS"
+  "$(m 11)" "$(m 7)" "$(mx 8)" "$gpus"
 printf 'Targets: agent CPU < 0.5%% of one core: %s; agent RSS < 20 MiB (max): %s.\n' \
   "$(awk -v v="$a_cpu" 'BEGIN {print (v < 0.5) ? "met" : "NOT met"}')" \
   "$(awk -v v="$a_rss_max" 'BEGIN {print (v < 20) ? "met" : "NOT met"}')"
