@@ -74,6 +74,16 @@ wait_for() {
   exit 1
 }
 
+# On-CPU nanoseconds of the agent's GPU sampling thread (exact, from the
+# scheduler): divided by the samples taken, the CPU cost of one sample.
+sampler_ns() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    [ "$(cat "$t/comm")" = gpu-sampler ] && { cut -d' ' -f1 "$t/schedstat"; return; }
+  done
+  echo "no gpu-sampler thread in process $1" >&2
+  exit 1
+}
 cpu_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -83,7 +93,8 @@ metric() { awk -v name="$1" '$1 == name || index($1, name "{") == 1 {print $NF; 
 # One run, in this shell (so the EXIT trap knows its processes): appends
 # "agent_cpu_pct agent_rss_med_mib agent_rss_max_mib ne_cpu_pct
 # ne_rss_med_mib ne_rss_max_mib sample_cost_med_us sample_cost_max_us
-# agent_bytes ne_bytes agent_self_cpu_pct gpus" to $WORK/runs.
+# agent_bytes ne_bytes agent_self_cpu_pct gpus sampler_cpu_us_per_sample" to
+# $WORK/runs.
 one_run() {
   local run=$1 dir=$WORK/run$run
   mkdir -p "$dir/coord" "$dir/state" "$dir/models"
@@ -128,6 +139,8 @@ EOF
   local a0 n0 t0 now next i self0 self1
   curl -fsS "http://127.0.0.1:$agent_http/metrics" -o "$dir/agent.prom"
   self0=$(metric process_cpu_seconds_total "$dir/agent.prom")
+  local s0 s1
+  s0=$(sampler_ns "$agent")
   a0=$(cpu_ticks "$agent"); n0=$(cpu_ticks "$ne"); t0=$(date +%s.%N)
   next=$t0
   : > "$dir/samples"
@@ -143,12 +156,13 @@ EOF
   done
   local a1 n1 t1 wall
   a1=$(cpu_ticks "$agent"); n1=$(cpu_ticks "$ne"); t1=$(date +%s.%N)
+  s1=$(sampler_ns "$agent")
   self1=$(metric process_cpu_seconds_total "$dir/agent.prom")
   wall=$(echo "$t1 - $t0" | bc -l)
 
   pct() { echo "100 * ($2 - $1) / $TICK / $wall" | bc -l; }
   col() { awk -v c="$1" '{print $c}' "$dir/samples"; }
-  printf '%.3f %.1f %.1f %.3f %.1f %.1f %.1f %.1f %.0f %.0f %.3f %d\n' \
+  printf '%.3f %.1f %.1f %.3f %.1f %.1f %.1f %.1f %.0f %.0f %.3f %d %.1f\n' \
     "$(pct "$a0" "$a1")" \
     "$(col 1 | median | awk '{print $1/1024}')" "$(col 1 | max | awk '{print $1/1024}')" \
     "$(pct "$n0" "$n1")" \
@@ -156,7 +170,8 @@ EOF
     "$(col 3 | median | awk '{print $1*1e6}')" "$(col 3 | max | awk '{print $1*1e6}')" \
     "$(col 4 | median)" "$(col 5 | median)" \
     "$(echo "100 * ($self1 - $self0) / $wall" | bc -l)" \
-    "$(grep -c '^DCGM_FI_DEV_GPU_UTIL{' "$dir/agent.prom" || true)" >> "$WORK/runs"
+    "$(grep -c '^DCGM_FI_DEV_GPU_UTIL{' "$dir/agent.prom" || true)" \
+    "$(echo "($s1 - $s0) / 1000 / $wall" | bc -l)" >> "$WORK/runs"
   stop_all
 }
 
@@ -166,7 +181,7 @@ echo "agent: $GPU_BACKEND backend, $GPUS GPUs, sample and report every 1 s; $RUN
 for run in $(seq 1 "$RUNS"); do
   one_run "$run"
   set -- $(tail -1 "$WORK/runs")
-  echo "run $run: ${12} GPUs; agent ${1}% CPU, RSS ${2}/${3} MiB (median/max); node-exporter ${4}% CPU, RSS ${5}/${6} MiB; GPU sample ${7}/${8} us" >&2
+  echo "run $run: ${12} GPUs; agent ${1}% CPU, RSS ${2}/${3} MiB (median/max); node-exporter ${4}% CPU, RSS ${5}/${6} MiB; GPU sample ${7}/${8} us wall, ${13} us CPU" >&2
 done
 
 m() { awk -v c="$1" '{print $c}' "$WORK/runs" | median; }
@@ -184,8 +199,9 @@ printf '| gpufleet agent (%s GPUs, %s) | %.3f | %s | %.1f | %.1f | %.0f |\n' "$g
 printf '| prometheus-node-exporter | %.3f | %s | %.1f | %.1f | %.0f |\n' "$n_cpu" "$(per_run 4)" "$n_rss" "$n_rss_max" "$(m 10)"
 printf '| ratio agent / node-exporter | %.2fx | | %.2fx | %.2fx | |\n' "$(ratio "$a_cpu" "$n_cpu")" "$(ratio "$a_rss" "$n_rss")" "$(ratio "$a_rss_max" "$n_rss_max")"
 echo
-printf 'Agent self-reported: process_cpu_seconds_total rate %.3f%% (median of runs); gpufleet_agent_gpu_sample_seconds median %.1f us, max %.1f us (one sample of all %s GPUs).\n' \
+printf 'Agent self-reported: process_cpu_seconds_total rate %.3f%% (median of runs); gpufleet_agent_gpu_sample_seconds median %.1f us, max %.1f us (wall time of one sample of all %s GPUs).\n' \
   "$(m 11)" "$(m 7)" "$(mx 8)" "$gpus"
+printf 'GPU sampling thread: %.1f us of CPU per sample of all %s GPUs (median of runs; schedstat of the gpu-sampler thread / samples).\n' "$(m 13)" "$gpus"
 printf 'Targets: agent CPU < 0.5%% of one core: %s; agent RSS < 20 MiB (max): %s.\n' \
   "$(awk -v v="$a_cpu" 'BEGIN {print (v < 0.5) ? "met" : "NOT met"}')" \
   "$(awk -v v="$a_rss_max" 'BEGIN {print (v < 20) ? "met" : "NOT met"}')"
