@@ -22,6 +22,9 @@ pub struct ModelSpec {
     pub weights: String,
     /// Fixed replica count, used when `scaling` is `None`.
     pub replicas: u32,
+    /// Place replicas on different nodes where the fleet allows (one
+    /// node's loss then takes fewer of them down).
+    pub spread: bool,
     pub server: ServerSpec,
     pub scaling: Option<ScalingSpec>,
     pub warm: WarmPolicy,

@@ -29,6 +29,8 @@ struct RawSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     replicas: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    spread: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     server: Option<RawServer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scaling: Option<RawScaling>,
@@ -147,6 +149,7 @@ fn validate(raw: RawSpec) -> Result<ModelSpec, Problem> {
         name,
         weights,
         replicas,
+        spread: raw.spread.unwrap_or(false),
         server,
         scaling,
         warm,
@@ -458,6 +461,7 @@ pub(super) fn to_toml(spec: &ModelSpec) -> String {
         name: Some(spec.name.clone()),
         weights: Some(spec.weights.clone()),
         replicas: spec.scaling.is_none().then_some(i64::from(spec.replicas)),
+        spread: spec.spread.then_some(true),
         server: Some(RawServer {
             preset: Some(s.preset.as_str().to_string()),
             command: Some(s.command.clone()),

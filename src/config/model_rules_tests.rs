@@ -75,7 +75,7 @@ fn unknown_key_names_line_and_allowed_keys() {
     let src = BASE.replace("weights =", "replicass = 3\nweights =");
     assert_eq!(
         err(&src),
-        "line 2: unknown key `replicass` in the model spec; allowed keys: name, weights, replicas, server, scaling, warm"
+        "line 2: unknown key `replicass` in the model spec; allowed keys: name, weights, replicas, spread, server, scaling, warm"
     );
     let e = err(&scaling("stable_windw = \"1s\""));
     assert!(e.starts_with("line 11: unknown key `stable_windw` in [scaling]; allowed keys: min_replicas, max_replicas"), "{e}");

@@ -150,7 +150,7 @@ impl Fleet {
             let needs = ReplicaNeeds {
                 gpus: m.spec.server.gpus,
                 gpu_memory_bytes: m.spec.server.gpu_memory_bytes,
-                spread: false,
+                spread: m.spec.spread,
             };
             let mut candidates = self.candidates(&r.model, now);
             for c in candidates.iter_mut().filter(|c| c.name == r.node) {
@@ -250,7 +250,7 @@ impl Fleet {
             let needs = ReplicaNeeds {
                 gpus: model.spec.server.gpus,
                 gpu_memory_bytes: model.spec.server.gpu_memory_bytes,
-                spread: false,
+                spread: model.spec.spread,
             };
             let mut problem = String::new();
             for _ in current..desired {
