@@ -9,18 +9,8 @@ use std::time::Duration;
 use common::*;
 
 fn apply(h: &Harness, name: &str, scaling: &str) {
-    let weights = h.path(&format!("models/{name}/weights.bin"));
-    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
-    std::fs::write(&weights, vec![5u8; 1 << 20]).unwrap();
-    let f = h.write(
-        &format!("{name}.toml"),
-        &format!(
-            "name = \"{name}\"\nweights = \"{}\"\n[server]\npreset = \"vllm\"\ncommand = [\"{BIN}\", \"demo\", \"server\", \"--port\", \"{{port}}\", \"--weights\", \"{{weights}}\", \"--concurrency\", \"4\", \"--token-time\", \"20ms\"]\ngpus = 1\ngpu_memory = \"10GiB\"\nready_timeout = \"30s\"\nstop_timeout = \"5s\"\n[scaling]\n{scaling}\n",
-            weights.display()
-        ),
-    );
-    let out = h.cli(&["model", "apply", "-f", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let command = demo_command(&["--concurrency", "4", "--token-time", "20ms"]);
+    h.apply(&h.model_spec(name, 1, "", &command, &format!("[scaling]\n{scaling}")));
 }
 
 fn model(h: &Harness, name: &str) -> Option<serde_json::Value> {

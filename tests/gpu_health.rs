@@ -14,20 +14,7 @@ fn a_gpu_that_falls_off_the_bus_is_reported_and_its_replica_moves() {
     let _c = h.coordinator("");
     let a = h.agent("node-a", 2, "");
     h.wait_ready_nodes(1);
-    let weights = h.path("models/m/weights.bin");
-    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
-    std::fs::write(&weights, b"w").unwrap();
-    let spec = h.write(
-        "m.toml",
-        &format!(
-            "name = \"m\"\nweights = \"{}\"\nreplicas = 1\n[server]\npreset = \"vllm\"\ncommand = [\"{BIN}\", \"demo\", \"server\", \"--port\", \"{{port}}\", \"--weights\", \"{{weights}}\"]\ngpus = 1\ngpu_memory = \"10GiB\"\n",
-            weights.display()
-        ),
-    );
-    assert!(h
-        .cli(&["model", "apply", "-f", spec.to_str().unwrap()])
-        .status
-        .success());
+    h.apply(&h.model_spec("m", 1, "replicas = 1", &demo_command(&[]), ""));
     let first = wait_until(Duration::from_secs(30), "a ready replica", || {
         let rs = h.try_json(&["replica", "ls"])?;
         let r = rs.as_array()?.first()?.clone();

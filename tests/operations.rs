@@ -7,21 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn apply_demo_model(h: &Harness, name: &str, replicas: u32) {
-    let weights = h.path(&format!("models/{name}/weights.bin"));
-    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
-    std::fs::write(&weights, vec![1u8; 1 << 20]).unwrap();
-    let f = h.write(
-        &format!("{name}.toml"),
-        &format!(
-            "name = \"{name}\"\nweights = \"{}\"\nreplicas = {replicas}\n[server]\npreset = \"vllm\"\ncommand = [\"{BIN}\", \"demo\", \"server\", \"--port\", \"{{port}}\", \"--weights\", \"{{weights}}\"]\ngpus = 1\ngpu_memory = \"10GiB\"\nready_timeout = \"30s\"\nstop_timeout = \"5s\"\n",
-            weights.display()
-        ),
-    );
-    let out = h.cli(&["model", "apply", "-f", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
 fn replicas(h: &Harness, model: &str) -> Vec<serde_json::Value> {
     h.try_json(&["replica", "ls", "--model", model])
         .and_then(|v| v.as_array().cloned())
@@ -50,7 +35,7 @@ fn cordon_keeps_new_replicas_off_and_drain_moves_them_without_a_gap() {
     assert!(out.status.success(), "{}", stderr(&out));
     let nodes = h.json(&["node", "ls"]);
     assert_eq!(nodes_in_state(&nodes, "cordoned"), vec!["node-b"]);
-    apply_demo_model(&h, "moving", 1);
+    h.apply(&h.model_spec("moving", 1, "replicas = 1", &demo_command(&[]), ""));
     wait_until(Duration::from_secs(30), "ready on node-a", || {
         (ready_on(&h, "moving") == ["node-a"]).then_some(())
     });
@@ -102,7 +87,7 @@ fn a_lost_node_is_replaced_and_its_return_leaves_exactly_the_desired_count() {
     let _c = h.coordinator("");
     let mut a = h.agent("node-a", 1, "");
     h.wait_ready_nodes(1);
-    apply_demo_model(&h, "resilient", 1);
+    h.apply(&h.model_spec("resilient", 1, "replicas = 1", &demo_command(&[]), ""));
     wait_until(Duration::from_secs(30), "ready on node-a", || {
         (ready_on(&h, "resilient") == ["node-a"]).then_some(())
     });

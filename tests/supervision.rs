@@ -9,20 +9,11 @@ use std::time::Duration;
 use common::*;
 
 fn spec(h: &Harness, name: &str, replicas: u32, command: &str) -> std::path::PathBuf {
-    let weights = h.path(&format!("models/{name}/weights.bin"));
-    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
-    std::fs::write(&weights, vec![7u8; 4 << 20]).unwrap();
-    h.write(
-        &format!("{name}.toml"),
-        &format!(
-            "name = \"{name}\"\nweights = \"{}\"\nreplicas = {replicas}\n[server]\npreset = \"vllm\"\ncommand = {command}\ngpus = 1\ngpu_memory = \"10GiB\"\nready_timeout = \"30s\"\nstop_timeout = \"5s\"\n",
-            weights.display()
-        ),
-    )
+    h.model_spec(name, 4, &format!("replicas = {replicas}"), command, "")
 }
 
 fn demo_server_command() -> String {
-    format!("[\"{BIN}\", \"demo\", \"server\", \"--port\", \"{{port}}\", \"--weights\", \"{{weights}}\", \"--token-time\", \"5ms\"]")
+    demo_command(&["--token-time", "5ms"])
 }
 
 fn replicas(h: &Harness, model: &str) -> Vec<serde_json::Value> {

@@ -7,24 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn apply(h: &Harness, name: &str, replicas: u32, weights_mib: usize) {
-    let weights = h.path(&format!("models/{name}/weights.bin"));
-    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
-    std::fs::write(&weights, vec![3u8; weights_mib << 20]).unwrap();
-    // Written back to disk: the kernel will not drop dirty pages, and real
-    // weights on shared storage are never dirty here.
-    std::fs::File::open(&weights).unwrap().sync_all().unwrap();
-    let f = h.write(
-        &format!("{name}.toml"),
-        &format!(
-            "name = \"{name}\"\nweights = \"{}\"\nreplicas = {replicas}\n[server]\npreset = \"vllm\"\ncommand = [\"{BIN}\", \"demo\", \"server\", \"--port\", \"{{port}}\", \"--weights\", \"{{weights}}\"]\ngpus = 1\ngpu_memory = \"10GiB\"\nready_timeout = \"30s\"\nstop_timeout = \"5s\"\n",
-            weights.display()
-        ),
-    );
-    let out = h.cli(&["model", "apply", "-f", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
 fn warm_entry(h: &Harness, model: &str) -> Option<serde_json::Value> {
     h.try_json(&["warm", "ls"])?
         .as_array()?
@@ -39,7 +21,7 @@ fn warm_start_waits_until_resident_and_evict_drops_it() {
     let _c = h.coordinator("");
     let _a = h.agent("node-a", 1, "");
     h.wait_ready_nodes(1);
-    apply(&h, "cached", 0, 32);
+    h.apply(&h.model_spec("cached", 32, "replicas = 0", &demo_command(&[]), ""));
 
     let out = h.cli(&[
         "warm",
@@ -96,7 +78,7 @@ fn replica_logs_come_from_the_node() {
     let _c = h.coordinator("");
     let _a = h.agent("node-a", 1, "");
     h.wait_ready_nodes(1);
-    apply(&h, "talky", 1, 1);
+    h.apply(&h.model_spec("talky", 1, "replicas = 1", &demo_command(&[]), ""));
     let id = wait_until(Duration::from_secs(30), "a ready replica", || {
         let rs = h.try_json(&["replica", "ls"])?;
         let r = rs.as_array()?.first()?.clone();
@@ -125,21 +107,13 @@ fn standby_warming_keeps_a_spare_node_warm_and_scale_up_lands_there() {
     let _b = h.agent("node-b", 2, "");
     let _c3 = h.agent("node-c", 1, "");
     h.wait_ready_nodes(3);
-    let weights = h.path("models/spare/weights.bin");
-    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
-    std::fs::write(&weights, vec![9u8; 8 << 20]).unwrap();
-    std::fs::File::open(&weights).unwrap().sync_all().unwrap();
-    let f = h.write(
-        "spare.toml",
-        &format!(
-            "name = \"spare\"\nweights = \"{}\"\n[server]\npreset = \"vllm\"\ncommand = [\"{BIN}\", \"demo\", \"server\", \"--port\", \"{{port}}\", \"--weights\", \"{{weights}}\"]\ngpus = 1\ngpu_memory = \"10GiB\"\n[scaling]\nmin_replicas = 1\nmax_replicas = 2\n[warm]\nmode = \"standby\"\nstandby_nodes = 1\n",
-            weights.display()
-        ),
-    );
-    assert!(h
-        .cli(&["model", "apply", "-f", f.to_str().unwrap()])
-        .status
-        .success());
+    h.apply(&h.model_spec(
+        "spare",
+        8,
+        "",
+        &demo_command(&[]),
+        "[scaling]\nmin_replicas = 1\nmax_replicas = 2\n[warm]\nmode = \"standby\"\nstandby_nodes = 1",
+    ));
     let first = wait_until(Duration::from_secs(30), "a ready replica", || {
         let rs = h.try_json(&["replica", "ls"])?;
         let r = rs.as_array()?.first()?.clone();

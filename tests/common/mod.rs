@@ -364,3 +364,58 @@ pub fn tls_init(dir: &Path, agents: &str) {
         .unwrap();
     assert!(out.status.success(), "tls init failed: {}", stderr(&out));
 }
+
+// ---- model specs ----
+
+/// The command of a spec whose replicas are demo model servers; `extra` are
+/// more arguments (`"--concurrency", "4"`), already quoted for TOML.
+pub fn demo_command(extra: &[&str]) -> String {
+    let mut args = vec![
+        format!("\"{BIN}\""),
+        "\"demo\"".into(),
+        "\"server\"".into(),
+        "\"--port\"".into(),
+        "\"{port}\"".into(),
+        "\"--weights\"".into(),
+        "\"{weights}\"".into(),
+    ];
+    args.extend(extra.iter().map(|a| format!("\"{a}\"")));
+    format!("[{}]", args.join(", "))
+}
+
+impl Harness {
+    /// Writes `weights_mib` MiB of weights under the models root (synced to
+    /// disk, as weights on shared storage are) and a spec for them: `top` goes
+    /// before `[server]`, `tail` after it (more tables).
+    pub fn model_spec(
+        &self,
+        name: &str,
+        weights_mib: usize,
+        top: &str,
+        command: &str,
+        tail: &str,
+    ) -> PathBuf {
+        let weights = self.path(&format!("models/{name}/weights.bin"));
+        std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
+        std::fs::write(&weights, vec![7u8; weights_mib.max(1) << 20]).unwrap();
+        std::fs::File::open(&weights).unwrap().sync_all().unwrap();
+        self.write(
+            &format!("{name}.toml"),
+            &format!(
+                "name = \"{name}\"\nweights = \"{}\"\n{top}\n[server]\npreset = \"vllm\"\ncommand = {command}\ngpus = 1\ngpu_memory = \"10GiB\"\nready_timeout = \"30s\"\nstop_timeout = \"5s\"\n{tail}\n",
+                weights.display()
+            ),
+        )
+    }
+
+    /// Applies a spec file through the CLI; panics with its error.
+    pub fn apply(&self, spec: &Path) {
+        let out = self.cli(&["model", "apply", "-f", spec.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "apply {}: {}",
+            spec.display(),
+            stderr(&out)
+        );
+    }
+}
