@@ -609,4 +609,19 @@ fn a_full_state_dir_is_reported_and_recovers_while_supervision_goes_on() {
         "the same replica, not a new one"
     );
     assert!(agent.exited().is_none());
+
+    // The saved record is one a restarted agent can use: both servers are
+    // adopted, not started again.
+    agent.kill9();
+    let agent = h.agent("node-a", 2, "");
+    wait_until(Duration::from_secs(20), "both replicas adopted", || {
+        (agent.log_text().matches("replica adopted").count() == 2).then_some(())
+    });
+    for (model, before) in [("steady", &steady), ("late", &recovered)] {
+        let now = wait_until(Duration::from_secs(10), "the adopted replica", || {
+            all_ready_at(&url, model, 1)
+        });
+        assert_eq!(now[0]["pid"], before["pid"], "{model}: {now:?}");
+        assert_eq!(now[0]["restarts"], 0, "{model}: {now:?}");
+    }
 }
