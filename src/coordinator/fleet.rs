@@ -543,6 +543,12 @@ impl Fleet {
             // A report from a replaced session: its node has moved on.
             return;
         }
+        // A node back from lost on the same session (a partition shorter
+        // than the keepalive) never says Hello again: take its replicas back
+        // into the plan as a reconnect would, so the surplus rule, not the
+        // assignment, decides which copy stops.
+        let was_lost = node.liveness(now, self.settings.suspect_after, self.settings.lost_after)
+            == crate::api::NodeState::Lost;
         node.last_seen = now;
         node.last_seen_unix_ms = unix_ms_now();
         node.samples = report.gpus;
@@ -551,6 +557,9 @@ impl Fleet {
         node.warm = report.warm;
         if !report.inventory.is_empty() {
             node.gpus = report.inventory;
+        }
+        if was_lost {
+            self.adopt_reported_replicas(name, now);
         }
     }
 

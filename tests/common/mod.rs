@@ -88,6 +88,8 @@ impl Drop for Proc {
     }
 }
 
+/// Dropping the harness kills every process that names its directory: the
+/// model servers an agent leaves running by design, included.
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub grpc_port: u16,
@@ -417,5 +419,168 @@ impl Harness {
             spec.display(),
             stderr(&out)
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for fleets that do not sit on loopback alone (tests/faults.rs): a
+// coordinator on another address, agents started through another program
+// (`ip netns exec`), the CLI pointed anywhere, and the cleanup of the model
+// servers an agent leaves behind by design.
+// ---------------------------------------------------------------------------
+
+/// Runs the CLI against the coordinator at `url`.
+pub fn cli_at(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("GPUFLEET_COORDINATOR", url)
+        .output()
+        .unwrap()
+}
+
+/// The CLI's `-o json` answer from the coordinator at `url`, or None when
+/// the command fails.
+pub fn json_at(url: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = cli_at(url, &all);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Writes a coordinator config like `Harness::coordinator`'s (same ports,
+/// data dir and short windows) but with gRPC on `listen_host`.
+pub fn coordinator_config_on(h: &Harness, listen_host: &str) -> PathBuf {
+    let cfg = h.path("coordinator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"{listen_host}:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"1s\"\n",
+            h.grpc_port,
+            h.http_port,
+            h.path("coordinator-data").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Writes an agent config like `Harness::agent`'s (simulated GPUs, state dir
+/// `agent-NAME`) that dials `coordinator`; returns it and the agent's HTTP port.
+pub fn agent_config_for(
+    h: &Harness,
+    node_name: &str,
+    coordinator: &str,
+    gpus: u32,
+) -> (PathBuf, u16) {
+    let state = h.path(&format!("agent-{node_name}"));
+    std::fs::create_dir_all(&state).unwrap();
+    let models = h.path("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let cfg = state.join("agent.toml");
+    let http_port = free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "node_name = \"{node_name}\"\ncoordinator = \"{coordinator}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n",
+            state.display(),
+            models.display()
+        ),
+    )
+    .unwrap();
+    (cfg, http_port)
+}
+
+/// Like `Harness::spawn`, for a program other than gpufleet (`ip netns exec
+/// NS gpufleet …`, the load generator with its stdout kept).
+pub fn spawn_program(h: &Harness, name: &str, program: &str, args: &[&str]) -> Proc {
+    let log = h.path(&format!("{name}.log"));
+    let out = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let child = Command::new(program)
+        .args(args)
+        .env_remove("GPUFLEET_COORDINATOR")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    Proc {
+        name: name.to_string(),
+        child,
+        log,
+        http_port: 0,
+    }
+}
+
+/// Processes whose command line contains `needle`, this test's own excluded.
+pub fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
+}
+
+pub fn pid_alive(pid: i64) -> bool {
+    pid > 0 && unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Kills, when dropped, every process whose command line names the harness's
+/// directory: the model servers its agents leave running by design (they
+/// outlive an agent), and anything else the test started there. Declare it
+/// right after the harness so it runs after every `Proc` is gone.
+pub struct Reaper {
+    needle: String,
+}
+
+impl Reaper {
+    pub fn new(h: &Harness) -> Reaper {
+        Reaper {
+            needle: h.dir.path().display().to_string(),
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        // A process can fork while we look; a second pass catches it.
+        for _ in 0..2 {
+            for pid in pids_mentioning(&self.needle) {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        drop(Reaper::new(self));
     }
 }

@@ -2,15 +2,18 @@
 //! one recorded (same pid, start time and cmdline) is watched again without a
 //! restart; every other record is cleaned up and reported once.
 
+use std::time::Duration;
+
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::lifecycle::{self, Watched};
+use super::backoff::RestartBackoff;
+use super::lifecycle::{self, Event, Report, Watched};
 use super::owner::{Owner, Phase, Replica};
 use super::readiness::ReadinessProbe;
 use super::record::{self, ReplicaRecord};
 use super::{logfile, process, start, valid_replica_id};
-use crate::domain::{ReplicaState, ReplicaStatus};
+use crate::domain::{unix_ms_now, ReplicaState, ReplicaStatus};
 
 impl Owner {
     /// Adopts or cleans up every record under the state directory.
@@ -44,6 +47,13 @@ impl Owner {
     }
 
     fn adopt_one(&mut self, id: &str, rec: ReplicaRecord) {
+        if rec.pid == 0
+            && rec.next_restart_unix_ms > 0
+            && matches!(rec.state, ReplicaState::Starting | ReplicaState::Crashloop)
+        {
+            self.resume_backoff(id, rec);
+            return;
+        }
         let dir = self.replica_dir(id);
         if let Err(why) =
             process::is_same_process(rec.pid, rec.start_time, &rec.argv, &rec.executable)
@@ -131,6 +141,47 @@ impl Owner {
             &format!("adopted pid {} after an agent restart", rec.pid),
         );
         tracing::info!(replica_id = id, pid = rec.pid, "replica adopted");
+        self.replicas.insert(id.to_string(), r);
+        self.persist(id);
+    }
+
+    /// A replica that was waiting out its restart backoff when the agent
+    /// died: the wait goes on where it stopped, with the same failure count,
+    /// so restarting the agent never cuts a crash loop's backoff short.
+    fn resume_backoff(&mut self, id: &str, rec: ReplicaRecord) {
+        let dir = self.replica_dir(id);
+        let epoch = self.epoch();
+        let mut spec = rec.spec;
+        spec.id = id.to_string();
+        let mut r = Replica::new(spec, dir);
+        r.epoch = epoch;
+        r.phase = Phase::Waiting;
+        r.backoff = RestartBackoff::resumed(rec.failures);
+        r.status.state = rec.state;
+        r.status.restarts = rec.restarts;
+        r.status.reason = rec.reason;
+        r.status.started_unix_ms = rec.started_unix_ms;
+        r.status.next_restart_unix_ms = rec.next_restart_unix_ms;
+        let left = (rec.next_restart_unix_ms - unix_ms_now()).max(0) as u64;
+        logfile::note(
+            &r.dir,
+            &format!("agent restarted; next start in {left} ms, as scheduled"),
+        );
+        tracing::info!(
+            replica_id = id,
+            next_start_in_ms = left,
+            "replica backoff resumed"
+        );
+        let reports = self.reports_tx.clone();
+        let id_owned = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(left)).await;
+            let _ = reports.send(Report {
+                id: id_owned,
+                epoch,
+                event: Event::RestartDue,
+            });
+        });
         self.replicas.insert(id.to_string(), r);
         self.persist(id);
     }

@@ -43,6 +43,15 @@ pub struct RestartBackoff {
 }
 
 impl RestartBackoff {
+    /// The backoff of a replica that had already failed `failures` times in
+    /// a row (read back from its record after an agent restart).
+    pub fn resumed(failures: u32) -> Self {
+        RestartBackoff {
+            failures,
+            ready_since: None,
+        }
+    }
+
     /// The replica passed its readiness probe at `now`.
     pub fn on_ready(&mut self, now: Instant) {
         self.ready_since = Some(now);

@@ -91,6 +91,9 @@ impl Replica {
             state: self.status.state,
             started_unix_ms: self.status.started_unix_ms,
             ready_unix_ms: self.status.ready_unix_ms,
+            failures: self.backoff.failures(),
+            next_restart_unix_ms: self.status.next_restart_unix_ms,
+            reason: self.status.reason.clone(),
         }
     }
 

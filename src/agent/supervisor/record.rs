@@ -44,6 +44,14 @@ pub struct ReplicaRecord {
     pub state: ReplicaState,
     pub started_unix_ms: i64,
     pub ready_unix_ms: i64,
+    /// Consecutive failures, so a restarted agent keeps the backoff going.
+    #[serde(default)]
+    pub failures: u32,
+    /// When a replica waiting out its backoff is due to start again.
+    #[serde(default)]
+    pub next_restart_unix_ms: i64,
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// Persists `record` into the replica directory `dir`.
@@ -131,6 +139,9 @@ mod tests {
             state: ReplicaState::Ready,
             started_unix_ms: 1,
             ready_unix_ms: 2,
+            failures: 0,
+            next_restart_unix_ms: 0,
+            reason: String::new(),
         }
     }
 

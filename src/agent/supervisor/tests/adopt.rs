@@ -68,6 +68,9 @@ async fn dead_or_reused_records_are_reported_once_and_never_adopted() {
             state: ReplicaState::Ready,
             started_unix_ms: 1,
             ready_unix_ms: 2,
+            failures: 0,
+            next_restart_unix_ms: 0,
+            reason: String::new(),
         };
         record::save(&dir.path().join("replicas").join(id), &rec).unwrap();
     };
