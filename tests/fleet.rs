@@ -300,3 +300,79 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn an_nvml_agent_without_a_driver_names_the_library_it_tried() {
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!("SKIPPED: this machine has an NVIDIA driver");
+        return;
+    }
+    let h = Harness::new();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "agent",
+            "--node-name",
+            "n",
+            "--state-dir",
+            h.path("state").to_str().unwrap(),
+            "--gpu-backend",
+            "nvml",
+            "--http-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("libnvidia-ml.so.1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn events_follow_streams_new_events_as_json_lines() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    wait_until(Duration::from_secs(10), "coordinator up", || {
+        h.try_json(&["model", "ls"])
+    });
+    let mut follow = std::process::Command::new(BIN)
+        .args([
+            "events",
+            "--follow",
+            "-o",
+            "json",
+            "--coordinator",
+            &h.coordinator_url(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _a = h.agent("late", 1, "");
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut seen = false;
+    while std::time::Instant::now() < deadline && !seen {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+            seen = e["kind"] == "node-connected" && e["node"] == "late";
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen, "the follower saw the node connect");
+}
