@@ -99,3 +99,48 @@ fn a_gpu_that_falls_off_the_bus_is_reported_and_its_replica_moves() {
     );
     assert_eq!(status, 404, "{body}");
 }
+
+#[test]
+fn an_xid_makes_a_gpu_unhealthy_until_the_operator_marks_it_healthy() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let a = h.agent("node-a", 2, "");
+    h.wait_ready_nodes(1);
+    let (status, body) = http(
+        "POST",
+        a.http_port,
+        "/v1/simulated/gpus/1/fault",
+        r#"{"kind":"xid","xid":48}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let gpu = |h: &Harness| -> Option<serde_json::Value> {
+        h.try_json(&["gpu", "ls"])?
+            .as_array()?
+            .iter()
+            .find(|g| g["index"] == 1)
+            .cloned()
+    };
+    let bad = wait_until(Duration::from_secs(15), "GPU 1 unhealthy", || {
+        gpu(&h).filter(|g| g["healthy"] == false)
+    });
+    assert!(
+        bad["health_reason"].as_str().unwrap().contains("48"),
+        "{bad}"
+    );
+    // Sticky: an Xid does not heal by itself.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gpu(&h).unwrap()["healthy"], false);
+
+    let out = h.cli(&["gpu", "mark-healthy", "--node", "node-a", "--gpu", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(Duration::from_secs(15), "GPU 1 healthy again", || {
+        gpu(&h).filter(|g| g["healthy"] == true)
+    });
+    let no_gpu = h.cli(&["gpu", "mark-healthy", "--node", "node-a", "--gpu", "7"]);
+    assert!(!no_gpu.status.success());
+    assert!(
+        stderr(&no_gpu).contains("has no GPU 7"),
+        "{}",
+        stderr(&no_gpu)
+    );
+}

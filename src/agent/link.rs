@@ -19,6 +19,8 @@ pub trait Reporter: Send + Sync + 'static {
     fn report(&self) -> Report;
     /// The last `lines` lines of a replica's server log.
     fn logs(&self, replica_id: &str, lines: usize) -> Result<Vec<String>, String>;
+    /// The operator vouches for a GPU the health rules marked unhealthy.
+    fn mark_gpu_healthy(&self, index: u32);
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +194,10 @@ async fn session(
                     if tx.send(msg).await.is_err() {
                         return Err("the session's send side closed".into());
                     }
+                }
+                Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::MarkGpuHealthy(m)) })) => {
+                    tracing::info!(gpu = m.index, "GPU marked healthy by the operator");
+                    reporter.mark_gpu_healthy(m.index);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(()),

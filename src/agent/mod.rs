@@ -252,6 +252,7 @@ pub async fn run(
         },
         telemetry: telemetry_rx,
         state_dir: cfg.state_dir.clone(),
+        sampler: sampler.clone(),
     });
     let link_cfg = link::LinkConfig {
         coordinator: cfg.coordinator.clone(),

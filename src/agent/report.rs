@@ -26,6 +26,7 @@ pub struct AgentReporter {
     pub telemetry: watch::Receiver<Telemetry>,
     /// Where replica logs live.
     pub state_dir: std::path::PathBuf,
+    pub sampler: std::sync::Arc<super::gpu::GpuSampler>,
 }
 
 impl Reporter for AgentReporter {
@@ -50,6 +51,10 @@ impl Reporter for AgentReporter {
     fn logs(&self, replica_id: &str, lines: usize) -> Result<Vec<String>, String> {
         super::supervisor::read_log_tail(&self.state_dir, replica_id, lines)
             .map_err(|e| e.to_string())
+    }
+
+    fn mark_gpu_healthy(&self, index: u32) {
+        self.sampler.mark_healthy(index);
     }
 
     fn report(&self) -> Report {

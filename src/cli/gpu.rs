@@ -13,10 +13,31 @@ pub enum GpuCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Vouch for a GPU the agent marked unhealthy (after a reset, say): its
+    /// health rules start afresh and placement may use it again.
+    MarkHealthy {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        gpu: u32,
+    },
 }
 
 pub async fn run(cmd: GpuCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
-    let GpuCommand::Ls { node } = cmd;
+    let node = match cmd {
+        GpuCommand::Ls { node } => node,
+        GpuCommand::MarkHealthy { node, gpu } => {
+            let mut c = connect(client).await?;
+            c.mark_gpu_healthy(pb::GpuRef {
+                node: node.clone(),
+                index: gpu,
+            })
+            .await
+            .map_err(status_error)?;
+            println!("GPU {gpu} on {node} marked healthy; the next samples decide again");
+            return Ok(());
+        }
+    };
     let mut c = connect(client).await?;
     let gpus: Vec<GpuView> = c
         .list_gpus(pb::ListGpusRequest {

@@ -318,6 +318,9 @@ impl Fleet {
             Command::NodeOperation { name, op, reply } => {
                 let _ = reply.send(self.node_operation(&name, op, now));
             }
+            Command::MarkGpuHealthy { node, index, reply } => {
+                let _ = reply.send(self.mark_gpu_healthy(&node, index));
+            }
             Command::ListGpus { node, reply } => {
                 let r = match node {
                     Some(name) => self
@@ -417,6 +420,50 @@ impl Fleet {
                 reply,
             },
         );
+    }
+
+    fn mark_gpu_healthy(
+        &mut self,
+        node: &str,
+        index: u32,
+    ) -> Result<Vec<crate::api::GpuView>, FleetError> {
+        let Some(n) = self.nodes.get(node) else {
+            return Err(self.node_not_found(node));
+        };
+        if !n.gpus.iter().any(|g| g.index == index) {
+            let known: Vec<String> = n.gpus.iter().map(|g| g.index.to_string()).collect();
+            return Err(FleetError::NotFound(format!(
+                "node {node} has no GPU {index}; its GPUs: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        let Some(session) = &n.session else {
+            return Err(FleetError::Unavailable(format!(
+                "node {node} is not connected; try again when it is"
+            )));
+        };
+        if session
+            .outbox
+            .try_send(ToAgent::MarkGpuHealthy(index))
+            .is_err()
+        {
+            return Err(FleetError::Unavailable(format!(
+                "node {node} is busy; try again"
+            )));
+        }
+        let views = n.gpu_views();
+        self.record(
+            "gpu-healthy",
+            "",
+            node,
+            "",
+            format!("GPU {index} marked healthy by the operator; its health rules start afresh"),
+        );
+        Ok(views)
     }
 
     fn logs_reply(&mut self, session: u64, reply: crate::domain::LogsReply) {

@@ -81,6 +81,11 @@ pub enum Command {
         op: NodeOp,
         reply: Reply<NodeView>,
     },
+    MarkGpuHealthy {
+        node: String,
+        index: u32,
+        reply: Reply<Vec<GpuView>>,
+    },
     ListGpus {
         node: Option<String>,
         reply: Reply<Vec<GpuView>>,
@@ -247,6 +252,14 @@ impl FleetHandle {
 
     pub async fn node_operation(&self, name: String, op: NodeOp) -> Result<NodeView, FleetError> {
         ask!(self, NodeOperation { name, op })
+    }
+
+    pub async fn mark_gpu_healthy(
+        &self,
+        node: String,
+        index: u32,
+    ) -> Result<Vec<GpuView>, FleetError> {
+        ask!(self, MarkGpuHealthy { node, index })
     }
 
     pub async fn list_gpus(&self, node: Option<String>) -> Result<Vec<GpuView>, FleetError> {

@@ -292,6 +292,16 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new((&view).into()))
     }
 
+    async fn mark_gpu_healthy(
+        &self,
+        request: Request<pb::GpuRef>,
+    ) -> Result<Response<pb::GpuList>, Status> {
+        let r = request.into_inner();
+        required("--node", &r.node)?;
+        let gpus = self.fleet.mark_gpu_healthy(r.node, r.index).await?;
+        Ok(Response::new(pb::GpuList { gpus: to_pb(&gpus) }))
+    }
+
     async fn list_gpus(
         &self,
         request: Request<pb::ListGpusRequest>,

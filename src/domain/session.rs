@@ -74,4 +74,6 @@ pub struct LogsReply {
 pub enum ToAgent {
     Assignment(Assignment),
     Logs(LogsRequest),
+    /// The operator vouches for this GPU index.
+    MarkGpuHealthy(u32),
 }

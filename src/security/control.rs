@@ -22,7 +22,7 @@ use super::tokens::{check_token, Access, TokenFileError, TokenSet};
 pub fn is_read_method(method: &str) -> bool {
     method.starts_with("List")
         || method.starts_with("Get")
-        || matches!(method, "FollowEvents" | "Explain")
+        || matches!(method, "FollowEvents" | "Explain" | "ReplicaLogs")
 }
 
 /// The Control API's access rule: open, or tokens required.

@@ -93,6 +93,9 @@ impl From<&crate::domain::ToAgent> for pb::CoordinatorMessage {
             crate::domain::ToAgent::Assignment(a) => {
                 pb::coordinator_message::Msg::Assignment(a.into())
             }
+            crate::domain::ToAgent::MarkGpuHealthy(index) => {
+                pb::coordinator_message::Msg::MarkGpuHealthy(pb::MarkGpuHealthy { index: *index })
+            }
             crate::domain::ToAgent::Logs(l) => {
                 pb::coordinator_message::Msg::Logs(pb::LogsRequest {
                     request_id: l.request_id,
