@@ -212,3 +212,23 @@ fn a_command_that_cannot_run_fails_with_its_reason_and_spares_the_rest() {
         ready_replicas(&h, "good", 1)
     });
 }
+
+#[test]
+fn a_command_outside_allowed_executables_fails_with_that_reason() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "allowed_executables = [\"/usr/bin/true\"]\n");
+    h.wait_ready_nodes(1);
+    h.apply(&spec(&h, "forbidden", 1, &demo_server_command()));
+    let r = wait_until(Duration::from_secs(20), "a failed replica", || {
+        let rs = replicas(&h, "forbidden");
+        let r = rs.first()?.clone();
+        (r["state"] == "failed").then_some(r)
+    });
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("allowed_executables"), "{reason}");
+    assert!(
+        server_pids(&h, "forbidden").is_empty(),
+        "nothing was started"
+    );
+}

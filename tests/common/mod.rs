@@ -307,7 +307,17 @@ impl Harness {
         // Each agent its own port range: agents of tests running at once
         // must not race for the same replica port.
         let base = 20000 + (free_port() % 400) * 100;
-        let (extra_top, extra_tables) = match extra.find('[') {
+        // Keys before the first `[table]` line go at the top; the rest after.
+        let table_at = extra
+            .lines()
+            .scan(0, |offset, line| {
+                let at = *offset;
+                *offset += line.len() + 1;
+                Some((at, line))
+            })
+            .find(|(_, line)| line.trim_start().starts_with('['))
+            .map(|(at, _)| at);
+        let (extra_top, extra_tables) = match table_at {
             Some(i) => (&extra[..i], &extra[i..]),
             None => (extra, ""),
         };
