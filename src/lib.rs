@@ -9,4 +9,5 @@ pub mod coordinator;
 pub mod demo;
 pub mod domain;
 pub mod logging;
+pub mod sim;
 pub mod wire;
