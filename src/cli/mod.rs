@@ -8,6 +8,7 @@ pub mod model;
 pub mod node;
 pub mod output;
 pub mod replica;
+pub mod simulate;
 pub mod warm;
 
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// Run a whole local fleet on simulated GPUs, or the demo server / load generator.
     Demo(crate::demo::DemoArgs),
+    /// Replay a request trace through gpufleet's autoscaling and baselines on a virtual clock.
+    Simulate(simulate::SimulateArgs),
     /// Nodes (GPU hosts) of the fleet.
     Node {
         #[command(subcommand)]
@@ -184,7 +187,7 @@ pub async fn run_operator(command: Command) -> anyhow::Result<()> {
             client,
             output,
         } => event::run(args, &client, output).await,
-        Command::Coordinator(_) | Command::Agent(_) | Command::Demo(_) => {
+        Command::Coordinator(_) | Command::Agent(_) | Command::Demo(_) | Command::Simulate(_) => {
             unreachable!("daemon commands are dispatched by main")
         }
     }
