@@ -8,6 +8,7 @@ pub mod plot;
 pub mod policies;
 pub mod report;
 pub mod serving;
+mod slots;
 pub mod synthetic;
 pub mod trace;
 
@@ -266,6 +267,7 @@ pub fn run_policy(
     );
     let mut cluster = Cluster::new(setup.fleet, setup.serving, needs, metrics);
     let warm_aware = policy.warm_aware();
+    cluster.track_latency(policy.reads_latency());
     let initial = policy.initial_replicas();
     cluster
         .preload(initial, warm_aware)

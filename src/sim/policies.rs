@@ -76,6 +76,10 @@ pub trait Policy: Send {
     fn warm_aware(&self) -> bool {
         false
     }
+    /// Whether it reads the p95 latency signal (tracking it costs time).
+    fn reads_latency(&self) -> bool {
+        false
+    }
     fn tick(&mut self, now_s: f64, load: &Load, cluster: &Cluster) -> Wish;
 }
 
@@ -192,6 +196,10 @@ impl Policy for Gpufleet {
 
     fn warm_aware(&self) -> bool {
         true
+    }
+
+    fn reads_latency(&self) -> bool {
+        self.scaling.max_p95_latency.is_some()
     }
 
     fn tick(&mut self, now_s: f64, load: &Load, cluster: &Cluster) -> Wish {

@@ -185,7 +185,8 @@ impl Metrics {
         self.timeline.arrival(t);
     }
 
-    pub fn on_complete(&mut self, o: Outcome) {
+    /// A request that started: its finish is already known.
+    pub fn on_served(&mut self, o: Outcome) {
         let latency = o.finish_s - o.arrival_s;
         self.requests += 1;
         if latency <= self.slo_s {
@@ -193,7 +194,6 @@ impl Metrics {
         }
         self.queue_sum_s += o.start_s - o.arrival_s;
         self.latency.record(latency);
-        self.recent.record(latency);
         self.timeline.latency(o.arrival_s, latency);
         if let Some(log) = &mut self.outcomes {
             log.push(o);

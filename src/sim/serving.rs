@@ -2,15 +2,17 @@
 //! cache, replicas that load (from storage or from cache) then serve up to
 //! `concurrency` requests at once, and one FIFO queue per model that hands
 //! each request to the least-loaded ready replica with a free slot. Event
-//! times live in a binary heap; per request the work is a queue push/pop and
-//! two small heap operations.
+//! times live in a binary heap; per request the work is a queue push/pop, a
+//! constant-time slot lookup, and one push and pop on a heap no larger than
+//! the requests in flight.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::coordinator::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
 
 use super::report::{Metrics, Outcome};
+use super::slots::FreeSlots;
 use super::trace::Request;
 
 /// How fast replicas serve and load.
@@ -97,14 +99,8 @@ struct Pending {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum EventKind {
-    Done {
-        replica: usize,
-        arrival_s: f64,
-        start_s: f64,
-    },
-    Ready {
-        replica: usize,
-    },
+    Done { replica: u32, arrival_s: f64 },
+    Ready { replica: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -166,8 +162,10 @@ pub struct Cluster {
     replicas: Vec<Replica>,
     /// Replicas not stopped, oldest first.
     live: Vec<usize>,
-    /// Ready replicas with a free slot, least loaded first.
-    free: BTreeSet<(u32, usize)>,
+    /// Ready replicas with a free slot, by load.
+    free: FreeSlots,
+    /// Whether the policy reads the recent p95 (it costs a histogram per second).
+    track_latency: bool,
     queue: VecDeque<Pending>,
     events: BinaryHeap<Event>,
     seq: u64,
@@ -205,7 +203,8 @@ impl Cluster {
                 .collect(),
             replicas: Vec::new(),
             live: Vec::new(),
-            free: BTreeSet::new(),
+            free: FreeSlots::new(model.concurrency),
+            track_latency: false,
             queue: VecDeque::new(),
             events: BinaryHeap::new(),
             seq: 0,
@@ -223,6 +222,11 @@ impl Cluster {
 
     pub fn node_count(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Keeps the p95 of recent completions for [`Load::recent_p95_s`].
+    pub fn track_latency(&mut self, on: bool) {
+        self.track_latency = on;
     }
 
     pub fn needs(&self) -> &ReplicaNeeds {
@@ -323,7 +327,11 @@ impl Cluster {
             draining: self.draining,
             arrivals_last_s: self.arrivals_last_s,
             busy_share: (slots > 0).then(|| f64::from(on_ready) / f64::from(slots)),
-            recent_p95_s: self.metrics.recent.p95(),
+            recent_p95_s: if self.track_latency {
+                self.metrics.recent.p95()
+            } else {
+                None
+            },
         }
     }
 
@@ -337,7 +345,7 @@ impl Cluster {
             let w = self.model.weights_bytes as f64;
             self.nodes[node].fill_start = Some(-w / self.model.storage_bw);
             self.ready += 1;
-            self.free.insert((0, id));
+            self.free.insert(id, 0);
         }
         Ok(())
     }
@@ -397,7 +405,7 @@ impl Cluster {
             // The replica's own read fills the cache at storage speed.
             self.nodes[node].fill_start = Some(now - resident / self.model.storage_bw);
             let ready_at = now + self.model.load_s(resident);
-            self.schedule(ready_at, EventKind::Ready { replica: id });
+            self.schedule(ready_at, EventKind::Ready { replica: id as u32 });
             self.starting += 1;
             current += 1;
         }
@@ -423,7 +431,7 @@ impl Cluster {
                 }
                 _ => {
                     self.ready -= 1;
-                    self.free.remove(&(self.replicas[id].running, id));
+                    self.free.remove(id);
                     self.replicas[id].state = State::Draining;
                     self.draining += 1;
                     if self.replicas[id].running == 0 {
@@ -470,28 +478,30 @@ impl Cluster {
     }
 
     /// Hands queued requests, oldest first, to the least-loaded ready
-    /// replicas with a free slot.
+    /// replicas with a free slot. A request's finish is known once it starts
+    /// (service time does not depend on load), so it is recorded here.
     fn dispatch(&mut self, now: f64) {
         while !self.queue.is_empty() {
-            let Some((load, id)) = self.free.pop_first() else {
+            let Some((load, id)) = self.free.least_loaded() else {
                 return;
             };
             let Some(p) = self.queue.pop_front() else {
-                self.free.insert((load, id));
                 return;
             };
-            let r = &mut self.replicas[id];
-            r.running += 1;
+            self.replicas[id].running = load + 1;
             self.running += 1;
-            if r.running < self.model.concurrency {
-                self.free.insert((r.running, id));
-            }
+            self.free.insert(id, load + 1);
+            let finish_s = now + p.service_s;
+            self.metrics.on_served(Outcome {
+                arrival_s: p.arrival_s,
+                start_s: now,
+                finish_s,
+            });
             self.schedule(
-                now + p.service_s,
+                finish_s,
                 EventKind::Done {
-                    replica: id,
+                    replica: id as u32,
                     arrival_s: p.arrival_s,
-                    start_s: now,
                 },
             );
         }
@@ -505,26 +515,18 @@ impl Cluster {
     pub fn step(&mut self) {
         let Some(e) = self.events.pop() else { return };
         match e.kind {
-            EventKind::Done {
-                replica,
-                arrival_s,
-                start_s,
-            } => {
-                self.metrics.on_complete(Outcome {
-                    arrival_s,
-                    start_s,
-                    finish_s: e.t,
-                });
+            EventKind::Done { replica, arrival_s } => {
+                let replica = replica as usize;
+                if self.track_latency {
+                    self.metrics.recent.record(e.t - arrival_s);
+                }
                 self.running -= 1;
                 let r = &mut self.replicas[replica];
-                let before = r.running;
                 r.running -= 1;
+                let running = r.running;
                 match r.state {
-                    State::Ready => {
-                        self.free.remove(&(before, replica));
-                        self.free.insert((before - 1, replica));
-                    }
-                    State::Draining if r.running == 0 => {
+                    State::Ready => self.free.insert(replica, running),
+                    State::Draining if running == 0 => {
                         self.draining -= 1;
                         self.stop(replica, e.t);
                     }
@@ -532,6 +534,7 @@ impl Cluster {
                 }
             }
             EventKind::Ready { replica } => {
+                let replica = replica as usize;
                 let r = &mut self.replicas[replica];
                 // A replica removed while loading never becomes ready.
                 if r.state != State::Starting {
@@ -541,7 +544,7 @@ impl Cluster {
                 r.ready_s = e.t;
                 self.starting -= 1;
                 self.ready += 1;
-                self.free.insert((0, replica));
+                self.free.insert(replica, 0);
             }
         }
         self.dispatch(e.t);
@@ -551,7 +554,9 @@ impl Cluster {
     /// latency window move on.
     pub fn end_second(&mut self, now: f64) {
         self.arrivals_last_s = std::mem::take(&mut self.arrivals_this_s);
-        self.metrics.recent.roll();
+        if self.track_latency {
+            self.metrics.recent.roll();
+        }
         self.metrics.on_tick(now, self.live_replicas());
     }
 
@@ -560,18 +565,13 @@ impl Cluster {
         !self.queue.is_empty() || self.running > 0
     }
 
-    /// Gives up on what is still queued or running at `end`; returns how many.
+    /// Gives up on the requests still queued at `end` (those already
+    /// started were recorded with their finish); returns how many.
     pub fn abandon(&mut self, end: f64) -> u64 {
         let mut n = 0;
         for p in std::mem::take(&mut self.queue) {
             self.metrics.on_unfinished(p.arrival_s, end);
             n += 1;
-        }
-        while let Some(e) = self.events.pop() {
-            if let EventKind::Done { arrival_s, .. } = e.kind {
-                self.metrics.on_unfinished(arrival_s, end);
-                n += 1;
-            }
         }
         n
     }
