@@ -4,6 +4,7 @@
 //! Event-driven: arrivals stream in order, completions and replica starts sit
 //! in a binary heap, and policies tick once per virtual second.
 
+mod events;
 pub mod plot;
 pub mod policies;
 pub mod report;

@@ -6,11 +6,11 @@
 //! constant-time slot lookup, and one push and pop on a heap no larger than
 //! the requests in flight.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::coordinator::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
 
+use super::events::{Event, Events};
 use super::report::{Metrics, Outcome};
 use super::slots::FreeSlots;
 use super::trace::Request;
@@ -89,44 +89,14 @@ struct Node {
     /// storage speed; they stay once resident (no eviction: one model's
     /// weights fit the cache budget).
     fill_start: Option<f64>,
+    /// Live replicas here.
+    replicas: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Pending {
     arrival_s: f64,
     service_s: f64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum EventKind {
-    Done { replica: u32, arrival_s: f64 },
-    Ready { replica: u32 },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Event {
-    t: f64,
-    seq: u64,
-    kind: EventKind,
-}
-
-impl Eq for Event {}
-
-impl Ord for Event {
-    /// Reversed, so the std max-heap pops the earliest; `seq` keeps ties in
-    /// the order they were scheduled, which makes runs reproducible.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .t
-            .total_cmp(&self.t)
-            .then_with(|| other.seq.cmp(&self.seq))
-    }
-}
-
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
 }
 
 /// What a policy sees of the model each second.
@@ -167,8 +137,7 @@ pub struct Cluster {
     /// Whether the policy reads the recent p95 (it costs a histogram per second).
     track_latency: bool,
     queue: VecDeque<Pending>,
-    events: BinaryHeap<Event>,
-    seq: u64,
+    events: Events,
     ready: u32,
     starting: u32,
     draining: u32,
@@ -199,6 +168,7 @@ impl Cluster {
                 .map(|_| Node {
                     taken: vec![false; shape.gpus_per_node as usize],
                     fill_start: None,
+                    replicas: 0,
                 })
                 .collect(),
             replicas: Vec::new(),
@@ -206,8 +176,7 @@ impl Cluster {
             free: FreeSlots::new(model.concurrency),
             track_latency: false,
             queue: VecDeque::new(),
-            events: BinaryHeap::new(),
-            seq: 0,
+            events: Events::default(),
             ready: 0,
             starting: 0,
             draining: 0,
@@ -251,7 +220,7 @@ impl Cluster {
 
     /// Whether any live replica runs on `node`.
     pub fn runs_on(&self, node: usize) -> bool {
-        self.live.iter().any(|r| self.replicas[*r].node == node)
+        self.nodes.get(node).is_some_and(|n| n.replicas > 0)
     }
 
     /// The fleet as placement sees it. A cache-blind scheduler (the
@@ -279,11 +248,7 @@ impl Cluster {
                 } else {
                     0.0
                 },
-                model_replicas: self
-                    .live
-                    .iter()
-                    .filter(|r| self.replicas[**r].node == i)
-                    .count() as u32,
+                model_replicas: n.replicas,
             })
             .collect()
     }
@@ -376,6 +341,7 @@ impl Cluster {
             stopped_s: None,
         });
         self.live.push(id);
+        self.nodes[node].replicas += 1;
         Ok(id)
     }
 
@@ -405,7 +371,7 @@ impl Cluster {
             // The replica's own read fills the cache at storage speed.
             self.nodes[node].fill_start = Some(now - resident / self.model.storage_bw);
             let ready_at = now + self.model.load_s(resident);
-            self.schedule(ready_at, EventKind::Ready { replica: id as u32 });
+            self.events.ready(ready_at, id);
             self.starting += 1;
             current += 1;
         }
@@ -450,21 +416,13 @@ impl Cluster {
         r.state = State::Stopped;
         r.stopped_s = Some(now);
         let node = r.node;
+        self.nodes[node].replicas -= 1;
         for g in r.gpus.clone() {
             if let Some(t) = self.nodes[node].taken.get_mut(g as usize) {
                 *t = false;
             }
         }
         self.live.retain(|x| *x != id);
-    }
-
-    fn schedule(&mut self, t: f64, kind: EventKind) {
-        self.seq += 1;
-        self.events.push(Event {
-            t,
-            seq: self.seq,
-            kind,
-        });
     }
 
     pub fn arrive(&mut self, r: &Request) {
@@ -497,28 +455,23 @@ impl Cluster {
                 start_s: now,
                 finish_s,
             });
-            self.schedule(
-                finish_s,
-                EventKind::Done {
-                    replica: id as u32,
-                    arrival_s: p.arrival_s,
-                },
-            );
+            self.events.done(finish_s, id, finish_s - p.arrival_s);
         }
     }
 
     pub fn next_event_s(&self) -> Option<f64> {
-        self.events.peek().map(|e| e.t)
+        self.events.next_s()
     }
 
     /// Handles the earliest event.
     pub fn step(&mut self) {
-        let Some(e) = self.events.pop() else { return };
-        match e.kind {
-            EventKind::Done { replica, arrival_s } => {
-                let replica = replica as usize;
+        let Some((t, event)) = self.events.pop() else {
+            return;
+        };
+        match event {
+            Event::Done { replica, latency_s } => {
                 if self.track_latency {
-                    self.metrics.recent.record(e.t - arrival_s);
+                    self.metrics.recent.record(latency_s);
                 }
                 self.running -= 1;
                 let r = &mut self.replicas[replica];
@@ -528,26 +481,25 @@ impl Cluster {
                     State::Ready => self.free.insert(replica, running),
                     State::Draining if running == 0 => {
                         self.draining -= 1;
-                        self.stop(replica, e.t);
+                        self.stop(replica, t);
                     }
                     _ => {}
                 }
             }
-            EventKind::Ready { replica } => {
-                let replica = replica as usize;
+            Event::Ready { replica } => {
                 let r = &mut self.replicas[replica];
                 // A replica removed while loading never becomes ready.
                 if r.state != State::Starting {
                     return;
                 }
                 r.state = State::Ready;
-                r.ready_s = e.t;
+                r.ready_s = t;
                 self.starting -= 1;
                 self.ready += 1;
                 self.free.insert(replica, 0);
             }
         }
-        self.dispatch(e.t);
+        self.dispatch(t);
     }
 
     /// Ends a virtual second: the per-second arrival count and the recent
