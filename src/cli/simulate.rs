@@ -282,7 +282,7 @@ fn table(reports: &[&PolicyReport], slo_s: f64) -> Table {
             format!("{:.1}s", r.p95_s),
             format!("{:.1}s", r.p99_s),
             format!("{:.2}s", r.mean_queue_s),
-            format!("{:.1}", r.gpu_hours),
+            format!("{:.2}", r.gpu_hours),
             r.cold_starts.to_string(),
             r.warm_starts.to_string(),
             r.scale_actions.to_string(),

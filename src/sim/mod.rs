@@ -53,6 +53,8 @@ pub enum SimError {
     },
     #[error("the {policy} policy cannot place its first replicas: {why}")]
     Preload { policy: PolicyKind, why: String },
+    #[error("the {0} run stopped on an internal error (a bug in the simulator; please report it)")]
+    Panicked(PolicyKind),
 }
 
 /// Where the requests come from.
@@ -387,14 +389,7 @@ pub fn compare(
         handles
             .into_iter()
             .zip(kinds)
-            .map(|(h, kind)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(SimError::Preload {
-                        policy: *kind,
-                        why: "the simulation thread panicked".into(),
-                    })
-                })
-            })
+            .map(|(h, kind)| h.join().unwrap_or_else(|_| Err(SimError::Panicked(*kind))))
             .collect()
     })
 }
