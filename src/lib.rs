@@ -11,4 +11,5 @@ pub mod domain;
 pub mod logging;
 pub mod notify;
 pub mod security;
+pub mod sim;
 pub mod wire;

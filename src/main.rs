@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             Command::Coordinator(args) => coordinator(args).await,
             Command::Agent(args) => agent(args).await,
             Command::Demo(args) => gpufleet::demo::run(args).await.map_err(Failure::Run),
+            Command::Simulate(args) => cli::simulate::run(args).map_err(Failure::Run),
             other => cli::run_operator(other).await.map_err(Failure::Run),
         }
     });

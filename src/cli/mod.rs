@@ -9,6 +9,7 @@ pub mod model;
 pub mod node;
 pub mod output;
 pub mod replica;
+pub mod simulate;
 pub mod tls;
 pub mod warm;
 
@@ -46,6 +47,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// Run a whole local fleet on simulated GPUs, or the demo server / load generator.
     Demo(crate::demo::DemoArgs),
+    /// Replay a request trace through gpufleet's autoscaling and baselines on a virtual clock.
+    Simulate(simulate::SimulateArgs),
     /// Nodes (GPU hosts) of the fleet.
     Node {
         #[command(subcommand)]
@@ -205,7 +208,7 @@ pub async fn run_operator(command: Command) -> anyhow::Result<()> {
             output,
         } => event::run(args, &client, output).await,
         Command::Tls { cmd } => tls::run(cmd),
-        Command::Coordinator(_) | Command::Agent(_) | Command::Demo(_) => {
+        Command::Coordinator(_) | Command::Agent(_) | Command::Demo(_) | Command::Simulate(_) => {
             unreachable!("daemon commands are dispatched by main")
         }
     }

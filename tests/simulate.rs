@@ -1,0 +1,165 @@
+//! `gpufleet simulate` as a user runs it: the real binary on a short
+//! synthetic trace, JSON output, the SVG plot, a written trace read back, and
+//! a broken trace reported by line and column.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/traces/model.toml"
+);
+
+fn simulate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpufleet"))
+        .arg("simulate")
+        .args(args)
+        .output()
+        .expect("the gpufleet binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn reports(json: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {json}"))
+        .as_array()
+        .expect("an array of policies")
+        .clone()
+}
+
+#[test]
+fn compares_the_four_policies_as_json_and_plots_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("day.svg");
+    let out = stdout(&simulate(&[
+        "--synthetic",
+        "diurnal",
+        "--duration",
+        "30m",
+        "--peak-rps",
+        "10",
+        "--seed",
+        "3",
+        "--bursts",
+        "1",
+        "--model",
+        MODEL,
+        "-o",
+        "json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]));
+    let rows = reports(&out);
+    let names: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["gpufleet", "hpa", "knative", "static-peak"]);
+    let requests = rows[0]["requests"].as_u64().unwrap();
+    assert!(requests > 1000, "{requests}");
+    for r in &rows {
+        for key in [
+            "policy",
+            "requests",
+            "slo_share",
+            "p50_s",
+            "p95_s",
+            "p99_s",
+            "gpu_hours",
+            "cold_starts",
+            "warm_starts",
+            "scale_actions",
+            "mean_queue_s",
+        ] {
+            assert!(r.get(key).is_some(), "{key} missing from {r}");
+        }
+        assert_eq!(r["requests"].as_u64(), Some(requests), "same trace for all");
+        let share = r["slo_share"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&share), "{share}");
+        let (p50, p95, p99) = (
+            r["p50_s"].as_f64().unwrap(),
+            r["p95_s"].as_f64().unwrap(),
+            r["p99_s"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p95 && p95 <= p99, "{r}");
+        assert!(r["gpu_hours"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(rows[3]["cold_starts"].as_u64(), Some(0));
+
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg"));
+    for label in [
+        "gpufleet",
+        "hpa",
+        "knative",
+        "static-peak",
+        "offered load",
+        "p95 latency",
+    ] {
+        assert!(svg.contains(label), "plot lacks {label}");
+    }
+}
+
+#[test]
+fn a_written_trace_replays_to_the_same_requests_and_prints_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.csv");
+    let written = simulate(&[
+        "--synthetic",
+        "diurnal",
+        "--duration",
+        "10m",
+        "--peak-rps",
+        "4",
+        "--write-trace",
+        trace.to_str().unwrap(),
+    ]);
+    stdout(&written);
+    assert!(Path::new(&trace).exists());
+    let lines = std::fs::read_to_string(&trace).unwrap().lines().count() as u64;
+
+    let out = stdout(&simulate(&[
+        "--trace",
+        trace.to_str().unwrap(),
+        "--model",
+        MODEL,
+        "--policies",
+        "gpufleet,static-peak",
+    ]));
+    let header = out.lines().nth(1).unwrap_or_default();
+    assert!(header.starts_with("POLICY"), "{out}");
+    assert!(header.contains("IN SLO (10s)"), "{out}");
+    let row = out.lines().find(|l| l.starts_with("gpufleet")).unwrap();
+    let requests: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(
+        requests,
+        lines - 1,
+        "every line but the header is a request"
+    );
+}
+
+#[test]
+fn a_broken_trace_names_the_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("bad.csv");
+    std::fs::write(
+        &trace,
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50,396,lots\n",
+    )
+    .unwrap();
+    let o = simulate(&["--trace", trace.to_str().unwrap(), "--model", MODEL]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("line 3, column 3 (GeneratedTokens): expected a whole number of tokens"),
+        "{err}"
+    );
+    let o = simulate(&["--model", MODEL]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+}
