@@ -389,7 +389,7 @@ pub fn compare(
         handles
             .into_iter()
             .zip(kinds)
-            .map(|(h, kind)| h.join().unwrap_or_else(|_| Err(SimError::Panicked(*kind))))
+            .map(|(h, kind)| h.join().unwrap_or(Err(SimError::Panicked(*kind))))
             .collect()
     })
 }
