@@ -119,9 +119,14 @@ fn standby_warming_keeps_a_spare_node_warm_and_scale_up_lands_there() {
         let r = rs.as_array()?.first()?.clone();
         (r["state"] == "ready").then_some(r)
     });
-    // Packing puts the first replica on a one-GPU node; the standby is the
-    // node with the most room that runs nothing of the model.
+    // Packing puts the first replica on a one-GPU node; the standby is where
+    // placement would put the next replica: the other one-GPU node.
     assert_ne!(first["node"], "node-b");
+    let other = if first["node"] == "node-a" {
+        "node-c"
+    } else {
+        "node-a"
+    };
     let standby = wait_until(Duration::from_secs(30), "a resident standby entry", || {
         let w = h.try_json(&["warm", "ls"])?;
         w.as_array()?
@@ -129,21 +134,21 @@ fn standby_warming_keeps_a_spare_node_warm_and_scale_up_lands_there() {
             .find(|e| e["reason"] == "standby" && e["state"] == "resident")
             .cloned()
     });
-    assert_eq!(standby["node"], "node-b", "{standby}");
+    assert_eq!(standby["node"], other, "{standby}");
 
-    // More replicas go where the weights are warm, not where packing points.
+    // The next replica lands on the warm standby node.
     assert!(h
         .cli(&["model", "scale", "spare", "--replicas", "2"])
         .status
         .success());
     wait_until(
         Duration::from_secs(30),
-        "the second replica on node-b",
+        "the second replica on the standby node",
         || {
             let rs = h.try_json(&["replica", "ls"])?;
             rs.as_array()?
                 .iter()
-                .any(|r| r["node"] == "node-b")
+                .any(|r| r["node"] == other)
                 .then_some(())
         },
     );

@@ -81,6 +81,46 @@ pub fn place(nodes: &[NodeCandidate], needs: &ReplicaNeeds) -> Result<Placement,
     Err(explain_no_fit(nodes, needs, fitting))
 }
 
+/// Where a model's weights should be kept warm beyond the nodes running it:
+/// the nodes where `predicted` more replicas would be placed (predictive
+/// warming), then `standby` more nodes that run none of it, each chosen as
+/// placement would choose a next replica. The coordinator and the simulator
+/// both decide warm nodes with this.
+pub fn warm_targets(
+    candidates: &[NodeCandidate],
+    needs: &ReplicaNeeds,
+    running_on: &[&str],
+    predicted: u32,
+    standby: u32,
+) -> Vec<(String, &'static str)> {
+    let mut cands = candidates.to_vec();
+    let mut targets: Vec<(String, &'static str)> = Vec::new();
+    for _ in 0..predicted {
+        let Ok(p) = place(&cands, needs) else { break };
+        if let Some(c) = cands.iter_mut().find(|c| c.name == p.node) {
+            for g in c.gpus.iter_mut().filter(|g| p.gpus.contains(&g.index)) {
+                g.taken = true;
+            }
+        }
+        if !running_on.contains(&p.node.as_str()) && !targets.iter().any(|(n, _)| *n == p.node) {
+            targets.push((p.node, "predictive"));
+        }
+    }
+    for c in cands.iter_mut() {
+        if running_on.contains(&c.name.as_str()) || targets.iter().any(|(n, _)| *n == c.name) {
+            c.unschedulable = Some("already warm for this model".into());
+        }
+    }
+    for _ in 0..standby {
+        let Ok(p) = place(&cands, needs) else { break };
+        if let Some(c) = cands.iter_mut().find(|c| c.name == p.node) {
+            c.unschedulable = Some("chosen as standby".into());
+        }
+        targets.push((p.node, "standby"));
+    }
+    targets
+}
+
 /// Lower ranks win: warm first, then spread, then the tightest fit (packing),
 /// then the name so the choice is deterministic.
 fn rank<'a>(
@@ -208,6 +248,31 @@ mod tests {
         assert_eq!(place(&nodes, &n).unwrap().node, "a");
         n.spread = true;
         assert_eq!(place(&nodes, &n).unwrap().node, "b");
+    }
+
+    #[test]
+    fn standby_nodes_run_nothing_of_the_model_and_predictions_go_where_replicas_would() {
+        let nodes = vec![
+            node("a", &[80]),
+            node("b", &[80, 80]),
+            node("c", &[80, 80, 80]),
+        ];
+        let n = needs(1, 20);
+        // a runs the model; one standby: packing picks b (fewest free that fit).
+        assert_eq!(
+            warm_targets(&nodes, &n, &["a"], 0, 1),
+            vec![("b".to_string(), "standby")]
+        );
+        // Two predicted replicas pack onto b; the standby then goes to c.
+        assert_eq!(
+            warm_targets(&nodes, &n, &["a"], 2, 1),
+            vec![
+                ("b".to_string(), "predictive"),
+                ("c".to_string(), "standby")
+            ]
+        );
+        // Nothing fits: nothing to warm.
+        assert!(warm_targets(&nodes, &needs(1, 90), &[], 1, 1).is_empty());
     }
 
     proptest! {

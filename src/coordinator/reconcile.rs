@@ -301,7 +301,7 @@ impl Fleet {
     }
 
     /// The fleet as placement sees it for one model.
-    fn candidates(&self, model: &str, now: Instant) -> Vec<NodeCandidate> {
+    pub(super) fn candidates(&self, model: &str, now: Instant) -> Vec<NodeCandidate> {
         self.nodes
             .values()
             .map(|n| {

@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use crate::api::{NodeState, WarmView};
+use crate::api::WarmView;
 use crate::config::WarmMode;
 use crate::domain::{unix_ms_now, WarmSpec};
 
 use super::fleet::{Fleet, FleetError, WarmOp};
+use super::placement::{warm_targets, ReplicaNeeds};
 use super::predict::replicas_needed;
 use super::scaling::PREDICT_HORIZON;
 
@@ -119,48 +120,33 @@ impl Fleet {
                 .filter(|r| &r.model == name)
                 .map(|r| r.node.as_str())
                 .collect();
-            let server = &model.spec.server;
-            let mut candidates: Vec<(f64, usize, &str)> = self
-                .nodes
-                .values()
-                .filter(|n| n.session.is_some() && self.node_state(n, now) == NodeState::Ready)
-                .filter(|n| !running.contains(n.name.as_str()))
-                .filter_map(|n| {
-                    let fitting = n
-                        .gpus
-                        .iter()
-                        .filter(|g| g.healthy && g.memory_total_bytes >= server.gpu_memory_bytes)
-                        .count();
-                    if fitting < server.gpus as usize {
-                        return None;
-                    }
-                    let warm = n
-                        .warm
-                        .iter()
-                        .find(|w| &w.model == name && w.total_bytes > 0)
-                        .map(|w| w.resident_bytes as f64 / w.total_bytes as f64)
-                        .unwrap_or(0.0);
-                    Some((warm, fitting, n.name.as_str()))
-                })
-                .collect();
-            candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
-            let standby = model.spec.warm.standby_nodes as usize;
+            let running: Vec<&str> = running.into_iter().collect();
+            let needs = ReplicaNeeds {
+                gpus: model.spec.server.gpus,
+                gpu_memory_bytes: model.spec.server.gpu_memory_bytes,
+                spread: model.spec.spread,
+            };
             let predicted = match (&model.spec.warm.mode, &model.spec.scaling) {
                 (WarmMode::Predictive, Some(spec)) => {
                     let f = model
                         .demand
                         .forecast(now_unix_s, PREDICT_HORIZON.as_secs() as i64);
-                    replicas_needed(&f, spec).saturating_sub(model.desired) as usize
+                    replicas_needed(&f, spec).saturating_sub(model.desired)
                 }
                 _ => 0,
             };
+            let candidates = self.candidates(name, now);
+            let targets = warm_targets(
+                &candidates,
+                &needs,
+                &running,
+                predicted,
+                model.spec.warm.standby_nodes,
+            );
             let mut chosen = Vec::new();
-            for (i, (_, _, node)) in candidates.iter().enumerate().take(standby + predicted) {
-                let why = if i < standby { "standby" } else { "predictive" };
-                plan.entry(node.to_string())
-                    .or_default()
-                    .insert(name.clone(), why);
+            for (node, why) in targets {
                 chosen.push(format!("{node} ({why})"));
+                plan.entry(node).or_default().insert(name.clone(), why);
             }
             let before: Vec<String> = self
                 .warm_plan

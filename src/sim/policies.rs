@@ -124,43 +124,28 @@ impl Gpufleet {
         if self.warm.mode == WarmMode::Off {
             return Vec::new();
         }
-        let mut cands = cluster.candidates(now_s, true);
-        let mut targets = Vec::new();
         let extra = match self.warm.mode {
             WarmMode::Predictive => predicted.saturating_sub(self.desired),
             _ => 0,
         };
-        for _ in 0..extra {
-            let Ok(p) = placement::place(&cands, cluster.needs()) else {
-                break;
-            };
-            if let Some(c) = cands.iter_mut().find(|c| c.name == p.node) {
-                for g in c.gpus.iter_mut().filter(|g| p.gpus.contains(&g.index)) {
-                    g.taken = true;
-                }
-            }
-            if let Some(i) = cluster.node_index(&p.node) {
-                if !targets.contains(&i) {
-                    targets.push(i);
-                }
-            }
-        }
-        for (i, c) in cands.iter_mut().enumerate() {
-            if cluster.runs_on(i) || targets.contains(&i) {
-                c.unschedulable = Some("already warm for this model".into());
-            }
-        }
-        for _ in 0..self.warm.standby_nodes {
-            let Ok(p) = placement::place(&cands, cluster.needs()) else {
-                break;
-            };
-            let Some(i) = cluster.node_index(&p.node) else {
-                break;
-            };
-            cands[i].unschedulable = Some("chosen as standby".into());
-            targets.push(i);
-        }
-        targets
+        let cands = cluster.candidates(now_s, true);
+        let running: Vec<&str> = cands
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| cluster.runs_on(*i))
+            .map(|(_, c)| c.name.as_str())
+            .collect();
+        // The coordinator's own rule, not a copy of it.
+        placement::warm_targets(
+            &cands,
+            cluster.needs(),
+            &running,
+            extra,
+            self.warm.standby_nodes,
+        )
+        .into_iter()
+        .filter_map(|(node, _)| cluster.node_index(&node))
+        .collect()
     }
 }
 
