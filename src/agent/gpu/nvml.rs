@@ -2,9 +2,8 @@
 //! time (nothing NVIDIA is needed to build or test the agent). One GPU that
 //! stops answering is reported unhealthy; the others keep being sampled.
 //!
-//! Limits of nvml-wrapper 0.11: it has no MIG device handles, so a GPU in MIG
-//! mode is reported as one whole device (logged at start; its utilization
-//! reads 0 because NVML does not report it in MIG mode).
+//! A GPU in MIG mode is listed with each of its MIG instances as a GPU of its
+//! own (see `mig`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{mpsc, Arc};
@@ -28,6 +27,10 @@ use super::nvml_events::NvmlEventWatcher;
 use super::xid::PciAddress;
 use super::{unanswered_sample, GpuProbe, ProbeError, NVML_LIBRARY};
 
+mod mig;
+
+use mig::{MigLayout, PhysicalGpu};
+
 /// Fields read in one `nvmlDeviceGetFieldValues` call, in this order.
 const FIELDS: [FieldId; 4] = [
     FieldId(NVML_FI_DEV_ECC_SBE_VOL_TOTAL),
@@ -46,6 +49,7 @@ const SLOW_EVERY: Duration = Duration::from_secs(5);
 pub struct NvmlGpus {
     nvml: Arc<Nvml>,
     gpus: Vec<GpuInfo>,
+    mig: MigLayout,
     driver_version: String,
     cuda_version: String,
     slow: SlowCadence,
@@ -87,15 +91,24 @@ impl NvmlGpus {
             what: "counting the GPUs".into(),
             reason: err.to_string(),
         })?;
-        let gpus: Vec<GpuInfo> = (0..count).map(|index| read_info(&nvml, index)).collect();
-        tracing::info!(gpus = count, driver = %driver_version, cuda = %cuda_version, "NVML loaded");
+        let (gpus, mig) = mig::list_gpus((0..count).map(|index| read_info(&nvml, index)).collect());
+        tracing::info!(
+            gpus = count,
+            mig_gpus = mig.parents(),
+            mig_instances = gpus.len().saturating_sub(count as usize),
+            driver = %driver_version,
+            cuda = %cuda_version,
+            "NVML loaded"
+        );
 
         let nvml = Arc::new(nvml);
         let (events_tx, events) = mpsc::channel();
-        let indices = gpus.iter().map(|g| g.index).collect();
+        // Xids name physical GPUs only (MIG instances share their parent's PCI
+        // address); `take_events` passes them on to the instances.
+        let physical = || gpus.iter().filter(|g| g.mig_parent.is_none());
+        let indices = physical().map(|g| g.index).collect();
         let nvml_events = NvmlEventWatcher::spawn(Arc::clone(&nvml), indices, events_tx.clone());
-        let by_pci: HashMap<PciAddress, u32> = gpus
-            .iter()
+        let by_pci: HashMap<PciAddress, u32> = physical()
             .filter_map(|g| Some((PciAddress::parse(&g.pci_bus_id)?, g.index)))
             .collect();
         let kernel_log = KmsgReader::spawn(KERNEL_LOG, StartAt::End, move |x| {
@@ -117,6 +130,7 @@ impl NvmlGpus {
         Ok(NvmlGpus {
             nvml,
             gpus,
+            mig,
             driver_version,
             cuda_version,
             slow: SlowCadence::default(),
@@ -141,10 +155,36 @@ impl GpuProbe for NvmlGpus {
     fn sample(&mut self) -> Vec<GpuSample> {
         let refresh_slow = self.slow.due(Instant::now());
         let nvml = &*self.nvml;
-        let mut samples = Vec::with_capacity(self.gpus.len());
+        let mut samples: Vec<GpuSample> = Vec::with_capacity(self.gpus.len());
         for info in &self.gpus {
             let slow = self.slow_fields.entry(info.index).or_default();
-            match read_sample(nvml, info, refresh_slow, slow) {
+            let read = match info.mig_parent {
+                None => {
+                    let kind = if self.mig.is_parent(info.index) {
+                        Handle::MigParent
+                    } else {
+                        Handle::Gpu
+                    };
+                    read_sample(nvml, info, kind, refresh_slow, slow)
+                }
+                // Physical GPUs come first in the inventory, so the parent's
+                // sample (not yet marked for MIG) is already taken.
+                Some(parent) => match samples.iter().find(|s| s.index == parent) {
+                    Some(p) if !p.healthy => Err(format!(
+                        "its GPU {parent} does not answer: {}",
+                        p.health_reason
+                    )),
+                    p => read_sample(nvml, info, Handle::MigInstance, refresh_slow, slow).map(
+                        |mut sample| {
+                            if let Some(p) = p {
+                                mig::inherit_parent(&mut sample, p);
+                            }
+                            sample
+                        },
+                    ),
+                },
+            };
+            match read {
                 Ok(sample) => {
                     if self.unanswered.remove(&info.index) {
                         tracing::info!(gpu = info.index, "GPU answers NVML again");
@@ -163,6 +203,7 @@ impl GpuProbe for NvmlGpus {
                 }
             }
         }
+        self.mig.mark_parents(&mut samples);
         samples
     }
 
@@ -171,7 +212,11 @@ impl GpuProbe for NvmlGpus {
     }
 
     fn take_events(&mut self) -> Vec<GpuEvent> {
-        self.events.try_iter().collect()
+        let mig = &self.mig;
+        self.events
+            .try_iter()
+            .flat_map(|event| mig.fan_out(event))
+            .collect()
     }
 }
 
@@ -231,12 +276,29 @@ fn field<T>(result: Result<T, NvmlError>) -> Result<Option<T>, String> {
     }
 }
 
-fn read_info(nvml: &Nvml, index: u32) -> GpuInfo {
-    let unhealthy = |reason: String| GpuInfo {
-        index,
-        healthy: false,
-        health_reason: reason,
-        ..GpuInfo::default()
+/// The NVML handle behind an inventory entry, which decides what is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handle {
+    /// A physical GPU not in MIG mode.
+    Gpu,
+    /// A physical GPU in MIG mode: its process list is the aggregate of its
+    /// instances', so it is left to them (read twice, memory would be
+    /// attributed twice).
+    MigParent,
+    /// A MIG instance, opened by its UUID: memory and processes are its own;
+    /// clocks, power, temperature, ECC and PCIe belong to the physical GPU.
+    MigInstance,
+}
+
+fn read_info(nvml: &Nvml, index: u32) -> PhysicalGpu {
+    let unhealthy = |reason: String| PhysicalGpu {
+        info: GpuInfo {
+            index,
+            healthy: false,
+            health_reason: reason,
+            ..GpuInfo::default()
+        },
+        mig: None,
     };
     let device = match nvml.device_by_index(index) {
         Ok(device) => device,
@@ -247,7 +309,7 @@ fn read_info(nvml: &Nvml, index: u32) -> GpuInfo {
             return unhealthy(reason);
         }
     };
-    let read = || -> Result<GpuInfo, String> {
+    let read = || -> Result<PhysicalGpu, String> {
         let info = GpuInfo {
             index,
             uuid: field(device.uuid())?.unwrap_or_default(),
@@ -260,10 +322,15 @@ fn read_info(nvml: &Nvml, index: u32) -> GpuInfo {
             health_reason: String::new(),
             mig_parent: None,
         };
-        if field(device.mig_mode())?.is_some_and(|m| m.current == 1) {
-            tracing::warn!(gpu = index, "GPU is in MIG mode: its MIG instances are not listed separately; it is reported as one device");
+        let mig = mig::read_instances(&device, index)?;
+        if let Some(instances) = &mig {
+            tracing::info!(
+                gpu = index,
+                instances = instances.len(),
+                "GPU is in MIG mode: its MIG instances are listed as GPUs of their own"
+            );
         }
-        Ok(info)
+        Ok(PhysicalGpu { info, mig })
     };
     read().unwrap_or_else(unhealthy)
 }
@@ -271,40 +338,60 @@ fn read_info(nvml: &Nvml, index: u32) -> GpuInfo {
 fn read_sample(
     nvml: &Nvml,
     info: &GpuInfo,
+    kind: Handle,
     refresh_slow: bool,
     slow: &mut SlowFields,
 ) -> Result<GpuSample, String> {
-    let device = nvml.device_by_index(info.index).map_err(|err| {
-        unanswered_reason(&err).unwrap_or_else(|| format!("NVML cannot open the GPU: {err}"))
+    let device = match kind {
+        Handle::Gpu | Handle::MigParent => nvml.device_by_index(info.index),
+        Handle::MigInstance => nvml.device_by_uuid(info.uuid.as_str()),
+    };
+    let device = device.map_err(|err| match (&err, kind) {
+        (NvmlError::NotFound, Handle::MigInstance) => format!(
+            "MIG instance {} no longer exists: the MIG layout changed since the agent started; restart the agent to list the current instances",
+            info.uuid
+        ),
+        _ => unanswered_reason(&err).unwrap_or_else(|| format!("NVML cannot open the GPU: {err}")),
     })?;
     let memory = field(device.memory_info())?;
+    // NVML reports no utilization for MIG instances nor for a GPU in MIG
+    // mode (NOT_SUPPORTED): it reads 0.
     let utilization = field(device.utilization_rates())?;
-    let [single_bit, double_bit, remap_pending, remap_failed] = read_fields(&device)?;
     if refresh_slow {
-        *slow = read_slow(&device)?;
+        *slow = read_slow(&device, kind)?;
     }
-    Ok(GpuSample {
+    let mut sample = GpuSample {
         index: info.index,
         memory_used_bytes: memory.as_ref().map_or(0, |m| m.used),
         memory_total_bytes: memory.map_or(info.memory_total_bytes, |m| m.total),
         utilization_pct: utilization.as_ref().map_or(0.0, |u| f64::from(u.gpu)),
         memory_utilization_pct: utilization.map_or(0.0, |u| f64::from(u.memory)),
-        temperature_c: field(device.temperature(TemperatureSensor::Gpu))?.map(f64::from),
-        power_w: field(device.power_usage())?.map(milliwatts),
-        power_limit_w: field(device.enforced_power_limit())?.map(milliwatts),
-        sm_clock_mhz: field(device.clock_info(Clock::SM))?,
-        throttle_reasons: field(device.current_throttle_reasons())?.map_or(0, |r| r.bits()),
-        ecc_volatile_single_bit: single_bit,
-        ecc_volatile_double_bit: double_bit,
-        remapped_rows_pending: remap_pending.map(saturate_u32),
-        remapped_rows_failed: remap_failed.map(saturate_u32),
         pcie_rx_bytes_per_s: slow.pcie_rx_bytes_per_s,
         pcie_tx_bytes_per_s: slow.pcie_tx_bytes_per_s,
         healthy: true,
         health_reason: String::new(),
         processes: slow.processes.clone(),
         ..GpuSample::default()
-    })
+    };
+    if kind != Handle::MigInstance {
+        read_physical(&device, &mut sample)?;
+    }
+    Ok(sample)
+}
+
+/// What only a physical GPU reports: temperature, power, clocks, ECC.
+fn read_physical(device: &Device<'_>, sample: &mut GpuSample) -> Result<(), String> {
+    let [single_bit, double_bit, remap_pending, remap_failed] = read_fields(device)?;
+    sample.temperature_c = field(device.temperature(TemperatureSensor::Gpu))?.map(f64::from);
+    sample.power_w = field(device.power_usage())?.map(milliwatts);
+    sample.power_limit_w = field(device.enforced_power_limit())?.map(milliwatts);
+    sample.sm_clock_mhz = field(device.clock_info(Clock::SM))?;
+    sample.throttle_reasons = field(device.current_throttle_reasons())?.map_or(0, |r| r.bits());
+    sample.ecc_volatile_single_bit = single_bit;
+    sample.ecc_volatile_double_bit = double_bit;
+    sample.remapped_rows_pending = remap_pending.map(saturate_u32);
+    sample.remapped_rows_failed = remap_failed.map(saturate_u32);
+    Ok(())
 }
 
 /// ECC volatile totals and row-remap state, one NVML call.
@@ -325,8 +412,12 @@ fn read_fields(device: &Device<'_>) -> Result<[Option<u64>; 4], String> {
     Ok(values)
 }
 
-fn read_slow(device: &Device<'_>) -> Result<SlowFields, String> {
-    let processes = field(device.running_compute_processes())?
+fn read_slow(device: &Device<'_>, kind: Handle) -> Result<SlowFields, String> {
+    let processes = match kind {
+        Handle::MigParent => None,
+        Handle::Gpu | Handle::MigInstance => field(device.running_compute_processes())?,
+    };
+    let processes = processes
         .unwrap_or_default()
         .into_iter()
         .map(|p| GpuProcess {
@@ -337,6 +428,12 @@ fn read_slow(device: &Device<'_>) -> Result<SlowFields, String> {
             },
         })
         .collect();
+    if kind == Handle::MigInstance {
+        return Ok(SlowFields {
+            processes,
+            ..SlowFields::default()
+        });
+    }
     let kib_per_s = |kib: u32| u64::from(kib) * 1024;
     Ok(SlowFields {
         processes,
