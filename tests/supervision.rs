@@ -72,8 +72,17 @@ fn replicas_start_on_their_gpus_become_ready_serve_and_stop() {
         assert!(alive(r["pid"].as_i64().unwrap()));
         let env = std::fs::read(format!("/proc/{}/environ", r["pid"])).unwrap();
         let env = String::from_utf8_lossy(&env);
+        // GPUs are named by UUID, as CUDA (and MIG instances) need.
+        let all = h.json(&["gpu", "ls"]);
+        let gpu = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["index"] == r["gpus"][0])
+            .unwrap();
+        let uuid = gpu["uuid"].as_str().unwrap();
         assert!(
-            env.contains(&format!("CUDA_VISIBLE_DEVICES={}", r["gpus"][0])),
+            env.contains(&format!("CUDA_VISIBLE_DEVICES={uuid}")),
             "{env}"
         );
     }

@@ -84,7 +84,15 @@ pub async fn run(
         }
     });
 
+    let uuids_of = |inventory: &[crate::domain::GpuInfo]| -> BTreeMap<u32, String> {
+        inventory
+            .iter()
+            .map(|g| (g.index, g.uuid.clone()))
+            .collect()
+    };
+    let (uuid_tx, uuid_rx) = watch::channel(uuids_of(&gpus.borrow().inventory));
     let mut sup_cfg = SupervisorConfig::new(&cfg.state_dir);
+    sup_cfg.gpu_uuids = uuid_rx;
     sup_cfg.port_range = cfg.port_range.clone();
     sup_cfg.model_roots = cfg.model_roots.clone();
     sup_cfg.allowed_executables = cfg.allowed_executables.clone();
@@ -162,6 +170,14 @@ pub async fn run(
                 tick.tick().await;
                 let (t, workload) = compose();
                 sampler.set_workload(workload);
+                let uuids = uuids_of(&t.gpus.inventory);
+                uuid_tx.send_if_modified(|cur| {
+                    let changed = *cur != uuids;
+                    if changed {
+                        *cur = uuids;
+                    }
+                    changed
+                });
                 if telemetry_tx.send(t).is_err() {
                     return;
                 }

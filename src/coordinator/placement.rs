@@ -25,6 +25,9 @@ pub struct GpuCandidate {
     /// Already given to a replica in the fleet's plan.
     pub taken: bool,
     pub free_bytes: u64,
+    /// A MIG instance: a process sees only one, so it serves one-GPU
+    /// replicas only.
+    pub mig: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +52,7 @@ pub fn place(nodes: &[NodeCandidate], needs: &ReplicaNeeds) -> Result<Placement,
         n.gpus
             .iter()
             .filter(|g| g.healthy && !g.taken && g.free_bytes >= needs.gpu_memory_bytes)
+            .filter(|g| !(g.mig && needs.gpus > 1))
             .map(|g| g.index)
             .collect()
     };
@@ -186,6 +190,7 @@ mod tests {
                     healthy: true,
                     taken: false,
                     free_bytes: f * GIB,
+                    mig: false,
                 })
                 .collect(),
             warm_fraction: 0.0,
@@ -273,6 +278,16 @@ mod tests {
         );
         // Nothing fits: nothing to warm.
         assert!(warm_targets(&nodes, &needs(1, 90), &[], 1, 1).is_empty());
+    }
+
+    #[test]
+    fn multi_gpu_replicas_never_span_mig_instances() {
+        let mut nodes = vec![node("a", &[80, 80])];
+        for g in &mut nodes[0].gpus {
+            g.mig = true;
+        }
+        assert!(place(&nodes, &needs(2, 10)).is_err());
+        assert_eq!(place(&nodes, &needs(1, 10)).unwrap().gpus, vec![0]);
     }
 
     proptest! {

@@ -355,6 +355,7 @@ impl Fleet {
                                         s.memory_total_bytes.saturating_sub(s.memory_used_bytes)
                                     })
                                     .unwrap_or(g.memory_total_bytes),
+                                mig: g.mig_parent.is_some(),
                             }
                         })
                         .collect(),

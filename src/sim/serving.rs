@@ -241,6 +241,7 @@ impl Cluster {
                         healthy: true,
                         taken: *taken,
                         free_bytes: self.gpu_memory_bytes,
+                        mig: false,
                     })
                     .collect(),
                 warm_fraction: if warm_aware {

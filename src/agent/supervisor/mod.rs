@@ -54,6 +54,9 @@ pub struct SupervisorConfig {
     pub log_max_bytes: u64,
     /// Log files kept per replica, the live one included.
     pub log_files: u32,
+    /// GPU index → UUID, from the agent's GPU inventory; replicas see their
+    /// GPUs by UUID in CUDA_VISIBLE_DEVICES when all of them are known.
+    pub gpu_uuids: tokio::sync::watch::Receiver<std::collections::BTreeMap<u32, String>>,
 }
 
 impl SupervisorConfig {
@@ -71,6 +74,7 @@ impl SupervisorConfig {
             backoff_reset_after: Duration::from_secs(600),
             log_max_bytes: 10 * 1024 * 1024,
             log_files: 3,
+            gpu_uuids: tokio::sync::watch::channel(Default::default()).1,
         }
     }
 

@@ -132,7 +132,10 @@ impl Owner {
             executable: &executable,
             argv: &rendered.argv,
             env: &rendered.env,
-            cuda_visible_devices: template::gpu_list(&spec.gpus),
+            cuda_visible_devices: template::visible_devices(
+                &spec.gpus,
+                &self.cfg.gpu_uuids.borrow(),
+            ),
             log,
             run_as: self.run_as.as_ref(),
         })

@@ -53,6 +53,20 @@ pub fn gpu_list(gpus: &[u32]) -> String {
         .join(",")
 }
 
+/// CUDA_VISIBLE_DEVICES for a replica's GPUs: their UUIDs when every one is
+/// known (CUDA orders devices fastest-first, not as NVML numbers them, and a
+/// MIG instance can only be named by its `MIG-…` UUID), else the indices.
+pub fn visible_devices(gpus: &[u32], uuids: &std::collections::BTreeMap<u32, String>) -> String {
+    let named: Option<Vec<&str>> = gpus
+        .iter()
+        .map(|g| uuids.get(g).map(String::as_str).filter(|u| !u.is_empty()))
+        .collect();
+    match named {
+        Some(names) if !gpus.is_empty() => names.join(","),
+        _ => gpu_list(gpus),
+    }
+}
+
 /// A rendered command: argv (argv[0] is the executable as written) and env.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedCommand {
@@ -126,6 +140,17 @@ pub fn render(value: &str, vars: &TemplateVars<'_>) -> Result<String, TemplateEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visible_devices_are_uuids_when_all_are_known() {
+        let uuids: std::collections::BTreeMap<u32, String> =
+            [(0, "GPU-a".to_string()), (4, "MIG-b".to_string())]
+                .into_iter()
+                .collect();
+        assert_eq!(visible_devices(&[0, 4], &uuids), "GPU-a,MIG-b");
+        assert_eq!(visible_devices(&[0, 1], &uuids), "0,1");
+        assert_eq!(visible_devices(&[2], &Default::default()), "2");
+    }
 
     fn vars() -> TemplateVars<'static> {
         TemplateVars {
