@@ -180,8 +180,19 @@ fn gpu_rows<'a>(gpus: &'a GpuSnapshot, node: &str) -> Vec<(String, &'a GpuSample
                 .iter()
                 .find(|g| g.index == sample.index)
                 .unwrap_or(&missing);
-            let index = sample.index.to_string();
-            let device = format!("nvidia{}", sample.index);
+            // A MIG instance is labelled as dcgm-exporter does: the physical
+            // GPU's `gpu` and `device`, plus the instance in GPU_I_ID and its
+            // profile ("1g.18gb") in GPU_I_PROFILE.
+            let physical = info.mig_parent.unwrap_or(sample.index);
+            let index = physical.to_string();
+            let device = format!("nvidia{physical}");
+            let instance = sample.index.to_string();
+            let profile = info
+                .name
+                .rsplit(" MIG ")
+                .next()
+                .unwrap_or_default()
+                .to_string();
             let mut pairs = vec![
                 ("gpu", index.as_str()),
                 ("UUID", info.uuid.as_str()),
@@ -190,6 +201,10 @@ fn gpu_rows<'a>(gpus: &'a GpuSnapshot, node: &str) -> Vec<(String, &'a GpuSample
                 ("modelName", info.name.as_str()),
                 ("Hostname", node),
             ];
+            if info.mig_parent.is_some() {
+                pairs.push(("GPU_I_ID", instance.as_str()));
+                pairs.push(("GPU_I_PROFILE", profile.as_str()));
+            }
             if !gpus.driver_version.is_empty() {
                 pairs.push(("DCGM_FI_DRIVER_VERSION", gpus.driver_version.as_str()));
             }
@@ -347,6 +362,23 @@ DCGM_FI_DEV_FB_USED{{{labels}}} 20480
         assert!(out.contains(
             r#"device="nvidia0",modelName="NVIDIA H100 80GB HBM3",Hostname="n",DCGM_FI_DRIVER_VERSION="550.54.15",window="10s",stat="p95"} 90"#
         ));
+    }
+
+    #[test]
+    fn a_mig_instance_carries_its_gpus_device_and_its_own_instance_labels() {
+        let mut s = snapshot();
+        s.driver_version.clear();
+        s.inventory[0].index = 4;
+        s.inventory[0].mig_parent = Some(0);
+        s.inventory[0].uuid = "MIG-1".into();
+        s.inventory[0].name = "NVIDIA H200 MIG 1g.18gb".into();
+        s.samples[0].index = 4;
+        let mut out = String::new();
+        render_gpu_metrics(&mut out, &s, "n");
+        assert!(
+            out.contains(r#"{gpu="0",UUID="MIG-1",pci_bus_id="00000000:18:00.0",device="nvidia0",modelName="NVIDIA H200 MIG 1g.18gb",Hostname="n",GPU_I_ID="4",GPU_I_PROFILE="1g.18gb"}"#),
+            "{out}"
+        );
     }
 
     #[test]
