@@ -35,6 +35,9 @@ pub struct PlannedReplica {
     pub gpus: Vec<u32>,
     pub spec_hash: String,
     pub created: Instant,
+    /// Set when the replica is on its way out: it has left the endpoints, so
+    /// load balancers stop sending to it, and stops after a grace period.
+    pub retiring_since: Option<Instant>,
 }
 
 pub struct Model {
@@ -738,7 +741,11 @@ impl Fleet {
                 .map(|a| a.ip().to_string())
                 .unwrap_or_else(|_| session.address.clone());
             for r in &node.replicas {
-                if r.state == crate::domain::ReplicaState::Ready && self.plan.contains_key(&r.id) {
+                let serving = self
+                    .plan
+                    .get(&r.id)
+                    .is_some_and(|p| p.retiring_since.is_none());
+                if r.state == crate::domain::ReplicaState::Ready && serving {
                     if let Some(list) = out.get_mut(&r.model) {
                         let host = if host.contains(':') {
                             format!("[{host}]")
@@ -804,7 +811,11 @@ impl Fleet {
         let replicas = self.replica_views(Some(name), None);
         let planned: Vec<&ReplicaView> = replicas
             .iter()
-            .filter(|r| self.plan.contains_key(&r.status.id))
+            .filter(|r| {
+                self.plan
+                    .get(&r.status.id)
+                    .is_some_and(|p| p.retiring_since.is_none())
+            })
             .collect();
         ModelView {
             name: name.to_string(),

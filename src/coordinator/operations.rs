@@ -89,7 +89,7 @@ impl Fleet {
             let on_node: Vec<_> = self
                 .plan
                 .values()
-                .filter(|r| r.node == node)
+                .filter(|r| r.node == node && r.retiring_since.is_none())
                 .cloned()
                 .collect();
             for r in on_node {
@@ -98,10 +98,11 @@ impl Fleet {
                     .plan
                     .values()
                     .filter(|p| p.model == r.model && !self.on_draining_node(&p.node))
+                    .filter(|p| p.retiring_since.is_none())
                     .filter(|p| self.reported_state(&p.id) == Some(ReplicaState::Ready))
                     .count();
                 if forced || ready_elsewhere >= desired {
-                    self.plan.remove(&r.id);
+                    self.retire(&r.id, Instant::now());
                     let why = if forced {
                         "the drain deadline passed".to_string()
                     } else {

@@ -11,6 +11,11 @@ use crate::domain::{Assignment, ReplicaSpec, ReplicaState, ToAgent};
 use super::fleet::{Fleet, PlannedReplica};
 use super::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
 
+/// How long a retiring replica keeps running after it left the endpoints:
+/// longer than a load balancer's refresh (the demo's re-reads every second),
+/// so no new request is sent to a server that is about to close.
+pub const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// How long a node is avoided for a model whose replica crash-looped there.
 const AVOID_AFTER_CRASHLOOP: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -27,7 +32,8 @@ impl Fleet {
         self.replace_on_unhealthy_gpus();
         self.move_crash_looping(now);
         self.follow_spec_changes();
-        self.remove_surplus();
+        self.remove_surplus(now);
+        self.finish_retirements(now);
         self.place_missing(now);
         self.drain_step();
         self.plan_warm(now);
@@ -195,7 +201,7 @@ impl Fleet {
 
     /// Stops replicas beyond the desired count: ones not ready first, then
     /// the ones that became ready last.
-    fn remove_surplus(&mut self) {
+    fn remove_surplus(&mut self, now: Instant) {
         let statuses = self.reported_statuses();
         let mut removals = Vec::new();
         for (name, model) in &self.models {
@@ -204,6 +210,7 @@ impl Fleet {
                 .plan
                 .values()
                 .filter(|r| &r.model == name && !self.on_draining_node(&r.node))
+                .filter(|r| r.retiring_since.is_none())
                 .collect();
             let surplus = mine.len().saturating_sub(model.desired as usize);
             if surplus == 0 {
@@ -220,18 +227,35 @@ impl Fleet {
             }
         }
         for r in removals {
-            self.plan.remove(&r.id);
+            self.retire(&r.id, now);
             self.record(
                 "stop",
                 &r.model,
                 &r.node,
                 &r.id,
                 format!(
-                    "stopping replica {} on {}: more replicas than desired",
-                    r.id, r.node
+                    "retiring replica {} on {}: more replicas than desired (out of the endpoints now, stopped in {}s)",
+                    r.id,
+                    r.node,
+                    RETIRE_GRACE.as_secs()
                 ),
             );
         }
+    }
+
+    /// Takes a replica out of the endpoints; it stops after `RETIRE_GRACE`.
+    pub(super) fn retire(&mut self, id: &str, now: Instant) {
+        if let Some(r) = self.plan.get_mut(id) {
+            r.retiring_since.get_or_insert(now);
+        }
+    }
+
+    /// Stops the replicas whose retirement grace has passed.
+    fn finish_retirements(&mut self, now: Instant) {
+        self.plan.retain(|_, r| {
+            r.retiring_since
+                .is_none_or(|since| now.saturating_duration_since(since) < RETIRE_GRACE)
+        });
     }
 
     fn place_missing(&mut self, now: Instant) {
@@ -244,6 +268,7 @@ impl Fleet {
                 .plan
                 .values()
                 .filter(|r| r.model == name && !self.on_draining_node(&r.node))
+                .filter(|r| r.retiring_since.is_none())
                 .count() as u32;
             let desired = model.desired;
             let spec_hash = model.spec.spec_hash();
@@ -252,6 +277,34 @@ impl Fleet {
                 gpu_memory_bytes: model.spec.server.gpu_memory_bytes,
                 spread: model.spec.spread,
             };
+            // A replica still retiring is running capacity: keep it rather
+            // than start another (a wake right after a scale-down, say).
+            let mut current = current;
+            let retiring: Vec<String> = self
+                .plan
+                .values()
+                .filter(|r| {
+                    r.model == name && r.retiring_since.is_some() && !self.on_draining_node(&r.node)
+                })
+                .map(|r| r.id.clone())
+                .collect();
+            for id in retiring
+                .into_iter()
+                .take(desired.saturating_sub(current) as usize)
+            {
+                if let Some(r) = self.plan.get_mut(&id) {
+                    r.retiring_since = None;
+                    let node = r.node.clone();
+                    current += 1;
+                    self.record(
+                        "keep",
+                        &name,
+                        &node,
+                        &id,
+                        format!("keeping replica {id}: wanted again before it stopped"),
+                    );
+                }
+            }
             let mut problem = String::new();
             for _ in current..desired {
                 let candidates = self.candidates(&name, now);
@@ -265,6 +318,7 @@ impl Fleet {
                             gpus: p.gpus.clone(),
                             spec_hash: spec_hash.clone(),
                             created: now,
+                            retiring_since: None,
                         };
                         self.plan.insert(id.clone(), replica);
                         let gpus: Vec<String> = p.gpus.iter().map(u32::to_string).collect();
@@ -416,6 +470,7 @@ impl Fleet {
                 gpus: r.gpus.clone(),
                 spec_hash: r.spec_hash.clone(),
                 created: now,
+                retiring_since: None,
             });
         }
         for r in adopted {

@@ -21,6 +21,7 @@ pub const PREDICT_HORIZON: Duration = Duration::from_secs(300);
 
 /// Event kinds that are decisions about a model, for `explain`.
 const DECISION_KINDS: &[&str] = &[
+    "keep",
     "scale",
     "place",
     "unplaceable",
@@ -40,7 +41,11 @@ impl Fleet {
         let mut fresh = false;
         let mut kv = Vec::new();
         let mut util = Vec::new();
-        for r in self.plan.values().filter(|r| r.model == model) {
+        for r in self
+            .plan
+            .values()
+            .filter(|r| r.model == model && r.retiring_since.is_none())
+        {
             let Some(node) = self.nodes.get(&r.node) else {
                 s.starting += 1;
                 continue;
@@ -124,7 +129,11 @@ impl Fleet {
                 model.last_decision = message.clone();
                 events.push((name.clone(), message));
             }
-            let current = self.plan.values().filter(|r| r.model == name).count() as u32;
+            let current = self
+                .plan
+                .values()
+                .filter(|r| r.model == name && r.retiring_since.is_none())
+                .count() as u32;
             let model = self.models.get_mut(&name).expect("names were just listed");
             model.timeline.push_back(SignalPoint {
                 time: crate::api::rfc3339(unix_ms_now()),
