@@ -143,6 +143,16 @@ fn validate(raw: RawSpec) -> Result<ModelSpec, Problem> {
         )
     })?)?;
     let scaling = raw.scaling.map(validate_scaling).transpose()?;
+    if let Some(sc) = &scaling {
+        // llama.cpp's server exports no request latency: a latency target
+        // would silently never act.
+        if sc.max_p95_latency.is_some() && server.preset == Preset::Llamacpp {
+            return Err(Problem::invalid(
+                "scaling.max_p95_latency",
+                "scaling.max_p95_latency needs a latency metric, and the llamacpp preset exposes none; allowed with presets vllm, tgi, triton, sglang, generic",
+            ));
+        }
+    }
     let warm = validate_warm(raw.warm.unwrap_or_default())?;
 
     Ok(ModelSpec {

@@ -465,3 +465,14 @@ proptest! {
         let _ = ModelSpec::parse(&src);
     }
 }
+
+#[test]
+fn a_latency_target_needs_a_preset_that_reports_latency() {
+    let spec = "name = \"m\"\nweights = \"/srv/m\"\n[server]\npreset = \"llamacpp\"\ncommand = [\"/opt/llama-server\", \"--port\", \"{port}\"]\ngpu_memory = \"8GiB\"\n[scaling]\nmax_replicas = 2\nmax_p95_latency = \"2s\"\n";
+    let e = err(spec);
+    assert!(
+        e.contains("scaling.max_p95_latency") && e.contains("llamacpp"),
+        "{e}"
+    );
+    ok(&spec.replace("llamacpp", "vllm"));
+}

@@ -108,6 +108,15 @@ impl Fleet {
         settings: FleetSettings,
         store: Box<dyn Store>,
     ) -> Result<(FleetHandle, tokio::task::JoinHandle<()>), FleetError> {
+        let fleet = Fleet::new(settings, store)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let task = tokio::spawn(fleet.run(rx));
+        Ok((FleetHandle { tx }, task))
+    }
+
+    /// The fleet's state loaded from the store, not yet running (tests drive
+    /// it directly, on a virtual clock).
+    pub(super) fn new(settings: FleetSettings, store: Box<dyn Store>) -> Result<Fleet, FleetError> {
         let internal = |e: super::store::StoreError| FleetError::Internal(e.to_string());
         let mut models = BTreeMap::new();
         for record in store.load_models().map_err(internal)? {
@@ -138,7 +147,6 @@ impl Fleet {
             .into();
         let next_event_seq = events.back().map(|e| e.seq + 1).unwrap_or(1);
         let (event_tx, _) = broadcast::channel(1024);
-        let (tx, rx) = mpsc::channel(1024);
         let mut fleet = Fleet {
             settings,
             store,
@@ -165,8 +173,7 @@ impl Fleet {
             "",
             format!("coordinator started with {} models", fleet.models.len()),
         );
-        let task = tokio::spawn(fleet.run(rx));
-        Ok((FleetHandle { tx }, task))
+        Ok(fleet)
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -528,7 +535,7 @@ impl Fleet {
         })
     }
 
-    fn connect(
+    pub(super) fn connect(
         &mut self,
         hello: Hello,
         address: String,
@@ -585,7 +592,7 @@ impl Fleet {
         Ok(id)
     }
 
-    fn report(&mut self, session: u64, name: &str, report: Report, now: Instant) {
+    pub(super) fn report(&mut self, session: u64, name: &str, report: Report, now: Instant) {
         let Some(node) = self.nodes.get_mut(name) else {
             return;
         };
@@ -631,7 +638,7 @@ impl Fleet {
         );
     }
 
-    fn apply_model(&mut self, spec_toml: String) -> Result<ModelView, FleetError> {
+    pub(super) fn apply_model(&mut self, spec_toml: String) -> Result<ModelView, FleetError> {
         let spec =
             ModelSpec::parse(&spec_toml).map_err(|e| FleetError::InvalidArgument(e.to_string()))?;
         let now_ms = unix_ms_now();
@@ -695,7 +702,11 @@ impl Fleet {
         Ok(stopping)
     }
 
-    fn scale_model(&mut self, name: &str, replicas: Option<u32>) -> Result<ModelView, FleetError> {
+    pub(super) fn scale_model(
+        &mut self,
+        name: &str,
+        replicas: Option<u32>,
+    ) -> Result<ModelView, FleetError> {
         let Some(model) = self.models.get_mut(name) else {
             return Err(self.model_not_found(name));
         };

@@ -5,6 +5,8 @@ pub mod autoscale;
 pub mod fleet;
 pub mod handle;
 pub mod http;
+#[cfg(test)]
+mod invariants_tests;
 pub mod nodes;
 pub mod operations;
 pub mod placement;

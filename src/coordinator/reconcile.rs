@@ -474,7 +474,13 @@ impl Fleet {
             });
         }
         for r in adopted {
+            let message = format!(
+                "adopted replica {} that {} reports running; it counts toward the model's replicas (any surplus is stopped)",
+                r.id, r.node
+            );
+            let (model, node, id) = (r.model.clone(), r.node.clone(), r.id.clone());
             self.plan.insert(r.id.clone(), r);
+            self.record("adopt", &model, &node, &id, message);
         }
     }
 

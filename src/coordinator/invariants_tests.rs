@@ -1,0 +1,351 @@
+//! Property tests of the whole control loop (autoscale → place → assign) on
+//! random fleets and event sequences, driven on a virtual clock with fake
+//! agents that run exactly what they are assigned.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::api::NodeState;
+use crate::domain::{
+    Assignment, GpuInfo, GpuSample, Hello, ReplicaState, ReplicaStatus, Report, ToAgent,
+};
+
+use super::fleet::{Fleet, FleetSettings, NodeOp};
+use super::store::{ModelRecord, NodeFlags, Store, StoreError};
+
+/// Persistence is not under test here.
+struct NullStore;
+
+impl Store for NullStore {
+    fn load_models(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn put_model(&self, _: &ModelRecord) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn delete_model(&self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn load_node_flags(&self) -> Result<Vec<(String, NodeFlags)>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn put_node_flags(&self, _: &str, _: &NodeFlags) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn append_events(&self, _: &[crate::api::Event], _: usize) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn load_events(&self, _: usize) -> Result<Vec<crate::api::Event>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn load_demand(&self) -> Result<Vec<(String, super::predict::DemandHistory)>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn put_demand(&self, _: &str, _: &super::predict::DemandHistory) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn delete_demand(&self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+const GIB: u64 = 1 << 30;
+
+struct FakeAgent {
+    name: String,
+    gpus: Vec<GpuInfo>,
+    up: bool,
+    session: Option<u64>,
+    inbox: Option<mpsc::Receiver<ToAgent>>,
+    running: Assignment,
+}
+
+impl FakeAgent {
+    fn statuses(&self) -> Vec<ReplicaStatus> {
+        self.running
+            .replicas
+            .iter()
+            .map(|r| ReplicaStatus {
+                id: r.id.clone(),
+                model: r.model.clone(),
+                spec_hash: r.spec_hash.clone(),
+                state: ReplicaState::Ready,
+                pid: 1,
+                port: 1,
+                gpus: r.gpus.clone(),
+                ready_unix_ms: 1,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            node_name: self.name.clone(),
+            gpus: self.gpus.clone(),
+            replicas: self.statuses(),
+            agent_instance: "i".into(),
+            ..Default::default()
+        }
+    }
+
+    fn report(&self) -> Report {
+        Report {
+            gpus: self
+                .gpus
+                .iter()
+                .map(|g| GpuSample {
+                    index: g.index,
+                    memory_total_bytes: g.memory_total_bytes,
+                    memory_used_bytes: 0,
+                    healthy: g.healthy,
+                    ..Default::default()
+                })
+                .collect(),
+            replicas: self.statuses(),
+            inventory: self.gpus.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Tick,
+    Pin(usize, u32),
+    Down(usize),
+    Up(usize),
+    Sick(usize, u32),
+    Heal(usize, u32),
+    Cordon(usize),
+    Uncordon(usize),
+    Drain(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Tick),
+        2 => (0usize..2, 0u32..6).prop_map(|(m, n)| Op::Pin(m, n)),
+        1 => (0usize..4).prop_map(Op::Down),
+        1 => (0usize..4).prop_map(Op::Up),
+        1 => (0usize..4, 0u32..4).prop_map(|(n, g)| Op::Sick(n, g)),
+        1 => (0usize..4, 0u32..4).prop_map(|(n, g)| Op::Heal(n, g)),
+        1 => (0usize..4).prop_map(Op::Cordon),
+        1 => (0usize..4).prop_map(Op::Uncordon),
+        1 => (0usize..4).prop_map(Op::Drain),
+    ]
+}
+
+fn spec(name: &str, gpus: u32, gib: u64) -> String {
+    format!(
+        "name = \"{name}\"\nweights = \"/srv/{name}\"\nreplicas = 1\n[server]\ncommand = [\"/bin/true\"]\ngpus = {gpus}\ngpu_memory = \"{gib}GiB\"\n"
+    )
+}
+
+struct World {
+    fleet: Fleet,
+    agents: Vec<FakeAgent>,
+    now: Instant,
+}
+
+impl World {
+    fn new(gpu_counts: &[u32], mem_gib: &[u64]) -> World {
+        let settings = FleetSettings {
+            tick: Duration::from_secs(1),
+            suspect_after: Duration::from_secs(3),
+            lost_after: Duration::from_secs(6),
+            reconnect_grace: Duration::ZERO,
+            event_capacity: 1000,
+        };
+        let fleet = Fleet::new(settings, Box::new(NullStore)).unwrap();
+        let agents = gpu_counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| FakeAgent {
+                name: format!("n{i}"),
+                gpus: (0..*n)
+                    .map(|g| GpuInfo {
+                        index: g,
+                        uuid: format!("GPU-{i}-{g}"),
+                        memory_total_bytes: mem_gib[i] * GIB,
+                        healthy: true,
+                        ..Default::default()
+                    })
+                    .collect(),
+                up: false,
+                session: None,
+                inbox: None,
+                running: Assignment::default(),
+            })
+            .collect();
+        let mut w = World {
+            fleet,
+            agents,
+            now: Instant::now(),
+        };
+        for i in 0..w.agents.len() {
+            w.up(i);
+        }
+        w
+    }
+
+    fn up(&mut self, i: usize) {
+        if self.agents[i].up {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let hello = self.agents[i].hello();
+        if let Ok(id) = self
+            .fleet
+            .connect(hello, format!("10.0.0.{i}:1"), tx, self.now)
+        {
+            let a = &mut self.agents[i];
+            a.up = true;
+            a.session = Some(id);
+            a.inbox = Some(rx);
+        }
+    }
+
+    fn down(&mut self, i: usize) {
+        // The agent goes silent (a partition): it keeps running its replicas.
+        let a = &mut self.agents[i];
+        a.up = false;
+        a.inbox = None;
+    }
+
+    /// One control-loop tick, then every live agent applies its latest
+    /// assignment and reports.
+    fn tick(&mut self) -> BTreeMap<String, Assignment> {
+        self.now += Duration::from_secs(1);
+        self.fleet.tick(self.now);
+        let mut sent = BTreeMap::new();
+        for a in self.agents.iter_mut() {
+            if let Some(inbox) = a.inbox.as_mut() {
+                while let Ok(m) = inbox.try_recv() {
+                    if let ToAgent::Assignment(x) = m {
+                        a.running = x.clone();
+                        sent.insert(a.name.clone(), x);
+                    }
+                }
+            }
+        }
+        for a in &self.agents {
+            if a.up {
+                if let Some(s) = a.session {
+                    self.fleet.report(s, &a.name, a.report(), self.now);
+                }
+            }
+        }
+        sent
+    }
+
+    fn schedulable(&self, node: &str) -> bool {
+        self.fleet.nodes.get(node).is_some_and(|n| {
+            n.session.is_some() && self.fleet.node_state(n, self.now) == NodeState::Ready
+        })
+    }
+
+    fn check(
+        &self,
+        before: &BTreeMap<String, (String, Vec<u32>)>,
+        schedulable: &BTreeMap<String, bool>,
+        healthy: &BTreeMap<(String, u32), bool>,
+    ) -> Result<(), TestCaseError> {
+        // No GPU of a node is given to two replicas, and every GPU exists.
+        let mut used: BTreeMap<(String, u32), String> = BTreeMap::new();
+        for r in self.fleet.plan.values() {
+            let agent = self.agents.iter().find(|a| a.name == r.node).unwrap();
+            for g in &r.gpus {
+                prop_assert!(
+                    agent.gpus.iter().any(|x| x.index == *g),
+                    "{} on missing GPU {g}",
+                    r.id
+                );
+                if let Some(other) = used.insert((r.node.clone(), *g), r.id.clone()) {
+                    prop_assert!(false, "GPU {g} of {} given to {other} and {}", r.node, r.id);
+                }
+            }
+            // Memory is never over-committed: whole GPUs with room for it.
+            let need = self.fleet.models[&r.model].spec.server.gpu_memory_bytes;
+            for g in &r.gpus {
+                let total = agent
+                    .gpus
+                    .iter()
+                    .find(|x| x.index == *g)
+                    .unwrap()
+                    .memory_total_bytes;
+                prop_assert!(need <= total);
+            }
+            // New replicas only where the fleet could take them.
+            if !before.contains_key(&r.id) && r.retiring_since.is_none() {
+                prop_assert!(
+                    schedulable.get(&r.node).copied().unwrap_or(false),
+                    "{} placed on unschedulable {}",
+                    r.id,
+                    r.node
+                );
+                for g in &r.gpus {
+                    prop_assert!(
+                        healthy.get(&(r.node.clone(), *g)).copied().unwrap_or(false),
+                        "{} placed on unhealthy GPU {g} of {}",
+                        r.id,
+                        r.node
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_control_loop_never_double_books_and_converges(
+        gpu_counts in proptest::collection::vec(1u32..4, 4),
+        mem_gib in proptest::collection::vec(prop_oneof![Just(24u64), Just(80)], 4),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        let mut w = World::new(&gpu_counts, &mem_gib);
+        w.fleet.apply_model(spec("small", 1, 20)).unwrap();
+        w.fleet.apply_model(spec("big", 2, 70)).unwrap();
+        let models = ["small", "big"];
+        for op in ops {
+            match op {
+                Op::Tick => {}
+                Op::Pin(m, n) => { w.fleet.scale_model(models[m], Some(n)).unwrap(); }
+                Op::Down(i) => w.down(i),
+                Op::Up(i) => {
+                    // A returning agent opens a new session.
+                    if !w.agents[i].up { w.agents[i].session = None; w.up(i); }
+                }
+                Op::Sick(i, g) | Op::Heal(i, g) => {
+                    let sick = matches!(op, Op::Sick(..));
+                    if let Some(x) = w.agents[i].gpus.iter_mut().find(|x| x.index == g) {
+                        x.healthy = !sick;
+                        x.health_reason = if sick { "Xid 79".into() } else { String::new() };
+                    }
+                }
+                Op::Cordon(i) => { let _ = w.fleet.node_operation(&format!("n{i}"), NodeOp::Cordon, w.now); }
+                Op::Uncordon(i) => { let _ = w.fleet.node_operation(&format!("n{i}"), NodeOp::Uncordon, w.now); }
+                Op::Drain(i) => { let _ = w.fleet.node_operation(&format!("n{i}"), NodeOp::Drain { deadline: Duration::from_secs(5) }, w.now); }
+            }
+            let before: BTreeMap<String, (String, Vec<u32>)> = w.fleet.plan.values().map(|r| (r.id.clone(), (r.node.clone(), r.gpus.clone()))).collect();
+            let names: Vec<String> = w.agents.iter().map(|a| a.name.clone()).collect();
+            let schedulable: BTreeMap<String, bool> = names.iter().map(|n| (n.clone(), w.schedulable(n) && !w.fleet.nodes[n].flags.cordoned && !w.fleet.nodes[n].flags.draining)).collect();
+            // Health as the coordinator last heard it (the report before this tick).
+            let healthy: BTreeMap<(String, u32), bool> = w.fleet.nodes.values().flat_map(|n| n.gpus.iter().map(|g| ((n.name.clone(), g.index), g.healthy)).collect::<Vec<_>>()).collect();
+            w.tick();
+            w.check(&before, &schedulable, &healthy)?;
+        }
+        // With nothing changing, the loop settles, and then another tick
+        // changes nothing: no assignment is sent again.
+        for _ in 0..20 { w.tick(); }
+        let sent = w.tick();
+        prop_assert!(sent.is_empty(), "a settled fleet got new assignments: {sent:?}");
+    }
+}
