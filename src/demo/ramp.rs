@@ -63,7 +63,7 @@ pub fn describe(phases: &[Phase]) -> String {
     phases
         .iter()
         .map(|p| {
-            let lasts = humantime::format_duration(p.lasts);
+            let lasts = format!("{}s", p.lasts.as_secs());
             if p.rps > 0.0 {
                 format!("{} {} req/s for {lasts}", p.name, p.rps)
             } else {
