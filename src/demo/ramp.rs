@@ -17,30 +17,32 @@ pub struct Phase {
     pub lasts: Duration,
 }
 
-/// The demo ramp. The spike is several replicas' worth (a demo server runs
-/// 4 requests at once, ~0.64 s each, so ~6 req/s) against a target of 4
-/// ongoing requests per replica; the idle phase outlasts the demo spec's
-/// 60 s scale-down delay, so the scale-down shows too.
+/// The demo ramp. A demo server runs 4 requests at once, ~0.64 s each, so
+/// serves ~6 req/s: the low phase needs one replica, the spike the demo
+/// spec's maximum of 4 (which serve ~25 req/s, so the spike stays below
+/// that and queues drain once they are up). The idle phase outlasts the
+/// spec's 30 s stable window plus 60 s scale-down delay, so the scale-down
+/// shows too, and the whole ramp fits a 150 s demo run.
 pub const RAMP: [Phase; 3] = [
     Phase {
         name: "low",
         rps: 2.0,
-        lasts: Duration::from_secs(30),
+        lasts: Duration::from_secs(15),
     },
     Phase {
         name: "spike",
-        rps: 25.0,
-        lasts: Duration::from_secs(40),
+        rps: 20.0,
+        lasts: Duration::from_secs(30),
     },
     Phase {
         name: "idle",
         rps: 0.0,
-        lasts: Duration::from_secs(70),
+        lasts: Duration::from_secs(100),
     },
 ];
 
 /// [`RAMP`] in words, for `--help` (a test keeps the two in step).
-pub const RAMP_SUMMARY: &str = "low 2 req/s for 30s, then spike 25 req/s for 40s, then idle 70s";
+pub const RAMP_SUMMARY: &str = "low 2 req/s for 15s, then spike 20 req/s for 30s, then idle 100s";
 
 /// How long one request may wait, for a replica and for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -221,10 +223,10 @@ mod tests {
     fn the_phase_follows_the_clock_and_ends() {
         let s = Duration::from_secs;
         assert_eq!(phase_at(&RAMP, s(0)), Some((0, s(0))));
-        assert_eq!(phase_at(&RAMP, s(29)), Some((0, s(29))));
-        assert_eq!(phase_at(&RAMP, s(30)), Some((1, s(0))));
-        assert_eq!(phase_at(&RAMP, s(75)), Some((2, s(5))));
-        assert_eq!(phase_at(&RAMP, s(140)), None);
+        assert_eq!(phase_at(&RAMP, s(14)), Some((0, s(14))));
+        assert_eq!(phase_at(&RAMP, s(15)), Some((1, s(0))));
+        assert_eq!(phase_at(&RAMP, s(50)), Some((2, s(5))));
+        assert_eq!(phase_at(&RAMP, s(145)), None);
         assert_eq!(phase_at(&[], s(0)), None);
     }
 
@@ -249,7 +251,7 @@ mod tests {
         };
         let line = render_status(&s);
         assert!(line.contains("phase spike"), "{line}");
-        assert!(line.contains("25 req/s  (12s of 40s)"), "{line}");
+        assert!(line.contains("20 req/s  (12s of 30s)"), "{line}");
         assert!(
             line.contains("sent 400  ok 380  failed 2  held 3"),
             "{line}"
