@@ -136,6 +136,12 @@ impl EndpointWatch {
     pub fn current(&self) -> Arc<Vec<String>> {
         self.latest.borrow().clone()
     }
+
+    /// A receiver that is told whenever the replica list changes, for a
+    /// request that waits for a replica to appear.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<String>>> {
+        self.latest.clone()
+    }
 }
 
 impl Drop for EndpointWatch {

@@ -1,6 +1,7 @@
 //! `gpufleet demo`: a real local fleet — one coordinator and N agents, each a
 //! separate process of this binary on loopback, with simulated GPUs — plus a
-//! demo model whose replicas are real demo model servers.
+//! demo model whose replicas are real demo model servers, driven through a
+//! load ramp so the fleet is seen scaling up and back down.
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
@@ -13,6 +14,7 @@ use anyhow::{bail, Context};
 
 use crate::api::{GpuView, NodeView, ReplicaView};
 use crate::cli::client::{connect, ClientArgs, Control};
+use crate::demo::ramp::{self, Ramp, RAMP, RAMP_SUMMARY};
 use crate::wire::pb;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -32,9 +34,12 @@ pub struct FleetArgs {
     /// Working directory (configs, state, logs, demo weights).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Start the fleet without applying the demo model.
+    /// Start the fleet without applying the demo model (and so without load).
     #[arg(long)]
     pub no_model: bool,
+    /// Do not send the built-in load ramp to the demo model (--help: the ramp).
+    #[arg(long, long_help = format!("{}\n\nThe ramp: {RAMP_SUMMARY}.", NO_LOAD_HELP))]
+    pub no_load: bool,
     /// Size of the demo model's weights file.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub weights_size: u64,
@@ -43,6 +48,14 @@ pub struct FleetArgs {
 fn parse_size(s: &str) -> Result<u64, String> {
     crate::config::units::parse_size(s)
 }
+
+const NO_LOAD_HELP: &str = "Do not send the built-in load ramp to the demo model. Without this flag the demo sends it in-process over the model's ready replicas (least busy first), then keeps the fleet running until Ctrl-C or --duration.";
+
+/// The demo model's name in packaging/examples/demo.toml.
+const DEMO_MODEL: &str = "demo-llm";
+
+/// Events shown at the bottom of the live view.
+const VIEW_EVENTS: u32 = 8;
 
 /// The demo model's spec; `{dir}` is replaced by the demo directory.
 const DEMO_SPEC: &str = include_str!("../../packaging/examples/demo.toml");
@@ -263,8 +276,12 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             .apply_model(pb::ApplyModelRequest { spec_toml: spec })
             .await
             .map_err(|s| anyhow::anyhow!("cannot apply the demo model: {}", s.message()))?;
-        println!("  applied model demo-llm (packaging/examples/demo.toml)\n");
+        println!("  applied model {DEMO_MODEL} (packaging/examples/demo.toml)\n");
     }
+    let ramp = (!args.no_model && !args.no_load).then(|| {
+        println!("  sending load to {DEMO_MODEL}: {RAMP_SUMMARY}\n");
+        Ramp::start(&format!("http://127.0.0.1:{http_port}"), DEMO_MODEL, &RAMP)
+    });
     println!("Try, in another terminal:");
     println!("  gpufleet node ls        gpufleet gpu ls        gpufleet model ls        gpufleet replica ls");
     println!("  gpufleet events --follow");
@@ -278,7 +295,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         if let Some(dead) = exited(&mut fleet) {
             bail!("{dead}");
         }
-        if let Err(e) = print_view(&mut control, tty).await {
+        if let Err(e) = print_view(&mut control, ramp.as_ref(), tty).await {
             eprintln!("live view: {e}");
         }
         let wait = Duration::from_secs(2);
@@ -292,6 +309,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    drop(ramp);
     println!("\nstopping the demo fleet…");
     tokio::task::spawn_blocking(move || drop(fleet)).await?;
     println!("stopped; logs are in {}", dir.join("logs").display());
@@ -341,7 +359,7 @@ async fn wait_for_fleet(
     }
 }
 
-async fn print_view(c: &mut Control, tty: bool) -> anyhow::Result<()> {
+async fn print_view(c: &mut Control, ramp: Option<&Ramp>, tty: bool) -> anyhow::Result<()> {
     let nodes: Vec<NodeView> = c
         .list_nodes(pb::ListNodesRequest {})
         .await?
@@ -377,6 +395,10 @@ async fn print_view(c: &mut Control, tty: bool) -> anyhow::Result<()> {
         "gpufleet demo — {} (Ctrl-C to stop)\n\n",
         crate::api::rfc3339(crate::domain::unix_ms_now())
     ));
+    if let Some(r) = ramp {
+        out.push_str(&ramp::render_status(&r.status(tokio::time::Instant::now())));
+        out.push_str("\n\n");
+    }
     let mut t = crate::cli::output::Table::new(&[
         "NODE", "STATE", "GPU", "MEM USED", "UTIL", "HEALTH", "REPLICA",
     ]);
@@ -427,6 +449,68 @@ async fn print_view(c: &mut Control, tty: bool) -> anyhow::Result<()> {
         }
         out.push_str(&t.render());
     }
+    let events = c
+        .list_events(pb::ListEventsRequest {
+            model: String::new(),
+            node: String::new(),
+            limit: VIEW_EVENTS,
+        })
+        .await?
+        .into_inner()
+        .events;
+    if !events.is_empty() {
+        out.push('\n');
+        for e in &events {
+            out.push_str(&event_line(e));
+            out.push('\n');
+        }
+    }
     print!("{out}");
     Ok(())
+}
+
+/// One event as the live view shows it: UTC time of day, kind, message.
+fn event_line(e: &pb::Event) -> String {
+    let stamp = crate::api::rfc3339(e.time_unix_ms);
+    // rfc3339 is "YYYY-MM-DDTHH:MM:SSZ"; the view wants the time of day.
+    let time = stamp.get(11..19).unwrap_or(&stamp);
+    format!("{time}  {:<22} {}", e.kind, e.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        fleet: FleetArgs,
+    }
+
+    #[test]
+    fn the_help_tells_the_ramp_and_no_load_turns_it_off() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains(RAMP_SUMMARY), "{help}");
+        let on = Cli::try_parse_from(["demo", "--duration", "150s", "--port", "7760"]).unwrap();
+        assert!(!on.fleet.no_load);
+        let off = Cli::try_parse_from(["demo", "--no-load"]).unwrap();
+        assert!(off.fleet.no_load);
+    }
+
+    #[test]
+    fn an_event_line_has_time_kind_and_message() {
+        let e = pb::Event {
+            seq: 3,
+            time_unix_ms: 1_700_000_000_000,
+            kind: "scale_up".into(),
+            model: "demo-llm".into(),
+            node: String::new(),
+            replica: String::new(),
+            message: "1 -> 3 replicas".into(),
+        };
+        let line = event_line(&e);
+        assert!(line.starts_with("22:13:20  scale_up "), "{line}");
+        assert!(line.ends_with("1 -> 3 replicas"), "{line}");
+    }
 }

@@ -1,8 +1,10 @@
 //! Load generator: open-loop Poisson traffic against one model server or over
-//! a model's ready replicas, reporting what was sent, what completed, why the
+//! a model's ready replicas (least outstanding first; held, with a wake call,
+//! while there is none), reporting what was sent, what completed, why the
 //! rest failed, and the latency percentiles.
 
 use crate::demo::arrivals::{ArrivalRate, RateError};
+use crate::demo::balancer::{Outstanding, SharedBalancer, Waker};
 use crate::demo::endpoints::{EndpointWatch, EndpointsError, REFRESH_EVERY};
 use crate::demo::latency::Percentiles;
 use anyhow::Context as _;
@@ -11,21 +13,29 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
-/// The failure reason of requests that found no replica to go to.
+/// The failure reason of requests that found no replica to go to; the
+/// report says within how long, e.g. "no ready replica within 60s".
 pub const NO_READY_REPLICA: &str = "no ready replica";
+
+/// The prompt of every request unless told otherwise.
+pub const DEFAULT_PROMPT: &str = "Explain why warm page caches make model servers start fast.";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
     /// Base URL of one model server, e.g. http://127.0.0.1:20001.
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     pub url: Option<String>,
-    /// Spread requests round-robin over this model's ready replicas, as the
-    /// coordinator lists them on /v1/endpoints (re-read every second).
+    /// Spread requests over this model's ready replicas, as the coordinator
+    /// lists them on /v1/endpoints (re-read every second): the replica with
+    /// the fewest outstanding requests first, ties in turn. While the model
+    /// has none, requests are held (up to --timeout) and the coordinator is
+    /// asked to wake the model, once a second.
     #[arg(long)]
     pub model: Option<String>,
     /// Mean requests per second (Poisson arrivals); the start rate with --ramp-to.
@@ -40,7 +50,8 @@ pub struct LoadArgs {
     /// max_tokens of each request [default: the server's].
     #[arg(long)]
     pub max_tokens: Option<u32>,
-    /// Longest wait for one request, and for the in-flight ones after sending stops.
+    /// Longest wait for one request, counted from when it was due (time held
+    /// waiting for a replica included).
     #[arg(long, default_value = "60s")]
     pub timeout: humantime::Duration,
     /// The coordinator's HTTP base URL (for --model).
@@ -51,10 +62,7 @@ pub struct LoadArgs {
     )]
     pub coordinator_http: String,
     /// Prompt of every request.
-    #[arg(
-        long,
-        default_value = "Explain why warm page caches make model servers start fast."
-    )]
+    #[arg(long, default_value = DEFAULT_PROMPT)]
     pub prompt: String,
     /// Seed of the arrival times, to repeat a run exactly.
     #[arg(long)]
@@ -102,7 +110,11 @@ pub struct LoadReport {
 /// Where each request goes.
 enum Route {
     One(String),
-    Replicas { watch: EndpointWatch, next: usize },
+    Replicas {
+        watch: EndpointWatch,
+        balancer: SharedBalancer,
+        waker: Arc<Waker>,
+    },
 }
 
 impl Route {
@@ -116,19 +128,6 @@ impl Route {
             return Err(bad(format!("scheme {} is not supported", parsed.scheme())));
         }
         Ok(Self::One(completions_url(base)))
-    }
-
-    /// The completions URL of the next request, round-robin over replicas.
-    fn next(&mut self) -> Option<String> {
-        match self {
-            Route::One(url) => Some(url.clone()),
-            Route::Replicas { watch, next } => {
-                let replicas = watch.current();
-                let base = replicas.get(*next % replicas.len().max(1))?;
-                *next = next.wrapping_add(1);
-                Some(completions_url(base))
-            }
-        }
     }
 }
 
@@ -151,7 +150,62 @@ struct CompletionReply {
     choices: Vec<serde_json::Value>,
 }
 
+/// Live counts of one or more runs, for a view that shows load as it goes
+/// (the demo's ramp); shared by every run given the same one.
+#[derive(Debug, Default)]
+pub struct LoadProgress {
+    sent: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    held: AtomicU64,
+}
+
+/// A moment's reading of [`LoadProgress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProgressCounts {
+    pub sent: u64,
+    pub completed: u64,
+    pub failed: u64,
+    /// Requests waiting for a replica of their model to be ready.
+    pub held: u64,
+}
+
+impl LoadProgress {
+    pub fn counts(&self) -> ProgressCounts {
+        ProgressCounts {
+            sent: self.sent.load(Ordering::Relaxed),
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            held: self.held.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counts one request as held while it lives.
+struct Held<'a>(&'a LoadProgress);
+
+impl<'a> Held<'a> {
+    fn new(p: &'a LoadProgress) -> Self {
+        p.held.fetch_add(1, Ordering::Relaxed);
+        Self(p)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub async fn run_load(args: LoadArgs) -> anyhow::Result<LoadReport> {
+    run_load_with(args, Arc::new(LoadProgress::default())).await
+}
+
+/// [`run_load`], counting what it does into `progress` as it goes.
+pub async fn run_load_with(
+    args: LoadArgs,
+    progress: Arc<LoadProgress>,
+) -> anyhow::Result<LoadReport> {
     let window: Duration = args.duration.into();
     let timeout: Duration = args.timeout.into();
     let rate = ArrivalRate::new(args.rps, args.ramp_to.unwrap_or(args.rps), window)
@@ -160,7 +214,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<LoadReport> {
         .timeout(timeout)
         .build()
         .context("building the HTTP client")?;
-    let mut route = match (&args.url, &args.model) {
+    let route = match (&args.url, &args.model) {
         (Some(url), _) => Route::one(url)?,
         (None, Some(model)) => Route::Replicas {
             watch: EndpointWatch::start(
@@ -171,7 +225,8 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<LoadReport> {
             )
             .await
             .map_err(LoadError::from)?,
-            next: 0,
+            balancer: SharedBalancer::default(),
+            waker: Arc::new(Waker::new(client.clone(), &args.coordinator_http, model)),
         },
         (None, None) => return Err(LoadError::NoTarget.into()),
     };
@@ -188,7 +243,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<LoadReport> {
         "sending for {window:?}"
     );
 
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(progress.clone());
     let mut in_flight = JoinSet::new();
     let start = Instant::now();
     let mut last_send = start;
@@ -204,18 +259,37 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<LoadReport> {
             }
         }
         last_send = Instant::now();
-        tally.sent += 1;
-        match route.next() {
-            Some(url) => {
-                in_flight.spawn(send_one(client.clone(), url, body.clone(), due));
+        tally.sent();
+        let request = Request {
+            client: client.clone(),
+            body: body.clone(),
+            due,
+            deadline: due + timeout,
+        };
+        match &route {
+            Route::One(url) => {
+                in_flight.spawn(request.send(url.clone()));
             }
-            None => tally.fail(NO_READY_REPLICA, 1),
+            Route::Replicas {
+                watch,
+                balancer,
+                waker,
+            } => {
+                in_flight.spawn(request.send_balanced(
+                    watch.subscribe(),
+                    balancer.clone(),
+                    waker.clone(),
+                    progress.clone(),
+                ));
+            }
         }
     }
     // A sender that fell behind its schedule sent over a longer time.
     let sending = window.max(last_send - start);
 
-    let deadline = start + sending + timeout;
+    // Each request ends itself by its own deadline with its own reason; the
+    // slack lets those reasons, not this backstop, tell the story.
+    let deadline = start + sending + timeout + Duration::from_millis(500);
     while !in_flight.is_empty() {
         match tokio::time::timeout_at(deadline, in_flight.join_next()).await {
             Ok(Some(done)) => tally.record(done),
@@ -230,29 +304,78 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<LoadReport> {
     Ok(tally.report(sending))
 }
 
-/// Sends one request; its latency counts from when it was due, so a late
-/// send shows up as latency instead of hiding (no coordinated omission).
-async fn send_one(
+/// One request of a run; its latency counts from when it was due, so a late
+/// send or a wait for a replica shows up as latency instead of hiding (no
+/// coordinated omission).
+struct Request {
     client: reqwest::Client,
-    url: String,
     body: Arc<CompletionRequest>,
     due: Instant,
-) -> Result<Duration, String> {
-    let resp = client
-        .post(&url)
-        .json(&*body)
-        .send()
-        .await
-        .map_err(|e| failure_reason(&url, &e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(format!("http {status}"));
+    /// When it is given up on, waiting for a replica included.
+    deadline: Instant,
+}
+
+impl Request {
+    /// Sends to the replica with the fewest outstanding requests, holding
+    /// the request (and nudging the coordinator to wake the model) while
+    /// the model has no ready replica.
+    async fn send_balanced(
+        self,
+        mut replicas: tokio::sync::watch::Receiver<Arc<Vec<String>>>,
+        balancer: SharedBalancer,
+        waker: Arc<Waker>,
+        progress: Arc<LoadProgress>,
+    ) -> Result<Duration, String> {
+        let mut held = None;
+        let claim = loop {
+            let current = replicas.borrow_and_update().clone();
+            if let Some(claim) = Outstanding::pick(&balancer, &current) {
+                break claim;
+            }
+            let now = Instant::now();
+            if now >= self.deadline {
+                let waited = humantime::format_duration(self.deadline - self.due);
+                return Err(format!("{NO_READY_REPLICA} within {waited}"));
+            }
+            held.get_or_insert_with(|| Held::new(&progress));
+            waker.nudge(now);
+            // Wake up for a new list, and at least once a second to nudge again.
+            let recheck = self.deadline.min(now + crate::demo::balancer::WAKE_EVERY);
+            tokio::select! {
+                changed = replicas.changed() => {
+                    if changed.is_err() {
+                        // The list will not change any more: wait out the deadline.
+                        tokio::time::sleep_until(self.deadline).await;
+                    }
+                }
+                () = tokio::time::sleep_until(recheck) => {}
+            }
+        };
+        drop(held);
+        let url = completions_url(claim.replica());
+        self.send(url).await
     }
-    let reply: CompletionReply = resp.json().await.map_err(|e| failure_reason(&url, &e))?;
-    if reply.choices.is_empty() {
-        return Err("invalid response".into());
+
+    async fn send(self, url: String) -> Result<Duration, String> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let resp = self
+            .client
+            .post(&url)
+            .timeout(left)
+            .json(&*self.body)
+            .send()
+            .await
+            .map_err(|e| failure_reason(&url, &e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("http {status}"));
+        }
+        let reply: CompletionReply = resp.json().await.map_err(|e| failure_reason(&url, &e))?;
+        if reply.choices.is_empty() {
+            return Err("invalid response".into());
+        }
+        Ok(self.due.elapsed())
     }
-    Ok(due.elapsed())
 }
 
 /// A few coarse reasons, so a report groups thousands of failures readably.
@@ -270,17 +393,35 @@ fn failure_reason(url: &str, e: &reqwest::Error) -> String {
     reason.to_string()
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tally {
     sent: u64,
     latencies_s: Vec<f64>,
     failures: BTreeMap<String, u64>,
+    progress: Arc<LoadProgress>,
 }
 
 impl Tally {
+    fn new(progress: Arc<LoadProgress>) -> Self {
+        Self {
+            sent: 0,
+            latencies_s: Vec::new(),
+            failures: BTreeMap::new(),
+            progress,
+        }
+    }
+
+    fn sent(&mut self) {
+        self.sent += 1;
+        self.progress.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn record(&mut self, done: Result<Result<Duration, String>, JoinError>) {
         match done {
-            Ok(Ok(latency)) => self.latencies_s.push(latency.as_secs_f64()),
+            Ok(Ok(latency)) => {
+                self.latencies_s.push(latency.as_secs_f64());
+                self.progress.completed.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(Err(reason)) => self.fail(&reason, 1),
             Err(e) => self.fail(&format!("request task failed: {e}"), 1),
         }
@@ -288,6 +429,7 @@ impl Tally {
 
     fn fail(&mut self, reason: &str, n: u64) {
         *self.failures.entry(reason.to_string()).or_default() += n;
+        self.progress.failed.fetch_add(n, Ordering::Relaxed);
     }
 
     fn report(self, sending: Duration) -> LoadReport {

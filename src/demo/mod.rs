@@ -2,10 +2,12 @@
 //! server and load generator it uses.
 
 pub mod arrivals;
+pub mod balancer;
 pub mod endpoints;
 pub mod fleet;
 pub mod latency;
 pub mod load;
+pub mod ramp;
 pub mod server;
 pub mod weights;
 
