@@ -67,7 +67,7 @@ check_warm() {
 
 files=$(ls "$DIR"/* | tr '\n' ':' | sed 's/:$//')
 run_gpufleet()     { GPUFLEET_WARM_BENCH_PATH=$DIR GPUFLEET_WARM_BENCH_WORKERS=$WORKERS "$BIN" --ignored --exact agent::warm::fill::tests::warm_bench --nocapture >/dev/null 2>&1; }
-run_vmtouch()      { vmtouch -t -q -m 1T "$DIR"; }
+run_vmtouch()      { vmtouch -t -q -m 64G "$DIR"; }
 run_cat()          { cat "$DIR"/* >/dev/null; }
 run_fio_buffered() { fio --name=buffered --filename="$files" --rw=read --bs=1m --ioengine=psync --direct=0 --file_service_type=sequential --output=/dev/null; }
 run_fio_direct()   { fio --name=direct --filename="$files" --rw=read --bs=8m --ioengine=libaio --iodepth=32 --direct=1 --file_service_type=sequential --output=/dev/null; }
