@@ -15,6 +15,9 @@
 #
 #   CARGO_TARGET_DIR=/work/target-helpers benches/autoscale.sh
 #   MODES=cold RUNS=5 WEIGHTS=/srv/models/big.bin benches/autoscale.sh
+#   TICK=200ms REPORT_INTERVAL=200ms benches/autoscale.sh   # faster signal path
+# Also printed per run: when the coordinator first saw ongoing > 0 after the
+# step, and its per-tick ongoing until the decision (from `gpufleet explain`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,6 +25,8 @@ cd "$root"
 WEIGHTS=${WEIGHTS:-/var/tmp/gpufleet-bench2/server-weights.bin}
 RUNS=${RUNS:-3}
 MODES=${MODES:-"warm cold"}
+TICK=${TICK:-1s}
+REPORT_INTERVAL=${REPORT_INTERVAL:-1s}
 RPS=${RPS:-25}
 LOAD_FOR=${LOAD_FOR:-40}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
@@ -43,10 +48,10 @@ cargo build --release --quiet
 # The shared target dir may be rewritten by other builds: use a copy.
 cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
 
-python3 - "$work" "$WEIGHTS" "$RUNS" "$MODES" "$RPS" "$LOAD_FOR" <<'PY'
+python3 - "$work" "$WEIGHTS" "$RUNS" "$MODES" "$RPS" "$LOAD_FOR" "$TICK" "$REPORT_INTERVAL" <<'PY'
 import json, os, re, socket, statistics, subprocess, sys, time
 
-work, weights, runs, modes, rps, load_for = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(), sys.argv[5], int(sys.argv[6])
+work, weights, runs, modes, rps, load_for, tick, report = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(), sys.argv[5], int(sys.argv[6]), sys.argv[7], sys.argv[8]
 binary = os.path.join(work, "gpufleet")
 pidfile = os.path.join(work, "pids")
 
@@ -75,11 +80,11 @@ def one_run(mode, n):
         r = subprocess.run([binary, *args, "-o", "json"], capture_output=True, text=True, env=env)
         return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
     open(f"{d}/coordinator.toml", "w").write(
-        f'listen = "127.0.0.1:{grpc}"\nhttp_listen = "127.0.0.1:{http}"\ndata_dir = "{d}/coordinator-data"\ntick = "1s"\n')
+        f'listen = "127.0.0.1:{grpc}"\nhttp_listen = "127.0.0.1:{http}"\ndata_dir = "{d}/coordinator-data"\ntick = "{tick}"\n')
     base = 20000 + (free_port() % 400) * 100
     os.makedirs(f"{d}/agent")
     open(f"{d}/agent/agent.toml", "w").write(
-        f'node_name = "bench-node"\ncoordinator = "http://127.0.0.1:{grpc}"\nstate_dir = "{d}/agent"\n'
+        f'node_name = "bench-node"\ncoordinator = "http://127.0.0.1:{grpc}"\nstate_dir = "{d}/agent"\nreport_interval = "{report}"\n'
         f'http_listen = "127.0.0.1:{free_port()}"\nmodel_roots = ["{os.path.dirname(weights)}"]\n'
         f'port_range = "{base}-{base + 99}"\n[gpu]\nbackend = "simulated"\nsimulated_count = 4\n')
     warm = "standby" if mode == "warm" else "off"
@@ -132,10 +137,18 @@ def one_run(mode, n):
         if e.get("kind") == "scale" and ts(e) >= step and re.match(r"\s*1 → ", e.get("message", "")):
             decision = (ts(e) - step, e["message"])
             break
+    # The coordinator's own per-tick view: when did it first see the load, and
+    # what did the windows hold until the decision?
+    expl = cli("explain", "bench-llm") or {}
+    ticks = [(p["time_unix_ms"] / 1000 - step, p["ongoing"]) for p in expl.get("signals", [])]
+    seen = next((t for t, o in ticks if t >= 0 and o > 0), None)
+    until = decision[0] if decision else 0
+    ongoing_ticks = [f"{t:.1f}:{o:.0f}" for t, o in ticks if -1 <= t <= until + 0.5]
     subprocess.run([binary, "model", "delete", "bench-llm"], capture_output=True, env=env)
     time.sleep(3)
     return {"mode": mode, "run": n, "resident_pct_at_step": res_before,
             "decision_s": decision[0] if decision else None, "decision": decision[1] if decision else None,
+            "first_seen_s": seen, "ongoing_by_tick": ongoing_ticks,
             "first_ready_s": min(ready_at.values()) if ready_at else None,
             "new_replicas_ready_s": sorted(round(v, 2) for v in ready_at.values()),
             "load": open(f"{d}/load.json").read().strip()[:300]}
@@ -158,10 +171,10 @@ def med(xs):
     xs = [x for x in xs if x is not None]
     return f"{statistics.median(xs):.2f}" if xs else "n/a"
 print(f"\nstep 0 → {rps} req/s; median of {runs} runs per mode\n")
-print("| mode | step → scale decision (s) | step → first new replica ready (s) | all runs: decision / first ready (s) |")
-print("|---|---|---|---|")
+print("| mode | step → coordinator sees load (s) | step → scale decision (s) | step → first new replica ready (s) | all runs: decision / first ready (s) |")
+print("|---|---|---|---|---|")
 for mode in modes:
     rs = [r for r in results if r["mode"] == mode]
     runs_txt = ", ".join(f"{r['decision_s']:.2f} / {r['first_ready_s']:.2f}" if r["decision_s"] is not None and r["first_ready_s"] is not None else "missing" for r in rs)
-    print(f"| {mode} | {med(r['decision_s'] for r in rs)} | {med(r['first_ready_s'] for r in rs)} | {runs_txt} |")
+    print(f"| {mode} | {med(r.get('first_seen_s') for r in rs)} | {med(r['decision_s'] for r in rs)} | {med(r['first_ready_s'] for r in rs)} | {runs_txt} |")
 PY
