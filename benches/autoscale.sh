@@ -42,6 +42,9 @@ cleanup() {
   while read -r p; do kill "$p" 2>/dev/null || true; done <"$pids"
   sleep 1
   while read -r p; do kill -9 "$p" 2>/dev/null || true; done <"$pids"
+  # An agent leaves its model servers running by design (a restart adopts
+  # them); these are ours: started from this run's private copy of the binary.
+  for p in $(pgrep -f "^$work/gpufleet demo server" || true); do kill "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 cargo build --release --quiet
