@@ -144,6 +144,15 @@ impl ControlService {
     pub fn new(fleet: FleetHandle) -> Self {
         Self { fleet }
     }
+
+    async fn warm(&self, r: pb::WarmRequest, op: WarmOp) -> Result<Response<pb::WarmList>, Status> {
+        required("model", &r.model)?;
+        required("--node", &r.node)?;
+        let entries = self.fleet.warm(r.model, r.node, op).await?;
+        Ok(Response::new(pb::WarmList {
+            entries: to_pb(&entries),
+        }))
+    }
 }
 
 /// Largest model spec accepted; real specs are a few hundred bytes.
@@ -363,26 +372,14 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::WarmRequest>,
     ) -> Result<Response<pb::WarmList>, Status> {
-        let r = request.into_inner();
-        required("model", &r.model)?;
-        required("--node", &r.node)?;
-        let entries = self.fleet.warm(r.model, r.node, WarmOp::Start).await?;
-        Ok(Response::new(pb::WarmList {
-            entries: to_pb(&entries),
-        }))
+        self.warm(request.into_inner(), WarmOp::Start).await
     }
 
     async fn warm_evict(
         &self,
         request: Request<pb::WarmRequest>,
     ) -> Result<Response<pb::WarmList>, Status> {
-        let r = request.into_inner();
-        required("model", &r.model)?;
-        required("--node", &r.node)?;
-        let entries = self.fleet.warm(r.model, r.node, WarmOp::Evict).await?;
-        Ok(Response::new(pb::WarmList {
-            entries: to_pb(&entries),
-        }))
+        self.warm(request.into_inner(), WarmOp::Evict).await
     }
 
     async fn list_events(

@@ -118,27 +118,7 @@ impl Harness {
     }
 
     pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
-        let log = self.path(&format!("{name}.log"));
-        let out = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(args)
-            .env_remove("GPUFLEET_COORDINATOR")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-            http_port: 0,
-        }
+        spawn_program(self, name, BIN, args)
     }
 
     /// A coordinator with short windows; `extra` is appended to its config.
@@ -298,6 +278,22 @@ impl Harness {
         url: &str,
         extra: &str,
     ) -> Proc {
+        let (cfg, http_port) = self.write_agent_config(proc_name, node_name, gpus, url, extra);
+        let mut p = self.spawn(proc_name, &["agent", "--config", cfg.to_str().unwrap()]);
+        p.http_port = http_port;
+        p
+    }
+
+    /// Writes an agent config under `agent-PROC/` and returns it with the
+    /// agent's HTTP port; `extra` keys go at the top, `[tables]` after `[gpu]`.
+    pub fn write_agent_config(
+        &self,
+        proc_name: &str,
+        node_name: &str,
+        gpus: u32,
+        url: &str,
+        extra: &str,
+    ) -> (PathBuf, u16) {
         let state = self.path(&format!("agent-{proc_name}"));
         std::fs::create_dir_all(&state).unwrap();
         let models = self.path("models");
@@ -331,9 +327,7 @@ impl Harness {
             ),
         )
         .unwrap();
-        let mut p = self.spawn(proc_name, &["agent", "--config", cfg.to_str().unwrap()]);
-        p.http_port = http_port;
-        p
+        (cfg, http_port)
     }
 
     /// Runs the CLI with exactly `env` for GPUFLEET_COORDINATOR,
@@ -485,22 +479,7 @@ pub fn agent_config_for(
     coordinator: &str,
     gpus: u32,
 ) -> (PathBuf, u16) {
-    let state = h.path(&format!("agent-{node_name}"));
-    std::fs::create_dir_all(&state).unwrap();
-    let models = h.path("models");
-    std::fs::create_dir_all(&models).unwrap();
-    let cfg = state.join("agent.toml");
-    let http_port = free_port();
-    std::fs::write(
-        &cfg,
-        format!(
-            "node_name = \"{node_name}\"\ncoordinator = \"{coordinator}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n",
-            state.display(),
-            models.display()
-        ),
-    )
-    .unwrap();
-    (cfg, http_port)
+    h.write_agent_config(node_name, node_name, gpus, coordinator, "")
 }
 
 /// Like `Harness::spawn`, for a program other than gpufleet (`ip netns exec
