@@ -224,17 +224,25 @@ fn hostname() -> Result<String, Problem> {
         })
 }
 
-fn check_node_name(key: &str, name: String) -> Result<String, Problem> {
-    let ok = (1..=63).contains(&name.len())
+/// What a node name may be, in words, for error messages.
+pub const NODE_NAME_RULE: &str = "1-63 characters of A-Z, a-z, 0-9, '.', '_' and '-'";
+
+/// The one rule for node names: the agent's config, the coordinator's
+/// session check and `tls init` all use it.
+pub fn is_valid_node_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_node_name(key: &str, name: String) -> Result<String, Problem> {
+    if is_valid_node_name(&name) {
         Ok(name)
     } else {
         Err(Problem::invalid(
             key,
-            format!("{key} `{name}` is invalid; allowed: 1-63 characters of A-Z, a-z, 0-9, '.', '_' and '-'"),
+            format!("{key} `{name}` is invalid; allowed: {NODE_NAME_RULE}"),
         ))
     }
 }

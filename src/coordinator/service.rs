@@ -106,16 +106,12 @@ impl pb::agent_session_server::AgentSession for SessionService {
 }
 
 fn validate_node_name(name: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    use crate::config::agent::{is_valid_node_name, NODE_NAME_RULE};
+    if is_valid_node_name(name) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "node name `{name}` is invalid; allowed: 1-63 characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+            "node name `{name}` is invalid; allowed: {NODE_NAME_RULE}"
         )))
     }
 }

@@ -242,11 +242,7 @@ fn write_new(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
 }
 
 fn check_agent_name(name: &str) -> Result<(), CertError> {
-    let ok = (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if crate::config::agent::is_valid_node_name(name) {
         Ok(())
     } else {
         Err(CertError::BadAgentName(name.to_string()))
