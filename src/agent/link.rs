@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::domain::{Assignment, GpuInfo, Hello, LogsReply, LogsRequest, Report};
+use crate::domain::{
+    replicas_moved, Assignment, GpuInfo, Hello, LogsReply, LogsRequest, ReplicaStatus, Report,
+};
 use crate::wire::pb;
 
 /// Where the session's content comes from: the agent's live state.
@@ -21,6 +23,40 @@ pub trait Reporter: Send + Sync + 'static {
     fn logs(&self, replica_id: &str, lines: usize) -> Result<Vec<String>, String>;
     /// The operator vouches for a GPU the health rules marked unhealthy.
     fn mark_gpu_healthy(&self, index: u32);
+    /// Notified whenever `report` may say something new.
+    fn updates(&self) -> std::sync::Arc<tokio::sync::Notify>;
+}
+
+/// Reports sent ahead of the interval (a load step, a replica's change of
+/// state) are at least this far apart, so a burst of changes is one report.
+const EARLY_REPORT_GAP: Duration = Duration::from_millis(100);
+
+/// The sending side of a session: numbers reports and remembers what the
+/// coordinator was last told.
+struct Outbox {
+    seq: u64,
+    last_inventory: Vec<GpuInfo>,
+    last_replicas: Vec<ReplicaStatus>,
+    last_sent: tokio::time::Instant,
+}
+
+impl Outbox {
+    fn message(&mut self, mut report: Report, applied: u64) -> pb::AgentMessage {
+        self.seq += 1;
+        report.seq = self.seq;
+        report.applied_generation = applied;
+        // Inventory travels only when it changed (health, MIG).
+        if report.inventory == self.last_inventory {
+            report.inventory.clear();
+        } else {
+            self.last_inventory = report.inventory.clone();
+        }
+        self.last_replicas = report.replicas.clone();
+        self.last_sent = tokio::time::Instant::now();
+        pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Report((&report).into())),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +166,6 @@ async fn session(
     let mut client = pb::agent_session_client::AgentSessionClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(8);
     let hello = reporter.hello();
-    let mut last_inventory: Vec<GpuInfo> = hello.gpus.clone();
     tx.send(pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello((&hello).into())),
     })
@@ -151,31 +186,41 @@ async fn session(
     let _ = connected.send(true);
     tracing::info!(coordinator = %cfg.coordinator, node = %cfg.node_name, "connected to the coordinator");
 
-    let mut seq: u64 = 0;
+    let mut outbox = Outbox {
+        seq: 0,
+        last_inventory: hello.gpus.clone(),
+        last_replicas: hello.replicas.clone(),
+        last_sent: tokio::time::Instant::now(),
+    };
     let mut applied: u64 = assignments
         .borrow()
         .as_ref()
         .map(|a| a.generation)
         .unwrap_or(0);
+    let updates = reporter.updates();
+    // When a change is waiting out EARLY_REPORT_GAP.
+    let mut early: Option<tokio::time::Instant> = None;
     let mut ticker = tokio::time::interval(cfg.report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                seq += 1;
-                let mut report = reporter.report();
-                report.seq = seq;
-                report.applied_generation = applied;
-                // Inventory travels only when it changed (health, MIG).
-                if report.inventory == last_inventory {
-                    report.inventory.clear();
+        let report = tokio::select! {
+            _ = ticker.tick() => Some(reporter.report()),
+            _ = updates.notified() => {
+                let report = reporter.report();
+                if replicas_moved(&outbox.last_replicas, &report.replicas) {
+                    let at = outbox.last_sent + EARLY_REPORT_GAP;
+                    if tokio::time::Instant::now() >= at {
+                        Some(report)
+                    } else {
+                        early = Some(early.map_or(at, |e| e.min(at)));
+                        None
+                    }
                 } else {
-                    last_inventory = report.inventory.clone();
+                    None
                 }
-                let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Report((&report).into())) };
-                if tx.send(msg).await.is_err() {
-                    return Err("the session's send side closed".into());
-                }
+            }
+            _ = tokio::time::sleep_until(early.unwrap_or_else(tokio::time::Instant::now)), if early.is_some() => {
+                Some(reporter.report())
             }
             msg = inbound.message() => match msg {
                 Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Assignment(a)) })) => {
@@ -183,6 +228,7 @@ async fn session(
                     applied = a.generation;
                     tracing::debug!(generation = a.generation, replicas = a.replicas.len(), "assignment received");
                     let _ = assignments.send(Some(a));
+                    None
                 }
                 Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Logs(l)) })) => {
                     let l = LogsRequest::from(l);
@@ -194,15 +240,26 @@ async fn session(
                     if tx.send(msg).await.is_err() {
                         return Err("the session's send side closed".into());
                     }
+                    None
                 }
                 Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::MarkGpuHealthy(m)) })) => {
                     tracing::info!(gpu = m.index, "GPU marked healthy by the operator");
                     reporter.mark_gpu_healthy(m.index);
+                    None
                 }
-                Ok(Some(_)) => {}
+                Ok(Some(_)) => None,
                 Ok(None) => return Ok(()),
                 Err(s) => return Err(format!("session with {} broke: {}", cfg.coordinator, s.message())),
             }
+        };
+        if let Some(report) = report {
+            early = None;
+            let msg = outbox.message(report, applied);
+            if tx.send(msg).await.is_err() {
+                return Err("the session's send side closed".into());
+            }
+            // The next regular report is a full interval after this one.
+            ticker.reset();
         }
     }
 }

@@ -122,7 +122,7 @@ pub async fn run(
         replicas.clone(),
         metrics_rx,
         signals_tx,
-        Duration::from_secs(1),
+        cfg.scrape_interval,
     ));
 
     let (connected_tx, connected_rx) = watch::channel(false);
@@ -162,12 +162,28 @@ pub async fn run(
     };
     let (first, _) = compose();
     let (telemetry_tx, telemetry_rx) = watch::channel(first);
+    // Told each time a new snapshot is out, so the session can report a
+    // load step or a replica's change of state before the next interval.
+    let updated = Arc::new(tokio::sync::Notify::new());
     {
         let sampler = sampler.clone();
+        let updated = updated.clone();
+        let (mut fresh_signals, mut fresh_replicas) = (signals_rx.clone(), replicas.clone());
+        let (mut signals_open, mut replicas_open) = (true, true);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(report_interval.min(Duration::from_millis(500)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                // Recomposed on the clock (GPU and host samples) and at once
+                // when a scrape or a replica's state brings news.
+                // A source that ended (no metrics client) leaves the clock.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    r = fresh_signals.changed(), if signals_open => signals_open = r.is_ok(),
+                    r = fresh_replicas.changed(), if replicas_open => replicas_open = r.is_ok(),
+                }
+                fresh_signals.mark_unchanged();
+                fresh_replicas.mark_unchanged();
                 let (t, workload) = compose();
                 sampler.set_workload(workload);
                 let uuids = uuids_of(&t.gpus.inventory);
@@ -181,6 +197,7 @@ pub async fn run(
                 if telemetry_tx.send(t).is_err() {
                     return;
                 }
+                updated.notify_one();
             }
         });
     }
@@ -267,6 +284,7 @@ pub async fn run(
             host: host_info,
         },
         telemetry: telemetry_rx,
+        updated,
         state_dir: cfg.state_dir.clone(),
         sampler: sampler.clone(),
     });

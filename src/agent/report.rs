@@ -24,6 +24,8 @@ pub struct Identity {
 pub struct AgentReporter {
     pub identity: Identity,
     pub telemetry: watch::Receiver<Telemetry>,
+    /// Notified after each new telemetry snapshot.
+    pub updated: std::sync::Arc<tokio::sync::Notify>,
     /// Where replica logs live.
     pub state_dir: std::path::PathBuf,
     pub sampler: std::sync::Arc<super::gpu::GpuSampler>,
@@ -55,6 +57,10 @@ impl Reporter for AgentReporter {
 
     fn mark_gpu_healthy(&self, index: u32) {
         self.sampler.mark_healthy(index);
+    }
+
+    fn updates(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.updated.clone()
     }
 
     fn report(&self) -> Report {

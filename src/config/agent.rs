@@ -35,6 +35,10 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub http_listen: SocketAddr,
     pub report_interval: Duration,
+    /// How often each ready replica's metrics endpoint is read. A load step
+    /// is reported as soon as a scrape sees it, so this bounds how late the
+    /// autoscaler hears of it.
+    pub scrape_interval: Duration,
     /// Weights and warm paths must resolve under one of these.
     pub model_roots: Vec<PathBuf>,
     /// Empty: any program; else a model's command[0] must be one of these.
@@ -91,6 +95,7 @@ struct RawAgent {
     state_dir: Option<String>,
     http_listen: Option<String>,
     report_interval: Option<String>,
+    scrape_interval: Option<String>,
     model_roots: Option<Vec<String>>,
     allowed_executables: Option<Vec<String>>,
     run_as: Option<String>,
@@ -178,6 +183,11 @@ fn validate(raw: RawAgent, o: &AgentOverrides) -> Result<AgentConfig, Problem> {
         raw.report_interval.as_deref().unwrap_or("1s"),
         Duration::from_millis(100)..=Duration::from_secs(60),
     )?;
+    let scrape_interval = duration_in(
+        "scrape_interval",
+        raw.scrape_interval.as_deref().unwrap_or("500ms"),
+        Duration::from_millis(100)..=Duration::from_secs(60),
+    )?;
 
     let model_roots = absolute_paths(
         "model_roots",
@@ -201,6 +211,7 @@ fn validate(raw: RawAgent, o: &AgentOverrides) -> Result<AgentConfig, Problem> {
         state_dir,
         http_listen,
         report_interval,
+        scrape_interval,
         model_roots,
         allowed_executables,
         run_as,

@@ -31,6 +31,7 @@ fn defaults_match_the_design() {
     assert_eq!(c.state_dir, PathBuf::from("/var/lib/gpufleet"));
     assert_eq!(c.http_listen, "127.0.0.1:7462".parse().unwrap());
     assert_eq!(c.report_interval, Duration::from_secs(1));
+    assert_eq!(c.scrape_interval, Duration::from_millis(500));
     assert_eq!(c.model_roots, vec![PathBuf::from("/srv/models")]);
     assert!(c.allowed_executables.is_empty());
     assert_eq!(c.run_as, None);
@@ -56,6 +57,7 @@ fn file_values_are_read() {
         r#"node_name = "gpu-host-17.dc1"
 coordinator = "https://coord:7460/"
 report_interval = "250ms"
+scrape_interval = "2s"
 model_roots = ["/srv/models", "/mnt/nfs/models"]
 allowed_executables = ["/opt/vllm/bin/vllm"]
 run_as = "models"
@@ -76,6 +78,7 @@ key = "/etc/gpufleet/n-key.pem"
     assert_eq!(c.node_name, "gpu-host-17.dc1");
     assert_eq!(c.coordinator, "https://coord:7460");
     assert_eq!(c.report_interval, Duration::from_millis(250));
+    assert_eq!(c.scrape_interval, Duration::from_secs(2));
     assert_eq!(c.model_roots.len(), 2);
     assert_eq!(c.run_as.as_deref(), Some("models"));
     assert_eq!(c.port_range, 30000..=30009);
@@ -158,6 +161,11 @@ fn ranges_are_checked_with_their_line() {
     );
     let e = err("report_interval = \"10ms\"\n");
     assert!(e.contains("allowed: 100ms..=1m"), "{e}");
+    let e = err("scrape_interval = \"0s\"\n");
+    assert!(
+        e.ends_with("scrape_interval = \"0s\" is out of range; allowed: 100ms..=1m"),
+        "{e}"
+    );
     let e = err("[gpu]\nsample_interval = \"often\"\n");
     assert!(
         e.contains("gpu.sample_interval `often` is not a duration"),

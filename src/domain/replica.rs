@@ -85,6 +85,39 @@ impl ServingSignals {
     pub fn ongoing(&self) -> f64 {
         self.waiting + self.running
     }
+
+    /// Whether the load moved enough since `before` that the autoscaler
+    /// should hear of it now rather than at the next interval: the ongoing
+    /// count changed by at least 2 requests and a quarter, or the replica
+    /// became measurable or stopped being so. Small jitter stays quiet.
+    pub fn moved_from(&self, before: &ServingSignals) -> bool {
+        if self.fresh != before.fresh {
+            return true;
+        }
+        let (was, now) = (before.ongoing(), self.ongoing());
+        let delta = (now - was).abs();
+        delta >= MOVE_MIN_REQUESTS && delta >= MOVE_SHARE * was
+    }
+}
+
+/// A change of the ongoing count below this many requests is jitter.
+const MOVE_MIN_REQUESTS: f64 = 2.0;
+/// ... and so is one below this share of what was reported before.
+const MOVE_SHARE: f64 = 0.25;
+
+/// Whether `after` says something the coordinator should hear before the
+/// next regular report: a replica appeared, went away or changed state, or
+/// its load moved (`ServingSignals::moved_from`).
+pub fn replicas_moved(before: &[ReplicaStatus], after: &[ReplicaStatus]) -> bool {
+    if before.len() != after.len() {
+        return true;
+    }
+    after
+        .iter()
+        .any(|a| match before.iter().find(|b| b.id == a.id) {
+            None => true,
+            Some(b) => b.state != a.state || a.signals.moved_from(&b.signals),
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -115,5 +148,66 @@ mod duration_ms {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(ongoing: f64) -> ServingSignals {
+        ServingSignals {
+            running: ongoing,
+            fresh: true,
+            ..Default::default()
+        }
+    }
+
+    fn replica(id: &str, state: ReplicaState, ongoing: f64) -> ReplicaStatus {
+        ReplicaStatus {
+            id: id.into(),
+            state,
+            signals: load(ongoing),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_load_step_moves_and_jitter_does_not() {
+        assert!(load(12.0).moved_from(&load(0.0)));
+        assert!(load(2.0).moved_from(&load(0.0)));
+        assert!(!load(1.0).moved_from(&load(0.0)));
+        // Two more on a busy replica is a small share of its load.
+        assert!(!load(42.0).moved_from(&load(40.0)));
+        assert!(load(50.0).moved_from(&load(40.0)));
+        // Load leaving moves too.
+        assert!(load(0.0).moved_from(&load(8.0)));
+        // Measurable again, or not any more.
+        let stale = ServingSignals {
+            fresh: false,
+            ..load(3.0)
+        };
+        assert!(load(3.0).moved_from(&stale));
+        assert!(stale.moved_from(&load(3.0)));
+    }
+
+    #[test]
+    fn replicas_move_on_state_membership_and_load() {
+        use ReplicaState::*;
+        let before = vec![replica("a", Ready, 3.0), replica("b", Starting, 0.0)];
+        assert!(!replicas_moved(&before, &before));
+        let mut jitter = before.clone();
+        jitter[0].signals.running = 4.0;
+        assert!(!replicas_moved(&before, &jitter));
+        let mut ready = before.clone();
+        ready[1].state = Ready;
+        assert!(replicas_moved(&before, &ready));
+        assert!(replicas_moved(&before, &before[..1]));
+        let mut renamed = before.clone();
+        renamed[1].id = "c".into();
+        assert!(replicas_moved(&before, &renamed));
+        let mut surge = before.clone();
+        surge[0].signals.waiting = 9.0;
+        assert!(replicas_moved(&before, &surge));
     }
 }
