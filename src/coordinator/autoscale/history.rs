@@ -67,19 +67,66 @@ impl SignalHistory {
     /// excluded, so a 6 s window over 1 s ticks holds 6 samples).
     pub fn average(&self, now: Instant, window: Duration) -> WindowAverage {
         let cutoff = now.checked_sub(window);
+        WindowAverage::of(
+            self.samples
+                .iter()
+                .rev()
+                .take_while(|(t, _)| cutoff.is_none_or(|c| *t > c))
+                .filter(|(t, _)| *t <= now)
+                .map(|(_, s)| s),
+        )
+    }
+
+    /// Means over the samples from `from` (included) to `now`.
+    pub fn average_from(&self, from: Instant, now: Instant) -> WindowAverage {
+        WindowAverage::of(
+            self.samples
+                .iter()
+                .rev()
+                .take_while(|(t, _)| *t >= from)
+                .filter(|(t, _)| *t <= now)
+                .map(|(_, s)| s),
+        )
+    }
+
+    /// Since when every measured sample has met `over`, looking back no
+    /// further than `window` before `now`: the start of a surge still under
+    /// way. `None` when the newest measured sample does not meet it.
+    pub fn over_since(
+        &self,
+        now: Instant,
+        window: Duration,
+        over: impl Fn(&WindowAverage) -> bool,
+    ) -> Option<Instant> {
+        let cutoff = now.checked_sub(window);
+        let mut since = None;
+        for (t, s) in self
+            .samples
+            .iter()
+            .rev()
+            .take_while(|(t, _)| cutoff.is_none_or(|c| *t > c))
+            .filter(|(t, s)| *t <= now && s.ready > 0)
+        {
+            if !over(&WindowAverage::of(std::iter::once(s))) {
+                break;
+            }
+            since = Some(*t);
+        }
+        since
+    }
+}
+
+impl WindowAverage {
+    /// Means of each signal over `samples`; only samples with a ready
+    /// replica measure load.
+    fn of<'a>(samples: impl Iterator<Item = &'a Signals>) -> WindowAverage {
         let mut ongoing = Mean::default();
         let mut latency = Mean::default();
         let mut gpu = Mean::default();
         let mut kv = Mean::default();
         let mut rps = Mean::default();
         let mut ready = Mean::default();
-        let in_window = self
-            .samples
-            .iter()
-            .rev()
-            .take_while(|(t, _)| cutoff.is_none_or(|c| *t > c))
-            .filter(|(t, s)| *t <= now && s.ready > 0);
-        for (_, s) in in_window {
+        for s in samples.filter(|s| s.ready > 0) {
             ongoing.add(Some(s.ongoing));
             rps.add(Some(s.requests_per_s));
             ready.add(Some(f64::from(s.ready)));

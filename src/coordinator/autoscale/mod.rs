@@ -22,6 +22,13 @@ use policy::{missing_signals, num, percent, seconds, span, strongest, Desire};
 /// the autoscaler holds rather than act on what it can no longer see.
 pub const SIGNALS_STALE_AFTER: Duration = Duration::from_secs(10);
 
+/// How long the newest samples must stay at the panic threshold before they
+/// trigger panic on their own, without waiting for the panic window's
+/// average to catch up with a step. Long enough for a second scrape (the
+/// agent's default scrape interval; a scrape that contradicts the first is
+/// reported at once and ends the surge), far shorter than the window.
+pub const SURGE_HOLD: Duration = Duration::from_millis(500);
+
 /// Samples kept before the first decision tells the real stable window: the
 /// longest a spec allows.
 const DEFAULT_RETAIN: Duration = Duration::from_secs(3600);
@@ -53,6 +60,9 @@ pub struct Decision {
     pub panic: bool,
     /// "2 → 5: …" when the count changes, "holding 3: …" when it does not.
     pub reason: String,
+    /// A surge is building that will trigger panic at this instant if it
+    /// holds: decide again then, rather than a tick later.
+    pub recheck_at: Option<Instant>,
     /// The numbers behind the decision, for the event log.
     pub inputs: Vec<(String, String)>,
 }
@@ -79,6 +89,8 @@ pub struct Autoscaler {
     /// The last observation, kept apart from the history, which forgets it
     /// after a stable window.
     last_seen: Option<Instant>,
+    /// Set by the decision under way when a surge has not held long enough.
+    recheck_at: Option<Instant>,
 }
 
 impl Default for Autoscaler {
@@ -116,6 +128,7 @@ impl Autoscaler {
             retain: DEFAULT_RETAIN,
             stale_after: SIGNALS_STALE_AFTER,
             last_seen: None,
+            recheck_at: None,
         }
     }
 
@@ -173,6 +186,7 @@ impl Autoscaler {
         self.stale_after = spec.panic_window.max(SIGNALS_STALE_AFTER);
         self.history.prune(now, self.retain);
         let woken = std::mem::take(&mut self.woken);
+        self.recheck_at = None;
 
         let mut inputs = Inputs::default();
         inputs.add("current", current);
@@ -221,6 +235,7 @@ impl Autoscaler {
         Decision {
             desired,
             panic,
+            recheck_at: self.recheck_at.take(),
             reason: if desired == current {
                 format!("holding {current}: {}", plan.why)
             } else {
@@ -278,13 +293,34 @@ impl Autoscaler {
         let capacity = latest.ready.saturating_add(latest.starting).max(1);
         inputs.add("capacity", capacity);
         let mut trigger = None;
+        let threshold = spec.panic_threshold * f64::from(capacity);
         if let Some(p) = &panic_best {
             inputs.add("panic_desire", num(p.replicas));
-            if p.replicas >= spec.panic_threshold * f64::from(capacity) {
-                self.panic_until = Some(now + spec.stable_window);
+            if p.replicas >= threshold {
                 trigger = Some(p.panic_note(spec, capacity));
             }
         }
+        // A step in load shows in the newest samples seconds before the
+        // panic window's average (diluted by the quiet before it) crosses.
+        let mut surge = None;
+        if trigger.is_none() {
+            match self.surge(spec, threshold, now) {
+                Some(Ok(s)) => {
+                    inputs.add("surge_desire", num(s.replicas));
+                    trigger = Some(s.panic_note(spec, capacity));
+                    surge = Some(s);
+                }
+                Some(Err(at)) => self.recheck_at = Some(at),
+                None => {}
+            }
+        }
+        if trigger.is_some() {
+            self.panic_until = Some(now + spec.stable_window);
+        }
+        let panic_best = match (panic_best, surge) {
+            (Some(p), Some(s)) if p.replicas >= s.replicas => Some(p),
+            (p, s) => s.or(p),
+        };
         let hi = spec.max_replicas;
         // What the signals alone ask for, then with the minimum and the
         // pre-scale floor: the floors count as desire, so the scale-down
@@ -357,6 +393,28 @@ impl Autoscaler {
         }
         let missing = missing_signals(&latest, spec);
         self.scale_down(spec, current, now, rec, &stable_best, &missing)
+    }
+
+    /// A surge in the newest samples: `Ok` with what it asks for once it has
+    /// held `SURGE_HOLD` at the panic threshold, `Err` with when it will
+    /// have if it is younger, `None` when the newest sample is under it.
+    fn surge(
+        &self,
+        spec: &ScalingSpec,
+        threshold: f64,
+        now: Instant,
+    ) -> Option<Result<Desire, Instant>> {
+        let over = |avg: &history::WindowAverage| {
+            strongest(policy::desires(avg, "", spec)).is_some_and(|d| d.replicas >= threshold)
+        };
+        let since = self.history.over_since(now, spec.panic_window, over)?;
+        let held = now.saturating_duration_since(since);
+        if held < SURGE_HOLD {
+            return Some(Err(since + SURGE_HOLD));
+        }
+        let avg = self.history.average_from(since, now);
+        let label = format!("last {} average", span(held));
+        strongest(policy::desires(&avg, &label, spec)).map(Ok)
     }
 
     /// The signals ask for fewer replicas: walk down only once the desire

@@ -159,7 +159,7 @@ fn no_scale_down_while_panicking() {
     assert!(spike.iter().all(|d| d.panic));
     // Demand vanishes; panic holds for a stable window after the last trigger.
     let quiet = sim.run(120, ongoing(1.0));
-    let (during, after) = quiet.split_at(57);
+    let (during, after) = quiet.split_at(59);
     assert!(
         during.iter().all(|d| d.panic && d.desired == peak),
         "{during:?}"
@@ -595,9 +595,9 @@ fn the_worked_example_in_the_docs() {
         changes,
         vec![
             (
-                304,
-                "2 → 5: 6s average 35.7 ongoing / target 8 per replica \
-                 (panic: 35.7 ≥ 2 × capacity 16)"
+                301,
+                "2 → 5: last 1s average 40 ongoing / target 8 per replica \
+                 (panic: 40 ≥ 2 × capacity 16)"
             ),
             (
                 1817,
@@ -622,4 +622,90 @@ fn the_worked_example_in_the_docs() {
         all[1499].reason,
         "holding 5: stable 1m average 40 ongoing / target 8 per replica"
     );
+}
+
+/// One replica at target 4: panic needs 8 ongoing. Samples every 500 ms,
+/// as the agent scrapes by default.
+fn surge_spec() -> ScalingSpec {
+    ScalingSpec {
+        target_ongoing_requests: 4.0,
+        max_replicas: 8,
+        ..spec()
+    }
+}
+
+fn one_ready(ongoing: f64) -> Signals {
+    Signals {
+        ongoing,
+        requests_per_s: ongoing,
+        ready: 1,
+        ..Signals::default()
+    }
+}
+
+#[test]
+fn a_step_panics_once_two_scrapes_agree_without_waiting_for_the_window() {
+    let spec = surge_spec();
+    let mut a = Autoscaler::new();
+    let t0 = Instant::now();
+    let half = Duration::from_millis(500);
+    for i in 0..120 {
+        a.observe(t0 + half * i, &one_ready(1.0));
+        assert_eq!(a.decide(&spec, 1, t0 + half * i).desired, 1);
+    }
+    // The step: 19 ongoing, where the 6 s average is still (11 × 1 + 19) / 12 = 2.5.
+    let step = t0 + half * 120;
+    a.observe(step, &one_ready(19.0));
+    let d = a.decide(&spec, 1, step);
+    assert_eq!((d.desired, d.panic), (1, false), "{}", d.reason);
+    assert_eq!(d.recheck_at, Some(step + SURGE_HOLD));
+    // Half a second on, with no scrape that contradicts it, the surge holds.
+    let d = a.decide(&spec, 1, step + SURGE_HOLD);
+    assert!(d.panic);
+    assert_eq!(d.recheck_at, None);
+    assert_eq!(
+        d.reason,
+        "1 → 5: last 500ms average 19 ongoing / target 4 per replica \
+         (panic: 19 ≥ 2 × capacity 4)"
+    );
+}
+
+#[test]
+fn a_one_scrape_blip_that_the_next_scrape_contradicts_never_panics() {
+    let spec = surge_spec();
+    let mut a = Autoscaler::new();
+    let t0 = Instant::now();
+    let half = Duration::from_millis(500);
+    // Busy but under target, with a spike past the panic threshold on every
+    // fourth scrape: each is gone by the next one.
+    for i in 0..400u32 {
+        let now = t0 + half * i;
+        let ongoing = if i % 4 == 3 { 12.0 } else { 1.0 };
+        a.observe(now, &one_ready(ongoing));
+        let d = a.decide(&spec, 1, now);
+        assert!(!d.panic, "{i}: {}", d.reason);
+        assert_eq!(d.desired, 1, "{i}: {}", d.reason);
+        // A recheck is asked for at the blip, and finds it gone.
+        assert_eq!(d.recheck_at.is_some(), i % 4 == 3, "{i}");
+    }
+}
+
+#[test]
+fn a_surge_reads_the_capacity_on_its_way() {
+    let spec = surge_spec();
+    let mut a = Autoscaler::new();
+    let t0 = Instant::now();
+    let half = Duration::from_millis(500);
+    // 15 ongoing with one replica ready and three loading: capacity 4 × 4 =
+    // 16, so 15 is no surge (it would be on one replica alone) and 4 hold.
+    let s = Signals {
+        starting: 3,
+        ..one_ready(15.0)
+    };
+    for i in 0..8 {
+        a.observe(t0 + half * i, &s);
+        let d = a.decide(&spec, 4, t0 + half * i);
+        assert!(!d.panic && d.recheck_at.is_none(), "{}", d.reason);
+        assert_eq!(d.desired, 4);
+    }
 }
