@@ -130,3 +130,80 @@ fn an_idle_model_scales_to_zero_and_wakes_on_demand() {
     let (status, _) = http("POST", h.http_port, "/v1/models/nope/wake", "");
     assert_eq!(status, 404);
 }
+
+/// Ten-second periods on both sides: the regular report and tick alone would
+/// see a load step only 10–20 s later. The news path — the agent reports as
+/// soon as a scrape sees the load move or a replica change state, and the
+/// coordinator decides as soon as such a report arrives — acts within
+/// seconds.
+#[test]
+fn a_load_step_is_acted_on_at_once_not_at_the_next_tick_or_report() {
+    let h = Harness::new();
+    let _c =
+        h.coordinator("tick = \"10s\"\nnode_suspect_after = \"30s\"\nnode_lost_after = \"60s\"");
+    let _a = h.agent(
+        "node-a",
+        4,
+        "report_interval = \"10s\"\nscrape_interval = \"200ms\"",
+    );
+    h.wait_ready_nodes(1);
+    // Applying acts at once too: placed and ready without waiting for a tick.
+    let applied = std::time::Instant::now();
+    apply(
+        &h,
+        "quick",
+        "min_replicas = 1\nmax_replicas = 4\ntarget_ongoing_requests = 2",
+    );
+    wait_until(Duration::from_secs(30), "one ready replica", || {
+        (model(&h, "quick")?["ready_replicas"] == 1).then_some(())
+    });
+    assert!(
+        applied.elapsed() < Duration::from_secs(8),
+        "apply → ready took {:?}",
+        applied.elapsed()
+    );
+
+    // About 19 requests in flight against a capacity of 2: a panic.
+    let step = std::time::Instant::now();
+    // It ends on its own after 8 s, also when an assertion fails first.
+    let mut load = std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "load",
+            "--model",
+            "quick",
+            "--coordinator-http",
+            &h.http_url(),
+            "--rps",
+            "30",
+            "--duration",
+            "8s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), "a scale-up decision", || {
+        (model(&h, "quick")?["desired_replicas"].as_u64()? > 1).then_some(())
+    });
+    let decided = step.elapsed();
+    wait_until(Duration::from_secs(20), "a second ready replica", || {
+        (model(&h, "quick")?["ready_replicas"].as_u64()? > 1).then_some(())
+    });
+    let ready = step.elapsed();
+    assert!(
+        decided < Duration::from_secs(5) && ready < Duration::from_secs(8),
+        "step → decision {decided:?}, → ready {ready:?}"
+    );
+    let events = h.json(&["events", "--model", "quick"]);
+    let up = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "scale")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .find(|m| m.starts_with("1 → "))
+        .expect("a scale-up event");
+    assert!(up.contains("ongoing / target 2 per replica"), "{up}");
+    let _ = load.wait();
+}

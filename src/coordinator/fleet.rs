@@ -76,6 +76,10 @@ struct PendingLogs {
 
 const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(60);
 
+/// Ticks run ahead of the clock (`Fleet::tick_soon`) at most this often, so
+/// a fleet full of changing reports does not tick without pause.
+const EARLY_TICK_GAP: Duration = Duration::from_millis(200);
+
 /// How long an agent may take to answer a log request.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,6 +91,9 @@ pub struct Fleet {
     pub(super) models: BTreeMap<String, Model>,
     pub(super) plan: BTreeMap<String, PlannedReplica>,
     pub(super) started: Instant,
+    /// When the next tick runs ahead of the clock, if it does.
+    pub(super) tick_at: Option<Instant>,
+    last_tick: Instant,
     /// node → model → why (standby, predictive): weights kept warm there.
     demand_saved: Instant,
     pub(super) warm_plan: BTreeMap<String, BTreeMap<String, &'static str>>,
@@ -155,6 +162,8 @@ impl Fleet {
             models,
             plan: BTreeMap::new(),
             started: Instant::now(),
+            tick_at: None,
+            last_tick: Instant::now(),
             avoid: BTreeMap::new(),
             warm_plan: BTreeMap::new(),
             demand_saved: Instant::now(),
@@ -180,20 +189,39 @@ impl Fleet {
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let early = self.tick_at.map(tokio::time::Instant::from_std);
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
                     None => break,
                 },
-                _ = tick.tick() => {
-                    self.expire_log_requests(Instant::now());
-                    self.tick(Instant::now());
-                    self.save_demand(Instant::now());
-                    self.flush_events();
+                _ = tick.tick() => self.run_tick(),
+                _ = tokio::time::sleep_until(early.unwrap_or_else(tokio::time::Instant::now)), if early.is_some() => {
+                    self.run_tick();
+                    // The clock's next tick is a full period after this one.
+                    tick.reset();
                 }
             }
         }
         self.flush_events();
+    }
+
+    fn run_tick(&mut self) {
+        let now = Instant::now();
+        self.tick_at = None;
+        self.last_tick = now;
+        self.expire_log_requests(now);
+        self.tick(now);
+        self.save_demand(now);
+        self.flush_events();
+    }
+
+    /// Asks for a tick at `at` (or as soon after the last one as
+    /// `EARLY_TICK_GAP` allows) instead of waiting for the clock: for news
+    /// that a decision should not wait a tick for.
+    pub(super) fn tick_soon(&mut self, at: Instant) {
+        let at = at.max(self.last_tick + EARLY_TICK_GAP);
+        self.tick_at = Some(self.tick_at.map_or(at, |t| t.min(at)));
     }
 
     /// Records an event: kept in memory (bounded), broadcast to followers and
@@ -256,6 +284,21 @@ impl Fleet {
 
     fn handle(&mut self, cmd: Command) {
         let now = Instant::now();
+        // What an operator (or a new agent) asks for is acted on at once.
+        let acts = matches!(
+            cmd,
+            Command::Connect { .. }
+                | Command::ApplyModel { .. }
+                | Command::DeleteModel { .. }
+                | Command::WakeModel { .. }
+                | Command::ScaleModel { .. }
+                | Command::NodeOperation { .. }
+                | Command::MarkGpuHealthy { .. }
+                | Command::Warm { .. }
+        );
+        if acts {
+            self.tick_soon(now);
+        }
         match cmd {
             Command::Connect {
                 hello,
@@ -610,6 +653,9 @@ impl Fleet {
         node.last_seen_unix_ms = unix_ms_now();
         node.samples = report.gpus;
         node.host_sample = report.host;
+        // A load step or a replica's change of state is acted on now, not
+        // at the next tick (the agent reports such news at once too).
+        let moved = crate::domain::replicas_moved(&node.replicas, &report.replicas);
         node.replicas = report.replicas;
         node.warm = report.warm;
         if !report.inventory.is_empty() {
@@ -617,6 +663,9 @@ impl Fleet {
         }
         if was_lost {
             self.adopt_reported_replicas(name, now);
+        }
+        if moved {
+            self.tick_soon(now);
         }
     }
 

@@ -24,7 +24,11 @@ impl Fleet {
         self.announce_node_states(now);
         if now.saturating_duration_since(self.started) < self.settings.reconnect_grace {
             // Agents are still reconnecting after a coordinator start: what we
-            // know of the fleet is partial, so we change nothing yet.
+            // know of the fleet is partial, so we change nothing yet, and act
+            // on what was asked meanwhile as soon as the grace ends.
+            if self.tick_at.is_none() {
+                self.tick_soon(self.started + self.settings.reconnect_grace);
+            }
             return;
         }
         self.decide_desired(now);

@@ -88,6 +88,7 @@ impl Fleet {
         let now_unix_s = unix_ms_now() / 1000;
         let names: Vec<String> = self.models.keys().cloned().collect();
         let mut events = Vec::new();
+        let mut recheck = None;
         for name in names {
             let (signals, fresh) = self.model_signals(&name);
             let model = self.models.get_mut(&name).expect("names were just listed");
@@ -116,6 +117,9 @@ impl Fleet {
                             .prescale_floor(replicas_needed(&forecast, spec), now);
                     }
                     let d = model.autoscaler.decide(spec, model.desired, now);
+                    if let Some(at) = d.recheck_at {
+                        recheck = Some(recheck.map_or(at, |r: Instant| r.min(at)));
+                    }
                     (d.desired, d.reason, d.panic)
                 }
             };
@@ -153,6 +157,9 @@ impl Fleet {
         }
         for (name, message) in events {
             self.record("scale", &name, "", "", message);
+        }
+        if let Some(at) = recheck {
+            self.tick_soon(at);
         }
     }
 

@@ -121,20 +121,18 @@ impl Harness {
         spawn_program(self, name, BIN, args)
     }
 
-    /// A coordinator with short windows; `extra` is appended to its config.
+    /// A coordinator with short windows; `extra` keys are added to its
+    /// config or replace the harness's.
     pub fn coordinator(&self, extra: &str) -> Proc {
         let data = self.path("coordinator-data");
         let cfg = self.path("coordinator.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"1s\"\n{extra}",
-                self.grpc_port,
-                self.http_port,
-                data.display()
-            ),
-        )
-        .unwrap();
+        let base = format!(
+            "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"1s\"\n",
+            self.grpc_port,
+            self.http_port,
+            data.display()
+        );
+        std::fs::write(&cfg, overridden(&base, extra)).unwrap();
         self.spawn(
             "coordinator",
             &["coordinator", "--config", cfg.to_str().unwrap()],
@@ -317,13 +315,17 @@ impl Harness {
             Some(i) => (&extra[..i], &extra[i..]),
             None => (extra, ""),
         };
+        let top = format!(
+            "node_name = \"{node_name}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\nport_range = \"{base}-{}\"\n",
+            state.display(),
+            models.display(),
+            base + 99
+        );
         std::fs::write(
             &cfg,
             format!(
-                "node_name = \"{node_name}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\nport_range = \"{base}-{}\"\n{extra_top}\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n{extra_tables}",
-                state.display(),
-                models.display(),
-                base + 99
+                "{}\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {gpus}\nsample_interval = \"200ms\"\n{extra_tables}",
+                overridden(&top, extra_top)
             ),
         )
         .unwrap();
@@ -375,6 +377,20 @@ pub fn tls_init(dir: &Path, agents: &str) {
 
 /// The command of a spec whose replicas are demo model servers; `extra` are
 /// more arguments (`"--concurrency", "4"`), already quoted for TOML.
+/// `base` config lines, less those whose key `extra` sets, then `extra`.
+fn overridden(base: &str, extra: &str) -> String {
+    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    let set: Vec<String> = extra.lines().filter(|l| l.contains('=')).map(key).collect();
+    let mut out: String = base
+        .lines()
+        .filter(|l| !set.contains(&key(l)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(extra);
+    out.push('\n');
+    out
+}
+
 pub fn demo_command(extra: &[&str]) -> String {
     let mut args = vec![
         format!("\"{BIN}\""),
