@@ -3,6 +3,7 @@
 # agent with 4 simulated GPUs (defaults otherwise: report_interval 1s), a model
 # whose replicas are demo model servers reading WEIGHTS at start ([scaling]
 # min 1, max 4, target_ongoing_requests 4, stable_window 30s, panic_window 6s).
+# scrape_interval SCRAPE_INTERVAL (default: the agent's, 500ms).
 # Once one replica is ready, the load steps from 0 to RPS requests/s
 # (`gpufleet demo load`); the script polls `replica ls` every 200 ms and reads
 # `events` afterwards, and reports
@@ -15,7 +16,7 @@
 #
 #   CARGO_TARGET_DIR=/work/target-helpers benches/autoscale.sh
 #   MODES=cold RUNS=5 WEIGHTS=/srv/models/big.bin benches/autoscale.sh
-#   TICK=200ms REPORT_INTERVAL=200ms benches/autoscale.sh   # faster signal path
+#   TICK=200ms REPORT_INTERVAL=200ms benches/autoscale.sh   # faster periods
 # Also printed per run: when the coordinator first saw ongoing > 0 after the
 # step, and its per-tick ongoing until the decision (from `gpufleet explain`).
 set -euo pipefail
@@ -27,6 +28,7 @@ RUNS=${RUNS:-3}
 MODES=${MODES:-"warm cold"}
 TICK=${TICK:-1s}
 REPORT_INTERVAL=${REPORT_INTERVAL:-1s}
+SCRAPE_INTERVAL=${SCRAPE_INTERVAL:-500ms}
 RPS=${RPS:-25}
 LOAD_FOR=${LOAD_FOR:-40}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
@@ -51,10 +53,10 @@ cargo build --release --quiet
 # The shared target dir may be rewritten by other builds: use a copy.
 cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
 
-python3 - "$work" "$WEIGHTS" "$RUNS" "$MODES" "$RPS" "$LOAD_FOR" "$TICK" "$REPORT_INTERVAL" <<'PY'
+python3 - "$work" "$WEIGHTS" "$RUNS" "$MODES" "$RPS" "$LOAD_FOR" "$TICK" "$REPORT_INTERVAL" "$SCRAPE_INTERVAL" <<'PY'
 import json, os, re, socket, statistics, subprocess, sys, time
 
-work, weights, runs, modes, rps, load_for, tick, report = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(), sys.argv[5], int(sys.argv[6]), sys.argv[7], sys.argv[8]
+work, weights, runs, modes, rps, load_for, tick, report, scrape = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(), sys.argv[5], int(sys.argv[6]), sys.argv[7], sys.argv[8], sys.argv[9]
 binary = os.path.join(work, "gpufleet")
 pidfile = os.path.join(work, "pids")
 
@@ -87,7 +89,7 @@ def one_run(mode, n):
     base = 20000 + (free_port() % 400) * 100
     os.makedirs(f"{d}/agent")
     open(f"{d}/agent/agent.toml", "w").write(
-        f'node_name = "bench-node"\ncoordinator = "http://127.0.0.1:{grpc}"\nstate_dir = "{d}/agent"\nreport_interval = "{report}"\n'
+        f'node_name = "bench-node"\ncoordinator = "http://127.0.0.1:{grpc}"\nstate_dir = "{d}/agent"\nreport_interval = "{report}"\nscrape_interval = "{scrape}"\n'
         f'http_listen = "127.0.0.1:{free_port()}"\nmodel_roots = ["{os.path.dirname(weights)}"]\n'
         f'port_range = "{base}-{base + 99}"\n[gpu]\nbackend = "simulated"\nsimulated_count = 4\n')
     warm = "standby" if mode == "warm" else "off"
