@@ -53,21 +53,13 @@ cargo build --release --quiet
 # The shared target dir may be rewritten by other builds: use a copy.
 cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
 
-python3 - "$work" "$WEIGHTS" "$RUNS" "$MODES" "$RPS" "$LOAD_FOR" "$TICK" "$REPORT_INTERVAL" "$SCRAPE_INTERVAL" <<'PY'
-import json, os, re, socket, statistics, subprocess, sys, time
+PYTHONPATH="$root/benches" python3 - "$work" "$WEIGHTS" "$RUNS" "$MODES" "$RPS" "$LOAD_FOR" "$TICK" "$REPORT_INTERVAL" "$SCRAPE_INTERVAL" <<'PY'
+import json, os, re, statistics, subprocess, sys, time
+from fleet import Fleet, spawn
 
 work, weights, runs, modes, rps, load_for, tick, report, scrape = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(), sys.argv[5], int(sys.argv[6]), sys.argv[7], sys.argv[8], sys.argv[9]
 binary = os.path.join(work, "gpufleet")
 pidfile = os.path.join(work, "pids")
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-def spawn(args, log):
-    p = subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    with open(pidfile, "a") as f:
-        f.write(f"{p.pid}\n")
-    return p
 
 def resident_pct():
     out = subprocess.run(["vmtouch", weights], capture_output=True, text=True).stdout
@@ -79,35 +71,17 @@ def ts(e):
 def one_run(mode, n):
     d = os.path.join(work, f"{mode}-{n}")
     os.makedirs(d)
-    grpc, http = free_port(), free_port()
-    env = dict(os.environ, GPUFLEET_COORDINATOR=f"http://127.0.0.1:{grpc}")
-    def cli(*args):
-        r = subprocess.run([binary, *args, "-o", "json"], capture_output=True, text=True, env=env)
-        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
-    open(f"{d}/coordinator.toml", "w").write(
-        f'listen = "127.0.0.1:{grpc}"\nhttp_listen = "127.0.0.1:{http}"\ndata_dir = "{d}/coordinator-data"\ntick = "{tick}"\n')
-    base = 20000 + (free_port() % 400) * 100
-    os.makedirs(f"{d}/agent")
-    open(f"{d}/agent/agent.toml", "w").write(
-        f'node_name = "bench-node"\ncoordinator = "http://127.0.0.1:{grpc}"\nstate_dir = "{d}/agent"\nreport_interval = "{report}"\nscrape_interval = "{scrape}"\n'
-        f'http_listen = "127.0.0.1:{free_port()}"\nmodel_roots = ["{os.path.dirname(weights)}"]\n'
-        f'port_range = "{base}-{base + 99}"\n[gpu]\nbackend = "simulated"\nsimulated_count = 4\n')
+    fleet = Fleet(binary, pidfile, d, 4, [os.path.dirname(weights)],
+                  coordinator_extra=f'tick = "{tick}"\n',
+                  agent_extra=f'report_interval = "{report}"\nscrape_interval = "{scrape}"\n')
+    cli, http = fleet.cli, fleet.http
     warm = "standby" if mode == "warm" else "off"
-    open(f"{d}/model.toml", "w").write(
+    fleet.apply(
         f'name = "bench-llm"\nweights = "{weights}"\n[server]\npreset = "vllm"\n'
         f'command = ["{binary}", "demo", "server", "--port", "{{port}}", "--weights", "{{weights}}"]\n'
         f'gpus = 1\ngpu_memory = "20GiB"\nready_timeout = "120s"\nstop_timeout = "10s"\n'
         f'[scaling]\nmin_replicas = 1\nmax_replicas = 4\ntarget_ongoing_requests = 4\n'
         f'stable_window = "30s"\npanic_window = "6s"\nscale_down_delay = "60s"\n[warm]\nmode = "{warm}"\n')
-    spawn([binary, "coordinator", "--config", f"{d}/coordinator.toml"], f"{d}/coordinator.log")
-    spawn([binary, "agent", "--config", f"{d}/agent/agent.toml"], f"{d}/agent.log")
-    for _ in range(100):
-        if cli("node", "ls"):
-            break
-        time.sleep(0.2)
-    r = subprocess.run([binary, "model", "apply", "-f", f"{d}/model.toml"], capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        sys.exit(f"apply failed: {r.stderr}")
     first = None
     for _ in range(600):
         reps = cli("replica", "ls") or []
@@ -127,7 +101,7 @@ def one_run(mode, n):
     time.sleep(5)
     res_before = resident_pct()
     step = time.time()
-    load = spawn([binary, "demo", "load", "--model", "bench-llm", "--coordinator-http", f"http://127.0.0.1:{http}",
+    load = spawn(pidfile, [binary, "demo", "load", "--model", "bench-llm", "--coordinator-http", f"http://127.0.0.1:{http}",
                   "--rps", rps, "--duration", f"{load_for}s", "-o", "json"], f"{d}/load.json")
     ready_at = {}
     while load.poll() is None:
@@ -149,7 +123,7 @@ def one_run(mode, n):
     seen = next((t for t, o in ticks if t >= 0 and o > 0), None)
     until = decision[0] if decision else 0
     ongoing_ticks = [f"{t:.1f}:{o:.0f}" for t, o in ticks if -1 <= t <= until + 0.5]
-    subprocess.run([binary, "model", "delete", "bench-llm"], capture_output=True, env=env)
+    fleet.run("model", "delete", "bench-llm")
     time.sleep(3)
     return {"mode": mode, "run": n, "resident_pct_at_step": res_before,
             "decision_s": decision[0] if decision else None, "decision": decision[1] if decision else None,
