@@ -282,7 +282,6 @@ pub async fn run(
             instance: format!("{:016x}", rand::random::<u64>()),
             labels: cfg.labels.clone(),
             host: host_info,
-            scrape_interval: cfg.scrape_interval,
         },
         telemetry: telemetry_rx,
         updated,

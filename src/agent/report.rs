@@ -19,7 +19,6 @@ pub struct Identity {
     pub instance: String,
     pub labels: BTreeMap<String, String>,
     pub host: HostInfo,
-    pub scrape_interval: std::time::Duration,
 }
 
 pub struct AgentReporter {
@@ -48,7 +47,6 @@ impl Reporter for AgentReporter {
             replicas: t.replicas.clone(),
             warm: t.warm.clone(),
             agent_instance: self.identity.instance.clone(),
-            scrape_interval: Some(self.identity.scrape_interval),
         }
     }
 

@@ -34,8 +34,6 @@ pub struct Node {
     pub host_sample: HostSample,
     pub replicas: Vec<ReplicaStatus>,
     pub warm: Vec<WarmStatus>,
-    /// How often the agent reads its replicas' metrics, as it said in Hello.
-    pub scrape_interval: Option<Duration>,
     pub last_seen: Instant,
     pub last_seen_unix_ms: i64,
     pub flags: NodeFlags,
@@ -60,7 +58,6 @@ impl Node {
             host_sample: HostSample::default(),
             replicas: hello.replicas.clone(),
             warm: hello.warm.clone(),
-            scrape_interval: hello.scrape_interval,
             last_seen: now,
             last_seen_unix_ms: crate::domain::unix_ms_now(),
             flags,
@@ -79,7 +76,6 @@ impl Node {
         self.gpus = hello.gpus.clone();
         self.replicas = hello.replicas.clone();
         self.warm = hello.warm.clone();
-        self.scrape_interval = hello.scrape_interval;
         self.last_seen = now;
         self.last_seen_unix_ms = crate::domain::unix_ms_now();
     }

@@ -15,13 +15,6 @@ use super::predict::replicas_needed;
 /// Ticks of signals kept per model for `explain` (10 minutes at 1 s).
 const TIMELINE_LEN: usize = 600;
 
-/// How long after a scrape interval the report of the next scrape has
-/// reached the coordinator (fetch, compose, send), for `confirm_within`.
-const REPORT_MARGIN: Duration = Duration::from_millis(250);
-
-/// What agents that do not say scrape every (as they did before saying).
-const SCRAPE_INTERVAL_UNSAID: Duration = Duration::from_secs(1);
-
 /// How far ahead predictive pre-warming and pre-scaling look: about the
 /// cold start of a large model from shared storage.
 pub const PREDICT_HORIZON: Duration = Duration::from_secs(300);
@@ -61,8 +54,6 @@ impl Fleet {
             match status {
                 Some(st) if st.state == ReplicaState::Ready => {
                     s.ready += 1;
-                    let scrape = node.scrape_interval.unwrap_or(SCRAPE_INTERVAL_UNSAID);
-                    s.confirm_within = s.confirm_within.max(scrape + REPORT_MARGIN);
                     if st.signals.fresh {
                         fresh = true;
                         s.ongoing += st.signals.ongoing();

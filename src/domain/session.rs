@@ -20,9 +20,6 @@ pub struct Hello {
     pub warm: Vec<WarmStatus>,
     /// Random per agent process: tells a reconnect from a restart.
     pub agent_instance: String,
-    /// How often the agent reads its replicas' metrics; `None` from agents
-    /// that do not say.
-    pub scrape_interval: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -167,8 +167,6 @@ pub fn signals(load: &Load) -> Signals {
         } else {
             0.0
         },
-        // Every virtual second brings a fresh measurement, with no delay.
-        confirm_within: Duration::from_secs(1),
     }
 }
 

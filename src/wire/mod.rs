@@ -445,24 +445,6 @@ mod tests {
     }
 
     #[test]
-    fn hello_round_trips_and_an_older_agent_says_no_scrape_interval() {
-        let h = crate::domain::Hello {
-            node_name: "gpu-1".into(),
-            agent_instance: "abc".into(),
-            scrape_interval: Some(std::time::Duration::from_millis(500)),
-            ..Default::default()
-        };
-        let wire = pb::Hello::from(&h);
-        assert_eq!(wire.scrape_interval_ms, 500);
-        assert_eq!(crate::domain::Hello::from(wire.clone()), h);
-        let older = pb::Hello {
-            scrape_interval_ms: 0,
-            ..wire
-        };
-        assert_eq!(crate::domain::Hello::from(older).scrape_interval, None);
-    }
-
-    #[test]
     fn unknown_replica_state_is_never_ready() {
         assert_eq!(replica_state_from_i32(99), ReplicaState::Failed);
     }

@@ -15,9 +15,6 @@ impl From<&crate::domain::Hello> for pb::Hello {
             replicas: to_pb(&h.replicas),
             warm: to_pb(&h.warm),
             agent_instance: h.agent_instance.clone(),
-            scrape_interval_ms: h
-                .scrape_interval
-                .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
         }
     }
 }
@@ -34,8 +31,6 @@ impl From<pb::Hello> for crate::domain::Hello {
             replicas: from_pb(h.replicas),
             warm: from_pb(h.warm),
             agent_instance: h.agent_instance,
-            scrape_interval: (h.scrape_interval_ms > 0)
-                .then(|| std::time::Duration::from_millis(h.scrape_interval_ms.into())),
         }
     }
 }

@@ -22,11 +22,11 @@ use policy::{missing_signals, num, percent, seconds, span, strongest, Desire};
 /// the autoscaler holds rather than act on what it can no longer see.
 pub const SIGNALS_STALE_AFTER: Duration = Duration::from_secs(10);
 
-/// The least time the newest samples must stay at the panic threshold before
-/// they trigger panic on their own, without waiting for the panic window's
-/// average to catch up with a step. The signals may ask for longer
-/// (`Signals::confirm_within`): long enough that a second measurement, if it
-/// contradicted the first, would have arrived and ended the surge.
+/// How long the newest samples must stay at the panic threshold before they
+/// trigger panic on their own, without waiting for the panic window's
+/// average to catch up with a step. Long enough for a second scrape (the
+/// agent's default scrape interval; a scrape that contradicts the first is
+/// reported at once and ends the surge), far shorter than the window.
 pub const SURGE_HOLD: Duration = Duration::from_millis(500);
 
 /// Samples kept before the first decision tells the real stable window: the
@@ -50,10 +50,6 @@ pub struct Signals {
     pub starting: u32,
     /// Requests per second, summed over ready replicas.
     pub requests_per_s: f64,
-    /// By when a newer measurement would have arrived, had the load moved:
-    /// a surge holds this long (at least `SURGE_HOLD`) before it panics, so
-    /// a one-measurement blip never does.
-    pub confirm_within: Duration,
 }
 
 /// One decision, with what it was made from.
@@ -308,8 +304,7 @@ impl Autoscaler {
         // panic window's average (diluted by the quiet before it) crosses.
         let mut surge = None;
         if trigger.is_none() {
-            let hold = SURGE_HOLD.max(latest.confirm_within);
-            match self.surge(spec, threshold, hold, now) {
+            match self.surge(spec, threshold, now) {
                 Some(Ok(s)) => {
                     inputs.add("surge_desire", num(s.replicas));
                     trigger = Some(s.panic_note(spec, capacity));
@@ -401,13 +396,12 @@ impl Autoscaler {
     }
 
     /// A surge in the newest samples: `Ok` with what it asks for once it has
-    /// held `hold` at the panic threshold, `Err` with when it will have if
-    /// it is younger, `None` when the newest sample is under it.
+    /// held `SURGE_HOLD` at the panic threshold, `Err` with when it will
+    /// have if it is younger, `None` when the newest sample is under it.
     fn surge(
         &self,
         spec: &ScalingSpec,
         threshold: f64,
-        hold: Duration,
         now: Instant,
     ) -> Option<Result<Desire, Instant>> {
         let over = |avg: &history::WindowAverage| {
@@ -415,8 +409,8 @@ impl Autoscaler {
         };
         let since = self.history.over_since(now, spec.panic_window, over)?;
         let held = now.saturating_duration_since(since);
-        if held < hold {
-            return Some(Err(since + hold));
+        if held < SURGE_HOLD {
+            return Some(Err(since + SURGE_HOLD));
         }
         let avg = self.history.average_from(since, now);
         let label = format!("last {} average", span(held));
@@ -549,6 +543,5 @@ fn sanitized(s: &Signals) -> Signals {
         ready: s.ready,
         starting: s.starting,
         requests_per_s: count(s.requests_per_s),
-        confirm_within: s.confirm_within,
     }
 }

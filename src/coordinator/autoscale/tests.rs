@@ -709,33 +709,3 @@ fn a_surge_reads_the_capacity_on_its_way() {
         assert_eq!(d.desired, 4);
     }
 }
-
-#[test]
-fn a_surge_waits_as_long_as_a_contradicting_scrape_could_take() {
-    // Agents that scrape every second: the next scrape's report comes up to
-    // 1.25 s after the first, so a surge holds that long before it panics.
-    let spec = surge_spec();
-    let mut a = Autoscaler::new();
-    let t0 = Instant::now();
-    let slow = |ongoing| Signals {
-        confirm_within: Duration::from_millis(1250),
-        ..one_ready(ongoing)
-    };
-    for i in 0..60 {
-        a.observe(t0 + SECOND * i, &slow(1.0));
-        a.decide(&spec, 1, t0 + SECOND * i);
-    }
-    let step = t0 + SECOND * 60;
-    a.observe(step, &slow(19.0));
-    let d = a.decide(&spec, 1, step);
-    assert_eq!(d.recheck_at, Some(step + Duration::from_millis(1250)));
-    let d = a.decide(&spec, 1, step + SURGE_HOLD);
-    assert!(!d.panic, "{}", d.reason);
-    // The next scrape agrees, and the hold runs out: panic.
-    a.observe(step + SECOND, &slow(19.0));
-    let d = a.decide(&spec, 1, step + SECOND);
-    assert!(!d.panic, "{}", d.reason);
-    let d = a.decide(&spec, 1, step + Duration::from_millis(1250));
-    assert!(d.panic, "{}", d.reason);
-    assert_eq!(d.desired, 5);
-}
