@@ -163,7 +163,9 @@ fn a_load_step_is_acted_on_at_once_not_at_the_next_tick_or_report() {
         applied.elapsed()
     );
 
-    // About 19 requests in flight against a capacity of 2: a panic.
+    // About 19 requests in flight against a capacity of 2. Which rule moves
+    // first (a surge of two scrapes, or a stable window that holds little
+    // history yet) does not matter here; that a rule moves within seconds does.
     let step = std::time::Instant::now();
     // It ends on its own after 8 s, also when an assertion fails first.
     let mut load = std::process::Command::new(BIN)

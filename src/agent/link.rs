@@ -38,9 +38,28 @@ struct Outbox {
     last_inventory: Vec<GpuInfo>,
     last_replicas: Vec<ReplicaStatus>,
     last_sent: tokio::time::Instant,
+    /// A report went out early: the next scrape is reported too, whatever
+    /// it shows, so the coordinator learns whether the change held.
+    confirm: bool,
+}
+
+/// Whether any replica in `after` comes from a newer scrape than in `before`.
+fn rescraped(before: &[ReplicaStatus], after: &[ReplicaStatus]) -> bool {
+    after.iter().any(|a| {
+        before
+            .iter()
+            .find(|b| b.id == a.id)
+            .is_some_and(|b| b.signals.scrape_seq != a.signals.scrape_seq)
+    })
 }
 
 impl Outbox {
+    /// Whether `report` should go out before the interval: news, or the
+    /// scrape that confirms (or contradicts) the last news.
+    fn early(&self, report: &Report) -> bool {
+        replicas_moved(&self.last_replicas, &report.replicas)
+            || self.confirm && rescraped(&self.last_replicas, &report.replicas)
+    }
     fn message(&mut self, mut report: Report, applied: u64) -> pb::AgentMessage {
         self.seq += 1;
         report.seq = self.seq;
@@ -50,6 +69,12 @@ impl Outbox {
             report.inventory.clear();
         } else {
             self.last_inventory = report.inventory.clone();
+        }
+        if replicas_moved(&self.last_replicas, &report.replicas) {
+            self.confirm = true;
+        } else if rescraped(&self.last_replicas, &report.replicas) {
+            // Whatever report carries the next scrape confirms the news.
+            self.confirm = false;
         }
         self.last_replicas = report.replicas.clone();
         self.last_sent = tokio::time::Instant::now();
@@ -191,6 +216,7 @@ async fn session(
         last_inventory: hello.gpus.clone(),
         last_replicas: hello.replicas.clone(),
         last_sent: tokio::time::Instant::now(),
+        confirm: false,
     };
     let mut applied: u64 = assignments
         .borrow()
@@ -207,7 +233,7 @@ async fn session(
             _ = ticker.tick() => Some(reporter.report()),
             _ = updates.notified() => {
                 let report = reporter.report();
-                if replicas_moved(&outbox.last_replicas, &report.replicas) {
+                if outbox.early(&report) {
                     let at = outbox.last_sent + EARLY_REPORT_GAP;
                     if tokio::time::Instant::now() >= at {
                         Some(report)
@@ -267,6 +293,49 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn replica(seq: u64, ongoing: f64) -> ReplicaStatus {
+        ReplicaStatus {
+            id: "r".into(),
+            signals: crate::domain::ServingSignals {
+                running: ongoing,
+                fresh: true,
+                scrape_seq: seq,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn report(seq: u64, ongoing: f64) -> Report {
+        Report {
+            replicas: vec![replica(seq, ongoing)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn news_goes_out_early_and_so_does_the_scrape_after_it() {
+        let mut out = Outbox {
+            seq: 0,
+            last_inventory: Vec::new(),
+            last_replicas: vec![replica(1, 1.0)],
+            last_sent: tokio::time::Instant::now(),
+            confirm: false,
+        };
+        // Jitter waits for the interval.
+        assert!(!out.early(&report(2, 1.5)));
+        // A load step goes at once...
+        assert!(out.early(&report(3, 12.0)));
+        out.message(report(3, 12.0), 0);
+        // ...the same scrape composed again does not...
+        assert!(!out.early(&report(3, 12.0)));
+        // ...and the next scrape goes too, though it moved little.
+        assert!(out.early(&report(4, 11.0)));
+        out.message(report(4, 11.0), 0);
+        // It confirmed the news: quiet again until the next.
+        assert!(!out.early(&report(5, 11.5)));
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {

@@ -1,5 +1,5 @@
-//! Serving signals: every second, each ready replica's own metrics endpoint
-//! is scraped and turned into waiting/running/p95/KV-cache signals.
+//! Serving signals: every scrape interval, each ready replica's own metrics
+//! endpoint is scraped and turned into waiting/running/p95/KV-cache signals.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -30,8 +30,12 @@ pub async fn run(
     let mut scrapers: BTreeMap<String, Scraper> = BTreeMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Numbers each round, so the coordinator can tell a new measurement from
+    // the same one reported again.
+    let mut round: u64 = 0;
     loop {
         tick.tick().await;
+        round += 1;
         if replicas.has_changed().is_err() {
             return;
         }
@@ -71,13 +75,14 @@ pub async fn run(
                     }
                 }
             };
-            let s = match body.and_then(|b| scraper.observe(&b, now)) {
+            let mut s = match body.and_then(|b| scraper.observe(&b, now)) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(replica_id = %id, error = %e, "scrape failed");
                     scraper.stale()
                 }
             };
+            s.scrape_seq = round;
             signals.insert(id, s);
         }
         if out.send(signals).is_err() {

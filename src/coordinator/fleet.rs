@@ -93,6 +93,9 @@ pub struct Fleet {
     pub(super) started: Instant,
     /// When the next tick runs ahead of the clock, if it does.
     pub(super) tick_at: Option<Instant>,
+    /// A model's surge awaits the next measurement: the next report with one
+    /// is acted on at once.
+    pub(super) awaiting_measurement: bool,
     last_tick: Instant,
     /// node → model → why (standby, predictive): weights kept warm there.
     demand_saved: Instant,
@@ -163,6 +166,7 @@ impl Fleet {
             plan: BTreeMap::new(),
             started: Instant::now(),
             tick_at: None,
+            awaiting_measurement: false,
             last_tick: Instant::now(),
             avoid: BTreeMap::new(),
             warm_plan: BTreeMap::new(),
@@ -664,7 +668,7 @@ impl Fleet {
         if was_lost {
             self.adopt_reported_replicas(name, now);
         }
-        if moved {
+        if moved || self.awaiting_measurement {
             self.tick_soon(now);
         }
     }

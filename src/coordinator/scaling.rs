@@ -12,7 +12,8 @@ use super::autoscale::Signals;
 use super::fleet::{Fleet, FleetError};
 use super::predict::replicas_needed;
 
-/// Ticks of signals kept per model for `explain` (10 minutes at 1 s).
+/// Ticks of signals kept per model for `explain` (10 minutes at 1 s; early
+/// ticks on news take their share).
 const TIMELINE_LEN: usize = 600;
 
 /// How far ahead predictive pre-warming and pre-scaling look: about the
@@ -39,6 +40,7 @@ impl Fleet {
     fn model_signals(&self, model: &str) -> (Signals, bool) {
         let mut s = Signals::default();
         let mut fresh = false;
+        let mut known = true;
         let mut kv = Vec::new();
         let mut util = Vec::new();
         for r in self
@@ -56,6 +58,10 @@ impl Fleet {
                     s.ready += 1;
                     if st.signals.fresh {
                         fresh = true;
+                        // Agents that do not number their scrapes leave the
+                        // measurement unknown.
+                        known &= st.signals.scrape_seq != 0;
+                        s.measurement = s.measurement.wrapping_add(st.signals.scrape_seq);
                         s.ongoing += st.signals.ongoing();
                         s.requests_per_s += st.signals.requests_per_s;
                         if let Some(p) = st.signals.p95_latency_s {
@@ -74,6 +80,9 @@ impl Fleet {
                 _ => s.starting += 1,
             }
         }
+        if !known {
+            s.measurement = 0;
+        }
         let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
         s.kv_cache_usage = mean(&kv);
         s.gpu_utilization = mean(&util);
@@ -88,7 +97,7 @@ impl Fleet {
         let now_unix_s = unix_ms_now() / 1000;
         let names: Vec<String> = self.models.keys().cloned().collect();
         let mut events = Vec::new();
-        let mut recheck = None;
+        let mut awaiting = false;
         for name in names {
             let (signals, fresh) = self.model_signals(&name);
             let model = self.models.get_mut(&name).expect("names were just listed");
@@ -117,9 +126,7 @@ impl Fleet {
                             .prescale_floor(replicas_needed(&forecast, spec), now);
                     }
                     let d = model.autoscaler.decide(spec, model.desired, now);
-                    if let Some(at) = d.recheck_at {
-                        recheck = Some(recheck.map_or(at, |r: Instant| r.min(at)));
-                    }
+                    awaiting |= d.awaits_measurement;
                     (d.desired, d.reason, d.panic)
                 }
             };
@@ -158,9 +165,7 @@ impl Fleet {
         for (name, message) in events {
             self.record("scale", &name, "", "", message);
         }
-        if let Some(at) = recheck {
-            self.tick_soon(at);
-        }
+        self.awaiting_measurement = awaiting;
     }
 
     /// Demand for a model at zero (or below its need): at least one replica

@@ -78,6 +78,9 @@ pub struct ServingSignals {
     pub requests_per_s: f64,
     /// Set when the last scrape succeeded.
     pub fresh: bool,
+    /// Which of the agent's scrape rounds these come from: counts up, so a
+    /// newer value is a new measurement. 0 from agents that do not count.
+    pub scrape_seq: u64,
 }
 
 impl ServingSignals {

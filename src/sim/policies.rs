@@ -167,6 +167,7 @@ pub fn signals(load: &Load) -> Signals {
         } else {
             0.0
         },
+        measurement: 0,
     }
 }
 
@@ -190,7 +191,11 @@ impl Policy for Gpufleet {
     fn tick(&mut self, now_s: f64, load: &Load, cluster: &Cluster) -> Wish {
         let now = self.epoch + Duration::from_secs_f64(now_s.max(0.0));
         let unix = self.start_unix_s + now_s.floor() as i64;
-        let s = signals(load);
+        let s = Signals {
+            // Each virtual second is a scrape of its own.
+            measurement: now_s.max(0.0) as u64 + 1,
+            ..signals(load)
+        };
         if self.desired == 0 && load.queued > 0 {
             // The load balancer holds the request and wakes the model.
             self.autoscaler.wake(now);

@@ -280,6 +280,7 @@ impl From<&ServingSignals> for pb::ServingSignals {
             kv_cache_usage: s.kv_cache_usage,
             requests_per_s: s.requests_per_s,
             fresh: s.fresh,
+            scrape_seq: s.scrape_seq,
         }
     }
 }
@@ -293,6 +294,7 @@ impl From<pb::ServingSignals> for ServingSignals {
             kv_cache_usage: s.kv_cache_usage,
             requests_per_s: s.requests_per_s,
             fresh: s.fresh,
+            scrape_seq: s.scrape_seq,
         }
     }
 }
@@ -436,6 +438,7 @@ mod tests {
                 waiting: 2.0,
                 p95_latency_s: Some(0.4),
                 fresh: true,
+                scrape_seq: 41,
                 ..Default::default()
             },
             ..Default::default()

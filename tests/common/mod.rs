@@ -375,8 +375,6 @@ pub fn tls_init(dir: &Path, agents: &str) {
 
 // ---- model specs ----
 
-/// The command of a spec whose replicas are demo model servers; `extra` are
-/// more arguments (`"--concurrency", "4"`), already quoted for TOML.
 /// `base` config lines, less those whose key `extra` sets, then `extra`.
 fn overridden(base: &str, extra: &str) -> String {
     let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
@@ -391,6 +389,8 @@ fn overridden(base: &str, extra: &str) -> String {
     out
 }
 
+/// The command of a spec whose replicas are demo model servers; `extra` are
+/// more arguments (`"--concurrency", "4"`), already quoted for TOML.
 pub fn demo_command(extra: &[&str]) -> String {
     let mut args = vec![
         format!("\"{BIN}\""),

@@ -149,6 +149,7 @@ fn signals(reading: &Reading, delta: Option<&WindowDelta>) -> ServingSignals {
             .unwrap_or(0.0)
             .max(0.0),
         fresh: true,
+        scrape_seq: 0,
     }
 }
 

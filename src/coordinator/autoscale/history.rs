@@ -90,16 +90,19 @@ impl SignalHistory {
     }
 
     /// Since when every measured sample has met `over`, looking back no
-    /// further than `window` before `now`: the start of a surge still under
-    /// way. `None` when the newest measured sample does not meet it.
+    /// further than `window` before `now`, and how many distinct
+    /// measurements (samples with a nonzero `measurement`) that run holds:
+    /// a surge still under way. `None` when the newest measured sample does
+    /// not meet it.
     pub fn over_since(
         &self,
         now: Instant,
         window: Duration,
         over: impl Fn(&WindowAverage) -> bool,
-    ) -> Option<Instant> {
+    ) -> Option<(Instant, usize)> {
         let cutoff = now.checked_sub(window);
         let mut since = None;
+        let mut measured = 0;
         for (t, s) in self
             .samples
             .iter()
@@ -111,8 +114,11 @@ impl SignalHistory {
                 break;
             }
             since = Some(*t);
+            if s.measurement != 0 {
+                measured += 1;
+            }
         }
-        since
+        since.map(|t| (t, measured))
     }
 }
 

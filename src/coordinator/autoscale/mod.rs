@@ -22,13 +22,6 @@ use policy::{missing_signals, num, percent, seconds, span, strongest, Desire};
 /// the autoscaler holds rather than act on what it can no longer see.
 pub const SIGNALS_STALE_AFTER: Duration = Duration::from_secs(10);
 
-/// How long the newest samples must stay at the panic threshold before they
-/// trigger panic on their own, without waiting for the panic window's
-/// average to catch up with a step. Long enough for a second scrape (the
-/// agent's default scrape interval; a scrape that contradicts the first is
-/// reported at once and ends the surge), far shorter than the window.
-pub const SURGE_HOLD: Duration = Duration::from_millis(500);
-
 /// Samples kept before the first decision tells the real stable window: the
 /// longest a spec allows.
 const DEFAULT_RETAIN: Duration = Duration::from_secs(3600);
@@ -50,6 +43,11 @@ pub struct Signals {
     pub starting: u32,
     /// Requests per second, summed over ready replicas.
     pub requests_per_s: f64,
+    /// Identifies the scrapes behind these signals; 0 when unknown. A sample
+    /// with the same nonzero value as the one before is the same measurement
+    /// seen again: it adds nothing to the windows, and it cannot confirm a
+    /// surge.
+    pub measurement: u64,
 }
 
 /// One decision, with what it was made from.
@@ -60,9 +58,9 @@ pub struct Decision {
     pub panic: bool,
     /// "2 → 5: …" when the count changes, "holding 3: …" when it does not.
     pub reason: String,
-    /// A surge is building that will trigger panic at this instant if it
-    /// holds: decide again then, rather than a tick later.
-    pub recheck_at: Option<Instant>,
+    /// A surge is building that panics if the next measurement confirms it:
+    /// decide again as soon as one arrives, rather than a tick later.
+    pub awaits_measurement: bool,
     /// The numbers behind the decision, for the event log.
     pub inputs: Vec<(String, String)>,
 }
@@ -89,8 +87,8 @@ pub struct Autoscaler {
     /// The last observation, kept apart from the history, which forgets it
     /// after a stable window.
     last_seen: Option<Instant>,
-    /// Set by the decision under way when a surge has not held long enough.
-    recheck_at: Option<Instant>,
+    /// Set by the decision under way when a surge awaits confirmation.
+    awaits_measurement: bool,
 }
 
 impl Default for Autoscaler {
@@ -128,7 +126,7 @@ impl Autoscaler {
             retain: DEFAULT_RETAIN,
             stale_after: SIGNALS_STALE_AFTER,
             last_seen: None,
-            recheck_at: None,
+            awaits_measurement: false,
         }
     }
 
@@ -153,7 +151,14 @@ impl Autoscaler {
             // Nobody can have sent a request yet: idle time counts from ready.
             self.idle_since = None;
         }
-        self.history.push(now, s);
+        let seen_before = s.measurement != 0
+            && self
+                .history
+                .latest()
+                .is_some_and(|(_, last)| last.measurement == s.measurement);
+        if !seen_before {
+            self.history.push(now, s);
+        }
         self.history.prune(now, self.retain);
     }
 
@@ -186,7 +191,7 @@ impl Autoscaler {
         self.stale_after = spec.panic_window.max(SIGNALS_STALE_AFTER);
         self.history.prune(now, self.retain);
         let woken = std::mem::take(&mut self.woken);
-        self.recheck_at = None;
+        self.awaits_measurement = false;
 
         let mut inputs = Inputs::default();
         inputs.add("current", current);
@@ -235,7 +240,7 @@ impl Autoscaler {
         Decision {
             desired,
             panic,
-            recheck_at: self.recheck_at.take(),
+            awaits_measurement: std::mem::take(&mut self.awaits_measurement),
             reason: if desired == current {
                 format!("holding {current}: {}", plan.why)
             } else {
@@ -310,7 +315,7 @@ impl Autoscaler {
                     trigger = Some(s.panic_note(spec, capacity));
                     surge = Some(s);
                 }
-                Some(Err(at)) => self.recheck_at = Some(at),
+                Some(Err(())) => self.awaits_measurement = true,
                 None => {}
             }
         }
@@ -395,26 +400,38 @@ impl Autoscaler {
         self.scale_down(spec, current, now, rec, &stable_best, &missing)
     }
 
-    /// A surge in the newest samples: `Ok` with what it asks for once it has
-    /// held `SURGE_HOLD` at the panic threshold, `Err` with when it will
-    /// have if it is younger, `None` when the newest sample is under it.
+    /// A surge in the newest samples: the ongoing requests of every sample
+    /// since some instant at the panic threshold. `Ok` with what they ask for
+    /// once two measurements (two scrapes) agree, `Err` while only one has,
+    /// `None` when the newest sample is under the threshold. Only ongoing
+    /// requests count: they are what agents report the moment they move, so
+    /// a reading the next scrape contradicts is replaced at once; GPU
+    /// utilization and KV cache travel at the report interval and wait for
+    /// the windows.
     fn surge(
         &self,
         spec: &ScalingSpec,
         threshold: f64,
         now: Instant,
-    ) -> Option<Result<Desire, Instant>> {
+    ) -> Option<Result<Desire, ()>> {
         let over = |avg: &history::WindowAverage| {
-            strongest(policy::desires(avg, "", spec)).is_some_and(|d| d.replicas >= threshold)
+            avg.ongoing
+                .is_some_and(|o| o / spec.target_ongoing_requests >= threshold)
         };
-        let since = self.history.over_since(now, spec.panic_window, over)?;
-        let held = now.saturating_duration_since(since);
-        if held < SURGE_HOLD {
-            return Some(Err(since + SURGE_HOLD));
+        let (since, measured) = self.history.over_since(now, spec.panic_window, over)?;
+        if measured < 2 {
+            return Some(Err(()));
         }
         let avg = self.history.average_from(since, now);
-        let label = format!("last {} average", span(held));
-        strongest(policy::desires(&avg, &label, spec)).map(Ok)
+        let label = format!(
+            "last {} scrapes ({}) average",
+            measured,
+            span(now.saturating_duration_since(since))
+        );
+        policy::desires(&avg, &label, spec)
+            .into_iter()
+            .find(|d| d.metric == policy::Metric::Ongoing)
+            .map(Ok)
     }
 
     /// The signals ask for fewer replicas: walk down only once the desire
@@ -543,5 +560,6 @@ fn sanitized(s: &Signals) -> Signals {
         ready: s.ready,
         starting: s.starting,
         requests_per_s: count(s.requests_per_s),
+        measurement: s.measurement,
     }
 }

@@ -37,6 +37,8 @@ struct Sim {
     now: Instant,
     load_time: Duration,
     ready_at: Vec<Instant>,
+    /// Each step is a scrape of its own.
+    scrapes: u64,
 }
 
 impl Sim {
@@ -49,6 +51,7 @@ impl Sim {
             now,
             load_time: Duration::from_secs(30),
             ready_at: vec![now; current as usize],
+            scrapes: 0,
         }
     }
 
@@ -64,9 +67,11 @@ impl Sim {
     /// start or stop replicas to match.
     fn step(&mut self, load: impl Fn(u32) -> Signals) -> Decision {
         let ready = self.ready();
+        self.scrapes += 1;
         let signals = Signals {
             ready,
             starting: self.starting(),
+            measurement: self.scrapes,
             ..load(ready)
         };
         self.scaler.observe(self.now, &signals);
@@ -596,7 +601,7 @@ fn the_worked_example_in_the_docs() {
         vec![
             (
                 301,
-                "2 → 5: last 1s average 40 ongoing / target 8 per replica \
+                "2 → 5: last 2 scrapes (1s) average 40 ongoing / target 8 per replica \
                  (panic: 40 ≥ 2 × capacity 16)"
             ),
             (
@@ -625,7 +630,7 @@ fn the_worked_example_in_the_docs() {
 }
 
 /// One replica at target 4: panic needs 8 ongoing. Samples every 500 ms,
-/// as the agent scrapes by default.
+/// as the agent scrapes by default, each a measurement of its own.
 fn surge_spec() -> ScalingSpec {
     ScalingSpec {
         target_ongoing_requests: 4.0,
@@ -634,11 +639,12 @@ fn surge_spec() -> ScalingSpec {
     }
 }
 
-fn one_ready(ongoing: f64) -> Signals {
+fn scrape(n: u64, ongoing: f64) -> Signals {
     Signals {
         ongoing,
         requests_per_s: ongoing,
         ready: 1,
+        measurement: n,
         ..Signals::default()
     }
 }
@@ -649,24 +655,30 @@ fn a_step_panics_once_two_scrapes_agree_without_waiting_for_the_window() {
     let mut a = Autoscaler::new();
     let t0 = Instant::now();
     let half = Duration::from_millis(500);
-    for i in 0..120 {
-        a.observe(t0 + half * i, &one_ready(1.0));
+    for i in 0..120u32 {
+        a.observe(t0 + half * i, &scrape(u64::from(i) + 1, 1.0));
         assert_eq!(a.decide(&spec, 1, t0 + half * i).desired, 1);
     }
     // The step: 19 ongoing, where the 6 s average is still (11 × 1 + 19) / 12 = 2.5.
     let step = t0 + half * 120;
-    a.observe(step, &one_ready(19.0));
+    a.observe(step, &scrape(121, 19.0));
     let d = a.decide(&spec, 1, step);
     assert_eq!((d.desired, d.panic), (1, false), "{}", d.reason);
-    assert_eq!(d.recheck_at, Some(step + SURGE_HOLD));
-    // Half a second on, with no scrape that contradicts it, the surge holds.
-    let d = a.decide(&spec, 1, step + SURGE_HOLD);
+    assert!(d.awaits_measurement);
+    // The same scrape seen again (a tick with no new report) confirms nothing,
+    // however long it stays the last word.
+    a.observe(step + SECOND, &scrape(121, 19.0));
+    let d = a.decide(&spec, 1, step + SECOND);
+    assert!(!d.panic && d.awaits_measurement, "{}", d.reason);
+    // The next scrape agrees: panic, to what the two ask for.
+    a.observe(step + SECOND, &scrape(122, 21.0));
+    let d = a.decide(&spec, 1, step + SECOND);
     assert!(d.panic);
-    assert_eq!(d.recheck_at, None);
+    assert!(!d.awaits_measurement);
     assert_eq!(
         d.reason,
-        "1 → 5: last 500ms average 19 ongoing / target 4 per replica \
-         (panic: 19 ≥ 2 × capacity 4)"
+        "1 → 5: last 2 scrapes (1s) average 20 ongoing / target 4 per replica \
+         (panic: 20 ≥ 2 × capacity 4)"
     );
 }
 
@@ -681,12 +693,47 @@ fn a_one_scrape_blip_that_the_next_scrape_contradicts_never_panics() {
     for i in 0..400u32 {
         let now = t0 + half * i;
         let ongoing = if i % 4 == 3 { 12.0 } else { 1.0 };
-        a.observe(now, &one_ready(ongoing));
+        a.observe(now, &scrape(u64::from(i) + 1, ongoing));
         let d = a.decide(&spec, 1, now);
         assert!(!d.panic, "{i}: {}", d.reason);
         assert_eq!(d.desired, 1, "{i}: {}", d.reason);
-        // A recheck is asked for at the blip, and finds it gone.
-        assert_eq!(d.recheck_at.is_some(), i % 4 == 3, "{i}");
+        // The blip asks for the next scrape at once, which clears it.
+        assert_eq!(d.awaits_measurement, i % 4 == 3, "{i}");
+    }
+}
+
+#[test]
+fn only_ongoing_requests_surge() {
+    // GPU utilization travels at the report interval: one busy reading,
+    // unconfirmed for a second, must not panic. The windows judge it.
+    let spec = ScalingSpec {
+        target_gpu_utilization: Some(0.5),
+        ..surge_spec()
+    };
+    let mut a = Autoscaler::new();
+    let t0 = Instant::now();
+    for i in 0..60u32 {
+        let s = Signals {
+            gpu_utilization: Some(if i == 59 { 1.0 } else { 0.1 }),
+            ..scrape(u64::from(i) + 1, 1.0)
+        };
+        a.observe(t0 + SECOND * i, &s);
+        let d = a.decide(&spec, 1, t0 + SECOND * i);
+        assert!(!d.panic && !d.awaits_measurement, "{i}: {}", d.reason);
+    }
+}
+
+#[test]
+fn agents_that_do_not_number_scrapes_never_surge() {
+    // Measurement 0: the same reading may be repeated, so nothing confirms.
+    let spec = surge_spec();
+    let mut a = Autoscaler::new();
+    let t0 = Instant::now();
+    for i in 0..20u32 {
+        let ongoing = if i >= 18 { 19.0 } else { 1.0 };
+        a.observe(t0 + SECOND * i, &scrape(0, ongoing));
+        let d = a.decide(&spec, 1, t0 + SECOND * i);
+        assert!(!d.panic, "{i}: {}", d.reason);
     }
 }
 
@@ -698,14 +745,14 @@ fn a_surge_reads_the_capacity_on_its_way() {
     let half = Duration::from_millis(500);
     // 15 ongoing with one replica ready and three loading: capacity 4 × 4 =
     // 16, so 15 is no surge (it would be on one replica alone) and 4 hold.
-    let s = Signals {
-        starting: 3,
-        ..one_ready(15.0)
-    };
-    for i in 0..8 {
+    for i in 0..8u32 {
+        let s = Signals {
+            starting: 3,
+            ..scrape(u64::from(i) + 1, 15.0)
+        };
         a.observe(t0 + half * i, &s);
         let d = a.decide(&spec, 4, t0 + half * i);
-        assert!(!d.panic && d.recheck_at.is_none(), "{}", d.reason);
+        assert!(!d.panic && !d.awaits_measurement, "{}", d.reason);
         assert_eq!(d.desired, 4);
     }
 }
