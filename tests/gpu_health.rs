@@ -80,12 +80,11 @@ fn a_gpu_that_falls_off_the_bus_is_reported_and_its_replica_moves() {
         },
     );
     assert_ne!(moved["id"], first["id"]);
-    assert!(
-        h.json(&["node", "ls"])[0]["last_seen_unix_ms"]
-            .as_i64()
-            .unwrap()
-            > seen_before
-    );
+    // The move can now be over before the agent's next report: wait for it.
+    wait_until(Duration::from_secs(5), "the node's next report", || {
+        let seen = h.try_json(&["node", "ls"])?[0]["last_seen_unix_ms"].as_i64()?;
+        (seen > seen_before).then_some(())
+    });
     let events = h.json(&["events", "--model", "m"]);
     assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "replace"
         && e["message"].as_str().unwrap().contains("unhealthy")), "{events}");
