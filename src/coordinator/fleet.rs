@@ -660,6 +660,19 @@ impl Fleet {
         // A load step or a replica's change of state is acted on now, not
         // at the next tick (the agent reports such news at once too).
         let moved = crate::domain::replicas_moved(&node.replicas, &report.replicas);
+        let mut scraped = std::mem::take(&mut node.scraped);
+        node.scraped = report
+            .replicas
+            .iter()
+            .map(|r| {
+                let seq = r.signals.scrape_seq;
+                let at = match scraped.remove(&r.id) {
+                    Some((before, at)) if before == seq => at,
+                    _ => now,
+                };
+                (r.id.clone(), (seq, at))
+            })
+            .collect();
         node.replicas = report.replicas;
         node.warm = report.warm;
         if !report.inventory.is_empty() {

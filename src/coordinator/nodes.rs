@@ -42,6 +42,10 @@ pub struct Node {
     pub generation: u64,
     /// Lifecycle state last recorded as an event, to report transitions once.
     pub announced: NodeState,
+    /// Per replica: the scrape round of its signals and when (on this
+    /// clock) a new round last arrived, to tell a new measurement from the
+    /// same one reported again.
+    pub scraped: BTreeMap<String, (u64, Instant)>,
 }
 
 impl Node {
@@ -64,6 +68,7 @@ impl Node {
             sent: None,
             generation: 0,
             announced: NodeState::Ready,
+            scraped: BTreeMap::new(),
         }
     }
 

@@ -41,6 +41,7 @@ impl Fleet {
         let mut s = Signals::default();
         let mut fresh = false;
         let mut known = true;
+        let mut oldest = None;
         let mut kv = Vec::new();
         let mut util = Vec::new();
         for r in self
@@ -62,6 +63,9 @@ impl Fleet {
                         // measurement unknown.
                         known &= st.signals.scrape_seq != 0;
                         s.measurement = s.measurement.wrapping_add(st.signals.scrape_seq);
+                        if let Some((_, at)) = node.scraped.get(&st.id) {
+                            oldest = Some(oldest.map_or(*at, |o: Instant| o.min(*at)));
+                        }
                         s.ongoing += st.signals.ongoing();
                         s.requests_per_s += st.signals.requests_per_s;
                         if let Some(p) = st.signals.p95_latency_s {
@@ -80,7 +84,9 @@ impl Fleet {
                 _ => s.starting += 1,
             }
         }
-        if !known {
+        if known {
+            s.rescraped_at = oldest;
+        } else {
             s.measurement = 0;
         }
         let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);

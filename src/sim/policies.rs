@@ -168,6 +168,7 @@ pub fn signals(load: &Load) -> Signals {
             0.0
         },
         measurement: 0,
+        rescraped_at: None,
     }
 }
 
@@ -194,6 +195,7 @@ impl Policy for Gpufleet {
         let s = Signals {
             // Each virtual second is a scrape of its own.
             measurement: now_s.max(0.0) as u64 + 1,
+            rescraped_at: Some(now),
             ..signals(load)
         };
         if self.desired == 0 && load.queued > 0 {

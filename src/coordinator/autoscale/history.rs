@@ -54,6 +54,14 @@ impl SignalHistory {
         }
     }
 
+    /// The newest sample's ready and starting counts, updated in place.
+    pub fn refresh_counts(&mut self, ready: u32, starting: u32) {
+        if let Some((_, s)) = self.samples.back_mut() {
+            s.ready = ready;
+            s.starting = starting;
+        }
+    }
+
     pub fn latest(&self) -> Option<(Instant, &Signals)> {
         self.samples.back().map(|(t, s)| (*t, s))
     }
@@ -90,19 +98,16 @@ impl SignalHistory {
     }
 
     /// Since when every measured sample has met `over`, looking back no
-    /// further than `window` before `now`, and how many distinct
-    /// measurements (samples with a nonzero `measurement`) that run holds:
-    /// a surge still under way. `None` when the newest measured sample does
-    /// not meet it.
+    /// further than `window` before `now`: the start of a surge still under
+    /// way. `None` when the newest measured sample does not meet it.
     pub fn over_since(
         &self,
         now: Instant,
         window: Duration,
         over: impl Fn(&WindowAverage) -> bool,
-    ) -> Option<(Instant, usize)> {
+    ) -> Option<Instant> {
         let cutoff = now.checked_sub(window);
         let mut since = None;
-        let mut measured = 0;
         for (t, s) in self
             .samples
             .iter()
@@ -114,11 +119,8 @@ impl SignalHistory {
                 break;
             }
             since = Some(*t);
-            if s.measurement != 0 {
-                measured += 1;
-            }
         }
-        since.map(|t| (t, measured))
+        since
     }
 }
 

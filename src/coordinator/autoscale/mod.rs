@@ -48,6 +48,10 @@ pub struct Signals {
     /// seen again: it adds nothing to the windows, and it cannot confirm a
     /// surge.
     pub measurement: u64,
+    /// When each replica behind these signals had last been scraped anew, on
+    /// the caller's clock: the least recent of them. `None` when unknown. A
+    /// surge is confirmed only by signals rescraped after it began.
+    pub rescraped_at: Option<Instant>,
 }
 
 /// One decision, with what it was made from.
@@ -156,7 +160,11 @@ impl Autoscaler {
                 .history
                 .latest()
                 .is_some_and(|(_, last)| last.measurement == s.measurement);
-        if !seen_before {
+        if seen_before {
+            // The same scrape again; the replica counts come from the plan
+            // and may have moved on.
+            self.history.refresh_counts(s.ready, s.starting);
+        } else {
             self.history.push(now, s);
         }
         self.history.prune(now, self.retain);
@@ -402,12 +410,13 @@ impl Autoscaler {
 
     /// A surge in the newest samples: the ongoing requests of every sample
     /// since some instant at the panic threshold. `Ok` with what they ask for
-    /// once two measurements (two scrapes) agree, `Err` while only one has,
-    /// `None` when the newest sample is under the threshold. Only ongoing
-    /// requests count: they are what agents report the moment they move, so
-    /// a reading the next scrape contradicts is replaced at once; GPU
-    /// utilization and KV cache travel at the report interval and wait for
-    /// the windows.
+    /// once every replica has been scraped again since the surge began and
+    /// still agrees, `Err` until then, `None` when the newest sample is under
+    /// the threshold or its scrapes cannot be told apart. Only ongoing
+    /// requests count: they are what agents report the moment they move (and
+    /// the scrape after that, whatever it shows), so a reading the next
+    /// scrape contradicts is replaced rather than confirmed; GPU utilization
+    /// and KV cache travel at the report interval and wait for the windows.
     fn surge(
         &self,
         spec: &ScalingSpec,
@@ -418,15 +427,16 @@ impl Autoscaler {
             avg.ongoing
                 .is_some_and(|o| o / spec.target_ongoing_requests >= threshold)
         };
-        let (since, measured) = self.history.over_since(now, spec.panic_window, over)?;
-        if measured < 2 {
+        let since = self.history.over_since(now, spec.panic_window, over)?;
+        let rescraped = self.history.latest()?.1.rescraped_at?;
+        if rescraped <= since {
             return Some(Err(()));
         }
         let avg = self.history.average_from(since, now);
         let label = format!(
-            "last {} scrapes ({}) average",
-            measured,
-            span(now.saturating_duration_since(since))
+            "last {} ({} samples) average",
+            span(now.saturating_duration_since(since)),
+            avg.measured
         );
         policy::desires(&avg, &label, spec)
             .into_iter()
@@ -561,5 +571,6 @@ fn sanitized(s: &Signals) -> Signals {
         starting: s.starting,
         requests_per_s: count(s.requests_per_s),
         measurement: s.measurement,
+        rescraped_at: s.rescraped_at,
     }
 }

@@ -72,6 +72,7 @@ impl Sim {
             ready,
             starting: self.starting(),
             measurement: self.scrapes,
+            rescraped_at: Some(self.now),
             ..load(ready)
         };
         self.scaler.observe(self.now, &signals);
@@ -601,7 +602,7 @@ fn the_worked_example_in_the_docs() {
         vec![
             (
                 301,
-                "2 → 5: last 2 scrapes (1s) average 40 ongoing / target 8 per replica \
+                "2 → 5: last 1s (2 samples) average 40 ongoing / target 8 per replica \
                  (panic: 40 ≥ 2 × capacity 16)"
             ),
             (
@@ -639,12 +640,14 @@ fn surge_spec() -> ScalingSpec {
     }
 }
 
-fn scrape(n: u64, ongoing: f64) -> Signals {
+/// Scrape `n` of one ready replica, arrived at `at`.
+fn scrape(at: Instant, n: u64, ongoing: f64) -> Signals {
     Signals {
         ongoing,
         requests_per_s: ongoing,
         ready: 1,
         measurement: n,
+        rescraped_at: Some(at),
         ..Signals::default()
     }
 }
@@ -656,28 +659,28 @@ fn a_step_panics_once_two_scrapes_agree_without_waiting_for_the_window() {
     let t0 = Instant::now();
     let half = Duration::from_millis(500);
     for i in 0..120u32 {
-        a.observe(t0 + half * i, &scrape(u64::from(i) + 1, 1.0));
+        a.observe(t0 + half * i, &scrape(t0 + half * i, u64::from(i) + 1, 1.0));
         assert_eq!(a.decide(&spec, 1, t0 + half * i).desired, 1);
     }
     // The step: 19 ongoing, where the 6 s average is still (11 × 1 + 19) / 12 = 2.5.
     let step = t0 + half * 120;
-    a.observe(step, &scrape(121, 19.0));
+    a.observe(step, &scrape(step, 121, 19.0));
     let d = a.decide(&spec, 1, step);
     assert_eq!((d.desired, d.panic), (1, false), "{}", d.reason);
     assert!(d.awaits_measurement);
     // The same scrape seen again (a tick with no new report) confirms nothing,
     // however long it stays the last word.
-    a.observe(step + SECOND, &scrape(121, 19.0));
+    a.observe(step + SECOND, &scrape(step, 121, 19.0));
     let d = a.decide(&spec, 1, step + SECOND);
     assert!(!d.panic && d.awaits_measurement, "{}", d.reason);
     // The next scrape agrees: panic, to what the two ask for.
-    a.observe(step + SECOND, &scrape(122, 21.0));
+    a.observe(step + SECOND, &scrape(step + SECOND, 122, 21.0));
     let d = a.decide(&spec, 1, step + SECOND);
     assert!(d.panic);
     assert!(!d.awaits_measurement);
     assert_eq!(
         d.reason,
-        "1 → 5: last 2 scrapes (1s) average 20 ongoing / target 4 per replica \
+        "1 → 5: last 1s (2 samples) average 20 ongoing / target 4 per replica \
          (panic: 20 ≥ 2 × capacity 4)"
     );
 }
@@ -693,7 +696,7 @@ fn a_one_scrape_blip_that_the_next_scrape_contradicts_never_panics() {
     for i in 0..400u32 {
         let now = t0 + half * i;
         let ongoing = if i % 4 == 3 { 12.0 } else { 1.0 };
-        a.observe(now, &scrape(u64::from(i) + 1, ongoing));
+        a.observe(now, &scrape(now, u64::from(i) + 1, ongoing));
         let d = a.decide(&spec, 1, now);
         assert!(!d.panic, "{i}: {}", d.reason);
         assert_eq!(d.desired, 1, "{i}: {}", d.reason);
@@ -715,7 +718,7 @@ fn only_ongoing_requests_surge() {
     for i in 0..60u32 {
         let s = Signals {
             gpu_utilization: Some(if i == 59 { 1.0 } else { 0.1 }),
-            ..scrape(u64::from(i) + 1, 1.0)
+            ..scrape(t0 + SECOND * i, u64::from(i) + 1, 1.0)
         };
         a.observe(t0 + SECOND * i, &s);
         let d = a.decide(&spec, 1, t0 + SECOND * i);
@@ -731,7 +734,11 @@ fn agents_that_do_not_number_scrapes_never_surge() {
     let t0 = Instant::now();
     for i in 0..20u32 {
         let ongoing = if i >= 18 { 19.0 } else { 1.0 };
-        a.observe(t0 + SECOND * i, &scrape(0, ongoing));
+        let s = Signals {
+            rescraped_at: None,
+            ..scrape(t0 + SECOND * i, 0, ongoing)
+        };
+        a.observe(t0 + SECOND * i, &s);
         let d = a.decide(&spec, 1, t0 + SECOND * i);
         assert!(!d.panic, "{i}: {}", d.reason);
     }
@@ -748,11 +755,45 @@ fn a_surge_reads_the_capacity_on_its_way() {
     for i in 0..8u32 {
         let s = Signals {
             starting: 3,
-            ..scrape(u64::from(i) + 1, 15.0)
+            ..scrape(t0 + half * i, u64::from(i) + 1, 15.0)
         };
         a.observe(t0 + half * i, &s);
         let d = a.decide(&spec, 4, t0 + half * i);
         assert!(!d.panic && !d.awaits_measurement, "{}", d.reason);
         assert_eq!(d.desired, 4);
     }
+}
+
+#[test]
+fn another_nodes_report_does_not_confirm_a_blip() {
+    // Replicas on nodes A and B. A's scrape shows a blip; B's next scrape
+    // (a new measurement, unchanged) arrives before A's: every replica has
+    // not been scraped again, so the surge waits, and A's next scrape ends it.
+    let spec = surge_spec();
+    let mut a = Autoscaler::new();
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let two = |n: u64, ongoing: f64, oldest: Instant| Signals {
+        ready: 2,
+        rescraped_at: Some(oldest),
+        ..scrape(oldest, n, ongoing)
+    };
+    for i in 0..20u32 {
+        let now = t0 + SECOND * i;
+        a.observe(now, &two(u64::from(i) + 1, 2.0, now));
+        a.decide(&spec, 2, now);
+    }
+    let blip = t0 + SECOND * 20;
+    // A: 30 ongoing now; B's replica was last scraped 400 ms ago.
+    a.observe(blip, &two(100, 30.0, blip - ms(400)));
+    assert!(a.decide(&spec, 2, blip).awaits_measurement);
+    // B reports again: its replica is rescraped, A's still is not.
+    a.observe(blip + ms(300), &two(101, 30.0, blip));
+    let d = a.decide(&spec, 2, blip + ms(300));
+    assert!(!d.panic && d.awaits_measurement, "{}", d.reason);
+    // A's next scrape: gone.
+    a.observe(blip + ms(500), &two(102, 2.0, blip + ms(300)));
+    let d = a.decide(&spec, 2, blip + ms(500));
+    assert!(!d.panic && !d.awaits_measurement, "{}", d.reason);
+    assert_eq!(d.desired, 2);
 }
