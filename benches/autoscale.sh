@@ -32,23 +32,15 @@ SCRAPE_INTERVAL=${SCRAPE_INTERVAL:-500ms}
 RPS=${RPS:-25}
 LOAD_FOR=${LOAD_FOR:-40}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
-command -v vmtouch >/dev/null || apt-get install -y vmtouch >/dev/null
+. benches/lib.sh
+need vmtouch
 [ -f "$WEIGHTS" ] || { echo "no weights at $WEIGHTS (benches/coldstart.sh makes one)" >&2; exit 1; }
 
 work=$(mktemp -d /var/tmp/gpufleet-autoscale.XXXXXX)
 # Every process the runs start is written here (pid per line) so that the
 # trap ends exactly those, whatever state a run dies in.
-pids=$work/pids
-touch "$pids"
-cleanup() {
-  while read -r p; do kill "$p" 2>/dev/null || true; done <"$pids"
-  sleep 1
-  while read -r p; do kill -9 "$p" 2>/dev/null || true; done <"$pids"
-  # An agent leaves its model servers running by design (a restart adopts
-  # them); these are ours: started from this run's private copy of the binary.
-  for p in $(pgrep -f "^$work/gpufleet demo server" || true); do kill "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+touch "$work/pids"
+trap 'end_fleet "$work"' EXIT
 cargo build --release --quiet
 # The shared target dir may be rewritten by other builds: use a copy.
 cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"

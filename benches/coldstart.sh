@@ -17,7 +17,9 @@ WEIGHTS=${WEIGHTS:-/var/tmp/gpufleet-bench2/server-weights.bin}
 SIZE_MIB=${SIZE_MIB:-3072}
 RUNS=${RUNS:-5}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
-command -v vmtouch >/dev/null || apt-get install -y vmtouch >/dev/null
+. benches/lib.sh
+need vmtouch
+need bc
 
 mkdir -p "$(dirname "$WEIGHTS")"
 if [ "$(stat -c %s "$WEIGHTS" 2>/dev/null || echo 0)" != $((SIZE_MIB << 20)) ]; then
@@ -36,19 +38,10 @@ cleanup() {
 trap cleanup EXIT
 cargo build --release --quiet
 cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
-tests=$(cargo test --release --lib --no-run 2>&1 | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p' | tail -1)
-cp "$tests" "$work/lib-tests"
+copy_lib_tests "$work/lib-tests"
 
-resident_pct() { vmtouch "$WEIGHTS" | sed -n 's/.*Resident Pages:.* \([0-9.]*\)%$/\1/p'; }
-evict() {
-  sync
-  vmtouch -e -q "$WEIGHTS"
-  [ "$(resident_pct)" = 0 ] || { echo "eviction left $(resident_pct)% of $WEIGHTS resident" >&2; exit 1; }
-}
-check_resident() {
-  local p; p=$(resident_pct)
-  [ "$(echo "$p >= 99.5" | bc)" = 1 ] || { echo "$1 left $WEIGHTS $p% resident" >&2; exit 1; }
-}
+evict() { evict_cold "$WEIGHTS"; }
+check_resident() { check_warm "$1" "$WEIGHTS"; }
 prepare_cold()   { evict; }
 prepare_warmed() {
   evict
@@ -94,7 +87,6 @@ for run in $(seq 1 "$RUNS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 c=$(echo "${times[cached]}" | median)
 echo
 echo "weights: $WEIGHTS ($(($(stat -c %s "$WEIGHTS") >> 20)) MiB); median of $RUNS runs each"

@@ -18,14 +18,11 @@ ROUNDS=${ROUNDS:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 
 work=$(mktemp -d /var/tmp/gpufleet-scrape.XXXXXX)
-pids=$work/pids
-touch "$pids"
-cleanup() {
-  while read -r p; do kill "$p" 2>/dev/null || true; done <"$pids"
-  sleep 1
-  for p in $(pgrep -f "^$work/gpufleet demo server" || true); do kill "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+# Every process the runs start is written here (pid per line) so that the
+# trap ends exactly those, whatever state a run dies in.
+touch "$work/pids"
+. benches/lib.sh
+trap 'end_fleet "$work"' EXIT
 cargo build --release --quiet
 cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
 mkdir -p "$work/models"

@@ -20,14 +20,12 @@ WORKERS=${WORKERS:-4}
 TOOLS=${TOOLS:-"gpufleet vmtouch cat fio_buffered fio_direct"}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 
-need() { command -v "$1" >/dev/null || apt-get install -y "$2" >/dev/null; }
-need vmtouch vmtouch
-need fio fio
-need bc bc
+. benches/lib.sh
+need vmtouch
+need fio
+need bc
 [ -x /usr/bin/time ] || apt-get install -y time >/dev/null
-case $(stat -f -c %T "$(dirname "$DIR")") in
-  tmpfs|ramfs) echo "$DIR is on a RAM filesystem: nothing is ever cold there" >&2; exit 1 ;;
-esac
+refuse_ram_fs "$DIR"
 
 mkdir -p "$DIR"
 for spec in 1024:a 768:b 512:c 512:d 256:e; do
@@ -43,27 +41,10 @@ total_mib=$(($(du -b -c "$DIR"/* | tail -1 | cut -f1) >> 20))
 # The test binary lives in a target dir other builds may rewrite: use a copy.
 work=$(mktemp -d /tmp/gpufleet-warm-tools.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-built=$(cargo test --release --lib --no-run 2>&1 | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p' | tail -1)
-[ -x "$built" ] || { echo "could not find the test binary" >&2; exit 1; }
-cp "$built" "$work/lib-tests"
+copy_lib_tests "$work/lib-tests"
 BIN=$work/lib-tests
 
-cold() {
-  sync
-  vmtouch -e -q "$DIR"
-  local pct
-  pct=$(vmtouch "$DIR" | sed -n 's/.*Resident Pages:.* \([0-9.]*\)%$/\1/p')
-  [ "$pct" = 0 ] || { echo "eviction left $pct% of $DIR resident; cannot measure cold" >&2; exit 1; }
-}
-
-# A large folio of a file just read sometimes leaves the cache with no reclaim
-# counted on this kernel (with every tool): accept 99.5% resident.
-check_warm() {
-  local pages
-  pages=$(vmtouch "$DIR" | sed -n 's/.*Resident Pages: \([0-9]*\)\/\([0-9]*\) .*/\1 \2/p')
-  set -- "$1" $pages
-  [ $(($2 * 1000)) -ge $(($3 * 995)) ] || { echo "$1 left $DIR partly cold ($2 of $3 pages)" >&2; exit 1; }
-}
+cold() { evict_cold "$DIR"; }
 
 files=$(ls "$DIR"/* | tr '\n' ':' | sed 's/:$//')
 run_gpufleet()     { GPUFLEET_WARM_BENCH_PATH=$DIR GPUFLEET_WARM_BENCH_WORKERS=$WORKERS "$BIN" --ignored --exact agent::warm::fill::tests::warm_bench --nocapture >/dev/null 2>&1; }
@@ -79,14 +60,13 @@ for run in $(seq 1 "$RUNS"); do
     # %e wall, %U user, %S sys, all in seconds.
     /usr/bin/time -f "%e %U %S" -o "$work/time" bash -c "$(declare -f "run_$tool"); BIN=$BIN DIR=$DIR WORKERS=$WORKERS files=$files run_$tool"
     read -r e u s <"$work/time"
-    [ "$tool" = fio_direct ] || check_warm "$tool"
+    [ "$tool" = fio_direct ] || check_warm "$tool" "$DIR"
     wall[$tool]+="$e "
     cpu[$tool]+="$(echo "$u + $s" | bc) "
     echo "run $run $tool wall $e s, user $u s, sys $s s" >&2
   done
 done
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 g=$(echo "${wall[gpufleet]}" | median)
 echo
 echo "$total_mib MiB in $(ls "$DIR" | wc -l) files; median of $RUNS cold runs each; gpufleet with $WORKERS workers"

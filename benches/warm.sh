@@ -14,10 +14,10 @@ SIZE_MIB=${SIZE_MIB:-1024}
 RUNS=${RUNS:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
 
-command -v vmtouch >/dev/null || { echo "vmtouch is required (apt-get install -y vmtouch)" >&2; exit 1; }
-case $(stat -f -c %T "$(dirname "$DIR")") in
-  tmpfs|ramfs) echo "$DIR is on a RAM filesystem: nothing is ever cold there" >&2; exit 1 ;;
-esac
+. "$(dirname "$0")/lib.sh"
+need vmtouch
+need bc
+refuse_ram_fs "$DIR"
 
 mkdir -p "$DIR"
 for i in $(seq 0 $((FILES - 1))); do
@@ -29,24 +29,12 @@ for i in $(seq 0 $((FILES - 1))); do
 done
 sync
 
-BIN=$(cargo test --release --lib --no-run 2>&1 | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p' | tail -1)
-[ -x "$BIN" ] || { echo "could not find the test binary" >&2; exit 1; }
+work=$(mktemp -d /tmp/gpufleet-warm.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+copy_lib_tests "$work/lib-tests"
+BIN=$work/lib-tests
 
-cold() {
-  vmtouch -e -q "$DIR"
-  local pct
-  pct=$(vmtouch "$DIR" | sed -n 's/.*Resident Pages:.* \([0-9.]*\)%$/\1/p')
-  [ "$pct" = 0 ] || { echo "eviction left $pct% of $DIR resident; cannot measure cold" >&2; exit 1; }
-}
-
-# On some kernels (seen in a Firecracker guest, 6.18) a large folio of a file
-# just read occasionally leaves the cache with no reclaim counted: allow 0.5%.
-check_warm() {
-  local pages
-  pages=$(vmtouch "$DIR" | sed -n 's/.*Resident Pages: \([0-9]*\)\/\([0-9]*\) .*/\1 \2/p')
-  set -- "$1" $pages
-  [ $(($2 * 1000)) -ge $(($3 * 995)) ] || { echo "$1 left $DIR partly cold ($2 of $3 pages)" >&2; exit 1; }
-}
+cold() { evict_cold "$DIR"; }
 
 run_gpufleet() { GPUFLEET_WARM_BENCH_PATH=$DIR GPUFLEET_WARM_BENCH_WORKERS=${WORKERS:-4} "$BIN" --ignored --exact agent::warm::fill::tests::warm_bench --nocapture >/dev/null 2>&1; }
 run_vmtouch()  { vmtouch -t -q "$DIR"; }
@@ -59,13 +47,12 @@ for run in $(seq 1 "$RUNS"); do
     t0=$(date +%s.%N)
     "run_$tool"
     t1=$(date +%s.%N)
-    check_warm "$tool"
+    check_warm "$tool" "$DIR"
     times[$tool]+="$(echo "$t1 - $t0" | bc) "
     echo "run $run $tool $(echo "$t1 - $t0" | bc) s" >&2
   done
 done
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 total_mib=$((FILES * SIZE_MIB))
 g=$(echo "${times[gpufleet]}" | median)
 echo
