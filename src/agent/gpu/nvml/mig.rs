@@ -91,15 +91,21 @@ impl MigLayout {
             let Some(instances) = self.instances.get(&sample.index) else {
                 continue;
             };
-            let reason = parent_reason(instances);
-            sample.health_reason = if sample.healthy {
-                reason
-            } else {
-                format!("{reason}; {}", sample.health_reason)
-            };
-            sample.healthy = false;
+            mark_parent(&mut sample.healthy, &mut sample.health_reason, instances);
         }
     }
+}
+
+/// Marks a physical GPU in MIG mode unhealthy, its MIG reason first and
+/// whatever was already wrong with it after.
+fn mark_parent(healthy: &mut bool, health_reason: &mut String, instances: &[u32]) {
+    let reason = parent_reason(instances);
+    *health_reason = if *healthy {
+        reason
+    } else {
+        format!("{reason}; {health_reason}")
+    };
+    *healthy = false;
 }
 
 /// Why a physical GPU in MIG mode is not offered for placement.
@@ -147,13 +153,7 @@ pub(super) fn list_gpus(physical: Vec<PhysicalGpu>) -> (Vec<GpuInfo>, MigLayout)
     }
     for info in &mut parents {
         if let Some(indices) = layout.instances.get(&info.index) {
-            let reason = parent_reason(indices);
-            info.health_reason = if info.healthy {
-                reason
-            } else {
-                format!("{reason}; {}", info.health_reason)
-            };
-            info.healthy = false;
+            mark_parent(&mut info.healthy, &mut info.health_reason, indices);
         }
     }
     parents.extend(instances);
