@@ -290,6 +290,8 @@ impl ModelSpec {
             ready_timeout: self.server.ready_timeout,
             stop_timeout: self.server.stop_timeout,
             gpu_memory_bytes: self.server.gpu_memory_bytes,
+            // Signed per node by the coordinator as it sends the assignment.
+            assignment_token: String::new(),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::domain::{unix_ms_now, Hello, LogsRequest, Report, ToAgent};
 pub use super::handle::{Command, FleetError, FleetHandle, NodeOp, WarmOp};
 use super::nodes::{Node, Session};
 use super::store::{ModelRecord, NodeFlags, Store};
+use super::trust::{AssignmentKey, Refusal};
 
 #[derive(Debug, Clone)]
 pub struct FleetSettings {
@@ -110,6 +111,10 @@ pub struct Fleet {
     unsaved_events: Vec<Event>,
     next_event_seq: u64,
     event_tx: broadcast::Sender<Event>,
+    /// Signs the assignment token of every replica sent to a node.
+    pub(super) assignment_key: AssignmentKey,
+    /// Replica reports not believed, by node and why (a metric).
+    pub(super) refused_claims: BTreeMap<(String, Refusal), u64>,
 }
 
 impl Fleet {
@@ -156,6 +161,7 @@ impl Fleet {
             .map_err(internal)?
             .into();
         let next_event_seq = events.back().map(|e| e.seq + 1).unwrap_or(1);
+        let assignment_key = AssignmentKey::new(&store.assignment_key().map_err(internal)?);
         let (event_tx, _) = broadcast::channel(1024);
         let mut fleet = Fleet {
             settings,
@@ -178,6 +184,8 @@ impl Fleet {
             unsaved_events: Vec::new(),
             next_event_seq,
             event_tx,
+            assignment_key,
+            refused_claims: BTreeMap::new(),
         };
         fleet.record(
             "coordinator",
@@ -427,6 +435,13 @@ impl Fleet {
             Command::Endpoints { reply } => {
                 let _ = reply.send(Ok(self.endpoints()));
             }
+            Command::RefusedClaims { reply } => {
+                let _ = reply.send(Ok(self
+                    .refused_claims
+                    .iter()
+                    .map(|((node, why), n)| (node.clone(), *why, *n))
+                    .collect()));
+            }
         }
     }
 
@@ -437,12 +452,13 @@ impl Fleet {
         reply: oneshot::Sender<Result<(String, Vec<String>), FleetError>>,
         now: Instant,
     ) {
-        let node = self
-            .nodes
-            .values()
-            .find(|n| n.replicas.iter().any(|r| r.id == id))
-            .map(|n| n.name.clone())
-            .or_else(|| self.plan.get(&id).map(|p| p.node.clone()));
+        // The node it is assigned to, never one that merely claims it.
+        let node = self.plan.get(&id).map(|p| p.node.clone()).or_else(|| {
+            self.nodes
+                .values()
+                .find(|n| n.replicas.iter().any(|r| r.id == id))
+                .map(|n| n.name.clone())
+        });
         let Some(node) = node else {
             let _ = reply.send(Err(FleetError::NotFound(format!(
                 "replica `{id}` not found; `gpufleet replica ls` lists them"
@@ -625,6 +641,7 @@ impl Fleet {
         node.announced = crate::api::NodeState::Ready;
         let gpus = hello.gpus.len();
         let replicas = hello.replicas.len();
+        self.screen_claims(&name);
         self.adopt_reported_replicas(&name, now);
         self.record(
             "node-connected",
@@ -678,6 +695,7 @@ impl Fleet {
         if !report.inventory.is_empty() {
             node.gpus = report.inventory;
         }
+        self.screen_claims(name);
         if was_lost {
             self.adopt_reported_replicas(name, now);
         }
@@ -802,7 +820,7 @@ impl Fleet {
     }
 
     /// Ready replicas of each model with their `host:port`.
-    fn endpoints(&self) -> BTreeMap<String, Vec<String>> {
+    pub(super) fn endpoints(&self) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = self
             .models
             .keys()
@@ -818,10 +836,12 @@ impl Fleet {
                 .map(|a| a.ip().to_string())
                 .unwrap_or_else(|_| session.address.clone());
             for r in &node.replicas {
+                // Only a replica assigned to this very node: another node's
+                // report of it (or of an id never placed) lists nothing.
                 let serving = self
                     .plan
                     .get(&r.id)
-                    .is_some_and(|p| p.retiring_since.is_none());
+                    .is_some_and(|p| p.node == node.name && p.retiring_since.is_none());
                 if r.state == crate::domain::ReplicaState::Ready && serving {
                     if let Some(list) = out.get_mut(&r.model) {
                         let host = if host.contains(':') {
@@ -851,9 +871,13 @@ impl Fleet {
                 if model.is_some_and(|want| want != r.model) {
                     continue;
                 }
+                // The token proves an assignment to the coordinator; no
+                // operator needs to see it.
+                let mut status = r.clone();
+                status.assignment_token.clear();
                 out.push(ReplicaView {
                     node: n.name.clone(),
-                    status: r.clone(),
+                    status,
                 });
             }
         }

@@ -127,6 +127,10 @@ pub enum Command {
     Endpoints {
         reply: Reply<BTreeMap<String, Vec<String>>>,
     },
+    /// Replica reports not believed, for `/metrics`.
+    RefusedClaims {
+        reply: Reply<Vec<(String, super::trust::Refusal, u64)>>,
+    },
 }
 
 /// Operator actions on a node.
@@ -315,5 +319,12 @@ impl FleetHandle {
 
     pub async fn endpoints(&self) -> Result<BTreeMap<String, Vec<String>>, FleetError> {
         ask!(self, Endpoints {})
+    }
+
+    /// Replica reports not believed so far: (node, why, how many).
+    pub async fn refused_claims(
+        &self,
+    ) -> Result<Vec<(String, super::trust::Refusal, u64)>, FleetError> {
+        ask!(self, RefusedClaims {})
     }
 }

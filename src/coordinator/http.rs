@@ -94,10 +94,11 @@ async fn wake(
 }
 
 async fn metrics(State(fleet): State<FleetHandle>) -> Response {
-    let (nodes, models, replicas) = match tokio::try_join!(
+    let (nodes, models, replicas, refused) = match tokio::try_join!(
         fleet.list_nodes(),
         fleet.list_models(),
-        fleet.list_replicas(None, None)
+        fleet.list_replicas(None, None),
+        fleet.refused_claims()
     ) {
         Ok(v) => v,
         Err(e) => return unavailable(e),
@@ -156,6 +157,15 @@ async fn metrics(State(fleet): State<FleetHandle>) -> Response {
         let _ = writeln!(
             out,
             "gpufleet_replicas{{model=\"{model}\",state=\"{state}\"}} {n}"
+        );
+    }
+    out.push_str(
+        "# HELP gpufleet_replica_claims_refused_total Replicas a node reported that the coordinator did not believe: assigned to another node, or (on adoption) without a valid assignment token.\n# TYPE gpufleet_replica_claims_refused_total counter\n",
+    );
+    for (node, why, n) in refused {
+        let _ = writeln!(
+            out,
+            "gpufleet_replica_claims_refused_total{{node=\"{node}\",reason=\"{why}\"}} {n}"
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

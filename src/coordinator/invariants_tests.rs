@@ -50,6 +50,9 @@ impl Store for NullStore {
     fn delete_demand(&self, _: &str) -> Result<(), StoreError> {
         Ok(())
     }
+    fn assignment_key(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(vec![7; 32])
+    }
 }
 
 const GIB: u64 = 1 << 30;
@@ -77,6 +80,7 @@ impl FakeAgent {
                 port: 1,
                 gpus: r.gpus.clone(),
                 ready_unix_ms: 1,
+                assignment_token: r.assignment_token.clone(),
                 ..Default::default()
             })
             .collect()
@@ -152,15 +156,18 @@ struct World {
 }
 
 impl World {
-    fn new(gpu_counts: &[u32], mem_gib: &[u64]) -> World {
-        let settings = FleetSettings {
+    fn settings() -> FleetSettings {
+        FleetSettings {
             tick: Duration::from_secs(1),
             suspect_after: Duration::from_secs(3),
             lost_after: Duration::from_secs(6),
             reconnect_grace: Duration::ZERO,
             event_capacity: 1000,
-        };
-        let fleet = Fleet::new(settings, Box::new(NullStore)).unwrap();
+        }
+    }
+
+    fn new(gpu_counts: &[u32], mem_gib: &[u64]) -> World {
+        let fleet = Fleet::new(World::settings(), Box::new(NullStore)).unwrap();
         let agents = gpu_counts
             .iter()
             .enumerate()
@@ -348,4 +355,217 @@ proptest! {
         let sent = w.tick();
         prop_assert!(sent.is_empty(), "a settled fleet got new assignments: {sent:?}");
     }
+}
+
+// ---- Trust: a node speaks only for the replicas assigned to it ----
+
+impl World {
+    /// Settles one ready replica of `small` and returns (its node index, id).
+    fn one_replica() -> (World, usize, String) {
+        let mut w = World::new(&[1, 1, 1], &[80, 80, 80]);
+        w.fleet.apply_model(spec("small", 1, 20)).unwrap();
+        for _ in 0..3 {
+            w.tick();
+        }
+        let r = w.fleet.plan.values().next().expect("placed").clone();
+        let i = w.agents.iter().position(|a| a.name == r.node).unwrap();
+        (w, i, r.id)
+    }
+
+    /// A new coordinator on the same store: the plan is rebuilt from Hellos.
+    fn restart_coordinator(&mut self) {
+        self.fleet = Fleet::new(World::settings(), Box::new(NullStore)).unwrap();
+        self.fleet.apply_model(spec("small", 1, 20)).unwrap();
+        for a in &mut self.agents {
+            a.up = false;
+            a.session = None;
+            a.inbox = None;
+        }
+    }
+
+    fn endpoints_of(&self, model: &str) -> Vec<String> {
+        self.fleet.endpoints().remove(model).unwrap_or_default()
+    }
+
+    fn refused(&self, node: &str, why: super::trust::Refusal) -> u64 {
+        self.fleet
+            .refused_claims
+            .get(&(node.to_string(), why))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn events_of(&self, kind: &str) -> Vec<String> {
+        self.fleet
+            .events
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| format!("{} {}: {}", e.node, e.replica, e.message))
+            .collect()
+    }
+}
+
+/// What a rogue node says: the real replica (with the real token, as if it
+/// had stolen it) and two invented ones, all ready on ports of its choosing.
+fn rogue_claims(
+    real: &ReplicaStatus,
+    forged_for: &str,
+    key: &super::trust::AssignmentKey,
+) -> Vec<ReplicaStatus> {
+    let invented = |id: &str, token: String| ReplicaStatus {
+        id: id.into(),
+        model: "small".into(),
+        spec_hash: real.spec_hash.clone(),
+        state: ReplicaState::Ready,
+        port: 6666,
+        gpus: vec![0],
+        ready_unix_ms: 1,
+        assignment_token: token,
+        ..Default::default()
+    };
+    vec![
+        ReplicaStatus {
+            port: 6666,
+            ..real.clone()
+        },
+        invented("small-rogue1", String::new()),
+        // A token the coordinator signed, but for another node.
+        invented(
+            "small-rogue2",
+            key.token(forged_for, "small-rogue2", "small"),
+        ),
+    ]
+}
+
+#[test]
+fn a_node_cannot_claim_another_nodes_replica_nor_invent_one() {
+    use super::trust::Refusal;
+    let (mut w, owner, id) = World::one_replica();
+    let real = w.agents[owner].statuses()[0].clone();
+    assert!(
+        !real.assignment_token.is_empty(),
+        "assignments carry a token"
+    );
+    let rogue = (owner + 1) % 3;
+    let rogue_name = w.agents[rogue].name.clone();
+    let before = w.endpoints_of("small");
+    assert_eq!(before.len(), 1);
+
+    // Reconnect with the claims in the Hello (adoption) and keep reporting them.
+    let claims = rogue_claims(&real, &w.agents[owner].name, &w.fleet.assignment_key);
+    let (tx, _rx) = mpsc::channel(64);
+    let hello = Hello {
+        replicas: claims.clone(),
+        ..w.agents[rogue].hello()
+    };
+    w.fleet.nodes.get_mut(&rogue_name).unwrap().session = None;
+    let session = w
+        .fleet
+        .connect(hello, "10.0.0.66:1".into(), tx, w.now)
+        .unwrap();
+    for _ in 0..10 {
+        w.tick();
+        let report = Report {
+            replicas: claims.clone(),
+            ..w.agents[rogue].report()
+        };
+        w.fleet.report(session, &rogue_name, report, w.now);
+    }
+
+    let plan: Vec<_> = w.fleet.plan.values().collect();
+    assert_eq!(plan.len(), 1, "nothing adopted: {plan:?}");
+    assert_eq!(plan[0].id, id);
+    assert_eq!(plan[0].node, w.agents[owner].name);
+    assert!(
+        plan[0].retiring_since.is_none(),
+        "the real replica is not retired"
+    );
+    assert_eq!(w.endpoints_of("small"), before, "no endpoint changes");
+    assert_eq!(w.fleet.reported_state(&id), Some(ReplicaState::Ready));
+    assert!(w
+        .fleet
+        .replica_views(None, Some(&rogue_name))
+        .iter()
+        .all(|v| v.status.id != id));
+    assert_eq!(
+        w.refused(&rogue_name, Refusal::OtherNode),
+        1,
+        "counted once"
+    );
+    assert_eq!(w.refused(&rogue_name, Refusal::NoToken), 1);
+    assert_eq!(w.refused(&rogue_name, Refusal::BadToken), 1);
+    let events = w.events_of("claim-refused");
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains(&format!("it is assigned to {}", w.agents[owner].name))),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn after_a_restart_only_replicas_with_their_token_are_adopted() {
+    use super::trust::Refusal;
+    let (mut w, owner, id) = World::one_replica();
+    let owner_name = w.agents[owner].name.clone();
+    let real = w.agents[owner].statuses()[0].clone();
+    w.restart_coordinator();
+
+    // The rogue speaks first, before the real node is back.
+    let rogue = (owner + 1) % 3;
+    let rogue_name = w.agents[rogue].name.clone();
+    let (tx, _rx) = mpsc::channel(64);
+    let hello = Hello {
+        replicas: rogue_claims(&real, &owner_name, &w.fleet.assignment_key),
+        ..w.agents[rogue].hello()
+    };
+    w.fleet
+        .connect(hello, "10.0.0.66:1".into(), tx, w.now)
+        .unwrap();
+    assert!(w.fleet.plan.is_empty(), "{:?}", w.fleet.plan);
+    assert_eq!(
+        w.refused(&rogue_name, Refusal::BadToken),
+        2,
+        "stolen and forged tokens"
+    );
+    assert_eq!(w.refused(&rogue_name, Refusal::NoToken), 1);
+
+    // The real node's record proves the assignment: adopted, not replaced.
+    w.up(owner);
+    assert_eq!(w.fleet.plan.keys().collect::<Vec<_>>(), vec![&id]);
+    assert_eq!(w.fleet.plan[&id].node, owner_name);
+    for _ in 0..5 {
+        w.tick();
+    }
+    assert_eq!(w.fleet.plan.keys().collect::<Vec<_>>(), vec![&id], "kept");
+    assert_eq!(w.agents[owner].running.replicas.len(), 1);
+    assert_eq!(w.endpoints_of("small"), vec![format!("10.0.0.{owner}:1")]);
+}
+
+#[test]
+fn a_replica_without_a_token_is_not_adopted_and_is_replaced() {
+    use super::trust::Refusal;
+    let (mut w, owner, id) = World::one_replica();
+    let owner_name = w.agents[owner].name.clone();
+    // An agent from before tokens: its records have none.
+    for r in &mut w.agents[owner].running.replicas {
+        r.assignment_token.clear();
+    }
+    w.restart_coordinator();
+    for i in 0..3 {
+        w.up(i);
+    }
+    assert!(!w.fleet.plan.contains_key(&id));
+    assert_eq!(w.refused(&owner_name, Refusal::NoToken), 1);
+    let events = w.events_of("claim-refused");
+    assert!(events[0].contains("no assignment token"), "{events:?}");
+    for _ in 0..3 {
+        w.tick();
+    }
+    // Its node is told to stop it; a new replica (with a token) takes over.
+    assert!(w.agents[owner].running.replicas.iter().all(|r| r.id != id));
+    let placed: Vec<_> = w.fleet.plan.values().collect();
+    assert_eq!(placed.len(), 1);
+    assert_ne!(placed[0].id, id);
 }

@@ -15,6 +15,7 @@ pub mod reconcile;
 pub mod scaling;
 pub mod service;
 pub mod store;
+pub mod trust;
 pub mod warmth;
 
 use std::future::Future;

@@ -46,6 +46,9 @@ pub struct Node {
     /// clock) a new round last arrived, to tell a new measurement from the
     /// same one reported again.
     pub scraped: BTreeMap<String, (u64, Instant)>,
+    /// Replica ids this node reported that were not believed, already
+    /// recorded as an event (so a repeated claim is recorded once).
+    pub refused_claims: std::collections::BTreeSet<String>,
 }
 
 impl Node {
@@ -69,6 +72,7 @@ impl Node {
             generation: 0,
             announced: NodeState::Ready,
             scraped: BTreeMap::new(),
+            refused_claims: Default::default(),
         }
     }
 

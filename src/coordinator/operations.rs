@@ -139,10 +139,14 @@ impl Fleet {
         self.nodes.get(node).is_some_and(|n| n.flags.draining)
     }
 
+    /// The state of a planned replica as the node it is assigned to reports
+    /// it; what other nodes say of that id does not count.
     pub(super) fn reported_state(&self, replica: &str) -> Option<ReplicaState> {
+        let node = &self.plan.get(replica)?.node;
         self.nodes
-            .values()
-            .flat_map(|n| n.replicas.iter())
+            .get(node)?
+            .replicas
+            .iter()
             .find(|r| r.id == replica)
             .map(|r| r.state)
     }

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::api::NodeState;
-use crate::domain::{Assignment, ReplicaSpec, ReplicaState, ToAgent};
+use crate::domain::{Assignment, ReplicaSpec, ReplicaState, ReplicaStatus, ToAgent};
 
 use super::fleet::{Fleet, PlannedReplica};
 use super::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
+use super::trust::Refusal;
 
 /// How long a retiring replica keeps running after it left the endpoints:
 /// longer than a load balancer's refresh (the demo's re-reads every second),
@@ -438,15 +439,73 @@ impl Fleet {
     }
 
     /// (state, ready since) of every replica the agents report, by id.
+    /// Each replica counts only as reported by the node it is assigned to.
     fn reported_statuses(&self) -> BTreeMap<String, (ReplicaState, i64)> {
         self.nodes
             .values()
             .flat_map(|n| {
                 n.replicas
                     .iter()
+                    .filter(|r| self.plan.get(&r.id).is_some_and(|p| p.node == n.name))
                     .map(|r| (r.id.clone(), (r.state, r.ready_unix_ms)))
             })
             .collect()
+    }
+
+    /// A node speaks only for itself: its report of a replica assigned to
+    /// another node is dropped (never listed, never counted), with an event
+    /// and a metric the first time.
+    pub(super) fn screen_claims(&mut self, name: &str) {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
+        let plan = &self.plan;
+        let reported: std::collections::BTreeSet<String> =
+            node.replicas.iter().map(|r| r.id.clone()).collect();
+        let mut foreign = Vec::new();
+        node.replicas.retain(|r| match plan.get(&r.id) {
+            Some(p) if p.node != name => {
+                foreign.push((r.clone(), p.node.clone()));
+                false
+            }
+            _ => true,
+        });
+        // A claim made again after a pause is news again.
+        node.refused_claims.retain(|id| reported.contains(id));
+        for (r, owner) in foreign {
+            let message = format!(
+                "ignored {name}'s report of replica {:?}: it is assigned to {owner}, and a node speaks only for its own replicas",
+                r.id
+            );
+            self.refuse_claim(name, &r, Refusal::OtherNode, message);
+        }
+    }
+
+    /// Counts and records a refused claim once per (node, replica).
+    fn refuse_claim(&mut self, node: &str, r: &ReplicaStatus, why: Refusal, message: String) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if !n.refused_claims.insert(r.id.clone()) {
+            return;
+        }
+        *self
+            .refused_claims
+            .entry((node.to_string(), why))
+            .or_default() += 1;
+        // The model is named only when it is one of ours: the rest of the
+        // report is the node's word.
+        let model = if self.models.contains_key(&r.model) {
+            r.model.clone()
+        } else {
+            String::new()
+        };
+        let replica = if crate::domain::valid_replica_id(&r.id) {
+            r.id.clone()
+        } else {
+            String::new()
+        };
+        self.record("claim-refused", &model, node, &replica, message);
     }
 
     /// Takes replicas an agent reports (after a coordinator restart or a
@@ -456,6 +515,7 @@ impl Fleet {
             return;
         };
         let mut adopted = Vec::new();
+        let mut refused = Vec::new();
         for r in &n.replicas {
             let keep = matches!(
                 r.state,
@@ -467,6 +527,13 @@ impl Fleet {
             if !keep || !self.models.contains_key(&r.model) || self.plan.contains_key(&r.id) {
                 continue;
             }
+            let check = self
+                .assignment_key
+                .check(node, &r.id, &r.model, &r.assignment_token);
+            if let Some(why) = Refusal::from_check(check) {
+                refused.push((r.clone(), why));
+                continue;
+            }
             adopted.push(PlannedReplica {
                 id: r.id.clone(),
                 model: r.model.clone(),
@@ -476,6 +543,17 @@ impl Fleet {
                 created: now,
                 retiring_since: None,
             });
+        }
+        for (r, why) in refused {
+            let token = match why {
+                Refusal::NoToken => "it carries no assignment token (an agent or a replica record from before tokens, or a replica this coordinator never placed)",
+                _ => "its assignment token is not one this coordinator signed for this node and replica",
+            };
+            let message = format!(
+                "not adopting replica {:?} that {node} reports: {token}; it is left out of {node}'s assignment, so its agent stops it, and the model's replicas are placed afresh",
+                r.id
+            );
+            self.refuse_claim(node, &r, why, message);
         }
         for r in adopted {
             let message = format!(
@@ -495,7 +573,10 @@ impl Fleet {
                 by_node
                     .entry(r.node.clone())
                     .or_default()
-                    .push(m.spec.replica_spec(&r.id, r.gpus.clone()));
+                    .push(ReplicaSpec {
+                        assignment_token: self.assignment_key.token(&r.node, &r.id, &r.model),
+                        ..m.spec.replica_spec(&r.id, r.gpus.clone())
+                    });
             }
         }
         let names: Vec<String> = self.nodes.keys().cloned().collect();

@@ -15,6 +15,8 @@ const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 const NODE_FLAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_flags");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const DEMAND: TableDefinition<&str, &[u8]> = TableDefinition::new("demand");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+const ASSIGNMENT_KEY: &str = "assignment-hmac-sha256";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -68,6 +70,10 @@ pub trait Store: Send {
     fn load_demand(&self) -> Result<Vec<(String, DemandHistory)>, StoreError>;
     fn put_demand(&self, model: &str, history: &DemandHistory) -> Result<(), StoreError>;
     fn delete_demand(&self, model: &str) -> Result<(), StoreError>;
+    /// The key that signs assignment tokens: made (32 random bytes) and kept
+    /// on first use, the same ever after, so a restarted coordinator can
+    /// check the tokens its predecessor handed out.
+    fn assignment_key(&self) -> Result<Vec<u8>, StoreError>;
 }
 
 pub struct RedbStore {
@@ -99,6 +105,8 @@ impl RedbStore {
                 .map_err(|e| open_err(e.to_string()))?;
             tx.open_table(EVENTS).map_err(|e| open_err(e.to_string()))?;
             tx.open_table(DEMAND).map_err(|e| open_err(e.to_string()))?;
+            tx.open_table(SECRETS)
+                .map_err(|e| open_err(e.to_string()))?;
         }
         tx.commit().map_err(|e| open_err(e.to_string()))?;
         Ok(RedbStore { db })
@@ -209,6 +217,34 @@ impl Store for RedbStore {
         tx.commit().map_err(io("commit"))
     }
 
+    fn assignment_key(&self) -> Result<Vec<u8>, StoreError> {
+        let tx = self.db.begin_write().map_err(io("write"))?;
+        let key = {
+            let mut t = tx.open_table(SECRETS).map_err(io("write"))?;
+            let stored = t
+                .get(ASSIGNMENT_KEY)
+                .map_err(io("read"))?
+                .map(|v| v.value().to_vec());
+            match stored {
+                Some(key) if key.len() == 32 => key,
+                Some(key) => {
+                    return Err(StoreError::Corrupt {
+                        key: format!("secrets/{ASSIGNMENT_KEY}"),
+                        reason: format!("{} bytes, expected 32", key.len()),
+                    })
+                }
+                None => {
+                    let key: [u8; 32] = rand::random();
+                    t.insert(ASSIGNMENT_KEY, key.as_slice())
+                        .map_err(io("write"))?;
+                    key.to_vec()
+                }
+            }
+        };
+        tx.commit().map_err(io("commit"))?;
+        Ok(key)
+    }
+
     fn load_events(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
         let tx = self.db.begin_read().map_err(io("read"))?;
         let t = tx.open_table(EVENTS).map_err(io("read"))?;
@@ -280,6 +316,28 @@ mod tests {
         assert!(f.expected_ongoing > 0.0, "{f:?}");
         s.delete_demand("m").unwrap();
         assert!(s.load_demand().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_assignment_key_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RedbStore::open(dir.path())
+            .unwrap()
+            .assignment_key()
+            .unwrap();
+        assert_eq!(first.len(), 32);
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.assignment_key().unwrap(), first);
+        assert_eq!(s.assignment_key().unwrap(), first);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(
+            RedbStore::open(other.path())
+                .unwrap()
+                .assignment_key()
+                .unwrap(),
+            first,
+            "each store has its own key"
+        );
     }
 
     #[test]

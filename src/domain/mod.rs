@@ -9,7 +9,9 @@ pub mod warm;
 
 pub use gpu::{GpuInfo, GpuProcess, GpuSample, WindowStats};
 pub use host::{HostInfo, HostSample};
-pub use replica::{replicas_moved, ReplicaSpec, ReplicaState, ReplicaStatus, ServingSignals};
+pub use replica::{
+    replicas_moved, valid_replica_id, ReplicaSpec, ReplicaState, ReplicaStatus, ServingSignals,
+};
 pub use session::{Assignment, Hello, LogsReply, LogsRequest, Report, ToAgent};
 pub use warm::{WarmSpec, WarmStatus};
 

@@ -45,6 +45,17 @@ impl fmt::Display for ReplicaState {
     }
 }
 
+/// Replica ids name directories; anything that could escape `replicas/` or
+/// hide as a dotfile is refused.
+pub fn valid_replica_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Everything an agent needs to run one replica, rendered by the coordinator
 /// from the model spec. `{port}` and friends are substituted by the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -66,6 +77,10 @@ pub struct ReplicaSpec {
     #[serde(with = "duration_ms")]
     pub stop_timeout: Duration,
     pub gpu_memory_bytes: u64,
+    /// The coordinator's proof that it assigned this id to this node (see
+    /// `coordinator::trust`); empty from coordinators that predate it.
+    #[serde(default)]
+    pub assignment_token: String,
 }
 
 /// What an engine's own metrics say about its load.
@@ -139,6 +154,14 @@ pub struct ReplicaStatus {
     pub signals: ServingSignals,
     pub gpu_memory_used_bytes: u64,
     pub next_restart_unix_ms: i64,
+    /// Echo of the spec's assignment token. Never shown to operators: the
+    /// coordinator blanks it in its views.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub assignment_token: String,
+    /// The server runs as root, which the agent's `allow_root_replicas`
+    /// allowed.
+    #[serde(default)]
+    pub runs_as_root: bool,
 }
 
 mod duration_ms {

@@ -247,6 +247,7 @@ impl From<&ReplicaSpec> for pb::ReplicaSpec {
             ready_timeout_ms: r.ready_timeout.as_millis() as u64,
             stop_timeout_ms: r.stop_timeout.as_millis() as u64,
             gpu_memory_bytes: r.gpu_memory_bytes,
+            assignment_token: r.assignment_token.clone(),
         }
     }
 }
@@ -267,6 +268,7 @@ impl From<pb::ReplicaSpec> for ReplicaSpec {
             ready_timeout: Duration::from_millis(r.ready_timeout_ms),
             stop_timeout: Duration::from_millis(r.stop_timeout_ms),
             gpu_memory_bytes: r.gpu_memory_bytes,
+            assignment_token: r.assignment_token,
         }
     }
 }
@@ -316,6 +318,8 @@ impl From<&ReplicaStatus> for pb::ReplicaStatus {
             signals: Some((&r.signals).into()),
             gpu_memory_used_bytes: r.gpu_memory_used_bytes,
             next_restart_unix_ms: r.next_restart_unix_ms,
+            assignment_token: r.assignment_token.clone(),
+            runs_as_root: r.runs_as_root,
         }
     }
 }
@@ -337,6 +341,8 @@ impl From<pb::ReplicaStatus> for ReplicaStatus {
             signals: r.signals.map(Into::into).unwrap_or_default(),
             gpu_memory_used_bytes: r.gpu_memory_used_bytes,
             next_restart_unix_ms: r.next_restart_unix_ms,
+            assignment_token: r.assignment_token,
+            runs_as_root: r.runs_as_root,
         }
     }
 }

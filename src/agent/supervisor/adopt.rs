@@ -87,6 +87,7 @@ impl Owner {
                 },
                 gpus: rec.spec.gpus.clone(),
                 restarts: rec.restarts,
+                assignment_token: rec.spec.assignment_token.clone(),
                 reason,
                 ..Default::default()
             });

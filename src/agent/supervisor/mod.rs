@@ -100,16 +100,7 @@ pub enum SupervisorError {
     LogRead { id: String, source: std::io::Error },
 }
 
-/// Replica ids name directories; anything that could escape `replicas/` or
-/// hide as a dotfile is refused.
-pub fn valid_replica_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+pub use crate::domain::valid_replica_id;
 
 enum Command {
     Apply(Vec<ReplicaSpec>),

@@ -63,6 +63,7 @@ impl Replica {
             model: spec.model.clone(),
             spec_hash: spec.spec_hash.clone(),
             gpus: spec.gpus.clone(),
+            assignment_token: spec.assignment_token.clone(),
             ..Default::default()
         };
         Replica {
@@ -277,6 +278,13 @@ impl Owner {
             let stopping = matches!(&existing.phase, Phase::Running { after: Some(_), .. });
             if stopping || existing.spec.spec_hash != spec.spec_hash {
                 self.request_stop(&id, AfterStop::Replace(Box::new(spec)));
+            } else if existing.spec.assignment_token != spec.assignment_token {
+                // A token that arrives later (the coordinator was upgraded
+                // or its key changed) is kept without a restart, so the next
+                // coordinator start can adopt the replica.
+                existing.spec.assignment_token = spec.assignment_token.clone();
+                existing.status.assignment_token = spec.assignment_token;
+                self.persist(&id);
             }
         }
         let unwanted: Vec<String> = self

@@ -163,3 +163,38 @@ async fn dropping_every_handle_leaves_servers_running_for_the_next_agent() {
     sup.stop_all().await;
     assert!(!alive(pid));
 }
+
+#[tokio::test]
+async fn the_assignment_token_is_kept_in_the_record_and_echoed_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let sup = Supervisor::spawn(cfg.clone()).await.unwrap();
+    let mut rx = sup.subscribe();
+    // From a coordinator that predates tokens: none.
+    sup.apply(vec![spec("tok", &["sleep", "1000"])]);
+    let all = until(&mut rx, 5, |s| of(s, "tok").is_some_and(|r| r.pid != 0)).await;
+    let first = of(&all, "tok").unwrap().clone();
+    assert_eq!(first.assignment_token, "");
+
+    // The same spec with a token: kept, echoed, persisted; the server runs on.
+    let signed = ReplicaSpec {
+        assignment_token: "v1.abc".into(),
+        ..spec("tok", &["sleep", "1000"])
+    };
+    sup.apply(vec![signed]);
+    let all = until(&mut rx, 5, |s| {
+        of(s, "tok").is_some_and(|r| r.assignment_token == "v1.abc")
+    })
+    .await;
+    assert_eq!(of(&all, "tok").unwrap().pid, first.pid, "not restarted");
+    let rec = record::load(&dir.path().join("replicas/tok")).unwrap();
+    assert_eq!(rec.spec.assignment_token, "v1.abc");
+    sup.detach().await;
+
+    // A restarted agent says it again in its Hello.
+    let sup = Supervisor::spawn(cfg).await.unwrap();
+    let now = sup.subscribe().borrow().clone();
+    assert_eq!(of(&now, "tok").unwrap().assignment_token, "v1.abc");
+    assert_eq!(of(&now, "tok").unwrap().pid, first.pid);
+    sup.stop_all().await;
+}
