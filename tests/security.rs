@@ -443,3 +443,212 @@ fn a_malformed_tokens_file_stops_the_coordinator_naming_the_line() {
     assert!(log.contains("line 2: unknown access `write`"), "{log}");
     assert!(!log.contains(READ), "{log}");
 }
+
+/// `/v1/endpoints` as a map model → addresses.
+fn endpoints(h: &Harness) -> std::collections::BTreeMap<String, Vec<String>> {
+    let (status, body) = http("GET", h.http_port, "/v1/endpoints", "");
+    assert_eq!(status, 200, "{body}");
+    let groups: serde_json::Value = serde_json::from_str(&body).unwrap();
+    groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let targets = g["targets"].as_array().unwrap();
+            (
+                g["labels"]["model"].as_str().unwrap().to_string(),
+                targets
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// An agent session opened with `stem`'s certificate that says `hello` and
+/// then reports `replicas` every 200 ms until dropped.
+async fn rogue_session(
+    h: &Harness,
+    dir: &Path,
+    stem: &str,
+    replicas: Vec<pb::ReplicaStatus>,
+) -> tokio::task::JoinHandle<()> {
+    let url = https(h);
+    let client_tls = tls::ClientTls::new(
+        &dir.join("ca.pem"),
+        Some((
+            &dir.join(format!("{stem}.pem")),
+            &dir.join(format!("{stem}-key.pem")),
+        )),
+    )
+    .unwrap();
+    let endpoint = tls::endpoint(&url, Some(&client_tls)).unwrap();
+    let channel = tls::connect(endpoint, Some(&client_tls)).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let gpus = vec![pb::GpuInfo {
+        index: 0,
+        uuid: format!("GPU-{stem}"),
+        name: "Simulated H100 80GB".into(),
+        memory_total_bytes: 80 << 30,
+        healthy: true,
+        ..Default::default()
+    }];
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            node_name: stem.into(),
+            boot_id: "rogue".into(),
+            agent_version: "rogue".into(),
+            agent_instance: "rogue".into(),
+            gpus: gpus.clone(),
+            replicas: replicas.clone(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = pb::agent_session_client::AgentSessionClient::new(channel)
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("a certified agent opens a session")
+        .into_inner();
+    tokio::spawn(async move {
+        let mut seq = 0;
+        loop {
+            seq += 1;
+            let report = pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Report(pb::Report {
+                    seq,
+                    replicas: replicas.clone(),
+                    inventory: gpus.clone(),
+                    ..Default::default()
+                })),
+            };
+            if tx.send(report).await.is_err() {
+                return;
+            }
+            // Assignments are read (and ignored) so the stream keeps flowing.
+            let _ = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
+        }
+    })
+}
+
+/// The CLI over TLS, verifying the coordinator with `DIR/ca.pem`.
+fn cli_tls(h: &Harness, dir: &Path, args: &[&str]) -> std::process::Output {
+    let ca = dir.join("ca.pem");
+    h.cli_env(
+        args,
+        &[
+            ("GPUFLEET_COORDINATOR", &https(h)),
+            ("GPUFLEET_CA", ca.to_str().unwrap()),
+        ],
+    )
+}
+
+fn replica_list(h: &Harness, dir: &Path) -> Option<Vec<serde_json::Value>> {
+    let out = cli_tls(h, dir, &["replica", "ls", "-o", "json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()?
+        .as_array()
+        .cloned()
+}
+
+#[test]
+fn a_certified_rogue_agent_cannot_hijack_or_invent_replicas() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let h = Harness::new();
+    let dir = h.path("tls");
+    tls_init(&dir, "gpu-1,gpu-3");
+    let mut c = h.coordinator(&tls_table(&dir, "coordinator"));
+    let _a = h.agent_at("gpu-1", "gpu-1", 1, &https(&h), &tls_table(&dir, "gpu-1"));
+    let _reaper = Reaper::new(&h);
+    let spec = h.model_spec("web", 1, "replicas = 1", &demo_command(&[]), "");
+    let up = |h: &Harness| {
+        wait_until(Duration::from_secs(30), "the coordinator", || {
+            cli_tls(h, &dir, &["node", "ls"])
+                .status
+                .success()
+                .then_some(())
+        })
+    };
+    up(&h);
+    let out = cli_tls(&h, &dir, &["model", "apply", "-f", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let real = wait_until(Duration::from_secs(60), "web ready on gpu-1", || {
+        replica_list(&h, &dir)?
+            .into_iter()
+            .find(|r| r["state"] == "ready" && r["node"] == "gpu-1")
+    });
+    let before = endpoints(&h);
+    assert_eq!(before["web"].len(), 1, "{before:?}");
+    let real_id = real["id"].as_str().unwrap().to_string();
+    let real_pid = real["pid"].as_i64().unwrap();
+
+    // gpu-3 holds a real agent certificate and claims gpu-1's replica and an
+    // invented one, both ready on ports of its choosing.
+    let claim = |id: &str| pb::ReplicaStatus {
+        id: id.into(),
+        model: "web".into(),
+        spec_hash: real["spec_hash"].as_str().unwrap().into(),
+        state: pb::ReplicaState::Ready as i32,
+        pid: 4242,
+        port: 6666,
+        gpus: vec![0],
+        ready_unix_ms: 1,
+        assignment_token: format!("v1.{}", "0".repeat(64)),
+        ..Default::default()
+    };
+    let claims = vec![claim(&real_id), claim("web-rogue1")];
+    let check = |h: &Harness| {
+        let all = replica_list(h, &dir).unwrap();
+        assert_eq!(all.len(), 1, "nothing adopted: {all:?}");
+        assert_eq!(all[0]["id"], real_id.as_str());
+        assert_eq!(all[0]["node"], "gpu-1");
+        assert_eq!(all[0]["pid"], real_pid, "the real replica is not restarted");
+        assert!(pid_alive(real_pid), "the real server keeps running");
+        assert_eq!(endpoints(h), before, "no endpoint changes");
+    };
+
+    let rogue = rt.block_on(rogue_session(&h, &dir, "gpu-3", claims.clone()));
+    wait_until(Duration::from_secs(20), "the claims refused", || {
+        let (_, metrics) = http("GET", h.http_port, "/metrics", "");
+        (metrics.contains(
+            "gpufleet_replica_claims_refused_total{node=\"gpu-3\",reason=\"other_node\"} 1",
+        ) && metrics.contains(
+            "gpufleet_replica_claims_refused_total{node=\"gpu-3\",reason=\"bad_token\"} 1",
+        ))
+        .then_some(())
+    });
+    // Several ticks and a retirement grace later, still nothing moved.
+    std::thread::sleep(Duration::from_secs(5));
+    check(&h);
+    let events = stdout(&cli_tls(
+        &h,
+        &dir,
+        &["events", "--limit", "500", "-o", "json"],
+    ));
+    assert!(
+        events.contains("it is assigned to gpu-1") && events.contains("web-rogue1"),
+        "{events}"
+    );
+    rogue.abort();
+
+    // After a coordinator restart the plan is rebuilt from what agents say:
+    // the rogue (first to speak, as it is already dialling) adopts nothing,
+    // the real replica is adopted as it runs.
+    assert_eq!(c.stop(Duration::from_secs(10)), Some(0));
+    let _c2 = h.coordinator(&tls_table(&dir, "coordinator"));
+    up(&h);
+    let rogue = rt.block_on(rogue_session(&h, &dir, "gpu-3", claims));
+    wait_until(Duration::from_secs(30), "the real replica adopted", || {
+        (endpoints(&h) == before).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    check(&h);
+    let (_, metrics) = http("GET", h.http_port, "/metrics", "");
+    assert!(
+        metrics.contains("gpufleet_replica_claims_refused_total{node=\"gpu-3\""),
+        "{metrics}"
+    );
+    rogue.abort();
+}

@@ -868,7 +868,8 @@ impl Fleet {
                 continue;
             }
             for r in &n.replicas {
-                if model.is_some_and(|want| want != r.model) {
+                // A claim not believed is shown as an event, not a replica.
+                if model.is_some_and(|want| want != r.model) || n.refused_claims.contains(&r.id) {
                     continue;
                 }
                 // The token proves an assignment to the coordinator; no
