@@ -115,6 +115,8 @@ state_dir = "$dir/state"
 http_listen = "127.0.0.1:$agent_http"
 report_interval = "1s"
 model_roots = ["$dir/models"]
+# The benchmark's servers run as whoever runs it, root on a lent GPU host.
+allow_root_replicas = true
 
 [gpu]
 backend = "$GPU_BACKEND"

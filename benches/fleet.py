@@ -46,7 +46,9 @@ class Fleet:
             f.write(
                 f'node_name = "bench-node"\ncoordinator = "http://127.0.0.1:{self.grpc}"\n'
                 f'state_dir = "{d}/agent"\nhttp_listen = "127.0.0.1:{free_port()}"\n'
-                f'model_roots = [{roots}]\nport_range = "{base}-{base + 99}"\n{agent_extra}'
+                f'model_roots = [{roots}]\nport_range = "{base}-{base + 99}"\n'
+                # Servers run as whoever runs the benchmark, root on a GPU host.
+                f'allow_root_replicas = true\n{agent_extra}'
                 f'[gpu]\nbackend = "simulated"\nsimulated_count = {gpus}\n'
             )
         self.coordinator = spawn(pidfile, [binary, "coordinator", "--config", f"{d}/coordinator.toml"], f"{d}/coordinator.log")

@@ -91,12 +91,9 @@ pub async fn run(
             .collect()
     };
     let (uuid_tx, uuid_rx) = watch::channel(uuids_of(&gpus.borrow().inventory));
-    let mut sup_cfg = SupervisorConfig::new(&cfg.state_dir);
+    let mut sup_cfg = SupervisorConfig::from_agent(&cfg);
     sup_cfg.gpu_uuids = uuid_rx;
-    sup_cfg.port_range = cfg.port_range.clone();
-    sup_cfg.model_roots = cfg.model_roots.clone();
-    sup_cfg.allowed_executables = cfg.allowed_executables.clone();
-    sup_cfg.run_as = cfg.run_as.clone();
+    warn_about_open_policy(&cfg);
     let supervisor = Supervisor::spawn(sup_cfg)
         .await
         .context("cannot start the replica supervisor")?;
@@ -315,6 +312,23 @@ pub async fn run(
 
 /// Drops from the page cache the weights the operator asked to evict, unless
 /// a replica assigned here runs that model. Runs off the async runtime.
+/// Settings that open the launch policy wide are said out loud at start.
+fn warn_about_open_policy(cfg: &AgentConfig) {
+    if cfg
+        .model_roots
+        .iter()
+        .any(|r| r == std::path::Path::new("/"))
+    {
+        tracing::warn!("model_roots includes \"/\": weights and path arguments may name any file the model servers' user can read");
+    }
+    if cfg.allow_root_replicas {
+        tracing::warn!("allow_root_replicas = true: model servers may run as root");
+    }
+    if !cfg.check_args {
+        tracing::warn!("check_args = false: paths in model server arguments are not checked against model_roots");
+    }
+}
+
 fn evict(a: &Assignment, model_roots: &[std::path::PathBuf]) {
     let doomed: Vec<crate::domain::WarmSpec> = a
         .evict

@@ -77,7 +77,7 @@ pub fn print_table(replicas: &[ReplicaView]) {
             s.id.clone(),
             s.model.clone(),
             r.node.clone(),
-            s.state.as_str().into(),
+            state_cell(s),
             if s.pid == 0 {
                 "-".into()
             } else {
@@ -107,4 +107,38 @@ pub fn print_table(replicas: &[ReplicaView]) {
         ]);
     }
     t.print();
+}
+
+/// The state, marked when the server runs as root (the agent's
+/// `allow_root_replicas` let it): that should never go unnoticed.
+fn state_cell(s: &crate::domain::ReplicaStatus) -> String {
+    if s.runs_as_root {
+        format!("{} AS ROOT", s.state)
+    } else {
+        s.state.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ReplicaState, ReplicaStatus};
+
+    #[test]
+    fn a_root_replica_is_marked() {
+        let mut s = ReplicaStatus {
+            state: ReplicaState::Ready,
+            ..Default::default()
+        };
+        assert_eq!(state_cell(&s), "ready");
+        s.runs_as_root = true;
+        assert_eq!(state_cell(&s), "ready AS ROOT");
+        let json = serde_json::to_value(ReplicaView {
+            node: "gpu-1".into(),
+            status: s,
+        })
+        .unwrap();
+        assert_eq!(json["runs_as_root"], true, "{json}");
+        assert!(json.get("assignment_token").is_none(), "{json}");
+    }
 }

@@ -43,8 +43,17 @@ pub struct AgentConfig {
     pub model_roots: Vec<PathBuf>,
     /// Empty: any program; else a model's command[0] must be one of these.
     pub allowed_executables: Vec<PathBuf>,
+    /// Code-loading variables (LD_PRELOAD, PYTHONPATH, ...) a spec may set
+    /// anyway: names, or prefixes ending in `*`.
+    pub allowed_env: Vec<String>,
+    /// Besides `model_roots`, where absolute paths in arguments may point.
+    pub allowed_paths: Vec<PathBuf>,
+    /// Whether arguments that are absolute paths are checked at all.
+    pub check_args: bool,
     /// User the model servers run as; `None`: the agent's own.
     pub run_as: Option<String>,
+    /// Whether a replica may run as root (the agent's user, with no run_as).
+    pub allow_root_replicas: bool,
     /// Ports handed to replicas as `{port}`.
     pub port_range: RangeInclusive<u16>,
     pub labels: BTreeMap<String, String>,
@@ -98,7 +107,11 @@ struct RawAgent {
     scrape_interval: Option<String>,
     model_roots: Option<Vec<String>>,
     allowed_executables: Option<Vec<String>>,
+    allowed_env: Option<Vec<String>>,
+    allowed_paths: Option<Vec<String>>,
+    check_args: Option<bool>,
     run_as: Option<String>,
+    allow_root_replicas: Option<bool>,
     port_range: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     gpu: Option<RawGpu>,
@@ -198,6 +211,8 @@ fn validate(raw: RawAgent, o: &AgentOverrides) -> Result<AgentConfig, Problem> {
         "allowed_executables",
         raw.allowed_executables.unwrap_or_default(),
     )?;
+    let allowed_env = check_allowed_env(raw.allowed_env)?;
+    let allowed_paths = absolute_paths("allowed_paths", raw.allowed_paths.unwrap_or_default())?;
     let run_as = check_run_as(raw.run_as)?;
     let port_range = parse_port_range(raw.port_range.as_deref().unwrap_or("20000-20999"))?;
     let labels = check_labels(raw.labels.unwrap_or_default())?;
@@ -214,7 +229,11 @@ fn validate(raw: RawAgent, o: &AgentOverrides) -> Result<AgentConfig, Problem> {
         scrape_interval,
         model_roots,
         allowed_executables,
+        allowed_env,
+        allowed_paths,
+        check_args: raw.check_args.unwrap_or(true),
         run_as,
+        allow_root_replicas: raw.allow_root_replicas.unwrap_or(false),
         port_range,
         labels,
         gpu,
@@ -288,6 +307,24 @@ fn absolute_paths(key: &str, paths: Vec<String>) -> Result<Vec<PathBuf>, Problem
         .collect()
 }
 
+/// `allowed_env` of either config: names, or prefixes ending in `*`.
+pub(super) fn check_allowed_env(entries: Option<Vec<String>>) -> Result<Vec<String>, Problem> {
+    let entries = entries.unwrap_or_default();
+    if let Some(bad) = entries
+        .iter()
+        .find(|e| !crate::security::env_policy::valid_allowed_env(e))
+    {
+        return Err(Problem::invalid(
+            "allowed_env",
+            format!(
+                "allowed_env entry `{bad}` is invalid; allowed: {}",
+                crate::security::env_policy::ALLOWED_ENV_RULE
+            ),
+        ));
+    }
+    Ok(entries)
+}
+
 fn check_run_as(run_as: Option<String>) -> Result<Option<String>, Problem> {
     let Some(user) = run_as
         .map(|u| u.trim().to_string())
@@ -298,7 +335,7 @@ fn check_run_as(run_as: Option<String>) -> Result<Option<String>, Problem> {
     if user == "root" || user == "0" {
         return Err(Problem::invalid(
             "run_as",
-            "run_as = \"root\" is refused: model servers never run as root; leave it empty to use the agent's own user",
+            "run_as = \"root\" is refused: name an unprivileged user such as \"gpufleet-models\"; to run model servers as root deliberately, leave run_as empty and set allow_root_replicas = true",
         ));
     }
     let ok = user.len() <= 32

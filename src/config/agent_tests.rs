@@ -34,7 +34,10 @@ fn defaults_match_the_design() {
     assert_eq!(c.scrape_interval, Duration::from_millis(500));
     assert_eq!(c.model_roots, vec![PathBuf::from("/srv/models")]);
     assert!(c.allowed_executables.is_empty());
+    assert!(c.allowed_env.is_empty() && c.allowed_paths.is_empty());
+    assert!(c.check_args);
     assert_eq!(c.run_as, None);
+    assert!(!c.allow_root_replicas);
     assert_eq!(c.port_range, 20000..=20999);
     assert_eq!(c.gpu.backend, GpuBackend::Auto);
     assert_eq!(c.gpu.sample_interval, Duration::from_secs(1));
@@ -48,7 +51,15 @@ fn defaults_match_the_design() {
 
 #[test]
 fn the_packaged_file_documents_the_defaults() {
-    assert_eq!(load(PACKAGED), load(""));
+    // All but run_as: the package creates gpufleet-models; an agent started
+    // without the package has no such user to name.
+    assert_eq!(
+        load(PACKAGED),
+        AgentConfig {
+            run_as: Some("gpufleet-models".into()),
+            ..load("")
+        }
+    );
 }
 
 #[test]
@@ -222,6 +233,26 @@ fn paths_must_be_absolute() {
         "{e}"
     );
     assert!(load("model_roots = []\n").model_roots.is_empty());
+}
+
+#[test]
+fn launch_policy_settings_are_read_and_checked() {
+    let c = load(
+        "allowed_env = [\"PYTHONPATH\", \"LD_*\"]\nallowed_paths = [\"/var/cache/vllm\"]\ncheck_args = false\nallow_root_replicas = true\n",
+    );
+    assert_eq!(c.allowed_env, vec!["PYTHONPATH", "LD_*"]);
+    assert_eq!(c.allowed_paths, vec![PathBuf::from("/var/cache/vllm")]);
+    assert!(!c.check_args && c.allow_root_replicas);
+    let e = err("allowed_env = [\"LD PRELOAD\"]\n");
+    assert!(
+        e.contains("allowed_env entry `LD PRELOAD` is invalid; allowed: a variable name"),
+        "{e}"
+    );
+    let e = err("allowed_paths = [\"cache\"]\n");
+    assert!(
+        e.contains("allowed_paths entry `cache` must be an absolute path"),
+        "{e}"
+    );
 }
 
 #[test]

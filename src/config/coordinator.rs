@@ -38,6 +38,9 @@ pub struct CoordinatorConfig {
     pub event_log_capacity: usize,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
+    /// Code-loading variables (LD_PRELOAD, ...) `model apply` lets through:
+    /// names, or prefixes ending in `*`. Each agent checks its own too.
+    pub allowed_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +60,7 @@ struct RawCoordinator {
     node_lost_after: Option<String>,
     reconnect_grace: Option<String>,
     event_log_capacity: Option<i64>,
+    allowed_env: Option<Vec<String>>,
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
 }
@@ -181,6 +185,7 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
         event_log_capacity,
         tls,
         auth,
+        allowed_env: super::agent::check_allowed_env(raw.allowed_env)?,
     })
 }
 
@@ -201,6 +206,17 @@ mod tests {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn allowed_env_is_read_and_checked() {
+        assert!(load("").allowed_env.is_empty());
+        assert_eq!(
+            load("allowed_env = [\"PYTHONPATH\", \"LD_*\"]\n").allowed_env,
+            vec!["PYTHONPATH", "LD_*"]
+        );
+        let e = err("allowed_env = [\"=\"]\n");
+        assert!(e.contains("allowed_env entry `=` is invalid"), "{e}");
     }
 
     #[test]

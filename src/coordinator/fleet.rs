@@ -25,6 +25,8 @@ pub struct FleetSettings {
     /// agents can reconnect and report what they run.
     pub reconnect_grace: Duration,
     pub event_capacity: usize,
+    /// Code-loading env variables a model spec may set anyway.
+    pub allowed_env: Vec<String>,
 }
 
 /// A replica the fleet wants to exist, and where.
@@ -725,6 +727,17 @@ impl Fleet {
     pub(super) fn apply_model(&mut self, spec_toml: String) -> Result<ModelView, FleetError> {
         let spec =
             ModelSpec::parse(&spec_toml).map_err(|e| FleetError::InvalidArgument(e.to_string()))?;
+        // Agents refuse these too, whatever this side lets through.
+        if let Some(refused) = crate::security::env_policy::refused(
+            spec.server.env.keys().map(String::as_str),
+            &self.settings.allowed_env,
+        ) {
+            return Err(FleetError::InvalidArgument(format!(
+                "model `{}`: server.{}, and on each agent that should run it",
+                spec.name,
+                refused.message("the coordinator config")
+            )));
+        }
         let now_ms = unix_ms_now();
         let name = spec.name.clone();
         let previous = self.models.get(&name);

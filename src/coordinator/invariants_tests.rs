@@ -163,6 +163,7 @@ impl World {
             lost_after: Duration::from_secs(6),
             reconnect_grace: Duration::ZERO,
             event_capacity: 1000,
+            allowed_env: Vec::new(),
         }
     }
 
@@ -568,4 +569,26 @@ fn a_replica_without_a_token_is_not_adopted_and_is_replaced() {
     let placed: Vec<_> = w.fleet.plan.values().collect();
     assert_eq!(placed.len(), 1);
     assert_ne!(placed[0].id, id);
+}
+
+#[test]
+fn apply_refuses_env_that_loads_code_unless_the_coordinator_allows_it() {
+    let preload = format!(
+        "{}[server.env]\nLD_PRELOAD = \"{{weights}}/libevil.so\"\nOMP_NUM_THREADS = \"8\"\n",
+        spec("small", 1, 20)
+    );
+    let mut w = World::new(&[1], &[80]);
+    let err = w
+        .fleet
+        .apply_model(preload.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("env LD_PRELOAD is refused")
+            && err.contains("add \"LD_PRELOAD\" (or \"LD_*\") to allowed_env in the coordinator config, and on each agent"),
+        "{err}"
+    );
+    assert!(w.fleet.models.is_empty());
+    w.fleet.settings.allowed_env = vec!["LD_PRELOAD".into()];
+    w.fleet.apply_model(preload).unwrap();
 }

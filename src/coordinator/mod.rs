@@ -54,6 +54,7 @@ pub async fn run(
             lost_after: cfg.node_lost_after,
             reconnect_grace: cfg.reconnect_grace,
             event_capacity: cfg.event_log_capacity,
+            allowed_env: cfg.allowed_env.clone(),
         },
         Box::new(store),
     )

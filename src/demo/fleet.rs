@@ -231,10 +231,12 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&state)?;
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let cfg = state.join("agent.toml");
+        // The demo's servers run as whoever started the demo, on their own
+        // machine, root included.
         std::fs::write(
             &cfg,
             format!(
-                "node_name = \"{name}\"\ncoordinator = \"http://127.0.0.1:{grpc_port}\"\nstate_dir = \"{}\"\nhttp_listen = \"{http}\"\nmodel_roots = [\"{}\"]\nport_range = \"{}-{}\"\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {}\n",
+                "node_name = \"{name}\"\ncoordinator = \"http://127.0.0.1:{grpc_port}\"\nstate_dir = \"{}\"\nhttp_listen = \"{http}\"\nmodel_roots = [\"{}\"]\nport_range = \"{}-{}\"\nallow_root_replicas = true\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {}\n",
                 state.display(),
                 models.display(),
                 21000 + (i - 1) * 100,

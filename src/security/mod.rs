@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod control;
+pub mod env_policy;
 pub mod identity;
 pub mod session;
 pub mod tls;

@@ -315,8 +315,9 @@ impl Harness {
             Some(i) => (&extra[..i], &extra[i..]),
             None => (extra, ""),
         };
+        // Model servers run as whoever runs the tests: root in CI containers.
         let top = format!(
-            "node_name = \"{node_name}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\nport_range = \"{base}-{}\"\n",
+            "node_name = \"{node_name}\"\ncoordinator = \"{url}\"\nstate_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\nreport_interval = \"200ms\"\nmodel_roots = [\"{}\"]\nport_range = \"{base}-{}\"\nallow_root_replicas = true\n",
             state.display(),
             models.display(),
             base + 99

@@ -130,6 +130,7 @@ impl Owner {
             ReplicaState::Starting
         };
         r.status.pid = rec.pid;
+        r.status.runs_as_root = process::runs_as_root(rec.pid);
         r.status.port = rec.port as u32;
         r.status.restarts = rec.restarts;
         r.status.started_unix_ms = rec.started_unix_ms;

@@ -67,6 +67,67 @@ pub fn resolve_run_as(name: &str) -> Result<RunAs, String> {
     })
 }
 
+/// Whether a server started now would run as root, and whether that is
+/// allowed: with no `run_as` it runs as the agent's user, root under the
+/// packaged unit. Returns whether it runs as root.
+pub fn check_root(
+    run_as: Option<&RunAs>,
+    agent_is_root: bool,
+    allow_root_replicas: bool,
+) -> Result<bool, String> {
+    let as_root = run_as.is_none() && agent_is_root;
+    if as_root && !allow_root_replicas {
+        return Err("the server would run as root (run_as is not set and the agent runs as root); set run_as = \"gpufleet-models\" (the user the package creates) in the agent config, or allow_root_replicas = true to allow it deliberately".into());
+    }
+    Ok(as_root)
+}
+
+/// The path an argument names, if it names one: `/abs/path`, or the value
+/// of `--flag=/abs/path` (any `key=/abs/path`).
+fn path_in_argument(arg: &str) -> Option<&str> {
+    if arg.starts_with('/') {
+        return Some(arg);
+    }
+    let (_, value) = arg.split_once('=')?;
+    value.starts_with('/').then_some(value)
+}
+
+/// Checks that every argument naming an absolute path resolves (symlinks
+/// followed) under `model_roots` or `allowed_paths`. argv[0], the program,
+/// is `allowed_executables`' business and is skipped.
+pub fn check_argument_paths(
+    argv: &[String],
+    model_roots: &[PathBuf],
+    allowed_paths: &[PathBuf],
+) -> Result<(), String> {
+    let places: Vec<PathBuf> = model_roots.iter().chain(allowed_paths).cloned().collect();
+    for arg in argv.iter().skip(1) {
+        let Some(path) = path_in_argument(arg) else {
+            continue;
+        };
+        if let Err(e) = crate::agent::warm::paths::resolve_within(Path::new(path), &places) {
+            let why = match e {
+                crate::agent::warm::paths::PathError::OutsideRoots { resolved, .. } => {
+                    format!("resolves to {}", resolved.display())
+                }
+                crate::agent::warm::paths::PathError::Unresolvable { reason, .. } => reason,
+                crate::agent::warm::paths::PathError::NoRoots { .. } => {
+                    "no model_roots or allowed_paths are set".into()
+                }
+            };
+            let list = places
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(format!(
+                "argument {arg:?} names {path}, which {why}, outside model_roots and allowed_paths ({list}); add a directory to allowed_paths, or set check_args = false, in the agent config"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Resolves the program the way execvp would (a bare name is looked up on the
 /// agent's PATH) and checks that it can be executed.
 pub fn resolve_executable(program: &str) -> Result<PathBuf, LaunchError> {
@@ -237,6 +298,70 @@ mod tests {
         let got = pick_port(&range, &used, p).unwrap();
         assert!(got != p && got != p + 1 && range.contains(&got), "{got}");
         assert_eq!(pick_port(&(p..=p), &HashSet::new(), 0), None);
+    }
+
+    #[test]
+    fn absolute_paths_in_arguments_must_lie_under_the_roots() {
+        let roots = tempfile::tempdir().unwrap();
+        let extra = tempfile::tempdir().unwrap();
+        let model = roots.path().join("m");
+        std::fs::create_dir(&model).unwrap();
+        let r = vec![roots.path().to_path_buf()];
+        let a = vec![extra.path().to_path_buf()];
+        let argv = |args: &[&str]| -> Vec<String> {
+            std::iter::once("/opt/vllm/bin/vllm")
+                .chain(args.iter().copied())
+                .map(String::from)
+                .collect()
+        };
+        let m = model.display().to_string();
+        let inside = argv(&[
+            "serve",
+            &m,
+            &format!("--download-dir={m}/cache"),
+            "--port",
+            "8000",
+        ]);
+        assert_eq!(check_argument_paths(&inside, &r, &[]), Ok(()));
+        let err = check_argument_paths(&argv(&["--weights", "/etc/shadow"]), &r, &[]).unwrap_err();
+        assert!(
+            err.contains("\"/etc/shadow\"") && err.contains("allowed_paths"),
+            "{err}"
+        );
+        assert!(err.contains("check_args = false"), "{err}");
+        let err = check_argument_paths(&argv(&["--config=/etc/passwd"]), &r, &[]).unwrap_err();
+        assert!(err.contains("names /etc/passwd"), "{err}");
+        let elsewhere = format!("--log-dir={}", extra.path().display());
+        assert!(check_argument_paths(&argv(&[&elsewhere]), &r, &[]).is_err());
+        assert_eq!(check_argument_paths(&argv(&[&elsewhere]), &r, &a), Ok(()));
+        // The program itself is the allow-list's business.
+        assert_eq!(check_argument_paths(&argv(&[]), &r, &[]), Ok(()));
+        // Relative paths and plain words are not paths it can judge.
+        assert_eq!(
+            check_argument_paths(&argv(&["serve", "a=b", "x/y"]), &r, &[]),
+            Ok(())
+        );
+        assert!(
+            check_argument_paths(&argv(&[&m]), &[], &[]).is_err(),
+            "no roots, no paths"
+        );
+    }
+
+    #[test]
+    fn a_server_runs_as_root_only_where_allowed() {
+        let user = RunAs {
+            name: "gpufleet-models".into(),
+            uid: 999,
+            gid: 999,
+        };
+        assert_eq!(check_root(Some(&user), true, false), Ok(false));
+        assert_eq!(check_root(None, false, false), Ok(false));
+        assert_eq!(check_root(None, true, true), Ok(true));
+        let err = check_root(None, true, false).unwrap_err();
+        assert!(
+            err.contains("allow_root_replicas = true") && err.contains("run_as"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! One task owns every replica; the [`Supervisor`] handle only sends it
 //! commands, and its state is published on a watch channel.
 //!
-//! Weights are checked against `model_roots` only when roots are configured:
-//! the agent's default config has none, and refusing every replica there would
-//! make a bare install useless. Hosts that care set `model_roots`.
+//! Before each start the agent applies its own launch policy, whatever the
+//! coordinator sent: the executable must be allowed, weights and absolute
+//! paths in arguments must resolve under `model_roots` (or `allowed_paths`),
+//! the environment may not load code, and the server runs as root only where
+//! `allow_root_replicas` says so.
 
 mod adopt;
 pub mod backoff;
@@ -39,12 +41,20 @@ pub struct SupervisorConfig {
     /// Records and logs live under `state_dir/replicas/<id>/`.
     pub state_dir: PathBuf,
     pub port_range: RangeInclusive<u16>,
-    /// Weights must resolve under one of these; empty skips the check.
+    /// Weights must resolve under one of these; empty allows none.
     pub model_roots: Vec<PathBuf>,
     /// Empty: any executable.
     pub allowed_executables: Vec<PathBuf>,
+    /// Code-loading variables allowed anyway (names, or prefixes with `*`).
+    pub allowed_env: Vec<String>,
+    /// Besides the model roots, where absolute paths in arguments may point.
+    pub allowed_paths: Vec<PathBuf>,
+    /// Whether absolute paths in arguments are checked.
+    pub check_args: bool,
     /// Unprivileged user for model servers; `None`: the agent's own user.
     pub run_as: Option<String>,
+    /// Whether a server may run as root (no run_as, agent running as root).
+    pub allow_root_replicas: bool,
     /// Where readiness probes connect (servers listen on the host).
     pub probe_host: IpAddr,
     pub backoff_base: Duration,
@@ -67,7 +77,11 @@ impl SupervisorConfig {
             port_range: 20000..=20999,
             model_roots: Vec::new(),
             allowed_executables: Vec::new(),
+            allowed_env: Vec::new(),
+            allowed_paths: Vec::new(),
+            check_args: true,
             run_as: None,
+            allow_root_replicas: false,
             probe_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             backoff_base: Duration::from_secs(10),
             backoff_cap: Duration::from_secs(300),
@@ -75,6 +89,22 @@ impl SupervisorConfig {
             log_max_bytes: 10 * 1024 * 1024,
             log_files: 3,
             gpu_uuids: tokio::sync::watch::channel(Default::default()).1,
+        }
+    }
+
+    /// The agent's launch policy from its config, with the documented
+    /// defaults for the rest.
+    pub fn from_agent(cfg: &crate::config::AgentConfig) -> Self {
+        SupervisorConfig {
+            port_range: cfg.port_range.clone(),
+            model_roots: cfg.model_roots.clone(),
+            allowed_executables: cfg.allowed_executables.clone(),
+            allowed_env: cfg.allowed_env.clone(),
+            allowed_paths: cfg.allowed_paths.clone(),
+            check_args: cfg.check_args,
+            run_as: cfg.run_as.clone(),
+            allow_root_replicas: cfg.allow_root_replicas,
+            ..SupervisorConfig::new(&cfg.state_dir)
         }
     }
 

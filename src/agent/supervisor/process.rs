@@ -147,6 +147,18 @@ pub fn pid_exists(pid: u32) -> bool {
     !matches!(kill(Pid::from_raw(pid as i32), None), Err(Errno::ESRCH))
 }
 
+/// Whether the process runs with effective uid 0 (`/proc/PID/status`);
+/// false when that cannot be read.
+pub fn runs_as_root(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+            uids.split_whitespace().nth(1).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
 /// How a replica's main process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitHow {

@@ -16,6 +16,7 @@ use super::template::{self, TemplateVars};
 use super::{logfile, process, record};
 use crate::agent::warm::paths::resolve_model_path;
 use crate::domain::{unix_ms_now, ReplicaSpec, ReplicaState};
+use crate::security::env_policy;
 
 /// Used when a spec leaves `ready_timeout` at zero: loading a large model
 /// takes minutes, and zero would fail every start at once.
@@ -88,14 +89,20 @@ impl Owner {
             .get(id)
             .ok_or_else(|| Permanent("replica vanished".into()))?;
         let spec = &r.spec;
-        let weights = if self.cfg.model_roots.is_empty() || spec.weights.is_empty() {
-            spec.weights.clone()
+        // No roots means no weights path is allowed, as the config says.
+        let weights = if spec.weights.is_empty() {
+            String::new()
         } else {
             resolve_model_path(Path::new(&spec.weights), &self.cfg.model_roots)
                 .map_err(|e| Permanent(format!("weights: {e}")))?
                 .display()
                 .to_string()
         };
+        if let Some(refused) =
+            env_policy::refused(spec.env.keys().map(String::as_str), &self.cfg.allowed_env)
+        {
+            return Err(Permanent(refused.message("the agent config")));
+        }
         let vars = |port| TemplateVars {
             port,
             weights: &weights,
@@ -108,6 +115,12 @@ impl Owner {
             launch::resolve_executable(&checked.argv[0]).map_err(|e| Permanent(e.to_string()))?;
         launch::check_allowed(&executable, &self.cfg.allowed_executables)
             .map_err(|e| Permanent(e.to_string()))?;
+        let as_root = launch::check_root(
+            self.run_as.as_ref(),
+            nix::unistd::geteuid().is_root(),
+            self.cfg.allow_root_replicas,
+        )
+        .map_err(Permanent)?;
         let port =
             launch::pick_port(&self.cfg.port_range, &used, self.port_cursor).ok_or_else(|| {
                 Transient(format!(
@@ -118,6 +131,14 @@ impl Owner {
             })?;
         let rendered = template::render_command(&spec.command, &spec.env, &vars(port))
             .map_err(|e| Permanent(format!("command: {e}")))?;
+        if self.cfg.check_args {
+            launch::check_argument_paths(
+                &rendered.argv,
+                &self.cfg.model_roots,
+                &self.cfg.allowed_paths,
+            )
+            .map_err(Permanent)?;
+        }
         let log = logfile::open_for_child(&r.dir).map_err(|e| {
             Transient(format!(
                 "cannot open {}: {e}",
@@ -171,6 +192,7 @@ impl Owner {
         };
         r.status.state = ReplicaState::Starting;
         r.status.pid = pid;
+        r.status.runs_as_root = as_root;
         r.status.port = port as u32;
         r.status.started_unix_ms = unix_ms_now();
         r.status.ready_unix_ms = 0;

@@ -49,6 +49,45 @@ pub fn resolve_model_path(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, Pat
     }
 }
 
+/// Like [`resolve_model_path`], for a path that need not exist yet (an
+/// output directory named in an argument): its nearest existing ancestor is
+/// resolved and the rest appended, which may not hold `..`.
+pub fn resolve_within(path: &Path, roots: &[PathBuf]) -> Result<PathBuf, PathError> {
+    if path.exists() {
+        return resolve_model_path(path, roots);
+    }
+    let mut existing = path;
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name);
+        existing = parent;
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(PathError::Unresolvable {
+            path: path.to_path_buf(),
+            reason: "it does not exist and holds `..`".into(),
+        });
+    }
+    let base = resolve_model_path(existing, roots).map_err(|e| match e {
+        PathError::OutsideRoots { roots, .. } => PathError::OutsideRoots {
+            path: path.to_path_buf(),
+            resolved: existing
+                .canonicalize()
+                .unwrap_or_default()
+                .join(rest.iter().rev().collect::<PathBuf>()),
+            roots,
+        },
+        other => other,
+    })?;
+    Ok(rest.iter().rev().fold(base, |p, name| p.join(name)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +117,28 @@ mod tests {
         assert!(matches!(
             resolve_model_path(&model, &[]),
             Err(PathError::NoRoots { .. })
+        ));
+    }
+
+    #[test]
+    fn paths_that_do_not_exist_yet_are_judged_by_their_existing_ancestor() {
+        let root = tempfile::tempdir().unwrap();
+        let roots = vec![root.path().to_path_buf()];
+        let out = root.path().join("cache/new/dir");
+        let resolved = resolve_within(&out, &roots).unwrap();
+        assert!(resolved.starts_with(root.path().canonicalize().unwrap()));
+        assert!(resolved.ends_with("cache/new/dir"));
+        assert!(matches!(
+            resolve_within(Path::new("/etc/gpufleet-no-such/x"), &roots),
+            Err(PathError::OutsideRoots { .. })
+        ));
+        let sneaky = root.path().join("missing/../../etc/shadow");
+        assert!(resolve_within(&sneaky, &roots).is_err());
+        let link = root.path().join("out");
+        std::os::unix::fs::symlink("/etc", &link).unwrap();
+        assert!(matches!(
+            resolve_within(&link.join("new-file"), &roots),
+            Err(PathError::OutsideRoots { .. })
         ));
     }
 }

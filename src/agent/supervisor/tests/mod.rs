@@ -35,6 +35,8 @@ pub fn config(state_dir: &Path) -> SupervisorConfig {
         port_range: port_block(),
         backoff_base: Duration::from_millis(100),
         backoff_cap: Duration::from_secs(2),
+        // The servers run as whoever runs the tests, root in CI containers.
+        allow_root_replicas: true,
         ..SupervisorConfig::new(state_dir)
     }
 }

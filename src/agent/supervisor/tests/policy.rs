@@ -200,3 +200,227 @@ async fn run_as_drops_privileges_and_refuses_root() {
     );
     sup.stop_all().await;
 }
+
+/// Builds a shared object that, once loaded into any process, writes
+/// `mark`; None (after a loud SKIPPED) without a C compiler.
+fn evil_library(dir: &Path, mark: &Path) -> Option<std::path::PathBuf> {
+    let Ok(cc) = launch::resolve_executable("cc") else {
+        eprintln!("SKIPPED preload test: no C compiler (cc) on PATH to build the library");
+        return None;
+    };
+    let src = dir.join("evil.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void evil(void) {{ FILE *f = fopen(\"{}\", \"w\"); if (f) {{ fputs(\"foreign code ran\\n\", f); fclose(f); }} }}\n",
+            mark.display()
+        ),
+    )
+    .unwrap();
+    let lib = dir.join("libevil.so");
+    let out = std::process::Command::new(cc)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(lib)
+}
+
+#[tokio::test]
+async fn a_preloaded_library_is_refused_unless_allowed_env_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("models/m");
+    std::fs::create_dir_all(&weights).unwrap();
+    let mark = dir.path().join("injected");
+    // The library sits in the weights directory, as an attacker who can
+    // write weights would put it.
+    let Some(_lib) = evil_library(&weights, &mark) else {
+        return;
+    };
+    let sleep = launch::resolve_executable("sleep").unwrap();
+    let mut cfg = config(dir.path());
+    cfg.allowed_executables = vec![sleep.clone()];
+    cfg.model_roots = vec![dir.path().join("models")];
+    let mut s = spec("preload", &[sleep.to_str().unwrap(), "1000"]);
+    s.weights = weights.display().to_string();
+    s.env = BTreeMap::from([("LD_PRELOAD".into(), "{weights}/libevil.so".into())]);
+
+    let sup = Supervisor::spawn(cfg.clone()).await.unwrap();
+    let mut rx = sup.subscribe();
+    sup.apply(vec![s.clone()]);
+    let all = until(&mut rx, 5, |all| {
+        of(all, "preload").is_some_and(|r| r.state == ReplicaState::Failed)
+    })
+    .await;
+    let reason = &of(&all, "preload").unwrap().reason;
+    assert!(
+        reason.contains("env LD_PRELOAD is refused")
+            && reason.contains("to allowed_env in the agent config"),
+        "{reason}"
+    );
+    assert!(!mark.exists(), "the library must not have been loaded");
+    sup.stop_all().await;
+
+    // Allowed deliberately, the very same spec loads it: the refusal above
+    // is what kept the foreign code out.
+    cfg.allowed_env = vec!["LD_PRELOAD".into()];
+    let sup = Supervisor::spawn(cfg).await.unwrap();
+    let mut rx = sup.subscribe();
+    sup.apply(vec![s]);
+    until(&mut rx, 5, |all| {
+        of(all, "preload").is_some_and(|r| r.pid != 0)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !mark.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(mark.exists(), "with allowed_env the library is preloaded");
+    sup.stop_all().await;
+}
+
+#[tokio::test]
+async fn no_model_roots_allow_no_weights_and_slash_allows_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("shadow");
+    std::fs::write(&secret, "root:x:1::::::\n").unwrap();
+    let mut s = spec("w", &["sleep", "1000"]);
+    s.weights = secret.display().to_string();
+    let mut cfg = config(dir.path());
+    cfg.model_roots = Vec::new();
+    let sup = Supervisor::spawn(cfg.clone()).await.unwrap();
+    let mut rx = sup.subscribe();
+    sup.apply(vec![s.clone()]);
+    let all = until(&mut rx, 5, |all| {
+        of(all, "w").is_some_and(|r| r.state == ReplicaState::Failed)
+    })
+    .await;
+    let reason = &of(&all, "w").unwrap().reason;
+    assert!(reason.contains("no model_roots are configured"), "{reason}");
+    sup.stop_all().await;
+
+    cfg.model_roots = vec!["/".into()];
+    let sup = Supervisor::spawn(cfg).await.unwrap();
+    let mut rx = sup.subscribe();
+    sup.apply(vec![s]);
+    until(&mut rx, 5, |all| of(all, "w").is_some_and(|r| r.pid != 0)).await;
+    sup.stop_all().await;
+}
+
+#[tokio::test]
+async fn absolute_paths_in_arguments_are_checked_by_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let roots = dir.path().join("models");
+    std::fs::create_dir_all(&roots).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let arg = format!("--config={}", outside.path().display());
+    let s = spec("args", &["/bin/sh", "-c", "exec sleep 1000", "sh", &arg]);
+    let mut cfg = config(dir.path());
+    cfg.model_roots = vec![roots];
+
+    let run = |cfg: SupervisorConfig, s: ReplicaSpec| async move {
+        let sup = Supervisor::spawn(cfg).await.unwrap();
+        let mut rx = sup.subscribe();
+        sup.apply(vec![s]);
+        let all = until(&mut rx, 5, |all| {
+            of(all, "args").is_some_and(|r| r.pid != 0 || r.state == ReplicaState::Failed)
+        })
+        .await;
+        sup.stop_all().await;
+        of(&all, "args").unwrap().clone()
+    };
+    let refused = run(cfg.clone(), s.clone()).await;
+    assert_eq!(refused.state, ReplicaState::Failed);
+    assert!(
+        refused.reason.contains(&arg) && refused.reason.contains("allowed_paths"),
+        "{}",
+        refused.reason
+    );
+    let mut allowed = cfg.clone();
+    allowed.allowed_paths = vec![outside.path().to_path_buf()];
+    assert_ne!(run(allowed, s.clone()).await.pid, 0);
+    let mut unchecked = cfg;
+    unchecked.check_args = false;
+    assert_ne!(run(unchecked, s).await.pid, 0);
+}
+
+#[tokio::test]
+async fn the_packaged_config_refuses_a_root_replica() {
+    let text = include_str!("../../../../packaging/config/agent.toml");
+    let overrides = crate::config::AgentOverrides {
+        node_name: Some("gpu-1".into()),
+        ..Default::default()
+    };
+    let packaged = crate::config::AgentConfig::from_toml(text, &overrides).unwrap();
+    assert_eq!(packaged.run_as.as_deref(), Some("gpufleet-models"));
+    assert!(!packaged.allow_root_replicas);
+    assert_eq!(
+        launch::check_root(None, true, packaged.allow_root_replicas)
+            .map_err(|e| e.contains("allow_root_replicas")),
+        Err(true),
+        "without run_as, a root agent refuses"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = SupervisorConfig::from_agent(&packaged);
+    cfg.state_dir = dir.path().to_path_buf();
+    cfg.port_range = port_block();
+    if nix::unistd::User::from_name("gpufleet-models")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        // Where the package did not create the user, the agent does not
+        // start replicas as itself instead.
+        assert!(matches!(
+            Supervisor::spawn(cfg.clone()).await,
+            Err(SupervisorError::RunAs(e)) if e.contains("gpufleet-models")
+        ));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED the_packaged_config_refuses_a_root_replica (start): needs root");
+        return;
+    }
+    // run_as emptied by hand, the rest packaged: the agent (root) refuses.
+    cfg.run_as = None;
+    let sup = Supervisor::spawn(cfg).await.unwrap();
+    let mut rx = sup.subscribe();
+    sup.apply(vec![spec("rooty", &["sleep", "1000"])]);
+    let all = until(&mut rx, 5, |all| {
+        of(all, "rooty").is_some_and(|r| r.state == ReplicaState::Failed)
+    })
+    .await;
+    let r = of(&all, "rooty").unwrap();
+    assert!(r.reason.contains("would run as root"), "{}", r.reason);
+    assert!(!r.runs_as_root);
+    sup.stop_all().await;
+}
+
+#[tokio::test]
+async fn a_root_replica_allowed_deliberately_is_marked() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED a_root_replica_allowed_deliberately_is_marked: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sup = Supervisor::spawn(config(dir.path())).await.unwrap();
+    let mut rx = sup.subscribe();
+    sup.apply(vec![spec("rooty", &["sleep", "1000"])]);
+    let all = until(&mut rx, 5, |all| {
+        of(all, "rooty").is_some_and(|r| r.pid != 0)
+    })
+    .await;
+    assert!(of(&all, "rooty").unwrap().runs_as_root);
+    sup.detach().await;
+    // Adopted after an agent restart, it is still marked.
+    let sup = Supervisor::spawn(config(dir.path())).await.unwrap();
+    let now = sup.subscribe().borrow().clone();
+    assert!(of(&now, "rooty").unwrap().runs_as_root);
+    sup.stop_all().await;
+}
