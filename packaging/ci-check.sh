@@ -125,6 +125,12 @@ want="gpufleet $(dpkg-deb -f "$deb" Version | sed 's/-[^-]*$//')"
 step "installed: $version"
 
 getent passwd gpufleet >/dev/null || fail "the gpufleet system user was not created"
+getent passwd gpufleet-models >/dev/null || fail "the gpufleet-models user (run_as of the packaged agent.toml) was not created"
+for group in video render; do
+    id -nG gpufleet-models | tr ' ' '\n' | grep -qx "$group" || fail "gpufleet-models is not in the $group group (GPU devices)"
+done
+[[ $(stat -c %U /var/lib/gpufleet-models 2>/dev/null) == gpufleet-models ]] || fail "/var/lib/gpufleet-models (home of the model servers' user) is missing or not theirs"
+grep -q '^run_as = "gpufleet-models"' /etc/gpufleet/agent.toml || fail "the packaged agent.toml does not run model servers as gpufleet-models"
 [[ -d /var/lib/gpufleet && -d /var/lib/gpufleet/coordinator ]] || fail "the state dir /var/lib/gpufleet was not created"
 [[ $(stat -c %U /var/lib/gpufleet/coordinator) == gpufleet ]] || fail "/var/lib/gpufleet/coordinator is not owned by gpufleet"
 [[ -L /etc/systemd/system/multi-user.target.wants/gpufleet-agent.service ]] ||

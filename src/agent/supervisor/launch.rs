@@ -47,6 +47,10 @@ pub struct RunAs {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups (video, render: the GPU devices), looked up
+    /// when the agent starts.
+    pub groups: Vec<u32>,
+    pub home: PathBuf,
 }
 
 /// Looks `name` up; root is refused, since `run_as` exists to keep model
@@ -60,10 +64,15 @@ pub fn resolve_run_as(name: &str) -> Result<RunAs, String> {
             "user {name:?} has uid 0; run_as must name an unprivileged user"
         ));
     }
+    let cname = std::ffi::CString::new(name).map_err(|_| format!("user {name:?} holds NUL"))?;
+    let groups = nix::unistd::getgrouplist(&cname, user.gid)
+        .map_err(|e| format!("cannot list the groups of user {name:?}: {e}"))?;
     Ok(RunAs {
         name: name.to_string(),
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
+        groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+        home: user.dir,
     })
 }
 
@@ -228,19 +237,43 @@ pub fn spawn(plan: LaunchPlan<'_>) -> Result<u32, LaunchError> {
     for key in STRIPPED_ENV {
         cmd.env_remove(key);
     }
+    if let Some(user) = plan.run_as {
+        // Caches (~/.cache/huggingface, ~/.triton) go to the user's home,
+        // not the agent's; the spec's env may still say otherwise.
+        cmd.env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+    }
     cmd.envs(plan.env.iter().map(|(k, v)| (k, v)))
         .env("CUDA_VISIBLE_DEVICES", &plan.cuda_visible_devices)
         .stdin(Stdio::null())
         .stdout(plan.log)
         .stderr(stderr);
-    if let Some(user) = plan.run_as {
-        // std drops supplementary groups when it changes uid as root.
-        cmd.uid(user.uid).gid(user.gid);
-    }
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    // std's uid()/gid() would drop the supplementary groups, and with them
+    // the video and render groups that open the GPU devices: the switch is
+    // done here instead, groups first, uid last.
+    let identity = plan.run_as.map(|u| {
+        let groups: Vec<nix::unistd::Gid> = u
+            .groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        (
+            groups,
+            nix::unistd::Gid::from_raw(u.gid),
+            nix::unistd::Uid::from_raw(u.uid),
+        )
+    });
+    // SAFETY: setsid, setgroups, setgid and setuid are async-signal-safe
+    // system calls; the closure only reads memory prepared before the fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::unistd::setsid().map_err(io::Error::from)?;
+            if let Some((groups, gid, uid)) = &identity {
+                nix::unistd::setgroups(groups).map_err(io::Error::from)?;
+                nix::unistd::setgid(*gid).map_err(io::Error::from)?;
+                nix::unistd::setuid(*uid).map_err(io::Error::from)?;
+            }
             Ok(())
         });
     }
@@ -353,6 +386,8 @@ mod tests {
             name: "gpufleet-models".into(),
             uid: 999,
             gid: 999,
+            groups: vec![999, 44],
+            home: "/var/lib/gpufleet-models".into(),
         };
         assert_eq!(check_root(Some(&user), true, false), Ok(false));
         assert_eq!(check_root(None, false, false), Ok(false));

@@ -198,6 +198,19 @@ async fn run_as_drops_privileges_and_refuses_root() {
             .all(|u| u == nobody.uid.to_string()),
         "{uid_line}"
     );
+    // Its supplementary groups are the user's own (video and render for
+    // gpufleet-models), not root's and not none.
+    let groups_line = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    let mut shown: Vec<u32> = groups_line
+        .split_whitespace()
+        .skip(1)
+        .map(|g| g.parse().unwrap())
+        .collect();
+    let mut expected = launch::resolve_run_as("nobody").unwrap().groups;
+    shown.sort();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(shown, expected, "{groups_line}");
     sup.stop_all().await;
 }
 
