@@ -41,6 +41,9 @@ pub struct CoordinatorConfig {
     /// Code-loading variables (LD_PRELOAD, ...) `model apply` lets through:
     /// names, or prefixes ending in `*`. Each agent checks its own too.
     pub allowed_env: Vec<String>,
+    /// Adopt reported replicas that carry no assignment token (agents and
+    /// records from before tokens): for the first start after that upgrade.
+    pub adopt_unsigned_replicas: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,6 +64,7 @@ struct RawCoordinator {
     reconnect_grace: Option<String>,
     event_log_capacity: Option<i64>,
     allowed_env: Option<Vec<String>>,
+    adopt_unsigned_replicas: Option<bool>,
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
 }
@@ -186,6 +190,7 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
         tls,
         auth,
         allowed_env: super::agent::check_allowed_env(raw.allowed_env)?,
+        adopt_unsigned_replicas: raw.adopt_unsigned_replicas.unwrap_or(false),
     })
 }
 
@@ -211,6 +216,8 @@ mod tests {
     #[test]
     fn allowed_env_is_read_and_checked() {
         assert!(load("").allowed_env.is_empty());
+        assert!(!load("").adopt_unsigned_replicas);
+        assert!(load("adopt_unsigned_replicas = true\n").adopt_unsigned_replicas);
         assert_eq!(
             load("allowed_env = [\"PYTHONPATH\", \"LD_*\"]\n").allowed_env,
             vec!["PYTHONPATH", "LD_*"]

@@ -27,6 +27,9 @@ pub struct FleetSettings {
     pub event_capacity: usize,
     /// Code-loading env variables a model spec may set anyway.
     pub allowed_env: Vec<String>,
+    /// Adopt reported replicas without an assignment token (an upgrade from
+    /// a version without tokens); a wrong token is never adopted.
+    pub adopt_unsigned_replicas: bool,
 }
 
 /// A replica the fleet wants to exist, and where.

@@ -164,6 +164,7 @@ impl World {
             reconnect_grace: Duration::ZERO,
             event_capacity: 1000,
             allowed_env: Vec::new(),
+            adopt_unsigned_replicas: false,
         }
     }
 
@@ -591,4 +592,47 @@ fn apply_refuses_env_that_loads_code_unless_the_coordinator_allows_it() {
     assert!(w.fleet.models.is_empty());
     w.fleet.settings.allowed_env = vec!["LD_PRELOAD".into()];
     w.fleet.apply_model(preload).unwrap();
+}
+
+#[test]
+fn adopt_unsigned_replicas_keeps_replicas_from_before_tokens() {
+    use super::trust::Refusal;
+    let (mut w, owner, id) = World::one_replica();
+    for r in &mut w.agents[owner].running.replicas {
+        r.assignment_token.clear();
+    }
+    let real = w.agents[owner].statuses()[0].clone();
+    w.restart_coordinator();
+    w.fleet.settings.adopt_unsigned_replicas = true;
+    // A forged token is still refused: only a missing one is excused.
+    let rogue = (owner + 1) % 3;
+    let rogue_name = w.agents[rogue].name.clone();
+    let (tx, _rx) = mpsc::channel(64);
+    let forged = ReplicaStatus {
+        id: "small-rogue9".into(),
+        assignment_token: format!("v1.{}", "ab".repeat(32)),
+        ..real.clone()
+    };
+    let hello = Hello {
+        replicas: vec![forged],
+        ..w.agents[rogue].hello()
+    };
+    w.fleet
+        .connect(hello, "10.0.0.66:1".into(), tx, w.now)
+        .unwrap();
+    assert_eq!(w.refused(&rogue_name, Refusal::BadToken), 1);
+    w.up(owner);
+    assert_eq!(w.fleet.plan.keys().collect::<Vec<_>>(), vec![&id]);
+    assert!(
+        w.events_of("adopt")
+            .iter()
+            .any(|e| e.contains("without an assignment token")),
+        "{:?}",
+        w.events_of("adopt")
+    );
+    // The next assignment gives it its token, for every later restart.
+    w.tick();
+    assert!(!w.agents[owner].running.replicas[0]
+        .assignment_token
+        .is_empty());
 }

@@ -55,6 +55,7 @@ pub async fn run(
             reconnect_grace: cfg.reconnect_grace,
             event_capacity: cfg.event_log_capacity,
             allowed_env: cfg.allowed_env.clone(),
+            adopt_unsigned_replicas: cfg.adopt_unsigned_replicas,
         },
         Box::new(store),
     )
@@ -72,6 +73,9 @@ pub async fn run(
         data_dir = %cfg.data_dir.display(),
         "coordinator listening"
     );
+    if cfg.adopt_unsigned_replicas {
+        tracing::warn!("adopt_unsigned_replicas = true: replicas reported without an assignment token are adopted, so a node can claim replicas it was never given; turn it off once every agent has reported");
+    }
     if !cfg.tls.enabled() {
         tracing::warn!("TLS is not configured: agent sessions and the Control API are plain TCP");
     }

@@ -10,7 +10,7 @@ use crate::domain::{Assignment, ReplicaSpec, ReplicaState, ReplicaStatus, ToAgen
 
 use super::fleet::{Fleet, PlannedReplica};
 use super::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
-use super::trust::Refusal;
+use super::trust::{Refusal, TokenCheck};
 
 /// How long a retiring replica keeps running after it left the endpoints:
 /// longer than a load balancer's refresh (the demo's re-reads every second),
@@ -530,19 +530,23 @@ impl Fleet {
             let check = self
                 .assignment_key
                 .check(node, &r.id, &r.model, &r.assignment_token);
-            if let Some(why) = Refusal::from_check(check) {
+            let unsigned = check == TokenCheck::Missing && self.settings.adopt_unsigned_replicas;
+            if let Some(why) = Refusal::from_check(check).filter(|_| !unsigned) {
                 refused.push((r.clone(), why));
                 continue;
             }
-            adopted.push(PlannedReplica {
-                id: r.id.clone(),
-                model: r.model.clone(),
-                node: node.to_string(),
-                gpus: r.gpus.clone(),
-                spec_hash: r.spec_hash.clone(),
-                created: now,
-                retiring_since: None,
-            });
+            adopted.push((
+                PlannedReplica {
+                    id: r.id.clone(),
+                    model: r.model.clone(),
+                    node: node.to_string(),
+                    gpus: r.gpus.clone(),
+                    spec_hash: r.spec_hash.clone(),
+                    created: now,
+                    retiring_since: None,
+                },
+                unsigned,
+            ));
         }
         for (r, why) in refused {
             let token = match why {
@@ -555,9 +559,14 @@ impl Fleet {
             );
             self.refuse_claim(node, &r, why, message);
         }
-        for r in adopted {
+        for (r, unsigned) in adopted {
+            let unsigned = if unsigned {
+                " (without an assignment token: adopt_unsigned_replicas is on; it gets one with its next assignment)"
+            } else {
+                ""
+            };
             let message = format!(
-                "adopted replica {} that {} reports running; it counts toward the model's replicas (any surplus is stopped)",
+                "adopted replica {} that {} reports running{unsigned}; it counts toward the model's replicas (any surplus is stopped)",
                 r.id, r.node
             );
             let (model, node, id) = (r.model.clone(), r.node.clone(), r.id.clone());
