@@ -121,6 +121,22 @@ mod tests {
     }
 
     #[test]
+    fn proc_links_to_the_root_do_not_escape() {
+        let root = tempfile::tempdir().unwrap();
+        let roots = vec![root.path().to_path_buf()];
+        // /proc/self/root is a link to "/": the resolved path is judged.
+        let inside_via_proc =
+            Path::new("/proc/self/root").join(root.path().strip_prefix("/").unwrap());
+        assert!(resolve_model_path(&inside_via_proc, &roots).is_ok());
+        for sneaky in ["/proc/self/root/etc/passwd", "/proc/1/cwd/etc/passwd"] {
+            assert!(
+                resolve_within(Path::new(sneaky), &roots).is_err(),
+                "{sneaky}"
+            );
+        }
+    }
+
+    #[test]
     fn paths_that_do_not_exist_yet_are_judged_by_their_existing_ancestor() {
         let root = tempfile::tempdir().unwrap();
         let roots = vec![root.path().to_path_buf()];
