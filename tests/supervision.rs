@@ -241,3 +241,53 @@ fn a_command_outside_allowed_executables_fails_with_that_reason() {
         "nothing was started"
     );
 }
+
+#[test]
+fn an_agent_as_root_refuses_a_root_replica_unless_allowed() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED an_agent_as_root_refuses_a_root_replica_unless_allowed: needs root");
+        return;
+    }
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    // No run_as, root agent, allow_root_replicas as the package ships it.
+    let _a = h.agent("node-a", 1, "allow_root_replicas = false\n");
+    h.wait_ready_nodes(1);
+    h.apply(&spec(&h, "rooty", 1, &demo_server_command()));
+    let r = wait_until(Duration::from_secs(20), "a failed replica", || {
+        let rs = replicas(&h, "rooty");
+        let r = rs.first()?.clone();
+        (r["state"] == "failed").then_some(r)
+    });
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("would run as root") && reason.contains("allow_root_replicas = true"),
+        "{reason}"
+    );
+    assert!(server_pids(&h, "rooty").is_empty(), "nothing was started");
+    assert_eq!(r["runs_as_root"], false);
+}
+
+#[test]
+fn a_spec_whose_env_loads_code_is_refused_at_apply() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    let spec = h.model_spec(
+        "preload",
+        1,
+        "replicas = 1",
+        &demo_command(&[]),
+        "[server.env]\nLD_PRELOAD = \"{weights}/libevil.so\"\n",
+    );
+    let out = h.cli(&["model", "apply", "-f", spec.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("env LD_PRELOAD is refused")
+            && err.contains("allowed_env in the coordinator config"),
+        "{err}"
+    );
+    assert_eq!(h.json(&["model", "ls"]).as_array().unwrap().len(), 0);
+}
