@@ -652,3 +652,20 @@ fn a_certified_rogue_agent_cannot_hijack_or_invent_replicas() {
     );
     rogue.abort();
 }
+
+#[test]
+fn an_agent_whose_policy_is_wide_open_says_so_at_start() {
+    let h = Harness::new();
+    let a = h.agent(
+        "gpu-1",
+        1,
+        "model_roots = [\"/\"]\ncheck_args = false\nallow_root_replicas = true\n",
+    );
+    let log = wait_for_log(&a, "check_args = false");
+    for warning in [
+        "model_roots includes \"/\"",
+        "allow_root_replicas = true: model servers may run as root",
+    ] {
+        assert!(log.contains(warning), "{warning} missing from:\n{log}");
+    }
+}
