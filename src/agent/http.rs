@@ -261,6 +261,12 @@ const REPLICA_FAMILIES: &[(&str, &str, &str, ReplicaField)] = &[
         |r| float(r.signals.ongoing()),
     ),
     (
+        "gpufleet_replica_scrape_errors_total",
+        "counter",
+        "Scrapes of the replica's metrics endpoint that failed.",
+        |r| r.signals.scrape_errors.to_string(),
+    ),
+    (
         "gpufleet_replica_gpu_memory_used_bytes",
         "gauge",
         "GPU memory held by the replica's processes.",
@@ -457,6 +463,7 @@ mod tests {
                 signals: ServingSignals {
                     waiting: 3.0,
                     running: 4.5,
+                    scrape_errors: 3,
                     ..ServingSignals::default()
                 },
                 ..ReplicaStatus::default()
@@ -517,6 +524,9 @@ gpufleet_replica_restarts_total{{{r}}} 2
 # HELP gpufleet_replica_ongoing_requests Waiting plus running requests, from the replica's metrics.
 # TYPE gpufleet_replica_ongoing_requests gauge
 gpufleet_replica_ongoing_requests{{{r}}} 7.5
+# HELP gpufleet_replica_scrape_errors_total Scrapes of the replica's metrics endpoint that failed.
+# TYPE gpufleet_replica_scrape_errors_total counter
+gpufleet_replica_scrape_errors_total{{{r}}} 3
 # HELP gpufleet_replica_gpu_memory_used_bytes GPU memory held by the replica's processes.
 # TYPE gpufleet_replica_gpu_memory_used_bytes gauge
 gpufleet_replica_gpu_memory_used_bytes{{{r}}} 22548578304

@@ -75,11 +75,26 @@ pub async fn run(
                     }
                 }
             };
-            let mut s = match body.and_then(|b| scraper.observe(&b, now)) {
-                Ok(s) => s,
+            let was_failing = scraper.failing();
+            let mut s = match body
+                .map_err(|e| scraper.explain_fetch_error(e))
+                .and_then(|b| scraper.observe(&b, now))
+            {
+                Ok(s) => {
+                    if was_failing {
+                        tracing::info!(replica_id = %id, "metrics scrape recovered");
+                    }
+                    s
+                }
                 Err(e) => {
-                    tracing::debug!(replica_id = %id, error = %e, "scrape failed");
-                    scraper.stale()
+                    // Loud once, then quiet: a replica the autoscaler cannot
+                    // see is worth a warning, not one every half second.
+                    if was_failing {
+                        tracing::debug!(replica_id = %id, error = %e, "metrics scrape still failing");
+                    } else {
+                        tracing::warn!(replica_id = %id, error = %e, "metrics scrape failing; the autoscaler cannot see this replica's load");
+                    }
+                    scraper.failed(&e)
                 }
             };
             s.scrape_seq = round;

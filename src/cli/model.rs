@@ -45,6 +45,9 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             // without a round trip, and nothing bad reaches the coordinator.
             let spec =
                 ModelSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            for warning in spec.warnings() {
+                eprintln!("warning: {}: {warning}", file.display());
+            }
             let mut c = connect(client).await?;
             let view: ModelView = c
                 .apply_model(pb::ApplyModelRequest { spec_toml: text })

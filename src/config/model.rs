@@ -95,6 +95,39 @@ impl Preset {
     pub fn default_metrics_path(self) -> &'static str {
         "/metrics"
     }
+
+    /// The command-line flag without which the engine serves no metrics.
+    pub fn metrics_flag(self) -> Option<&'static str> {
+        match self {
+            Preset::Llamacpp => Some("--metrics"),
+            Preset::Sglang => Some("--enable-metrics"),
+            _ => None,
+        }
+    }
+
+    /// Whether the engine's metrics can give a request latency.
+    pub fn exports_latency(self) -> bool {
+        self != Preset::Llamacpp
+    }
+
+    /// Whether the engine's metrics can give a KV-cache use. Triton's come
+    /// only from the TensorRT-LLM backend; a Triton without it is a signal
+    /// missing at run time.
+    pub fn exports_kv_cache(self) -> bool {
+        !matches!(self, Preset::Llamacpp | Preset::Tgi)
+    }
+
+    /// What the preset reads, for messages that refuse a signal it lacks.
+    pub fn exports(self) -> &'static str {
+        match self {
+            Preset::Vllm => "waiting, running, p95 latency, KV-cache use, finished requests, tokens",
+            Preset::Tgi => "waiting, running, p95 latency, finished and received requests (no KV-cache use)",
+            Preset::Triton => "pending, p95 latency, finished requests and inferences; running and KV-cache use with the TensorRT-LLM backend",
+            Preset::Sglang => "waiting, running, p95 latency, KV-cache use, finished requests, tokens",
+            Preset::Llamacpp => "waiting, running and token counters (no latency, no KV-cache use)",
+            Preset::Generic => "whatever matches the generic naming conventions",
+        }
+    }
 }
 
 impl fmt::Display for Preset {
@@ -227,6 +260,24 @@ impl ModelSpec {
         self.scaling
             .as_ref()
             .map_or(self.replicas, |s| s.max_replicas)
+    }
+
+    /// Things that are allowed but probably wrong, for `model apply` to print:
+    /// a command without the flag that turns the preset's metrics on.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let preset = self.server.preset;
+        if let Some(flag) = preset.metrics_flag() {
+            let has_flag = self.server.command.iter().any(|arg| {
+                arg == flag || arg.strip_prefix(flag).is_some_and(|r| r.starts_with('='))
+            });
+            if !has_flag {
+                out.push(format!(
+                    "server.command has no {flag}: the {preset} engine then serves no metrics, and the model cannot autoscale on its load or tell when it is idle"
+                ));
+            }
+        }
+        out
     }
 
     /// The readiness path: the override, else the preset's; `None` means a TCP connect.

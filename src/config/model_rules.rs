@@ -144,14 +144,7 @@ fn validate(raw: RawSpec) -> Result<ModelSpec, Problem> {
     })?)?;
     let scaling = raw.scaling.map(validate_scaling).transpose()?;
     if let Some(sc) = &scaling {
-        // llama.cpp's server exports no request latency: a latency target
-        // would silently never act.
-        if sc.max_p95_latency.is_some() && server.preset == Preset::Llamacpp {
-            return Err(Problem::invalid(
-                "scaling.max_p95_latency",
-                "scaling.max_p95_latency needs a latency metric, and the llamacpp preset exposes none; allowed with presets vllm, tgi, triton, sglang, generic",
-            ));
-        }
+        check_signals_exported(sc, server.preset)?;
     }
     let warm = validate_warm(raw.warm.unwrap_or_default())?;
 
@@ -164,6 +157,42 @@ fn validate(raw: RawSpec) -> Result<ModelSpec, Problem> {
         scaling,
         warm,
     })
+}
+
+/// A target on a signal the engine never exports would silently never act
+/// (and, once missing, hold the count): refuse it, naming what the preset
+/// does export.
+fn check_signals_exported(sc: &ScalingSpec, preset: Preset) -> Result<(), Problem> {
+    let refuse = |key: &str, signal: &str, ok: fn(Preset) -> bool| {
+        let allowed: Vec<&str> = Preset::ALL
+            .into_iter()
+            .filter(|p| ok(*p))
+            .map(Preset::as_str)
+            .collect();
+        Problem::invalid(
+            key,
+            format!(
+                "{key} needs {signal}, and the {preset} preset exports none (it exports {}); allowed with presets {}",
+                preset.exports(),
+                allowed.join(", ")
+            ),
+        )
+    };
+    if sc.max_p95_latency.is_some() && !preset.exports_latency() {
+        return Err(refuse(
+            "scaling.max_p95_latency",
+            "a request latency",
+            Preset::exports_latency,
+        ));
+    }
+    if sc.target_kv_cache_usage.is_some() && !preset.exports_kv_cache() {
+        return Err(refuse(
+            "scaling.target_kv_cache_usage",
+            "a KV-cache use",
+            Preset::exports_kv_cache,
+        ));
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), Problem> {

@@ -476,3 +476,39 @@ fn a_latency_target_needs_a_preset_that_reports_latency() {
     );
     ok(&spec.replace("llamacpp", "vllm"));
 }
+
+#[test]
+fn a_kv_cache_target_needs_a_preset_that_reports_kv_cache_use() {
+    let spec = |preset: &str| {
+        format!("name = \"m\"\nweights = \"/srv/m\"\n[server]\npreset = \"{preset}\"\ncommand = [\"/opt/serve\", \"--metrics\", \"--enable-metrics\"]\ngpu_memory = \"8GiB\"\n[scaling]\nmax_replicas = 2\ntarget_kv_cache_usage = 0.8\n")
+    };
+    for preset in ["llamacpp", "tgi"] {
+        let e = err(&spec(preset));
+        assert!(
+            e.contains("scaling.target_kv_cache_usage")
+                && e.contains(&format!("the {preset} preset exports none"))
+                && e.contains("it exports waiting, running"),
+            "{e}"
+        );
+    }
+    for preset in ["vllm", "sglang", "triton", "generic"] {
+        ok(&spec(preset));
+    }
+}
+
+#[test]
+fn apply_warns_when_the_command_lacks_the_metrics_flag() {
+    let spec = |preset: &str, flag: &str| {
+        ModelSpec::parse(&format!("name = \"m\"\nweights = \"/srv/m\"\n[server]\npreset = \"{preset}\"\ncommand = [\"/opt/serve\", \"--port\", \"{{port}}\"{flag}]\ngpu_memory = \"8GiB\"\n")).unwrap()
+    };
+    let w = spec("llamacpp", "").warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("no --metrics"), "{w:?}");
+    assert!(spec("llamacpp", ", \"--metrics\"").warnings().is_empty());
+    let w = spec("sglang", "").warnings();
+    assert!(w[0].contains("--enable-metrics"), "{w:?}");
+    assert!(spec("sglang", ", \"--enable-metrics\"")
+        .warnings()
+        .is_empty());
+    assert!(spec("vllm", "").warnings().is_empty());
+}

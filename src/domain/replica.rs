@@ -96,6 +96,14 @@ pub struct ServingSignals {
     /// Which of the agent's scrape rounds these come from: counts up, so a
     /// newer value is a new measurement. 0 from agents that do not count.
     pub scrape_seq: u64,
+    /// Work the replica has done since its scraping began (finished
+    /// requests, tokens): it only grows, and any growth means traffic, even
+    /// a request that came and went between two scrapes.
+    pub activity_total: f64,
+    /// Why the last scrape failed; `None` when it succeeded or none was tried.
+    pub scrape_error: Option<String>,
+    /// Scrapes that failed since the agent began scraping the replica.
+    pub scrape_errors: u64,
 }
 
 impl ServingSignals {

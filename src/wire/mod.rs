@@ -283,6 +283,9 @@ impl From<&ServingSignals> for pb::ServingSignals {
             requests_per_s: s.requests_per_s,
             fresh: s.fresh,
             scrape_seq: s.scrape_seq,
+            activity_total: s.activity_total,
+            scrape_error: s.scrape_error.clone().unwrap_or_default(),
+            scrape_errors: s.scrape_errors,
         }
     }
 }
@@ -297,6 +300,9 @@ impl From<pb::ServingSignals> for ServingSignals {
             requests_per_s: s.requests_per_s,
             fresh: s.fresh,
             scrape_seq: s.scrape_seq,
+            activity_total: s.activity_total,
+            scrape_error: (!s.scrape_error.is_empty()).then_some(s.scrape_error),
+            scrape_errors: s.scrape_errors,
         }
     }
 }

@@ -33,6 +33,8 @@ const LATENCY_QUANTILE: f64 = 0.95;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScrapeError {
+    #[error("metrics from {url}: the engine serves no metrics (HTTP 501); {hint}")]
+    MetricsDisabled { url: String, hint: String },
     #[error("unknown metrics preset `{preset}`; allowed: {}", PRESETS.join(", "))]
     UnknownPreset { preset: String },
     #[error("metrics window must be longer than zero")]
@@ -56,12 +58,37 @@ pub enum ScrapeError {
     },
 }
 
+impl ScrapeError {
+    /// Why, in a few words and without the URL: for the `SIGNALS` column.
+    pub fn reason(&self) -> String {
+        match self {
+            ScrapeError::UnknownPreset { preset } => format!("unknown preset {preset}"),
+            ScrapeError::ZeroWindow => "zero window".to_string(),
+            ScrapeError::Request { reason, .. } => reason.clone(),
+            ScrapeError::Timeout { timeout, .. } => format!("no answer within {timeout:?}"),
+            ScrapeError::Status { status, .. } => format!("HTTP {status}"),
+            ScrapeError::MetricsDisabled { hint, .. } => format!("HTTP 501, {hint}"),
+            ScrapeError::BodyTooLarge { limit, .. } => format!("body over {limit} bytes"),
+            ScrapeError::NotText { .. } => "body not UTF-8".to_string(),
+            ScrapeError::Parse(e) => format!("not Prometheus text: {e}"),
+            ScrapeError::NoPresetMetrics { preset, .. } => {
+                format!("none of the {preset} preset's metrics")
+            }
+        }
+    }
+}
+
 /// Reads one replica's scrapes and keeps what the window needs.
 #[derive(Debug, Clone)]
 pub struct Scraper {
     engine: Engine,
     history: History,
     last: Option<ServingSignals>,
+    activity: Activity,
+    /// Scrapes that failed (as told by [`Scraper::failed`]), and whether the
+    /// last one did.
+    errors: u64,
+    failing: bool,
     skipped_lines: usize,
     line_errors: Vec<LineError>,
 }
@@ -80,6 +107,9 @@ impl Scraper {
             engine,
             history: History::new(window),
             last: None,
+            activity: Activity::default(),
+            errors: 0,
+            failing: false,
             skipped_lines: 0,
             line_errors: Vec::new(),
         })
@@ -87,6 +117,18 @@ impl Scraper {
 
     pub fn preset(&self) -> &'static str {
         self.engine.name()
+    }
+
+    /// A failed fetch in this preset's words: an engine that answers 501
+    /// (llama.cpp without `--metrics`) is told how to turn metrics on.
+    pub fn explain_fetch_error(&self, error: ScrapeError) -> ScrapeError {
+        match error {
+            ScrapeError::Status { url, status: 501 } => ScrapeError::MetricsDisabled {
+                url,
+                hint: self.engine.metrics_hint(),
+            },
+            other => other,
+        }
     }
 
     /// Turns one scrape body, taken at `now`, into serving signals (`fresh`).
@@ -112,7 +154,10 @@ impl Scraper {
             latency_requests: reading.latency_requests,
             busy_seconds: reading.busy_seconds,
         });
-        let signals = signals(&reading, delta.as_ref());
+        let mut signals = signals(&reading, delta.as_ref());
+        signals.activity_total = self.activity.record(&reading);
+        signals.scrape_errors = self.errors;
+        self.failing = false;
         self.last = Some(signals.clone());
         Ok(signals)
     }
@@ -122,12 +167,48 @@ impl Scraper {
         (self.skipped_lines, &self.line_errors)
     }
 
-    /// The last signals, marked not fresh: what to report when a scrape fails.
-    pub fn stale(&self) -> ServingSignals {
+    /// The last signals, marked not fresh and carrying why: what to report
+    /// when a scrape fails.
+    /// Counts the failure; call it for every scrape that fetched or read
+    /// nothing usable.
+    pub fn failed(&mut self, error: &ScrapeError) -> ServingSignals {
+        self.errors += 1;
+        self.failing = true;
         ServingSignals {
             fresh: false,
+            scrape_error: Some(error.reason()),
+            scrape_errors: self.errors,
             ..self.last.clone().unwrap_or_default()
         }
+    }
+
+    /// Whether the last scrape failed.
+    pub fn failing(&self) -> bool {
+        self.failing
+    }
+}
+
+/// Work a replica has done since its scraping began, from the counters that
+/// move with every request (finished requests, tokens, decode steps): a
+/// request too short for any gauge to be caught above zero between two
+/// scrapes still moves them. A counter that goes down was reset (restarted
+/// engine) and all of its new value counts.
+#[derive(Debug, Clone, Default)]
+struct Activity {
+    /// The counters of the previous scrape; `None` before the first.
+    last: Option<(Option<f64>, Option<f64>)>,
+    total: f64,
+}
+
+impl Activity {
+    fn record(&mut self, reading: &Reading) -> f64 {
+        let now = (reading.completed, reading.work);
+        if let Some((completed, work)) = self.last {
+            let grew = |then, now| window::counter_delta(then, now).unwrap_or(0.0);
+            self.total += grew(completed, now.0) + grew(work, now.1);
+        }
+        self.last = Some(now);
+        self.total
     }
 }
 
@@ -149,7 +230,7 @@ fn signals(reading: &Reading, delta: Option<&WindowDelta>) -> ServingSignals {
             .unwrap_or(0.0)
             .max(0.0),
         fresh: true,
-        scrape_seq: 0,
+        ..ServingSignals::default()
     }
 }
 

@@ -22,6 +22,10 @@ pub struct Reading {
     pub latency_p95: Option<f64>,
     /// Finished requests (counter).
     pub completed: Option<f64>,
+    /// Work done, in the engine's own units (tokens processed, decode
+    /// steps): a counter that moves with every request, also for engines
+    /// that count no finished requests. Only its movement matters.
+    pub work: Option<f64>,
     /// Cumulative request time, seconds, and the requests it covers.
     pub latency_seconds: Option<f64>,
     pub latency_requests: Option<f64>,
@@ -78,6 +82,15 @@ impl Engine {
             Engine::Sglang => sglang::read(exposition),
             Engine::Llamacpp => llamacpp::read(exposition),
             Engine::Generic => generic::read(exposition),
+        }
+    }
+
+    /// How to make the engine serve metrics, for a scrape it refuses.
+    pub fn metrics_hint(self) -> String {
+        let preset = self.name().parse::<crate::config::Preset>();
+        match preset.ok().and_then(|p| p.metrics_flag()) {
+            Some(flag) => format!("start the engine with {flag}"),
+            None => "check that the engine serves metrics and the preset is right".to_string(),
         }
     }
 

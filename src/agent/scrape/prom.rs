@@ -140,6 +140,14 @@ impl Exposition {
     pub fn sum_first(&self, names: &[&str]) -> Option<f64> {
         names.iter().find_map(|n| self.sum(n))
     }
+
+    /// The sum over all of `names` the exposition has; `None` when it has none.
+    pub fn sum_all(&self, names: &[&str]) -> Option<f64> {
+        names
+            .iter()
+            .filter_map(|n| self.sum(n))
+            .reduce(|a, b| a + b)
+    }
 }
 
 fn finite_sum<'a>(samples: impl Iterator<Item = &'a Sample>) -> Option<f64> {

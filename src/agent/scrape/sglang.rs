@@ -14,6 +14,11 @@ const LATENCY: &str = "sglang:e2e_request_latency_seconds";
 /// every request it completes (it has no separate success counter).
 const COMPLETED: &str = "sglang:e2e_request_latency_seconds_count";
 
+const WORK: &[&str] = &[
+    "sglang:prompt_tokens_total",
+    "sglang:generation_tokens_total",
+];
+
 pub const LOOKED_FOR: &[&str] = &[WAITING, RUNNING, KV_CACHE, LATENCY];
 
 pub fn read(exp: &Exposition) -> Reading {
@@ -23,6 +28,7 @@ pub fn read(exp: &Exposition) -> Reading {
         kv_cache_usage: exp.mean(KV_CACHE),
         latency: CumulativeHistogram::from_exposition(exp, LATENCY),
         completed: exp.sum(COMPLETED),
+        work: exp.sum_all(WORK),
         ..Reading::default()
     }
 }

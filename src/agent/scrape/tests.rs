@@ -15,6 +15,7 @@ const TRITON_TRTLLM: &str = include_str!("../../../tests/fixtures/metrics/triton
 const LLAMACPP_IDLE: &str =
     include_str!("../../../tests/fixtures/metrics/llamacpp_idle_windows.txt");
 const LLAMACPP_BUSY: &str = include_str!("../../../tests/fixtures/metrics/llamacpp_busy.txt");
+const LLAMACPP_B11434: &str = include_str!("../../../tests/fixtures/metrics/llamacpp_b11434.txt");
 
 pub(super) const FIXTURES: &[&str] = &[
     VLLM_QWEN3,
@@ -26,6 +27,7 @@ pub(super) const FIXTURES: &[&str] = &[
     TRITON_TRTLLM,
     LLAMACPP_IDLE,
     LLAMACPP_BUSY,
+    LLAMACPP_B11434,
 ];
 
 fn first(preset: &str, body: &str) -> ServingSignals {
@@ -87,7 +89,8 @@ fn triton_reads_the_tensorrt_llm_batch_and_kv_blocks() {
 fn llamacpp_reads_deferred_and_processing() {
     assert_eq!(
         gauges(&first("llamacpp", LLAMACPP_BUSY)),
-        (1.0, 2.0, Some(0.63))
+        (1.0, 2.0, None),
+        "the KV gauge of old builds is no longer read: today's builds have none"
     );
 }
 
@@ -95,7 +98,7 @@ fn llamacpp_reads_deferred_and_processing() {
 fn llamacpp_windows_nan_line_is_skipped_and_the_rest_kept() {
     let mut scraper = Scraper::new("llamacpp", DEFAULT_WINDOW).unwrap();
     let s = scraper.observe(LLAMACPP_IDLE, Instant::now()).unwrap();
-    assert_eq!(gauges(&s), (0.0, 0.0, Some(0.0)));
+    assert_eq!(gauges(&s), (0.0, 0.0, None));
     let (skipped, errors) = scraper.skipped_lines();
     assert_eq!(skipped, 1);
     assert_eq!(errors[0].line, 18);
@@ -292,13 +295,94 @@ fn triton_after_a_restart_uses_the_new_counters() {
 }
 
 #[test]
-fn a_failed_scrape_reports_the_last_signals_as_stale() {
+fn a_failed_scrape_reports_the_last_signals_as_stale_with_the_reason() {
     let mut scraper = Scraper::new("llamacpp", DEFAULT_WINDOW).unwrap();
-    assert_eq!(scraper.stale(), ServingSignals::default());
+    let error = ScrapeError::Status {
+        url: "http://127.0.0.1:1/metrics".into(),
+        status: 503,
+    };
+    let never = scraper.failed(&error);
+    assert!(!never.fresh);
+    assert_eq!(never.scrape_error.as_deref(), Some("HTTP 503"));
+    assert!(scraper.failing());
     scraper.observe(LLAMACPP_BUSY, Instant::now()).unwrap();
-    let stale = scraper.stale();
+    assert!(!scraper.failing());
+    let stale = scraper.failed(&error);
     assert!(!stale.fresh);
-    assert_eq!(gauges(&stale), (1.0, 2.0, Some(0.63)));
+    assert_eq!(gauges(&stale), (1.0, 2.0, None));
+    assert_eq!(stale.scrape_errors, 2);
+}
+
+#[test]
+fn llamacpp_without_metrics_is_told_to_start_with_the_flag() {
+    let scraper = Scraper::new("llamacpp", DEFAULT_WINDOW).unwrap();
+    let e = scraper.explain_fetch_error(ScrapeError::Status {
+        url: "http://127.0.0.1:1/metrics".into(),
+        status: 501,
+    });
+    assert_eq!(e.reason(), "HTTP 501, start the engine with --metrics");
+    assert!(e.to_string().contains("http://127.0.0.1:1/metrics"), "{e}");
+}
+
+#[test]
+fn llamacpp_of_today_has_no_kv_gauge_and_counts_its_tokens() {
+    let s = first("llamacpp", LLAMACPP_B11434);
+    assert_eq!(gauges(&s), (0.0, 0.0, None));
+    assert_eq!(s.requests_per_s, 0.0);
+    assert_eq!(s.p95_latency_s, None);
+}
+
+/// A llama.cpp scrape after `tokens` generated tokens, nothing in flight.
+fn llamacpp_body(tokens: u64) -> String {
+    LLAMACPP_B11434
+        .replace(
+            "llamacpp:tokens_predicted_total 8",
+            &format!("llamacpp:tokens_predicted_total {tokens}"),
+        )
+        .replace(
+            "llamacpp:n_decode_total 8",
+            &format!("llamacpp:n_decode_total {tokens}"),
+        )
+}
+
+#[test]
+fn a_request_between_two_scrapes_moves_the_activity_total() {
+    // The gauges read 0 in every scrape: the request started and ended
+    // between them. Only the counters tell.
+    let mut scraper = Scraper::new("llamacpp", DEFAULT_WINDOW).unwrap();
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let a = scraper.observe(&llamacpp_body(8), at(0)).unwrap();
+    let b = scraper.observe(&llamacpp_body(8), at(500)).unwrap();
+    assert_eq!(a.ongoing() + b.ongoing(), 0.0);
+    assert_eq!(a.activity_total, b.activity_total, "nothing happened");
+    let c = scraper.observe(&llamacpp_body(12), at(1000)).unwrap();
+    assert_eq!(c.ongoing(), 0.0);
+    assert!(c.activity_total > b.activity_total, "{c:?}");
+    // The engine restarted: its counters start again from 0, and what it
+    // did since still counts as work, never as a step back.
+    let d = scraper.observe(&llamacpp_body(3), at(1500)).unwrap();
+    assert!(d.activity_total > c.activity_total, "{d:?}");
+    let e = scraper.observe(&llamacpp_body(3), at(2000)).unwrap();
+    assert_eq!(e.activity_total, d.activity_total);
+}
+
+#[test]
+fn every_preset_but_generic_reads_a_counter_that_moves_with_requests() {
+    for (preset, body) in [
+        ("vllm", VLLM_QWEN3),
+        ("tgi", TGI),
+        ("triton", TRITON),
+        ("sglang", SGLANG),
+        ("llamacpp", LLAMACPP_B11434),
+    ] {
+        let exposition = prom::parse(body).unwrap();
+        let reading = preset::Engine::from_name(preset).unwrap().read(&exposition);
+        assert!(
+            reading.completed.is_some() || reading.work.is_some(),
+            "{preset}: {reading:?}"
+        );
+    }
 }
 
 #[test]

@@ -50,6 +50,7 @@ pub fn read(exp: &Exposition) -> Reading {
             .reduce(f64::max)
             .map(|us| us / MICROS),
         completed: success,
+        work: exp.sum(INFERENCES),
         latency_seconds: request_us.map(|us| us / MICROS),
         latency_requests: requests,
         busy_seconds: match (request_us, queue_us) {

@@ -12,6 +12,7 @@ const RUNNING: &str = "vllm:num_requests_running";
 const KV_CACHE: &[&str] = &["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"];
 const LATENCY: &str = "vllm:e2e_request_latency_seconds";
 const COMPLETED: &str = "vllm:request_success_total";
+const WORK: &[&str] = &["vllm:prompt_tokens_total", "vllm:generation_tokens_total"];
 
 pub const LOOKED_FOR: &[&str] = &[
     WAITING,
@@ -29,6 +30,7 @@ pub fn read(exp: &Exposition) -> Reading {
         kv_cache_usage: KV_CACHE.iter().find_map(|name| exp.mean(name)),
         latency: CumulativeHistogram::from_exposition(exp, LATENCY),
         completed: exp.sum(COMPLETED),
+        work: exp.sum_all(WORK),
         ..Reading::default()
     }
 }

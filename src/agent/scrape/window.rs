@@ -155,7 +155,7 @@ impl History {
 /// Growth of a counter between two scrapes. A counter that went down was
 /// reset (restarted server): all of its new value is growth. A counter that
 /// just appeared (engines create labelled counters on first use) grew from 0.
-fn counter_delta(then: Option<f64>, now: Option<f64>) -> Option<f64> {
+pub(super) fn counter_delta(then: Option<f64>, now: Option<f64>) -> Option<f64> {
     let now = now.filter(|v| v.is_finite())?;
     match then.filter(|v| v.is_finite()) {
         Some(then) if now >= then => Some(now - then),
