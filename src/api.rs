@@ -110,6 +110,60 @@ pub struct ReplicaView {
     pub node: String,
     #[serde(flatten)]
     pub status: ReplicaStatus,
+    /// Whether the replica's metrics can be read (`ok`, `failing: …`,
+    /// `stale`, `-` when not ready).
+    #[serde(default)]
+    pub signals_health: SignalsHealth,
+}
+
+/// Whether a replica's metrics can be read: the `SIGNALS` column.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SignalsHealth {
+    /// Not scraped: the replica is not ready.
+    #[default]
+    NotScraped,
+    Ok,
+    /// The last scrape failed, and why.
+    Failing(String),
+    /// No new scrape for a while, or none yet.
+    Stale,
+}
+
+impl SignalsHealth {
+    /// Parses the text [`std::fmt::Display`] writes (the wire form).
+    pub fn parse(text: &str) -> SignalsHealth {
+        match text {
+            "ok" => SignalsHealth::Ok,
+            "stale" => SignalsHealth::Stale,
+            other => match other.strip_prefix("failing: ") {
+                Some(reason) => SignalsHealth::Failing(reason.to_string()),
+                None => SignalsHealth::NotScraped,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for SignalsHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignalsHealth::NotScraped => f.write_str("-"),
+            SignalsHealth::Ok => f.write_str("ok"),
+            SignalsHealth::Failing(reason) => write!(f, "failing: {reason}"),
+            SignalsHealth::Stale => f.write_str("stale"),
+        }
+    }
+}
+
+impl serde::Serialize for SignalsHealth {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SignalsHealth {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|text| SignalsHealth::parse(&text))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +179,9 @@ pub struct ModelView {
     pub updated: String,
     pub placement_problem: String,
     pub last_decision: String,
+    /// This tick's decision, also when it holds the count ("holding 3: …").
+    #[serde(default)]
+    pub decision_now: String,
     #[serde(skip)]
     pub spec_toml: String,
     #[serde(skip)]

@@ -204,6 +204,9 @@ fn print_model(m: &ModelView) {
     if !m.last_decision.is_empty() {
         println!("Decision:  {}", m.last_decision);
     }
+    if !m.decision_now.is_empty() && m.decision_now != m.last_decision {
+        println!("Now:       {}", m.decision_now);
+    }
     if !m.placement_problem.is_empty() {
         println!("Problem:   {}", m.placement_problem);
     }

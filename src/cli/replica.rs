@@ -68,7 +68,7 @@ pub async fn run(cmd: ReplicaCommand, client: &ClientArgs, output: Output) -> an
 pub fn print_table(replicas: &[ReplicaView]) {
     let mut t = Table::new(&[
         "ID", "MODEL", "NODE", "STATE", "PID", "PORT", "GPUS", "RESTARTS", "ONGOING", "P95",
-        "REASON",
+        "SIGNALS", "REASON",
     ]);
     for r in replicas {
         let s = &r.status;
@@ -99,6 +99,7 @@ pub fn print_table(replicas: &[ReplicaView]) {
                 .signals
                 .p95_latency_s
                 .map(|p| format!("{:.0}ms", p * 1000.0))),
+            r.signals_health.to_string(),
             if s.reason.is_empty() {
                 "-".into()
             } else {

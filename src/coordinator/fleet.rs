@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::api::{Event, ModelView, ReplicaView};
+use crate::api::{Event, ModelView, ReplicaView, SignalsHealth};
 use crate::config::ModelSpec;
 use crate::domain::{unix_ms_now, Hello, LogsRequest, Report, ToAgent};
 
 pub use super::handle::{Command, FleetError, FleetHandle, NodeOp, WarmOp};
 use super::nodes::{Node, Session};
+use super::scrapes::{health, scrape_changes, ScrapeMark};
 use super::store::{ModelRecord, NodeFlags, Store};
 use super::trust::{AssignmentKey, Refusal};
 
@@ -52,6 +53,10 @@ pub struct Model {
     pub desired: u32,
     pub placement_problem: String,
     pub last_decision: String,
+    /// This tick's decision in words, also when it holds the count.
+    pub decision_now: String,
+    /// Signals the spec targets that the replicas' metrics lack.
+    pub missing_signals: Vec<&'static str>,
     pub autoscaler: super::autoscale::Autoscaler,
     pub demand: super::predict::DemandHistory,
     /// The last ticks' signals and decisions, for `explain`.
@@ -66,6 +71,8 @@ impl Model {
             desired: 0,
             placement_problem: String::new(),
             last_decision: String::new(),
+            decision_now: String::new(),
+            missing_signals: Vec::new(),
             autoscaler: super::autoscale::Autoscaler::new(),
             demand: super::predict::DemandHistory::new(),
             timeline: VecDeque::new(),
@@ -97,6 +104,9 @@ pub struct Fleet {
     pub(super) models: BTreeMap<String, Model>,
     pub(super) plan: BTreeMap<String, PlannedReplica>,
     pub(super) started: Instant,
+    /// Nodes the store knew at start that have not reconnected yet: the
+    /// reconnect grace waits for them, and only for them.
+    pub(super) awaiting_agents: std::collections::BTreeSet<String>,
     /// When the next tick runs ahead of the clock, if it does.
     pub(super) tick_at: Option<Instant>,
     /// A model's surge awaits the next measurement: the next report with one
@@ -168,10 +178,16 @@ impl Fleet {
         let next_event_seq = events.back().map(|e| e.seq + 1).unwrap_or(1);
         let assignment_key = AssignmentKey::new(&store.assignment_key().map_err(internal)?);
         let (event_tx, _) = broadcast::channel(1024);
+        let awaiting_agents = if settings.reconnect_grace.is_zero() {
+            Default::default()
+        } else {
+            node_flags.keys().cloned().collect()
+        };
         let mut fleet = Fleet {
             settings,
             store,
             nodes: BTreeMap::new(),
+            awaiting_agents,
             node_flags,
             models,
             plan: BTreeMap::new(),
@@ -199,6 +215,9 @@ impl Fleet {
             "",
             format!("coordinator started with {} models", fleet.models.len()),
         );
+        if let Some(why) = fleet.reconnect_wait(fleet.started) {
+            fleet.record("reconnect", "", "", "", why);
+        }
         Ok(fleet)
     }
 
@@ -627,6 +646,12 @@ impl Fleet {
         }
         let id = self.next_session;
         self.next_session += 1;
+        if !self.node_flags.contains_key(&name) {
+            // Remembered, so that a restarted coordinator knows to wait for it.
+            if let Err(e) = self.set_node_flags(&name, NodeFlags::default()) {
+                tracing::warn!(node = %name, error = %e, "new node not saved");
+            }
+        }
         let flags = self.node_flags.get(&name).cloned().unwrap_or_default();
         let node = self
             .nodes
@@ -648,6 +673,18 @@ impl Fleet {
         let replicas = hello.replicas.len();
         self.screen_claims(&name);
         self.adopt_reported_replicas(&name, now);
+        let was_waiting = self.reconnect_wait(now).is_some();
+        self.awaiting_agents.remove(&name);
+        if was_waiting && self.awaiting_agents.is_empty() {
+            self.record(
+                "reconnect",
+                "",
+                "",
+                "",
+                "every node known before the restart has reconnected; deciding now".into(),
+            );
+            self.tick_soon(now);
+        }
         self.record(
             "node-connected",
             "",
@@ -682,25 +719,25 @@ impl Fleet {
         // A load step or a replica's change of state is acted on now, not
         // at the next tick (the agent reports such news at once too).
         let moved = crate::domain::replicas_moved(&node.replicas, &report.replicas);
-        let mut scraped = std::mem::take(&mut node.scraped);
+        let scraped = std::mem::take(&mut node.scraped);
         node.scraped = report
             .replicas
             .iter()
             .map(|r| {
-                let seq = r.signals.scrape_seq;
-                let at = match scraped.remove(&r.id) {
-                    Some((before, at)) if before == seq => at,
-                    _ => now,
-                };
-                (r.id.clone(), (seq, at))
+                let mark = ScrapeMark::next(scraped.get(&r.id), &r.signals, now);
+                (r.id.clone(), mark)
             })
             .collect();
+        let scrape_changes = scrape_changes(&node.replicas, &report.replicas);
         node.replicas = report.replicas;
         node.warm = report.warm;
         if !report.inventory.is_empty() {
             node.gpus = report.inventory;
         }
         self.screen_claims(name);
+        for c in scrape_changes {
+            self.record("signals", &c.model, name, &c.replica, c.message);
+        }
         if was_lost {
             self.adopt_reported_replicas(name, now);
         }
@@ -879,6 +916,8 @@ impl Fleet {
         node: Option<&str>,
     ) -> Vec<ReplicaView> {
         let mut out = Vec::new();
+        // A view, not a decision: the wall of the moment is fine.
+        let now = Instant::now();
         for n in self.nodes.values() {
             if node.is_some_and(|want| want != n.name) {
                 continue;
@@ -894,6 +933,7 @@ impl Fleet {
                 status.assignment_token.clear();
                 out.push(ReplicaView {
                     node: n.name.clone(),
+                    signals_health: health(r, n.scraped.get(&r.id), now),
                     status,
                 });
             }
@@ -916,6 +956,7 @@ impl Fleet {
                         reason: "assigned; waiting for the agent to start it".into(),
                         ..Default::default()
                     },
+                    signals_health: SignalsHealth::NotScraped,
                 });
             }
         }
@@ -950,6 +991,7 @@ impl Fleet {
             updated: crate::api::rfc3339(m.record.updated_unix_ms),
             placement_problem: m.placement_problem.clone(),
             last_decision: m.last_decision.clone(),
+            decision_now: m.decision_now.clone(),
             spec_toml: m.record.spec_toml.clone(),
             created_unix_ms: m.record.created_unix_ms,
             updated_unix_ms: m.record.updated_unix_ms,

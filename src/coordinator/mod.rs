@@ -12,7 +12,10 @@ pub mod operations;
 pub mod placement;
 pub mod predict;
 pub mod reconcile;
+#[cfg(test)]
+mod reconnect_tests;
 pub mod scaling;
+pub mod scrapes;
 pub mod service;
 pub mod store;
 pub mod trust;

@@ -11,6 +11,7 @@ use crate::api::{GpuView, NodeGpu, NodeState, NodeView};
 use crate::domain::{Assignment, GpuInfo, GpuSample, Hello, HostInfo, HostSample, ToAgent};
 use crate::domain::{ReplicaStatus, WarmStatus};
 
+use super::scrapes::ScrapeMark;
 use super::store::NodeFlags;
 
 /// The open session of a node's agent.
@@ -42,10 +43,9 @@ pub struct Node {
     pub generation: u64,
     /// Lifecycle state last recorded as an event, to report transitions once.
     pub announced: NodeState,
-    /// Per replica: the scrape round of its signals and when (on this
-    /// clock) a new round last arrived, to tell a new measurement from the
-    /// same one reported again.
-    pub scraped: BTreeMap<String, (u64, Instant)>,
+    /// Per replica: its scrapes across reports, to tell a new measurement
+    /// from the same one reported again and to see work the gauges missed.
+    pub scraped: BTreeMap<String, ScrapeMark>,
     /// Replica ids this node reported that were not believed, already
     /// recorded as an event (so a repeated claim is recorded once).
     pub refused_claims: std::collections::BTreeSet<String>,

@@ -23,7 +23,7 @@ const AVOID_AFTER_CRASHLOOP: std::time::Duration = std::time::Duration::from_sec
 impl Fleet {
     pub(super) fn tick(&mut self, now: Instant) {
         self.announce_node_states(now);
-        if now.saturating_duration_since(self.started) < self.settings.reconnect_grace {
+        if self.reconnect_wait(now).is_some() {
             // Agents are still reconnecting after a coordinator start: what we
             // know of the fleet is partial, so we change nothing yet, and act
             // on what was asked meanwhile as soon as the grace ends.
@@ -43,6 +43,29 @@ impl Fleet {
         self.drain_step();
         self.plan_warm(now);
         self.send_assignments();
+    }
+
+    /// While the reconnect grace holds, why, in words. It holds for
+    /// `reconnect_grace` after a start, and only while a node the store knew
+    /// has not reconnected: a first start (no node known) or a fleet that is
+    /// all back decides at once.
+    pub(super) fn reconnect_wait(&self, now: Instant) -> Option<String> {
+        let left = self
+            .settings
+            .reconnect_grace
+            .checked_sub(now.saturating_duration_since(self.started))
+            .filter(|d| !d.is_zero())?;
+        if self.awaiting_agents.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = self.awaiting_agents.iter().map(String::as_str).collect();
+        Some(format!(
+            "waiting {} s for agents to reconnect ({} of {} known nodes not back: {}); no decisions until then",
+            left.as_secs_f64().ceil(),
+            names.len(),
+            self.node_flags.len(),
+            names.join(", ")
+        ))
     }
 
     /// Records each node's lifecycle transitions once.

@@ -32,6 +32,7 @@ const DECISION_KINDS: &[&str] = &[
     "wake",
     "warm",
     "evict",
+    "signals",
 ];
 
 impl Fleet {
@@ -63,8 +64,9 @@ impl Fleet {
                         // measurement unknown.
                         known &= st.signals.scrape_seq != 0;
                         s.measurement = s.measurement.wrapping_add(st.signals.scrape_seq);
-                        if let Some((_, at)) = node.scraped.get(&st.id) {
-                            oldest = Some(oldest.map_or(*at, |o: Instant| o.min(*at)));
+                        if let Some(mark) = node.scraped.get(&st.id) {
+                            oldest = Some(oldest.map_or(mark.at, |o: Instant| o.min(mark.at)));
+                            s.last_active = s.last_active.max(mark.active_at);
                         }
                         s.ongoing += st.signals.ongoing();
                         s.requests_per_s += st.signals.requests_per_s;
@@ -104,6 +106,7 @@ impl Fleet {
         let names: Vec<String> = self.models.keys().cloned().collect();
         let mut events = Vec::new();
         let mut awaiting = false;
+        let mut missing_changes = Vec::new();
         for name in names {
             let (signals, fresh) = self.model_signals(&name);
             let model = self.models.get_mut(&name).expect("names were just listed");
@@ -115,6 +118,7 @@ impl Fleet {
                         .record(now_unix_s, signals.ongoing, signals.requests_per_s);
                 }
             }
+            let mut missing = Vec::new();
             let (desired, why, panic) = match (model.record.pinned_replicas, &model.spec.scaling) {
                 (Some(n), _) => (n, format!("pinned to {n} by `model scale`"), false),
                 (None, None) => (
@@ -133,9 +137,18 @@ impl Fleet {
                     }
                     let d = model.autoscaler.decide(spec, model.desired, now);
                     awaiting |= d.awaits_measurement;
+                    missing = d.missing;
+                    if missing != model.missing_signals {
+                        missing_changes.push((
+                            name.clone(),
+                            missing_note(&model.missing_signals, &missing, spec),
+                        ));
+                    }
                     (d.desired, d.reason, d.panic)
                 }
             };
+            model.missing_signals = missing;
+            model.decision_now = why.clone();
             if desired != model.desired || model.last_decision.is_empty() {
                 let message = if why.contains('→') {
                     why.clone()
@@ -167,6 +180,9 @@ impl Fleet {
             while model.timeline.len() > TIMELINE_LEN {
                 model.timeline.pop_front();
             }
+        }
+        for (name, message) in missing_changes {
+            self.record("signals", &name, "", "", message);
         }
         for (name, message) in events {
             self.record("scale", &name, "", "", message);
@@ -219,6 +235,12 @@ impl Fleet {
             .collect();
         let skip = decisions.len().saturating_sub(30);
         let mut summary = format!("desired {}: {}", model.desired, model.last_decision);
+        let now = Instant::now();
+        if let Some(wait) = self.reconnect_wait(now) {
+            summary = format!("{wait}; {summary}");
+        } else if !model.decision_now.is_empty() && model.decision_now != model.last_decision {
+            summary.push_str(&format!("; now {}", model.decision_now));
+        }
         if !model.placement_problem.is_empty() {
             summary.push_str(&format!("; cannot place: {}", model.placement_problem));
         }
@@ -258,4 +280,16 @@ impl Fleet {
             signals: points,
         })
     }
+}
+
+/// The event when the signals a spec targets go missing or come back.
+fn missing_note(before: &[&str], now: &[&str], spec: &crate::config::ScalingSpec) -> String {
+    if now.is_empty() {
+        return format!("{} back in the replicas' metrics", before.join(" and "));
+    }
+    format!(
+        "{} missing from the replicas' metrics: scale-down waits for {} at most, then the remaining signals decide",
+        now.join(" and "),
+        super::autoscale::format_span(spec.stable_window)
+    )
 }

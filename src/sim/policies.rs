@@ -169,6 +169,7 @@ pub fn signals(load: &Load) -> Signals {
         },
         measurement: 0,
         rescraped_at: None,
+        last_active: None,
     }
 }
 

@@ -162,6 +162,7 @@ impl From<&ReplicaView> for pb::ReplicaView {
         pb::ReplicaView {
             node: r.node.clone(),
             status: Some((&r.status).into()),
+            signals_health: r.signals_health.to_string(),
         }
     }
 }
@@ -171,6 +172,7 @@ impl From<pb::ReplicaView> for ReplicaView {
         ReplicaView {
             node: r.node,
             status: r.status.map(Into::into).unwrap_or_default(),
+            signals_health: crate::api::SignalsHealth::parse(&r.signals_health),
         }
     }
 }
@@ -190,6 +192,7 @@ impl From<&ModelView> for pb::ModelStatus {
             updated_unix_ms: m.updated_unix_ms,
             placement_problem: m.placement_problem.clone(),
             last_decision: m.last_decision.clone(),
+            decision_now: m.decision_now.clone(),
             replicas: to_pb(&m.replicas),
         }
     }
@@ -209,6 +212,7 @@ impl From<pb::ModelStatus> for ModelView {
             pinned_replicas: m.pinned_replicas,
             placement_problem: m.placement_problem,
             last_decision: m.last_decision,
+            decision_now: m.decision_now,
             spec_toml: m.spec_toml,
             created_unix_ms: m.created_unix_ms,
             updated_unix_ms: m.updated_unix_ms,

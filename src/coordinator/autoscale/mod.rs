@@ -16,6 +16,7 @@ use crate::config::model::ScalingSpec;
 
 use history::{DesireWindow, SignalHistory};
 pub(crate) use policy::num as format_count;
+pub(crate) use policy::span as format_span;
 use policy::{missing_signals, num, percent, seconds, span, strongest, Desire};
 
 /// Signals older than this (or than the panic window, if longer) are stale:
@@ -52,6 +53,10 @@ pub struct Signals {
     /// the caller's clock: the least recent of them. `None` when unknown. A
     /// surge is confirmed only by signals rescraped after it began.
     pub rescraped_at: Option<Instant>,
+    /// When a ready replica's work counters (finished requests, tokens) last
+    /// moved, on the caller's clock: traffic the gauges, sampled between
+    /// short requests, may never show. `None` when they have not moved.
+    pub last_active: Option<Instant>,
 }
 
 /// One decision, with what it was made from.
@@ -67,6 +72,8 @@ pub struct Decision {
     pub awaits_measurement: bool,
     /// The numbers behind the decision, for the event log.
     pub inputs: Vec<(String, String)>,
+    /// Signals the spec sets a target for that the last scrape lacked.
+    pub missing: Vec<&'static str>,
 }
 
 /// A model's autoscaling state across ticks.
@@ -93,6 +100,11 @@ pub struct Autoscaler {
     last_seen: Option<Instant>,
     /// Set by the decision under way when a surge awaits confirmation.
     awaits_measurement: bool,
+    /// Since when a signal the spec targets has been missing: scale-down
+    /// waits for it at most one stable window.
+    missing_since: Option<Instant>,
+    /// Set by the decision under way.
+    missing: Vec<&'static str>,
 }
 
 impl Default for Autoscaler {
@@ -131,6 +143,8 @@ impl Autoscaler {
             stale_after: SIGNALS_STALE_AFTER,
             last_seen: None,
             awaits_measurement: false,
+            missing_since: None,
+            missing: Vec::new(),
         }
     }
 
@@ -150,7 +164,12 @@ impl Autoscaler {
         if s.ongoing > 0.0 || s.requests_per_s > 0.0 {
             self.idle_since = None;
         } else if s.ready > 0 {
-            self.idle_since.get_or_insert(now);
+            let since = self.idle_since.get_or_insert(now);
+            // Idle only since the counters last moved: a request may have
+            // come and gone between two scrapes that both saw nothing.
+            if let Some(active) = s.last_active.filter(|t| *t > *since) {
+                *since = active.min(now);
+            }
         } else if s.starting > 0 {
             // Nobody can have sent a request yet: idle time counts from ready.
             self.idle_since = None;
@@ -200,6 +219,7 @@ impl Autoscaler {
         self.history.prune(now, self.retain);
         let woken = std::mem::take(&mut self.woken);
         self.awaits_measurement = false;
+        self.missing.clear();
 
         let mut inputs = Inputs::default();
         inputs.add("current", current);
@@ -249,6 +269,7 @@ impl Autoscaler {
             desired,
             panic,
             awaits_measurement: std::mem::take(&mut self.awaits_measurement),
+            missing: std::mem::take(&mut self.missing),
             reason: if desired == current {
                 format!("holding {current}: {}", plan.why)
             } else {
@@ -284,6 +305,12 @@ impl Autoscaler {
         };
         inputs.add("ready", latest.ready);
         inputs.add("starting", latest.starting);
+        self.missing = missing_signals(&latest, spec);
+        if self.missing.is_empty() {
+            self.missing_since = None;
+        } else {
+            self.missing_since.get_or_insert(now);
+        }
         inputs.add("requests_per_s", num(latest.requests_per_s));
 
         let stable = self.history.average(now, spec.stable_window);
@@ -404,8 +431,7 @@ impl Autoscaler {
             self.below_since = None;
             return Plan::hold(current, stable_best.explain);
         }
-        let missing = missing_signals(&latest, spec);
-        self.scale_down(spec, current, now, rec, &stable_best, &missing)
+        self.scale_down(spec, current, now, rec, &stable_best)
     }
 
     /// A surge in the newest samples: the ongoing requests of every sample
@@ -453,20 +479,32 @@ impl Autoscaler {
         now: Instant,
         rec: u32,
         best: &Desire,
-        missing: &[&str],
     ) -> Plan {
         let since = *self.below_since.get_or_insert(now);
         if within_tolerance(best, current, spec) {
             return Plan::hold(current, tolerance_note(best, spec));
         }
-        if !missing.is_empty() {
-            return Plan::hold(
-                current,
-                format!(
-                    "{}; {} missing from the last scrape, not scaling down on partial signals",
-                    best.explain,
-                    missing.join(" and ")
-                ),
+        // A signal that stays missing (an engine that does not export it
+        // after all, a scrape that keeps failing) holds one stable window at
+        // most: then the remaining signals decide, and say so.
+        let mut missing_note = String::new();
+        if let Some(missing_since) = self.missing_since {
+            let missing = self.missing.join(" and ");
+            let missing_for = now.saturating_duration_since(missing_since);
+            if missing_for < spec.stable_window {
+                return Plan::hold(
+                    current,
+                    format!(
+                        "{}; {missing} missing from the last scrape for {}, not scaling down on partial signals for up to {}",
+                        best.explain,
+                        span(missing_for),
+                        span(spec.stable_window)
+                    ),
+                );
+            }
+            missing_note = format!(
+                "; {missing} missing for {}, the remaining signals decide",
+                span(missing_for)
             );
         }
         let delay = spec.scale_down_delay;
@@ -475,7 +513,7 @@ impl Autoscaler {
             return Plan::hold(
                 current,
                 format!(
-                    "{}; scale-down waits {}, desire lower for {} so far",
+                    "{}; scale-down waits {}, desire lower for {} so far{missing_note}",
                     best.explain,
                     span(delay),
                     span(waited)
@@ -499,6 +537,7 @@ impl Autoscaler {
         if target > highest {
             why.push_str(&format!(", at most {} per step", spec.max_scale_down_step));
         }
+        why.push_str(&missing_note);
         Plan { target, why }
     }
 }
@@ -572,5 +611,6 @@ fn sanitized(s: &Signals) -> Signals {
         requests_per_s: count(s.requests_per_s),
         measurement: s.measurement,
         rescraped_at: s.rescraped_at,
+        last_active: s.last_active,
     }
 }

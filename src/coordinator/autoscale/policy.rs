@@ -167,7 +167,7 @@ pub(super) fn seconds(v: f64) -> String {
 }
 
 /// A span as operators write it: "5m", "42s"; below a second, milliseconds.
-pub(super) fn span(d: Duration) -> String {
+pub(crate) fn span(d: Duration) -> String {
     if d < Duration::from_secs(1) {
         format_duration(d)
     } else {

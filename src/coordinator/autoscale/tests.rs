@@ -482,29 +482,100 @@ fn stale_signals_hold_instead_of_scaling_down() {
 }
 
 #[test]
-fn a_missing_configured_signal_blocks_scale_down() {
+fn a_missing_configured_signal_holds_scale_down_for_one_stable_window_at_most() {
     let spec = ScalingSpec {
         target_gpu_utilization: Some(0.8),
         scale_down_delay: Duration::from_secs(10),
         ..spec()
     };
     let mut sim = Sim::new(spec, 4);
-    let ds = sim.run(300, |_| Signals {
+    let ds = sim.run(59, |_| Signals {
         ongoing: 4.0,
         gpu_utilization: None,
         ..Signals::default()
     });
     assert!(ds.iter().all(|d| d.desired == 4));
-    assert!(ds[299]
-        .reason
-        .contains("GPU utilization missing from the last scrape"));
-    // Once it is back and low, the scale-down proceeds.
-    let ds = sim.run(60, |_| Signals {
+    assert_eq!(ds[58].missing, vec!["GPU utilization"]);
+    assert!(
+        ds[58]
+            .reason
+            .contains("GPU utilization missing from the last scrape for 58s, not scaling down on partial signals for up to 1m"),
+        "{}",
+        ds[58].reason
+    );
+    // A stable window later, the remaining signal decides, and says so.
+    let ds = sim.run(120, |_| Signals {
+        ongoing: 4.0,
+        gpu_utilization: None,
+        ..Signals::default()
+    });
+    let down = ds.iter().find(|d| d.desired < 4).expect("scaled down");
+    assert!(
+        down.reason
+            .contains("GPU utilization missing for 1m, the remaining signals decide"),
+        "{}",
+        down.reason
+    );
+    assert_eq!(ds.last().unwrap().desired, 1);
+}
+
+#[test]
+fn a_signal_back_in_time_stops_the_hold_at_once() {
+    let spec = ScalingSpec {
+        target_gpu_utilization: Some(0.8),
+        scale_down_delay: Duration::from_secs(10),
+        ..spec()
+    };
+    let mut sim = Sim::new(spec, 4);
+    sim.run(30, |_| Signals {
+        ongoing: 4.0,
+        gpu_utilization: None,
+        ..Signals::default()
+    });
+    let ds = sim.run(30, |_| Signals {
         ongoing: 4.0,
         gpu_utilization: Some(0.2),
         ..Signals::default()
     });
+    assert!(ds.iter().all(|d| d.missing.is_empty()));
     assert!(ds.last().unwrap().desired < 4);
+}
+
+#[test]
+fn a_trickle_seen_only_in_the_counters_never_scales_to_zero() {
+    // One short request every 2 s: every scrape catches the gauges at 0 and
+    // the engine counts no finished requests (llama.cpp), but its token
+    // counters move.
+    let spec = ScalingSpec {
+        min_replicas: 0,
+        scale_to_zero_after: Duration::from_secs(20),
+        ..spec()
+    };
+    let mut sim = Sim::new(spec.clone(), 1);
+    let t0 = sim.now;
+    for tick in 0..200u32 {
+        let last_active = Some(t0 + SECOND * (tick - tick % 2));
+        let d = sim.step(|_| Signals {
+            last_active,
+            ..Signals::default()
+        });
+        assert_eq!(d.desired, 1, "{tick}: {}", d.reason);
+    }
+    // Once the counters stop, idle time counts from their last move.
+    let stopped = sim.now;
+    let ds = sim.run(40, |_| Signals {
+        last_active: Some(stopped - SECOND),
+        ..Signals::default()
+    });
+    let zero = ds
+        .iter()
+        .position(|d| d.desired == 0)
+        .expect("scaled to zero");
+    assert!((18..=20).contains(&zero), "after {zero} ticks");
+    // Without the counters the same trickle looked idle.
+    let mut blind = Sim::new(spec, 1);
+    let ds = blind.run(40, |_| Signals::default());
+    assert!(ds.iter().any(|d| d.desired == 0));
 }
 
 #[test]

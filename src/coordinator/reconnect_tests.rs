@@ -1,0 +1,113 @@
+//! The reconnect grace after a coordinator start: it waits only for nodes
+//! the store knew, and says so.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::domain::{GpuInfo, Hello};
+
+use super::fleet::{Fleet, FleetSettings};
+use super::store::RedbStore;
+
+const GRACE: Duration = Duration::from_secs(30);
+
+fn settings() -> FleetSettings {
+    FleetSettings {
+        tick: Duration::from_secs(1),
+        suspect_after: Duration::from_secs(10),
+        lost_after: Duration::from_secs(30),
+        reconnect_grace: GRACE,
+        event_capacity: 1000,
+    }
+}
+
+fn fleet(dir: &std::path::Path) -> Fleet {
+    Fleet::new(settings(), Box::new(RedbStore::open(dir).unwrap())).unwrap()
+}
+
+/// Connects `node`; the session's outbox lives as long as what is returned.
+#[must_use]
+fn connect(fleet: &mut Fleet, node: &str, now: Instant) -> mpsc::Receiver<crate::domain::ToAgent> {
+    let hello = Hello {
+        node_name: node.into(),
+        gpus: vec![GpuInfo {
+            index: 0,
+            uuid: format!("GPU-{node}"),
+            memory_total_bytes: 80 << 30,
+            healthy: true,
+            ..Default::default()
+        }],
+        agent_instance: "i".into(),
+        ..Default::default()
+    };
+    let (tx, rx) = mpsc::channel(64);
+    fleet.connect(hello, "127.0.0.1:1".into(), tx, now).unwrap();
+    rx
+}
+
+fn kinds(fleet: &Fleet, kind: &str) -> Vec<String> {
+    fleet
+        .events
+        .iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.message.clone())
+        .collect()
+}
+
+#[test]
+fn a_first_start_waits_for_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fleet(dir.path());
+    assert_eq!(f.reconnect_wait(f.started), None);
+    assert!(kinds(&f, "reconnect").is_empty());
+}
+
+#[test]
+fn a_restart_waits_for_the_known_nodes_and_no_longer() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut f = fleet(dir.path());
+        let now = f.started;
+        let _a = connect(&mut f, "gpu-1", now);
+        let _b = connect(&mut f, "gpu-2", now);
+    }
+    let mut f = fleet(dir.path());
+    let t0 = f.started;
+    let why = f.reconnect_wait(t0).expect("two known nodes are away");
+    assert!(
+        why.starts_with(
+            "waiting 30 s for agents to reconnect (2 of 2 known nodes not back: gpu-1, gpu-2)"
+        ),
+        "{why}"
+    );
+    assert_eq!(kinds(&f, "reconnect"), vec![why]);
+    let _a = connect(&mut f, "gpu-1", t0 + Duration::from_secs(2));
+    let why = f.reconnect_wait(t0 + Duration::from_secs(2)).unwrap();
+    assert!(
+        why.contains("waiting 28 s") && why.contains("not back: gpu-2"),
+        "{why}"
+    );
+    let _b = connect(&mut f, "gpu-2", t0 + Duration::from_secs(3));
+    assert_eq!(f.reconnect_wait(t0 + Duration::from_secs(3)), None);
+    assert!(kinds(&f, "reconnect")
+        .last()
+        .unwrap()
+        .contains("has reconnected; deciding now"));
+}
+
+#[test]
+fn a_node_that_never_returns_holds_the_grace_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut f = fleet(dir.path());
+        let now = f.started;
+        let _a = connect(&mut f, "gpu-1", now);
+    }
+    let f = fleet(dir.path());
+    let t0 = f.started;
+    assert!(f
+        .reconnect_wait(t0 + GRACE - Duration::from_secs(1))
+        .is_some());
+    assert_eq!(f.reconnect_wait(t0 + GRACE), None);
+}
