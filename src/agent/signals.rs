@@ -49,7 +49,12 @@ pub async fn run(
         let paths = metrics_paths.borrow().clone();
         let fetches = ready.iter().filter_map(|r| {
             let (preset, path) = paths.get(&r.id)?.clone();
-            let url = format!("http://127.0.0.1:{}{}", r.port, path);
+            let port = if r.metrics_port != 0 {
+                r.metrics_port
+            } else {
+                r.port
+            };
+            let url = format!("http://127.0.0.1:{port}{path}");
             let client = client.clone();
             Some(async move {
                 (

@@ -58,14 +58,22 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             if output == Output::Json {
                 return print_json(&with_spec(&view)?);
             }
+            let size = crate::config::units::format_bytes;
+            let each = match spec.server.gpus {
+                0 => format!(
+                    "CPU: {} CPUs, {} RAM",
+                    spec.server.cpu,
+                    size(spec.server.memory_bytes)
+                ),
+                n => format!(
+                    "{n} GPU{} × {}",
+                    if n == 1 { "" } else { "s" },
+                    size(spec.server.gpu_memory_bytes)
+                ),
+            };
             println!(
-                "model {} applied ({} GPU{} × {}, replicas {}..{})",
-                spec.name,
-                spec.server.gpus,
-                if spec.server.gpus == 1 { "" } else { "s" },
-                crate::config::units::format_bytes(spec.server.gpu_memory_bytes),
-                view.min_replicas,
-                view.max_replicas
+                "model {} applied ({each}, replicas {}..{})",
+                spec.name, view.min_replicas, view.max_replicas
             );
         }
         ModelCommand::Ls => {

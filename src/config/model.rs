@@ -10,10 +10,17 @@ use serde::{Serialize, Serializer};
 
 use super::problem::Problem;
 use super::units::format_duration;
-use crate::domain::ReplicaSpec;
+use crate::domain::{MetricsPort, ReplicaSpec};
 
 /// Placeholders the agent substitutes in a model's command and environment.
-pub const PLACEHOLDERS: [&str; 5] = ["port", "weights", "gpus", "gpu_count", "replica_id"];
+pub const PLACEHOLDERS: &[&str] = &[
+    "port",
+    "metrics_port",
+    "weights",
+    "gpus",
+    "gpu_count",
+    "replica_id",
+];
 
 /// A validated model spec.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -39,6 +46,11 @@ pub struct ServerSpec {
     pub gpus: u32,
     /// Free memory the replica needs on each of its GPUs.
     pub gpu_memory_bytes: u64,
+    /// CPUs the replica asks of its host (0: none asked); with `gpus = 0`
+    /// placement finds a host with this many CPUs and `memory_bytes` free.
+    pub cpu: f64,
+    /// RAM the replica asks of its host, bytes (0: none asked).
+    pub memory_bytes: u64,
     #[serde(serialize_with = "human_duration")]
     pub ready_timeout: Duration,
     #[serde(serialize_with = "human_duration")]
@@ -47,6 +59,9 @@ pub struct ServerSpec {
     pub health_path: Option<String>,
     /// Overrides the preset's metrics path.
     pub metrics_path: Option<String>,
+    /// Overrides the preset's metrics port.
+    #[serde(serialize_with = "metrics_port_text")]
+    pub metrics_port: Option<MetricsPort>,
 }
 
 /// The model server engine, which fixes its health and metrics endpoints and
@@ -94,6 +109,14 @@ impl Preset {
 
     pub fn default_metrics_path(self) -> &'static str {
         "/metrics"
+    }
+
+    /// Triton serves its metrics on a port of their own (`--metrics-port`).
+    pub fn default_metrics_port(self) -> MetricsPort {
+        match self {
+            Preset::Triton => MetricsPort::Second,
+            _ => MetricsPort::Server,
+        }
     }
 
     /// The command-line flag without which the engine serves no metrics.
@@ -277,6 +300,18 @@ impl ModelSpec {
                 ));
             }
         }
+        let uses = |placeholder: &str| {
+            self.server
+                .command
+                .iter()
+                .chain(self.server.env.values())
+                .any(|v| v.contains(placeholder))
+        };
+        if self.metrics_port() == MetricsPort::Second && !uses("{metrics_port}") {
+            out.push(format!(
+                "metrics are scraped from {{metrics_port}}, and server.command never passes it to the {preset} engine (for Triton: \"--metrics-port\", \"{{metrics_port}}\")"
+            ));
+        }
         out
     }
 
@@ -293,6 +328,12 @@ impl ModelSpec {
             .metrics_path
             .clone()
             .unwrap_or_else(|| self.server.preset.default_metrics_path().to_string())
+    }
+
+    pub fn metrics_port(&self) -> MetricsPort {
+        self.server
+            .metrics_port
+            .unwrap_or_else(|| self.server.preset.default_metrics_port())
     }
 
     /// A stable hex hash of what a running replica was started from: weights
@@ -318,10 +359,20 @@ impl ModelSpec {
         }
         h.field(&s.gpus.to_le_bytes());
         h.field(&s.gpu_memory_bytes.to_le_bytes());
+        // Only when asked for, so that GPU specs keep their hash.
+        if s.cpu > 0.0 || s.memory_bytes > 0 {
+            h.field(&s.cpu.to_bits().to_le_bytes());
+            h.field(&s.memory_bytes.to_le_bytes());
+        }
         h.field(&s.ready_timeout.as_nanos().to_le_bytes());
         h.field(&s.stop_timeout.as_nanos().to_le_bytes());
         h.field(self.health_path().unwrap_or_default().as_bytes());
         h.field(self.metrics_path().as_bytes());
+        // Only when it is not the server port, so that the hash of every
+        // spec from before metrics ports existed stays the same.
+        if self.metrics_port() != MetricsPort::Server {
+            h.field(self.metrics_port().as_text().as_bytes());
+        }
         format!("{:016x}", h.0)
     }
 
@@ -338,6 +389,7 @@ impl ModelSpec {
             preset: self.server.preset.as_str().to_string(),
             health_path: self.health_path().unwrap_or_default(),
             metrics_path: self.metrics_path(),
+            metrics_port: self.metrics_port(),
             ready_timeout: self.server.ready_timeout,
             stop_timeout: self.server.stop_timeout,
             gpu_memory_bytes: self.server.gpu_memory_bytes,
@@ -370,6 +422,13 @@ impl Fnv1a64 {
 
 fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
+}
+
+fn metrics_port_text<S: Serializer>(p: &Option<MetricsPort>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_some(&p.as_text()),
+        None => s.serialize_none(),
+    }
 }
 
 fn human_duration_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

@@ -10,6 +10,7 @@ use super::model::{
     ModelSpec, Preset, ScalingSpec, ServerSpec, WarmMode, WarmPolicy, PLACEHOLDERS,
 };
 use super::problem::{duration_in, int_in, size, Problem};
+use crate::domain::MetricsPort;
 
 const SECOND: Duration = Duration::from_secs(1);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -52,6 +53,10 @@ struct RawServer {
     #[serde(skip_serializing_if = "Option::is_none")]
     gpu_memory: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ready_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_timeout: Option<String>,
@@ -59,6 +64,16 @@ struct RawServer {
     health_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_port: Option<RawPort>,
+}
+
+/// `metrics_port = 8002` or `metrics_port = "{metrics_port}"`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(i64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -248,20 +263,58 @@ fn validate_server(raw: RawServer) -> Result<ServerSpec, Problem> {
         check_placeholders(&format!("server.env.{key}"), value)?;
     }
 
-    let gpus = int_in("server.gpus", raw.gpus.unwrap_or(1), 1..=16u32)?;
-    let gpu_memory = raw.gpu_memory.ok_or_else(|| {
-        Problem::invalid(
-            "server.gpu_memory",
-            "server.gpu_memory is required: the free memory each GPU needs, e.g. \"20GiB\"",
-        )
-    })?;
-    let gpu_memory_bytes = size("server.gpu_memory", &gpu_memory)?;
-    if gpu_memory_bytes == 0 || gpu_memory_bytes > TIB {
-        return Err(Problem::invalid(
-            "server.gpu_memory",
-            format!("server.gpu_memory = \"{gpu_memory}\" is out of range; allowed: more than 0, up to 1TiB"),
-        ));
-    }
+    let gpus = int_in("server.gpus", raw.gpus.unwrap_or(1), 0..=16u32)?;
+    let gpu_memory_bytes = match (gpus, raw.gpu_memory) {
+        (0, Some(_)) => {
+            return Err(Problem::invalid(
+                "server.gpu_memory",
+                "server.gpu_memory is for GPU replicas; with gpus = 0 the replica asks for cpu and memory",
+            ))
+        }
+        (0, None) => 0,
+        (_, None) => {
+            return Err(Problem::invalid(
+                "server.gpu_memory",
+                "server.gpu_memory is required: the free memory each GPU needs, e.g. \"20GiB\" (or gpus = 0 for a CPU replica)",
+            ))
+        }
+        (_, Some(gpu_memory)) => {
+            let bytes = size("server.gpu_memory", &gpu_memory)?;
+            if bytes == 0 || bytes > TIB {
+                return Err(Problem::invalid(
+                    "server.gpu_memory",
+                    format!("server.gpu_memory = \"{gpu_memory}\" is out of range; allowed: more than 0, up to 1TiB"),
+                ));
+            }
+            bytes
+        }
+    };
+    // A CPU replica is placed by what it asks of the host: one CPU unless
+    // it says otherwise, and the RAM it names.
+    let cpu = match raw.cpu {
+        Some(c) => positive("server.cpu", c, 1024.0, "more than 0, up to 1024 CPUs")?,
+        None if gpus == 0 => 1.0,
+        None => 0.0,
+    };
+    let memory_bytes = match raw.memory {
+        Some(m) => {
+            let bytes = size("server.memory", &m)?;
+            if bytes == 0 || bytes > 64 * TIB {
+                return Err(Problem::invalid(
+                    "server.memory",
+                    format!("server.memory = \"{m}\" is out of range; allowed: more than 0, up to 64TiB"),
+                ));
+            }
+            bytes
+        }
+        None if gpus == 0 => {
+            return Err(Problem::invalid(
+                "server.memory",
+                "server.memory is required with gpus = 0: the RAM a CPU replica needs on its host, e.g. \"4GiB\"",
+            ))
+        }
+        None => 0,
+    };
 
     let ready_timeout = duration_in(
         "server.ready_timeout",
@@ -282,16 +335,32 @@ fn validate_server(raw: RawServer) -> Result<ServerSpec, Problem> {
         .map(|p| http_path("server.metrics_path", p))
         .transpose()?;
 
+    let metrics_port = raw
+        .metrics_port
+        .map(|p| {
+            let text = match p {
+                RawPort::Number(n) => n.to_string(),
+                RawPort::Text(t) => t,
+            };
+            MetricsPort::parse(&text).map_err(|e| {
+                Problem::invalid("server.metrics_port", format!("server.metrics_port: {e}"))
+            })
+        })
+        .transpose()?;
+
     Ok(ServerSpec {
         preset,
         command,
         env,
         gpus,
         gpu_memory_bytes,
+        cpu,
+        memory_bytes,
         ready_timeout,
         stop_timeout,
         health_path,
         metrics_path,
+        metrics_port,
     })
 }
 
@@ -506,11 +575,17 @@ pub(super) fn to_toml(spec: &ModelSpec) -> String {
             command: Some(s.command.clone()),
             env: (!s.env.is_empty()).then(|| s.env.clone()),
             gpus: Some(i64::from(s.gpus)),
-            gpu_memory: Some(exact_size(s.gpu_memory_bytes)),
+            gpu_memory: (s.gpus > 0).then(|| exact_size(s.gpu_memory_bytes)),
+            cpu: (s.cpu > 0.0).then_some(s.cpu),
+            memory: (s.memory_bytes > 0).then(|| exact_size(s.memory_bytes)),
             ready_timeout: Some(exact_duration(s.ready_timeout)),
             stop_timeout: Some(exact_duration(s.stop_timeout)),
             health_path: s.health_path.clone(),
             metrics_path: s.metrics_path.clone(),
+            metrics_port: s.metrics_port.map(|p| match p {
+                MetricsPort::Fixed(n) => RawPort::Number(i64::from(n)),
+                other => RawPort::Text(other.as_text()),
+            }),
         }),
         scaling: spec.scaling.as_ref().map(|c| RawScaling {
             min_replicas: Some(i64::from(c.min_replicas)),

@@ -168,7 +168,7 @@ fn unknown_placeholders_are_named_with_the_allowed_ones() {
     let e = err(&BASE.replace("\"{port}\"]", "\"{port}\", \"--name\", \"{model}\"]"));
     assert_eq!(
         e,
-        "line 6: server.command[6] uses unknown placeholder `{model}`; allowed: {port}, {weights}, {gpus}, {gpu_count}, {replica_id}"
+        "line 6: server.command[6] uses unknown placeholder `{model}`; allowed: {port}, {metrics_port}, {weights}, {gpus}, {gpu_count}, {replica_id}"
     );
     let e = err(&with("server", "env = { MODEL = \"{name}\" }"));
     assert!(
@@ -199,21 +199,16 @@ fn env_keys_must_be_variable_names() {
 }
 
 #[test]
-fn gpus_are_one_to_sixteen() {
+fn gpus_are_zero_to_sixteen() {
     assert_eq!(ok(&with("server", "gpus = 16")).server.gpus, 16);
-    let e = err(&with("server", "gpus = 0"));
-    assert!(
-        e.ends_with("server.gpus = 0 is out of range; allowed: 1..=16"),
-        "{e}"
-    );
     let e = err(&with("server", "gpus = 17"));
     assert!(
-        e.ends_with("server.gpus = 17 is out of range; allowed: 1..=16"),
+        e.ends_with("server.gpus = 17 is out of range; allowed: 0..=16"),
         "{e}"
     );
     let e = err(&with("server", "gpus = -2"));
     assert!(
-        e.ends_with("server.gpus = -2 must be ≥ 0; allowed: 1..=16"),
+        e.ends_with("server.gpus = -2 must be ≥ 0; allowed: 0..=16"),
         "{e}"
     );
     let e = err(&with("server", "gpus = \"two\""));
@@ -511,4 +506,77 @@ fn apply_warns_when_the_command_lacks_the_metrics_flag() {
         .warnings()
         .is_empty());
     assert!(spec("vllm", "").warnings().is_empty());
+    let w = spec("triton", "").warnings();
+    assert!(w[0].contains("never passes it"), "{w:?}");
+    let with_port = spec("triton", ", \"--metrics-port\", \"{metrics_port}\"");
+    assert!(with_port.warnings().is_empty());
+}
+
+#[test]
+fn a_cpu_replica_asks_for_cpu_and_memory_instead_of_gpu_memory() {
+    let cpu_base = BASE.replace("gpu_memory = \"20GiB\"", "gpus = 0\nmemory = \"4GiB\"");
+    let s = ok(&cpu_base);
+    assert_eq!(s.server.gpus, 0);
+    assert_eq!(s.server.gpu_memory_bytes, 0);
+    assert_eq!(s.server.cpu, 1.0, "one CPU unless it says");
+    assert_eq!(s.server.memory_bytes, 4 << 30);
+    assert_eq!(
+        ok(&cpu_base.replace("gpus = 0", "gpus = 0\ncpu = 2.5"))
+            .server
+            .cpu,
+        2.5
+    );
+    assert_eq!(ModelSpec::parse(&s.to_toml()).unwrap(), s);
+    let e = err(&cpu_base.replace("memory = \"4GiB\"", ""));
+    assert!(e.contains("server.memory is required with gpus = 0"), "{e}");
+    let e = err(&cpu_base.replace("gpus = 0", "gpus = 0\ngpu_memory = \"1GiB\""));
+    assert!(
+        e.contains("with gpus = 0 the replica asks for cpu and memory"),
+        "{e}"
+    );
+    let e = err(&cpu_base.replace("gpus = 0", "gpus = 0\ncpu = 0"));
+    assert!(e.contains("server.cpu = 0 must be > 0"), "{e}");
+    let e = err(&BASE.replace("gpu_memory = \"20GiB\"", ""));
+    assert!(e.contains("or gpus = 0 for a CPU replica"), "{e}");
+}
+
+#[test]
+fn metrics_port_is_the_server_port_a_second_one_or_a_number() {
+    use crate::domain::MetricsPort;
+    assert_eq!(ok(BASE).metrics_port(), MetricsPort::Server);
+    let triton = ok(&BASE.replace("\"vllm\"", "\"triton\""));
+    assert_eq!(
+        triton.metrics_port(),
+        MetricsPort::Second,
+        "Triton serves metrics apart"
+    );
+    assert_eq!(
+        triton.replica_spec("r", vec![0]).metrics_port,
+        MetricsPort::Second
+    );
+    let own = ok(&with("server", "metrics_port = \"{metrics_port}\""));
+    assert_eq!(own.metrics_port(), MetricsPort::Second);
+    let fixed = ok(&with("server", "metrics_port = 9400"));
+    assert_eq!(fixed.metrics_port(), MetricsPort::Fixed(9400));
+    assert_eq!(ModelSpec::parse(&fixed.to_toml()).unwrap(), fixed);
+    assert_eq!(ModelSpec::parse(&own.to_toml()).unwrap(), own);
+    let back = ok(&BASE
+        .replace("\"vllm\"", "\"triton\"")
+        .replace("[server]", "[server]\nmetrics_port = \"{port}\""));
+    assert_eq!(back.metrics_port(), MetricsPort::Server);
+    let e = err(&with("server", "metrics_port = 0"));
+    assert!(
+        e.contains("server.metrics_port: `0` is not a metrics port"),
+        "{e}"
+    );
+    let e = err(&with("server", "metrics_port = \"{other}\""));
+    assert!(
+        e.contains("allowed: \"{port}\", \"{metrics_port}\" or a port number"),
+        "{e}"
+    );
+    // Placeholders in the command know the second port.
+    ok(&BASE.replace(
+        "\"{port}\"]",
+        "\"{port}\", \"--metrics-port\", \"{metrics_port}\"]",
+    ));
 }

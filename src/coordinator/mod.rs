@@ -3,7 +3,10 @@
 
 pub mod autoscale;
 pub mod fleet;
+#[cfg(test)]
+mod fleet_tests;
 pub mod handle;
+mod host_room;
 pub mod http;
 #[cfg(test)]
 mod invariants_tests;
@@ -12,8 +15,6 @@ pub mod operations;
 pub mod placement;
 pub mod predict;
 pub mod reconcile;
-#[cfg(test)]
-mod reconnect_tests;
 pub mod scaling;
 pub mod scrapes;
 pub mod service;

@@ -143,12 +143,16 @@ fn explain_no_fit(
     needs: &ReplicaNeeds,
     fitting: impl Fn(&NodeCandidate) -> Vec<u32>,
 ) -> String {
-    let want = format!(
-        "needs {} GPU{} with {} free on one node",
-        needs.gpus,
-        if needs.gpus == 1 { "" } else { "s" },
-        format_bytes(needs.gpu_memory_bytes)
-    );
+    let want = if needs.gpus == 0 {
+        "needs a node with the CPUs and RAM it asks for".to_string()
+    } else {
+        format!(
+            "needs {} GPU{} with {} free on one node",
+            needs.gpus,
+            if needs.gpus == 1 { "" } else { "s" },
+            format_bytes(needs.gpu_memory_bytes)
+        )
+    };
     if nodes.is_empty() {
         return format!("{want}; no node has joined the fleet");
     }

@@ -398,7 +398,7 @@ impl Fleet {
                 } else if state != NodeState::Ready {
                     Some(state.as_str().to_string())
                 } else {
-                    None
+                    self.host_shortfall(n, model)
                 };
                 let mut taken: Vec<u32> = self
                     .plan

@@ -10,7 +10,8 @@ pub mod warm;
 pub use gpu::{GpuInfo, GpuProcess, GpuSample, WindowStats};
 pub use host::{HostInfo, HostSample};
 pub use replica::{
-    replicas_moved, valid_replica_id, ReplicaSpec, ReplicaState, ReplicaStatus, ServingSignals,
+    replicas_moved, valid_replica_id, MetricsPort, ReplicaSpec, ReplicaState, ReplicaStatus,
+    ServingSignals,
 };
 pub use session::{Assignment, Hello, LogsReply, LogsRequest, Report, ToAgent};
 pub use warm::{WarmSpec, WarmStatus};

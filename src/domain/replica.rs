@@ -56,6 +56,43 @@ pub fn valid_replica_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Where a replica serves its metrics: on its server port, on a second
+/// port the agent picks (`{metrics_port}`; Triton), or on a fixed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsPort {
+    #[default]
+    Server,
+    Second,
+    Fixed(u16),
+}
+
+impl MetricsPort {
+    /// As a spec writes it: `{port}`, `{metrics_port}` or a number.
+    pub fn as_text(self) -> String {
+        match self {
+            MetricsPort::Server => "{port}".to_string(),
+            MetricsPort::Second => "{metrics_port}".to_string(),
+            MetricsPort::Fixed(p) => p.to_string(),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<MetricsPort, String> {
+        match text {
+            "" | "{port}" => Ok(MetricsPort::Server),
+            "{metrics_port}" => Ok(MetricsPort::Second),
+            n => n
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .map(MetricsPort::Fixed)
+                .ok_or_else(|| {
+                    format!("`{n}` is not a metrics port; allowed: \"{{port}}\", \"{{metrics_port}}\" or a port number 1-65535")
+                }),
+        }
+    }
+}
+
 /// Everything an agent needs to run one replica, rendered by the coordinator
 /// from the model spec. `{port}` and friends are substituted by the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -72,6 +109,8 @@ pub struct ReplicaSpec {
     /// HTTP path polled for readiness; empty means a TCP connect.
     pub health_path: String,
     pub metrics_path: String,
+    #[serde(default)]
+    pub metrics_port: MetricsPort,
     #[serde(with = "duration_ms")]
     pub ready_timeout: Duration,
     #[serde(with = "duration_ms")]
@@ -154,6 +193,9 @@ pub struct ReplicaStatus {
     pub state: ReplicaState,
     pub pid: u32,
     pub port: u32,
+    /// Where its metrics are served when not on `port` (0: on `port`).
+    #[serde(default)]
+    pub metrics_port: u32,
     pub gpus: Vec<u32>,
     pub restarts: u32,
     pub reason: String,

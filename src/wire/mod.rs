@@ -7,8 +7,8 @@ pub mod pb {
 }
 
 use crate::domain::{
-    GpuInfo, GpuProcess, GpuSample, HostInfo, HostSample, ReplicaSpec, ReplicaState, ReplicaStatus,
-    ServingSignals, WarmSpec, WarmStatus, WindowStats,
+    GpuInfo, GpuProcess, GpuSample, HostInfo, HostSample, MetricsPort, ReplicaSpec, ReplicaState,
+    ReplicaStatus, ServingSignals, WarmSpec, WarmStatus, WindowStats,
 };
 use std::time::Duration;
 
@@ -244,6 +244,7 @@ impl From<&ReplicaSpec> for pb::ReplicaSpec {
             preset: r.preset.clone(),
             health_path: r.health_path.clone(),
             metrics_path: r.metrics_path.clone(),
+            metrics_port: r.metrics_port.as_text(),
             ready_timeout_ms: r.ready_timeout.as_millis() as u64,
             stop_timeout_ms: r.stop_timeout.as_millis() as u64,
             gpu_memory_bytes: r.gpu_memory_bytes,
@@ -265,6 +266,8 @@ impl From<pb::ReplicaSpec> for ReplicaSpec {
             preset: r.preset,
             health_path: r.health_path,
             metrics_path: r.metrics_path,
+            // An unreadable value from a newer coordinator: scrape the server port.
+            metrics_port: MetricsPort::parse(&r.metrics_port).unwrap_or_default(),
             ready_timeout: Duration::from_millis(r.ready_timeout_ms),
             stop_timeout: Duration::from_millis(r.stop_timeout_ms),
             gpu_memory_bytes: r.gpu_memory_bytes,
@@ -316,6 +319,7 @@ impl From<&ReplicaStatus> for pb::ReplicaStatus {
             state: pb::ReplicaState::from(r.state) as i32,
             pid: r.pid,
             port: r.port,
+            metrics_port: r.metrics_port,
             gpus: r.gpus.clone(),
             restarts: r.restarts,
             reason: r.reason.clone(),
@@ -339,6 +343,7 @@ impl From<pb::ReplicaStatus> for ReplicaStatus {
             state: replica_state_from_i32(r.state),
             pid: r.pid,
             port: r.port,
+            metrics_port: r.metrics_port,
             gpus: r.gpus,
             restarts: r.restarts,
             reason: r.reason,

@@ -132,6 +132,7 @@ impl Owner {
         r.status.pid = rec.pid;
         r.status.runs_as_root = process::runs_as_root(rec.pid);
         r.status.port = rec.port as u32;
+        r.status.metrics_port = u32::from(rec.metrics_port);
         r.status.restarts = rec.restarts;
         r.status.started_unix_ms = rec.started_unix_ms;
         r.status.ready_unix_ms = rec.ready_unix_ms;

@@ -88,6 +88,7 @@ impl Replica {
             argv: self.argv.clone(),
             executable: self.executable.clone(),
             port: self.status.port as u16,
+            metrics_port: self.status.metrics_port as u16,
             restarts: self.status.restarts,
             state: self.status.state,
             started_unix_ms: self.status.started_unix_ms,

@@ -40,6 +40,9 @@ pub struct ReplicaRecord {
     #[serde(default)]
     pub executable: String,
     pub port: u16,
+    /// 0 when metrics are served on `port`.
+    #[serde(default)]
+    pub metrics_port: u16,
     pub restarts: u32,
     pub state: ReplicaState,
     pub started_unix_ms: i64,
@@ -135,6 +138,7 @@ mod tests {
             argv: vec!["srv".into(), "--port".into(), "20001".into()],
             executable: "/usr/bin/srv".into(),
             port: 20001,
+            metrics_port: 0,
             restarts: 2,
             state: ReplicaState::Ready,
             started_unix_ms: 1,

@@ -15,7 +15,7 @@ use super::readiness::ReadinessProbe;
 use super::template::{self, TemplateVars};
 use super::{logfile, process, record};
 use crate::agent::warm::paths::resolve_model_path;
-use crate::domain::{unix_ms_now, ReplicaSpec, ReplicaState};
+use crate::domain::{unix_ms_now, MetricsPort, ReplicaSpec, ReplicaState};
 use crate::security::env_policy;
 
 /// Used when a spec leaves `ready_timeout` at zero: loading a large model
@@ -78,11 +78,12 @@ impl Owner {
     /// replica is `Running` and `Starting`.
     fn start_process(&mut self, id: &str, epoch: u64) -> Result<(), LaunchFailure> {
         use LaunchFailure::{Permanent, Transient};
-        let used: HashSet<u16> = self
+        let mut used: HashSet<u16> = self
             .replicas
             .values()
             .filter(|r| r.spec.id != id && r.status.pid != 0)
-            .map(|r| r.status.port as u16)
+            .flat_map(|r| [r.status.port as u16, r.status.metrics_port as u16])
+            .filter(|p| *p != 0)
             .collect();
         let r = self
             .replicas
@@ -103,13 +104,14 @@ impl Owner {
         {
             return Err(Permanent(refused.message("the agent config")));
         }
-        let vars = |port| TemplateVars {
+        let vars = |port, metrics_port| TemplateVars {
             port,
+            metrics_port,
             weights: &weights,
             gpus: &spec.gpus,
             replica_id: &spec.id,
         };
-        let checked = template::render_command(&spec.command, &spec.env, &vars(0))
+        let checked = template::render_command(&spec.command, &spec.env, &vars(0, 0))
             .map_err(|e| Permanent(format!("command: {e}")))?;
         let executable =
             launch::resolve_executable(&checked.argv[0]).map_err(|e| Permanent(e.to_string()))?;
@@ -129,8 +131,25 @@ impl Owner {
                     self.cfg.port_range.end()
                 ))
             })?;
-        let rendered = template::render_command(&spec.command, &spec.env, &vars(port))
-            .map_err(|e| Permanent(format!("command: {e}")))?;
+        used.insert(port);
+        let metrics_port = match spec.metrics_port {
+            MetricsPort::Server => 0,
+            MetricsPort::Fixed(p) => p,
+            MetricsPort::Second => {
+                launch::pick_port(&self.cfg.port_range, &used, port.wrapping_add(1)).ok_or_else(
+                    || {
+                        Transient(format!(
+                            "no second free port for metrics in port_range {}-{}",
+                            self.cfg.port_range.start(),
+                            self.cfg.port_range.end()
+                        ))
+                    },
+                )?
+            }
+        };
+        let rendered =
+            template::render_command(&spec.command, &spec.env, &vars(port, metrics_port))
+                .map_err(|e| Permanent(format!("command: {e}")))?;
         if self.cfg.check_args {
             launch::check_argument_paths(
                 &rendered.argv,
@@ -164,7 +183,7 @@ impl Owner {
         // A process that already exited is still a zombie here (only we reap
         // it), so its stat is readable.
         let start_time = process::proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
-        self.port_cursor = port.wrapping_add(1);
+        self.port_cursor = port.max(metrics_port).wrapping_add(1);
         let probe = ReadinessProbe::new(self.cfg.probe_host, port, &spec.health_path);
         let watched = Watched {
             id: id.to_string(),
@@ -194,6 +213,7 @@ impl Owner {
         r.status.pid = pid;
         r.status.runs_as_root = as_root;
         r.status.port = port as u32;
+        r.status.metrics_port = u32::from(metrics_port);
         r.status.started_unix_ms = unix_ms_now();
         r.status.ready_unix_ms = 0;
         r.status.next_restart_unix_ms = 0;

@@ -1,11 +1,11 @@
-//! The model server's argv template: `{port}`, `{weights}`, `{gpus}`,
-//! `{gpu_count}` and `{replica_id}` substituted in each argument and env value.
+//! The model server's argv template: `{port}`, `{metrics_port}`, `{weights}`,
+//! `{gpus}`, `{gpu_count}` and `{replica_id}` substituted in each argument and
+//! env value.
 //! Pure: no shell is ever involved, so an argument stays one argument.
 
 use std::collections::BTreeMap;
 
-/// Placeholders a command or env value may use.
-pub const PLACEHOLDERS: &[&str] = &["port", "weights", "gpus", "gpu_count", "replica_id"];
+pub use crate::config::PLACEHOLDERS;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TemplateError {
@@ -27,6 +27,9 @@ pub enum TemplateError {
 #[derive(Debug, Clone)]
 pub struct TemplateVars<'a> {
     pub port: u16,
+    /// A second port, for engines that serve metrics apart; 0 when the
+    /// replica has none.
+    pub metrics_port: u16,
     pub weights: &'a str,
     pub gpus: &'a [u32],
     pub replica_id: &'a str,
@@ -36,6 +39,7 @@ impl TemplateVars<'_> {
     fn lookup(&self, name: &str) -> Option<String> {
         match name {
             "port" => Some(self.port.to_string()),
+            "metrics_port" => Some(self.metrics_port.to_string()),
             "weights" => Some(self.weights.to_string()),
             "gpus" => Some(gpu_list(self.gpus)),
             "gpu_count" => Some(self.gpus.len().to_string()),
@@ -155,6 +159,7 @@ mod tests {
     fn vars() -> TemplateVars<'static> {
         TemplateVars {
             port: 20017,
+            metrics_port: 20018,
             weights: "/srv/models/llama 3",
             gpus: &[2, 5],
             replica_id: "llama-3-8b-7f3a",
@@ -163,6 +168,12 @@ mod tests {
 
     fn cmd(args: &[&str]) -> Vec<String> {
         args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn metrics_port_is_the_second_port() {
+        let out = render("--metrics-port={metrics_port}", &vars()).unwrap();
+        assert_eq!(out, "--metrics-port=20018");
     }
 
     #[test]
@@ -221,7 +232,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("{model}"), "{msg}");
         assert!(
-            msg.contains("{port}, {weights}, {gpus}, {gpu_count}, {replica_id}"),
+            msg.contains("{port}, {metrics_port}, {weights}, {gpus}, {gpu_count}, {replica_id}"),
             "{msg}"
         );
     }

@@ -64,6 +64,7 @@ async fn dead_or_reused_records_are_reported_once_and_never_adopted() {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             executable: String::new(),
             port: 41999,
+            metrics_port: 0,
             restarts: 4,
             state: ReplicaState::Ready,
             started_unix_ms: 1,

@@ -437,3 +437,42 @@ async fn a_root_replica_allowed_deliberately_is_marked() {
     assert!(of(&now, "rooty").unwrap().runs_as_root);
     sup.stop_all().await;
 }
+
+#[tokio::test]
+async fn a_cpu_replica_sees_no_gpu_and_a_metrics_port_gets_a_second_free_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env.out");
+    let script = format!(
+        "echo ports={{port}},{{metrics_port}} > {o}.ports; env > {o}.tmp && mv {o}.tmp {o}; exec sleep 1000",
+        o = out.display()
+    );
+    let cfg = config(dir.path());
+    let range = cfg.port_range.clone();
+    let sup = Supervisor::spawn(cfg).await.unwrap();
+    let mut rx = sup.subscribe();
+    let mut s = spec("cpu", &["/bin/sh", "-c", &script]);
+    s.gpus = Vec::new();
+    s.metrics_port = crate::domain::MetricsPort::Second;
+    sup.apply(vec![s]);
+    let all = until(&mut rx, 5, |s| of(s, "cpu").is_some_and(|r| r.pid != 0)).await;
+    let cpu = of(&all, "cpu").unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !out.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let env = std::fs::read_to_string(&out).unwrap();
+    // Set and empty: CUDA then sees no device, rather than all of them.
+    assert!(env.lines().any(|l| l == "CUDA_VISIBLE_DEVICES="), "{env}");
+    assert!(
+        cpu.metrics_port != 0 && cpu.metrics_port != cpu.port,
+        "{cpu:?}"
+    );
+    assert!(range.contains(&(cpu.metrics_port as u16)), "{cpu:?}");
+    let ports = std::fs::read_to_string(format!("{}.ports", out.display())).unwrap();
+    assert_eq!(
+        ports.trim(),
+        format!("ports={},{}", cpu.port, cpu.metrics_port)
+    );
+    sup.stop_all().await;
+    assert!(!alive(cpu.pid));
+}

@@ -1,11 +1,12 @@
-//! The reconnect grace after a coordinator start: it waits only for nodes
-//! the store knew, and says so.
+//! The fleet task's decisions on a virtual clock: the reconnect grace after
+//! a start (it waits only for nodes the store knew, and says so) and where
+//! CPU replicas go.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::domain::{GpuInfo, Hello};
+use crate::domain::{GpuInfo, Hello, HostInfo};
 
 use super::fleet::{Fleet, FleetSettings};
 use super::store::RedbStore;
@@ -29,8 +30,18 @@ fn fleet(dir: &std::path::Path) -> Fleet {
 /// Connects `node`; the session's outbox lives as long as what is returned.
 #[must_use]
 fn connect(fleet: &mut Fleet, node: &str, now: Instant) -> mpsc::Receiver<crate::domain::ToAgent> {
+    connect_host(fleet, node, HostInfo::default(), now)
+}
+
+fn connect_host(
+    fleet: &mut Fleet,
+    node: &str,
+    host: HostInfo,
+    now: Instant,
+) -> mpsc::Receiver<crate::domain::ToAgent> {
     let hello = Hello {
         node_name: node.into(),
+        host,
         gpus: vec![GpuInfo {
             index: 0,
             uuid: format!("GPU-{node}"),
@@ -110,4 +121,37 @@ fn a_node_that_never_returns_holds_the_grace_to_its_end() {
         .reconnect_wait(t0 + GRACE - Duration::from_secs(1))
         .is_some());
     assert_eq!(f.reconnect_wait(t0 + GRACE), None);
+}
+
+#[test]
+fn a_cpu_replica_goes_where_the_host_has_the_cpus_and_ram_it_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path());
+    let t0 = f.started;
+    let host = |cpus, gib: u64| HostInfo {
+        cpus,
+        memory_total_bytes: gib << 30,
+        ..HostInfo::default()
+    };
+    let _small = connect_host(&mut f, "small", host(2, 4), t0);
+    let _big = connect_host(&mut f, "big", host(16, 64), t0);
+    f.apply_model(
+        "name = \"cpu-llm\"\nweights = \"/srv/m\"\nreplicas = 3\n[server]\ncommand = [\"/bin/llama-server\"]\ngpus = 0\ncpu = 6\nmemory = \"16GiB\"\n".into(),
+    )
+    .unwrap();
+    f.tick(t0 + Duration::from_secs(1));
+    let placed: Vec<(&str, usize)> = f
+        .plan
+        .values()
+        .map(|r| (r.node.as_str(), r.gpus.len()))
+        .collect();
+    // 16 CPUs hold two replicas of 6; the small host holds none.
+    assert_eq!(placed, vec![("big", 0), ("big", 0)]);
+    let problem = &f.models["cpu-llm"].placement_problem;
+    assert!(
+        problem.contains("needs a node with the CPUs and RAM it asks for")
+            && problem.contains("big has 4 CPUs and 32.0 GiB RAM free, needs 6 and 16.0 GiB")
+            && problem.contains("small has 2 CPUs and 4.0 GiB RAM free"),
+        "{problem}"
+    );
 }
