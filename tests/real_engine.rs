@@ -62,24 +62,10 @@ fn llama_spec(h: &Harness, e: &Engine, name: &str, server_args: &str, scaling: &
     )
 }
 
-fn replicas(h: &Harness, model: &str) -> Vec<serde_json::Value> {
-    h.try_json(&["replica", "ls", "--model", model])
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
-
 fn ready(h: &Harness, model: &str, n: usize) -> Option<Vec<serde_json::Value>> {
-    let rs = replicas(h, model);
+    let rs = h.replicas_of(model);
     let ready: Vec<_> = rs.into_iter().filter(|r| r["state"] == "ready").collect();
     (ready.len() == n).then_some(ready)
-}
-
-fn model(h: &Harness, name: &str) -> Option<serde_json::Value> {
-    h.try_json(&["model", "ls"])?
-        .as_array()?
-        .iter()
-        .find(|m| m["name"] == name)
-        .cloned()
 }
 
 fn events(h: &Harness, model: &str) -> Vec<serde_json::Value> {
@@ -108,6 +94,15 @@ fn load(port: u16, clients: usize, tokens: u32) -> Arc<AtomicBool> {
     stop
 }
 
+/// A coordinator and one agent with no GPU, ready.
+fn fleet(node: &str) -> (Harness, Proc, Proc) {
+    let h = Harness::new();
+    let coordinator = h.coordinator("");
+    let agent = h.agent(node, 0, "");
+    h.wait_ready_nodes(1);
+    (h, coordinator, agent)
+}
+
 fn alive(pid: i64) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
@@ -115,10 +110,7 @@ fn alive(pid: i64) -> bool {
 #[test]
 fn llama_server_is_scraped_scaled_restarted_and_re_adopted() {
     let Some(e) = engine() else { return };
-    let h = Harness::new();
-    let _c = h.coordinator("");
-    let mut agent = h.agent("cpu-a", 0, "");
-    h.wait_ready_nodes(1);
+    let (h, _c, mut agent) = fleet("cpu-a");
     let spec = llama_spec(
         &h,
         &e,
@@ -161,7 +153,7 @@ fn llama_server_is_scraped_scaled_restarted_and_re_adopted() {
 
     // Idle: back to the minimum once the scale-down delay has passed.
     wait_until(Duration::from_secs(60), "scale-down to 1", || {
-        let m = model(&h, "llama")?;
+        let m = h.model_of("llama")?;
         (m["desired_replicas"] == 1 && m["current_replicas"] == 1).then_some(())
     });
     let r = wait_until(Duration::from_secs(20), "one ready replica", || {
@@ -197,10 +189,7 @@ fn llama_server_is_scraped_scaled_restarted_and_re_adopted() {
 #[test]
 fn a_trickle_of_short_requests_never_scales_to_zero() {
     let Some(e) = engine() else { return };
-    let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("cpu-t", 0, "");
-    h.wait_ready_nodes(1);
+    let (h, _c, _a) = fleet("cpu-t");
     let spec = llama_spec(
         &h,
         &e,
@@ -224,7 +213,7 @@ fn a_trickle_of_short_requests_never_scales_to_zero() {
     for i in 0..10 {
         assert_eq!(complete(port, 1), 200, "request {i} was refused");
         std::thread::sleep(Duration::from_secs(2));
-        let m = model(&h, "trickle").unwrap();
+        let m = h.model_of("trickle").unwrap();
         assert_eq!(
             m["desired_replicas"], 1,
             "scaled to zero under traffic: {m}"
@@ -232,7 +221,7 @@ fn a_trickle_of_short_requests_never_scales_to_zero() {
     }
     // Quiet: now it goes to zero, and says why.
     wait_until(Duration::from_secs(30), "scale to zero", || {
-        (model(&h, "trickle")?["desired_replicas"] == 0).then_some(())
+        (h.model_of("trickle")?["desired_replicas"] == 0).then_some(())
     });
     let scale = events(&h, "trickle");
     assert!(
@@ -247,10 +236,7 @@ fn a_trickle_of_short_requests_never_scales_to_zero() {
 #[test]
 fn a_server_without_metrics_shows_failing_signals_and_an_event() {
     let Some(e) = engine() else { return };
-    let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("cpu-m", 0, "");
-    h.wait_ready_nodes(1);
+    let (h, _c, _a) = fleet("cpu-m");
     let spec = llama_spec(&h, &e, "blind", "", "min_replicas = 1\nmax_replicas = 1");
     let out = h.cli(&["model", "apply", "-f", spec.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));

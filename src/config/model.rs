@@ -444,6 +444,7 @@ mod tests {
 
     const DEMO: &str = include_str!("../../packaging/examples/demo.toml");
     const LLAMA: &str = include_str!("../../packaging/examples/llama.toml");
+    const LLAMACPP_CPU: &str = include_str!("../../packaging/examples/llamacpp-cpu.toml");
 
     fn spec(src: &str) -> ModelSpec {
         ModelSpec::parse(src).unwrap_or_else(|e| panic!("{e}"))
@@ -473,6 +474,15 @@ mod tests {
         assert!(s.server.command[0].starts_with('/'));
         assert_eq!(s.warm.mode, WarmMode::Predictive);
         assert!(s.scaling.is_some());
+    }
+
+    #[test]
+    fn llamacpp_cpu_example_parses_without_warnings() {
+        let s = spec(LLAMACPP_CPU);
+        assert_eq!(s.server.preset, Preset::Llamacpp);
+        assert_eq!((s.server.gpus, s.server.cpu), (0, 4.0));
+        assert_eq!(s.server.memory_bytes, 4 << 30);
+        assert!(s.warnings().is_empty(), "{:?}", s.warnings());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::domain::{GpuInfo, Hello, HostInfo};
+use crate::domain::{GpuInfo, Hello, HostInfo, ToAgent};
 
 use super::fleet::{Fleet, FleetSettings};
 use super::store::RedbStore;
@@ -27,18 +27,20 @@ fn fleet(dir: &std::path::Path) -> Fleet {
     Fleet::new(settings(), Box::new(RedbStore::open(dir).unwrap())).unwrap()
 }
 
-/// Connects `node`; the session's outbox lives as long as what is returned.
+/// Connects `node`; its session stays open while what is returned lives.
 #[must_use]
-fn connect(fleet: &mut Fleet, node: &str, now: Instant) -> mpsc::Receiver<crate::domain::ToAgent> {
-    connect_host(fleet, node, HostInfo::default(), now)
+fn connect(fleet: &mut Fleet, node: &str, now: Instant) -> mpsc::Receiver<ToAgent> {
+    connect_host(fleet, node, HostInfo::default(), now).1
 }
 
+/// Connects `node` with one GPU and `host`: its session, and the outbox that
+/// keeps the session open while it lives.
 fn connect_host(
     fleet: &mut Fleet,
     node: &str,
     host: HostInfo,
     now: Instant,
-) -> mpsc::Receiver<crate::domain::ToAgent> {
+) -> (u64, mpsc::Receiver<ToAgent>) {
     let hello = Hello {
         node_name: node.into(),
         host,
@@ -53,8 +55,8 @@ fn connect_host(
         ..Default::default()
     };
     let (tx, rx) = mpsc::channel(64);
-    fleet.connect(hello, "127.0.0.1:1".into(), tx, now).unwrap();
-    rx
+    let session = fleet.connect(hello, "127.0.0.1:1".into(), tx, now).unwrap();
+    (session, rx)
 }
 
 fn kinds(fleet: &Fleet, kind: &str) -> Vec<String> {
@@ -99,6 +101,14 @@ fn a_restart_waits_for_the_known_nodes_and_no_longer() {
         why.contains("waiting 28 s") && why.contains("not back: gpu-2"),
         "{why}"
     );
+    f.apply_model(
+        "name = \"m\"\nweights = \"/srv/m\"\n[server]\ncommand = [\"/bin/serve\"]\ngpu_memory = \"1GiB\"\n"
+            .into(),
+    )
+    .unwrap();
+    let summary = f.explain("m").unwrap().summary;
+    assert!(summary.starts_with("waiting "), "{summary}");
+    assert!(summary.contains("for agents to reconnect"), "{summary}");
     let _b = connect(&mut f, "gpu-2", t0 + Duration::from_secs(3));
     assert_eq!(f.reconnect_wait(t0 + Duration::from_secs(3)), None);
     assert!(kinds(&f, "reconnect")
@@ -154,4 +164,63 @@ fn a_cpu_replica_goes_where_the_host_has_the_cpus_and_ram_it_asks() {
             && problem.contains("small has 2 CPUs and 4.0 GiB RAM free"),
         "{problem}"
     );
+}
+
+#[test]
+fn a_targeted_signal_that_goes_missing_is_an_event_that_explain_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path());
+    let t0 = f.started;
+    let (session, _outbox) = connect_host(&mut f, "gpu-1", HostInfo::default(), t0);
+    f.apply_model(
+        "name = \"m\"\nweights = \"/srv/m\"\n[server]\ncommand = [\"/bin/serve\"]\ngpu_memory = \"1GiB\"\n[scaling]\nmin_replicas = 1\nmax_replicas = 2\ntarget_gpu_utilization = 0.8\nstable_window = \"10s\"\n"
+            .into(),
+    )
+    .unwrap();
+    let mut now = t0 + Duration::from_secs(1);
+    f.tick(now);
+    let id = f.plan.keys().next().expect("one replica placed").clone();
+    // The replica serves and is scraped, but the node reports no GPU sample:
+    // GPU utilization, which the spec targets, is missing.
+    for seq in 1..=3u64 {
+        now += Duration::from_secs(1);
+        let replica = crate::domain::ReplicaStatus {
+            id: id.clone(),
+            model: "m".into(),
+            spec_hash: f.models["m"].spec.spec_hash(),
+            state: crate::domain::ReplicaState::Ready,
+            gpus: vec![0],
+            signals: crate::domain::ServingSignals {
+                fresh: true,
+                scrape_seq: seq,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let report = crate::domain::Report {
+            replicas: vec![replica],
+            ..Default::default()
+        };
+        f.report(session, "gpu-1", report, now);
+        f.tick(now);
+    }
+    let signals = kinds(&f, "signals");
+    assert_eq!(
+        signals.len(),
+        1,
+        "one event when it goes missing: {signals:?}"
+    );
+    assert!(
+        signals[0].contains(
+            "GPU utilization missing from the replicas' metrics: scale-down waits for 10s at most"
+        ),
+        "{signals:?}"
+    );
+    let explained = f.explain("m").unwrap();
+    assert!(
+        explained.decisions.iter().any(|e| e.kind == "signals"),
+        "{:?}",
+        explained.decisions
+    );
+    assert!(!f.model_view("m", false).decision_now.is_empty());
 }

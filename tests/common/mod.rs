@@ -188,6 +188,23 @@ impl Harness {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// `replica ls --model MODEL` as JSON; empty while the coordinator does
+    /// not answer.
+    pub fn replicas_of(&self, model: &str) -> Vec<serde_json::Value> {
+        self.try_json(&["replica", "ls", "--model", model])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The model's entry in `model ls`; `None` while there is none.
+    pub fn model_of(&self, name: &str) -> Option<serde_json::Value> {
+        self.try_json(&["model", "ls"])?
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+    }
+
     /// Waits until `n` nodes are ready (and so the coordinator answers).
     pub fn wait_ready_nodes(&self, n: usize) -> serde_json::Value {
         wait_until(Duration::from_secs(20), &format!("{n} ready nodes"), || {
