@@ -236,7 +236,7 @@ fn a_trickle_of_short_requests_never_scales_to_zero() {
 #[test]
 fn a_server_without_metrics_shows_failing_signals_and_an_event() {
     let Some(e) = engine() else { return };
-    let (h, _c, _a) = fleet("cpu-m");
+    let (h, _c, agent) = fleet("cpu-m");
     let spec = llama_spec(&h, &e, "blind", "", "min_replicas = 1\nmax_replicas = 1");
     let out = h.cli(&["model", "apply", "-f", spec.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -258,6 +258,18 @@ fn a_server_without_metrics_shows_failing_signals_and_an_event() {
     );
     let table = stdout(&h.cli(&["replica", "ls"]));
     assert!(table.contains("failing: HTTP 501"), "{table}");
+    // The agent says so too: once at warn level, and in its own metrics.
+    let log = agent.log_text();
+    assert!(
+        log.contains("WARN") && log.contains("metrics scrape failing"),
+        "{log}"
+    );
+    let (_, metrics) = http("GET", agent.http_port, "/metrics", "");
+    let errors = metrics
+        .lines()
+        .find(|l| l.starts_with("gpufleet_replica_scrape_errors_total{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(errors.is_some_and(|n| n >= 1.0), "{metrics}");
     let ev = events(&h, "blind");
     assert!(
         ev.iter().any(|e| e["kind"] == "signals"
