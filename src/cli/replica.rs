@@ -137,9 +137,11 @@ mod tests {
         let json = serde_json::to_value(ReplicaView {
             node: "gpu-1".into(),
             status: s,
+            signals_health: crate::api::SignalsHealth::Ok,
         })
         .unwrap();
         assert_eq!(json["runs_as_root"], true, "{json}");
+        assert_eq!(json["signals_health"], "ok", "{json}");
         assert!(json.get("assignment_token").is_none(), "{json}");
     }
 }

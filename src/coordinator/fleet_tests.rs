@@ -20,6 +20,8 @@ fn settings() -> FleetSettings {
         lost_after: Duration::from_secs(30),
         reconnect_grace: GRACE,
         event_capacity: 1000,
+        allowed_env: Vec::new(),
+        adopt_unsigned_replicas: false,
     }
 }
 
