@@ -10,7 +10,16 @@ use gpufleet::config::{AgentConfig, AgentOverrides, CoordinatorConfig, Coordinat
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.command.is_daemon() {
+        // Rust ignores SIGPIPE, so a closed pipe (`gpufleet model ls | head -1`)
+        // would make printing panic; an operator command dies quietly instead,
+        // as other Unix tools do. The daemons keep ignoring it: a peer that
+        // hangs up must not kill them.
+        gpufleet::cli::restore_sigpipe();
+    }
     gpufleet::logging::init(cli.log_format);
+    let output = cli.output.unwrap_or_default();
+    let client = cli.client;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,10 +33,17 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Coordinator(args) => coordinator(args).await,
-            Command::Agent(args) => agent(args).await,
-            Command::Demo(args) => gpufleet::demo::run(args).await.map_err(Failure::Run),
-            Command::Simulate(args) => cli::simulate::run(args).map_err(Failure::Run),
-            other => cli::run_operator(other).await.map_err(Failure::Run),
+            Command::Agent(args) => agent(args, client.coordinator).await,
+            Command::Demo(args) => gpufleet::demo::run(args, output)
+                .await
+                .map_err(Failure::Run),
+            Command::Simulate(mut args) => {
+                args.output = output;
+                cli::simulate::run(args).map_err(Failure::Run)
+            }
+            other => cli::run_operator(other, client, output)
+                .await
+                .map_err(Failure::Run),
         }
     });
     match result {
@@ -61,10 +77,10 @@ async fn coordinator(args: CoordinatorArgs) -> Result<(), Failure> {
         .map_err(Failure::Run)
 }
 
-async fn agent(args: AgentArgs) -> Result<(), Failure> {
+async fn agent(args: AgentArgs, coordinator: Option<String>) -> Result<(), Failure> {
     let cfg = AgentConfig::load(&AgentOverrides {
         config: args.config,
-        coordinator: args.coordinator,
+        coordinator,
         node_name: args.node_name,
         state_dir: args.state_dir,
         gpu_backend: args.gpu_backend,

@@ -6,7 +6,7 @@ use crate::api::Event;
 use crate::wire::pb;
 
 use super::client::{connect, status_error, ClientArgs};
-use super::output::{print_json, Output};
+use super::output::{print_data, Output};
 
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
@@ -70,8 +70,8 @@ pub async fn run(args: EventsArgs, client: &ClientArgs, output: Output) -> anyho
         .map(Into::into)
         .collect();
     let Some(mut stream) = stream else {
-        if output == Output::Json {
-            return print_json(&events);
+        if output.is_data() {
+            return print_data(&events, output);
         }
         for e in &events {
             println!("{}", line(e));
@@ -94,7 +94,7 @@ pub async fn run(args: EventsArgs, client: &ClientArgs, output: Output) -> anyho
 
 /// Following prints one JSON object per line, so a pipe can read it live.
 fn print_event(e: &Event, output: Output) -> anyhow::Result<()> {
-    if output == Output::Json {
+    if output.is_data() {
         println!("{}", serde_json::to_string(e)?);
     } else {
         println!("{}", line(e));

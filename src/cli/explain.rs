@@ -4,7 +4,7 @@ use crate::api::Explanation;
 use crate::wire::pb;
 
 use super::client::{connect, status_error, ClientArgs};
-use super::output::{opt, print_json, Output, Table};
+use super::output::{opt, print_data, Output, Table};
 
 pub async fn run(model: String, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
     let mut c = connect(client).await?;
@@ -14,8 +14,8 @@ pub async fn run(model: String, client: &ClientArgs, output: Output) -> anyhow::
         .map_err(status_error)?
         .into_inner()
         .into();
-    if output == Output::Json {
-        return print_json(&e);
+    if output.is_data() {
+        return print_data(&e, output);
     }
     println!("{}: {}\n", e.model, e.summary);
     if !e.signals.is_empty() {

@@ -4,7 +4,8 @@ use crate::api::GpuView;
 use crate::wire::pb;
 
 use super::client::{connect, status_error, ClientArgs};
-use super::output::{bytes, opt, print_json, Output, Table};
+use super::list::{print_list, ListArgs};
+use super::output::{bytes, opt, Output, Table};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum GpuCommand {
@@ -12,6 +13,8 @@ pub enum GpuCommand {
     Ls {
         #[arg(long)]
         node: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// Vouch for a GPU the agent marked unhealthy (after a reset, say): its
     /// health rules start afresh and placement may use it again.
@@ -24,8 +27,8 @@ pub enum GpuCommand {
 }
 
 pub async fn run(cmd: GpuCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
-    let node = match cmd {
-        GpuCommand::Ls { node } => node,
+    let (node, args) = match cmd {
+        GpuCommand::Ls { node, list } => (node, list),
         GpuCommand::MarkHealthy { node, gpu } => {
             let mut c = connect(client).await?;
             c.mark_gpu_healthy(pb::GpuRef {
@@ -38,22 +41,30 @@ pub async fn run(cmd: GpuCommand, client: &ClientArgs, output: Output) -> anyhow
             return Ok(());
         }
     };
-    let mut c = connect(client).await?;
-    let gpus: Vec<GpuView> = c
-        .list_gpus(pb::ListGpusRequest {
-            node: node.unwrap_or_default(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .gpus
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    if output == Output::Json {
-        return print_json(&gpus);
-    }
-    let mut t = Table::new(&[
+    let c = connect(client).await?;
+    let request = pb::ListGpusRequest {
+        node: node.unwrap_or_default(),
+    };
+    let fetch = || {
+        let (mut c, request) = (c.clone(), request.clone());
+        async move {
+            let gpus: Vec<GpuView> = c
+                .list_gpus(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .gpus
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            anyhow::Ok(gpus)
+        }
+    };
+    print_list(&args, output, fetch, table).await
+}
+
+fn table(gpus: &[GpuView], wide: bool) -> Table {
+    let mut headers = vec![
         "NODE",
         "GPU",
         "NAME",
@@ -65,9 +76,13 @@ pub async fn run(cmd: GpuCommand, client: &ClientArgs, output: Output) -> anyhow
         "POWER",
         "HEALTH",
         "REPLICA",
-    ]);
-    for g in &gpus {
-        t.row(vec![
+    ];
+    if wide {
+        headers.extend(["UUID", "UTIL P95 60s", "MEM MAX 60s", "XID"]);
+    }
+    let mut t = Table::new(&headers);
+    for g in gpus {
+        let mut row = vec![
             g.node.clone(),
             g.index.to_string(),
             g.name.clone(),
@@ -87,8 +102,16 @@ pub async fn run(cmd: GpuCommand, client: &ClientArgs, output: Output) -> anyhow
             } else {
                 g.replica.clone()
             },
-        ]);
+        ];
+        if wide {
+            row.extend([
+                g.uuid.clone(),
+                format!("{:.0}%", g.utilization_p95_60s),
+                bytes(g.memory_used_max_60s as u64),
+                g.xid_errors.to_string(),
+            ]);
+        }
+        t.row(row);
     }
-    t.print();
-    Ok(())
+    t
 }

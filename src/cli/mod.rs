@@ -5,12 +5,15 @@ pub mod client;
 pub mod event;
 pub mod explain;
 pub mod gpu;
+pub mod list;
+pub mod manual;
 pub mod model;
 pub mod node;
 pub mod output;
 pub mod replica;
 pub mod simulate;
 pub mod tls;
+pub mod version;
 pub mod warm;
 
 use std::net::SocketAddr;
@@ -35,6 +38,13 @@ pub struct Cli {
     /// Log format: auto picks the journal under systemd, else text.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true)]
     pub log_format: LogFormat,
+    /// How to print: table (default), wide (more columns), json or yaml.
+    #[arg(short = 'o', long, value_enum, global = true)]
+    pub output: Option<Output>,
+    /// Where the coordinator is and how to talk to it; like every flag above,
+    /// these go before or after the command (`gpufleet --coordinator URL node ls`).
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,68 +63,51 @@ pub enum Command {
     Node {
         #[command(subcommand)]
         cmd: node::NodeCommand,
-        #[command(flatten)]
-        client: ClientArgs,
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
-        output: Output,
     },
     /// GPUs across the fleet.
     Gpu {
         #[command(subcommand)]
         cmd: gpu::GpuCommand,
-        #[command(flatten)]
-        client: ClientArgs,
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
-        output: Output,
     },
     /// Models: apply specs, list, scale.
     Model {
         #[command(subcommand)]
         cmd: model::ModelCommand,
-        #[command(flatten)]
-        client: ClientArgs,
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
-        output: Output,
     },
     /// Replicas (model-server processes).
     Replica {
         #[command(subcommand)]
         cmd: replica::ReplicaCommand,
-        #[command(flatten)]
-        client: ClientArgs,
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
-        output: Output,
     },
     /// Model weights kept warm in the nodes' page caches.
     Warm {
         #[command(subcommand)]
         cmd: warm::WarmCommand,
-        #[command(flatten)]
-        client: ClientArgs,
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
-        output: Output,
     },
     /// Why a model has the replicas it has: decisions with their inputs.
-    Explain {
-        model: String,
-        #[command(flatten)]
-        client: ClientArgs,
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-        output: Output,
-    },
+    Explain { model: String },
     /// What the fleet did and decided.
     Events {
         #[command(flatten)]
         args: event::EventsArgs,
-        #[command(flatten)]
-        client: ClientArgs,
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-        output: Output,
     },
     /// Certificates for mTLS between agents and the coordinator.
     Tls {
         #[command(subcommand)]
         cmd: tls::TlsCommand,
+    },
+    /// This binary's version, and the coordinator's when it answers.
+    Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (gpufleet.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
     },
 }
 
@@ -139,9 +132,6 @@ pub struct AgentArgs {
     /// Config file [default: /etc/gpufleet/agent.toml when it exists].
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Coordinator URL [default: http://127.0.0.1:7460].
-    #[arg(long, env = "GPUFLEET_COORDINATOR")]
-    pub coordinator: Option<String>,
     /// This node's name [default: the hostname].
     #[arg(long)]
     pub node_name: Option<String>,
@@ -169,48 +159,54 @@ fn parse_backend(s: &str) -> Result<GpuBackend, String> {
 /// Exit code for bad configuration (sysexits EX_USAGE / EX_CONFIG family).
 pub const EXIT_CONFIG: u8 = 64;
 
-/// Runs an operator command.
-pub async fn run_operator(command: Command) -> anyhow::Result<()> {
+/// Runs an operator command with the global flags it was given.
+pub async fn run_operator(
+    command: Command,
+    client: ClientArgs,
+    output: Output,
+) -> anyhow::Result<()> {
+    let client = &client;
     match command {
-        Command::Explain {
-            model,
-            client,
-            output,
-        } => explain::run(model, &client, output).await,
-        Command::Warm {
-            cmd,
-            client,
-            output,
-        } => warm::run(cmd, &client, output).await,
-        Command::Node {
-            cmd,
-            client,
-            output,
-        } => node::run(cmd, &client, output).await,
-        Command::Gpu {
-            cmd,
-            client,
-            output,
-        } => gpu::run(cmd, &client, output).await,
-        Command::Model {
-            cmd,
-            client,
-            output,
-        } => model::run(cmd, &client, output).await,
-        Command::Replica {
-            cmd,
-            client,
-            output,
-        } => replica::run(cmd, &client, output).await,
-        Command::Events {
-            args,
-            client,
-            output,
-        } => event::run(args, &client, output).await,
+        Command::Explain { model } => explain::run(model, client, output).await,
+        Command::Warm { cmd } => warm::run(cmd, client, output).await,
+        Command::Node { cmd } => node::run(cmd, client, output).await,
+        Command::Gpu { cmd } => gpu::run(cmd, client, output).await,
+        Command::Model { cmd } => model::run(cmd, client, output).await,
+        Command::Replica { cmd } => replica::run(cmd, client, output).await,
+        Command::Events { args } => event::run(args, client, output).await,
         Command::Tls { cmd } => tls::run(cmd),
+        Command::Version => version::run(client, output).await,
+        Command::Completions { shell } => {
+            manual::completions(shell);
+            Ok(())
+        }
+        Command::Man { out_dir } => manual::man_pages(&out_dir),
         Command::Coordinator(_) | Command::Agent(_) | Command::Demo(_) | Command::Simulate(_) => {
             unreachable!("daemon commands are dispatched by main")
         }
+    }
+}
+
+impl Command {
+    /// The long-running roles, as opposed to operator commands that print
+    /// and exit.
+    pub fn is_daemon(&self) -> bool {
+        match self {
+            Command::Coordinator(_) | Command::Agent(_) => true,
+            // The fleet demo runs daemons and serves; `demo load` prints a report.
+            Command::Demo(d) => !matches!(d.cmd, Some(crate::demo::DemoCommand::Load(_))),
+            _ => false,
+        }
+    }
+}
+
+/// Lets SIGPIPE end the process (the default Unix disposition), for commands
+/// whose stdout may be a pipe that closes early.
+pub fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL is async-signal-safe
+    // and done before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -9,7 +9,8 @@ use crate::config::ModelSpec;
 use crate::wire::pb;
 
 use super::client::{connect, status_error, ClientArgs};
-use super::output::{ago, opt, print_json, Output, Table};
+use super::list::{print_list, ListArgs};
+use super::output::{ago, opt, print_data, Output, Table};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ModelCommand {
@@ -19,7 +20,10 @@ pub enum ModelCommand {
         file: PathBuf,
     },
     /// List models with desired and ready replicas.
-    Ls,
+    Ls {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Show one model: spec, scaling state, replicas.
     Show { name: String },
     /// Delete a model; its replicas are stopped.
@@ -55,8 +59,8 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                 .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), s.message()))?
                 .into_inner()
                 .into();
-            if output == Output::Json {
-                return print_json(&with_spec(&view)?);
+            if output.is_data() {
+                return print_data(&with_spec(&view)?, output);
             }
             let size = crate::config::units::format_bytes;
             let each = match spec.server.gpus {
@@ -76,40 +80,24 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                 spec.name, view.min_replicas, view.max_replicas
             );
         }
-        ModelCommand::Ls => {
-            let mut c = connect(client).await?;
-            let models: Vec<ModelView> = c
-                .list_models(pb::ListModelsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .models
-                .into_iter()
-                .map(Into::into)
-                .collect();
-            if output == Output::Json {
-                return print_json(&models);
-            }
-            let mut t = Table::new(&[
-                "NAME", "MIN", "MAX", "DESIRED", "CURRENT", "READY", "PINNED", "PROBLEM",
-            ]);
-            for m in &models {
-                t.row(vec![
-                    m.name.clone(),
-                    m.min_replicas.to_string(),
-                    m.max_replicas.to_string(),
-                    m.desired_replicas.to_string(),
-                    m.current_replicas.to_string(),
-                    m.ready_replicas.to_string(),
-                    opt(m.pinned_replicas),
-                    if m.placement_problem.is_empty() {
-                        "-".into()
-                    } else {
-                        m.placement_problem.clone()
-                    },
-                ]);
-            }
-            t.print();
+        ModelCommand::Ls { list } => {
+            let c = connect(client).await?;
+            let fetch = || {
+                let mut c = c.clone();
+                async move {
+                    let models: Vec<ModelView> = c
+                        .list_models(pb::ListModelsRequest {})
+                        .await
+                        .map_err(status_error)?
+                        .into_inner()
+                        .models
+                        .into_iter()
+                        .map(Into::into)
+                        .collect();
+                    anyhow::Ok(models)
+                }
+            };
+            return print_list(&list, output, fetch, table).await;
         }
         ModelCommand::Show { name } => {
             let mut c = connect(client).await?;
@@ -119,8 +107,8 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                 .map_err(status_error)?
                 .into_inner()
                 .into();
-            if output == Output::Json {
-                return print_json(&with_spec(&view)?);
+            if output.is_data() {
+                return print_data(&with_spec(&view)?, output);
             }
             print_model(&view);
         }
@@ -131,9 +119,10 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if output == Output::Json {
-                return print_json(
+            if output.is_data() {
+                return print_data(
                     &serde_json::json!({"name": r.name, "replicas_stopping": r.replicas_stopping}),
+                    output,
                 );
             }
             println!(
@@ -149,8 +138,8 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                 .map_err(status_error)?
                 .into_inner()
                 .into();
-            if output == Output::Json {
-                return print_json(&with_spec(&view)?);
+            if output.is_data() {
+                return print_data(&with_spec(&view)?, output);
             }
             println!(
                 "model {} woken: desired {}, ready {}",
@@ -173,8 +162,8 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                 .map_err(status_error)?
                 .into_inner()
                 .into();
-            if output == Output::Json {
-                return print_json(&with_spec(&view)?);
+            if output.is_data() {
+                return print_data(&with_spec(&view)?, output);
             }
             match view.pinned_replicas {
                 Some(n) => println!("model {} pinned to {n} replicas", view.name),
@@ -186,6 +175,42 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
 }
 
 /// The model view plus its parsed spec, for `-o json`.
+fn table(models: &[ModelView], wide: bool) -> Table {
+    let mut headers = vec![
+        "NAME", "MIN", "MAX", "DESIRED", "CURRENT", "READY", "PINNED", "PROBLEM",
+    ];
+    if wide {
+        headers.extend(["UPDATED", "LAST DECISION"]);
+    }
+    let mut t = Table::new(&headers);
+    for m in models {
+        let mut row = vec![
+            m.name.clone(),
+            m.min_replicas.to_string(),
+            m.max_replicas.to_string(),
+            m.desired_replicas.to_string(),
+            m.current_replicas.to_string(),
+            m.ready_replicas.to_string(),
+            opt(m.pinned_replicas),
+            if m.placement_problem.is_empty() {
+                "-".into()
+            } else {
+                m.placement_problem.clone()
+            },
+        ];
+        if wide {
+            row.push(ago(m.updated_unix_ms));
+            row.push(if m.last_decision.is_empty() {
+                "-".into()
+            } else {
+                m.last_decision.clone()
+            });
+        }
+        t.row(row);
+    }
+    t
+}
+
 fn with_spec(view: &ModelView) -> anyhow::Result<serde_json::Value> {
     let mut v = serde_json::to_value(view)?;
     if let (Some(obj), Ok(spec)) = (v.as_object_mut(), ModelSpec::parse(&view.spec_toml)) {
@@ -224,6 +249,6 @@ fn print_model(m: &ModelView) {
     }
     if !m.replicas.is_empty() {
         println!();
-        super::replica::print_table(&m.replicas);
+        super::replica::table(&m.replicas, false).print();
     }
 }

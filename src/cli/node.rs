@@ -4,12 +4,16 @@ use crate::api::NodeView;
 use crate::wire::pb;
 
 use super::client::{connect, status_error, ClientArgs};
-use super::output::{ago, bytes, print_json, Output, Table};
+use super::list::{print_list, ListArgs};
+use super::output::{ago, bytes, print_data, Output, Table};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NodeCommand {
     /// List nodes with their state and GPUs.
-    Ls,
+    Ls {
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Show one node: host facts, GPUs, replicas.
     Show { node: String },
     /// Place no new replicas on the node; running ones stay.
@@ -29,44 +33,23 @@ pub enum NodeCommand {
 pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
     let mut c = connect(client).await?;
     match cmd {
-        NodeCommand::Ls => {
-            let nodes: Vec<NodeView> = c
-                .list_nodes(pb::ListNodesRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .nodes
-                .into_iter()
-                .map(Into::into)
-                .collect();
-            if output == Output::Json {
-                return print_json(&nodes);
-            }
-            let mut t = Table::new(&[
-                "NAME",
-                "STATE",
-                "GPUS",
-                "HEALTHY",
-                "GPU MEM USED",
-                "REPLICAS",
-                "ADDRESS",
-                "LAST SEEN",
-            ]);
-            for n in &nodes {
-                let used: u64 = n.gpus.iter().map(|g| g.memory_used_bytes).sum();
-                let total: u64 = n.gpus.iter().map(|g| g.memory_total_bytes).sum();
-                t.row(vec![
-                    n.name.clone(),
-                    n.state.as_str().into(),
-                    n.gpus.len().to_string(),
-                    n.gpus.iter().filter(|g| g.healthy).count().to_string(),
-                    format!("{} / {}", bytes(used), bytes(total)),
-                    n.replicas.to_string(),
-                    n.address.clone(),
-                    ago(n.last_seen_unix_ms),
-                ]);
-            }
-            t.print();
+        NodeCommand::Ls { list } => {
+            let fetch = || {
+                let mut c = c.clone();
+                async move {
+                    let nodes: Vec<NodeView> = c
+                        .list_nodes(pb::ListNodesRequest {})
+                        .await
+                        .map_err(status_error)?
+                        .into_inner()
+                        .nodes
+                        .into_iter()
+                        .map(Into::into)
+                        .collect();
+                    anyhow::Ok(nodes)
+                }
+            };
+            return print_list(&list, output, fetch, table).await;
         }
         NodeCommand::Cordon { node } => {
             let n: NodeView = c
@@ -106,8 +89,8 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
                 .map_err(status_error)?
                 .into_inner()
                 .into();
-            if output == Output::Json {
-                return print_json(&n);
+            if output.is_data() {
+                return print_data(&n, output);
             }
             println!("Node:        {}", n.name);
             println!("State:       {}", n.state.as_str());
@@ -178,9 +161,62 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
     Ok(())
 }
 
+fn table(nodes: &[NodeView], wide: bool) -> Table {
+    let mut headers = vec![
+        "NAME",
+        "STATE",
+        "GPUS",
+        "HEALTHY",
+        "GPU MEM USED",
+        "REPLICAS",
+        "ADDRESS",
+        "LAST SEEN",
+    ];
+    if wide {
+        headers.extend(["CPUS", "MEMORY", "GPU MODEL", "AGENT", "LABELS"]);
+    }
+    let mut t = Table::new(&headers);
+    for n in nodes {
+        let used: u64 = n.gpus.iter().map(|g| g.memory_used_bytes).sum();
+        let total: u64 = n.gpus.iter().map(|g| g.memory_total_bytes).sum();
+        let mut row = vec![
+            n.name.clone(),
+            n.state.as_str().into(),
+            n.gpus.len().to_string(),
+            n.gpus.iter().filter(|g| g.healthy).count().to_string(),
+            format!("{} / {}", bytes(used), bytes(total)),
+            n.replicas.to_string(),
+            n.address.clone(),
+            ago(n.last_seen_unix_ms),
+        ];
+        if wide {
+            let mut models: Vec<&str> = n.gpus.iter().map(|g| g.name.as_str()).collect();
+            models.dedup();
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            row.extend([
+                n.host.cpus.to_string(),
+                bytes(n.host.memory_total_bytes),
+                if models.is_empty() {
+                    "-".into()
+                } else {
+                    models.join(",")
+                },
+                n.agent_version.clone(),
+                if labels.is_empty() {
+                    "-".into()
+                } else {
+                    labels.join(",")
+                },
+            ]);
+        }
+        t.row(row);
+    }
+    t
+}
+
 fn done(n: &NodeView, output: Output, what: &str) -> anyhow::Result<()> {
-    if output == Output::Json {
-        return print_json(n);
+    if output.is_data() {
+        return print_data(n, output);
     }
     println!("node {} {what}", n.name);
     Ok(())

@@ -4,7 +4,8 @@ use crate::api::ReplicaView;
 use crate::wire::pb;
 
 use super::client::{connect, status_error, ClientArgs};
-use super::output::{opt, print_json, Output, Table};
+use super::list::{print_list, ListArgs};
+use super::output::{ago, bytes, opt, print_data, Output, Table};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ReplicaCommand {
@@ -14,6 +15,8 @@ pub enum ReplicaCommand {
         model: Option<String>,
         #[arg(long)]
         node: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// The last lines of a replica's server log (fetched from its node).
     Logs {
@@ -25,8 +28,8 @@ pub enum ReplicaCommand {
 }
 
 pub async fn run(cmd: ReplicaCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
-    let (model, node) = match cmd {
-        ReplicaCommand::Ls { model, node } => (model, node),
+    let (model, node, args) = match cmd {
+        ReplicaCommand::Ls { model, node, list } => (model, node, list),
         ReplicaCommand::Logs { id, lines } => {
             let mut c = connect(client).await?;
             let r = c
@@ -34,9 +37,10 @@ pub async fn run(cmd: ReplicaCommand, client: &ClientArgs, output: Output) -> an
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if output == Output::Json {
-                return print_json(
+            if output.is_data() {
+                return print_data(
                     &serde_json::json!({"id": r.id, "node": r.node, "lines": r.lines}),
+                    output,
                 );
             }
             for line in &r.lines {
@@ -45,35 +49,42 @@ pub async fn run(cmd: ReplicaCommand, client: &ClientArgs, output: Output) -> an
             return Ok(());
         }
     };
-    let mut c = connect(client).await?;
-    let replicas: Vec<ReplicaView> = c
-        .list_replicas(pb::ListReplicasRequest {
-            model: model.unwrap_or_default(),
-            node: node.unwrap_or_default(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .replicas
-        .into_iter()
-        .map(Into::into)
-        .collect();
-    if output == Output::Json {
-        return print_json(&replicas);
-    }
-    print_table(&replicas);
-    Ok(())
+    let c = connect(client).await?;
+    let request = pb::ListReplicasRequest {
+        model: model.unwrap_or_default(),
+        node: node.unwrap_or_default(),
+    };
+    let fetch = || {
+        let (mut c, request) = (c.clone(), request.clone());
+        async move {
+            let replicas: Vec<ReplicaView> = c
+                .list_replicas(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .replicas
+                .into_iter()
+                .map(Into::into)
+                .collect();
+            anyhow::Ok(replicas)
+        }
+    };
+    print_list(&args, output, fetch, table).await
 }
 
-pub fn print_table(replicas: &[ReplicaView]) {
-    let mut t = Table::new(&[
+pub fn table(replicas: &[ReplicaView], wide: bool) -> Table {
+    let mut headers = vec![
         "ID", "MODEL", "NODE", "STATE", "PID", "PORT", "GPUS", "RESTARTS", "ONGOING", "P95",
         "SIGNALS", "REASON",
-    ]);
+    ];
+    if wide {
+        headers.extend(["GPU MEM", "STARTED", "READY", "SPEC"]);
+    }
+    let mut t = Table::new(&headers);
     for r in replicas {
         let s = &r.status;
         let gpus: Vec<String> = s.gpus.iter().map(u32::to_string).collect();
-        t.row(vec![
+        let mut row = vec![
             s.id.clone(),
             s.model.clone(),
             r.node.clone(),
@@ -105,9 +116,18 @@ pub fn print_table(replicas: &[ReplicaView]) {
             } else {
                 s.reason.clone()
             },
-        ]);
+        ];
+        if wide {
+            row.extend([
+                bytes(s.gpu_memory_used_bytes),
+                ago(s.started_unix_ms),
+                ago(s.ready_unix_ms),
+                s.spec_hash.chars().take(12).collect(),
+            ]);
+        }
+        t.row(row);
     }
-    t.print();
+    t
 }
 
 /// The state, marked when the server runs as root (the agent's

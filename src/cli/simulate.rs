@@ -109,7 +109,8 @@ pub struct SimulateArgs {
     /// Write an SVG chart of load, replicas and p95 latency over time.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    /// Set from the global `-o`.
+    #[arg(skip)]
     pub output: Output,
 }
 
@@ -235,9 +236,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write the plot {}", path.display()))?;
     }
     let reports: Vec<&PolicyReport> = runs.iter().map(|r| &r.report).collect();
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&reports)?),
-        Output::Table => {
+    match args.output.document(&reports)? {
+        Some(doc) => print!("{doc}"),
+        None => {
             println!(
                 "{} on {source}; fleet {}x{} GPUs of {}; cold start {:.0}s, warm start {:.0}s; \
                  simulated in {:.2}s",

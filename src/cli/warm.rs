@@ -7,7 +7,8 @@ use crate::api::WarmView;
 use crate::wire::pb;
 
 use super::client::{connect, status_error, ClientArgs, Control};
-use super::output::{bytes, print_json, Output, Table};
+use super::list::{print_list, ListArgs};
+use super::output::{bytes, print_data, Output, Table};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum WarmCommand {
@@ -15,6 +16,8 @@ pub enum WarmCommand {
     Ls {
         #[arg(long)]
         node: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// Keep a model's weights resident on a node.
     Start {
@@ -49,12 +52,16 @@ async fn list(c: &mut Control, node: Option<String>) -> anyhow::Result<Vec<WarmV
     .collect())
 }
 
-fn print_table(entries: &[WarmView]) {
-    let mut t = Table::new(&[
+fn table(entries: &[WarmView], wide: bool) -> Table {
+    let mut headers = vec![
         "NODE", "MODEL", "STATE", "RESIDENT", "TOTAL", "RATE", "WHY", "ERROR",
-    ]);
+    ];
+    if wide {
+        headers.extend(["ETA", "PATH"]);
+    }
+    let mut t = Table::new(&headers);
     for w in entries {
-        t.row(vec![
+        let mut row = vec![
             w.node.clone(),
             w.model.clone(),
             w.state.clone(),
@@ -71,20 +78,29 @@ fn print_table(entries: &[WarmView]) {
             } else {
                 w.error.clone()
             },
-        ]);
+        ];
+        if wide {
+            row.push(if w.eta_ms > 0 {
+                humantime::format_duration(Duration::from_secs(w.eta_ms.div_ceil(1000))).to_string()
+            } else {
+                "-".into()
+            });
+            row.push(w.path.clone());
+        }
+        t.row(row);
     }
-    t.print();
+    t
 }
 
 pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
     let mut c = connect(client).await?;
     match cmd {
-        WarmCommand::Ls { node } => {
-            let entries = list(&mut c, node).await?;
-            if output == Output::Json {
-                return print_json(&entries);
-            }
-            print_table(&entries);
+        WarmCommand::Ls { node, list: args } => {
+            let fetch = || {
+                let (mut c, node) = (c.clone(), node.clone());
+                async move { list(&mut c, node).await }
+            };
+            return print_list(&args, output, fetch, table).await;
         }
         WarmCommand::Start {
             model,
@@ -98,8 +114,8 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
             };
             c.warm_start(req).await.map_err(status_error)?;
             if !wait {
-                if output == Output::Json {
-                    return print_json(&list(&mut c, Some(node)).await?);
+                if output.is_data() {
+                    return print_data(&list(&mut c, Some(node)).await?, output);
                 }
                 println!(
                     "warming {model} on {node}; `gpufleet warm ls --node {node}` shows progress"
@@ -107,8 +123,8 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
                 return Ok(());
             }
             let entry = wait_resident(&mut c, &model, &node, timeout).await?;
-            if output == Output::Json {
-                return print_json(&entry);
+            if output.is_data() {
+                return print_data(&entry, output);
             }
         }
         WarmCommand::Evict { model, node } => {
@@ -124,8 +140,8 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
                 .into_iter()
                 .map(Into::into)
                 .collect();
-            if output == Output::Json {
-                return print_json(&entries);
+            if output.is_data() {
+                return print_data(&entries, output);
             }
             println!("evicting {model} from {node}'s page cache");
         }

@@ -432,4 +432,13 @@ impl pb::control_server::Control for ControlService {
         let e = self.fleet.explain(name).await?;
         Ok(Response::new((&e).into()))
     }
+
+    async fn get_version(
+        &self,
+        _request: Request<pb::GetVersionRequest>,
+    ) -> Result<Response<pb::VersionInfo>, Status> {
+        Ok(Response::new(pb::VersionInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
 }

@@ -3,6 +3,7 @@
 //! while there is none), reporting what was sent, what completed, why the
 //! rest failed, and the latency percentiles.
 
+use crate::cli::output::Output;
 use crate::demo::arrivals::{ArrivalRate, RateError};
 use crate::demo::balancer::{Outstanding, SharedBalancer, Waker};
 use crate::demo::endpoints::{EndpointWatch, EndpointsError, REFRESH_EVERY};
@@ -67,15 +68,9 @@ pub struct LoadArgs {
     /// Seed of the arrival times, to repeat a run exactly.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Report format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Table)]
-    pub output: ReportFormat,
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportFormat {
-    Table,
-    Json,
+    /// Report format: set from the global `-o`.
+    #[arg(skip)]
+    pub output: Output,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -451,17 +446,24 @@ impl Tally {
     }
 }
 
-pub fn print_report(report: &LoadReport, json: bool) {
-    print!("{}", render_report(report, json));
+pub fn print_report(report: &LoadReport, output: Output) {
+    print!("{}", render_report(report, output));
 }
 
-/// The report as `print_report` prints it: one JSON object, or a table.
-pub fn render_report(report: &LoadReport, json: bool) -> String {
-    if json {
-        // Serializing plain numbers and string-keyed maps cannot fail.
-        let mut line = serde_json::to_string(report).unwrap_or_default();
-        line.push('\n');
-        return line;
+/// The report as `print_report` prints it: one JSON object on one line, a
+/// YAML document, or a table.
+pub fn render_report(report: &LoadReport, output: Output) -> String {
+    match output {
+        Output::Json => {
+            // Serializing plain numbers and string-keyed maps cannot fail.
+            let mut line = serde_json::to_string(report).unwrap_or_default();
+            line.push('\n');
+            return line;
+        }
+        Output::Yaml => {
+            return crate::cli::output::to_yaml(&serde_json::to_value(report).unwrap_or_default())
+        }
+        Output::Table | Output::Wide => {}
     }
     let mut out = String::new();
     // Writing to a String cannot fail.

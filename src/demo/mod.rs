@@ -29,13 +29,13 @@ pub enum DemoCommand {
     Load(load::LoadArgs),
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(args: DemoArgs, output: crate::cli::output::Output) -> anyhow::Result<()> {
     match args.cmd {
         Some(DemoCommand::Server(a)) => server::run_server(a).await,
-        Some(DemoCommand::Load(a)) => {
-            let json = a.output == load::ReportFormat::Json;
+        Some(DemoCommand::Load(mut a)) => {
+            a.output = output;
             let report = load::run_load(a).await?;
-            load::print_report(&report, json);
+            load::print_report(&report, output);
             Ok(())
         }
         None => fleet::run(args.fleet).await,

@@ -2,7 +2,8 @@
 //! in-process to the demo model's replicas, so `gpufleet demo` shows the
 //! fleet scaling up on the spike and back down once it is idle.
 
-use crate::demo::load::{self, LoadArgs, LoadProgress, ProgressCounts, ReportFormat};
+use crate::cli::output::Output;
+use crate::demo::load::{self, LoadArgs, LoadProgress, ProgressCounts};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -161,7 +162,7 @@ async fn drive(
                 coordinator_http: coordinator_http.clone(),
                 prompt: load::DEFAULT_PROMPT.to_string(),
                 seed: None,
-                output: ReportFormat::Table,
+                output: Output::Table,
             };
             runs.spawn(load::run_load_with(args, progress.clone()));
         }

@@ -296,13 +296,8 @@ fn the_command_line_wants_exactly_one_target() {
     let parse = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
     assert!(parse(&[]).is_err(), "neither --url nor --model");
     assert!(parse(&["--url", "http://a:1", "--model", "m"]).is_err());
-    let load = parse(&["--model", "m", "-o", "json", "--ramp-to", "50"])
-        .unwrap()
-        .load;
-    assert_eq!(
-        (load.output, load.ramp_to),
-        (ReportFormat::Json, Some(50.0))
-    );
+    let load = parse(&["--model", "m", "--ramp-to", "50"]).unwrap().load;
+    assert_eq!(load.ramp_to, Some(50.0));
     assert_eq!(Duration::from(load.timeout), Duration::from_secs(60));
     assert!(matches!(
         Route::one("https://a:1"),
@@ -326,7 +321,7 @@ fn reports_render_as_a_table_or_one_json_object() {
         p99_s: Some(0.3),
         max_s: Some(0.4),
     };
-    let table = render_report(&report, false);
+    let table = render_report(&report, Output::Table);
     assert!(
         table.contains("sent       10 in 2.0 s (5.0 req/s)"),
         "{table}"
@@ -337,7 +332,7 @@ fn reports_render_as_a_table_or_one_json_object() {
     );
     assert!(table.contains("p95 0.250 s"), "{table}");
 
-    let json = render_report(&report, true);
+    let json = render_report(&report, Output::Json);
     assert_eq!(json.lines().count(), 1);
     let v: Value = serde_json::from_str(&json).unwrap();
     for key in [
