@@ -1,0 +1,153 @@
+//! The CLI as an operator used to kubectl drives it: flags before the noun,
+//! every output format, watching a list, pipes that close early, and a
+//! coordinator that hangs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const SPEC: &str = r#"
+name = "watched"
+weights = "/srv/models/watched"
+replicas = 0
+
+[server]
+preset = "vllm"
+command = ["/bin/sleep", "1000"]
+gpus = 1
+gpu_memory = "20GiB"
+"#;
+
+/// Runs the CLI with exactly `args`: no GPUFLEET_COORDINATOR in its
+/// environment, so only flags can say where the coordinator is.
+fn bare(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("GPUFLEET_COORDINATOR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn global_flags_go_before_the_noun_and_every_format_shows_the_same_list() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 2, "[labels]\nrack = \"r1\"\n");
+    h.wait_ready_nodes(1);
+    let url = h.coordinator_url();
+
+    let json = bare(&["--coordinator", &url, "-o", "json", "node", "ls"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json[0]["name"], "node-a");
+
+    let yaml = bare(&["node", "--coordinator", &url, "ls", "-o", "yaml"]);
+    assert!(yaml.status.success(), "{}", stderr(&yaml));
+    let yaml: serde_json::Value = serde_yaml::from_slice(&yaml.stdout).unwrap();
+    assert_eq!(yaml[0]["name"], json[0]["name"]);
+    assert_eq!(yaml[0]["gpus"], json[0]["gpus"]);
+
+    let wide = bare(&["-o", "wide", "--coordinator", &url, "node", "ls"]);
+    let wide = stdout(&wide);
+    let header = wide.lines().next().unwrap();
+    assert!(
+        header.contains("LABELS") && header.contains("CPUS"),
+        "{wide}"
+    );
+    assert!(wide.contains("rack=r1"), "{wide}");
+    let narrow = stdout(&bare(&["--coordinator", &url, "node", "ls"]));
+    assert!(!narrow.contains("LABELS"), "{narrow}");
+
+    let version = bare(&["--coordinator", &url, "version", "-o", "json"]);
+    let version: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
+    assert_eq!(version["client"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(version["coordinator"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn a_pipe_closed_early_ends_the_command_quietly() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 2, "");
+    h.wait_ready_nodes(1);
+    // `gpufleet node ls -o json | head -c0`: the reader is gone before the
+    // CLI prints anything.
+    let mut child = Command::new(BIN)
+        .args(["node", "ls", "-o", "json"])
+        .env("GPUFLEET_COORDINATOR", h.coordinator_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "exit {:?}: {err}",
+        out.status
+    );
+}
+
+#[test]
+fn a_hung_coordinator_is_named_within_the_request_timeout() {
+    // Accepts connections (the kernel does, from the backlog) but never speaks.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", hung.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = bare(&[
+        "--request-timeout",
+        "1s",
+        "--coordinator",
+        &url,
+        "model",
+        "ls",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&url), "the error names the address: {err}");
+    assert!(err.contains("did not answer within 1s"), "{err}");
+    // Generous: the point is that 1s is honoured, not the default.
+    assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+    drop(hung);
+}
+
+#[test]
+fn watch_prints_the_list_again_when_it_changes() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 2, "");
+    h.wait_ready_nodes(1);
+    let mut watch = Command::new(BIN)
+        .args([
+            "model",
+            "ls",
+            "--watch",
+            "--watch-interval",
+            "200ms",
+            "-o",
+            "json",
+        ])
+        .env("GPUFLEET_COORDINATOR", h.coordinator_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first, "[]", "one compact document per line");
+    let spec = h.write("watched.toml", SPEC);
+    let applied = h.cli(&["model", "apply", "-f", spec.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let next = lines.next().unwrap().unwrap();
+    let models: serde_json::Value = serde_json::from_str(&next).unwrap();
+    assert_eq!(models[0]["name"], "watched", "{next}");
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+}
