@@ -27,6 +27,12 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null ||
         fail "apt-get install systemd failed"
 fi
+if ! command -v lintian >/dev/null 2>&1; then
+    step "installing lintian"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lintian >/dev/null ||
+        fail "apt-get install lintian failed"
+fi
 if ! command -v cargo-deb >/dev/null 2>&1; then
     step "installing cargo-deb"
     cargo install cargo-deb --locked || fail "cargo install cargo-deb failed"
@@ -71,6 +77,13 @@ step "building the .deb (release; this takes a while on a cold cache)"
 deb=$(packaging/build-deb.sh | tail -n 1) || fail "packaging/build-deb.sh failed"
 step "built $deb"
 
+# --- lintian: Debian's own checks, at the pedantic level ---------------------
+step "lintian --pedantic $(basename "$deb")"
+if ! lint=$(lintian --pedantic --fail-on error,warning,pedantic "$deb" 2>&1); then
+    echo "$lint" >&2
+    fail "lintian found problems in $deb"
+fi
+
 # --- inspect ----------------------------------------------------------------
 info=$(dpkg-deb -I "$deb") || fail "dpkg-deb -I $deb"
 contents=$(dpkg-deb -c "$deb") || fail "dpkg-deb -c $deb"
@@ -89,6 +102,12 @@ for path in \
     ./usr/lib/sysusers.d/gpufleet.conf \
     ./usr/share/doc/gpufleet/install.md \
     ./usr/share/doc/gpufleet/copyright \
+    ./usr/share/doc/gpufleet/changelog.Debian.gz \
+    ./usr/share/man/man1/gpufleet.1.gz \
+    ./usr/share/man/man1/gpufleet-node-ls.1.gz \
+    ./usr/share/bash-completion/completions/gpufleet \
+    ./usr/share/zsh/vendor-completions/_gpufleet \
+    ./usr/share/fish/vendor_completions.d/gpufleet.fish \
     ./usr/share/doc/gpufleet/examples/llama.toml; do
     grep -q " $path\$" <<<"$contents" || fail "the .deb does not contain $path"
 done
