@@ -220,7 +220,6 @@ pub async fn run(
     });
 
     let (assign_tx, mut assign_rx) = watch::channel::<Option<Assignment>>(None);
-    let model_roots = cfg.model_roots.clone();
     {
         let supervisor = supervisor.clone();
         let warmer = warmer.clone();
@@ -259,8 +258,11 @@ pub async fn run(
                         w
                     })
                     .collect();
-                warmer.set_desired(warm, keep);
-                evict(&a, &model_roots);
+                warmer.set(warm::Desired {
+                    warm,
+                    keep,
+                    evict: a.evict.clone(),
+                });
                 tracing::info!(
                     generation = a.generation,
                     replicas = a.replicas.len(),
@@ -310,8 +312,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Drops from the page cache the weights the operator asked to evict, unless
-/// a replica assigned here runs that model. Runs off the async runtime.
 /// Settings that open the launch policy wide are said out loud at start.
 fn warn_about_open_policy(cfg: &AgentConfig) {
     if cfg
@@ -327,31 +327,6 @@ fn warn_about_open_policy(cfg: &AgentConfig) {
     if !cfg.check_args {
         tracing::warn!("check_args = false: paths in model server arguments are not checked against model_roots");
     }
-}
-
-fn evict(a: &Assignment, model_roots: &[std::path::PathBuf]) {
-    let doomed: Vec<crate::domain::WarmSpec> = a
-        .evict
-        .iter()
-        .filter(|e| !a.replicas.iter().any(|r| r.model == e.model))
-        .filter(|e| !a.warm.iter().any(|w| w.model == e.model))
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
-        return;
-    }
-    let roots = model_roots.to_vec();
-    tokio::task::spawn_blocking(move || {
-        for e in doomed {
-            match warm::list_model_files(std::path::Path::new(&e.path), &roots) {
-                Ok(files) => {
-                    let problems = warm::budget::evict(&files);
-                    tracing::info!(model = %e.model, problems = problems.len(), "evicted weights from the page cache");
-                }
-                Err(err) => tracing::warn!(model = %e.model, error = %err, "cannot evict"),
-            }
-        }
-    });
 }
 
 /// The line `systemctl status gpufleet-agent` shows.

@@ -45,7 +45,7 @@ where
             let mut out = std::io::stdout().lock();
             if args.watch && last.is_some() {
                 match output {
-                    Output::Yaml => write!(out, "---\n")?,
+                    Output::Yaml => writeln!(out, "---")?,
                     Output::Json => {}
                     // A terminal shows the latest table in place, as watch(1) does.
                     Output::Table | Output::Wide if tty => write!(out, "\x1b[H\x1b[2J")?,

@@ -49,6 +49,10 @@ pub(super) struct WarmEntry {
     /// When it was last evicted: pages a process still maps survive
     /// DONTNEED, and such an entry is not evicted again at every pass.
     pub evicted_at: Option<Instant>,
+    /// The operator asked to drop it from the page cache (`warm evict`).
+    pub evict_wanted: bool,
+    /// That ask was carried out, and nothing has read it back in since.
+    pub evict_done: bool,
 }
 
 impl WarmEntry {
@@ -71,6 +75,8 @@ impl WarmEntry {
             phase: Phase::Idle,
             lock: None,
             evicted_at: None,
+            evict_wanted: false,
+            evict_done: false,
         }
     }
 

@@ -18,7 +18,7 @@ mod warmer;
 pub use files::{list_model_files, ModelFile, ModelFiles};
 pub use fill::{fill_files, fill_path, FillOptions, FillProgress, FillReport};
 pub use residency::{measure, resident_bytes, Residency};
-pub use warmer::{Warmer, WarmerConfig};
+pub use warmer::{Desired, Warmer, WarmerConfig};
 
 use std::path::PathBuf;
 

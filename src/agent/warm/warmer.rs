@@ -48,9 +48,14 @@ impl WarmerConfig {
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Desired {
-    warm: Vec<WarmSpec>,
-    keep: Vec<(String, String)>,
+pub struct Desired {
+    /// Assigned warm: filled and protected.
+    pub warm: Vec<WarmSpec>,
+    /// (model, path) of models replicas run here: protected, not filled.
+    pub keep: Vec<(String, String)>,
+    /// The operator asked to drop these from the page cache (`warm evict`);
+    /// ignored for a model that is also warm or kept.
+    pub evict: Vec<WarmSpec>,
 }
 
 /// Handle to the warmer task; clones share it. The task stops, releasing its
@@ -91,7 +96,17 @@ impl Warmer {
     /// lists again change nothing. Entries left out stay cached, unprotected,
     /// until the budget evicts them (least recently used first).
     pub fn set_desired(&self, warm: Vec<WarmSpec>, keep: Vec<(String, String)>) {
-        let next = Desired { warm, keep };
+        self.set(Desired {
+            warm,
+            keep,
+            evict: Vec::new(),
+        });
+    }
+
+    /// Like `set_desired`, with the operator's evictions. An eviction is
+    /// carried out by the warmer itself, so residency is measured again as
+    /// soon as the pages are dropped and `warm ls` shows it at once.
+    pub fn set(&self, next: Desired) {
         self.desired.send_if_modified(|current| {
             if *current == next {
                 return false;
@@ -184,6 +199,7 @@ impl Task {
         for entry in self.entries.values_mut() {
             entry.warm = false;
             entry.kept = false;
+            entry.evict_wanted = false;
         }
         self.order.clear();
         for spec in &desired.warm {
@@ -212,6 +228,15 @@ impl Task {
             entry.kept = true;
             if !entry.measured {
                 self.measure_due = true;
+            }
+        }
+        for spec in &desired.evict {
+            let entry = self
+                .entries
+                .entry((spec.model.clone(), spec.path.clone()))
+                .or_insert_with(|| WarmEntry::new(&spec.model, &spec.path, now));
+            if !entry.protected() {
+                entry.evict_wanted = true;
             }
         }
         // `warm` was reset above, so a fill whose entry is still warm stays.
@@ -290,6 +315,11 @@ impl Task {
                             {
                                 entry.fill_due = true;
                             }
+                            // Read back in since the operator's eviction (a
+                            // process opened it): evict again, level-triggered.
+                            if entry.evict_wanted && entry.resident_bytes > 0 {
+                                entry.evict_done = false;
+                            }
                         }
                         Err(e) => {
                             entry.failed = true;
@@ -308,6 +338,8 @@ impl Task {
             } => {
                 if let Some(entry) = self.entries.get_mut(&key) {
                     entry.phase = Phase::Idle;
+                    entry.measured = true;
+                    entry.evict_done = entry.evict_wanted;
                     entry.resident_bytes = residency.resident_bytes;
                     entry.total_bytes = residency.total_bytes;
                     entry.measure_error = [problems, residency.problems].concat().join("; ");
@@ -334,6 +366,7 @@ impl Task {
         if !self.measuring && (self.measure_due || refresh_due) {
             self.start_measure();
         }
+        self.evict_asked(now);
         self.evict_over_budget(now);
         self.entries.retain(|_, e| {
             e.protected()
@@ -459,27 +492,56 @@ impl Task {
             })
             .collect();
         for key in plan_eviction(&candidates, self.cfg.budget_bytes) {
-            let Some(entry) = self.entries.get_mut(&key) else {
-                continue;
-            };
-            entry.phase = Phase::Evicting;
-            entry.evicted_at = Some(now);
-            release_lock(entry.lock.take());
-            let path = PathBuf::from(&entry.path);
-            let roots = self.roots.clone();
-            let tx = self.done_tx.clone();
-            tokio::task::spawn_blocking(move || {
-                let (problems, residency) = match list_model_files(&path, &roots) {
-                    Ok(files) => (evict(&files), measure(&files)),
-                    Err(e) => (vec![e.to_string()], Residency::default()),
-                };
-                let _ = tx.send(JobDone::Evicted {
-                    key,
-                    problems,
-                    residency,
-                });
-            });
+            self.start_evict(key, now);
         }
+    }
+
+    /// Evicts what the operator asked to evict, once per ask (and again when
+    /// a measurement finds it read back in), never a protected entry and
+    /// not more often than the refresh interval: pages a process maps
+    /// survive DONTNEED.
+    fn evict_asked(&mut self, now: Instant) {
+        let refresh = self.cfg.refresh_interval;
+        let due: Vec<EntryKey> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.evict_wanted
+                    && !e.evict_done
+                    && !e.protected()
+                    && e.is_idle()
+                    && e.evicted_at
+                        .is_none_or(|at| now.saturating_duration_since(at) >= refresh)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.start_evict(key, now);
+        }
+    }
+
+    /// Drops an entry's pages off the runtime, then measures it again.
+    fn start_evict(&mut self, key: EntryKey, now: Instant) {
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return;
+        };
+        entry.phase = Phase::Evicting;
+        entry.evicted_at = Some(now);
+        release_lock(entry.lock.take());
+        let path = PathBuf::from(&entry.path);
+        let roots = self.roots.clone();
+        let tx = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let (problems, residency) = match list_model_files(&path, &roots) {
+                Ok(files) => (evict(&files), measure(&files)),
+                Err(e) => (vec![e.to_string()], Residency::default()),
+            };
+            let _ = tx.send(JobDone::Evicted {
+                key,
+                problems,
+                residency,
+            });
+        });
     }
 
     fn publish(&self, now: Instant) {

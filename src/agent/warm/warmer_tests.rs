@@ -240,3 +240,42 @@ async fn the_same_desired_lists_again_change_nothing() {
     warmer.set_desired(warm, vec![]);
     assert!(!desired.has_changed().unwrap());
 }
+
+#[tokio::test]
+async fn an_operator_eviction_drops_the_pages_and_reports_it_without_waiting_for_a_refresh() {
+    let Some((dir, paths)) = cold_models(&["a", "b"]) else {
+        return;
+    };
+    // A refresh far away: only the eviction itself can update the status.
+    let warmer = Warmer::spawn(WarmerConfig {
+        io_workers: 2,
+        chunk_bytes: 256 << 10,
+        refresh_interval: Duration::from_secs(3600),
+        ..WarmerConfig::new(vec![dir.path().to_path_buf()], 10 * MIB)
+    });
+    let both = vec![spec("a", &paths[0], false), spec("b", &paths[1], false)];
+    warmer.set_desired(both, vec![]);
+    wait_for(&warmer, "a and b resident", |s| {
+        state_of(s, "a").as_deref() == Some("resident")
+            && state_of(s, "b").as_deref() == Some("resident")
+    })
+    .await;
+
+    // `warm evict a`, while b is kept because a replica runs it (and is
+    // asked to be evicted too: a running model's weights stay).
+    warmer.set(Desired {
+        warm: vec![],
+        keep: vec![keep("b", &paths[1])],
+        evict: vec![spec("a", &paths[0], false), spec("b", &paths[1], false)],
+    });
+    let statuses = wait_for(&warmer, "a no longer resident", |s| {
+        find(s, "a").is_none_or(|a| a.resident_bytes < a.total_bytes / 2)
+    })
+    .await;
+    assert!(
+        !mostly_resident(&paths[0], dir.path()),
+        "the pages really left"
+    );
+    assert_eq!(state_of(&statuses, "b").as_deref(), Some("resident"));
+    assert!(mostly_resident(&paths[1], dir.path()));
+}
