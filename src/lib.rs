@@ -8,6 +8,7 @@ pub mod config;
 pub mod coordinator;
 pub mod demo;
 pub mod domain;
+pub mod exposition;
 pub mod logging;
 pub mod notify;
 pub mod security;

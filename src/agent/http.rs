@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::agent::gpu::exporter::{family, float, labels, render_gpu_metrics};
+use crate::agent::gpu::exporter::{family, float, labels, render_dcgm_metrics, render_gpu_metrics};
 use crate::agent::gpu::{FaultError, FaultKind, GpuSnapshot, SimulatedFaults};
 use crate::domain::{HostSample, ReplicaState, ReplicaStatus, WarmStatus};
 
@@ -76,6 +76,7 @@ fn router(telemetry: watch::Receiver<Telemetry>, faults: Option<SimulatedFaults>
     let with_faults = faults.is_some();
     let router = Router::new()
         .route("/metrics", get(metrics))
+        .route("/metrics/dcgm", get(dcgm_metrics))
         .route("/healthz", get(|| async { "ok" }));
     let router = if with_faults {
         router.route("/v1/simulated/gpus/{index}/fault", post(inject_fault))
@@ -91,6 +92,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
     body.push_str(&render_process_metrics(&AgentProcess::read(
         telemetry.started.elapsed(),
     )));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The GPU families exactly as dcgm-exporter writes them, for dashboards
+/// and alerts built for it (its camelCase labels included, which is why
+/// they are not on `/metrics`).
+async fn dcgm_metrics(State(state): State<AppState>) -> Response {
+    let telemetry = state.telemetry.borrow().clone();
+    let mut body = String::new();
+    render_dcgm_metrics(&mut body, &telemetry.gpus, &telemetry.node_name);
     (
         [(
             header::CONTENT_TYPE,
@@ -179,12 +197,12 @@ async fn inject_fault(
     }
 }
 
-/// Prometheus text for everything in `t`: GPU families (dcgm-exporter's
-/// first), then host, replica, warm and agent families. Families with no
-/// series are left out.
+/// Prometheus text for everything in `t`: gpufleet's GPU families, then
+/// host, replica, warm and agent families. Families with no series are left
+/// out. dcgm-exporter's families are on `/metrics/dcgm`.
 pub fn render_metrics(t: &Telemetry) -> String {
     let mut out = String::new();
-    render_gpu_metrics(&mut out, &t.gpus, &t.node_name);
+    render_gpu_metrics(&mut out, &t.gpus, &t.node_name, &t.replicas);
     render_host(&mut out, &t.host, &t.node_name);
     render_replicas(&mut out, &t.replicas, &t.node_name);
     render_warm(&mut out, &t.warm, &t.node_name);
@@ -552,7 +570,7 @@ gpufleet_agent_gpu_sample_seconds{{node="gpu-host-17"}} 0
     }
 
     #[test]
-    fn gpu_families_come_first_with_dcgm_names() {
+    fn gpu_families_come_first_and_dcgm_names_are_served_apart() {
         let mut t = telemetry();
         let mut gpus = SimulatedGpus::new(&SimulatedConfig {
             count: 2,
@@ -567,15 +585,20 @@ gpufleet_agent_gpu_sample_seconds{{node="gpu-host-17"}} 0
             ..GpuSnapshot::default()
         };
         let out = render_metrics(&t);
-        assert!(out.starts_with("# HELP DCGM_FI_DEV_SM_CLOCK "), "{out}");
+        assert!(out.starts_with("# HELP gpufleet_gpu_info "), "{out}");
+        assert!(!out.contains("DCGM_"), "{out}");
+        assert!(out.contains(r#"gpu="1",uuid="GPU-"#));
+        assert!(out.contains(r#"gpu_backend="simulated""#));
+        let mut dcgm = String::new();
+        render_dcgm_metrics(&mut dcgm, &t.gpus, &t.node_name);
+        assert!(dcgm.starts_with("# HELP DCGM_FI_DEV_SM_CLOCK "), "{dcgm}");
         assert_eq!(
-            out.lines()
+            dcgm.lines()
                 .filter(|l| l.starts_with("DCGM_FI_DEV_FB_USED{"))
                 .count(),
             2
         );
-        assert!(out.contains(r#"gpu="1",UUID="GPU-"#));
-        assert!(out.contains(r#"gpu_backend="simulated""#));
+        assert!(dcgm.contains(r#"gpu="1",UUID="GPU-"#));
     }
 
     #[test]

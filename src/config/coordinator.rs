@@ -35,6 +35,11 @@ pub struct CoordinatorConfig {
     pub node_lost_after: Duration,
     /// After a restart, no stop or move decisions before this.
     pub reconnect_grace: Duration,
+    /// How long a replica being scaled down keeps running after it is marked
+    /// retiring in /v1/endpoints: longer than the endpoint readers' refresh
+    /// (Prometheus' http_sd refreshes every 60s), so none of them meets a
+    /// stopped server.
+    pub retire_grace: Duration,
     pub event_log_capacity: usize,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
@@ -62,6 +67,7 @@ struct RawCoordinator {
     node_suspect_after: Option<String>,
     node_lost_after: Option<String>,
     reconnect_grace: Option<String>,
+    retire_grace: Option<String>,
     event_log_capacity: Option<i64>,
     allowed_env: Option<Vec<String>>,
     adopt_unsigned_replicas: Option<bool>,
@@ -168,6 +174,11 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
         raw.reconnect_grace.as_deref().unwrap_or("30s"),
         Duration::ZERO..=Duration::from_secs(3600),
     )?;
+    let retire_grace = duration_in(
+        "retire_grace",
+        raw.retire_grace.as_deref().unwrap_or("75s"),
+        Duration::ZERO..=Duration::from_secs(3600),
+    )?;
     let event_log_capacity = int_in(
         "event_log_capacity",
         raw.event_log_capacity.unwrap_or(10_000),
@@ -186,6 +197,7 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
         node_suspect_after,
         node_lost_after,
         reconnect_grace,
+        retire_grace,
         event_log_capacity,
         tls,
         auth,

@@ -25,12 +25,27 @@ pub struct FleetSettings {
     /// After a coordinator start: no stop or move decisions before this, so
     /// agents can reconnect and report what they run.
     pub reconnect_grace: Duration,
+    /// A retiring replica stops this long after it was marked retiring.
+    pub retire_grace: Duration,
     pub event_capacity: usize,
     /// Code-loading env variables a model spec may set anyway.
     pub allowed_env: Vec<String>,
     /// Adopt reported replicas without an assignment token (an upgrade from
     /// a version without tokens); a wrong token is never adopted.
     pub adopt_unsigned_replicas: bool,
+}
+
+/// A ready replica as `/v1/endpoints` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// `host:port` of the model server.
+    pub address: String,
+    pub node: String,
+    pub replica: String,
+    pub gpus: Vec<u32>,
+    /// Being scaled down: load balancers send it nothing new; it stops
+    /// `retire_grace` after it was marked.
+    pub retiring: bool,
 }
 
 /// A replica the fleet wants to exist, and where.
@@ -872,9 +887,10 @@ impl Fleet {
         Ok(self.model_view(name, true))
     }
 
-    /// Ready replicas of each model with their `host:port`.
-    pub(super) fn endpoints(&self) -> BTreeMap<String, Vec<String>> {
-        let mut out: BTreeMap<String, Vec<String>> = self
+    /// Ready replicas of each model with their `host:port`, serving or
+    /// retiring (every model is listed, with no replicas if it has none).
+    pub(super) fn endpoints(&self) -> BTreeMap<String, Vec<Endpoint>> {
+        let mut out: BTreeMap<String, Vec<Endpoint>> = self
             .models
             .keys()
             .map(|m| (m.clone(), Vec::new()))
@@ -891,18 +907,23 @@ impl Fleet {
             for r in &node.replicas {
                 // Only a replica assigned to this very node: another node's
                 // report of it (or of an id never placed) lists nothing.
-                let serving = self
-                    .plan
-                    .get(&r.id)
-                    .is_some_and(|p| p.node == node.name && p.retiring_since.is_none());
-                if r.state == crate::domain::ReplicaState::Ready && serving {
+                let Some(planned) = self.plan.get(&r.id).filter(|p| p.node == node.name) else {
+                    continue;
+                };
+                if r.state == crate::domain::ReplicaState::Ready {
                     if let Some(list) = out.get_mut(&r.model) {
                         let host = if host.contains(':') {
                             format!("[{host}]")
                         } else {
                             host.clone()
                         };
-                        list.push(format!("{host}:{}", r.port));
+                        list.push(Endpoint {
+                            address: format!("{host}:{}", r.port),
+                            node: node.name.clone(),
+                            replica: r.id.clone(),
+                            gpus: r.gpus.clone(),
+                            retiring: planned.retiring_since.is_some(),
+                        });
                     }
                 }
             }

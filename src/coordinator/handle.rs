@@ -125,7 +125,7 @@ pub enum Command {
     },
     /// Ready replica addresses per model, for `/v1/endpoints`.
     Endpoints {
-        reply: Reply<BTreeMap<String, Vec<String>>>,
+        reply: Reply<BTreeMap<String, Vec<super::fleet::Endpoint>>>,
     },
     /// Replica reports not believed, for `/metrics`.
     RefusedClaims {
@@ -317,7 +317,9 @@ impl FleetHandle {
         ask!(self, SubscribeEvents {})
     }
 
-    pub async fn endpoints(&self) -> Result<BTreeMap<String, Vec<String>>, FleetError> {
+    pub async fn endpoints(
+        &self,
+    ) -> Result<BTreeMap<String, Vec<super::fleet::Endpoint>>, FleetError> {
         ask!(self, Endpoints {})
     }
 

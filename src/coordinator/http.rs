@@ -2,7 +2,6 @@
 //! `/v1/endpoints` (ready replica addresses in Prometheus http_sd format, for
 //! Prometheus itself and for load balancer templates).
 
-use std::fmt::Write;
 use std::future::Future;
 
 use axum::extract::State;
@@ -12,7 +11,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::fleet::FleetHandle;
+use super::fleet::{Endpoint, FleetHandle};
+use crate::exposition::{family, labels, Series};
 
 #[derive(Serialize)]
 struct TargetGroup {
@@ -56,15 +56,47 @@ async fn endpoints(State(fleet): State<FleetHandle>) -> Response {
         Ok(map) => {
             let groups: Vec<TargetGroup> = map
                 .into_iter()
-                .map(|(model, targets)| TargetGroup {
-                    targets,
-                    labels: [("model".to_string(), model)].into_iter().collect(),
-                })
+                .flat_map(|(model, endpoints)| target_groups(model, endpoints))
                 .collect();
             Json(groups).into_response()
         }
         Err(e) => unavailable(e),
     }
+}
+
+/// One group per replica, so each target carries its own labels: `model`,
+/// `node`, `replica`, `gpus` (indices, comma-separated) and
+/// `__meta_gpufleet_state` (`ready` or `retiring`), which load balancers
+/// filter on and Prometheus relabelling can drop before the replica stops.
+/// A model with no ready replica is one group with no targets, so readers
+/// still see that it exists.
+fn target_groups(model: String, endpoints: Vec<Endpoint>) -> Vec<TargetGroup> {
+    if endpoints.is_empty() {
+        return vec![TargetGroup {
+            targets: Vec::new(),
+            labels: [("model".to_string(), model)].into_iter().collect(),
+        }];
+    }
+    endpoints
+        .into_iter()
+        .map(|e| {
+            let gpus: Vec<String> = e.gpus.iter().map(u32::to_string).collect();
+            let state = if e.retiring { "retiring" } else { "ready" };
+            TargetGroup {
+                targets: vec![e.address],
+                labels: [
+                    ("model", model.clone()),
+                    ("node", e.node),
+                    ("replica", e.replica),
+                    ("gpus", gpus.join(",")),
+                    ("__meta_gpufleet_state", state.to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            }
+        })
+        .collect()
 }
 
 /// For a gateway that sees a request for a sleeping model: bring it to at
@@ -104,69 +136,97 @@ async fn metrics(State(fleet): State<FleetHandle>) -> Response {
         Err(e) => return unavailable(e),
     };
     let mut out = String::new();
-    out.push_str("# HELP gpufleet_nodes Nodes by state.\n# TYPE gpufleet_nodes gauge\n");
-    for state in ["ready", "suspect", "lost", "cordoned", "draining"] {
-        let n = nodes.iter().filter(|n| n.state.as_str() == state).count();
-        let _ = writeln!(out, "gpufleet_nodes{{state=\"{state}\"}} {n}");
-    }
-    out.push_str(
-        "# HELP gpufleet_gpus GPUs known to the fleet by health.\n# TYPE gpufleet_gpus gauge\n",
+    let nodes_by_state = ["ready", "suspect", "lost", "cordoned", "draining"]
+        .iter()
+        .map(|state| {
+            let n = nodes.iter().filter(|n| n.state.as_str() == *state).count();
+            (labels(&[("state", state)]), n.to_string())
+        })
+        .collect();
+    family(
+        &mut out,
+        "gpufleet_nodes",
+        "gauge",
+        "Nodes by state.",
+        nodes_by_state,
     );
     let gpus: Vec<_> = nodes.iter().flat_map(|n| n.gpus.iter()).collect();
     let healthy = gpus.iter().filter(|g| g.healthy).count();
-    let _ = writeln!(out, "gpufleet_gpus{{healthy=\"true\"}} {healthy}");
-    let _ = writeln!(
-        out,
-        "gpufleet_gpus{{healthy=\"false\"}} {}",
-        gpus.len() - healthy
+    family(
+        &mut out,
+        "gpufleet_gpus",
+        "gauge",
+        "GPUs known to the fleet by health.",
+        vec![
+            (labels(&[("healthy", "true")]), healthy.to_string()),
+            (
+                labels(&[("healthy", "false")]),
+                (gpus.len() - healthy).to_string(),
+            ),
+        ],
     );
-    for (metric, help) in [
+    type ModelField = fn(&crate::api::ModelView) -> u32;
+    let per_model: [(&str, &str, ModelField); 3] = [
         (
             "gpufleet_model_desired_replicas",
             "Replicas the coordinator wants for the model.",
+            |m| m.desired_replicas,
         ),
         (
             "gpufleet_model_ready_replicas",
             "Replicas of the model that are ready.",
+            |m| m.ready_replicas,
         ),
         (
             "gpufleet_model_current_replicas",
             "Replicas of the model placed, in any state.",
+            |m| m.current_replicas,
         ),
-    ] {
-        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
-        for m in &models {
-            let v = match metric {
-                "gpufleet_model_desired_replicas" => m.desired_replicas,
-                "gpufleet_model_ready_replicas" => m.ready_replicas,
-                _ => m.current_replicas,
-            };
-            let _ = writeln!(out, "{metric}{{model=\"{}\"}} {v}", m.name);
-        }
+    ];
+    for (name, help, field) in per_model {
+        let series: Vec<Series> = models
+            .iter()
+            .map(|m| (labels(&[("model", &m.name)]), field(m).to_string()))
+            .collect();
+        family(&mut out, name, "gauge", help, series);
     }
-    out.push_str(
-        "# HELP gpufleet_replicas Replicas by model and state.\n# TYPE gpufleet_replicas gauge\n",
-    );
     let mut counts: std::collections::BTreeMap<(String, &str), u32> = Default::default();
     for r in &replicas {
         *counts
             .entry((r.status.model.clone(), r.status.state.as_str()))
             .or_default() += 1;
     }
-    for ((model, state), n) in counts {
-        let _ = writeln!(
-            out,
-            "gpufleet_replicas{{model=\"{model}\",state=\"{state}\"}} {n}"
-        );
-    }
-    out.push_str(
-        "# HELP gpufleet_replica_claims_refused_total Replicas a node reported that the coordinator did not believe: assigned to another node, or (on adoption) without a valid assignment token.\n# TYPE gpufleet_replica_claims_refused_total counter\n",
+    let by_state = counts
+        .into_iter()
+        .map(|((model, state), n)| {
+            (
+                labels(&[("model", &model), ("state", state)]),
+                n.to_string(),
+            )
+        })
+        .collect();
+    family(
+        &mut out,
+        "gpufleet_replicas",
+        "gauge",
+        "Replicas by model and state.",
+        by_state,
     );
-    for (node, why, n) in refused {
-        let _ = writeln!(
-            out,
-            "gpufleet_replica_claims_refused_total{{node=\"{node}\",reason=\"{why}\"}} {n}"
-        );
-    }
+    let refused = refused
+        .into_iter()
+        .map(|(node, why, n)| {
+            (
+                labels(&[("node", &node), ("reason", why.as_str())]),
+                n.to_string(),
+            )
+        })
+        .collect();
+    family(
+        &mut out,
+        "gpufleet_replica_claims_refused_total",
+        "counter",
+        "Replicas a node reported that the coordinator did not believe: assigned to another node, or (on adoption) without a valid assignment token.",
+        refused,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -162,6 +162,7 @@ impl World {
             suspect_after: Duration::from_secs(3),
             lost_after: Duration::from_secs(6),
             reconnect_grace: Duration::ZERO,
+            retire_grace: super::reconcile::RETIRE_GRACE_MIN,
             event_capacity: 1000,
             allowed_env: Vec::new(),
             adopt_unsigned_replicas: false,

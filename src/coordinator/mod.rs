@@ -57,6 +57,7 @@ pub async fn run(
             suspect_after: cfg.node_suspect_after,
             lost_after: cfg.node_lost_after,
             reconnect_grace: cfg.reconnect_grace,
+            retire_grace: cfg.retire_grace,
             event_capacity: cfg.event_log_capacity,
             allowed_env: cfg.allowed_env.clone(),
             adopt_unsigned_replicas: cfg.adopt_unsigned_replicas,

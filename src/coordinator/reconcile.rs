@@ -12,10 +12,11 @@ use super::fleet::{Fleet, PlannedReplica};
 use super::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
 use super::trust::{Refusal, TokenCheck};
 
-/// How long a retiring replica keeps running after it left the endpoints:
-/// longer than a load balancer's refresh (the demo's re-reads every second),
-/// so no new request is sent to a server that is about to close.
-pub const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// The shortest retirement the property tests and the demo use: longer than
+/// the demo balancer's refresh (it re-reads the endpoints every second), so
+/// no new request is sent to a server that is about to close.
+#[cfg(test)]
+pub(super) const RETIRE_GRACE_MIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// How long a node is avoided for a model whose replica crash-looped there.
 const AVOID_AFTER_CRASHLOOP: std::time::Duration = std::time::Duration::from_secs(600);
@@ -262,16 +263,16 @@ impl Fleet {
                 &r.node,
                 &r.id,
                 format!(
-                    "retiring replica {} on {}: more replicas than desired (out of the endpoints now, stopped in {}s)",
+                    "retiring replica {} on {}: more replicas than desired (marked retiring in the endpoints now, stopped in {})",
                     r.id,
                     r.node,
-                    RETIRE_GRACE.as_secs()
+                    humantime::format_duration(self.settings.retire_grace)
                 ),
             );
         }
     }
 
-    /// Takes a replica out of the endpoints; it stops after `RETIRE_GRACE`.
+    /// Marks a replica retiring in the endpoints; it stops after `retire_grace`.
     pub(super) fn retire(&mut self, id: &str, now: Instant) {
         if let Some(r) = self.plan.get_mut(id) {
             r.retiring_since.get_or_insert(now);
@@ -280,9 +281,10 @@ impl Fleet {
 
     /// Stops the replicas whose retirement grace has passed.
     fn finish_retirements(&mut self, now: Instant) {
+        let grace = self.settings.retire_grace;
         self.plan.retain(|_, r| {
             r.retiring_since
-                .is_none_or(|since| now.saturating_duration_since(since) < RETIRE_GRACE)
+                .is_none_or(|since| now.saturating_duration_since(since) < grace)
         });
     }
 

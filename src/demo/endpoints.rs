@@ -43,11 +43,17 @@ pub struct TargetGroup {
     pub labels: HashMap<String, String>,
 }
 
-/// Base URLs (`http://host:port`) of `model`'s replicas, in the order given.
+/// Base URLs (`http://host:port`) of `model`'s serving replicas, in the
+/// order given; replicas marked retiring get nothing new.
 pub fn model_base_urls(groups: &[TargetGroup], model: &str) -> Vec<String> {
     groups
         .iter()
         .filter(|g| g.labels.get("model").is_some_and(|m| m == model))
+        .filter(|g| {
+            g.labels
+                .get("__meta_gpufleet_state")
+                .is_none_or(|s| s != "retiring")
+        })
         .flat_map(|g| {
             let scheme = g.labels.get("__scheme__").map_or("http", String::as_str);
             g.targets.iter().map(move |t| format!("{scheme}://{t}"))
@@ -161,7 +167,9 @@ mod tests {
               {"targets": ["127.0.0.1:20001", "10.0.0.2:20002"], "labels": {"model": "chat", "node": "a"}},
               {"targets": ["10.0.0.3:20003"], "labels": {"model": "embed"}},
               {"targets": ["10.0.0.4:443"], "labels": {"model": "chat", "__scheme__": "https"}},
-              {"targets": ["10.0.0.5:1"]}
+              {"targets": ["10.0.0.5:1"]},
+              {"targets": ["10.0.0.6:2"], "labels": {"model": "chat", "__meta_gpufleet_state": "retiring"}},
+              {"targets": ["10.0.0.7:3"], "labels": {"model": "chat", "__meta_gpufleet_state": "ready"}}
             ]"#,
         )
         .unwrap();
@@ -170,7 +178,8 @@ mod tests {
             [
                 "http://127.0.0.1:20001",
                 "http://10.0.0.2:20002",
-                "https://10.0.0.4:443"
+                "https://10.0.0.4:443",
+                "http://10.0.0.7:3"
             ]
         );
         assert!(model_base_urls(&groups, "absent").is_empty());

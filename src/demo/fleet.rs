@@ -206,7 +206,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     std::fs::write(
         &coordinator_cfg,
         format!(
-            "listen = \"127.0.0.1:{grpc_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\ndata_dir = \"{}\"\ntick = \"1s\"\nnode_suspect_after = \"5s\"\nnode_lost_after = \"15s\"\n# A fresh demo fleet has nothing to wait for.\nreconnect_grace = \"2s\"\n",
+            "listen = \"127.0.0.1:{grpc_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\ndata_dir = \"{}\"\ntick = \"1s\"\nnode_suspect_after = \"5s\"\nnode_lost_after = \"15s\"\n# A fresh demo fleet has nothing to wait for.\nreconnect_grace = \"2s\"\n# No Prometheus scrapes the demo: a retiring replica only waits out the\n# balancer's 1 s refresh.\nretire_grace = \"3s\"\n",
             dir.join("coordinator").display()
         ),
     )?;

@@ -127,7 +127,7 @@ impl Harness {
         let data = self.path("coordinator-data");
         let cfg = self.path("coordinator.toml");
         let base = format!(
-            "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"1s\"\n",
+            "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"1s\"\nretire_grace = \"3s\"\n",
             self.grpc_port,
             self.http_port,
             data.display()
@@ -495,7 +495,7 @@ pub fn coordinator_config_on(h: &Harness, listen_host: &str) -> PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"{listen_host}:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"1s\"\n",
+            "listen = \"{listen_host}:{}\"\nhttp_listen = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"1s\"\nretire_grace = \"3s\"\n",
             h.grpc_port,
             h.http_port,
             h.path("coordinator-data").display()

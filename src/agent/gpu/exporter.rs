@@ -1,64 +1,18 @@
-//! GPU samples in the Prometheus text format: dcgm-exporter's metric names,
-//! help texts, units and labels (so Grafana dashboards built for it work
-//! unchanged), then gpufleet's own GPU families. Also the small text-format
-//! writer the agent's other metrics use.
+//! GPU samples in the Prometheus text format, two ways: exactly as
+//! dcgm-exporter writes them (names, help texts, units and its camelCase
+//! labels, so Grafana dashboards built for it work unchanged; served on
+//! `/metrics/dcgm`), and as gpufleet's own families with snake_case labels
+//! and info series that join a GPU to the replica and model on it (on
+//! `/metrics`). Also the small text-format writer the agent's other metrics
+//! use.
 
-use std::fmt::Write as _;
-
-use crate::domain::{GpuInfo, GpuSample};
+use crate::domain::{GpuInfo, GpuSample, ReplicaStatus};
 
 use super::sampler::GpuSnapshot;
 
 const MIB: u64 = 1024 * 1024;
 
-/// One series: its label set (without braces) and its value, as text.
-pub type Series = (String, String);
-
-/// Writes one family: HELP and TYPE, then one line per series. A family
-/// with no series is left out.
-pub fn family(out: &mut String, name: &str, kind: &str, help: &str, series: Vec<Series>) {
-    if series.is_empty() {
-        return;
-    }
-    // Writing to a String cannot fail.
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in series {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    }
-}
-
-/// `k1="v1",k2="v2"` with values escaped as the text format requires.
-pub fn labels(pairs: &[(&str, &str)]) -> String {
-    let mut out = String::new();
-    for (i, (key, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let escaped = value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(out, "{key}=\"{escaped}\"");
-    }
-    out
-}
-
-/// A float as the text format spells it.
-pub fn float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        v.to_string()
-    }
-}
+pub use crate::exposition::{family, float, labels, Series};
 
 type Field = fn(&GpuSample) -> Option<String>;
 
@@ -167,19 +121,24 @@ const GPUFLEET_GAUGES: &[(&str, &str, Field)] = &[
     ),
 ];
 
+/// The inventory entry of a sample's GPU (an empty one if the inventory
+/// lacks it).
+fn info_of<'a>(gpus: &'a GpuSnapshot, sample: &GpuSample) -> &'a GpuInfo {
+    static MISSING: std::sync::OnceLock<GpuInfo> = std::sync::OnceLock::new();
+    gpus.inventory
+        .iter()
+        .find(|g| g.index == sample.index)
+        .unwrap_or_else(|| MISSING.get_or_init(GpuInfo::default))
+}
+
 /// Each sample with its GPU's dcgm-exporter labels: `gpu`, `UUID`,
 /// `pci_bus_id`, `device` (`nvidia<index>`), `modelName`, `Hostname`, and
 /// `DCGM_FI_DRIVER_VERSION` when the driver is known.
-fn gpu_rows<'a>(gpus: &'a GpuSnapshot, node: &str) -> Vec<(String, &'a GpuSample)> {
+fn dcgm_rows<'a>(gpus: &'a GpuSnapshot, node: &str) -> Vec<(String, &'a GpuSample)> {
     gpus.samples
         .iter()
         .map(|sample| {
-            let missing = GpuInfo::default();
-            let info = gpus
-                .inventory
-                .iter()
-                .find(|g| g.index == sample.index)
-                .unwrap_or(&missing);
+            let info = info_of(gpus, sample);
             // A MIG instance is labelled as dcgm-exporter does: the physical
             // GPU's `gpu` and `device`, plus the instance in GPU_I_ID and its
             // profile ("1g.18gb") in GPU_I_PROFILE.
@@ -213,18 +172,93 @@ fn gpu_rows<'a>(gpus: &'a GpuSnapshot, node: &str) -> Vec<(String, &'a GpuSample
         .collect()
 }
 
+/// Each sample with gpufleet's own GPU labels: `node`, `gpu` (the index
+/// gpufleet places by: a MIG instance's own) and `uuid`. The rest of what
+/// identifies a GPU is in `gpufleet_gpu_info`.
+fn gpufleet_rows<'a>(gpus: &'a GpuSnapshot, node: &str) -> Vec<(String, &'a GpuSample)> {
+    gpus.samples
+        .iter()
+        .map(|sample| {
+            let info = info_of(gpus, sample);
+            let index = sample.index.to_string();
+            let pairs = [
+                ("node", node),
+                ("gpu", index.as_str()),
+                ("uuid", info.uuid.as_str()),
+            ];
+            (labels(&pairs), sample)
+        })
+        .collect()
+}
+
 fn per_gpu(rows: &[(String, &GpuSample)], field: Field) -> Vec<Series> {
     rows.iter()
         .filter_map(|(labels, sample)| Some((labels.clone(), field(sample)?)))
         .collect()
 }
 
-/// All GPU families for one snapshot.
-pub fn render_gpu_metrics(out: &mut String, gpus: &GpuSnapshot, node: &str) {
-    let rows = gpu_rows(gpus, node);
+/// dcgm-exporter's families for one snapshot, as it writes them.
+pub fn render_dcgm_metrics(out: &mut String, gpus: &GpuSnapshot, node: &str) {
+    let rows = dcgm_rows(gpus, node);
     for (name, help, field) in DCGM_FIELDS {
         family(out, name, "gauge", help, per_gpu(&rows, *field));
     }
+}
+
+/// gpufleet's own GPU families for one snapshot, with the info series that
+/// join each GPU to its model name and driver, and to the replicas on it.
+pub fn render_gpu_metrics(
+    out: &mut String,
+    gpus: &GpuSnapshot,
+    node: &str,
+    replicas: &[ReplicaStatus],
+) {
+    let rows = gpufleet_rows(gpus, node);
+    let mut info = Vec::new();
+    let mut on_gpu = Vec::new();
+    for sample in &gpus.samples {
+        let gpu = info_of(gpus, sample);
+        let index = sample.index.to_string();
+        let parent = gpu.mig_parent.map(|p| p.to_string()).unwrap_or_default();
+        info.push((
+            labels(&[
+                ("node", node),
+                ("gpu", &index),
+                ("uuid", &gpu.uuid),
+                ("model_name", &gpu.name),
+                ("pci_bus_id", &gpu.pci_bus_id),
+                ("mig_parent_gpu", &parent),
+                ("driver_version", &gpus.driver_version),
+            ]),
+            "1".to_string(),
+        ));
+        for r in replicas.iter().filter(|r| r.gpus.contains(&sample.index)) {
+            on_gpu.push((
+                labels(&[
+                    ("node", node),
+                    ("gpu", &index),
+                    ("uuid", &gpu.uuid),
+                    ("replica", &r.id),
+                    ("model", &r.model),
+                ]),
+                "1".to_string(),
+            ));
+        }
+    }
+    family(
+        out,
+        "gpufleet_gpu_info",
+        "gauge",
+        "Always 1: what the GPU is (model name, PCI bus, MIG parent, driver).",
+        info,
+    );
+    family(
+        out,
+        "gpufleet_gpu_replica_info",
+        "gauge",
+        "Always 1 for each replica placed on the GPU: join GPU series to models on(node, gpu).",
+        on_gpu,
+    );
     for (name, help, field) in GPUFLEET_GAUGES {
         family(out, name, "gauge", help, per_gpu(&rows, *field));
     }
@@ -308,7 +342,7 @@ mod tests {
     #[test]
     fn dcgm_families_match_dcgm_exporter_output() {
         let mut out = String::new();
-        render_gpu_metrics(&mut out, &snapshot(), "gpu-host-17");
+        render_dcgm_metrics(&mut out, &snapshot(), "gpu-host-17");
         let labels = r#"gpu="0",UUID="GPU-604ac76c-d9cf-fef3-62e9-d92044ab6e52",pci_bus_id="00000000:18:00.0",device="nvidia0",modelName="NVIDIA H100 80GB HBM3",Hostname="gpu-host-17",DCGM_FI_DRIVER_VERSION="550.54.15""#;
         let expected = format!(
             "# HELP DCGM_FI_DEV_SM_CLOCK SM clock frequency (in MHz).
@@ -337,13 +371,13 @@ DCGM_FI_DEV_FB_FREE{{{labels}}} 61439
 DCGM_FI_DEV_FB_USED{{{labels}}} 20480
 "
         );
-        assert!(out.starts_with(&expected), "got:\n{out}");
+        assert_eq!(out, expected);
     }
 
     #[test]
     fn gpufleet_gpu_families_skip_unsupported_fields() {
         let mut out = String::new();
-        render_gpu_metrics(&mut out, &snapshot(), "n");
+        render_gpu_metrics(&mut out, &snapshot(), "n", &[]);
         let line = |name: &str| {
             out.lines()
                 .find(|l| l.starts_with(&format!("{name}{{")))
@@ -360,8 +394,12 @@ DCGM_FI_DEV_FB_USED{{{labels}}} 20480
         assert!(!out.contains("gpufleet_gpu_pcie_tx_bytes_per_second"));
         assert!(out.contains("# TYPE gpufleet_gpu_xid_errors_total counter\n"));
         assert!(out.contains(
-            r#"device="nvidia0",modelName="NVIDIA H100 80GB HBM3",Hostname="n",DCGM_FI_DRIVER_VERSION="550.54.15",window="10s",stat="p95"} 90"#
+            r#"{node="n",gpu="0",uuid="GPU-604ac76c-d9cf-fef3-62e9-d92044ab6e52",window="10s",stat="p95"} 90"#
         ));
+        assert!(
+            !out.contains("DCGM_"),
+            "dcgm-exporter's families are served apart"
+        );
     }
 
     #[test]
@@ -374,7 +412,7 @@ DCGM_FI_DEV_FB_USED{{{labels}}} 20480
         s.inventory[0].name = "NVIDIA H200 MIG 1g.18gb".into();
         s.samples[0].index = 4;
         let mut out = String::new();
-        render_gpu_metrics(&mut out, &s, "n");
+        render_dcgm_metrics(&mut out, &s, "n");
         assert!(
             out.contains(r#"{gpu="0",UUID="MIG-1",pci_bus_id="00000000:18:00.0",device="nvidia0",modelName="NVIDIA H200 MIG 1g.18gb",Hostname="n",GPU_I_ID="4",GPU_I_PROFILE="1g.18gb"}"#),
             "{out}"
@@ -384,7 +422,8 @@ DCGM_FI_DEV_FB_USED{{{labels}}} 20480
     #[test]
     fn no_gpus_no_gpu_families() {
         let mut out = String::new();
-        render_gpu_metrics(&mut out, &GpuSnapshot::default(), "n");
+        render_gpu_metrics(&mut out, &GpuSnapshot::default(), "n", &[]);
+        render_dcgm_metrics(&mut out, &GpuSnapshot::default(), "n");
         assert_eq!(out, "");
     }
 
@@ -394,20 +433,38 @@ DCGM_FI_DEV_FB_USED{{{labels}}} 20480
         s.inventory.clear();
         s.driver_version.clear();
         let mut out = String::new();
-        render_gpu_metrics(&mut out, &s, "n");
+        render_dcgm_metrics(&mut out, &s, "n");
         assert!(out.contains(
             r#"DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="",pci_bus_id="",device="nvidia0",modelName="",Hostname="n"} 87"#
         ));
     }
 
     #[test]
-    fn label_values_are_escaped() {
+    fn info_series_join_each_gpu_to_its_replica_and_model() {
+        let mut s = snapshot();
+        let mut second = s.samples[0].clone();
+        second.index = 1;
+        s.samples.push(second);
+        let replica = ReplicaStatus {
+            id: "llama-0".into(),
+            model: "llama".into(),
+            gpus: vec![1],
+            ..ReplicaStatus::default()
+        };
+        let mut out = String::new();
+        render_gpu_metrics(&mut out, &s, "n", &[replica]);
+        assert!(out.contains(
+            r#"gpufleet_gpu_info{node="n",gpu="0",uuid="GPU-604ac76c-d9cf-fef3-62e9-d92044ab6e52",model_name="NVIDIA H100 80GB HBM3",pci_bus_id="00000000:18:00.0",mig_parent_gpu="",driver_version="550.54.15"} 1"#
+        ), "{out}");
+        let joined: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("gpufleet_gpu_replica_info{"))
+            .collect();
         assert_eq!(
-            labels(&[("a", "x\"y"), ("b", "c:\\d"), ("c", "1\n2")]),
-            r#"a="x\"y",b="c:\\d",c="1\n2""#
+            joined,
+            [
+                r#"gpufleet_gpu_replica_info{node="n",gpu="1",uuid="",replica="llama-0",model="llama"} 1"#
+            ]
         );
-        assert_eq!(float(f64::INFINITY), "+Inf");
-        assert_eq!(float(0.5), "0.5");
-        assert_eq!(float(3.0), "3");
     }
 }
