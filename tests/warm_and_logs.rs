@@ -100,6 +100,46 @@ fn replica_logs_come_from_the_node() {
 }
 
 #[test]
+fn replica_logs_follow_prints_each_new_line_once() {
+    use std::io::{BufRead, BufReader};
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    // A server that also writes a numbered line every 100 ms.
+    let command = format!(
+        "[\"/bin/sh\", \"-c\", \"i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done & exec \\\"$0\\\" demo server --port \\\"$1\\\" --weights \\\"$2\\\"\", \"{BIN}\", \"{{port}}\", \"{{weights}}\"]"
+    );
+    h.apply(&h.model_spec("ticking", 1, "replicas = 1", &command, ""));
+    let id = wait_until(Duration::from_secs(30), "a ready replica", || {
+        let rs = h.try_json(&["replica", "ls"])?;
+        let r = rs.as_array()?.first()?.clone();
+        (r["state"] == "ready").then(|| r["id"].as_str().unwrap().to_string())
+    });
+    let mut follow = std::process::Command::new(BIN)
+        .args(["replica", "logs", &id, "-n", "1", "-f"])
+        .env("GPUFLEET_COORDINATOR", h.coordinator_url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let ticks: Vec<u64> = lines
+        .map_while(Result::ok)
+        .filter_map(|l| l.strip_prefix("tick ").and_then(|n| n.parse().ok()))
+        .take(25)
+        .collect();
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert_eq!(ticks.len(), 25, "{ticks:?}");
+    // Several polls' worth, each line once and in order.
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines lost or repeated: {ticks:?}"
+    );
+}
+
+#[test]
 fn standby_warming_keeps_a_spare_node_warm_and_scale_up_lands_there() {
     let h = Harness::new();
     let _c = h.coordinator("");

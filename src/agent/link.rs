@@ -11,7 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::domain::{
-    replicas_moved, Assignment, GpuInfo, Hello, LogsReply, LogsRequest, ReplicaStatus, Report,
+    replicas_moved, Assignment, GpuInfo, Hello, LogQuery, LogSlice, LogsReply, LogsRequest,
+    ReplicaStatus, Report,
 };
 use crate::wire::pb;
 
@@ -20,7 +21,7 @@ pub trait Reporter: Send + Sync + 'static {
     fn hello(&self) -> Hello;
     fn report(&self) -> Report;
     /// The last `lines` lines of a replica's server log.
-    fn logs(&self, replica_id: &str, lines: usize) -> Result<Vec<String>, String>;
+    fn logs(&self, replica_id: &str, query: LogQuery) -> Result<LogSlice, String>;
     /// The operator vouches for a GPU the health rules marked unhealthy.
     fn mark_gpu_healthy(&self, index: u32);
     /// Notified whenever `report` may say something new.
@@ -258,9 +259,9 @@ async fn session(
                 }
                 Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Logs(l)) })) => {
                     let l = LogsRequest::from(l);
-                    let reply = match reporter.logs(&l.replica_id, l.lines as usize) {
-                        Ok(lines) => LogsReply { request_id: l.request_id, lines, error: String::new() },
-                        Err(error) => LogsReply { request_id: l.request_id, lines: Vec::new(), error },
+                    let reply = match reporter.logs(&l.replica_id, l.query) {
+                        Ok(slice) => LogsReply { request_id: l.request_id, slice, error: String::new() },
+                        Err(error) => LogsReply { request_id: l.request_id, slice: LogSlice::default(), error },
                     };
                     let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Logs((&reply).into())) };
                     if tx.send(msg).await.is_err() {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use tokio::sync::watch;
 
-use crate::domain::{GpuSample, Hello, HostInfo, ReplicaState, ReplicaStatus, Report};
+use crate::domain::{
+    GpuSample, Hello, HostInfo, LogQuery, LogSlice, ReplicaState, ReplicaStatus, Report,
+};
 
 use super::gpu::GpuWorkload;
 use super::http::Telemetry;
@@ -50,9 +52,8 @@ impl Reporter for AgentReporter {
         }
     }
 
-    fn logs(&self, replica_id: &str, lines: usize) -> Result<Vec<String>, String> {
-        super::supervisor::read_log_tail(&self.state_dir, replica_id, lines)
-            .map_err(|e| e.to_string())
+    fn logs(&self, replica_id: &str, query: LogQuery) -> Result<LogSlice, String> {
+        super::supervisor::read_log(&self.state_dir, replica_id, query).map_err(|e| e.to_string())
     }
 
     fn mark_gpu_healthy(&self, index: u32) {

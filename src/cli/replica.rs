@@ -24,27 +24,37 @@ pub enum ReplicaCommand {
         /// How many lines.
         #[arg(long, short = 'n', default_value_t = 100)]
         lines: u32,
+        /// Keep printing what the server writes, until Ctrl-C or until its
+        /// log is gone.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
 pub async fn run(cmd: ReplicaCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
     let (model, node, args) = match cmd {
         ReplicaCommand::Ls { model, node, list } => (model, node, list),
-        ReplicaCommand::Logs { id, lines } => {
+        ReplicaCommand::Logs { id, lines, follow } => {
             let mut c = connect(client).await?;
             let r = c
-                .replica_logs(pb::ReplicaLogsRequest { id, lines })
+                .replica_logs(pb::ReplicaLogsRequest {
+                    id: id.clone(),
+                    lines,
+                    follow: false,
+                    offset: 0,
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if output.is_data() {
+            if output.is_data() && !follow {
                 return print_data(
                     &serde_json::json!({"id": r.id, "node": r.node, "lines": r.lines}),
                     output,
                 );
             }
-            for line in &r.lines {
-                println!("{line}");
+            print_log_lines(&r.lines, output)?;
+            if follow {
+                return follow_log(&mut c, id, r.offset, output).await;
             }
             return Ok(());
         }
@@ -70,6 +80,51 @@ pub async fn run(cmd: ReplicaCommand, client: &ClientArgs, output: Output) -> an
         }
     };
     print_list(&args, output, fetch, table).await
+}
+
+/// While following, JSON comes as one `{"line": …}` object per line.
+fn print_log_lines(lines: &[String], output: Output) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        if output == Output::Json {
+            writeln!(out, "{}", serde_json::json!({ "line": line }))?;
+        } else {
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Asks the node for what was written since `offset`, every half second,
+/// until Ctrl-C; ends with the reason when the log can no longer be read
+/// (the replica was removed, say).
+async fn follow_log(
+    c: &mut super::client::Control,
+    id: String,
+    mut offset: u64,
+    output: Output,
+) -> anyhow::Result<()> {
+    let every = std::time::Duration::from_millis(500);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let r = c
+            .replica_logs(pb::ReplicaLogsRequest {
+                id: id.clone(),
+                lines: 0,
+                follow: true,
+                offset,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        print_log_lines(&r.lines, output)?;
+        offset = r.offset;
+    }
 }
 
 pub fn table(replicas: &[ReplicaView], wide: bool) -> Table {

@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::{Event, ModelView, ReplicaView, SignalsHealth};
 use crate::config::ModelSpec;
-use crate::domain::{unix_ms_now, Hello, LogsRequest, Report, ToAgent};
+use crate::domain::{unix_ms_now, Hello, LogQuery, LogSlice, LogsRequest, Report, ToAgent};
 
 pub use super::handle::{Command, FleetError, FleetHandle, NodeOp, WarmOp};
 use super::nodes::{Node, Session};
@@ -99,7 +99,7 @@ struct PendingLogs {
     asked: Instant,
     session: u64,
     node: String,
-    reply: oneshot::Sender<Result<(String, Vec<String>), FleetError>>,
+    reply: oneshot::Sender<Result<(String, LogSlice), FleetError>>,
 }
 
 const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(60);
@@ -439,7 +439,7 @@ impl Fleet {
             Command::ListReplicas { model, node, reply } => {
                 let _ = reply.send(Ok(self.replica_views(model.as_deref(), node.as_deref())));
             }
-            Command::ReplicaLogs { id, lines, reply } => self.request_logs(id, lines, reply, now),
+            Command::ReplicaLogs { id, query, reply } => self.request_logs(id, query, reply, now),
             Command::LogsReply { session, reply } => self.logs_reply(session, reply),
             Command::ListWarm { node, reply } => {
                 let _ = reply.send(self.list_warm(node.as_deref()));
@@ -487,8 +487,8 @@ impl Fleet {
     fn request_logs(
         &mut self,
         id: String,
-        lines: u32,
-        reply: oneshot::Sender<Result<(String, Vec<String>), FleetError>>,
+        query: LogQuery,
+        reply: oneshot::Sender<Result<(String, LogSlice), FleetError>>,
         now: Instant,
     ) {
         // The node it is assigned to, never one that merely claims it.
@@ -515,7 +515,7 @@ impl Fleet {
         let request = ToAgent::Logs(LogsRequest {
             request_id,
             replica_id: id,
-            lines,
+            query,
         });
         if session.outbox.try_send(request).is_err() {
             let _ = reply.send(Err(FleetError::Unavailable(format!(
@@ -586,7 +586,7 @@ impl Fleet {
             return;
         }
         let result = if reply.error.is_empty() {
-            Ok((p.node, reply.lines))
+            Ok((p.node, reply.slice))
         } else {
             Err(FleetError::NotFound(reply.error))
         };

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::{Event, GpuView, ModelView, NodeView, ReplicaView, WarmView};
-use crate::domain::{Hello, LogsReply, Report, ToAgent};
+use crate::domain::{Hello, LogQuery, LogSlice, LogsReply, Report, ToAgent};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FleetError {
@@ -97,8 +97,8 @@ pub enum Command {
     },
     ReplicaLogs {
         id: String,
-        lines: u32,
-        reply: Reply<(String, Vec<String>)>,
+        query: LogQuery,
+        reply: Reply<(String, LogSlice)>,
     },
     LogsReply {
         session: u64,
@@ -278,13 +278,13 @@ impl FleetHandle {
         ask!(self, ListReplicas { model, node })
     }
 
-    /// The node and the last `lines` lines of a replica's server log.
+    /// The node and the asked part of a replica's server log.
     pub async fn replica_logs(
         &self,
         id: String,
-        lines: u32,
-    ) -> Result<(String, Vec<String>), FleetError> {
-        ask!(self, ReplicaLogs { id, lines })
+        query: LogQuery,
+    ) -> Result<(String, LogSlice), FleetError> {
+        ask!(self, ReplicaLogs { id, query })
     }
 
     pub async fn logs_reply(&self, session: u64, reply: LogsReply) {

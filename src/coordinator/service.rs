@@ -345,11 +345,17 @@ impl pb::control_server::Control for ControlService {
             }
             n => n,
         };
-        let (node, lines) = self.fleet.replica_logs(r.id.clone(), lines).await?;
+        let query = if r.follow {
+            crate::domain::LogQuery::Since(r.offset)
+        } else {
+            crate::domain::LogQuery::Tail(lines)
+        };
+        let (node, slice) = self.fleet.replica_logs(r.id.clone(), query).await?;
         Ok(Response::new(pb::ReplicaLogsResponse {
             id: r.id,
             node,
-            lines,
+            lines: slice.lines,
+            offset: slice.offset,
         }))
     }
 

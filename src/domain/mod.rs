@@ -13,7 +13,7 @@ pub use replica::{
     replicas_moved, valid_replica_id, MetricsPort, ReplicaSpec, ReplicaState, ReplicaStatus,
     ServingSignals,
 };
-pub use session::{Assignment, Hello, LogsReply, LogsRequest, Report, ToAgent};
+pub use session::{Assignment, Hello, LogQuery, LogSlice, LogsReply, LogsRequest, Report, ToAgent};
 pub use warm::{WarmSpec, WarmStatus};
 
 /// Milliseconds since the Unix epoch, for display and history only: every

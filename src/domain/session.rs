@@ -57,14 +57,36 @@ impl Assignment {
 pub struct LogsRequest {
     pub request_id: u64,
     pub replica_id: String,
-    pub lines: u32,
+    pub query: LogQuery,
+}
+
+/// Which part of a replica's log to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogQuery {
+    /// The last N lines (rotated files included).
+    Tail(u32),
+    /// The complete lines written since this offset of the live log.
+    Since(u64),
+}
+
+impl Default for LogQuery {
+    fn default() -> Self {
+        LogQuery::Tail(100)
+    }
+}
+
+/// Lines of a replica's log, and where the next `LogQuery::Since` starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogSlice {
+    pub lines: Vec<String>,
+    pub offset: u64,
 }
 
 /// An agent's answer to a `LogsRequest`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LogsReply {
     pub request_id: u64,
-    pub lines: Vec<String>,
+    pub slice: LogSlice,
     /// Why no lines could be read; empty on success.
     pub error: String,
 }

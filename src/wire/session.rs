@@ -97,10 +97,16 @@ impl From<&crate::domain::ToAgent> for pb::CoordinatorMessage {
                 pb::coordinator_message::Msg::MarkGpuHealthy(pb::MarkGpuHealthy { index: *index })
             }
             crate::domain::ToAgent::Logs(l) => {
+                let (lines, follow, offset) = match l.query {
+                    crate::domain::LogQuery::Tail(n) => (n, false, 0),
+                    crate::domain::LogQuery::Since(offset) => (0, true, offset),
+                };
                 pb::coordinator_message::Msg::Logs(pb::LogsRequest {
                     request_id: l.request_id,
                     replica_id: l.replica_id.clone(),
-                    lines: l.lines,
+                    lines,
+                    follow,
+                    offset,
                 })
             }
         };
@@ -113,7 +119,11 @@ impl From<pb::LogsRequest> for crate::domain::LogsRequest {
         crate::domain::LogsRequest {
             request_id: l.request_id,
             replica_id: l.replica_id,
-            lines: l.lines,
+            query: if l.follow {
+                crate::domain::LogQuery::Since(l.offset)
+            } else {
+                crate::domain::LogQuery::Tail(l.lines)
+            },
         }
     }
 }
@@ -122,8 +132,9 @@ impl From<&crate::domain::LogsReply> for pb::LogsReply {
     fn from(l: &crate::domain::LogsReply) -> Self {
         pb::LogsReply {
             request_id: l.request_id,
-            lines: l.lines.clone(),
+            lines: l.slice.lines.clone(),
             error: l.error.clone(),
+            offset: l.slice.offset,
         }
     }
 }
@@ -132,7 +143,10 @@ impl From<pb::LogsReply> for crate::domain::LogsReply {
     fn from(l: pb::LogsReply) -> Self {
         crate::domain::LogsReply {
             request_id: l.request_id,
-            lines: l.lines,
+            slice: crate::domain::LogSlice {
+                lines: l.lines,
+                offset: l.offset,
+            },
             error: l.error,
         }
     }

@@ -14,7 +14,13 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::domain::{LogQuery, LogSlice};
+
 pub const LOG_FILE: &str = "server.log";
+
+/// At most this much of the log goes into one follow reply; the rest comes
+/// with the next.
+const FOLLOW_MAX_BYTES: u64 = 1 << 20;
 
 /// Opens (creating) the log a child will write to.
 pub fn open_for_child(dir: &Path) -> io::Result<File> {
@@ -67,9 +73,89 @@ pub fn rotate_if_needed(dir: &Path, max_bytes: u64, files: u32) -> io::Result<bo
     Ok(true)
 }
 
+/// The asked part of the log. Both kinds return complete lines only and the
+/// offset in the live file just past the last of them, where the next
+/// `LogQuery::Since` starts: a line still being written comes once, whole.
+pub fn read(dir: &Path, query: LogQuery) -> io::Result<LogSlice> {
+    let live = dir.join(LOG_FILE);
+    match query {
+        LogQuery::Tail(n) => {
+            let end = complete_end(&live, 0, fs::metadata(&live)?.len())?;
+            Ok(LogSlice {
+                lines: tail_until(dir, n as usize, end)?,
+                offset: end,
+            })
+        }
+        LogQuery::Since(offset) => {
+            let len = fs::metadata(&live)?.len();
+            let mut lines = Vec::new();
+            let mut from = offset;
+            if len < offset {
+                // Rotated (copy-truncate) since: the rest of what we had
+                // not read is at the end of the newest rotated copy.
+                let copy = rotated(dir, 1);
+                if let Ok(m) = fs::metadata(&copy) {
+                    if m.len() > offset {
+                        let end = m.len().min(offset + FOLLOW_MAX_BYTES);
+                        lines = read_lines(&copy, offset, end)?;
+                    }
+                }
+                from = 0;
+            }
+            let cap = from + FOLLOW_MAX_BYTES;
+            let end = complete_end(&live, from, len.min(cap))?;
+            let end = if end == from && len > cap { cap } else { end };
+            lines.extend(read_lines(&live, from, end)?);
+            Ok(LogSlice { lines, offset: end })
+        }
+    }
+}
+
+/// Just past the last newline in `path`'s bytes [from, end), or `from`
+/// when there is none.
+fn complete_end(path: &Path, from: u64, end: u64) -> io::Result<u64> {
+    let mut file = File::open(path)?;
+    let mut pos = end;
+    const CHUNK: u64 = 64 * 1024;
+    while pos > from {
+        let step = CHUNK.min(pos - from);
+        file.seek(SeekFrom::Start(pos - step))?;
+        let mut chunk = vec![0u8; step as usize];
+        file.read_exact(&mut chunk)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(pos - step + i as u64 + 1);
+        }
+        pos -= step;
+    }
+    Ok(from)
+}
+
+/// The lines in `path`'s bytes [from, end).
+fn read_lines(path: &Path, from: u64, end: u64) -> io::Result<Vec<String>> {
+    if end <= from {
+        return Ok(Vec::new());
+    }
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = vec![0u8; (end - from) as usize];
+    let n = file.read(&mut buf)?;
+    buf.truncate(n);
+    Ok(String::from_utf8_lossy(&buf)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 /// The last `lines` lines of the log, oldest first, reaching into rotated files
 /// when the live one is shorter.
+#[cfg(test)]
 pub fn tail(dir: &Path, lines: usize) -> io::Result<Vec<String>> {
+    let live = fs::metadata(dir.join(LOG_FILE))?.len();
+    tail_until(dir, lines, live)
+}
+
+/// `tail`, reading the live file only up to `live_end`.
+fn tail_until(dir: &Path, lines: usize, live_end: u64) -> io::Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     let live = dir.join(LOG_FILE);
     let mut sources = vec![live];
@@ -84,7 +170,8 @@ pub fn tail(dir: &Path, lines: usize) -> io::Result<Vec<String>> {
         if out.len() >= lines {
             break;
         }
-        let mut older = match tail_of_file(path, lines - out.len()) {
+        let end = (i == 0).then_some(live_end);
+        let mut older = match tail_of_file(path, lines - out.len(), end) {
             Ok(l) => l,
             Err(e) if e.kind() == io::ErrorKind::NotFound && i > 0 => break,
             Err(e) => return Err(e),
@@ -97,10 +184,11 @@ pub fn tail(dir: &Path, lines: usize) -> io::Result<Vec<String>> {
 
 /// Reads backwards in chunks until `lines` complete lines are found, so a
 /// 10 MiB log costs a few reads, not a full scan.
-fn tail_of_file(path: &Path, lines: usize) -> io::Result<Vec<String>> {
+fn tail_of_file(path: &Path, lines: usize, end: Option<u64>) -> io::Result<Vec<String>> {
     const CHUNK: u64 = 64 * 1024;
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
+    let len = end.map_or(len, |e| e.min(len));
     let mut start = len;
     let mut buf: Vec<u8> = Vec::new();
     while start > 0 {
@@ -172,6 +260,32 @@ mod tests {
 
         let t = tail(dir, 2).unwrap();
         assert_eq!(t, vec!["round 3 line 99", "after rotation"]);
+    }
+
+    #[test]
+    fn following_returns_each_complete_line_once_across_a_rotation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut child = open_for_child(dir).unwrap();
+        write!(child, "one\ntwo\nthr").unwrap();
+        let first = read(dir, LogQuery::Tail(10)).unwrap();
+        assert_eq!(first.lines, ["one", "two"], "a line being written waits");
+        assert_eq!(first.offset, 8);
+
+        write!(child, "ee\nfour\n").unwrap();
+        let next = read(dir, LogQuery::Since(first.offset)).unwrap();
+        assert_eq!(next.lines, ["three", "four"]);
+        let idle = read(dir, LogQuery::Since(next.offset)).unwrap();
+        assert!(idle.lines.is_empty());
+        assert_eq!(idle.offset, next.offset);
+
+        // Written, then rotated away before the next read: still seen once.
+        writeln!(child, "five").unwrap();
+        assert!(rotate_if_needed(dir, 4, 3).unwrap());
+        writeln!(child, "six").unwrap();
+        let after = read(dir, LogQuery::Since(idle.offset)).unwrap();
+        assert_eq!(after.lines, ["five", "six"]);
+        assert_eq!(after.offset, 4);
     }
 
     #[test]

@@ -197,12 +197,28 @@ impl Supervisor {
     }
 }
 
-/// The last `lines` lines of a replica's server log (rotated files included).
+/// The last `lines` lines of a replica's server log.
+#[cfg(test)]
 pub fn read_log_tail(
     state_dir: &Path,
     replica_id: &str,
     lines: usize,
 ) -> Result<Vec<String>, SupervisorError> {
+    read_log(
+        state_dir,
+        replica_id,
+        crate::domain::LogQuery::Tail(lines as u32),
+    )
+    .map(|s| s.lines)
+}
+
+/// The asked part of a replica's server log: its last lines (rotated files
+/// included), or what was written since an offset.
+pub fn read_log(
+    state_dir: &Path,
+    replica_id: &str,
+    query: crate::domain::LogQuery,
+) -> Result<crate::domain::LogSlice, SupervisorError> {
     if !valid_replica_id(replica_id) {
         return Err(SupervisorError::InvalidReplicaId {
             id: replica_id.to_string(),
@@ -214,7 +230,7 @@ pub fn read_log_tail(
             id: replica_id.to_string(),
         });
     }
-    logfile::tail(&dir, lines).map_err(|source| SupervisorError::LogRead {
+    logfile::read(&dir, query).map_err(|source| SupervisorError::LogRead {
         id: replica_id.to_string(),
         source,
     })
