@@ -41,6 +41,16 @@ fn warm_start_waits_until_resident_and_evict_drops_it() {
     );
     let w = warm_entry(&h, "cached").expect("a warm entry");
     assert_eq!(w["state"], "resident");
+    // The end of the fill is an event, which is what ended the wait.
+    let events = h.json(&["events", "--model", "cached"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "warm-done" && e["node"] == "node-a"),
+        "{events}"
+    );
     assert_eq!(w["resident_bytes"], w["total_bytes"]);
     assert_eq!(w["total_bytes"], 32u64 << 20);
     assert_eq!(w["reason"], "manual");

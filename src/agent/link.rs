@@ -38,6 +38,7 @@ struct Outbox {
     seq: u64,
     last_inventory: Vec<GpuInfo>,
     last_replicas: Vec<ReplicaStatus>,
+    last_warm: Vec<crate::domain::WarmStatus>,
     last_sent: tokio::time::Instant,
     /// A report went out early: the next scrape is reported too, whatever
     /// it shows, so the coordinator learns whether the change held.
@@ -60,6 +61,7 @@ impl Outbox {
     fn early(&self, report: &Report) -> bool {
         replicas_moved(&self.last_replicas, &report.replicas)
             || self.confirm && rescraped(&self.last_replicas, &report.replicas)
+            || crate::domain::warm_states_changed(&self.last_warm, &report.warm)
     }
     fn message(&mut self, mut report: Report, applied: u64) -> pb::AgentMessage {
         self.seq += 1;
@@ -78,6 +80,7 @@ impl Outbox {
             self.confirm = false;
         }
         self.last_replicas = report.replicas.clone();
+        self.last_warm = report.warm.clone();
         self.last_sent = tokio::time::Instant::now();
         pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::Report((&report).into())),
@@ -216,6 +219,7 @@ async fn session(
         seq: 0,
         last_inventory: hello.gpus.clone(),
         last_replicas: hello.replicas.clone(),
+        last_warm: hello.warm.clone(),
         last_sent: tokio::time::Instant::now(),
         confirm: false,
     };
@@ -321,6 +325,7 @@ mod tests {
             seq: 0,
             last_inventory: Vec::new(),
             last_replicas: vec![replica(1, 1.0)],
+            last_warm: Vec::new(),
             last_sent: tokio::time::Instant::now(),
             confirm: false,
         };

@@ -1,7 +1,7 @@
 //! `gpufleet warm …`: model weights kept resident in the nodes' page caches.
 
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::api::WarmView;
 use crate::wire::pb;
@@ -112,6 +112,23 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
                 model: model.clone(),
                 node: node.clone(),
             };
+            // Follow the node's events before asking, so the end of even a
+            // quick fill is seen the moment the agent reports it.
+            let events = if wait {
+                let follow = pb::ListEventsRequest {
+                    model: model.clone(),
+                    node: node.clone(),
+                    limit: 0,
+                };
+                Some(
+                    c.follow_events(follow)
+                        .await
+                        .map_err(status_error)?
+                        .into_inner(),
+                )
+            } else {
+                None
+            };
             c.warm_start(req).await.map_err(status_error)?;
             if !wait {
                 if output.is_data() {
@@ -122,7 +139,8 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
                 );
                 return Ok(());
             }
-            let entry = wait_resident(&mut c, &model, &node, timeout).await?;
+            let events = events.expect("followed above when waiting");
+            let entry = wait_resident(&mut c, events, &model, &node, timeout).await?;
             if output.is_data() {
                 return print_data(&entry, output);
             }
@@ -149,15 +167,19 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
     Ok(())
 }
 
-/// Polls until the entry is resident, drawing a progress bar on a terminal.
+/// Waits until the entry is resident: the coordinator's `warm-done` event
+/// ends the wait the moment the agent reports it; meanwhile the entry is
+/// read twice a second for the progress bar (drawn in place on a terminal).
 async fn wait_resident(
     c: &mut Control,
+    mut events: tonic::Streaming<pb::Event>,
     model: &str,
     node: &str,
     timeout: Duration,
 ) -> anyhow::Result<WarmView> {
-    let deadline = Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let tty = std::io::stderr().is_terminal();
+    let mut events_open = true;
     loop {
         let entries = list(c, Some(node.to_string())).await?;
         if let Some(w) = entries.into_iter().find(|w| w.model == model) {
@@ -207,12 +229,21 @@ async fn wait_resident(
                 _ => {}
             }
         }
-        if Instant::now() > deadline {
-            anyhow::bail!(
+        let progress = tokio::time::sleep(Duration::from_millis(500));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => anyhow::bail!(
                 "{model} is not resident on {node} after {}",
                 humantime::format_duration(timeout)
-            );
+            ),
+            event = events.message(), if events_open => match event {
+                // Read the entry again at once: it is resident or failed.
+                Ok(Some(e)) if e.kind == "warm-done" => {}
+                Ok(Some(_)) => {}
+                // The stream ended or broke: the progress reads still see
+                // the end, a little later.
+                Ok(None) | Err(_) => events_open = false,
+            },
+            _ = progress => {}
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

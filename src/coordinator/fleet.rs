@@ -745,6 +745,25 @@ impl Fleet {
             .collect();
         let scrape_changes = scrape_changes(&node.replicas, &report.replicas);
         node.replicas = report.replicas;
+        let (asked, _) = self.warm_specs(name);
+        let Some(node) = self.nodes.get_mut(name) else {
+            return;
+        };
+        let ended: Vec<(String, String)> =
+            crate::domain::fills_ended(&node.warm, &report.warm, &asked)
+                .map(|w| {
+                    let what = if w.state == "resident" {
+                        format!(
+                            "{} resident ({})",
+                            w.path,
+                            crate::config::units::format_bytes(w.total_bytes)
+                        )
+                    } else {
+                        format!("warming {} failed: {}", w.path, w.error)
+                    };
+                    (w.model.clone(), what)
+                })
+                .collect();
         node.warm = report.warm;
         if !report.inventory.is_empty() {
             node.gpus = report.inventory;
@@ -755,6 +774,9 @@ impl Fleet {
         }
         if was_lost {
             self.adopt_reported_replicas(name, now);
+        }
+        for (model, what) in ended {
+            self.record("warm-done", &model, name, "", what);
         }
         if moved || self.awaiting_measurement {
             self.tick_soon(now);

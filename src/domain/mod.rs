@@ -14,7 +14,7 @@ pub use replica::{
     ServingSignals,
 };
 pub use session::{Assignment, Hello, LogQuery, LogSlice, LogsReply, LogsRequest, Report, ToAgent};
-pub use warm::{WarmSpec, WarmStatus};
+pub use warm::{fills_ended, warm_states_changed, WarmSpec, WarmStatus};
 
 /// Milliseconds since the Unix epoch, for display and history only: every
 /// timeout and window uses the monotonic clock.

@@ -10,6 +10,35 @@ pub struct WarmSpec {
     pub lock: bool,
 }
 
+/// Whether any warm entry appeared, went, or changed state between two
+/// reports: news the coordinator (and an operator waiting on `warm start`)
+/// should have at once, not at the next report interval.
+pub fn warm_states_changed(before: &[WarmStatus], after: &[WarmStatus]) -> bool {
+    before.len() != after.len()
+        || after.iter().any(|a| {
+            !before
+                .iter()
+                .any(|b| b.model == a.model && b.path == a.path && b.state == a.state)
+        })
+}
+
+/// Entries of `asked` (what the node is assigned to keep warm) that became
+/// resident or failed between two reports of the node: a fill ended. A fill
+/// fast enough to finish between two reports counts too.
+pub fn fills_ended<'a>(
+    before: &'a [WarmStatus],
+    after: &'a [WarmStatus],
+    asked: &'a [WarmSpec],
+) -> impl Iterator<Item = &'a WarmStatus> + 'a {
+    after.iter().filter(move |a| {
+        matches!(a.state.as_str(), "resident" | "failed")
+            && asked.iter().any(|w| w.model == a.model && w.path == a.path)
+            && !before
+                .iter()
+                .any(|b| b.model == a.model && b.path == a.path && b.state == a.state)
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct WarmStatus {
     pub model: String,
@@ -22,4 +51,62 @@ pub struct WarmStatus {
     pub eta_ms: u64,
     pub error: String,
     pub locked: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(model: &str, state: &str) -> WarmStatus {
+        WarmStatus {
+            model: model.into(),
+            path: format!("/m/{model}"),
+            state: state.into(),
+            ..WarmStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_state_change_is_news_and_progress_alone_is_not() {
+        let before = [entry("a", "warming")];
+        let mut progressed = entry("a", "warming");
+        progressed.resident_bytes = 1 << 30;
+        assert!(!warm_states_changed(&before, &[progressed]));
+        assert!(warm_states_changed(&before, &[entry("a", "resident")]));
+        assert!(warm_states_changed(&before, &[]));
+        assert!(warm_states_changed(
+            &before,
+            &[entry("a", "warming"), entry("b", "warming")]
+        ));
+    }
+
+    #[test]
+    fn a_fill_ends_once_and_only_for_what_was_asked() {
+        let asked: Vec<WarmSpec> = ["a", "c", "d"]
+            .iter()
+            .map(|m| WarmSpec {
+                model: m.to_string(),
+                path: format!("/m/{m}"),
+                lock: false,
+            })
+            .collect();
+        let before = [
+            entry("a", "warming"),
+            entry("b", "partial"),
+            entry("c", "warming"),
+        ];
+        let after = [
+            entry("a", "resident"),
+            entry("b", "resident"),
+            entry("c", "failed"),
+            entry("d", "resident"),
+        ];
+        let ended: Vec<&str> = fills_ended(&before, &after, &asked)
+            .map(|w| w.model.as_str())
+            .collect();
+        // b is kept for a replica, not asked warm: its measurement is no
+        // news; d filled between two reports.
+        assert_eq!(ended, ["a", "c", "d"]);
+        assert_eq!(fills_ended(&after, &after, &asked).count(), 0, "once");
+    }
 }
