@@ -114,7 +114,13 @@ fn replica_logs_follow_prints_each_new_line_once() {
     use std::io::{BufRead, BufReader};
     let h = Harness::new();
     let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
+    // The script is handed the gpufleet binary's path as an argument.
+    let bin_dir = std::path::Path::new(BIN)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let _a = h.agent("node-a", 1, &format!("allowed_paths = [\"{bin_dir}\"]\n"));
     h.wait_ready_nodes(1);
     // A server that also writes a numbered line every 100 ms.
     let command = format!(

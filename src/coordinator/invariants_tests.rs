@@ -387,7 +387,8 @@ impl World {
     }
 
     fn endpoints_of(&self, model: &str) -> Vec<String> {
-        self.fleet.endpoints().remove(model).unwrap_or_default()
+        let listed = self.fleet.endpoints().remove(model).unwrap_or_default();
+        listed.into_iter().map(|e| e.address).collect()
     }
 
     fn refused(&self, node: &str, why: super::trust::Refusal) -> u64 {
