@@ -19,6 +19,7 @@ fn settings() -> FleetSettings {
         suspect_after: Duration::from_secs(10),
         lost_after: Duration::from_secs(30),
         reconnect_grace: GRACE,
+        retire_grace: super::reconcile::RETIRE_GRACE_MIN,
         event_capacity: 1000,
         allowed_env: Vec::new(),
         adopt_unsigned_replicas: false,
