@@ -61,4 +61,24 @@ pub struct GpuSample {
     /// Xid errors seen since the agent started.
     pub xid_errors: u64,
     pub last_xid: u32,
+    /// Counters the agent exports (dcgm-exporter's defaults) but the
+    /// coordinator does not need: not sent over the session.
+    pub detail: GpuDetail,
+}
+
+/// More of what NVML reports per GPU, for `/metrics/dcgm`. `None` where the
+/// GPU or driver does not report it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct GpuDetail {
+    pub mem_clock_mhz: Option<u32>,
+    pub memory_temperature_c: Option<f64>,
+    /// Energy since the driver loaded, in millijoules (a counter).
+    pub energy_mj: Option<u64>,
+    /// PCIe replays (retries), a counter.
+    pub pcie_replays: Option<u64>,
+    pub encoder_pct: Option<f64>,
+    pub decoder_pct: Option<f64>,
+    /// Rows remapped for correctable and uncorrectable errors (counters).
+    pub remapped_rows_correctable: Option<u64>,
+    pub remapped_rows_uncorrectable: Option<u64>,
 }

@@ -7,7 +7,7 @@ pub mod replica;
 pub mod session;
 pub mod warm;
 
-pub use gpu::{GpuInfo, GpuProcess, GpuSample, WindowStats};
+pub use gpu::{GpuDetail, GpuInfo, GpuProcess, GpuSample, WindowStats};
 pub use host::{HostInfo, HostSample};
 pub use replica::{
     replicas_moved, valid_replica_id, MetricsPort, ReplicaSpec, ReplicaState, ReplicaStatus,

@@ -139,6 +139,8 @@ impl From<pb::GpuSample> for GpuSample {
             memory_used_60s: s.memory_used_60s.into(),
             xid_errors: s.xid_errors,
             last_xid: s.last_xid,
+            // Not sent: only the agent's own /metrics/dcgm shows it.
+            detail: Default::default(),
         }
     }
 }

@@ -16,43 +16,119 @@ pub use crate::exposition::{family, float, labels, Series};
 
 type Field = fn(&GpuSample) -> Option<String>;
 
-/// dcgm-exporter's default counters that gpufleet measures, in the order of
-/// its default-counters.csv. Units follow it: whole percent and degrees,
-/// watts with six decimals, memory in MiB (free = total − used).
-const DCGM_FIELDS: &[(&str, &str, Field)] = &[
+/// dcgm-exporter's default counters (its etc/default-counters.csv) that
+/// NVML can provide, in that file's order, with its kinds and help texts.
+/// Units follow it: whole percent and degrees, watts with six decimals,
+/// memory in MiB (free = total − used), energy in mJ. Left out, because NVML
+/// cannot give them as DCGM defines them: DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL
+/// (DCGM's own per-link accounting), DCGM_FI_DEV_VGPU_LICENSE_STATUS (vGPU
+/// hosts only) and the DCGM_FI_PROF_* families (DCGM's profiling module).
+const DCGM_FIELDS: &[(&str, &str, &str, Field)] = &[
     (
         "DCGM_FI_DEV_SM_CLOCK",
+        "gauge",
         "SM clock frequency (in MHz).",
         |s| s.sm_clock_mhz.map(|v| v.to_string()),
     ),
-    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", |s| {
-        s.temperature_c.map(|t| (t.round() as i64).to_string())
-    }),
-    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", |s| {
-        s.power_w.map(|w| format!("{w:.6}"))
-    }),
-    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", |s| {
-        Some((s.utilization_pct.round() as i64).to_string())
-    }),
+    (
+        "DCGM_FI_DEV_MEM_CLOCK",
+        "gauge",
+        "Memory clock frequency (in MHz).",
+        |s| s.detail.mem_clock_mhz.map(|v| v.to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_MEMORY_TEMP",
+        "gauge",
+        "Memory temperature (in C).",
+        |s| {
+            s.detail
+                .memory_temperature_c
+                .map(|t| (t.round() as i64).to_string())
+        },
+    ),
+    (
+        "DCGM_FI_DEV_GPU_TEMP",
+        "gauge",
+        "GPU temperature (in C).",
+        |s| s.temperature_c.map(|t| (t.round() as i64).to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_POWER_USAGE",
+        "gauge",
+        "Power draw (in W).",
+        |s| s.power_w.map(|w| format!("{w:.6}")),
+    ),
+    (
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        "counter",
+        "Total energy consumption since boot (in mJ).",
+        |s| s.detail.energy_mj.map(|v| v.to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_PCIE_REPLAY_COUNTER",
+        "counter",
+        "Total number of PCIe retries.",
+        |s| s.detail.pcie_replays.map(|v| v.to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_GPU_UTIL",
+        "gauge",
+        "GPU utilization (in %).",
+        |s| Some((s.utilization_pct.round() as i64).to_string()),
+    ),
     (
         "DCGM_FI_DEV_MEM_COPY_UTIL",
+        "gauge",
         "Memory utilization (in %).",
         |s| Some((s.memory_utilization_pct.round() as i64).to_string()),
     ),
     (
+        "DCGM_FI_DEV_ENC_UTIL",
+        "gauge",
+        "Encoder utilization (in %).",
+        |s| s.detail.encoder_pct.map(|v| (v.round() as i64).to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_DEC_UTIL",
+        "gauge",
+        "Decoder utilization (in %).",
+        |s| s.detail.decoder_pct.map(|v| (v.round() as i64).to_string()),
+    ),
+    (
         "DCGM_FI_DEV_XID_ERRORS",
+        "gauge",
         "Value of the last XID error encountered.",
         |s| Some(s.last_xid.to_string()),
     ),
     (
         "DCGM_FI_DEV_FB_FREE",
+        "gauge",
         "Framebuffer memory free (in MiB).",
         |s| Some((s.memory_total_bytes.saturating_sub(s.memory_used_bytes) / MIB).to_string()),
     ),
     (
         "DCGM_FI_DEV_FB_USED",
+        "gauge",
         "Framebuffer memory used (in MiB).",
         |s| Some((s.memory_used_bytes / MIB).to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+        "counter",
+        "Number of remapped rows for uncorrectable errors",
+        |s| s.detail.remapped_rows_uncorrectable.map(|v| v.to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+        "counter",
+        "Number of remapped rows for correctable errors",
+        |s| s.detail.remapped_rows_correctable.map(|v| v.to_string()),
+    ),
+    (
+        "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+        "gauge",
+        "Whether remapping of rows has failed",
+        |s| s.remapped_rows_failed.map(|v| u8::from(v > 0).to_string()),
     ),
 ];
 
@@ -200,8 +276,8 @@ fn per_gpu(rows: &[(String, &GpuSample)], field: Field) -> Vec<Series> {
 /// dcgm-exporter's families for one snapshot, as it writes them.
 pub fn render_dcgm_metrics(out: &mut String, gpus: &GpuSnapshot, node: &str) {
     let rows = dcgm_rows(gpus, node);
-    for (name, help, field) in DCGM_FIELDS {
-        family(out, name, "gauge", help, per_gpu(&rows, *field));
+    for (name, kind, help, field) in DCGM_FIELDS {
+        family(out, name, kind, help, per_gpu(&rows, *field));
     }
 }
 
@@ -327,6 +403,16 @@ mod tests {
                 healthy: true,
                 last_xid: 13,
                 xid_errors: 2,
+                detail: crate::domain::GpuDetail {
+                    mem_clock_mhz: Some(2619),
+                    memory_temperature_c: Some(55.4),
+                    energy_mj: Some(123_456_789),
+                    pcie_replays: Some(2),
+                    encoder_pct: Some(0.0),
+                    decoder_pct: Some(3.0),
+                    remapped_rows_correctable: Some(1),
+                    remapped_rows_uncorrectable: Some(0),
+                },
                 utilization_10s: WindowStats {
                     last: 87.4,
                     mean: 80.0,
@@ -348,18 +434,36 @@ mod tests {
             "# HELP DCGM_FI_DEV_SM_CLOCK SM clock frequency (in MHz).
 # TYPE DCGM_FI_DEV_SM_CLOCK gauge
 DCGM_FI_DEV_SM_CLOCK{{{labels}}} 1980
+# HELP DCGM_FI_DEV_MEM_CLOCK Memory clock frequency (in MHz).
+# TYPE DCGM_FI_DEV_MEM_CLOCK gauge
+DCGM_FI_DEV_MEM_CLOCK{{{labels}}} 2619
+# HELP DCGM_FI_DEV_MEMORY_TEMP Memory temperature (in C).
+# TYPE DCGM_FI_DEV_MEMORY_TEMP gauge
+DCGM_FI_DEV_MEMORY_TEMP{{{labels}}} 55
 # HELP DCGM_FI_DEV_GPU_TEMP GPU temperature (in C).
 # TYPE DCGM_FI_DEV_GPU_TEMP gauge
 DCGM_FI_DEV_GPU_TEMP{{{labels}}} 61
 # HELP DCGM_FI_DEV_POWER_USAGE Power draw (in W).
 # TYPE DCGM_FI_DEV_POWER_USAGE gauge
 DCGM_FI_DEV_POWER_USAGE{{{labels}}} 512.250000
+# HELP DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION Total energy consumption since boot (in mJ).
+# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter
+DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}}} 123456789
+# HELP DCGM_FI_DEV_PCIE_REPLAY_COUNTER Total number of PCIe retries.
+# TYPE DCGM_FI_DEV_PCIE_REPLAY_COUNTER counter
+DCGM_FI_DEV_PCIE_REPLAY_COUNTER{{{labels}}} 2
 # HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
 # TYPE DCGM_FI_DEV_GPU_UTIL gauge
 DCGM_FI_DEV_GPU_UTIL{{{labels}}} 87
 # HELP DCGM_FI_DEV_MEM_COPY_UTIL Memory utilization (in %).
 # TYPE DCGM_FI_DEV_MEM_COPY_UTIL gauge
 DCGM_FI_DEV_MEM_COPY_UTIL{{{labels}}} 42
+# HELP DCGM_FI_DEV_ENC_UTIL Encoder utilization (in %).
+# TYPE DCGM_FI_DEV_ENC_UTIL gauge
+DCGM_FI_DEV_ENC_UTIL{{{labels}}} 0
+# HELP DCGM_FI_DEV_DEC_UTIL Decoder utilization (in %).
+# TYPE DCGM_FI_DEV_DEC_UTIL gauge
+DCGM_FI_DEV_DEC_UTIL{{{labels}}} 3
 # HELP DCGM_FI_DEV_XID_ERRORS Value of the last XID error encountered.
 # TYPE DCGM_FI_DEV_XID_ERRORS gauge
 DCGM_FI_DEV_XID_ERRORS{{{labels}}} 13
@@ -369,6 +473,15 @@ DCGM_FI_DEV_FB_FREE{{{labels}}} 61439
 # HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).
 # TYPE DCGM_FI_DEV_FB_USED gauge
 DCGM_FI_DEV_FB_USED{{{labels}}} 20480
+# HELP DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS Number of remapped rows for uncorrectable errors
+# TYPE DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS counter
+DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS{{{labels}}} 0
+# HELP DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS Number of remapped rows for correctable errors
+# TYPE DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS counter
+DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS{{{labels}}} 1
+# HELP DCGM_FI_DEV_ROW_REMAP_FAILURE Whether remapping of rows has failed
+# TYPE DCGM_FI_DEV_ROW_REMAP_FAILURE gauge
+DCGM_FI_DEV_ROW_REMAP_FAILURE{{{labels}}} 0
 "
         );
         assert_eq!(out, expected);

@@ -14,12 +14,13 @@ use nvml_wrapper::enums::device::{SampleValue, UsedGpuMemory};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::sys_exports::field_id::{
-    NVML_FI_DEV_ECC_DBE_VOL_TOTAL, NVML_FI_DEV_ECC_SBE_VOL_TOTAL, NVML_FI_DEV_REMAPPED_FAILURE,
-    NVML_FI_DEV_REMAPPED_PENDING,
+    NVML_FI_DEV_ECC_DBE_VOL_TOTAL, NVML_FI_DEV_ECC_SBE_VOL_TOTAL, NVML_FI_DEV_MEMORY_TEMP,
+    NVML_FI_DEV_PCIE_REPLAY_COUNTER, NVML_FI_DEV_REMAPPED_COR, NVML_FI_DEV_REMAPPED_FAILURE,
+    NVML_FI_DEV_REMAPPED_PENDING, NVML_FI_DEV_REMAPPED_UNC, NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
 };
 use nvml_wrapper::{cuda_driver_version_major, cuda_driver_version_minor, Device, Nvml};
 
-use crate::domain::{GpuInfo, GpuProcess, GpuSample};
+use crate::domain::{GpuDetail, GpuInfo, GpuProcess, GpuSample};
 
 use super::health::{GpuEvent, XidSource};
 use super::kmsg::{KmsgReader, StartAt, KERNEL_LOG};
@@ -32,11 +33,16 @@ mod mig;
 use mig::{MigLayout, PhysicalGpu};
 
 /// Fields read in one `nvmlDeviceGetFieldValues` call, in this order.
-const FIELDS: [FieldId; 4] = [
+const FIELDS: [FieldId; 9] = [
     FieldId(NVML_FI_DEV_ECC_SBE_VOL_TOTAL),
     FieldId(NVML_FI_DEV_ECC_DBE_VOL_TOTAL),
     FieldId(NVML_FI_DEV_REMAPPED_PENDING),
     FieldId(NVML_FI_DEV_REMAPPED_FAILURE),
+    FieldId(NVML_FI_DEV_REMAPPED_COR),
+    FieldId(NVML_FI_DEV_REMAPPED_UNC),
+    FieldId(NVML_FI_DEV_MEMORY_TEMP),
+    FieldId(NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION),
+    FieldId(NVML_FI_DEV_PCIE_REPLAY_COUNTER),
 ];
 
 /// The process list and PCIe throughput are slow NVML calls (the PCIe
@@ -379,9 +385,21 @@ fn read_sample(
     Ok(sample)
 }
 
-/// What only a physical GPU reports: temperature, power, clocks, ECC.
+/// What only a physical GPU reports: temperature, power, clocks, ECC,
+/// row remapping, energy, PCIe replays, video engines.
 fn read_physical(device: &Device<'_>, sample: &mut GpuSample) -> Result<(), String> {
-    let [single_bit, double_bit, remap_pending, remap_failed] = read_fields(device)?;
+    let [single_bit, double_bit, remap_pending, remap_failed, remap_cor, remap_unc, mem_temp, energy, replays] =
+        read_fields(device)?;
+    sample.detail = GpuDetail {
+        mem_clock_mhz: field(device.clock_info(Clock::Memory))?,
+        memory_temperature_c: mem_temp.map(|t| t as f64),
+        energy_mj: energy,
+        pcie_replays: replays,
+        encoder_pct: field(device.encoder_utilization())?.map(|u| f64::from(u.utilization)),
+        decoder_pct: field(device.decoder_utilization())?.map(|u| f64::from(u.utilization)),
+        remapped_rows_correctable: remap_cor,
+        remapped_rows_uncorrectable: remap_unc,
+    };
     sample.temperature_c = field(device.temperature(TemperatureSensor::Gpu))?.map(f64::from);
     sample.power_w = field(device.power_usage())?.map(milliwatts);
     sample.power_limit_w = field(device.enforced_power_limit())?.map(milliwatts);
@@ -394,9 +412,10 @@ fn read_physical(device: &Device<'_>, sample: &mut GpuSample) -> Result<(), Stri
     Ok(())
 }
 
-/// ECC volatile totals and row-remap state, one NVML call.
-fn read_fields(device: &Device<'_>) -> Result<[Option<u64>; 4], String> {
-    let mut values = [None; 4];
+/// ECC volatile totals, row-remap state and counts, memory temperature,
+/// energy and PCIe replays, one NVML call.
+fn read_fields(device: &Device<'_>) -> Result<[Option<u64>; FIELDS.len()], String> {
+    let mut values = [None; FIELDS.len()];
     let Some(samples) = field(device.field_values_for(&FIELDS))? else {
         return Ok(values);
     };

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::domain::{GpuInfo, GpuProcess, GpuSample, WindowStats};
+use crate::domain::{GpuDetail, GpuInfo, GpuProcess, GpuSample, WindowStats};
 
 use super::health::{GpuEvent, XidSource, HW_SLOWDOWN_REASONS};
 use super::xid::MAX_XID;
@@ -38,6 +38,10 @@ pub struct SimulatedGpus {
     gpus: Vec<GpuInfo>,
     workload: Vec<GpuWorkload>,
     faults: SimulatedFaults,
+    /// Energy each GPU has drawn, in millijoules, and when it was last
+    /// added to: the counter grows with the simulated power.
+    energy_mj: Vec<f64>,
+    sampled_at: Option<std::time::Instant>,
 }
 
 /// A fault to inject into one simulated GPU.
@@ -178,6 +182,8 @@ impl SimulatedGpus {
             gpus,
             workload: Vec::new(),
             faults: SimulatedFaults::new(cfg.count),
+            energy_mj: vec![0.0; cfg.count as usize],
+            sampled_at: None,
         }
     }
 
@@ -217,6 +223,11 @@ impl GpuProbe for SimulatedGpus {
     }
 
     fn sample(&mut self) -> Vec<GpuSample> {
+        let now = std::time::Instant::now();
+        let elapsed_s = self
+            .sampled_at
+            .replace(now)
+            .map_or(0.0, |at| now.duration_since(at).as_secs_f64());
         let faults = self.faults.lock();
         self.gpus
             .iter()
@@ -243,6 +254,10 @@ impl GpuProbe for SimulatedGpus {
                 let used = used.min(gpu.memory_total_bytes);
                 let util = (busy.clamp(0.0, 1.0) * 100.0).round();
                 let power = 70.0 + 6.3 * util;
+                let energy = self.energy_mj.get_mut(gpu.index as usize).map(|e| {
+                    *e += power * 1000.0 * elapsed_s;
+                    *e as u64
+                });
                 GpuSample {
                     index: gpu.index,
                     memory_used_bytes: used,
@@ -273,6 +288,18 @@ impl GpuProbe for SimulatedGpus {
                     memory_used_60s: WindowStats::default(),
                     xid_errors: 0,
                     last_xid: 0,
+                    detail: GpuDetail {
+                        // An H100 SXM's HBM3 clock; memory runs a little
+                        // warmer than the die under load.
+                        mem_clock_mhz: Some(2619),
+                        memory_temperature_c: Some(30.0 + util * 0.45),
+                        energy_mj: energy,
+                        pcie_replays: Some(0),
+                        encoder_pct: Some(0.0),
+                        decoder_pct: Some(0.0),
+                        remapped_rows_correctable: Some(0),
+                        remapped_rows_uncorrectable: Some(0),
+                    },
                 }
             })
             .collect()
@@ -298,6 +325,16 @@ mod tests {
             memory_bytes: 80 << 30,
             node_name: "n1".into(),
         })
+    }
+
+    #[test]
+    fn energy_is_a_counter_that_grows_with_the_power_drawn() {
+        let mut g = gpus();
+        let first = g.sample()[0].detail.energy_mj.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let second = g.sample()[0].detail.energy_mj.unwrap();
+        // Idle draws 70 W: 20 ms is at least 1,400 mJ.
+        assert!(second >= first + 1_400, "{first} -> {second}");
     }
 
     #[test]
