@@ -6,6 +6,53 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{HostInfo, HostSample, ReplicaStatus, WarmStatus};
 
+/// Longest value shown whole in a message; longer ones are cut.
+const SHOWN_WHOLE: usize = 64;
+
+/// A value as messages show it: "`llama-3`", or for a long one its start and
+/// its size ("`aaaaaaaa…` (1,048,576 bytes)"), so no message grows with what
+/// a client sent.
+pub fn quoted(value: &str) -> String {
+    if value.len() <= SHOWN_WHOLE {
+        return format!("`{value}`");
+    }
+    let mut end = 32;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("`{}…` ({} bytes)", &value[..end], grouped(value.len()))
+}
+
+/// Cuts a whole message to at most `max` bytes, saying so: the last guard
+/// before a message travels in a gRPC trailer or an HTTP body.
+pub fn capped(message: String, max: usize) -> String {
+    if message.len() <= max {
+        return message;
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… (message cut; {} bytes in all)",
+        &message[..end],
+        grouped(message.len())
+    )
+}
+
+/// 1048576 → "1,048,576".
+pub fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Formats Unix milliseconds as RFC 3339 (UTC, seconds); empty for "never".
 pub fn rfc3339(unix_ms: i64) -> String {
     if unix_ms <= 0 {
@@ -166,7 +213,7 @@ impl<'de> serde::Deserialize<'de> for SignalsHealth {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelView {
     pub name: String,
     pub min_replicas: u32,
@@ -182,6 +229,10 @@ pub struct ModelView {
     /// This tick's decision, also when it holds the count ("holding 3: …").
     #[serde(default)]
     pub decision_now: String,
+    /// `active`, or `invalid-stored-spec` while the model's stored record
+    /// cannot be read.
+    #[serde(default)]
+    pub state: String,
     #[serde(skip)]
     pub spec_toml: String,
     #[serde(skip)]
@@ -261,4 +312,30 @@ pub struct Explanation {
     pub summary: String,
     pub decisions: Vec<Event>,
     pub signals: Vec<SignalPoint>,
+}
+
+#[cfg(test)]
+mod quoting_tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_with_their_size() {
+        assert_eq!(quoted("llama-3"), "`llama-3`");
+        let long = "a".repeat(1 << 20);
+        assert_eq!(
+            quoted(&long),
+            format!("`{}…` (1,048,576 bytes)", "a".repeat(32))
+        );
+        // Never inside a character.
+        let wide = "é".repeat(100);
+        assert!(quoted(&wide).starts_with(&format!("`{}…`", "é".repeat(16))));
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(
+            capped("x".repeat(10), 4),
+            "xxxx… (message cut; 10 bytes in all)"
+        );
+        assert_eq!(capped("short".into(), 10), "short");
+    }
 }

@@ -54,7 +54,13 @@ fn main() -> ExitCode {
         }
         Err(Failure::Run(e)) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<gpufleet::config::Misconfigured>()
+                .is_some()
+            {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -65,6 +71,9 @@ enum Failure {
 }
 
 async fn coordinator(args: CoordinatorArgs) -> Result<(), Failure> {
+    if let Some(cmd) = args.store {
+        return cli::store::run(cmd).map_err(Failure::Run);
+    }
     let cfg = CoordinatorConfig::load(&CoordinatorOverrides {
         config: args.config,
         listen: args.listen,

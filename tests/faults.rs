@@ -504,6 +504,21 @@ fn a_full_state_dir_is_reported_and_recovers_while_supervision_goes_on() {
         },
     );
     assert!(agent.exited().is_none(), "the agent died of a full disk");
+    let health = wait_until(Duration::from_secs(15), "/healthz degraded", || {
+        let (code, body) = http("GET", agent.http_port, "/healthz", "");
+        (code == 503).then_some(body)
+    });
+    assert!(
+        health.contains("degraded: state dir") && health.contains("is full"),
+        "{health}"
+    );
+    let (_, metrics) = http("GET", agent.http_port, "/metrics", "");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gpufleet_agent_state_dir_degraded") && l.ends_with(" 1")),
+        "{metrics}"
+    );
     assert!(
         agent.log_text().contains("cannot persist replica record"),
         "{}",
@@ -533,6 +548,9 @@ fn a_full_state_dir_is_reported_and_recovers_while_supervision_goes_on() {
         recovered["id"], late["id"],
         "the same replica, not a new one"
     );
+    wait_until(Duration::from_secs(15), "/healthz ok again", || {
+        (http("GET", agent.http_port, "/healthz", "").0 == 200).then_some(())
+    });
     assert!(agent.exited().is_none());
 
     // The saved record is one a restarted agent can use: both servers are

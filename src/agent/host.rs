@@ -55,6 +55,50 @@ impl HostProbe {
     }
 }
 
+/// How often the state dir is tried for a write.
+const STATE_DIR_PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tries a small write in the state dir (a new file, so a full disk fails
+/// it) and says why it fails, if it does.
+pub fn state_dir_problem(dir: &Path) -> Option<String> {
+    use std::io::Write;
+    let probe = dir.join(".gpufleet-write-probe");
+    let result = std::fs::File::create(&probe)
+        .and_then(|mut f| f.write_all(b"ok\n").and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&probe);
+    result.err().map(|e| {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            format!("the disk holding {} is full", dir.display())
+        } else {
+            format!("cannot write in {}: {e}", dir.display())
+        }
+    })
+}
+
+/// Keeps `tx` telling whether the state dir can be written: replica records
+/// that cannot be saved are retried by the supervisor, and this makes the
+/// state visible to `/healthz` and `/metrics` until space returns.
+pub async fn watch_state_dir(dir: PathBuf, tx: tokio::sync::watch::Sender<Option<String>>) {
+    let mut tick = tokio::time::interval(STATE_DIR_PROBE_EVERY);
+    loop {
+        tick.tick().await;
+        let d = dir.clone();
+        let Ok(problem) = tokio::task::spawn_blocking(move || state_dir_problem(&d)).await else {
+            return;
+        };
+        let changed = *tx.borrow() != problem;
+        if changed {
+            match &problem {
+                Some(why) => tracing::error!("state dir degraded: {why}; replica records are retried until it can be written"),
+                None => tracing::info!(state_dir = %dir.display(), "state dir writable again"),
+            }
+        }
+        if tx.send(problem).is_err() {
+            return;
+        }
+    }
+}
+
 /// `Cached` from /proc/meminfo: the page cache that warm weights live in.
 fn page_cache_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -109,5 +153,14 @@ mod tests {
         let s = probe.sample();
         assert!(s.state_dir_total_bytes > 0);
         assert!(s.memory_available_bytes > 0);
+    }
+
+    #[test]
+    fn a_writable_state_dir_has_no_problem_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(state_dir_problem(dir.path()), None);
+        let gone = dir.path().join("missing");
+        let why = state_dir_problem(&gone).unwrap();
+        assert!(why.contains(&gone.display().to_string()), "{why}");
     }
 }

@@ -28,6 +28,8 @@ pub struct Telemetry {
     pub warm: Vec<WarmStatus>,
     pub coordinator_connected: bool,
     pub started: Instant,
+    /// Why the state dir cannot be written (a full disk), while it cannot.
+    pub state_dir_problem: Option<String>,
 }
 
 impl Default for Telemetry {
@@ -40,6 +42,7 @@ impl Default for Telemetry {
             warm: Vec::new(),
             coordinator_connected: false,
             started: Instant::now(),
+            state_dir_problem: None,
         }
     }
 }
@@ -77,13 +80,25 @@ fn router(telemetry: watch::Receiver<Telemetry>, faults: Option<SimulatedFaults>
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/metrics/dcgm", get(dcgm_metrics))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(healthz));
     let router = if with_faults {
         router.route("/v1/simulated/gpus/{index}/fault", post(inject_fault))
     } else {
         router
     };
     router.with_state(AppState { telemetry, faults })
+}
+
+/// 200 "ok", or 503 while the state dir cannot be written.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match &state.telemetry.borrow().state_dir_problem {
+        None => "ok".into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: state dir: {why}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -373,6 +388,14 @@ fn render_agent(out: &mut String, t: &Telemetry) {
         "1 while the session with the coordinator is up.",
         vec![(node.clone(), connected)],
     );
+    let degraded = u8::from(t.state_dir_problem.is_some()).to_string();
+    family(
+        out,
+        "gpufleet_agent_state_dir_degraded",
+        "gauge",
+        "1 while the state dir cannot be written (a full disk): replica records wait to be saved.",
+        vec![(node.clone(), degraded)],
+    );
     let cost = float(t.gpus.sample_cost.as_secs_f64());
     family(
         out,
@@ -560,6 +583,9 @@ gpufleet_agent_info{{node="gpu-host-17",version="{version}",gpu_backend="",drive
 # HELP gpufleet_agent_coordinator_connected 1 while the session with the coordinator is up.
 # TYPE gpufleet_agent_coordinator_connected gauge
 gpufleet_agent_coordinator_connected{{node="gpu-host-17"}} 1
+# HELP gpufleet_agent_state_dir_degraded 1 while the state dir cannot be written (a full disk): replica records wait to be saved.
+# TYPE gpufleet_agent_state_dir_degraded gauge
+gpufleet_agent_state_dir_degraded{{node="gpu-host-17"}} 0
 # HELP gpufleet_agent_gpu_sample_seconds Time the last GPU sample took.
 # TYPE gpufleet_agent_gpu_sample_seconds gauge
 gpufleet_agent_gpu_sample_seconds{{node="gpu-host-17"}} 0

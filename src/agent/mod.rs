@@ -52,7 +52,8 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let link_tls = crate::security::tls::agent_tls(&cfg.tls, &cfg.coordinator, &cfg.node_name)?;
+    let link_tls = crate::security::tls::agent_tls(&cfg.tls, &cfg.coordinator, &cfg.node_name)
+        .map_err(crate::config::Misconfigured::wrap)?;
     let _watchdog = crate::notify::spawn_watchdog();
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create the state dir {}", cfg.state_dir.display()))?;
@@ -70,6 +71,8 @@ pub async fn run(
     let sampler = Arc::new(gpu::spawn_sampler(opened.probe, cfg.gpu.sample_interval));
     let gpus = sampler.subscribe();
 
+    let (state_dir_tx, state_dir_rx) = watch::channel(None);
+    tokio::spawn(host::watch_state_dir(cfg.state_dir.clone(), state_dir_tx));
     let mut host_probe = host::HostProbe::new(&cfg.state_dir);
     let host_info = host_probe.info();
     let (host_tx, host_rx) = watch::channel(host_probe.sample());
@@ -94,9 +97,14 @@ pub async fn run(
     let mut sup_cfg = SupervisorConfig::from_agent(&cfg);
     sup_cfg.gpu_uuids = uuid_rx;
     warn_about_open_policy(&cfg);
-    let supervisor = Supervisor::spawn(sup_cfg)
-        .await
-        .context("cannot start the replica supervisor")?;
+    let supervisor = Supervisor::spawn(sup_cfg).await.map_err(|e| {
+        // A run_as user that does not exist is the config's fault.
+        let config = matches!(e, supervisor::SupervisorError::RunAs(_));
+        crate::config::Misconfigured::when(
+            config,
+            anyhow::Error::new(e).context("cannot start the replica supervisor"),
+        )
+    })?;
     let replicas = supervisor.subscribe();
 
     let budget = cfg.warm.budget.bytes(host_info.memory_total_bytes);
@@ -153,6 +161,7 @@ pub async fn run(
                 warm: warm_rx.borrow().clone(),
                 coordinator_connected: *connected_rx.borrow(),
                 started,
+                state_dir_problem: state_dir_rx.borrow().clone(),
             };
             (telemetry, workload)
         }
@@ -205,7 +214,9 @@ pub async fn run(
     };
     let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
-        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_listen))?;
+        .map_err(|e| {
+            crate::config::bind_error(e, format!("HTTP on {} (http_listen)", cfg.http_listen))
+        })?;
     let http_task = tokio::spawn(http::serve(
         http_listener,
         telemetry_rx.clone(),
@@ -269,7 +280,7 @@ pub async fn run(
                     warm = a.warm.len(),
                     "applying assignment"
                 );
-                supervisor.apply(a.replicas);
+                supervisor.apply_keeping(a.replicas, a.keep);
             }
         });
     }

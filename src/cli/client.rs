@@ -51,6 +51,53 @@ impl ClientArgs {
     }
 }
 
+/// What a transport error most likely means, in the operator's terms.
+pub fn transport_hint(url: &str, error: &str) -> Option<String> {
+    let e = error.to_ascii_lowercase();
+    let plain = url.starts_with("http://");
+    let has = |words: &[&str]| words.iter().any(|w| e.contains(w));
+    let hint = if has(&["connection refused"]) {
+        "nothing listens there: is the coordinator running, and is this its gRPC port (7460 by default)?".to_string()
+    } else if plain
+        && has(&[
+            "h2 protocol error",
+            "http2 error",
+            "frame with invalid size",
+            "connection reset",
+            "broken pipe",
+            "operation was canceled",
+        ])
+    {
+        format!(
+            "the port did not answer in plain HTTP/2; if it speaks TLS, use {} (and GPUFLEET_CA)",
+            url.replacen("http://", "https://", 1)
+        )
+    } else if !plain
+        && has(&[
+            "invalidcontenttype",
+            "corrupt message",
+            "tls handshake eof",
+            "wrong version number",
+            "invalid message",
+        ])
+    {
+        format!(
+            "this port does not speak TLS: use {}",
+            url.replacen("https://", "http://", 1)
+        )
+    } else if has(&["metadata size", "header list size", "headers too large"]) {
+        "the answer was too large to read (a very long value sent back in it)".to_string()
+    } else if has(&["timed out", "deadline"]) {
+        "no answer in time: the coordinator is overloaded, or a firewall drops the packets"
+            .to_string()
+    } else if has(&["dns error", "failed to lookup", "name or service not known"]) {
+        "the host name does not resolve".to_string()
+    } else {
+        return None;
+    };
+    Some(hint)
+}
+
 impl ClientArgs {
     /// The coordinator URL these options name.
     pub fn url(&self) -> &str {
@@ -76,10 +123,13 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
         .timeout(args.request_timeout)
         .tcp_nodelay(true);
     let channel = tls::connect(endpoint, tls.as_ref()).await.map_err(|e| {
-        anyhow!(
-            "cannot reach the coordinator at {url}: {} (set --coordinator or GPUFLEET_COORDINATOR)",
-            crate::wire::error_chain(&e)
-        )
+        let chain = crate::wire::error_chain(&e);
+        match transport_hint(url, &chain) {
+            Some(hint) => anyhow!("cannot reach the coordinator at {url}: {hint} ({chain})"),
+            None => anyhow!(
+                "cannot reach the coordinator at {url}: {chain} (set --coordinator or GPUFLEET_COORDINATOR)"
+            ),
+        }
     })?;
     Ok(ControlClient::with_interceptor(channel, token))
 }
@@ -90,6 +140,27 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
         .get()
         .map(|(u, t)| (u.as_str(), *t))
         .unwrap_or((DEFAULT_COORDINATOR, Duration::ZERO));
+    // A status the coordinator never sent: the transport failed under it.
+    let transport = matches!(
+        s.code(),
+        tonic::Code::Unknown
+            | tonic::Code::Unavailable
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    );
+    let chain = match std::error::Error::source(&s) {
+        Some(e) => format!("{}: {}", s.message(), crate::wire::error_chain(e)),
+        None => s.message().to_string(),
+    };
+    if transport {
+        if let Some(hint) = transport_hint(url, &chain) {
+            return anyhow!(
+                "the coordinator at {url} failed the call: {hint} ({})",
+                crate::api::capped(chain, 300)
+            );
+        }
+    }
     match s.code() {
         tonic::Code::Unavailable => {
             anyhow!("coordinator at {url} unavailable: {}", s.message())
@@ -105,5 +176,30 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
             )
         }
         _ => anyhow!("{}", s.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transport_hint;
+
+    #[test]
+    fn transport_errors_become_sentences_with_a_likely_cause() {
+        let h = |url, e| transport_hint(url, e).unwrap_or_default();
+        assert!(h("http://c:7460", "h2 protocol error: http2 error").contains("use https://c:7460"));
+        assert!(h(
+            "https://c:7460",
+            "transport error: received corrupt message of type InvalidContentType"
+        )
+        .contains("does not speak TLS: use http://c:7460"));
+        assert!(h(
+            "http://c:7460",
+            "tcp connect error: Connection refused (os error 111)"
+        )
+        .contains("nothing listens there"));
+        assert!(
+            h("http://c:7460", "received metadata size exceeds hard limit").contains("too large")
+        );
+        assert_eq!(transport_hint("http://c:7460", "model `x` not found"), None);
     }
 }

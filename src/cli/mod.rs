@@ -12,6 +12,7 @@ pub mod node;
 pub mod output;
 pub mod replica;
 pub mod simulate;
+pub mod store;
 pub mod tls;
 pub mod version;
 pub mod warm;
@@ -112,7 +113,10 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct CoordinatorArgs {
+    #[command(subcommand)]
+    pub store: Option<StoreCommand>,
     /// Config file [default: /etc/gpufleet/coordinator.toml when it exists].
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -122,6 +126,35 @@ pub struct CoordinatorArgs {
     /// HTTP listen address (/metrics, /healthz, /v1/endpoints) [default: 0.0.0.0:7461].
     #[arg(long)]
     pub http_listen: Option<SocketAddr>,
+    /// Where the store lives [default: /var/lib/gpufleet/coordinator].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Copies of the coordinator's store; run them with the coordinator stopped.
+#[derive(Debug, Clone, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the store to FILE (a new file), verified.
+    Backup {
+        file: PathBuf,
+        #[command(flatten)]
+        at: StoreLocation,
+    },
+    /// Replace the store with FILE (a backup or a snapshot), verified first;
+    /// the store it replaces is kept in DATA_DIR/snapshots.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        at: StoreLocation,
+    },
+}
+
+/// Which store: the config's `data_dir`, or `--data-dir`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreLocation {
+    /// Config file [default: /etc/gpufleet/coordinator.toml when it exists].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Where the store lives [default: /var/lib/gpufleet/coordinator].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,

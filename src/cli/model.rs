@@ -221,6 +221,9 @@ fn with_spec(view: &ModelView) -> anyhow::Result<serde_json::Value> {
 
 fn print_model(m: &ModelView) {
     println!("Model:     {}", m.name);
+    if !m.state.is_empty() && m.state != "active" {
+        println!("State:     {}", m.state);
+    }
     println!(
         "Replicas:  desired {} · current {} · ready {} (min {}, max {}{})",
         m.desired_replicas,

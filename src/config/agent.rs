@@ -272,7 +272,10 @@ fn check_node_name(key: &str, name: String) -> Result<String, Problem> {
     } else {
         Err(Problem::invalid(
             key,
-            format!("{key} `{name}` is invalid; allowed: {NODE_NAME_RULE}"),
+            format!(
+                "{key} {} is invalid; allowed: {NODE_NAME_RULE}",
+                crate::api::quoted(&name)
+            ),
         ))
     }
 }

@@ -49,6 +49,43 @@ pub struct CoordinatorConfig {
     /// Adopt reported replicas that carry no assignment token (agents and
     /// records from before tokens): for the first start after that upgrade.
     pub adopt_unsigned_replicas: bool,
+    /// Snapshots of the store kept in `DATA_DIR/snapshots`, one per start.
+    pub store_snapshots: usize,
+    pub http: HttpSettings,
+    /// Limits on the connections of both listeners.
+    pub limits: ConnectionLimits,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// `/v1/endpoints` without a token even when tokens are configured (for
+    /// a Prometheus that discovers replicas through it).
+    pub anonymous_endpoints: bool,
+}
+
+/// What one client may hold of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections per listener; past it, the oldest connection that
+    /// has not sent a request yet is closed for the new one.
+    pub max_connections: usize,
+    /// Open connections from one IP address per listener.
+    pub max_connections_per_peer: usize,
+    /// A connection must send its first request within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 8192,
+            max_connections_per_peer: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +110,24 @@ struct RawCoordinator {
     adopt_unsigned_replicas: Option<bool>,
     tls: Option<RawTls>,
     auth: Option<RawAuth>,
+    store_snapshots: Option<i64>,
+    http: Option<RawHttp>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    anonymous_endpoints: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<i64>,
+    max_connections_per_peer: Option<i64>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +243,49 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
     let auth = AuthSettings {
         tokens_file: optional_path(raw.auth.unwrap_or_default().tokens_file),
     };
+    let store_snapshots = int_in(
+        "store_snapshots",
+        raw.store_snapshots.unwrap_or(5),
+        0..=1000u32,
+    )? as usize;
+    let http = HttpSettings {
+        anonymous_endpoints: raw.http.unwrap_or_default().anonymous_endpoints == Some(true),
+    };
+    let limits = {
+        let l = raw.limits.unwrap_or_default();
+        let d = ConnectionLimits::default();
+        let max_connections = int_in(
+            "limits.max_connections",
+            l.max_connections.unwrap_or(d.max_connections as i64),
+            16..=1_000_000u32,
+        )? as usize;
+        let max_connections_per_peer = int_in(
+            "limits.max_connections_per_peer",
+            l.max_connections_per_peer
+                .unwrap_or(d.max_connections_per_peer as i64),
+            1..=1_000_000u32,
+        )? as usize;
+        if max_connections_per_peer > max_connections {
+            return Err(Problem::invalid(
+                "limits.max_connections_per_peer",
+                format!("limits.max_connections_per_peer ({max_connections_per_peer}) must not exceed limits.max_connections ({max_connections})"),
+            ));
+        }
+        ConnectionLimits {
+            max_connections,
+            max_connections_per_peer,
+            header_read_timeout: duration_in(
+                "limits.header_read_timeout",
+                l.header_read_timeout.as_deref().unwrap_or("10s"),
+                Duration::from_millis(100)..=Duration::from_secs(600),
+            )?,
+            idle_timeout: duration_in(
+                "limits.idle_timeout",
+                l.idle_timeout.as_deref().unwrap_or("2m"),
+                Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
+            )?,
+        }
+    };
 
     Ok(CoordinatorConfig {
         listen,
@@ -203,6 +301,9 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
         auth,
         allowed_env: super::agent::check_allowed_env(raw.allowed_env)?,
         adopt_unsigned_replicas: raw.adopt_unsigned_replicas.unwrap_or(false),
+        store_snapshots,
+        http,
+        limits,
     })
 }
 
@@ -256,6 +357,33 @@ mod tests {
     #[test]
     fn the_packaged_file_documents_the_defaults() {
         assert_eq!(load(PACKAGED), load(""));
+    }
+
+    #[test]
+    fn limits_http_and_snapshots_are_read_and_checked() {
+        let c = load("store_snapshots = 0\n[http]\nanonymous_endpoints = true\n[limits]\nmax_connections = 100\nmax_connections_per_peer = 10\nheader_read_timeout = \"1s\"\nidle_timeout = \"30s\"\n");
+        assert_eq!(c.store_snapshots, 0);
+        assert!(c.http.anonymous_endpoints);
+        assert_eq!(
+            c.limits,
+            ConnectionLimits {
+                max_connections: 100,
+                max_connections_per_peer: 10,
+                header_read_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(30),
+            }
+        );
+        let e = err("[limits]\nmax_connections = 100\nmax_connections_per_peer = 200\n");
+        assert!(
+            e.contains("line 3") && e.contains("must not exceed limits.max_connections (100)"),
+            "{e}"
+        );
+        let e = err("[limits]\nmax_connections = 0\n");
+        assert!(e.contains("limits.max_connections"), "{e}");
+        let e = err("[limits]\nheader_read_timeout = \"0s\"\n");
+        assert!(e.contains("limits.header_read_timeout"), "{e}");
+        let e = err("[http]\nanonymous = true\n");
+        assert!(e.contains("anonymous"), "{e}");
     }
 
     #[test]

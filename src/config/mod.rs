@@ -19,6 +19,44 @@ pub use model::{
 };
 pub use problem::Problem;
 
+/// A failure caused by what the operator configured, found only when the
+/// daemon starts using it (a TLS key, the tokens file, a listen address that
+/// is not this host's): the process exits 64 like any bad config, so systemd
+/// does not restart it in a loop.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Misconfigured(pub anyhow::Error);
+
+impl Misconfigured {
+    /// Wraps an error as a config problem.
+    pub fn wrap<E: Into<anyhow::Error>>(e: E) -> anyhow::Error {
+        anyhow::Error::new(Misconfigured(e.into()))
+    }
+
+    /// `e`, as a config problem when `config` says it is one.
+    pub fn when(config: bool, e: anyhow::Error) -> anyhow::Error {
+        if config {
+            Misconfigured::wrap(e)
+        } else {
+            e
+        }
+    }
+}
+
+/// A failed bind of `what` (`"HTTP on 0.0.0.0:7461 (http_listen)"`): the
+/// config's fault when the address is not this host's or the port needs
+/// privileges; not when the port is in use (it may free).
+pub fn bind_error(e: std::io::Error, what: String) -> anyhow::Error {
+    let config = matches!(
+        e.raw_os_error(),
+        Some(libc::EADDRNOTAVAIL) | Some(libc::EACCES) | Some(libc::EAFNOSUPPORT)
+    );
+    Misconfigured::when(
+        config,
+        anyhow::Error::new(e).context(format!("cannot listen for {what}")),
+    )
+}
+
 /// A config file that cannot be used; the message names the file (or "agent
 /// config" when the text came from elsewhere), the key and what is allowed.
 #[derive(Debug, thiserror::Error)]

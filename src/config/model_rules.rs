@@ -223,7 +223,7 @@ fn check_name(name: &str) -> Result<(), Problem> {
     } else {
         Err(Problem::invalid(
             "name",
-            format!("name `{name}` is invalid; {NAME_RULE}"),
+            format!("name {} is invalid; {NAME_RULE}", crate::api::quoted(name)),
         ))
     }
 }

@@ -95,6 +95,17 @@ impl Model {
     }
 }
 
+/// A model whose stored record cannot be loaded (checksum, damage, or a
+/// spec this version refuses). Its replicas keep running untouched; applying
+/// the spec again heals it.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub reason: String,
+}
+
+/// `model ls` state of a quarantined model.
+pub const INVALID_STORED_SPEC: &str = "invalid-stored-spec";
+
 struct PendingLogs {
     asked: Instant,
     session: u64,
@@ -117,7 +128,11 @@ pub struct Fleet {
     pub(super) nodes: BTreeMap<String, Node>,
     pub(super) node_flags: BTreeMap<String, NodeFlags>,
     pub(super) models: BTreeMap<String, Model>,
+    /// Models whose stored record did not load, by name.
+    pub(super) quarantined: BTreeMap<String, Quarantined>,
     pub(super) plan: BTreeMap<String, PlannedReplica>,
+    /// When the coordinator started, or woke from a pause: the reconnect
+    /// grace runs from here.
     pub(super) started: Instant,
     /// Nodes the store knew at start that have not reconnected yet: the
     /// reconnect grace waits for them, and only for them.
@@ -127,7 +142,7 @@ pub struct Fleet {
     /// A model's surge awaits the next measurement: the next report with one
     /// is acted on at once.
     pub(super) awaiting_measurement: bool,
-    last_tick: Instant,
+    pub(super) last_tick: Instant,
     /// node → model → why (standby, predictive): weights kept warm there.
     demand_saved: Instant,
     pub(super) warm_plan: BTreeMap<String, BTreeMap<String, &'static str>>,
@@ -164,17 +179,22 @@ impl Fleet {
     pub(super) fn new(settings: FleetSettings, store: Box<dyn Store>) -> Result<Fleet, FleetError> {
         let internal = |e: super::store::StoreError| FleetError::Internal(e.to_string());
         let mut models = BTreeMap::new();
-        for record in store.load_models().map_err(internal)? {
-            match ModelSpec::parse(&record.spec_toml) {
-                Ok(spec) => {
-                    models.insert(record.name.clone(), Model::new(record, spec));
-                }
-                // A spec this version no longer accepts stays in the store
-                // untouched, so a rollback still finds it.
-                Err(e) => {
-                    tracing::error!(model = %record.name, error = %e, "stored model spec no longer valid; skipping it")
-                }
-            }
+        let mut quarantined = BTreeMap::new();
+        // A record that does not load stays in the store untouched (so a
+        // rollback still finds it) and its model is quarantined, never
+        // dropped: dropping it would stop its running replicas.
+        for loaded in store.load_models().map_err(internal)? {
+            let (name, reason) = match loaded {
+                Ok(record) => match ModelSpec::parse(&record.spec_toml) {
+                    Ok(spec) => {
+                        models.insert(record.name.clone(), Model::new(record, spec));
+                        continue;
+                    }
+                    Err(e) => (record.name, format!("its spec no longer parses: {e}")),
+                },
+                Err(damaged) => (damaged.key, damaged.reason),
+            };
+            quarantined.insert(name, Quarantined { reason });
         }
         for (name, history) in store.load_demand().map_err(internal)? {
             if let Some(m) = models.get_mut(&name) {
@@ -205,6 +225,7 @@ impl Fleet {
             awaiting_agents,
             node_flags,
             models,
+            quarantined,
             plan: BTreeMap::new(),
             started: Instant::now(),
             tick_at: None,
@@ -233,6 +254,23 @@ impl Fleet {
         if let Some(why) = fleet.reconnect_wait(fleet.started) {
             fleet.record("reconnect", "", "", "", why);
         }
+        let quarantined: Vec<(String, String)> = fleet
+            .quarantined
+            .iter()
+            .map(|(n, q)| (n.clone(), q.reason.clone()))
+            .collect();
+        for (name, reason) in quarantined {
+            tracing::error!(model = %name, "stored record of model `{name}` cannot be loaded: {reason}");
+            fleet.record(
+                "model-quarantined",
+                &name,
+                "",
+                "",
+                format!(
+                    "stored record cannot be loaded: {reason}; its replicas keep running untouched until `gpufleet model apply` of its spec heals it (or `model rm {name}`)"
+                ),
+            );
+        }
         Ok(fleet)
     }
 
@@ -259,12 +297,42 @@ impl Fleet {
 
     fn run_tick(&mut self) {
         let now = Instant::now();
+        self.notice_pause(now);
         self.tick_at = None;
         self.last_tick = now;
         self.expire_log_requests(now);
         self.tick(now);
         self.save_demand(now);
         self.flush_events();
+    }
+
+    /// A tick far later than due means the coordinator itself did not run
+    /// (SIGSTOP, a frozen VM, a stalled host): the agents' silence meanwhile
+    /// says nothing about them. Their last reports are moved forward by the
+    /// time lost, so no node is judged suspect or lost for it, and the
+    /// reconnect grace starts again, as after a restart.
+    pub(super) fn notice_pause(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last_tick);
+        let threshold = (self.settings.tick * 3).max(self.settings.suspect_after / 2);
+        if gap <= threshold {
+            return;
+        }
+        let lost = gap.saturating_sub(self.settings.tick);
+        for node in self.nodes.values_mut() {
+            node.last_seen = (node.last_seen + lost).min(now);
+        }
+        self.started = now;
+        self.last_tick = now;
+        self.record(
+            "coordinator-paused",
+            "",
+            "",
+            "",
+            format!(
+                "the coordinator did not run for {} (stopped or frozen); nodes are not judged for that time, and agents get the reconnect grace again",
+                humantime::format_duration(Duration::from_secs(gap.as_secs()))
+            ),
+        );
     }
 
     /// Asks for a tick at `at` (or as soon after the last one as
@@ -383,14 +451,17 @@ impl Fleet {
                 let _ = reply.send(self.explain(&name));
             }
             Command::ListModels { reply } => {
-                let _ = reply.send(Ok(self
+                let mut views: Vec<ModelView> = self
                     .models
                     .keys()
+                    .chain(self.quarantined.keys())
                     .map(|m| self.model_view(m, false))
-                    .collect()));
+                    .collect();
+                views.sort_by(|a, b| a.name.cmp(&b.name));
+                let _ = reply.send(Ok(views));
             }
             Command::GetModel { name, reply } => {
-                let r = if self.models.contains_key(&name) {
+                let r = if self.models.contains_key(&name) || self.quarantined.contains_key(&name) {
                     Ok(self.model_view(&name, true))
                 } else {
                     Err(self.model_not_found(&name))
@@ -500,7 +571,8 @@ impl Fleet {
         });
         let Some(node) = node else {
             let _ = reply.send(Err(FleetError::NotFound(format!(
-                "replica `{id}` not found; `gpufleet replica ls` lists them"
+                "replica {} not found; `gpufleet replica ls` lists them",
+                crate::api::quoted(&id)
             ))));
             return;
         };
@@ -616,13 +688,24 @@ impl Fleet {
         n.state(now, self.settings.suspect_after, self.settings.lost_after)
     }
 
-    fn model_not_found(&self, name: &str) -> FleetError {
+    pub(super) fn model_not_found(&self, name: &str) -> FleetError {
+        if let Some(q) = self.quarantined.get(name) {
+            return FleetError::InvalidArgument(format!(
+                "model {} is {INVALID_STORED_SPEC} ({}); apply its spec again with `gpufleet model apply -f FILE` first",
+                crate::api::quoted(name),
+                q.reason
+            ));
+        }
         let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
         FleetError::NotFound(if known.is_empty() {
-            format!("model `{name}` not found; no models are applied")
+            format!(
+                "model {} not found; no models are applied",
+                crate::api::quoted(name)
+            )
         } else {
             format!(
-                "model `{name}` not found; known models: {}",
+                "model {} not found; known models: {}",
+                crate::api::quoted(name),
                 known.join(", ")
             )
         })
@@ -631,9 +714,16 @@ impl Fleet {
     pub(super) fn node_not_found(&self, name: &str) -> FleetError {
         let known: Vec<&str> = self.nodes.keys().map(String::as_str).collect();
         FleetError::NotFound(if known.is_empty() {
-            format!("node `{name}` not found; no agent has connected yet")
+            format!(
+                "node {} not found; no agent has connected yet",
+                crate::api::quoted(name)
+            )
         } else {
-            format!("node `{name}` not found; known nodes: {}", known.join(", "))
+            format!(
+                "node {} not found; known nodes: {}",
+                crate::api::quoted(name),
+                known.join(", ")
+            )
         })
     }
 
@@ -817,6 +907,7 @@ impl Fleet {
         }
         let now_ms = unix_ms_now();
         let name = spec.name.clone();
+        let healed = self.quarantined.contains_key(&name);
         let previous = self.models.get(&name);
         if let Some(prev) = previous {
             if prev.record.spec_toml == spec_toml {
@@ -833,11 +924,14 @@ impl Fleet {
         self.store
             .put_model(&record)
             .map_err(|e| FleetError::Internal(format!("model `{name}` not applied: {e}")))?;
-        let verb = if previous.is_some() {
+        let verb = if healed {
+            "applied again; its unreadable stored record is replaced"
+        } else if previous.is_some() {
             "updated"
         } else {
             "applied"
         };
+        self.quarantined.remove(&name);
         // An update keeps the model's scaling state and history.
         let model = match self.models.remove(&name) {
             Some(mut m) => {
@@ -853,13 +947,14 @@ impl Fleet {
     }
 
     fn delete_model(&mut self, name: &str) -> Result<u32, FleetError> {
-        if !self.models.contains_key(name) {
+        if !self.models.contains_key(name) && !self.quarantined.contains_key(name) {
             return Err(self.model_not_found(name));
         }
         self.store
             .delete_model(name)
             .map_err(|e| FleetError::Internal(format!("model `{name}` not deleted: {e}")))?;
         self.models.remove(name);
+        self.quarantined.remove(name);
         if let Err(e) = self.store.delete_demand(name) {
             tracing::warn!(model = %name, error = %e, "demand history not deleted");
         }
@@ -1008,9 +1103,30 @@ impl Fleet {
     }
 
     pub(super) fn model_view(&self, name: &str, with_replicas: bool) -> ModelView {
-        // Callers check that the model exists.
-        let m = &self.models[name];
         let replicas = self.replica_views(Some(name), None);
+        let Some(m) = self.models.get(name) else {
+            // Callers check that the model exists: here, quarantined.
+            let reason = self
+                .quarantined
+                .get(name)
+                .map(|q| q.reason.as_str())
+                .unwrap_or_default();
+            let current = self.plan.values().filter(|p| p.model == name).count() as u32;
+            return ModelView {
+                name: name.to_string(),
+                state: INVALID_STORED_SPEC.to_string(),
+                current_replicas: current,
+                ready_replicas: replicas
+                    .iter()
+                    .filter(|r| r.status.state == crate::domain::ReplicaState::Ready)
+                    .count() as u32,
+                placement_problem: format!(
+                    "{INVALID_STORED_SPEC}: {reason}; its replicas run untouched until the spec is applied again"
+                ),
+                replicas: if with_replicas { replicas } else { Vec::new() },
+                ..Default::default()
+            };
+        };
         let planned: Vec<&ReplicaView> = replicas
             .iter()
             .filter(|r| {
@@ -1035,6 +1151,7 @@ impl Fleet {
             placement_problem: m.placement_problem.clone(),
             last_decision: m.last_decision.clone(),
             decision_now: m.decision_now.clone(),
+            state: "active".to_string(),
             spec_toml: m.record.spec_toml.clone(),
             created_unix_ms: m.record.created_unix_ms,
             updated_unix_ms: m.record.updated_unix_ms,

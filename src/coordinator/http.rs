@@ -1,18 +1,24 @@
-//! The coordinator's HTTP side: `/healthz`, `/metrics` (Prometheus) and
+//! The coordinator's HTTP side: `/healthz`, `/metrics` (Prometheus),
 //! `/v1/endpoints` (ready replica addresses in Prometheus http_sd format, for
-//! Prometheus itself and for load balancer templates).
-
-use std::future::Future;
+//! Prometheus itself and for load balancer templates) and `wake`. With
+//! tokens configured, `wake` needs an admin or wake token and `/v1/endpoints`
+//! any token (unless `[http] anonymous_endpoints`).
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::fleet::{Endpoint, FleetHandle};
 use crate::exposition::{family, labels, Series};
+use crate::security::tokens::Access;
+use crate::security::ControlAuth;
+
+use super::fleet::{Endpoint, FleetHandle};
+
+/// Why the store cannot write now; None while it can.
+pub type StoreHealth = tokio::sync::watch::Receiver<Option<String>>;
 
 #[derive(Serialize)]
 struct TargetGroup {
@@ -20,39 +26,75 @@ struct TargetGroup {
     labels: std::collections::BTreeMap<String, String>,
 }
 
-pub fn router(fleet: FleetHandle) -> Router {
+/// What the HTTP handlers share.
+#[derive(Clone)]
+pub struct HttpState {
+    pub fleet: FleetHandle,
+    pub auth: ControlAuth,
+    pub anonymous_endpoints: bool,
+    /// Why the store cannot write, while it cannot.
+    pub store_health: StoreHealth,
+    /// Connection counters of both listeners, for `/metrics`.
+    pub gates: Vec<std::sync::Arc<super::limits::Gate>>,
+}
+
+pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/models/{name}/wake", axum::routing::post(wake))
-        .with_state(fleet)
-}
-
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    fleet: FleetHandle,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(fleet))
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(state)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
 }
 
-async fn healthz(State(fleet): State<FleetHandle>) -> Response {
-    // The fleet task answering is what "healthy" means for the coordinator.
-    match fleet.list_models().await {
-        Ok(_) => "ok\n".into_response(),
-        Err(e) => unavailable(e),
+/// The HTTP form of a refusal: 401 without a (known) token, 403 for a token
+/// without the role.
+fn refused(status: tonic::Status) -> Response {
+    let code = match status.code() {
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let mut r = (code, format!("{}\n", status.message())).into_response();
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())
+}
+
+async fn healthz(State(s): State<HttpState>) -> Response {
+    // The fleet task answering is what "healthy" means for the coordinator;
+    // a store that cannot write makes it degraded.
+    if let Err(e) = s.fleet.list_models().await {
+        return unavailable(e);
+    }
+    match s.store_health.borrow().clone() {
+        None => "ok\n".into_response(),
+        Some(why) => unavailable(format!("degraded: store: {why}")),
     }
 }
 
-async fn endpoints(State(fleet): State<FleetHandle>) -> Response {
-    match fleet.endpoints().await {
+async fn endpoints(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    if !s.anonymous_endpoints {
+        if let Err(status) = s.auth.authorize_http(
+            &[Access::Read, Access::Wake],
+            "list endpoints",
+            authorization(&headers),
+        ) {
+            return refused(status);
+        }
+    }
+    match s.fleet.endpoints().await {
         Ok(map) => {
             let groups: Vec<TargetGroup> = map
                 .into_iter()
@@ -103,11 +145,18 @@ fn target_groups(model: String, endpoints: Vec<Endpoint>) -> Vec<TargetGroup> {
 /// least one replica now. 202 with the model's state; 404 for an unknown
 /// model; 409 when it is pinned.
 async fn wake(
-    State(fleet): State<FleetHandle>,
+    State(s): State<HttpState>,
     axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     use super::fleet::FleetError;
-    match fleet.wake_model(name).await {
+    if let Err(status) =
+        s.auth
+            .authorize_http(&[Access::Wake], "wake models", authorization(&headers))
+    {
+        return refused(status);
+    }
+    match s.fleet.wake_model(name).await {
         Ok(m) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({
@@ -125,7 +174,8 @@ async fn wake(
     }
 }
 
-async fn metrics(State(fleet): State<FleetHandle>) -> Response {
+async fn metrics(State(s): State<HttpState>) -> Response {
+    let fleet = &s.fleet;
     let (nodes, models, replicas, refused) = match tokio::try_join!(
         fleet.list_nodes(),
         fleet.list_models(),
@@ -228,5 +278,14 @@ async fn metrics(State(fleet): State<FleetHandle>) -> Response {
         "Replicas a node reported that the coordinator did not believe: assigned to another node, or (on adoption) without a valid assignment token.",
         refused,
     );
+    let degraded = u8::from(s.store_health.borrow().is_some());
+    family(
+        &mut out,
+        "gpufleet_store_degraded",
+        "gauge",
+        "1 while the store cannot write (a full disk, an I/O error).",
+        vec![(String::new(), degraded.to_string())],
+    );
+    super::limits::write_metrics(&mut out, &s.gates);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

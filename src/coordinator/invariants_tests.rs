@@ -14,13 +14,13 @@ use crate::domain::{
 };
 
 use super::fleet::{Fleet, FleetSettings, NodeOp};
-use super::store::{ModelRecord, NodeFlags, Store, StoreError};
+use super::store::{DamagedRecord, ModelRecord, NodeFlags, Store, StoreError};
 
 /// Persistence is not under test here.
 struct NullStore;
 
 impl Store for NullStore {
-    fn load_models(&self) -> Result<Vec<ModelRecord>, StoreError> {
+    fn load_models(&self) -> Result<Vec<Result<ModelRecord, DamagedRecord>>, StoreError> {
         Ok(Vec::new())
     }
     fn put_model(&self, _: &ModelRecord) -> Result<(), StoreError> {
@@ -637,4 +637,40 @@ fn adopt_unsigned_replicas_keeps_replicas_from_before_tokens() {
     assert!(!w.agents[owner].running.replicas[0]
         .assignment_token
         .is_empty());
+}
+
+#[test]
+fn a_pause_of_the_coordinator_is_a_grace_not_a_verdict() {
+    let mut w = World::new(&[2, 2], &[80, 80]);
+    w.fleet.apply_model(spec("small", 1, 20)).unwrap();
+    w.fleet.scale_model("small", Some(2)).unwrap();
+    for _ in 0..5 {
+        w.tick();
+    }
+    let planned: Vec<String> = w.fleet.plan.keys().cloned().collect();
+    assert_eq!(planned.len(), 2);
+    let seen = w.fleet.events.back().map_or(0, |e| e.seq);
+    // The coordinator is stopped for a minute (SIGSTOP): its next tick is
+    // far later than due, and the agents' reports of that minute arrive
+    // only after it.
+    w.fleet.last_tick = w.now;
+    w.now += Duration::from_secs(60);
+    w.fleet.notice_pause(w.now);
+    w.fleet.tick(w.now);
+    for _ in 0..10 {
+        w.tick();
+    }
+    let after: Vec<&crate::api::Event> = w.fleet.events.iter().filter(|e| e.seq > seen).collect();
+    assert!(
+        after.iter().any(|e| e.kind == "coordinator-paused"),
+        "{after:?}"
+    );
+    assert!(
+        !after.iter().any(|e| e.kind == "replace"
+            || e.message.contains("lost")
+            || e.message.contains("suspect")),
+        "false verdicts after a pause: {after:?}"
+    );
+    let now_planned: Vec<String> = w.fleet.plan.keys().cloned().collect();
+    assert_eq!(now_planned, planned, "no replica moved");
 }

@@ -10,6 +10,7 @@ mod host_room;
 pub mod http;
 #[cfg(test)]
 mod invariants_tests;
+pub mod limits;
 pub mod nodes;
 pub mod operations;
 pub mod placement;
@@ -25,10 +26,7 @@ pub mod warmth;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context;
-use tokio_stream::wrappers::TcpListenerStream;
-
-use crate::config::CoordinatorConfig;
+use crate::config::{CoordinatorConfig, Misconfigured};
 use crate::wire::pb;
 
 use fleet::{Fleet, FleetSettings};
@@ -41,6 +39,11 @@ pub const MAX_REPLICAS: u32 = 1000;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streams one client connection may hold open on the gRPC port: far more
+/// than the CLI or an agent uses, few enough that one connection cannot
+/// hold thousands.
+const GRPC_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// How long open agent sessions may take to close after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -50,7 +53,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let _watchdog = crate::notify::spawn_watchdog();
+    let fd_limit = limits::raise_fd_limit();
+    let connection_limits = limits::fit_to_fds(cfg.limits, fd_limit);
     let store = store::RedbStore::open(&cfg.data_dir)?;
+    let store_health = store.health();
+    // A snapshot of what opened and verified: a later damage of the file
+    // is then a restore away, not a lost fleet.
+    if let Err(e) = store::snapshot(&store, &cfg.data_dir, cfg.store_snapshots) {
+        tracing::warn!(error = %e, "no store snapshot this start");
+    }
     let (fleet, fleet_task) = Fleet::spawn(
         FleetSettings {
             tick: cfg.tick,
@@ -66,12 +77,8 @@ pub async fn run(
     )
     .map_err(|e| anyhow::anyhow!("cannot load the fleet state: {e}"))?;
 
-    let grpc = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen for gRPC on {}", cfg.listen))?;
-    let http = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http_listen))?;
+    let grpc = bind(cfg.listen, "gRPC", "listen").await?;
+    let http = bind(cfg.http_listen, "HTTP", "http_listen").await?;
     tracing::info!(
         grpc = %grpc.local_addr()?,
         http = %http.local_addr()?,
@@ -89,19 +96,40 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let control_auth = crate::security::ControlAuth::from_settings(&cfg.auth)?;
-    let grpc_server = crate::security::tls::grpc_server(&cfg.tls)?
+    let control_auth =
+        crate::security::ControlAuth::from_settings(&cfg.auth).map_err(Misconfigured::wrap)?;
+    let grpc_gate = limits::Gate::new("grpc", connection_limits);
+    let http_gate = limits::Gate::new("http", connection_limits);
+    let grpc_server = crate::security::tls::grpc_server(&cfg.tls)
+        .map_err(Misconfigured::wrap)?
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION))
+        .layer(limits::track_calls(grpc_gate.clone()))
         .add_service(pb::agent_session_server::AgentSessionServer::new(
             service::SessionService::new(fleet.clone()),
         ))
         .add_service(control_auth.guard(pb::control_server::ControlServer::new(
             service::ControlService::new(fleet.clone()),
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            limits::incoming(grpc, grpc_gate.clone()),
+            stopped(stop_rx.clone()),
+        );
     let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(http::serve(http, fleet.clone(), stopped(stop_rx)));
+    let router = http::router(http::HttpState {
+        fleet: fleet.clone(),
+        auth: control_auth.clone(),
+        anonymous_endpoints: cfg.http.anonymous_endpoints,
+        store_health,
+        gates: vec![grpc_gate, http_gate.clone()],
+    });
+    let http_task = tokio::spawn(limits::serve_http(
+        http,
+        router,
+        http_gate,
+        stopped(stop_rx),
+    ));
     crate::notify::ready(&service_status(&fleet).await.unwrap_or_default());
     let status_task = crate::notify::spawn_status(Duration::from_secs(2), {
         let fleet = fleet.clone();
@@ -126,6 +154,17 @@ pub async fn run(
     .await;
     drop(fleet);
     Ok(())
+}
+
+/// Binds a listener; an address that cannot be this host's is a config error.
+async fn bind(
+    addr: std::net::SocketAddr,
+    what: &str,
+    key: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| crate::config::bind_error(e, format!("{what} on {addr} ({key})")))
 }
 
 /// The line `systemctl status gpufleet-coordinator` shows.

@@ -549,7 +549,9 @@ impl Fleet {
                     | ReplicaState::Crashloop
                     | ReplicaState::Failed
             );
-            if !keep || !self.models.contains_key(&r.model) || self.plan.contains_key(&r.id) {
+            let known =
+                self.models.contains_key(&r.model) || self.quarantined.contains_key(&r.model);
+            if !keep || !known || self.plan.contains_key(&r.id) {
                 continue;
             }
             let check = self
@@ -602,6 +604,7 @@ impl Fleet {
 
     fn send_assignments(&mut self) {
         let mut by_node: BTreeMap<String, Vec<ReplicaSpec>> = BTreeMap::new();
+        let mut keep: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in self.plan.values() {
             if let Some(m) = self.models.get(&r.model) {
                 by_node
@@ -611,6 +614,8 @@ impl Fleet {
                         assignment_token: self.assignment_key.token(&r.node, &r.id, &r.model),
                         ..m.spec.replica_spec(&r.id, r.gpus.clone())
                     });
+            } else if self.quarantined.contains_key(&r.model) {
+                keep.entry(r.node.clone()).or_default().push(r.id.clone());
             }
         }
         let names: Vec<String> = self.nodes.keys().cloned().collect();
@@ -625,6 +630,7 @@ impl Fleet {
                 replicas: by_node.remove(&name).unwrap_or_default(),
                 warm,
                 evict,
+                keep: keep.remove(&name).unwrap_or_default(),
             };
             if node.sent.as_ref().is_some_and(|s| s.same_state(&wanted)) {
                 continue;

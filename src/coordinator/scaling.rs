@@ -194,15 +194,7 @@ impl Fleet {
     /// at once, and the idle timer restarts.
     pub(super) fn wake(&mut self, name: &str, now: Instant) -> Result<(), FleetError> {
         let Some(model) = self.models.get_mut(name) else {
-            let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
-            return Err(FleetError::NotFound(format!(
-                "model `{name}` not found; known models: {}",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
+            return Err(self.model_not_found(name));
         };
         if let Some(n) = model.record.pinned_replicas {
             return Err(FleetError::InvalidArgument(format!(
@@ -225,7 +217,7 @@ impl Fleet {
 
     pub(super) fn explain(&self, name: &str) -> Result<Explanation, FleetError> {
         let Some(model) = self.models.get(name) else {
-            return Err(FleetError::NotFound(format!("model `{name}` not found")));
+            return Err(self.model_not_found(name));
         };
         let decisions: Vec<_> = self
             .events

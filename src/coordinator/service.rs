@@ -26,11 +26,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 impl From<FleetError> for Status {
     fn from(e: FleetError) -> Status {
         match e {
-            FleetError::InvalidArgument(m) => Status::invalid_argument(m),
-            FleetError::NotFound(m) => Status::not_found(m),
-            FleetError::AlreadyExists(m) => Status::already_exists(m),
-            FleetError::Unavailable(m) => Status::unavailable(m),
-            FleetError::Internal(m) => Status::internal(m),
+            FleetError::InvalidArgument(m) => Status::invalid_argument(capped(m)),
+            FleetError::NotFound(m) => Status::not_found(capped(m)),
+            FleetError::AlreadyExists(m) => Status::already_exists(capped(m)),
+            FleetError::Unavailable(m) => Status::unavailable(capped(m)),
+            FleetError::Internal(m) => Status::internal(capped(m)),
         }
     }
 }
@@ -105,13 +105,22 @@ impl pb::agent_session_server::AgentSession for SessionService {
     }
 }
 
+/// Longest message sent back in a gRPC status: it travels in a header, and
+/// clients refuse headers past 16 KiB or so.
+const MAX_STATUS_MESSAGE: usize = 4096;
+
+fn capped(message: String) -> String {
+    crate::api::capped(message, MAX_STATUS_MESSAGE)
+}
+
 fn validate_node_name(name: &str) -> Result<(), Status> {
     use crate::config::agent::{is_valid_node_name, NODE_NAME_RULE};
     if is_valid_node_name(name) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "node name `{name}` is invalid; allowed: {NODE_NAME_RULE}"
+            "node name {} is invalid; allowed: {NODE_NAME_RULE}",
+            crate::api::quoted(name)
         )))
     }
 }

@@ -1,8 +1,20 @@
 //! Durable desired state of the fleet: models, node flags and the event log.
 //! redb (a single file in the data dir) by default; behind a trait so a
 //! replicated store (etcd with leader election) can follow.
+//!
+//! The store never takes a damaged file for a new fleet: an existing file
+//! that is empty, truncated or fails redb's integrity check is refused with
+//! a line naming it and what to do (restore a snapshot or a backup). Each
+//! record carries a checksum; a record that fails it is reported, never
+//! silently used. After an I/O error (a full disk) the database is opened
+//! again at the next write, so the coordinator recovers once space returns.
 
-use std::path::Path;
+mod backup;
+mod record;
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -11,6 +23,9 @@ use crate::api::Event;
 
 use super::predict::DemandHistory;
 
+pub use backup::{backup, restore, snapshot, BackupSummary};
+pub use record::RecordProblem;
+
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 const NODE_FLAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_flags");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -18,10 +33,28 @@ const DEMAND: TableDefinition<&str, &[u8]> = TableDefinition::new("demand");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const ASSIGNMENT_KEY: &str = "assignment-hmac-sha256";
 
+/// The store's file in the data dir.
+pub const STORE_FILE: &str = "gpufleet.redb";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store {path}: {reason}")]
     Open { path: String, reason: String },
+    /// The file exists but cannot be the fleet's state.
+    #[error(
+        "the store {path} is damaged: {reason}; the coordinator will not start from it. {advice}"
+    )]
+    Damaged {
+        path: String,
+        reason: String,
+        advice: String,
+    },
+    #[error(
+        "the store {path} is in use by another process (a running coordinator?); stop it first"
+    )]
+    InUse { path: String },
+    #[error("the disk holding the store {path} is full: {op} refused until space is freed (the store reopens by itself then)")]
+    DiskFull { path: String, op: &'static str },
     #[error("store {op} failed: {reason}")]
     Io { op: &'static str, reason: String },
     #[error("store record {key} is corrupt: {reason}")]
@@ -41,6 +74,16 @@ pub struct ModelRecord {
     pub pinned_replicas: Option<u32>,
 }
 
+/// A row of a table: its key, and its value or why it cannot be read.
+type Row<T> = (String, Result<T, String>);
+
+/// A stored record that could not be loaded: its key and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DamagedRecord {
+    pub key: String,
+    pub reason: String,
+}
+
 /// Operator flags on a node; they outlive the node's sessions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeFlags {
@@ -57,7 +100,9 @@ pub struct NodeFlags {
 }
 
 pub trait Store: Send {
-    fn load_models(&self) -> Result<Vec<ModelRecord>, StoreError>;
+    /// Every model record; those that fail to load come back as
+    /// `Err(DamagedRecord)` so the fleet can quarantine them by name.
+    fn load_models(&self) -> Result<Vec<Result<ModelRecord, DamagedRecord>>, StoreError>;
     fn put_model(&self, model: &ModelRecord) -> Result<(), StoreError>;
     fn delete_model(&self, name: &str) -> Result<(), StoreError>;
     fn load_node_flags(&self) -> Result<Vec<(String, NodeFlags)>, StoreError>;
@@ -74,42 +119,253 @@ pub trait Store: Send {
     /// on first use, the same ever after, so a restarted coordinator can
     /// check the tokens its predecessor handed out.
     fn assignment_key(&self) -> Result<Vec<u8>, StoreError>;
+    /// Why the store cannot write now (a full disk), if it cannot.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
+
+/// How the database is (re)opened: the file, or a test's failing backend.
+type Opener = Box<dyn Fn() -> Result<Database, redb::DatabaseError> + Send>;
 
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    open: Opener,
+    /// None after an I/O error closed it; the next operation reopens it.
+    db: Mutex<Option<Database>>,
+    /// Why writes fail now (None while they work), for `/healthz`.
+    degraded: tokio::sync::watch::Sender<Option<String>>,
 }
 
-fn io<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> StoreError {
-    move |e| StoreError::Io {
-        op,
-        reason: e.to_string(),
+/// Runs redb code that may panic on a damaged file, turning the panic into
+/// an error. The panic hook is silenced meanwhile (one line, not a
+/// backtrace); the lock keeps concurrent callers from swapping hooks under
+/// each other.
+fn without_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: Mutex<()> = Mutex::new(());
+    let _guard = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    match result {
+        Ok(r) => Ok(r),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown cause");
+            Err(format!("redb failed reading it ({what})"))
+        }
+    }
+}
+
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// A failed store operation, classified: a full disk and a poisoned
+/// database close the database so the next operation opens it again.
+enum Fail {
+    DiskFull,
+    Reopen(String),
+    Other(String),
+}
+
+fn classify(e: &redb::StorageError) -> Fail {
+    match e {
+        redb::StorageError::Io(io) if is_disk_full(io) => Fail::DiskFull,
+        redb::StorageError::PreviousIo => Fail::Reopen(e.to_string()),
+        other => Fail::Other(other.to_string()),
+    }
+}
+
+macro_rules! fail_from {
+    ($($t:ident),* $(,)?) => {$(
+        impl From<redb::$t> for Fail {
+            fn from(e: redb::$t) -> Fail {
+                match e {
+                    redb::$t::Storage(s) => classify(&s),
+                    other => Fail::Other(other.to_string()),
+                }
+            }
+        }
+    )*};
+}
+
+fail_from!(TransactionError, TableError, CommitError, DatabaseError);
+
+impl From<redb::StorageError> for Fail {
+    fn from(e: redb::StorageError) -> Fail {
+        classify(&e)
+    }
+}
+
+impl From<serde_json::Error> for Fail {
+    fn from(e: serde_json::Error) -> Fail {
+        Fail::Other(e.to_string())
+    }
+}
+
+/// Why an existing file could not be opened as the store.
+enum OpenProblem {
+    InUse,
+    Damaged(String),
+    Other(String),
+}
+
+fn open_problem(e: redb::DatabaseError) -> OpenProblem {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => OpenProblem::InUse,
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            OpenProblem::Other(io.to_string())
+        }
+        other => OpenProblem::Damaged(other.to_string()),
     }
 }
 
 impl RedbStore {
-    /// Opens (or creates) `DIR/gpufleet.redb`.
+    /// Opens (or, when there is none yet, creates) `DIR/gpufleet.redb`.
+    /// An existing file is opened only if it passes redb's integrity check
+    /// and every record can be read.
     pub fn open(data_dir: &Path) -> Result<RedbStore, StoreError> {
-        let path = data_dir.join("gpufleet.redb");
-        let open_err = |reason: String| StoreError::Open {
+        let path = data_dir.join(STORE_FILE);
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Open {
             path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        backup::check_before_open(data_dir, &path)?;
+        let file = path.clone();
+        RedbStore::open_with(path, Box::new(move || Database::create(&file)))
+    }
+
+    /// Opens the store through `open` (tests pass a backend that can fail).
+    fn open_with(path: PathBuf, open: Opener) -> Result<RedbStore, StoreError> {
+        let shown = path.display().to_string();
+        let data_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let verified = without_panics(|| {
+            let mut db = open().map_err(open_problem)?;
+            match db.check_integrity() {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    path = %shown,
+                    "the store failed redb's integrity check and was repaired to its last consistent commit"
+                ),
+                // A page whose checksum fails may hold nothing but a
+                // record's bytes: read on, and let each record's own
+                // checksum say which model to quarantine. Damage to the
+                // tree itself fails the full read below.
+                Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(why))) => {
+                    tracing::warn!(path = %shown, "redb's integrity check of the store failed ({why}); verifying every record");
+                    drop(db);
+                    db = open().map_err(open_problem)?;
+                }
+                Err(e) => return Err(open_problem(e)),
+            }
+            prepare(&db).map_err(OpenProblem::Damaged)?;
+            Ok(db)
+        });
+        let damaged = |reason: String| StoreError::Damaged {
+            path: shown.clone(),
             reason,
+            advice: backup::advice(&data_dir),
         };
-        std::fs::create_dir_all(data_dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| open_err(e.to_string()))?;
-        // Create the tables once so readers never meet a missing table.
-        let tx = db.begin_write().map_err(|e| open_err(e.to_string()))?;
-        {
-            tx.open_table(MODELS).map_err(|e| open_err(e.to_string()))?;
-            tx.open_table(NODE_FLAGS)
-                .map_err(|e| open_err(e.to_string()))?;
-            tx.open_table(EVENTS).map_err(|e| open_err(e.to_string()))?;
-            tx.open_table(DEMAND).map_err(|e| open_err(e.to_string()))?;
-            tx.open_table(SECRETS)
-                .map_err(|e| open_err(e.to_string()))?;
+        let db = match verified {
+            Err(panic) => return Err(damaged(panic)),
+            Ok(Err(OpenProblem::InUse)) => return Err(StoreError::InUse { path: shown }),
+            Ok(Err(OpenProblem::Damaged(reason))) => return Err(damaged(reason)),
+            Ok(Err(OpenProblem::Other(reason))) => {
+                return Err(StoreError::Open {
+                    path: shown,
+                    reason,
+                })
+            }
+            Ok(Ok(db)) => db,
+        };
+        Ok(RedbStore {
+            path,
+            open,
+            db: Mutex::new(Some(db)),
+            degraded: tokio::sync::watch::Sender::new(None),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Follows whether the store can write: None, or why not.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.degraded.subscribe()
+    }
+
+    fn set_degraded(&self, why: Option<String>) {
+        self.degraded.send_if_modified(|now| {
+            let changed = *now != why;
+            *now = why;
+            changed
+        });
+    }
+
+    /// Runs `f` on the database, opening it first if an I/O error closed
+    /// it. A full disk or a poisoned database closes it again and marks the
+    /// store degraded; a write that succeeds clears that.
+    fn with_db<T>(
+        &self,
+        op: &'static str,
+        write: bool,
+        f: impl FnOnce(&Database) -> Result<T, Fail>,
+    ) -> Result<T, StoreError> {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match &*db {
+            Some(open) => std::panic::catch_unwind(AssertUnwindSafe(|| f(open)))
+                .unwrap_or_else(|_| Err(Fail::Reopen("redb panicked".into()))),
+            None => match (self.open)() {
+                Ok(reopened) => {
+                    tracing::info!(path = %self.path.display(), "store reopened");
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| f(&reopened)))
+                        .unwrap_or_else(|_| Err(Fail::Reopen("redb panicked".into())));
+                    *db = Some(reopened);
+                    r
+                }
+                Err(e) => Err(Fail::from(e)),
+            },
+        };
+        let was_degraded = self.degraded.borrow().is_some();
+        match result {
+            Ok(v) => {
+                if write && was_degraded {
+                    tracing::info!(path = %self.path.display(), "store writes work again");
+                    self.set_degraded(None);
+                }
+                Ok(v)
+            }
+            Err(Fail::DiskFull) => {
+                *db = None;
+                let e = StoreError::DiskFull {
+                    path: self.path.display().to_string(),
+                    op,
+                };
+                if !was_degraded {
+                    tracing::error!("{e}");
+                }
+                self.set_degraded(Some(format!("disk full ({})", self.path.display())));
+                Err(e)
+            }
+            Err(Fail::Reopen(reason)) => {
+                *db = None;
+                tracing::error!(path = %self.path.display(), "store {op} failed: {reason}; reopening it at the next write");
+                self.set_degraded(Some(format!("I/O error: {reason}")));
+                Err(StoreError::Io { op, reason })
+            }
+            Err(Fail::Other(reason)) => Err(StoreError::Io { op, reason }),
         }
-        tx.commit().map_err(|e| open_err(e.to_string()))?;
-        Ok(RedbStore { db })
     }
 
     fn put_json<T: Serialize>(
@@ -118,40 +374,136 @@ impl RedbStore {
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(io("encode"))?;
-        let tx = self.db.begin_write().map_err(io("write"))?;
-        {
-            let mut t = tx.open_table(table).map_err(io("write"))?;
-            t.insert(key, bytes.as_slice()).map_err(io("write"))?;
-        }
-        tx.commit().map_err(io("commit"))
+        self.with_db("write", true, |db| {
+            let bytes = record::encode(&serde_json::to_vec(value)?);
+            let tx = db.begin_write()?;
+            {
+                let mut t = tx.open_table(table)?;
+                t.insert(key, bytes.as_slice())?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
+    fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StoreError> {
+        self.with_db("write", true, |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut t = tx.open_table(table)?;
+                t.remove(key)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every row of a table, each decoded or with the reason it cannot be.
     fn load_json<T: for<'de> Deserialize<'de>>(
         &self,
         table: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<(String, T)>, StoreError> {
-        let tx = self.db.begin_read().map_err(io("read"))?;
-        let t = tx.open_table(table).map_err(io("read"))?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(io("read"))? {
-            let (k, v) = row.map_err(io("read"))?;
-            let value = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                key: k.value().to_string(),
-                reason: e.to_string(),
-            })?;
-            out.push((k.value().to_string(), value));
+    ) -> Result<Vec<Row<T>>, StoreError> {
+        self.with_db("read", false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(table)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), decode_json(v.value())));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Copies every table into a new database at `dest`, which must not
+    /// exist: a consistent copy, since it is read in one transaction.
+    pub fn copy_to(&self, dest: &Path) -> Result<(), StoreError> {
+        let io = |reason: String| StoreError::Io {
+            op: "copy",
+            reason: format!("{}: {reason}", dest.display()),
+        };
+        if dest.exists() {
+            return Err(io("already exists; choose a new file name".into()));
         }
-        Ok(out)
+        let target = Database::create(dest).map_err(|e| io(e.to_string()))?;
+        self.with_db("copy", false, |db| {
+            let from = db.begin_read()?;
+            let to = target.begin_write()?;
+            for table in [MODELS, NODE_FLAGS, DEMAND, SECRETS] {
+                let src = from.open_table(table)?;
+                let mut dst = to.open_table(table)?;
+                for row in src.iter()? {
+                    let (k, v) = row?;
+                    dst.insert(k.value(), v.value())?;
+                }
+            }
+            let src = from.open_table(EVENTS)?;
+            let mut dst = to.open_table(EVENTS)?;
+            for row in src.iter()? {
+                let (k, v) = row?;
+                dst.insert(k.value(), v.value())?;
+            }
+            drop(dst);
+            to.commit()?;
+            Ok(())
+        })
     }
 }
 
+fn decode_json<T: for<'de> Deserialize<'de>>(stored: &[u8]) -> Result<T, String> {
+    let decoded = record::decode(stored).map_err(|p| p.to_string())?;
+    serde_json::from_slice(decoded.payload()).map_err(|e| format!("it does not parse: {e}"))
+}
+
+/// Creates the tables (so readers never meet a missing one), reads every
+/// row once (a damaged page fails here, at start, not in the middle of a
+/// tick) and gives records from before checksums their checksum.
+fn prepare(db: &Database) -> Result<(), String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let tx = db.begin_write().map_err(|e| s(&e))?;
+    {
+        for table in [MODELS, NODE_FLAGS, DEMAND] {
+            let mut t = tx.open_table(table).map_err(|e| s(&e))?;
+            let mut legacy = Vec::new();
+            for row in t.iter().map_err(|e| s(&e))? {
+                let (k, v) = row.map_err(|e| s(&e))?;
+                if let Ok(record::Decoded::Legacy(p)) = record::decode(v.value()) {
+                    legacy.push((k.value().to_string(), record::encode(p)));
+                }
+            }
+            for (k, v) in legacy {
+                t.insert(k.as_str(), v.as_slice()).map_err(|e| s(&e))?;
+            }
+        }
+        tx.open_table(SECRETS).map_err(|e| s(&e))?;
+        let mut t = tx.open_table(EVENTS).map_err(|e| s(&e))?;
+        let mut legacy = Vec::new();
+        for row in t.iter().map_err(|e| s(&e))? {
+            let (k, v) = row.map_err(|e| s(&e))?;
+            if let Ok(record::Decoded::Legacy(p)) = record::decode(v.value()) {
+                legacy.push((k.value(), record::encode(p)));
+            }
+        }
+        for (k, v) in legacy {
+            t.insert(k, v.as_slice()).map_err(|e| s(&e))?;
+        }
+    }
+    tx.commit().map_err(|e| s(&e))
+}
+
 impl Store for RedbStore {
-    fn load_models(&self) -> Result<Vec<ModelRecord>, StoreError> {
+    fn load_models(&self) -> Result<Vec<Result<ModelRecord, DamagedRecord>>, StoreError> {
         Ok(self
             .load_json::<ModelRecord>(MODELS)?
             .into_iter()
-            .map(|(_, m)| m)
+            .map(|(key, r)| match r {
+                Ok(m) if m.name == key => Ok(m),
+                Ok(m) => Err(DamagedRecord {
+                    reason: format!("it is stored under `{key}` but names `{}`", m.name),
+                    key,
+                }),
+                Err(reason) => Err(DamagedRecord { key, reason }),
+            })
             .collect())
     }
 
@@ -160,16 +512,11 @@ impl Store for RedbStore {
     }
 
     fn delete_model(&self, name: &str) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(io("write"))?;
-        {
-            let mut t = tx.open_table(MODELS).map_err(io("write"))?;
-            t.remove(name).map_err(io("write"))?;
-        }
-        tx.commit().map_err(io("commit"))
+        self.remove(MODELS, name)
     }
 
     fn load_node_flags(&self) -> Result<Vec<(String, NodeFlags)>, StoreError> {
-        self.load_json(NODE_FLAGS)
+        Ok(usable("node flags", self.load_json(NODE_FLAGS)?))
     }
 
     fn put_node_flags(&self, node: &str, flags: &NodeFlags) -> Result<(), StoreError> {
@@ -180,28 +527,31 @@ impl Store for RedbStore {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.begin_write().map_err(io("write"))?;
-        // Events are history, not desired state: losing the last second of
-        // them in a power cut is acceptable, an fsync per tick is not.
-        tx.set_durability(redb::Durability::Eventual);
-        {
-            let mut t = tx.open_table(EVENTS).map_err(io("write"))?;
-            for e in events {
-                let bytes = serde_json::to_vec(e).map_err(io("encode"))?;
-                t.insert(e.seq, bytes.as_slice()).map_err(io("write"))?;
-            }
-            let len = t.len().map_err(io("read"))? as usize;
-            for _ in capacity..len {
-                if t.pop_first().map_err(io("write"))?.is_none() {
-                    break;
+        self.with_db("write", true, |db| {
+            let mut tx = db.begin_write()?;
+            // Events are history, not desired state: losing the last second
+            // of them in a power cut is acceptable, an fsync per tick is not.
+            tx.set_durability(redb::Durability::Eventual);
+            {
+                let mut t = tx.open_table(EVENTS)?;
+                for e in events {
+                    let bytes = record::encode(&serde_json::to_vec(e)?);
+                    t.insert(e.seq, bytes.as_slice())?;
+                }
+                let len = t.len()? as usize;
+                for _ in capacity..len {
+                    if t.pop_first()?.is_none() {
+                        break;
+                    }
                 }
             }
-        }
-        tx.commit().map_err(io("commit"))
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn load_demand(&self) -> Result<Vec<(String, DemandHistory)>, StoreError> {
-        self.load_json(DEMAND)
+        Ok(usable("demand history", self.load_json(DEMAND)?))
     }
 
     fn put_demand(&self, model: &str, history: &DemandHistory) -> Result<(), StoreError> {
@@ -209,59 +559,79 @@ impl Store for RedbStore {
     }
 
     fn delete_demand(&self, model: &str) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(io("write"))?;
-        {
-            let mut t = tx.open_table(DEMAND).map_err(io("write"))?;
-            t.remove(model).map_err(io("write"))?;
-        }
-        tx.commit().map_err(io("commit"))
+        self.remove(DEMAND, model)
     }
 
     fn assignment_key(&self) -> Result<Vec<u8>, StoreError> {
-        let tx = self.db.begin_write().map_err(io("write"))?;
-        let key = {
-            let mut t = tx.open_table(SECRETS).map_err(io("write"))?;
-            let stored = t
-                .get(ASSIGNMENT_KEY)
-                .map_err(io("read"))?
-                .map(|v| v.value().to_vec());
-            match stored {
-                Some(key) if key.len() == 32 => key,
-                Some(key) => {
-                    return Err(StoreError::Corrupt {
-                        key: format!("secrets/{ASSIGNMENT_KEY}"),
-                        reason: format!("{} bytes, expected 32", key.len()),
-                    })
+        // Kept raw (32 bytes, no record envelope): a changed key only makes
+        // the tokens it signed fail, which adoption treats as unsigned.
+        let stored = self.with_db("write", true, |db| {
+            let tx = db.begin_write()?;
+            let stored = {
+                let mut t = tx.open_table(SECRETS)?;
+                let stored = t.get(ASSIGNMENT_KEY)?.map(|v| v.value().to_vec());
+                match stored {
+                    Some(key) => Err(key),
+                    None => {
+                        let key: [u8; 32] = rand::random();
+                        t.insert(ASSIGNMENT_KEY, key.as_slice())?;
+                        Ok(key.to_vec())
+                    }
                 }
-                None => {
-                    let key: [u8; 32] = rand::random();
-                    t.insert(ASSIGNMENT_KEY, key.as_slice())
-                        .map_err(io("write"))?;
-                    key.to_vec()
-                }
-            }
-        };
-        tx.commit().map_err(io("commit"))?;
-        Ok(key)
+            };
+            tx.commit()?;
+            Ok(stored)
+        })?;
+        match stored {
+            Ok(new) => Ok(new),
+            Err(key) if key.len() == 32 => Ok(key),
+            Err(key) => Err(StoreError::Corrupt {
+                key: format!("secrets/{ASSIGNMENT_KEY}"),
+                reason: format!("{} bytes, expected 32", key.len()),
+            }),
+        }
     }
 
     fn load_events(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let tx = self.db.begin_read().map_err(io("read"))?;
-        let t = tx.open_table(EVENTS).map_err(io("read"))?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(io("read"))?.rev().take(limit) {
-            let (k, v) = row.map_err(io("read"))?;
-            let e: Event = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                key: format!("event {}", k.value()),
-                reason: e.to_string(),
-            })?;
-            out.push(e);
-        }
+        let rows = self.with_db("read", false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            for row in t.iter()?.rev().take(limit) {
+                let (k, v) = row?;
+                out.push((k.value(), decode_json::<Event>(v.value())));
+            }
+            Ok(out)
+        })?;
+        let mut out: Vec<Event> = rows
+            .into_iter()
+            .filter_map(|(seq, e)| {
+                e.map_err(|why| tracing::warn!("stored event {seq} skipped: {why}"))
+                    .ok()
+            })
+            .collect();
         out.reverse();
         Ok(out)
     }
+
+    fn degraded(&self) -> Option<String> {
+        self.degraded.borrow().clone()
+    }
 }
 
+/// The rows that load; the others are named in the log and left out (node
+/// flags and demand history are not worth refusing to start over).
+fn usable<T>(what: &str, rows: Vec<Row<T>>) -> Vec<(String, T)> {
+    rows.into_iter()
+        .filter_map(|(key, r)| match r {
+            Ok(v) => Some((key, v)),
+            Err(why) => {
+                tracing::error!(key = %key, "stored {what} of `{key}` ignored: {why}");
+                None
+            }
+        })
+        .collect()
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,7 +664,7 @@ mod tests {
             .unwrap();
         }
         let s = RedbStore::open(dir.path()).unwrap();
-        assert_eq!(s.load_models().unwrap(), vec![model("b")]);
+        assert_eq!(s.load_models().unwrap(), vec![Ok(model("b"))]);
         let flags = s.load_node_flags().unwrap();
         assert_eq!(flags.len(), 1);
         assert!(flags[0].1.cordoned);
@@ -344,17 +714,325 @@ mod tests {
     fn event_log_is_bounded_and_keeps_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open(dir.path()).unwrap();
-        let events: Vec<Event> = (1..=10)
-            .map(|seq| Event {
-                seq,
-                message: format!("e{seq}"),
-                ..Default::default()
-            })
-            .collect();
-        s.append_events(&events, 4).unwrap();
+        s.append_events(&events(10), 4).unwrap();
         let loaded = s.load_events(100).unwrap();
         let seqs: Vec<u64> = loaded.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![7, 8, 9, 10]);
         assert_eq!(s.load_events(2).unwrap()[0].seq, 9);
+    }
+
+    /// Events 1..=n, with some text each to fill pages.
+    fn events(n: u64) -> Vec<Event> {
+        (1..=n)
+            .map(|seq| Event {
+                seq,
+                message: format!("event number {seq} with some text to fill pages"),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// A store with a model, flags and events, closed; its file's path.
+    fn populated(dir: &Path) -> PathBuf {
+        let s = RedbStore::open(dir).unwrap();
+        let mut m = model("llama");
+        m.spec_toml = "name = \"llama\"\nreplicas = 1\n".into();
+        s.put_model(&m).unwrap();
+        s.put_node_flags("gpu-1", &NodeFlags::default()).unwrap();
+        s.append_events(&events(300), 1000).unwrap();
+        s.path().to_path_buf()
+    }
+
+    #[test]
+    fn a_truncated_store_is_refused_with_one_line_naming_it() {
+        let src = tempfile::tempdir().unwrap();
+        let file = populated(src.path());
+        let len = std::fs::metadata(&file).unwrap().len();
+        for cut in [512, len / 2, len.saturating_sub(4096)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(STORE_FILE);
+            std::fs::copy(&file, &path).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            let e = match RedbStore::open(dir.path()) {
+                Ok(_) => panic!("a store cut to {cut} of {len} bytes opened"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains("is damaged"), "{e}");
+            assert!(e.contains("gpufleet coordinator restore"), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+            // Refused, not replaced: the damaged file is still there as it was.
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), cut);
+        }
+    }
+
+    #[test]
+    fn an_empty_store_file_is_never_taken_for_a_new_fleet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        std::fs::write(&path, b"").unwrap();
+        let e = RedbStore::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("is empty (0 bytes)"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_record_edited_in_place_is_reported_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = populated(dir.path());
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes
+            .windows(12)
+            .position(|w| w == b"replicas = 1")
+            .expect("the spec is stored as written");
+        bytes[at + 11] = b'9';
+        std::fs::write(&file, &bytes).unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let models = s.load_models().unwrap();
+        assert_eq!(models.len(), 1);
+        let damaged = models[0].clone().unwrap_err();
+        assert_eq!(damaged.key, "llama");
+        assert!(damaged.reason.contains("checksum"), "{damaged:?}");
+    }
+
+    #[test]
+    fn records_from_before_checksums_are_read_and_given_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(MODELS).unwrap();
+                let json = serde_json::to_vec(&model("old")).unwrap();
+                t.insert("old", json.as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(s.load_models().unwrap(), vec![Ok(model("old"))]);
+        drop(s);
+        let db = Database::open(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(MODELS).unwrap();
+        let stored = t.get("old").unwrap().unwrap();
+        assert!(matches!(
+            record::decode(stored.value()),
+            Ok(record::Decoded::Checked(_))
+        ));
+    }
+
+    /// A disk that can be filled and freed: writes fail with ENOSPC while
+    /// `full` is set.
+    #[derive(Debug)]
+    struct FillableDisk {
+        file: redb::backends::FileBackend,
+        full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FillableDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl redb::StorageBackend for FillableDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+            self.file.read(offset, len)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self, eventual: bool) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data(eventual)
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_full_disk_degrades_the_store_and_it_recovers_when_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opener: Opener = {
+            let (path, full) = (path.clone(), full.clone());
+            Box::new(move || {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| redb::DatabaseError::Storage(e.into()))?;
+                redb::Builder::new().create_with_backend(FillableDisk {
+                    file: redb::backends::FileBackend::new(file)?,
+                    full: full.clone(),
+                })
+            })
+        };
+        let s = RedbStore::open_with(path, opener).unwrap();
+        s.put_model(&model("a")).unwrap();
+        assert_eq!(s.degraded(), None);
+
+        full.store(true, std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..3 {
+            let e = s.put_model(&model("b")).unwrap_err().to_string();
+            assert!(e.contains("disk") && e.contains("is full"), "{e}");
+        }
+        assert!(s.degraded().unwrap().contains("disk full"));
+
+        full.store(false, std::sync::atomic::Ordering::SeqCst);
+        s.put_model(&model("b")).unwrap();
+        assert_eq!(s.degraded(), None);
+        let names: Vec<String> = s
+            .load_models()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.unwrap().name)
+            .collect();
+        assert_eq!(names, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn backup_and_restore_round_trip_and_keep_what_they_replace() {
+        let data = tempfile::tempdir().unwrap();
+        populated(data.path());
+        let out = tempfile::tempdir().unwrap();
+        let file = out.path().join("fleet.backup");
+        let summary = backup(data.path(), &file).unwrap();
+        assert_eq!(
+            summary,
+            BackupSummary {
+                models: 1,
+                nodes: 1,
+                events: 300
+            }
+        );
+        assert!(backup(data.path(), &file)
+            .unwrap_err()
+            .to_string()
+            .contains("already exists"));
+
+        // The store is lost (truncated); restore brings the fleet back.
+        let path = data.path().join(STORE_FILE);
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(restore(data.path(), &file).unwrap(), summary);
+        let s = RedbStore::open(data.path()).unwrap();
+        assert_eq!(s.load_models().unwrap().len(), 1);
+        drop(s);
+        let kept: Vec<String> = std::fs::read_dir(data.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            kept.iter().any(|n| n.starts_with("before-restore-")),
+            "{kept:?}"
+        );
+
+        // A damaged backup is refused and changes nothing.
+        let bad = out.path().join("bad.backup");
+        std::fs::write(&bad, vec![7u8; 8192]).unwrap();
+        let e = restore(data.path(), &bad).unwrap_err().to_string();
+        assert!(e.contains("bad.backup") && e.contains("is damaged"), "{e}");
+        assert_eq!(
+            RedbStore::open(data.path())
+                .unwrap()
+                .load_models()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn restore_refuses_while_the_store_is_open() {
+        let data = tempfile::tempdir().unwrap();
+        populated(data.path());
+        let out = tempfile::tempdir().unwrap();
+        let file = out.path().join("fleet.backup");
+        backup(data.path(), &file).unwrap();
+        let running = RedbStore::open(data.path()).unwrap();
+        let e = restore(data.path(), &file).unwrap_err().to_string();
+        assert!(e.contains("in use"), "{e}");
+        let e = backup(data.path(), &out.path().join("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in use"), "{e}");
+        drop(running);
+    }
+
+    #[test]
+    fn snapshots_keep_the_newest_and_a_missing_store_is_not_a_new_fleet() {
+        let data = tempfile::tempdir().unwrap();
+        populated(data.path());
+        for _ in 0..4 {
+            let s = RedbStore::open(data.path()).unwrap();
+            snapshot(&s, data.path(), 2).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let snaps = backup::snapshots(data.path());
+        assert_eq!(snaps.len(), 2, "{snaps:?}");
+        std::fs::remove_file(data.path().join(STORE_FILE)).unwrap();
+        let e = RedbStore::open(data.path()).err().unwrap().to_string();
+        assert!(e.contains("is missing"), "{e}");
+        assert!(
+            e.contains(&snaps[1].display().to_string()),
+            "names the newest snapshot: {e}"
+        );
+        restore(data.path(), &snaps[1]).unwrap();
+        assert_eq!(
+            RedbStore::open(data.path())
+                .unwrap()
+                .load_models()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+        /// Bytes flipped anywhere in the file: the store opens or is refused,
+        /// never panics, and never loses the model without a word.
+        #[test]
+        fn a_store_damaged_anywhere_never_panics_or_silently_drops_a_model(
+            flips in proptest::collection::vec((0.0f64..1.0, 1u8..=255), 1..8),
+        ) {
+            let src = tempfile::tempdir().unwrap();
+            let file = populated(src.path());
+            let mut bytes = std::fs::read(&file).unwrap();
+            for (at, x) in &flips {
+                let i = ((bytes.len() as f64) * at) as usize % bytes.len();
+                bytes[i] ^= x;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(STORE_FILE), &bytes).unwrap();
+            if let Ok(s) = RedbStore::open(dir.path()) {
+                let models = s.load_models();
+                proptest::prop_assert!(
+                    models.as_ref().is_ok_and(|m| m.len() == 1),
+                    "a damaged store lost its model silently: {models:?}"
+                );
+            }
+        }
     }
 }

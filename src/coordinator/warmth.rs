@@ -55,15 +55,7 @@ impl Fleet {
         op: WarmOp,
     ) -> Result<Vec<WarmView>, FleetError> {
         if !self.models.contains_key(model) {
-            let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
-            return Err(FleetError::NotFound(format!(
-                "model `{model}` not found; known models: {}",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
+            return Err(self.model_not_found(model));
         }
         if !self.nodes.contains_key(node) {
             return Err(self.node_not_found(node));

@@ -43,12 +43,18 @@ pub struct Assignment {
     pub warm: Vec<WarmSpec>,
     /// Models the operator asked to drop from the page cache.
     pub evict: Vec<WarmSpec>,
+    /// Replicas to leave exactly as they are (their model's stored record
+    /// cannot be read): neither stopped nor replaced.
+    pub keep: Vec<String>,
 }
 
 impl Assignment {
     /// Same desired state, whatever the generation.
     pub fn same_state(&self, other: &Assignment) -> bool {
-        self.replicas == other.replicas && self.warm == other.warm && self.evict == other.evict
+        self.replicas == other.replicas
+            && self.warm == other.warm
+            && self.evict == other.evict
+            && self.keep == other.keep
     }
 }
 

@@ -65,11 +65,59 @@ impl ControlAuth {
         }
     }
 
+    /// Whether tokens are required at all.
+    pub fn requires_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
     /// Decides one call: `method` is the Control method's name
     /// ("ApplyModel"), `authorization` the header as sent.
     pub fn authorize(&self, method: &str, authorization: Option<&[u8]>) -> Result<(), Status> {
-        let Some(tokens) = &self.tokens else {
+        let Some(access) = self.access(authorization)? else {
             return Ok(());
+        };
+        match access {
+            Access::Admin => Ok(()),
+            Access::Read if is_read_method(method) => Ok(()),
+            Access::Wake if method == "WakeModel" => Ok(()),
+            Access::Read => Err(Status::permission_denied(format!(
+                "token is read-only; `{}` needs an admin token",
+                command_of(method)
+            ))),
+            Access::Wake => Err(Status::permission_denied(format!(
+                "token may only wake models; `{}` needs an admin token",
+                command_of(method)
+            ))),
+        }
+    }
+
+    /// Decides a request on the coordinator's HTTP port: `allowed` are the
+    /// roles besides admin that may make it. Ok when no tokens are set.
+    pub fn authorize_http(
+        &self,
+        allowed: &[Access],
+        what: &str,
+        authorization: Option<&[u8]>,
+    ) -> Result<(), Status> {
+        match self.access(authorization)? {
+            None | Some(Access::Admin) => Ok(()),
+            Some(a) if allowed.contains(&a) => Ok(()),
+            Some(a) => {
+                let mut roles: Vec<&str> = allowed.iter().map(|a| a.name()).collect();
+                roles.push("admin");
+                Err(Status::permission_denied(format!(
+                    "a {} token may not {what}; it needs a token with the role {}",
+                    a.name(),
+                    roles.join(" or ")
+                )))
+            }
+        }
+    }
+
+    /// The access the presented header grants; None when no tokens are set.
+    fn access(&self, authorization: Option<&[u8]>) -> Result<Option<Access>, Status> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(None);
         };
         let Some(header) = authorization else {
             return Err(Status::unauthenticated(
@@ -93,12 +141,7 @@ impl ControlAuth {
             None => Err(Status::unauthenticated(
                 "the token is not known to this coordinator; check GPUFLEET_TOKEN",
             )),
-            Some(Access::Admin) => Ok(()),
-            Some(Access::Read) if is_read_method(method) => Ok(()),
-            Some(Access::Read) => Err(Status::permission_denied(format!(
-                "token is read-only; `{}` needs an admin token",
-                command_of(method)
-            ))),
+            Some(access) => Ok(Some(access)),
         }
     }
 

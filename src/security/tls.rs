@@ -65,6 +65,12 @@ pub enum TlsError {
     CaWithoutHttps(String, String),
     #[error("cannot set up TLS: {0}")]
     Setup(String),
+    #[error("{what} {} is readable by group or others (mode {mode:04o}); a private key must be private: `chmod 600 {}`", .path.display(), .path.display())]
+    KeyNotPrivate {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -89,7 +95,28 @@ fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
+/// Refuses a key file that group or others may read or write, as ssh does:
+/// such a key may already be someone else's.
+fn key_is_private(what: &'static str, path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyNotPrivate {
+            what,
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 fn private_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    key_is_private(what, path)?;
     let pem = read(what, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::BadKey {
         what,
@@ -493,8 +520,10 @@ mod tests {
         let ca = FleetCa::new(30).unwrap();
         let agent = issue_agent(&ca, "gpu-1", 30).unwrap();
         let write = |name: &str, text: &str| {
+            use std::os::unix::fs::PermissionsExt;
             let p = dir.path().join(name);
             std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
             p
         };
         let settings = TlsSettings {
@@ -505,5 +534,31 @@ mod tests {
         let e = grpc_server(&settings).unwrap_err().to_string();
         assert!(e.contains("gpu-1.pem cannot be used here"), "{e}");
         assert!(e.contains("not a coordinator certificate"), "{e}");
+    }
+
+    #[test]
+    fn a_private_key_others_can_read_is_refused_naming_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = FleetCa::new(30).unwrap();
+        let agent = issue_agent(&ca, "gpu-1", 30).unwrap();
+        let key = dir.path().join("gpu-1-key.pem");
+        std::fs::write(&key, &agent.key_pem).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = private_key("the agent key", &key).unwrap_err().to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "the agent key {} is readable by group or others (mode {mode:04o}); a private key must be private: `chmod 600 {}`",
+                    key.display(),
+                    key.display()
+                )
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(private_key("the agent key", &key).is_ok());
+        }
     }
 }

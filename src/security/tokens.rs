@@ -1,5 +1,5 @@
 //! Control API bearer tokens: the `[auth] tokens_file` of the coordinator
-//! (lines `admin <token>` / `read <token>`), and the rules every token must
+//! (lines `admin <token>`, `read <token>`, `wake <token>`), and the rules every token must
 //! follow on both sides. Tokens are kept only as SHA-256 digests and compared
 //! in constant time; no message ever contains one.
 
@@ -16,10 +16,24 @@ pub const MAX_TOKEN_LEN: usize = 512;
 /// What a token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Access {
-    /// List*, Get*, FollowEvents, Explain.
+    /// List*, Get*, FollowEvents, Explain, and `/v1/endpoints`.
     Read,
+    /// Waking a model (`WakeModel`, `POST /v1/models/NAME/wake`) and
+    /// `/v1/endpoints`: what a gateway in front of the replicas needs.
+    Wake,
     /// Everything.
     Admin,
+}
+
+impl Access {
+    /// The role's name in the tokens file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Wake => "wake",
+            Access::Admin => "admin",
+        }
+    }
 }
 
 /// Why a token is not a token.
@@ -104,16 +118,17 @@ impl TokenSet {
             let mut words = content.split_whitespace();
             let (Some(kind), Some(token), None) = (words.next(), words.next(), words.next()) else {
                 return Err(bad(
-                    "expected `admin <token>` or `read <token>` (one token per line, no spaces in it)"
+                    "expected `admin <token>`, `read <token>` or `wake <token>` (one token per line, no spaces in it)"
                         .into(),
                 ));
             };
             let access = match kind {
                 "admin" => Access::Admin,
                 "read" => Access::Read,
+                "wake" => Access::Wake,
                 other => {
                     return Err(bad(format!(
-                        "unknown access `{other}`; allowed: admin, read"
+                        "unknown access `{other}`; allowed: admin, read, wake"
                     )))
                 }
             };
@@ -174,6 +189,7 @@ mod tests {
 
     const ADMIN: &str = "adm1n-token-0123456789";
     const READ: &str = "read-token-0123456789";
+    const WAKE: &str = "wake-token-0123456789";
 
     fn parse(text: &str) -> Result<TokenSet, TokenFileError> {
         TokenSet::parse(text, Path::new("/etc/gpufleet/tokens"))
@@ -186,6 +202,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(set.len(), 2);
+        assert_eq!(
+            parse(&format!("wake {WAKE}\n")).unwrap().access_of(WAKE),
+            Some(Access::Wake)
+        );
         assert_eq!(set.access_of(ADMIN), Some(Access::Admin));
         assert_eq!(set.access_of(READ), Some(Access::Read));
         assert_eq!(set.access_of("read-token-012345678"), None);
@@ -200,7 +220,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "tokens file /etc/gpufleet/tokens line 2: unknown access `write`; allowed: admin, read"
+            "tokens file /etc/gpufleet/tokens line 2: unknown access `write`; allowed: admin, read, wake"
         );
         let e = parse(&format!("admin {ADMIN} extra\n"))
             .unwrap_err()

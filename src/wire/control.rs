@@ -194,6 +194,7 @@ impl From<&ModelView> for pb::ModelStatus {
             last_decision: m.last_decision.clone(),
             decision_now: m.decision_now.clone(),
             replicas: to_pb(&m.replicas),
+            state: m.state.clone(),
         }
     }
 }
@@ -217,6 +218,7 @@ impl From<pb::ModelStatus> for ModelView {
             created_unix_ms: m.created_unix_ms,
             updated_unix_ms: m.updated_unix_ms,
             replicas: from_pb(m.replicas),
+            state: m.state,
         }
     }
 }

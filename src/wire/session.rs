@@ -72,6 +72,7 @@ impl From<&crate::domain::Assignment> for pb::Assignment {
             replicas: to_pb(&a.replicas),
             warm: to_pb(&a.warm),
             evict: to_pb(&a.evict),
+            keep: a.keep.clone(),
         }
     }
 }
@@ -83,6 +84,7 @@ impl From<pb::Assignment> for crate::domain::Assignment {
             replicas: from_pb(a.replicas),
             warm: from_pb(a.warm),
             evict: from_pb(a.evict),
+            keep: a.keep,
         }
     }
 }

@@ -251,12 +251,25 @@ pub fn exists(p: &Path) -> bool {
 /// A minimal HTTP/1.1 request on loopback: (status, body). Tests need no
 /// HTTP client beyond this.
 pub fn http(method: &str, port: u16, path: &str, body: &str) -> (u16, String) {
+    try_http(method, port, path, "", body)
+        .unwrap_or_else(|| panic!("nothing listens on 127.0.0.1:{port}"))
+}
+
+/// Like `http`, with extra header lines (each ending in `\r\n`); None when
+/// nothing listens on the port (yet).
+pub fn try_http(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -271,7 +284,7 @@ pub fn http(method: &str, port: u16, path: &str, body: &str) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Some((status, body))
 }
 
 // ---- TLS and tokens (tests/security.rs) ----

@@ -133,7 +133,8 @@ pub enum SupervisorError {
 pub use crate::domain::valid_replica_id;
 
 enum Command {
-    Apply(Vec<ReplicaSpec>),
+    /// The replicas to run, and those to leave exactly as they are.
+    Apply(Vec<ReplicaSpec>, Vec<String>),
     Detach(oneshot::Sender<()>),
     StopAll(oneshot::Sender<()>),
 }
@@ -169,7 +170,14 @@ impl Supervisor {
     /// Reconciles toward `desired`, the complete set of replicas this node
     /// should run. Idempotent: repeating it changes nothing.
     pub fn apply(&self, desired: Vec<ReplicaSpec>) {
-        if self.commands.send(Command::Apply(desired)).is_err() {
+        self.apply_keeping(desired, Vec::new());
+    }
+
+    /// As `apply`, but the replicas in `keep` are left exactly as they are
+    /// (neither stopped nor replaced): the coordinator cannot read their
+    /// model's stored spec and has none to send.
+    pub fn apply_keeping(&self, desired: Vec<ReplicaSpec>, keep: Vec<String>) {
+        if self.commands.send(Command::Apply(desired, keep)).is_err() {
             tracing::warn!("supervisor has stopped; assignment ignored");
         }
     }

@@ -174,7 +174,7 @@ impl Owner {
         loop {
             tokio::select! {
                 cmd = commands.recv(), if stopping_all.is_none() => match cmd {
-                    Some(Command::Apply(desired)) => self.apply(desired),
+                    Some(Command::Apply(desired, keep)) => self.apply(desired, keep),
                     Some(Command::Detach(done)) => {
                         self.detach();
                         let _ = done.send(());
@@ -237,9 +237,9 @@ impl Owner {
         });
     }
 
-    fn apply(&mut self, desired: Vec<ReplicaSpec>) {
+    fn apply(&mut self, desired: Vec<ReplicaSpec>, keep: Vec<String>) {
         let departed = std::mem::take(&mut self.departed);
-        let mut wanted: HashSet<String> = HashSet::new();
+        let mut wanted: HashSet<String> = keep.into_iter().collect();
         for spec in desired {
             if !wanted.insert(spec.id.clone()) {
                 tracing::warn!(replica_id = %spec.id, "assignment names a replica twice; using the first");
