@@ -911,13 +911,19 @@ mod tests {
         assert_eq!(names, vec!["a", "b"]);
     }
 
-    #[test]
-    fn backup_and_restore_round_trip_and_keep_what_they_replace() {
+    /// A populated store (data dir), and a backup of it (dir, file, summary).
+    fn backed_up() -> (tempfile::TempDir, tempfile::TempDir, PathBuf, BackupSummary) {
         let data = tempfile::tempdir().unwrap();
         populated(data.path());
         let out = tempfile::tempdir().unwrap();
         let file = out.path().join("fleet.backup");
         let summary = backup(data.path(), &file).unwrap();
+        (data, out, file, summary)
+    }
+
+    #[test]
+    fn backup_and_restore_round_trip_and_keep_what_they_replace() {
+        let (data, out, file, summary) = backed_up();
         assert_eq!(
             summary,
             BackupSummary {
@@ -964,11 +970,7 @@ mod tests {
 
     #[test]
     fn restore_refuses_while_the_store_is_open() {
-        let data = tempfile::tempdir().unwrap();
-        populated(data.path());
-        let out = tempfile::tempdir().unwrap();
-        let file = out.path().join("fleet.backup");
-        backup(data.path(), &file).unwrap();
+        let (data, out, file, _) = backed_up();
         let running = RedbStore::open(data.path()).unwrap();
         let e = restore(data.path(), &file).unwrap_err().to_string();
         assert!(e.contains("in use"), "{e}");
