@@ -625,3 +625,47 @@ fn a_full_disk_degrades_the_store_and_it_recovers_without_a_restart() {
     assert!(c.log_text().contains("store reopened"), "{}", c.log_text());
     drop(c);
 }
+
+#[test]
+fn an_agent_session_and_a_followed_event_stream_are_never_closed_as_idle() {
+    let h = Harness::new();
+    let _c = h.coordinator("[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\n");
+    let a = h.agent("gpu-1", 1, "");
+    h.wait_ready_nodes(1);
+    let mut follow = std::process::Command::new(BIN)
+        .args(["events", "--follow"])
+        .env("GPUFLEET_COORDINATOR", h.coordinator_url())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Several header and idle timeouts long.
+    std::thread::sleep(Duration::from_secs(5));
+    let (_, metrics) = http("GET", h.http_port, "/metrics", "");
+    let closed: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("gpufleet_connections_closed_total") && l.contains("listener=\"grpc\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(closed, 0, "{metrics}");
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "events --follow was cut"
+    );
+    let connects = h
+        .json(&["events", "--node", "gpu-1"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "node-connected")
+        .count();
+    assert_eq!(
+        connects,
+        1,
+        "the agent's session was never cut: {}",
+        a.log_text()
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
