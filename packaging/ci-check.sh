@@ -249,4 +249,7 @@ else
     echo "ci-check: SKIP: python3 or setpriv not found, so the sd_notify smoke runs of the installed binary did not run" >&2
 fi
 
+# --- under a real systemd (PID 1, in a container) ---------------------------
+bash packaging/systemd-check.sh "$deb" || fail "packaging/systemd-check.sh"
+
 step "OK: units verify, $(basename "$deb") builds, installs, reinstalls and runs"
