@@ -209,3 +209,100 @@ fn a_load_step_is_acted_on_at_once_not_at_the_next_tick_or_report() {
     assert!(up.contains("ongoing / target 2 per replica"), "{up}");
     let _ = load.wait();
 }
+
+fn load(h: &Harness, model: &str, rps: &str, duration: &str) -> std::process::Child {
+    std::process::Command::new(BIN)
+        .args([
+            "demo",
+            "load",
+            "--model",
+            model,
+            "--coordinator-http",
+            &h.http_url(),
+            "--rps",
+            rps,
+            "--duration",
+            duration,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The cold-start rule live: a burst that the running replica drains before
+/// a new one could be ready (these take 8 s to start) starts no replica,
+/// although its queue is far over the panic threshold, which without the
+/// rule scales up at once.
+#[test]
+fn a_burst_that_drains_before_a_replica_could_start_starts_none() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 4, "scrape_interval = \"250ms\"");
+    h.wait_ready_nodes(1);
+    // 4 slots of 16 tokens × 20 ms: 12.5 requests/s per replica.
+    let command = demo_command(&[
+        "--concurrency",
+        "4",
+        "--token-time",
+        "20ms",
+        "--tokens",
+        "16",
+        "--init-time",
+        "8s",
+    ]);
+    h.apply(&h.model_spec(
+        "bursty",
+        1,
+        "",
+        &command,
+        "[scaling]\nmin_replicas = 1\nmax_replicas = 4\ntarget_ongoing_requests = 2\nstable_window = \"10s\"\npanic_window = \"2s\"\nscale_down_delay = \"5s\"",
+    ));
+    wait_until(Duration::from_secs(40), "one ready replica", || {
+        (model(&h, "bursty")?["ready_replicas"] == 1).then_some(())
+    });
+    // A steady 3 requests/s: the coordinator measures the service time (it
+    // measured the 8 s start while the replica loaded).
+    // Stopped and reaped however the test ends.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _steady = Reaped(load(&h, "bursty", "3", "30s"));
+    std::thread::sleep(Duration::from_secs(15));
+    let summary = h.json(&["explain", "bursty"])["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if summary.contains("service not measured yet") || summary.contains("start not measured yet") {
+        panic!("nothing measured after 15 s of steady load: {summary}");
+    }
+    // 25 requests in a second on top: about 12 queue, and drain in ~2 s.
+    let mut burst = load(&h, "bursty", "25", "1s");
+    let _ = burst.wait();
+    let mut most_ongoing = 0.0f64;
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        let m = model(&h, "bursty").expect("the model");
+        assert_eq!(
+            m["desired_replicas"],
+            1,
+            "a replica was started for a burst that drains first: {}",
+            h.json(&["explain", "bursty"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for p in h.json(&["explain", "bursty"])["signals"]
+        .as_array()
+        .unwrap()
+    {
+        most_ongoing = most_ongoing.max(p["ongoing"].as_f64().unwrap_or(0.0));
+    }
+    assert!(
+        most_ongoing >= 8.0,
+        "the burst reached {most_ongoing} ongoing: under the panic threshold, the rule was not tested"
+    );
+}

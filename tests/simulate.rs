@@ -163,3 +163,72 @@ fn a_broken_trace_names_the_line_and_column() {
     let o = simulate(&["--model", MODEL]);
     assert_eq!(o.status.code(), Some(2), "a usage error");
 }
+
+#[test]
+fn unknown_slo_kinds_and_synthetic_kinds_are_refused_naming_the_allowed() {
+    let o = simulate(&["--synthetic", "weekly", "--model", MODEL]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    for allowed in [
+        "diurnal",
+        "code-completion",
+        "conversational",
+        "on-off",
+        "flash-crowd",
+        "slow-ramp",
+    ] {
+        assert!(err.contains(allowed), "{allowed} not named in: {err}");
+    }
+    let o = simulate(&[
+        "--synthetic",
+        "diurnal",
+        "--slo-kind",
+        "p99",
+        "--model",
+        MODEL,
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ttft") && err.contains("e2e"), "{err}");
+}
+
+#[test]
+fn every_synthetic_kind_runs_with_a_ttft_slo_and_reports_against_the_oracle() {
+    for kind in [
+        "code-completion",
+        "conversational",
+        "on-off",
+        "flash-crowd",
+        "slow-ramp",
+    ] {
+        let out = stdout(&simulate(&[
+            "--synthetic",
+            kind,
+            "--duration",
+            "20m",
+            "--peak-rps",
+            "4",
+            "--slo-kind",
+            "ttft",
+            "--slo",
+            "2s",
+            "--start-at-level",
+            "--model",
+            MODEL,
+            "--policies",
+            "gpufleet,static-peak,oracle",
+            "-o",
+            "json",
+        ]));
+        let rows = reports(&out);
+        let names: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+        assert_eq!(names, vec!["gpufleet", "static-peak", "oracle"], "{kind}");
+        let oracle = rows[2]["gpu_hours"].as_f64().unwrap();
+        assert!(oracle > 0.0, "{kind}: {out}");
+        for r in &rows[..2] {
+            let ratio = r["gpu_hours_vs_oracle"].as_f64().unwrap();
+            assert!(ratio >= 1.0, "{kind}: {r}");
+            assert_eq!(r["oracle_gpu_hours"].as_f64(), Some(oracle), "{kind}");
+        }
+    }
+}

@@ -14,9 +14,9 @@ use crate::config::model::ModelSpec;
 use crate::config::units::{format_bytes, format_duration, parse_duration, parse_size};
 use crate::sim::plot::{self, Line};
 use crate::sim::policies::PolicyKind;
-use crate::sim::report::PolicyReport;
+use crate::sim::report::{PolicyReport, SloKind};
 use crate::sim::serving::{FleetShape, ServingModel};
-use crate::sim::synthetic::{DiurnalSpec, Synthetic};
+use crate::sim::synthetic::{DiurnalSpec, Synthetic, SyntheticKind};
 use crate::sim::trace::{self, TokenDefaults};
 use crate::sim::{self as simulation, Setup, Trace};
 
@@ -24,12 +24,6 @@ use super::output::{Output, Table};
 
 /// Points per series in the plot.
 const PLOT_BINS: usize = 288;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SyntheticShape {
-    /// A day's sine between a night trough and an afternoon peak, with noise.
-    Diurnal,
-}
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["trace", "counts", "synthetic"])))]
@@ -44,7 +38,7 @@ pub struct SimulateArgs {
     pub counts: Option<PathBuf>,
     /// Generate the trace instead of reading one.
     #[arg(long, value_enum)]
-    pub synthetic: Option<SyntheticShape>,
+    pub synthetic: Option<SyntheticKind>,
     /// Length of a synthetic trace.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub duration: Duration,
@@ -90,9 +84,17 @@ pub struct SimulateArgs {
     /// Engine start-up after the weights are read.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub engine_init: Duration,
-    /// End-to-end latency objective.
+    /// Latency objective, of the kind --slo-kind says.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub slo: Duration,
+    /// What the SLO bounds: e2e (arrival to last token) or ttft (arrival to
+    /// first token: queueing plus prefill).
+    #[arg(long, value_enum, default_value_t = SloKind::E2e)]
+    pub slo_kind: SloKind,
+    /// Autoscaled policies start with the replicas the first minute needs,
+    /// not with their minimum, so the start-up transient does not decide.
+    #[arg(long)]
+    pub start_at_level: bool,
     /// Prompt tokens of requests whose trace does not say (mean, for synthetic traces).
     #[arg(long, default_value_t = 1000)]
     pub context_tokens: u32,
@@ -164,9 +166,11 @@ fn load_trace(args: &SimulateArgs) -> anyhow::Result<(Trace, String)> {
         bursts: args.bursts,
         tokens,
     };
-    let s = Synthetic::diurnal(&spec)?;
+    let kind = args.synthetic.unwrap_or(SyntheticKind::Diurnal);
+    let s = Synthetic::generate(kind, &spec)?;
     let name = format!(
-        "synthetic diurnal {}, peak {} req/s, seed {}, {} bursts",
+        "synthetic {} {}, peak {} req/s, seed {}, {} bursts",
+        kind.as_str(),
         format_duration(args.duration),
         args.peak_rps,
         args.seed,
@@ -192,6 +196,8 @@ fn setup(args: &SimulateArgs) -> Setup {
             engine_init_s: args.engine_init.as_secs_f64(),
         },
         slo_s: args.slo.as_secs_f64(),
+        slo_kind: args.slo_kind,
+        start_at_level: args.start_at_level,
         bins: PLOT_BINS,
     }
 }
@@ -216,7 +222,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let spec = ModelSpec::parse(&read(model_path, "model spec")?)
         .with_context(|| format!("in model spec {}", model_path.display()))?;
     if args.policies.is_empty() {
-        bail!("--policies is empty; allowed: gpufleet, hpa, knative, static-peak");
+        bail!("--policies is empty; allowed: gpufleet, hpa, knative, static-peak, oracle");
     }
     let setup = setup(&args);
     let started = Instant::now();
@@ -226,6 +232,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.plot {
         let lines: Vec<Line<'_>> = runs
             .iter()
+            .filter(|r| r.report.policy != PolicyKind::Oracle.as_str())
             .map(|r| Line {
                 policy: &r.report.policy,
                 series: &r.series,
@@ -250,15 +257,16 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 setup.serving.load_s(setup.serving.weights_bytes as f64),
                 elapsed.as_secs_f64()
             );
-            table(&reports, setup.slo_s).print();
+            table(&reports, setup.slo_s, setup.slo_kind).print();
         }
     }
     Ok(())
 }
 
-fn table(reports: &[&PolicyReport], slo_s: f64) -> Table {
+fn table(reports: &[&PolicyReport], slo_s: f64, kind: SloKind) -> Table {
     let slo = format!(
-        "IN SLO ({})",
+        "IN SLO ({} {})",
+        kind.as_str(),
         format_duration(Duration::from_secs_f64(slo_s))
     );
     let mut t = Table::new(&[
@@ -270,6 +278,7 @@ fn table(reports: &[&PolicyReport], slo_s: f64) -> Table {
         "P99",
         "MEAN QUEUE",
         "GPU-HOURS",
+        "VS ORACLE",
         "COLD",
         "WARM",
         "SCALE ACTIONS",
@@ -284,6 +293,8 @@ fn table(reports: &[&PolicyReport], slo_s: f64) -> Table {
             format!("{:.1}s", r.p99_s),
             format!("{:.2}s", r.mean_queue_s),
             format!("{:.2}", r.gpu_hours),
+            r.gpu_hours_vs_oracle
+                .map_or("-".to_string(), |x| format!("{x:.2}x")),
             r.cold_starts.to_string(),
             r.warm_starts.to_string(),
             r.scale_actions.to_string(),

@@ -202,6 +202,22 @@ pub struct ScalingSpec {
     pub max_scale_down_step: u32,
     /// Scale up ahead of predicted demand, not only warm weights for it.
     pub prescale: bool,
+    /// Ski-rental scale-down: idle capacity is kept about this many times
+    /// the model's measured replica start time (at most `scale_down_delay`);
+    /// 0 keeps the fixed `scale_down_delay`.
+    pub scale_down_hold_factor: f64,
+    /// A backlog that drains at the current capacity before a new replica
+    /// could be ready starts none.
+    pub cold_start_aware: bool,
+    /// Size from arrival rate × measured service time (Little's law) rather
+    /// than from ongoing requests, which count a transient queue as demand.
+    pub size_from_arrivals: bool,
+    /// Pre-scale only while the forecast's recent relative error is at most this.
+    pub prescale_max_error: f64,
+    /// End-to-end latency objective per request: once a service time is
+    /// measured, the per-replica target follows from it.
+    #[serde(serialize_with = "human_duration_opt")]
+    pub slo: Option<Duration>,
 }
 
 /// How the model's weights are kept in page caches beyond running replicas.

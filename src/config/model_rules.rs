@@ -107,6 +107,16 @@ struct RawScaling {
     max_scale_down_step: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prescale: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale_down_hold_factor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cold_start_aware: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size_from_arrivals: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prescale_max_error: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slo: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -501,6 +511,22 @@ fn validate_scaling(raw: RawScaling) -> Result<ScalingSpec, Problem> {
         raw.max_scale_down_step.unwrap_or(1),
         1..=1000u32,
     )?;
+    let scale_down_hold_factor = raw.scale_down_hold_factor.unwrap_or(2.0);
+    if !(0.0..=100.0).contains(&scale_down_hold_factor) {
+        return Err(Problem::invalid(
+            "scaling.scale_down_hold_factor",
+            format!(
+                "scaling.scale_down_hold_factor = {scale_down_hold_factor} is out of range; \
+                 allowed: 0..=100 (0 keeps the fixed scale_down_delay)"
+            ),
+        ));
+    }
+    let prescale_max_error = positive(
+        "scaling.prescale_max_error",
+        raw.prescale_max_error.unwrap_or(0.1),
+        10.0,
+        "(0, 10]",
+    )?;
 
     Ok(ScalingSpec {
         min_replicas,
@@ -517,6 +543,15 @@ fn validate_scaling(raw: RawScaling) -> Result<ScalingSpec, Problem> {
         scale_to_zero_after,
         max_scale_down_step,
         prescale: raw.prescale.unwrap_or(false),
+        scale_down_hold_factor,
+        cold_start_aware: raw.cold_start_aware.unwrap_or(true),
+        size_from_arrivals: raw.size_from_arrivals.unwrap_or(true),
+        prescale_max_error,
+        slo: raw
+            .slo
+            .as_deref()
+            .map(|v| duration_in("scaling.slo", v, Duration::from_millis(1)..=HOUR))
+            .transpose()?,
     })
 }
 
@@ -602,6 +637,11 @@ pub(super) fn to_toml(spec: &ModelSpec) -> String {
             scale_to_zero_after: Some(exact_duration(c.scale_to_zero_after)),
             max_scale_down_step: Some(i64::from(c.max_scale_down_step)),
             prescale: Some(c.prescale),
+            scale_down_hold_factor: Some(c.scale_down_hold_factor),
+            cold_start_aware: Some(c.cold_start_aware),
+            size_from_arrivals: Some(c.size_from_arrivals),
+            prescale_max_error: Some(c.prescale_max_error),
+            slo: c.slo.map(exact_duration),
         }),
         warm: Some(RawWarm {
             mode: Some(spec.warm.mode.as_str().to_string()),

@@ -72,8 +72,7 @@ pub struct Model {
     pub decision_now: String,
     /// Signals the spec targets that the replicas' metrics lack.
     pub missing_signals: Vec<&'static str>,
-    pub autoscaler: super::autoscale::Autoscaler,
-    pub demand: super::predict::DemandHistory,
+    pub scaler: super::autoscale::ModelScaler,
     /// The last ticks' signals and decisions, for `explain`.
     pub timeline: VecDeque<crate::api::SignalPoint>,
 }
@@ -88,8 +87,7 @@ impl Model {
             last_decision: String::new(),
             decision_now: String::new(),
             missing_signals: Vec::new(),
-            autoscaler: super::autoscale::Autoscaler::new(),
-            demand: super::predict::DemandHistory::new(),
+            scaler: super::autoscale::ModelScaler::new(),
             timeline: VecDeque::new(),
         }
     }
@@ -198,7 +196,7 @@ impl Fleet {
         }
         for (name, history) in store.load_demand().map_err(internal)? {
             if let Some(m) = models.get_mut(&name) {
-                m.demand = history;
+                m.scaler.demand = history;
             }
         }
         let node_flags: BTreeMap<String, NodeFlags> = store
@@ -382,7 +380,7 @@ impl Fleet {
         }
         self.demand_saved = now;
         for (name, m) in &self.models {
-            if let Err(e) = self.store.put_demand(name, &m.demand) {
+            if let Err(e) = self.store.put_demand(name, &m.scaler.demand) {
                 tracing::warn!(model = %name, error = %e, "demand history not saved");
             }
         }

@@ -8,9 +8,8 @@ use crate::api::{Explanation, SignalPoint};
 use crate::config::WarmMode;
 use crate::domain::{unix_ms_now, ReplicaState};
 
-use super::autoscale::Signals;
+use super::autoscale::{Signals, Tick};
 use super::fleet::{Fleet, FleetError};
-use super::predict::replicas_needed;
 
 /// Ticks of signals kept per model for `explain` (10 minutes at 1 s; early
 /// ticks on news take their share).
@@ -39,7 +38,10 @@ impl Fleet {
     /// The model's signals this tick, from what its replicas' nodes report.
     /// `None` when no ready replica has fresh metrics (nothing to judge by).
     fn model_signals(&self, model: &str) -> (Signals, bool) {
-        let mut s = Signals::default();
+        let mut s = Signals {
+            waiting: Some(0.0),
+            ..Signals::default()
+        };
         let mut fresh = false;
         let mut known = true;
         let mut oldest = None;
@@ -69,6 +71,7 @@ impl Fleet {
                             s.last_active = s.last_active.max(mark.active_at);
                         }
                         s.ongoing += st.signals.ongoing();
+                        s.waiting = s.waiting.map(|w| w + st.signals.waiting);
                         s.requests_per_s += st.signals.requests_per_s;
                         if let Some(p) = st.signals.p95_latency_s {
                             s.p95_latency_s = Some(s.p95_latency_s.map_or(p, |q: f64| q.max(p)));
@@ -109,15 +112,29 @@ impl Fleet {
         let mut missing_changes = Vec::new();
         for name in names {
             let (signals, fresh) = self.model_signals(&name);
+            let replicas: Vec<(String, bool, Duration)> = self
+                .plan
+                .values()
+                .filter(|r| r.model == name && r.retiring_since.is_none())
+                .map(|r| {
+                    let ready = self.nodes.get(&r.node).is_some_and(|n| {
+                        n.replicas
+                            .iter()
+                            .any(|x| x.id == r.id && x.state == ReplicaState::Ready)
+                    });
+                    (
+                        r.id.clone(),
+                        ready,
+                        now.saturating_duration_since(r.created),
+                    )
+                })
+                .collect();
             let model = self.models.get_mut(&name).expect("names were just listed");
-            if fresh {
-                model.autoscaler.observe(now, &signals);
-                if signals.ready > 0 {
-                    model
-                        .demand
-                        .record(now_unix_s, signals.ongoing, signals.requests_per_s);
-                }
-            }
+            model.scaler.replicas_seen(
+                replicas
+                    .iter()
+                    .map(|(id, ready, age)| (id.as_str(), *ready, *age)),
+            );
             let mut missing = Vec::new();
             let (desired, why, panic) = match (model.record.pinned_replicas, &model.spec.scaling) {
                 (Some(n), _) => (n, format!("pinned to {n} by `model scale`"), false),
@@ -127,15 +144,15 @@ impl Fleet {
                     false,
                 ),
                 (None, Some(spec)) => {
-                    if spec.prescale {
-                        let forecast = model
-                            .demand
-                            .forecast(now_unix_s, PREDICT_HORIZON.as_secs() as i64);
-                        model
-                            .autoscaler
-                            .prescale_floor(replicas_needed(&forecast, spec), now);
-                    }
-                    let d = model.autoscaler.decide(spec, model.desired, now);
+                    let tick = Tick {
+                        now,
+                        now_unix_s,
+                        signals: fresh.then_some(signals),
+                        current: model.desired,
+                        default_horizon: PREDICT_HORIZON,
+                        forecast: false,
+                    };
+                    let d = model.scaler.step(spec, &tick).decision;
                     awaiting |= d.awaits_measurement;
                     missing = d.missing;
                     if missing != model.missing_signals {
@@ -144,12 +161,18 @@ impl Fleet {
                             missing_note(&model.missing_signals, &missing, spec),
                         ));
                     }
-                    (d.desired, d.reason, d.panic)
+                    let mut why = format!("{} [rule: {}]", d.reason, d.rule);
+                    if let Some(w) = &d.warning {
+                        why.push_str(&format!(" (warning: {w})"));
+                    }
+                    (d.desired, why, d.panic)
                 }
             };
             model.missing_signals = missing;
             model.decision_now = why.clone();
-            if desired != model.desired || model.last_decision.is_empty() {
+            // A new warning is news even when the count holds.
+            let warned = why.contains("(warning: ") && !model.last_decision.contains("(warning: ");
+            if desired != model.desired || model.last_decision.is_empty() || warned {
                 let message = if why.contains('→') {
                     why.clone()
                 } else {
@@ -204,7 +227,7 @@ impl Fleet {
         if model.spec.scaling.is_none() {
             return Ok(());
         }
-        model.autoscaler.wake(now);
+        model.scaler.wake(now);
         self.record(
             "wake",
             name,
@@ -238,15 +261,41 @@ impl Fleet {
         }
         match (&model.spec.scaling, model.record.pinned_replicas) {
             (_, Some(n)) => summary.push_str(&format!("; pinned to {n} (autoscaling off)")),
-            (Some(s), None) => summary.push_str(&format!(
-                "; policy: {}..{} replicas, target {} ongoing per replica{}",
-                s.min_replicas,
-                s.max_replicas,
-                s.target_ongoing_requests,
-                s.max_p95_latency
-                    .map(|d| format!(", p95 under {}", humantime::format_duration(d)))
-                    .unwrap_or_default()
-            )),
+            (Some(s), None) => {
+                let (start, service) = model.scaler.autoscaler.measured();
+                let measured = |v: Option<f64>| {
+                    v.map_or("not measured yet".to_string(), |v| format!("{v:.1}s"))
+                };
+                summary.push_str(&format!(
+                    "; measured start {}, service {}",
+                    measured(start),
+                    measured(service)
+                ));
+                if s.prescale {
+                    summary.push_str(&match model.scaler.forecast_error() {
+                        Some(e) => format!(
+                            "; forecast error {:.0}% (pre-scaling {} at most {:.0}%)",
+                            e * 100.0,
+                            if e <= s.prescale_max_error {
+                                "on:"
+                            } else {
+                                "off: needs"
+                            },
+                            s.prescale_max_error * 100.0
+                        ),
+                        None => "; forecast not yet scored (no pre-scaling until it is)".into(),
+                    });
+                }
+                summary.push_str(&format!(
+                    "; policy: {}..{} replicas, target {} ongoing per replica{}",
+                    s.min_replicas,
+                    s.max_replicas,
+                    s.target_ongoing_requests,
+                    s.max_p95_latency
+                        .map(|d| format!(", p95 under {}", humantime::format_duration(d)))
+                        .unwrap_or_default()
+                ))
+            }
             (None, None) => {
                 summary.push_str(&format!("; fixed at {} replicas", model.spec.replicas))
             }

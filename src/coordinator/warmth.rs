@@ -121,6 +121,7 @@ impl Fleet {
             let predicted = match (&model.spec.warm.mode, &model.spec.scaling) {
                 (WarmMode::Predictive, Some(spec)) => {
                     let f = model
+                        .scaler
                         .demand
                         .forecast(now_unix_s, PREDICT_HORIZON.as_secs() as i64);
                     replicas_needed(&f, spec).saturating_sub(model.desired)

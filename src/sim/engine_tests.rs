@@ -28,6 +28,8 @@ fn setup() -> Setup {
             engine_init_s: 20.0,
         },
         slo_s: 10.0,
+        slo_kind: crate::sim::report::SloKind::E2e,
+        start_at_level: false,
         bins: 60,
     }
 }
@@ -122,7 +124,10 @@ fn compare_runs_every_policy_in_order_on_the_same_requests() {
     let trace = step_trace();
     let runs = compare(&trace, &spec(), &setup(), &PolicyKind::ALL).unwrap();
     let names: Vec<&str> = runs.iter().map(|r| r.report.policy.as_str()).collect();
-    assert_eq!(names, vec!["gpufleet", "hpa", "knative", "static-peak"]);
+    assert_eq!(
+        names,
+        vec!["gpufleet", "hpa", "knative", "static-peak", "oracle"]
+    );
     assert!(runs.iter().all(|r| r.report.requests == 6600));
     // Replays are deterministic.
     let again = compare(&trace, &spec(), &setup(), &[PolicyKind::Gpufleet]).unwrap();
@@ -176,4 +181,51 @@ fn specs_the_simulator_cannot_use_are_refused() {
         .unwrap_err()
         .to_string()
         .starts_with("--decode-tps is 0"));
+}
+
+mod oracle_bound {
+    use super::*;
+    use crate::sim::oracle::ServiceBuckets;
+    use crate::sim::trace::{Request, RequestTrace};
+    use proptest::prelude::*;
+
+    fn request() -> impl Strategy<Value = Request> {
+        (0.0..600.0f64, 0u32..4000, 0u32..600).prop_map(|(t, c, g)| Request {
+            arrival_s: t,
+            context_tokens: c,
+            generated_tokens: g,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+        /// No policy reaches an SLO share with fewer GPU-hours than the
+        /// oracle's bound for that share.
+        #[test]
+        fn no_policy_beats_the_oracle(
+            mut requests in proptest::collection::vec(request(), 1..300),
+            slo_s in 2.0..30.0f64,
+            ttft in proptest::bool::ANY,
+        ) {
+            requests.sort_by(|a, b| a.arrival_s.total_cmp(&b.arrival_s));
+            let trace = Trace::Requests(RequestTrace { start_unix_s: 0, requests });
+            let mut setup = setup();
+            setup.slo_s = slo_s;
+            if ttft {
+                setup.slo_kind = crate::sim::report::SloKind::Ttft;
+            }
+            let spec = spec();
+            let kinds = [PolicyKind::Gpufleet, PolicyKind::Hpa, PolicyKind::Knative, PolicyKind::StaticPeak];
+            let runs = compare(&trace, &spec, &setup, &kinds).unwrap();
+            let buckets = ServiceBuckets::of(trace.requests(), &setup.serving, trace.duration_s());
+            for r in &runs {
+                let bound = buckets.gpu_hours(r.report.slo_share, spec.server.gpus, setup.serving.concurrency);
+                prop_assert!(
+                    r.report.gpu_hours + 1e-9 >= bound,
+                    "{} used {} GPU-hours at {} of the SLO, under the bound {}",
+                    r.report.policy, r.report.gpu_hours, r.report.slo_share, bound
+                );
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! in a binary heap, and policies tick once per virtual second.
 
 mod events;
+pub mod oracle;
 pub mod plot;
 pub mod policies;
 pub mod report;
@@ -18,7 +19,7 @@ use crate::config::units::format_bytes;
 use crate::coordinator::placement::ReplicaNeeds;
 
 use policies::{Gpufleet, Hpa, Knative, Policy, PolicyKind, StaticPeak};
-use report::{Counts, Metrics, Outcome, PolicyReport, Series, Timeline};
+use report::{Counts, Metrics, Outcome, PolicyReport, Series, SloKind, Timeline};
 use serving::{Cluster, FleetShape, ServingModel};
 use synthetic::{Synthetic, SyntheticArrivals};
 use trace::{CountTrace, Request, RequestTrace};
@@ -142,8 +143,12 @@ impl Iterator for Arrivals<'_> {
 pub struct Setup {
     pub fleet: FleetShape,
     pub serving: ServingModel,
-    /// End-to-end latency objective, seconds.
+    /// Latency objective, seconds, of the kind `slo_kind`.
     pub slo_s: f64,
+    pub slo_kind: SloKind,
+    /// Autoscaled policies start with the replicas the first minute needs
+    /// (as static-peak sizes its fleet), not with their minimum.
+    pub start_at_level: bool,
     /// Points in the plotted series.
     pub bins: usize,
 }
@@ -237,16 +242,36 @@ pub fn policy(
             spec.warm.clone(),
             trace.start_unix_s(),
             setup.serving.cold_start_s(),
+            start_level(scaling, setup, trace),
         )),
-        PolicyKind::Hpa => Box::new(Hpa::new(scaling.clone())),
-        PolicyKind::Knative => Box::new(Knative::new(scaling.clone())),
-        PolicyKind::StaticPeak => {
+        PolicyKind::Hpa => Box::new(Hpa::new(
+            scaling.clone(),
+            start_level(scaling, setup, trace),
+        )),
+        PolicyKind::Knative => Box::new(Knative::new(
+            scaling.clone(),
+            start_level(scaling, setup, trace),
+        )),
+        // The oracle is a bound computed from the trace, not a run; its
+        // place in a run list is held by a fleet that never scales.
+        PolicyKind::StaticPeak | PolicyKind::Oracle => {
             let work = trace
                 .requests()
                 .map(|r| (r.arrival_s, setup.serving.service_s(&r)));
             Box::new(StaticPeak::new(policies::peak_replicas(work, scaling)))
         }
     }
+}
+
+/// With `--start-at-level`, the replicas the first minute needs.
+fn start_level(scaling: &ScalingSpec, setup: &Setup, trace: &Trace) -> Option<u32> {
+    setup.start_at_level.then(|| {
+        let work = trace
+            .requests()
+            .take_while(|r| r.arrival_s < policies::PEAK_WINDOW_S)
+            .map(|r| (r.arrival_s, setup.serving.service_s(&r)));
+        policies::peak_replicas(work, scaling)
+    })
 }
 
 /// Replays `trace` under one policy.
@@ -267,7 +292,8 @@ pub fn run_policy(
         setup.slo_s,
         Timeline::new(duration, setup.bins),
         keep_outcomes,
-    );
+    )
+    .with_slo_kind(setup.slo_kind);
     let mut cluster = Cluster::new(setup.fleet, setup.serving, needs, metrics);
     let warm_aware = policy.warm_aware();
     cluster.track_latency(policy.reads_latency());
@@ -375,8 +401,13 @@ pub fn compare(
 ) -> Result<Vec<PolicyRun>, SimError> {
     setup.validate()?;
     let scaling = scaling_of(spec, &setup.fleet)?;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = kinds
+    let runs: Vec<PolicyKind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != PolicyKind::Oracle)
+        .collect();
+    let mut done: Vec<PolicyRun> = std::thread::scope(|scope| {
+        let handles: Vec<_> = runs
             .iter()
             .map(|kind| {
                 let scaling = &scaling;
@@ -388,10 +419,40 @@ pub fn compare(
             .collect();
         handles
             .into_iter()
-            .zip(kinds)
+            .zip(&runs)
             .map(|(h, kind)| h.join().unwrap_or(Err(SimError::Panicked(*kind))))
-            .collect()
-    })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    // The oracle's bound at the SLO share gpufleet reached (or the best
+    // share of the runs without it), and every run's GPU-hours against it.
+    let share = done
+        .iter()
+        .find(|r| r.report.policy == PolicyKind::Gpufleet.as_str())
+        .or_else(|| {
+            done.iter()
+                .max_by(|a, b| a.report.slo_share.total_cmp(&b.report.slo_share))
+        })
+        .map_or(1.0, |r| r.report.slo_share);
+    let buckets = oracle::ServiceBuckets::of(trace.requests(), &setup.serving, trace.duration_s());
+    let bound = buckets.gpu_hours(share, spec.server.gpus, setup.serving.concurrency);
+    for r in &mut done {
+        r.report.oracle_gpu_hours = bound;
+        r.report.gpu_hours_vs_oracle = (bound > 0.0).then(|| r.report.gpu_hours / bound);
+    }
+    let mut out = Vec::new();
+    let mut runs_iter = done.into_iter();
+    for kind in kinds {
+        if *kind == PolicyKind::Oracle {
+            out.push(PolicyRun {
+                report: PolicyReport::oracle(buckets.requests(), share, bound),
+                series: Series::default(),
+                outcomes: Vec::new(),
+            });
+        } else if let Some(r) = runs_iter.next() {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -8,9 +8,8 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use crate::config::model::{ScalingSpec, WarmMode, WarmPolicy};
-use crate::coordinator::autoscale::{Autoscaler, Signals};
+use crate::coordinator::autoscale::{Decision, ModelScaler, Signals, Tick};
 use crate::coordinator::placement;
-use crate::coordinator::predict::{replicas_needed, DemandHistory};
 
 use super::serving::{Cluster, Load};
 
@@ -20,14 +19,17 @@ pub enum PolicyKind {
     Hpa,
     Knative,
     StaticPeak,
+    /// The clairvoyant lower bound on GPU-hours (see `sim::oracle`).
+    Oracle,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 4] = [
+    pub const ALL: [PolicyKind; 5] = [
         PolicyKind::Gpufleet,
         PolicyKind::Hpa,
         PolicyKind::Knative,
         PolicyKind::StaticPeak,
+        PolicyKind::Oracle,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +38,7 @@ impl PolicyKind {
             PolicyKind::Hpa => "hpa",
             PolicyKind::Knative => "knative",
             PolicyKind::StaticPeak => "static-peak",
+            PolicyKind::Oracle => "oracle",
         }
     }
 }
@@ -54,7 +57,9 @@ impl FromStr for PolicyKind {
             .into_iter()
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown policy `{s}`; allowed: gpufleet, hpa, knative, static-peak")
+                format!(
+                    "unknown policy `{s}`; allowed: gpufleet, hpa, knative, static-peak, oracle"
+                )
             })
     }
 }
@@ -88,33 +93,49 @@ fn floor(spec: &ScalingSpec) -> u32 {
     spec.min_replicas.max(1).min(spec.max_replicas)
 }
 
-/// gpufleet: the coordinator's autoscaler on the model's `[scaling]`, the
-/// predictor one cold start ahead, and warm-first placement; the spec's
-/// `[warm]` decides which extra nodes get the weights.
+/// gpufleet: the coordinator's own per-model step ([`ModelScaler::step`]:
+/// autoscaler, demand history, forecast one measured start ahead) on the
+/// model's `[scaling]`, and warm-first placement; the spec's `[warm]`
+/// decides which extra nodes get the weights.
 pub struct Gpufleet {
     scaling: ScalingSpec,
     warm: WarmPolicy,
-    autoscaler: Autoscaler,
-    history: DemandHistory,
+    scaler: ModelScaler,
     epoch: Instant,
     start_unix_s: i64,
-    horizon_s: i64,
+    /// Look-ahead until the run has measured a start: the cold start.
+    default_horizon: Duration,
+    initial: u32,
     desired: u32,
+    /// Every decision, when asked to keep them (the equivalence test).
+    pub decisions: Option<Vec<Decision>>,
 }
 
 impl Gpufleet {
-    pub fn new(scaling: ScalingSpec, warm: WarmPolicy, start_unix_s: i64, horizon_s: f64) -> Self {
-        let desired = floor(&scaling);
+    pub fn new(
+        scaling: ScalingSpec,
+        warm: WarmPolicy,
+        start_unix_s: i64,
+        horizon_s: f64,
+        initial: Option<u32>,
+    ) -> Self {
+        let initial = starting(&scaling, initial);
         Gpufleet {
             scaling,
             warm,
-            autoscaler: Autoscaler::new(),
-            history: DemandHistory::new(),
+            scaler: ModelScaler::new(),
             epoch: Instant::now(),
             start_unix_s,
-            horizon_s: horizon_s.ceil() as i64,
-            desired,
+            default_horizon: Duration::from_secs_f64(horizon_s.max(1.0)),
+            initial,
+            desired: initial,
+            decisions: None,
         }
+    }
+
+    /// The clock the scaler sees for virtual second `now_s`.
+    pub fn instant(&self, now_s: f64) -> Instant {
+        self.epoch + Duration::from_secs_f64(now_s.max(0.0))
     }
 
     /// The nodes to keep warm: where the predicted extra replicas would be
@@ -157,6 +178,7 @@ pub fn signals(load: &Load) -> Signals {
     let seen = load.ready > 0;
     Signals {
         ongoing: if seen { load.ongoing() } else { 0.0 },
+        waiting: Some(if seen { f64::from(load.queued) } else { 0.0 }),
         p95_latency_s: load.recent_p95_s.filter(|_| seen),
         gpu_utilization: load.busy_share,
         kv_cache_usage: load.busy_share,
@@ -179,7 +201,7 @@ impl Policy for Gpufleet {
     }
 
     fn initial_replicas(&self) -> u32 {
-        floor(&self.scaling)
+        self.initial
     }
 
     fn warm_aware(&self) -> bool {
@@ -191,8 +213,7 @@ impl Policy for Gpufleet {
     }
 
     fn tick(&mut self, now_s: f64, load: &Load, cluster: &Cluster) -> Wish {
-        let now = self.epoch + Duration::from_secs_f64(now_s.max(0.0));
-        let unix = self.start_unix_s + now_s.floor() as i64;
+        let now = self.instant(now_s);
         let s = Signals {
             // Each virtual second is a scrape of its own.
             measurement: now_s.max(0.0) as u64 + 1,
@@ -201,23 +222,25 @@ impl Policy for Gpufleet {
         };
         if self.desired == 0 && load.queued > 0 {
             // The load balancer holds the request and wakes the model.
-            self.autoscaler.wake(now);
+            self.scaler.wake(now);
         }
-        self.autoscaler.observe(now, &s);
-        self.history.record(unix, s.ongoing, s.requests_per_s);
-        let predict = self.scaling.prescale || self.warm.mode == WarmMode::Predictive;
-        let predicted = if predict {
-            replicas_needed(&self.history.forecast(unix, self.horizon_s), &self.scaling)
-        } else {
-            0
+        if let Some(took) = load.started_s {
+            self.scaler.record_start(Duration::from_secs_f64(took));
+        }
+        let tick = Tick {
+            now,
+            now_unix_s: self.start_unix_s + now_s.floor() as i64,
+            signals: Some(s),
+            current: self.desired,
+            default_horizon: self.default_horizon,
+            forecast: self.warm.mode == WarmMode::Predictive,
         };
-        if self.scaling.prescale {
-            self.autoscaler.prescale_floor(predicted, now);
+        let step = self.scaler.step(&self.scaling, &tick);
+        let predicted = step.predicted;
+        self.desired = step.decision.desired;
+        if let Some(all) = &mut self.decisions {
+            all.push(step.decision);
         }
-        self.desired = self
-            .autoscaler
-            .decide(&self.scaling, self.desired, now)
-            .desired;
         Wish {
             desired: self.desired,
             warm_nodes: self.warm_targets(predicted, now_s, cluster),
@@ -231,6 +254,7 @@ impl Policy for Gpufleet {
 /// recommendation of the last 300 s. No warming; a cache-blind scheduler.
 pub struct Hpa {
     scaling: ScalingSpec,
+    initial: u32,
     desired: u32,
     next_sync_s: f64,
     recommendations: VecDeque<(f64, u32)>,
@@ -240,11 +264,20 @@ pub const HPA_SYNC_S: f64 = 15.0;
 pub const HPA_STABILIZATION_S: f64 = 300.0;
 pub const HPA_TOLERANCE: f64 = 0.1;
 
+/// The starting count: `initial` (from `--start-at-level`) within the
+/// bounds, else the floor.
+fn starting(scaling: &ScalingSpec, initial: Option<u32>) -> u32 {
+    initial.map_or(floor(scaling), |n| {
+        n.clamp(floor(scaling), scaling.max_replicas)
+    })
+}
+
 impl Hpa {
-    pub fn new(scaling: ScalingSpec) -> Self {
-        let desired = floor(&scaling);
+    pub fn new(scaling: ScalingSpec, initial: Option<u32>) -> Self {
+        let desired = starting(&scaling, initial);
         Hpa {
             scaling,
+            initial: desired,
             desired,
             next_sync_s: HPA_SYNC_S,
             recommendations: VecDeque::new(),
@@ -278,7 +311,7 @@ impl Policy for Hpa {
     }
 
     fn initial_replicas(&self) -> u32 {
-        floor(&self.scaling)
+        self.initial
     }
 
     fn tick(&mut self, now_s: f64, load: &Load, _cluster: &Cluster) -> Wish {
@@ -331,6 +364,7 @@ pub const KPA_SCALE_TO_ZERO_GRACE_S: f64 = 30.0;
 /// the spec's ongoing-requests target. No warming; a cache-blind scheduler.
 pub struct Knative {
     scaling: ScalingSpec,
+    initial: u32,
     desired: u32,
     samples: VecDeque<(f64, f64)>,
     next_eval_s: f64,
@@ -340,10 +374,11 @@ pub struct Knative {
 }
 
 impl Knative {
-    pub fn new(scaling: ScalingSpec) -> Self {
-        let desired = floor(&scaling);
+    pub fn new(scaling: ScalingSpec, initial: Option<u32>) -> Self {
+        let desired = starting(&scaling, initial);
         Knative {
             scaling,
+            initial: desired,
             desired,
             samples: VecDeque::new(),
             next_eval_s: KPA_TICK_S,
@@ -415,7 +450,7 @@ impl Policy for Knative {
     }
 
     fn initial_replicas(&self) -> u32 {
-        floor(&self.scaling)
+        self.initial
     }
 
     fn tick(&mut self, now_s: f64, load: &Load, _cluster: &Cluster) -> Wish {

@@ -75,7 +75,7 @@ fn policy_names_round_trip() {
 #[test]
 fn hpa_acts_every_15s_and_limits_each_scale_up() {
     let c = cluster();
-    let mut hpa = Hpa::new(scaling());
+    let mut hpa = Hpa::new(scaling(), None);
     // 100 ongoing on 1 ready at target 6 asks for 17; one period allows
     // max(2 × 1, 1 + 4) = 5.
     let d = ticks(&mut hpa, &c, 1, 16, load(1, 100));
@@ -89,7 +89,7 @@ fn hpa_acts_every_15s_and_limits_each_scale_up() {
 #[test]
 fn hpa_ignores_changes_within_tolerance_and_stabilizes_scale_down() {
     let c = cluster();
-    let mut hpa = Hpa::new(scaling());
+    let mut hpa = Hpa::new(scaling(), None);
     ticks(&mut hpa, &c, 1, 31, load(1, 60));
     assert_eq!(hpa.desired, 10);
     // 65 ongoing on 10 ready is 8% over target 6: held; 67 is 12% over.
@@ -101,7 +101,7 @@ fn hpa_ignores_changes_within_tolerance_and_stabilizes_scale_down() {
         *ticks(&mut hpa, &c, 61, 76, load(10, 67)).last().unwrap(),
         12
     );
-    let mut hpa = Hpa::new(scaling());
+    let mut hpa = Hpa::new(scaling(), None);
     ticks(&mut hpa, &c, 1, 31, load(1, 30));
     assert_eq!(hpa.desired, 5);
     // Demand drops to one replica's worth: the 300 s window of
@@ -115,7 +115,7 @@ fn hpa_ignores_changes_within_tolerance_and_stabilizes_scale_down() {
 #[test]
 fn knative_panics_on_a_burst_and_holds_while_panicking() {
     let c = cluster();
-    let mut kpa = Knative::new(scaling());
+    let mut kpa = Knative::new(scaling(), None);
     // 30 ongoing on 1 ready: 5 pods' worth, ≥ 2 × 1 ready → panic.
     let d = ticks(&mut kpa, &c, 1, 3, load(1, 30));
     assert_eq!(d, vec![1, 5]);
@@ -133,7 +133,7 @@ fn knative_panics_on_a_burst_and_holds_while_panicking() {
 #[test]
 fn knative_follows_the_stable_average_without_panic() {
     let c = cluster();
-    let mut kpa = Knative::new(scaling());
+    let mut kpa = Knative::new(scaling(), None);
     // 15 ongoing on 2 ready is 2.5 pods' worth: 1.25 × ready, no panic.
     let d = ticks(&mut kpa, &c, 1, 30, load(2, 15));
     assert_eq!(*d.last().unwrap(), 3);
@@ -144,7 +144,7 @@ fn knative_follows_the_stable_average_without_panic() {
 fn gpufleet_uses_the_coordinators_autoscaler_on_a_burst() {
     let c = cluster();
     let s = spec();
-    let mut g = Gpufleet::new(s.scaling.clone().unwrap(), s.warm.clone(), 0, 36.0);
+    let mut g = Gpufleet::new(s.scaling.clone().unwrap(), s.warm.clone(), 0, 36.0, None);
     let d = ticks(&mut g, &c, 1, 5, load(1, 4));
     assert!(d.iter().all(|n| *n == 1), "{d:?}");
     // 40 ongoing on 1 ready: the 6 s average passes 2 × capacity within a
@@ -157,14 +157,14 @@ fn gpufleet_uses_the_coordinators_autoscaler_on_a_burst() {
 fn gpufleet_keeps_a_standby_node_warm_beyond_the_running_ones() {
     let c = cluster();
     let s = spec();
-    let mut g = Gpufleet::new(s.scaling.clone().unwrap(), s.warm.clone(), 0, 36.0);
+    let mut g = Gpufleet::new(s.scaling.clone().unwrap(), s.warm.clone(), 0, 36.0, None);
     let w = g.tick(1.0, &load(1, 2), &c);
     assert_eq!(w.warm_nodes.len(), 1, "{w:?}");
     assert!(!c.runs_on(w.warm_nodes[0]));
     let mut off = s.warm.clone();
     off.mode = WarmMode::Off;
     off.standby_nodes = 0;
-    let mut g = Gpufleet::new(s.scaling.clone().unwrap(), off, 0, 36.0);
+    let mut g = Gpufleet::new(s.scaling.clone().unwrap(), off, 0, 36.0, None);
     assert!(g.tick(1.0, &load(1, 2), &c).warm_nodes.is_empty());
 }
 
@@ -194,4 +194,58 @@ fn peak_replicas_from_the_busiest_minute() {
     // Never below the floor, never above the maximum.
     assert_eq!(peak_replicas(std::iter::empty(), &sc), 1);
     assert_eq!(peak_replicas([(0.0, 1e9)].into_iter(), &sc), 32);
+}
+
+/// The simulator's gpufleet policy and the coordinator's per-model step are
+/// one piece of code: the same signals give the same typed decisions, rule
+/// and inputs included.
+#[test]
+fn simulator_and_coordinator_decide_alike_on_one_signal_sequence() {
+    use crate::coordinator::autoscale::{ModelScaler, Tick};
+    let c = cluster();
+    let s = spec();
+    let scaling = s.scaling.clone().unwrap();
+    let mut sim = Gpufleet::new(scaling.clone(), s.warm.clone(), 0, 36.0, None);
+    sim.decisions = Some(Vec::new());
+    let mut coordinator = ModelScaler::new();
+    let mut desired = floor(&scaling);
+    let sequence: Vec<Load> = (0..400u32)
+        .map(|t| {
+            let burst = (100..110).contains(&t) || (250..320).contains(&t);
+            let mut l = load(2, if burst { 40 } else { 5 + t % 3 });
+            l.started_s = (t == 150).then_some(36.0);
+            l
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for (t, l) in sequence.iter().enumerate() {
+        let now_s = t as f64 + 1.0;
+        sim.tick(now_s, l, &c);
+        let now = sim.instant(now_s);
+        if let Some(took) = l.started_s {
+            coordinator.record_start(Duration::from_secs_f64(took));
+        }
+        let tick = Tick {
+            now,
+            now_unix_s: now_s as i64,
+            signals: Some(Signals {
+                measurement: now_s as u64 + 1,
+                rescraped_at: Some(now),
+                ..signals(l)
+            }),
+            current: desired,
+            default_horizon: Duration::from_secs(36),
+            forecast: s.warm.mode == WarmMode::Predictive,
+        };
+        let d = coordinator.step(&scaling, &tick).decision;
+        desired = d.desired;
+        expected.push(d);
+    }
+    let got = sim.decisions.take().unwrap();
+    assert_eq!(got, expected);
+    let rules: std::collections::HashSet<_> = got.iter().map(|d| d.rule).collect();
+    assert!(
+        rules.len() >= 2,
+        "the sequence exercises several rules: {rules:?}"
+    );
 }

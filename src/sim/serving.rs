@@ -97,6 +97,7 @@ struct Node {
 struct Pending {
     arrival_s: f64,
     service_s: f64,
+    prefill_s: f64,
 }
 
 /// What a policy sees of the model each second.
@@ -109,6 +110,9 @@ pub struct Load {
     pub starting: u32,
     pub draining: u32,
     pub arrivals_last_s: u32,
+    /// Mean placement-to-ready time of the replicas that became ready in
+    /// the last second, as the coordinator measures starts.
+    pub started_s: Option<f64>,
     /// Busy share of the ready replicas' slots (the utilization proxy).
     pub busy_share: Option<f64>,
     /// p95 of completions over the last seconds.
@@ -144,6 +148,9 @@ pub struct Cluster {
     running: u32,
     arrivals_this_s: u32,
     arrivals_last_s: u32,
+    /// Placement-to-ready seconds summed, and starts, this and last second.
+    starts_this_s: (f64, u32),
+    starts_last_s: (f64, u32),
     pub cold_starts: u64,
     pub warm_starts: u64,
     pub metrics: Metrics,
@@ -183,6 +190,8 @@ impl Cluster {
             running: 0,
             arrivals_this_s: 0,
             arrivals_last_s: 0,
+            starts_this_s: (0.0, 0),
+            starts_last_s: (0.0, 0),
             cold_starts: 0,
             warm_starts: 0,
             metrics,
@@ -292,6 +301,8 @@ impl Cluster {
             starting: self.starting,
             draining: self.draining,
             arrivals_last_s: self.arrivals_last_s,
+            started_s: (self.starts_last_s.1 > 0)
+                .then(|| self.starts_last_s.0 / f64::from(self.starts_last_s.1)),
             busy_share: (slots > 0).then(|| f64::from(on_ready) / f64::from(slots)),
             recent_p95_s: if self.track_latency {
                 self.metrics.recent.p95()
@@ -432,6 +443,7 @@ impl Cluster {
         self.queue.push_back(Pending {
             arrival_s: r.arrival_s,
             service_s: self.model.service_s(r),
+            prefill_s: f64::from(r.context_tokens) / self.model.prefill_tps,
         });
         self.dispatch(r.arrival_s);
     }
@@ -454,6 +466,7 @@ impl Cluster {
             self.metrics.on_served(Outcome {
                 arrival_s: p.arrival_s,
                 start_s: now,
+                first_token_s: now + p.prefill_s,
                 finish_s,
             });
             self.events.done(finish_s, id, finish_s - p.arrival_s);
@@ -495,6 +508,8 @@ impl Cluster {
                 }
                 r.state = State::Ready;
                 r.ready_s = t;
+                self.starts_this_s.0 += t - r.placed_s;
+                self.starts_this_s.1 += 1;
                 self.starting -= 1;
                 self.ready += 1;
                 self.free.insert(replica, 0);
@@ -507,6 +522,7 @@ impl Cluster {
     /// latency window move on.
     pub fn end_second(&mut self, now: f64) {
         self.arrivals_last_s = std::mem::take(&mut self.arrivals_this_s);
+        self.starts_last_s = std::mem::take(&mut self.starts_this_s);
         if self.track_latency {
             self.metrics.recent.roll();
         }

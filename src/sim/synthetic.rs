@@ -1,7 +1,8 @@
 //! Synthetic traces, so that comparisons can be shown and reproduced without
 //! anyone's production data: a diurnal day (a sine between a night trough and
-//! an afternoon peak) with slow multiplicative noise and random bursts,
-//! sampled as a Poisson process from a seed.
+//! an afternoon peak) with slow multiplicative noise and random bursts, and
+//! the other shapes of [`SyntheticKind`], each sampled as a Poisson process
+//! from a seed.
 
 use rand::rngs::{SmallRng, StdRng};
 use rand::{Rng, SeedableRng};
@@ -42,12 +43,55 @@ pub struct DiurnalSpec {
     pub tokens: TokenDefaults,
 }
 
-/// A diurnal trace: its per-second rates, from which arrivals are drawn.
+/// The shapes of traffic the simulator can generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyntheticKind {
+    /// A day's sine between a night trough and an afternoon peak, with noise.
+    Diurnal,
+    /// Code completion: short requests, a steady base at a third of the
+    /// peak and bursts (about 10 s at 1.5× the peak) every few minutes.
+    CodeCompletion,
+    /// Chat: a steady, slowly wandering rate; prompt and answer lengths
+    /// heavy-tailed (log-normal, σ 1, same means).
+    Conversational,
+    /// Twenty minutes at the peak, then forty with no request at all.
+    OnOff,
+    /// A tenth of the peak, then (in the first half) a rise to the peak
+    /// within 30 s that decays over about 15 minutes.
+    FlashCrowd,
+    /// A straight climb from 5% of the peak to the peak.
+    SlowRamp,
+}
+
+impl SyntheticKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyntheticKind::Diurnal => "diurnal",
+            SyntheticKind::CodeCompletion => "code-completion",
+            SyntheticKind::Conversational => "conversational",
+            SyntheticKind::OnOff => "on-off",
+            SyntheticKind::FlashCrowd => "flash-crowd",
+            SyntheticKind::SlowRamp => "slow-ramp",
+        }
+    }
+}
+
+/// How a synthetic trace draws token counts around their means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenShape {
+    /// Uniform between half and one and a half times the mean.
+    Uniform,
+    /// Log-normal with σ 1 (same mean), capped at 20× the mean.
+    HeavyTail,
+}
+
+/// A synthetic trace: its per-second rates, from which arrivals are drawn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Synthetic {
     rates: Vec<f64>,
     seed: u64,
     tokens: TokenDefaults,
+    shape: TokenShape,
 }
 
 impl Synthetic {
@@ -85,7 +129,91 @@ impl Synthetic {
             rates,
             seed: spec.seed,
             tokens: spec.tokens,
+            shape: TokenShape::Uniform,
         })
+    }
+
+    /// A trace of `kind`; `spec.bursts` adds random bursts to any of them.
+    pub fn generate(kind: SyntheticKind, spec: &DiurnalSpec) -> Result<Synthetic, SyntheticError> {
+        let mut s = Synthetic::diurnal(spec)?;
+        if kind == SyntheticKind::Diurnal {
+            return Ok(s);
+        }
+        // The diurnal curve drew its noise and bursts from the seed; the
+        // other shapes replace the curve and keep the bursts' pattern by
+        // drawing from a stream of their own.
+        let mut rng = StdRng::seed_from_u64(spec.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 1);
+        let n = spec.duration_s as usize;
+        let peak = spec.peak_rps;
+        let mut noise = Noise::new(&mut rng);
+        let mut rates: Vec<f64> = Vec::with_capacity(n);
+        match kind {
+            SyntheticKind::Diurnal => {}
+            SyntheticKind::CodeCompletion => {
+                // Bursts start as a Poisson process, one per 3 minutes on average.
+                let mut next = exp_gap(&mut rng, 180.0);
+                let mut burst_end = 0.0;
+                for t in 0..n {
+                    let t = t as f64;
+                    if t >= next {
+                        burst_end = t + rng.random_range(6.0..14.0);
+                        next = t + exp_gap(&mut rng, 180.0);
+                    }
+                    let base = peak / 3.0 * noise.next(&mut rng);
+                    rates.push(if t < burst_end {
+                        base + 1.5 * peak
+                    } else {
+                        base
+                    });
+                }
+                s.tokens = TokenDefaults {
+                    context_tokens: (spec.tokens.context_tokens / 2).max(1),
+                    generated_tokens: (spec.tokens.generated_tokens / 8).max(1),
+                };
+            }
+            SyntheticKind::Conversational => {
+                for _ in 0..n {
+                    rates.push(0.7 * peak * noise.next(&mut rng));
+                }
+                s.shape = TokenShape::HeavyTail;
+            }
+            SyntheticKind::OnOff => {
+                for t in 0..n {
+                    let on = t % 3600 < 1200;
+                    rates.push(if on { peak * noise.next(&mut rng) } else { 0.0 });
+                }
+            }
+            SyntheticKind::FlashCrowd => {
+                let at = rng.random_range(0.1..0.5) * n as f64;
+                for t in 0..n {
+                    let t = t as f64;
+                    let crowd = if t < at {
+                        0.0
+                    } else {
+                        let rise = ((t - at) / 30.0).min(1.0);
+                        rise * (-(t - at) / 900.0).exp()
+                    };
+                    rates.push(peak * (0.1 + 0.9 * crowd) * noise.next(&mut rng));
+                }
+            }
+            SyntheticKind::SlowRamp => {
+                for t in 0..n {
+                    let x = t as f64 / n.max(1) as f64;
+                    rates.push(peak * (0.05 + 0.95 * x) * noise.next(&mut rng));
+                }
+            }
+        }
+        // Keep the diurnal spec's random bursts: they multiply the curve.
+        if spec.bursts > 0 {
+            for (r, (b, base)) in rates
+                .iter_mut()
+                .zip(s.rates.iter().zip(diurnal_shape(spec)))
+            {
+                *r *= (b / base).max(1.0);
+            }
+        }
+        s.rates = rates;
+        Ok(s)
     }
 
     /// Expected requests per second in each second of the trace.
@@ -105,8 +233,53 @@ impl Synthetic {
             second: 0,
             t: 0.0,
             tokens: self.tokens,
+            shape: self.shape,
         }
     }
+}
+
+/// The diurnal curve without noise or bursts, to recover the bursts' factor.
+fn diurnal_shape(spec: &DiurnalSpec) -> impl Iterator<Item = f64> + '_ {
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let rho = (-1.0 / NOISE_CORRELATION_S).exp();
+    let step = NOISE_SIGMA * (1.0 - rho * rho).sqrt();
+    let mut noise = NOISE_SIGMA * normal(&mut rng);
+    (0..spec.duration_s).map(move |s| {
+        let phase = (s as f64 - TROUGH_HOUR * 3600.0) / 86_400.0 * std::f64::consts::TAU;
+        let shape = TROUGH_SHARE + (1.0 - TROUGH_SHARE) * (1.0 - phase.cos()) / 2.0;
+        let factor = (noise - NOISE_SIGMA * NOISE_SIGMA / 2.0).exp();
+        noise = rho * noise + step * normal(&mut rng);
+        (spec.peak_rps * shape * factor).max(f64::MIN_POSITIVE)
+    })
+}
+
+/// Slow multiplicative noise with mean 1 (log-normal, correlated over minutes).
+struct Noise {
+    x: f64,
+    rho: f64,
+    step: f64,
+}
+
+impl Noise {
+    fn new(rng: &mut StdRng) -> Noise {
+        let rho = (-1.0 / NOISE_CORRELATION_S).exp();
+        Noise {
+            x: NOISE_SIGMA * normal(rng),
+            rho,
+            step: NOISE_SIGMA * (1.0 - rho * rho).sqrt(),
+        }
+    }
+
+    fn next(&mut self, rng: &mut StdRng) -> f64 {
+        let f = (self.x - NOISE_SIGMA * NOISE_SIGMA / 2.0).exp();
+        self.x = self.rho * self.x + self.step * normal(rng);
+        f
+    }
+}
+
+/// An exponential gap with the given mean.
+fn exp_gap(rng: &mut StdRng, mean: f64) -> f64 {
+    -(1.0 - rng.random::<f64>()).ln() * mean
 }
 
 /// A standard normal draw (Box–Muller).
@@ -125,6 +298,7 @@ pub struct SyntheticArrivals<'a> {
     second: usize,
     t: f64,
     tokens: TokenDefaults,
+    shape: TokenShape,
 }
 
 impl SyntheticArrivals<'_> {
@@ -133,7 +307,17 @@ impl SyntheticArrivals<'_> {
             return 0;
         }
         let m = f64::from(mean);
-        (self.rng.random_range(0.5 * m..=1.5 * m).round() as u32).max(1)
+        let v = match self.shape {
+            TokenShape::Uniform => self.rng.random_range(0.5 * m..=1.5 * m),
+            TokenShape::HeavyTail => {
+                // Box–Muller on this stream; exp(μ + σz) with μ = ln m − σ²/2.
+                let u1: f64 = 1.0 - self.rng.random::<f64>();
+                let u2: f64 = self.rng.random();
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                (m.ln() - 0.5 + z).exp().min(20.0 * m)
+            }
+        };
+        (v.round() as u32).max(1)
     }
 }
 

@@ -26,6 +26,8 @@ pub(super) struct WindowAverage {
     pub gpu_utilization: Option<f64>,
     pub kv_cache_usage: Option<f64>,
     pub requests_per_s: Option<f64>,
+    /// Waiting requests (the queued part of `ongoing`), where engines say.
+    pub waiting: Option<f64>,
     /// Mean ready replicas behind the measured samples: the base that the
     /// per-replica signals (latency, utilization, KV cache) scale.
     pub ready: Option<f64>,
@@ -134,6 +136,7 @@ impl WindowAverage {
         let mut kv = Mean::default();
         let mut rps = Mean::default();
         let mut ready = Mean::default();
+        let mut waiting = Mean::default();
         for s in samples.filter(|s| s.ready > 0) {
             ongoing.add(Some(s.ongoing));
             rps.add(Some(s.requests_per_s));
@@ -141,6 +144,7 @@ impl WindowAverage {
             latency.add(s.p95_latency_s);
             gpu.add(s.gpu_utilization);
             kv.add(s.kv_cache_usage);
+            waiting.add(s.waiting);
         }
         WindowAverage {
             measured: ongoing.n,
@@ -149,6 +153,7 @@ impl WindowAverage {
             gpu_utilization: gpu.get(),
             kv_cache_usage: kv.get(),
             requests_per_s: rps.get(),
+            waiting: waiting.get(),
             ready: ready.get(),
         }
     }

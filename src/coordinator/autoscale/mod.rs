@@ -4,9 +4,14 @@
 //! so the simulator replays it on a virtual one.
 
 mod history;
+mod measure;
 mod policy;
 #[cfg(test)]
 mod properties;
+mod rule;
+#[cfg(test)]
+mod rules_tests;
+mod scaler;
 #[cfg(test)]
 mod tests;
 
@@ -15,9 +20,13 @@ use std::time::{Duration, Instant};
 use crate::config::model::ScalingSpec;
 
 use history::{DesireWindow, SignalHistory};
+use measure::{Backlog, ServiceEstimate, StartTime};
 pub(crate) use policy::num as format_count;
 pub(crate) use policy::span as format_span;
+pub use policy::Metric;
 use policy::{missing_signals, num, percent, seconds, span, strongest, Desire};
+pub use rule::Rule;
+pub use scaler::{ModelScaler, Tick};
 
 /// Signals older than this (or than the panic window, if longer) are stale:
 /// the autoscaler holds rather than act on what it can no longer see.
@@ -32,6 +41,8 @@ const DEFAULT_RETAIN: Duration = Duration::from_secs(3600);
 pub struct Signals {
     /// Waiting + running requests, summed over ready replicas.
     pub ongoing: f64,
+    /// The waiting part of `ongoing`, where the engines report it apart.
+    pub waiting: Option<f64>,
     /// p95 request latency; the caller picks the worst across replicas, so
     /// one saturated replica is enough to ask for help.
     pub p95_latency_s: Option<f64>,
@@ -63,6 +74,8 @@ pub struct Signals {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub desired: u32,
+    /// The rule that decided.
+    pub rule: Rule,
     /// Whether the model is in panic mode after this decision.
     pub panic: bool,
     /// "2 → 5: …" when the count changes, "holding 3: …" when it does not.
@@ -74,6 +87,9 @@ pub struct Decision {
     pub inputs: Vec<(String, String)>,
     /// Signals the spec sets a target for that the last scrape lacked.
     pub missing: Vec<&'static str>,
+    /// Something the operator should fix: the spec's SLO is shorter than
+    /// the measured service time, so no replica count can meet it.
+    pub warning: Option<String>,
 }
 
 /// A model's autoscaling state across ticks.
@@ -105,6 +121,15 @@ pub struct Autoscaler {
     missing_since: Option<Instant>,
     /// Set by the decision under way.
     missing: Vec<&'static str>,
+    service: ServiceEstimate,
+    start: StartTime,
+    /// Since when the newest samples have shown a queue.
+    queued_since: Option<Instant>,
+    /// Ski-rental's hold, in multiples of the base (start time × factor):
+    /// doubled when capacity released is needed again within the longest
+    /// delay, back to 1 when it was not.
+    hold_mult: f64,
+    last_down: Option<Instant>,
 }
 
 impl Default for Autoscaler {
@@ -117,15 +142,21 @@ impl Default for Autoscaler {
 /// and a wake raise it.
 struct Plan {
     target: u32,
+    rule: Rule,
     why: String,
 }
 
 impl Plan {
-    fn hold(current: u32, why: impl Into<String>) -> Plan {
+    fn new(target: u32, rule: Rule, why: impl Into<String>) -> Plan {
         Plan {
-            target: current,
+            target,
+            rule,
             why: why.into(),
         }
+    }
+
+    fn hold(current: u32, rule: Rule, why: impl Into<String>) -> Plan {
+        Plan::new(current, rule, why)
     }
 }
 
@@ -145,7 +176,23 @@ impl Autoscaler {
             awaits_measurement: false,
             missing_since: None,
             missing: Vec::new(),
+            service: ServiceEstimate::default(),
+            start: StartTime::default(),
+            queued_since: None,
+            hold_mult: 1.0,
+            last_down: None,
         }
+    }
+
+    /// A replica of the model went from placement to ready in `took`: the
+    /// cold-start and scale-down rules use the recent mean.
+    pub fn record_start(&mut self, took: Duration) {
+        self.start.record(took.as_secs_f64());
+    }
+
+    /// The measured start time and service time, where known.
+    pub fn measured(&self) -> (Option<f64>, Option<f64>) {
+        (self.start.get(), self.service.service_s())
     }
 
     /// Records one tick's signals. Call it only with fresh data (at least one
@@ -174,6 +221,14 @@ impl Autoscaler {
             // Nobody can have sent a request yet: idle time counts from ready.
             self.idle_since = None;
         }
+        if s.ready > 0 {
+            match s.waiting {
+                Some(w) if w >= 0.5 => {
+                    self.queued_since.get_or_insert(now);
+                }
+                _ => self.queued_since = None,
+            }
+        }
         let seen_before = s.measurement != 0
             && self
                 .history
@@ -184,6 +239,7 @@ impl Autoscaler {
             // and may have moved on.
             self.history.refresh_counts(s.ready, s.starting);
         } else {
+            self.service.observe(&s);
             self.history.push(now, s);
         }
         self.history.prune(now, self.retain);
@@ -214,6 +270,8 @@ impl Autoscaler {
     /// model's desired replicas), not what is running: replicas still
     /// starting are capacity on its way.
     pub fn decide(&mut self, spec: &ScalingSpec, current: u32, now: Instant) -> Decision {
+        let (derived, warning) = self.slo_target(spec);
+        let spec = derived.as_ref().unwrap_or(spec);
         self.retain = spec.stable_window.max(spec.panic_window);
         self.stale_after = spec.panic_window.max(SIGNALS_STALE_AFTER);
         self.history.prune(now, self.retain);
@@ -223,24 +281,29 @@ impl Autoscaler {
 
         let mut inputs = Inputs::default();
         inputs.add("current", current);
+        if derived.is_some() {
+            inputs.add("target_from_slo", num(spec.target_ongoing_requests));
+        }
         let mut plan = if current == 0 {
-            Plan::hold(0, "scaled to zero; waiting for demand (wake or prediction)")
+            Plan::hold(
+                0,
+                Rule::AtZero,
+                "scaled to zero; waiting for demand (wake or prediction)",
+            )
         } else if current > spec.max_replicas {
             // The operator's bound is hard: no walking down to it.
-            Plan {
-                target: spec.max_replicas,
-                why: format!("above the maximum {}", spec.max_replicas),
-            }
+            Plan::new(
+                spec.max_replicas,
+                Rule::AboveMaximum,
+                format!("above the maximum {}", spec.max_replicas),
+            )
         } else {
             self.plan_from_signals(spec, current, now, &mut inputs)
         };
 
         let lo = spec.min_replicas;
         if plan.target < lo {
-            plan = Plan {
-                target: lo,
-                why: format!("below the minimum {lo}"),
-            };
+            plan = Plan::new(lo, Rule::BelowMinimum, format!("below the minimum {lo}"));
         }
         let floor = self.prescale_floor.min(spec.max_replicas);
         if self.prescale_floor > 0 {
@@ -251,22 +314,44 @@ impl Autoscaler {
             if current > 0 {
                 why = format!("{why}; signals: {}", plan.why);
             }
-            plan = Plan { target: floor, why };
+            plan = Plan::new(floor, Rule::Prescale, why);
         }
         if woken && plan.target == 0 {
-            plan = Plan {
-                target: 1,
-                why: "woken on demand".to_string(),
-            };
+            plan = Plan::new(1, Rule::Woken, "woken on demand");
         }
         let desired = plan.target.min(spec.max_replicas);
         if desired > current {
             self.below_since = None;
+            if current > 0 {
+                let rebought = self
+                    .last_down
+                    .is_some_and(|t| now.saturating_duration_since(t) < spec.scale_down_delay);
+                self.hold_mult = if rebought {
+                    (self.hold_mult * 2.0).min(1024.0)
+                } else {
+                    1.0
+                };
+            }
+        } else if desired < current {
+            // The first release of a walk down, with no capacity needed
+            // again since the last: the next release need not wait as long.
+            let walking = self
+                .last_down
+                .is_some_and(|t| now.saturating_duration_since(t) < spec.stable_window);
+            if !walking {
+                self.hold_mult = (self.hold_mult / 2.0).max(1.0);
+            }
+            self.last_down = Some(now);
+        }
+        if self.hold_mult > 1.0 {
+            inputs.add("hold_multiplier", num(self.hold_mult));
         }
         let panic = self.panicking(now);
         inputs.add("panic", panic);
+        inputs.add("rule", plan.rule);
         Decision {
             desired,
+            rule: plan.rule,
             panic,
             awaits_measurement: std::mem::take(&mut self.awaits_measurement),
             missing: std::mem::take(&mut self.missing),
@@ -276,7 +361,40 @@ impl Autoscaler {
                 format!("{current} → {desired}: {}", plan.why)
             },
             inputs: inputs.0,
+            warning,
         }
+    }
+
+    /// The spec with the per-replica target its `slo` asks for, once a
+    /// service time is measured: the queue wait the SLO leaves (SLO −
+    /// service) times a replica's completion rate (slots ÷ service) is how
+    /// many may wait per replica, so the target is the slots scaled by
+    /// (SLO − service) ÷ service, at most the slots. An SLO the service time
+    /// alone exceeds cannot be met: the target stays, with a warning.
+    fn slo_target(&self, spec: &ScalingSpec) -> (Option<ScalingSpec>, Option<String>) {
+        let (Some(slo), Some(service)) = (spec.slo, self.service.service_s()) else {
+            return (None, None);
+        };
+        let slo = slo.as_secs_f64();
+        if service >= slo {
+            return (
+                None,
+                Some(format!(
+                    "the measured service time {} is not under the SLO {}: no replica count can meet it",
+                    seconds(service),
+                    seconds(slo)
+                )),
+            );
+        }
+        let slots = self.service.slots(spec.target_ongoing_requests);
+        let target = (slots * (slo - service) / service).clamp(0.1, slots);
+        (
+            Some(ScalingSpec {
+                target_ongoing_requests: target,
+                ..spec.clone()
+            }),
+            None,
+        )
     }
 
     /// The count the signals ask for, for a model that has replicas.
@@ -300,7 +418,7 @@ impl Autoscaler {
                     ),
                     None => "no signals yet; not scaling on missing data".to_string(),
                 };
-                return Plan::hold(current, why);
+                return Plan::hold(current, Rule::NoSignals, why);
             }
         };
         inputs.add("ready", latest.ready);
@@ -317,20 +435,52 @@ impl Autoscaler {
         let panic_avg = self.history.average(now, spec.panic_window);
         let stable_label = format!("stable {} average", span(spec.stable_window));
         let panic_label = format!("{} average", span(spec.panic_window));
-        let Some(stable_best) = strongest(policy::desires(&stable, &stable_label, spec)) else {
+        let capacity = latest.ready.saturating_add(latest.starting).max(1);
+        let (start_s, service_s) = self.measured();
+        if let Some(s) = service_s {
+            inputs.add("service_time", seconds(s));
+        }
+        if let Some(s) = start_s {
+            inputs.add("start_time", seconds(s));
+        }
+        // The cold-start rule: a queue that drains at the current capacity
+        // before a new replica could be ready is not worth a replica.
+        let drains = self.backlog_drains(spec, &latest, &stable, &panic_avg, capacity, now);
+        if let Some((_, note)) = &drains {
+            inputs.add("backlog", note);
+        }
+        // A queue that outlasts a start is drained over one more start.
+        let drain_over = match &drains {
+            Some((false, _)) => start_s,
+            Some((true, _)) => None,
+            None => start_s.or(Some(spec.stable_window.as_secs_f64())),
+        };
+        let Some(stable_best) = strongest(policy::desires(
+            &stable,
+            &stable_label,
+            spec,
+            service_s,
+            drain_over,
+        )) else {
             return Plan::hold(
                 current,
+                Rule::NotMeasured,
                 format!(
                     "no ready replica to measure yet ({} starting)",
                     latest.starting
                 ),
             );
         };
-        let panic_best = strongest(policy::desires(&panic_avg, &panic_label, spec));
+        let panic_best = strongest(policy::desires(
+            &panic_avg,
+            &panic_label,
+            spec,
+            service_s,
+            drain_over,
+        ));
         record_averages(inputs, &stable, &panic_avg);
         inputs.add("stable_desire", num(stable_best.replicas));
 
-        let capacity = latest.ready.saturating_add(latest.starting).max(1);
         inputs.add("capacity", capacity);
         let mut trigger = None;
         let threshold = spec.panic_threshold * f64::from(capacity);
@@ -340,11 +490,12 @@ impl Autoscaler {
                 trigger = Some(p.panic_note(spec, capacity));
             }
         }
+        let drain_note = drains.filter(|(d, _)| *d).map(|(_, note)| note);
         // A step in load shows in the newest samples seconds before the
         // panic window's average (diluted by the quiet before it) crosses.
         let mut surge = None;
         if trigger.is_none() {
-            match self.surge(spec, threshold, now) {
+            match self.surge(spec, threshold, now, service_s) {
                 Some(Ok(s)) => {
                     inputs.add("surge_desire", num(s.replicas));
                     trigger = Some(s.panic_note(spec, capacity));
@@ -352,6 +503,17 @@ impl Autoscaler {
                 }
                 Some(Err(())) => self.awaits_measurement = true,
                 None => {}
+            }
+        }
+        if let (Some(note), Some(_)) = (&drain_note, &trigger) {
+            // A burst the current replicas absorb before a new one could help.
+            let _ = trigger.take();
+            if !self.panicking(now) {
+                return Plan::hold(
+                    current,
+                    Rule::BacklogDrains,
+                    format!("{}; {note}", stable_best.explain),
+                );
             }
         }
         if trigger.is_some() {
@@ -365,7 +527,15 @@ impl Autoscaler {
         // What the signals alone ask for, then with the minimum and the
         // pre-scale floor: the floors count as desire, so the scale-down
         // delay applies after they are lifted.
-        let asked = ceil_count(stable_best.replicas).min(hi);
+        let mut asked = ceil_count(stable_best.replicas).min(hi);
+        if service_s.is_some() && spec.size_from_arrivals {
+            // Up only while the recent window still asks too: a stable
+            // average that still holds a burst now over asks for nothing.
+            let recent = panic_best.as_ref().map_or(0, |p| ceil_count(p.replicas));
+            if asked > current {
+                asked = asked.min(recent.max(current));
+            }
+        }
         let rec = asked
             .max(spec.min_replicas.max(1))
             .max(self.prescale_floor)
@@ -380,15 +550,18 @@ impl Autoscaler {
                 Some(p) if panic_rec >= rec => p,
                 _ => &stable_best,
             };
-            let why = match trigger {
-                Some(note) => format!("{} ({note})", driver.explain),
-                None => format!(
-                    "{}; panic mode for another {}, no scale-down while panicking",
-                    driver.explain,
-                    span(until.saturating_duration_since(now))
+            let (rule, why) = match trigger {
+                Some(note) => (Rule::Panic, format!("{} ({note})", driver.explain)),
+                None => (
+                    Rule::PanicHold,
+                    format!(
+                        "{}; panic mode for another {}, no scale-down while panicking",
+                        driver.explain,
+                        span(until.saturating_duration_since(now))
+                    ),
                 ),
             };
-            return Plan { target, why };
+            return Plan::new(target, rule, why);
         }
         self.panic_until = None;
         self.desires.push(now, rec);
@@ -402,13 +575,14 @@ impl Autoscaler {
                 } else {
                     String::new()
                 };
-                return Plan {
+                return Plan::new(
                     target,
-                    why: format!(
+                    Rule::ScaleToZero,
+                    format!(
                         "no requests for {} (scale to zero{walking})",
                         span(spec.scale_to_zero_after)
                     ),
-                };
+                );
             }
         }
 
@@ -417,19 +591,25 @@ impl Autoscaler {
             if asked <= current {
                 // A floor, not the signals, asks for more: `decide` raises
                 // the count and names the floor.
-                return Plan::hold(current, stable_best.explain);
+                return Plan::hold(current, Rule::Steady, stable_best.explain);
             }
             if within_tolerance(&stable_best, current, spec) {
-                return Plan::hold(current, tolerance_note(&stable_best, spec));
+                return Plan::hold(current, Rule::Tolerance, tolerance_note(&stable_best, spec));
             }
-            return Plan {
-                target: rec,
-                why: stable_best.explain,
-            };
+            return Plan::new(rec, Rule::Steady, stable_best.explain);
         }
         if rec == current {
             self.below_since = None;
-            return Plan::hold(current, stable_best.explain);
+            if ceil_count(stable_best.replicas) > current {
+                if let Some(note) = drain_note {
+                    return Plan::hold(
+                        current,
+                        Rule::BacklogDrains,
+                        format!("{}; {note}", stable_best.explain),
+                    );
+                }
+            }
+            return Plan::hold(current, Rule::Steady, stable_best.explain);
         }
         self.scale_down(spec, current, now, rec, &stable_best)
     }
@@ -448,6 +628,7 @@ impl Autoscaler {
         spec: &ScalingSpec,
         threshold: f64,
         now: Instant,
+        service_s: Option<f64>,
     ) -> Option<Result<Desire, ()>> {
         let over = |avg: &history::WindowAverage| {
             avg.ongoing
@@ -464,9 +645,10 @@ impl Autoscaler {
             span(now.saturating_duration_since(since)),
             avg.measured
         );
-        policy::desires(&avg, &label, spec)
+        let drain_over = self.start.get();
+        policy::desires(&avg, &label, spec, service_s, drain_over)
             .into_iter()
-            .find(|d| d.metric == policy::Metric::Ongoing)
+            .find(|d| matches!(d.metric, Metric::Ongoing | Metric::Arrivals))
             .map(Ok)
     }
 
@@ -482,7 +664,7 @@ impl Autoscaler {
     ) -> Plan {
         let since = *self.below_since.get_or_insert(now);
         if within_tolerance(best, current, spec) {
-            return Plan::hold(current, tolerance_note(best, spec));
+            return Plan::hold(current, Rule::Tolerance, tolerance_note(best, spec));
         }
         // A signal that stays missing (an engine that does not export it
         // after all, a scrape that keeps failing) holds one stable window at
@@ -494,6 +676,7 @@ impl Autoscaler {
             if missing_for < spec.stable_window {
                 return Plan::hold(
                     current,
+                    Rule::MissingSignals,
                     format!(
                         "{}; {missing} missing from the last scrape for {}, not scaling down on partial signals for up to {}",
                         best.explain,
@@ -507,11 +690,12 @@ impl Autoscaler {
                 span(missing_for)
             );
         }
-        let delay = spec.scale_down_delay;
+        let delay = self.scale_down_delay(spec);
         let waited = now.saturating_duration_since(since);
         if waited < delay {
             return Plan::hold(
                 current,
+                Rule::ScaleDownWait,
                 format!(
                     "{}; scale-down waits {}, desire lower for {} so far{missing_note}",
                     best.explain,
@@ -526,6 +710,7 @@ impl Autoscaler {
         if target >= current {
             return Plan::hold(
                 current,
+                Rule::ScaleDownHeld,
                 format!(
                     "{}; highest desire over the last {} is {highest}",
                     best.explain,
@@ -538,7 +723,88 @@ impl Autoscaler {
             why.push_str(&format!(", at most {} per step", spec.max_scale_down_step));
         }
         why.push_str(&missing_note);
-        Plan { target, why }
+        Plan::new(target, Rule::ScaleDown, why)
+    }
+
+    /// How long a lower desire must last before a scale-down. Ski-rental:
+    /// idle capacity costs its GPU time, a restart costs its start time, so
+    /// capacity is kept about `scale_down_hold_factor` start times (never
+    /// longer than `scale_down_delay`, which holds until a start is seen).
+    fn scale_down_delay(&self, spec: &ScalingSpec) -> Duration {
+        match self.start.get() {
+            Some(start) if spec.scale_down_hold_factor > 0.0 => {
+                let hold = start * spec.scale_down_hold_factor * self.hold_mult;
+                let hold = Duration::from_secs_f64(hold.min(86_400.0));
+                hold.min(spec.scale_down_delay)
+            }
+            _ => spec.scale_down_delay,
+        }
+    }
+
+    /// The cold-start rule's verdict on the newest queue: `Some((true, …))`
+    /// when it drains at the current capacity before a replica started now
+    /// could be ready, `Some((false, …))` when it would outlast that start,
+    /// `None` when there is no queue or no measured start and service time.
+    fn backlog_drains(
+        &self,
+        spec: &ScalingSpec,
+        latest: &Signals,
+        stable: &history::WindowAverage,
+        recent: &history::WindowAverage,
+        capacity: u32,
+        now: Instant,
+    ) -> Option<(bool, String)> {
+        if !spec.cold_start_aware {
+            return None;
+        }
+        let (Some(start_s), Some(service_s)) = self.measured() else {
+            return None;
+        };
+        let Some(waiting) = latest.waiting.filter(|w| *w >= 0.5) else {
+            // The newest scrape shows the queue gone: what the windows
+            // still hold of it needs no replica.
+            let recent_queue = recent.waiting.filter(|w| *w >= 0.5)?;
+            return Some((
+                true,
+                format!(
+                    "the queue (recently {} waiting) has drained at capacity {capacity}",
+                    num(recent_queue)
+                ),
+            ));
+        };
+        let slots = self.service.slots(spec.target_ongoing_requests);
+        let b = Backlog {
+            waiting,
+            recent_rps: recent.requests_per_s.unwrap_or(0.0),
+            steady_rps: stable
+                .requests_per_s
+                .unwrap_or(0.0)
+                .min(recent.requests_per_s.unwrap_or(f64::MAX)),
+            capacity_rps: f64::from(capacity) * slots / service_s,
+            age_s: self
+                .queued_since
+                .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()),
+            start_s,
+        };
+        Some(match b.drains_in_s() {
+            Some(d) => (
+                true,
+                format!(
+                    "backlog {} drains in about {} at capacity {capacity}, before a new replica (start {}) could be ready",
+                    num(waiting),
+                    seconds(d),
+                    seconds(start_s)
+                ),
+            ),
+            None => (
+                false,
+                format!(
+                    "backlog {} would outlast a replica start ({})",
+                    num(waiting),
+                    seconds(start_s)
+                ),
+            ),
+        })
     }
 }
 
@@ -603,6 +869,7 @@ fn sanitized(s: &Signals) -> Signals {
     let ratio = |v: Option<f64>| v.filter(|v| v.is_finite() && *v >= 0.0);
     Signals {
         ongoing: count(s.ongoing),
+        waiting: s.waiting.filter(|v| v.is_finite() && *v >= 0.0),
         p95_latency_s: ratio(s.p95_latency_s),
         gpu_utilization: ratio(s.gpu_utilization),
         kv_cache_usage: ratio(s.kv_cache_usage),

@@ -10,8 +10,10 @@ use super::history::WindowAverage;
 use super::Signals;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Metric {
+pub enum Metric {
     Ongoing,
+    /// Arrival rate × measured service time (Little's law).
+    Arrivals,
     Latency,
     GpuUtilization,
     KvCache,
@@ -34,7 +36,7 @@ impl Desire {
     pub fn panic_note(&self, spec: &ScalingSpec, capacity: u32) -> String {
         let threshold = num(spec.panic_threshold);
         match self.metric {
-            Metric::Ongoing => format!(
+            Metric::Ongoing | Metric::Arrivals => format!(
                 "panic: {} ≥ {threshold} × capacity {}",
                 num(self.replicas * spec.target_ongoing_requests),
                 num(f64::from(capacity) * spec.target_ongoing_requests)
@@ -52,9 +54,47 @@ impl Desire {
 /// readings, so they scale the ready replicas that produced them. Replicas
 /// still starting are not in that base, which is what keeps a slow-loading
 /// replica from being asked for again on every tick.
-pub(super) fn desires(avg: &WindowAverage, label: &str, spec: &ScalingSpec) -> Vec<Desire> {
+///
+/// With a measured `service_s` (and engines that tell waiting from running),
+/// demand is the arrival rate × service time (Little's law): a transient
+/// queue is not demand. The queue then counts only with `drain_over_s`,
+/// when the cold-start rule finds it would outlast a replica's start: as
+/// the extra concurrency that drains it within that many seconds.
+pub(super) fn desires(
+    avg: &WindowAverage,
+    label: &str,
+    spec: &ScalingSpec,
+    service_s: Option<f64>,
+    drain_over_s: Option<f64>,
+) -> Vec<Desire> {
     let mut out = Vec::new();
-    if let Some(ongoing) = avg.ongoing {
+    let little = service_s.filter(|_| spec.size_from_arrivals);
+    if let (Some(ongoing), Some(service), Some(rps), Some(waiting)) =
+        (avg.ongoing, little, avg.requests_per_s, avg.waiting)
+    {
+        let running = (ongoing - waiting).max(0.0);
+        let offered = (rps * service).max(running);
+        let (backlog, note) = match drain_over_s.filter(|h| *h > 0.0) {
+            Some(h) if waiting > 0.0 => (
+                waiting * service / h,
+                format!(" + backlog {} drained over {}", num(waiting), seconds(h)),
+            ),
+            _ => (0.0, String::new()),
+        };
+        out.push(Desire {
+            metric: Metric::Arrivals,
+            replicas: (offered + backlog) / spec.target_ongoing_requests,
+            explain: format!(
+                "{label} {} req/s × service {} = {} concurrent{note} / target {} per replica",
+                num(rps),
+                seconds(service),
+                num(offered),
+                num(spec.target_ongoing_requests)
+            ),
+        });
+    }
+    let sized_by_arrivals = !out.is_empty();
+    if let Some(ongoing) = avg.ongoing.filter(|_| !sized_by_arrivals) {
         out.push(Desire {
             metric: Metric::Ongoing,
             replicas: ongoing / spec.target_ongoing_requests,

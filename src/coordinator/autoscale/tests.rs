@@ -25,6 +25,11 @@ pub(super) fn spec() -> ScalingSpec {
         scale_to_zero_after: Duration::from_secs(900),
         max_scale_down_step: 1,
         prescale: false,
+        scale_down_hold_factor: 2.0,
+        cold_start_aware: true,
+        size_from_arrivals: true,
+        prescale_max_error: 0.1,
+        slo: None,
     }
 }
 

@@ -1,0 +1,180 @@
+//! The rules that read measurements (service time, start time), on a
+//! virtual clock: Little's-law sizing, the cold-start rule, ski-rental
+//! scale-down and an SLO-derived target.
+
+use std::time::{Duration, Instant};
+
+use super::tests::spec;
+use super::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// One tick of `ready` replicas serving `running` with `waiting` queued and
+/// `rps` arriving.
+fn tick(ready: u32, running: f64, waiting: f64, rps: f64) -> Signals {
+    Signals {
+        ongoing: running + waiting,
+        waiting: Some(waiting),
+        requests_per_s: rps,
+        ready,
+        ..Signals::default()
+    }
+}
+
+/// An autoscaler that has measured a 1 s service time (4 running per
+/// replica at 4 req/s each, half the target) and a 36 s start, at
+/// `current` replicas.
+fn measured(current: u32) -> (Autoscaler, Instant) {
+    measured_at(current, 4.0)
+}
+
+/// As [`measured`], with `per_replica` running on each replica.
+fn measured_at(current: u32, per_replica: f64) -> (Autoscaler, Instant) {
+    let mut a = Autoscaler::new();
+    let mut now = Instant::now();
+    a.record_start(Duration::from_secs(36));
+    let load = per_replica * f64::from(current);
+    for _ in 0..70 {
+        a.observe(now, &tick(current, load, 0.0, load));
+        a.decide(&spec(), current, now);
+        now += SECOND;
+    }
+    assert_eq!(a.measured(), (Some(36.0), Some(1.0)));
+    (a, now)
+}
+
+#[test]
+fn a_short_burst_that_drains_before_a_start_starts_no_replica() {
+    let (mut a, mut now) = measured(2);
+    let s = spec();
+    // A 4 s burst at 30 req/s on 2 replicas (16 slots): a queue builds and
+    // the newest scrapes surge past 2 × capacity, but at 16 req/s of
+    // capacity against a steady 8 it drains long before a replica started
+    // now (36 s) could serve.
+    let burst = |i: u32, now: Instant| Signals {
+        measurement: 1000 + u64::from(i),
+        rescraped_at: Some(now),
+        ..tick(2, 16.0, 14.0 * f64::from(i + 1), 30.0)
+    };
+    let mut rules = Vec::new();
+    for i in 0..4 {
+        a.observe(now, &burst(i, now));
+        let d = a.decide(&s, 2, now);
+        assert_eq!(d.desired, 2, "{}", d.reason);
+        rules.push(d.rule);
+        now += SECOND;
+    }
+    assert!(rules.contains(&Rule::BacklogDrains), "{rules:?}");
+    // The same burst without the rule panics and scales up.
+    let (mut b, mut now) = measured(2);
+    let blind = ScalingSpec {
+        cold_start_aware: false,
+        ..spec()
+    };
+    let mut most = 2;
+    for i in 0..4 {
+        b.observe(now, &burst(i, now));
+        most = most.max(b.decide(&blind, 2, now).desired);
+        now += SECOND;
+    }
+    assert!(most > 2, "without the rule the burst scales up");
+}
+
+#[test]
+fn a_queue_that_outlasts_a_start_scales_up_by_arrivals_not_by_queue_length() {
+    let (mut a, mut now) = measured(2);
+    let s = spec();
+    // Arrivals at 40 req/s for good: 40 concurrent at 1 s each, 5 replicas
+    // at target 8; the queue grows without bound at 16 req/s of capacity.
+    let mut last = None;
+    for i in 0..40 {
+        a.observe(now, &tick(2, 16.0, 24.0 * f64::from(i + 1), 40.0));
+        last = Some(a.decide(&s, 2, now));
+        if last.as_ref().is_some_and(|d| d.desired > 2) {
+            break;
+        }
+        now += SECOND;
+    }
+    let d = last.unwrap();
+    assert!(d.desired > 2, "{}", d.reason);
+    assert!(d.reason.contains("req/s × service"), "{}", d.reason);
+    // Sized from 40 concurrent plus the queue drained over a start, not
+    // from the queue's hundreds of requests (which would ask for the maximum).
+    assert!(d.desired < s.max_replicas, "{}", d.reason);
+}
+
+/// How long 4 replicas (measured at full target) take to lose one once
+/// demand falls to one replica's worth, within 10 minutes.
+fn time_to_first_release(spec: &ScalingSpec) -> Option<Duration> {
+    let (mut a, mut now) = measured_at(4, 8.0);
+    let start = now;
+    while now < start + Duration::from_secs(600) {
+        a.observe(now, &tick(4, 4.0, 0.0, 4.0));
+        if a.decide(spec, 4, now).desired < 4 {
+            return Some(now - start);
+        }
+        now += SECOND;
+    }
+    None
+}
+
+#[test]
+fn ski_rental_releases_idle_capacity_after_a_few_start_times_not_five_minutes() {
+    // A 36 s start and factor 2: a 72 s hold (plus the stable window for
+    // the average to fall).
+    let took = time_to_first_release(&spec()).expect("released");
+    assert!(took < Duration::from_secs(200), "took {took:?}");
+    // With the factor at 0 the fixed five minutes hold.
+    let fixed = ScalingSpec {
+        scale_down_hold_factor: 0.0,
+        ..spec()
+    };
+    let took = time_to_first_release(&fixed).expect("released");
+    assert!(took >= Duration::from_secs(300), "took {took:?}");
+}
+
+#[test]
+fn capacity_needed_again_soon_after_release_is_held_longer_next_time() {
+    let (mut a, mut now) = measured(2);
+    assert_eq!(a.scale_down_delay(&spec()), Duration::from_secs(72));
+    a.last_down = Some(now);
+    now += Duration::from_secs(30);
+    a.observe(now, &tick(2, 16.0, 200.0, 40.0));
+    let mut d = a.decide(&spec(), 2, now);
+    for _ in 0..20 {
+        if d.desired > 2 {
+            break;
+        }
+        now += SECOND;
+        a.observe(now, &tick(2, 16.0, 400.0, 40.0));
+        d = a.decide(&spec(), 2, now);
+    }
+    assert!(d.desired > 2, "{}", d.reason);
+    assert_eq!(a.scale_down_delay(&spec()), Duration::from_secs(144));
+}
+
+#[test]
+fn an_slo_sets_the_target_and_one_the_service_cannot_meet_warns() {
+    let (mut a, now) = measured(2);
+    // 1 s service, 8 slots: a 1.5 s SLO leaves 0.5 s of queue, target 4.
+    let tight = ScalingSpec {
+        slo: Some(Duration::from_millis(1500)),
+        ..spec()
+    };
+    a.observe(now, &tick(2, 8.0, 0.0, 8.0));
+    let d = a.decide(&tight, 2, now);
+    assert!(
+        d.inputs.contains(&("target_from_slo".into(), "4".into())),
+        "{:?}",
+        d.inputs
+    );
+    assert_eq!(d.desired, 2, "8 concurrent / target 4");
+    assert_eq!(d.warning, None);
+    let impossible = ScalingSpec {
+        slo: Some(Duration::from_millis(800)),
+        ..spec()
+    };
+    let d = a.decide(&impossible, 2, now);
+    let w = d.warning.expect("a warning");
+    assert!(w.contains("service time 1s") && w.contains("800ms"), "{w}");
+}

@@ -1,0 +1,224 @@
+//! One model's scaling step, as the coordinator's control loop runs it and
+//! the simulator replays it: the tick's signals into the autoscaler and the
+//! demand history, the forecast one replica start ahead, its floor only
+//! while the forecast has been accurate, then the decision. Both callers go
+//! through [`ModelScaler::step`], so a simulated result is the coordinator's.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::config::model::ScalingSpec;
+use crate::coordinator::predict::{replicas_needed, DemandHistory};
+
+use super::{Autoscaler, Decision, Signals};
+
+/// Forecasts scored before pre-scaling may trust them.
+const MIN_SCORED: u32 = 6;
+/// One forecast is kept for scoring per this many seconds.
+const SCORE_EVERY_S: i64 = 10;
+/// Forecasts an exponential mean of the error spans.
+const SCORE_SPAN: f64 = 20.0;
+
+/// A model's scaling state: the autoscaler, its demand history, and how
+/// good its recent forecasts were.
+#[derive(Debug, Clone, Default)]
+pub struct ModelScaler {
+    pub autoscaler: Autoscaler,
+    pub demand: DemandHistory,
+    score: ForecastScore,
+    /// Replicas seen loading: their start is measured when they are ready.
+    loading: HashSet<String>,
+}
+
+/// What one tick brings.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick {
+    pub now: Instant,
+    pub now_unix_s: i64,
+    /// This tick's signals when fresh (at least one replica scraped anew,
+    /// or none ready with replicas starting); `None` holds the windows.
+    pub signals: Option<Signals>,
+    /// The count last decided.
+    pub current: u32,
+    /// Look-ahead until a replica start has been measured.
+    pub default_horizon: Duration,
+    /// Whether something (pre-scaling or predictive warming) reads the
+    /// forecast; without, it is not computed.
+    pub forecast: bool,
+}
+
+/// The decision and what the forecast asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub decision: Decision,
+    /// Replicas the forecast one start ahead asks for (0 when not asked).
+    pub predicted: u32,
+}
+
+impl ModelScaler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One scaling step for a model with a `[scaling]` table.
+    pub fn step(&mut self, spec: &ScalingSpec, tick: &Tick) -> Step {
+        let now = tick.now;
+        if let Some(s) = &tick.signals {
+            self.autoscaler.observe(now, s);
+            if s.ready > 0 {
+                self.demand
+                    .record(tick.now_unix_s, s.ongoing, s.requests_per_s);
+                self.score.settle(tick.now_unix_s, s.ongoing, spec);
+            }
+        }
+        let horizon = self.horizon(tick.default_horizon);
+        let predicted = if tick.forecast || spec.prescale {
+            let f = self.demand.forecast(tick.now_unix_s, horizon);
+            self.score
+                .expect(tick.now_unix_s + horizon, f.expected_ongoing);
+            replicas_needed(&f, spec)
+        } else {
+            0
+        };
+        let trusted = self
+            .score
+            .error()
+            .is_some_and(|e| e <= spec.prescale_max_error)
+            && self.score.scored >= MIN_SCORED;
+        if spec.prescale {
+            self.autoscaler
+                .prescale_floor(if trusted { predicted } else { 0 }, now);
+        }
+        let mut decision = self.autoscaler.decide(spec, tick.current, now);
+        if spec.prescale {
+            let error = self
+                .score
+                .error()
+                .map_or("not yet scored".to_string(), |e| {
+                    format!("{:.0}%", e * 100.0)
+                });
+            decision.inputs.push(("forecast_error".into(), error));
+            decision.inputs.push((
+                "prescale".into(),
+                if trusted {
+                    format!("on (error at most {:.0}%)", spec.prescale_max_error * 100.0)
+                } else {
+                    format!(
+                        "off until the forecast error is at most {:.0}% over {MIN_SCORED} forecasts",
+                        spec.prescale_max_error * 100.0
+                    )
+                },
+            ));
+        }
+        Step {
+            decision,
+            predicted,
+        }
+    }
+
+    /// Demand for a model at zero: see [`Autoscaler::wake`].
+    pub fn wake(&mut self, now: Instant) {
+        self.autoscaler.wake(now);
+    }
+
+    /// A replica of the model took `took` from placement to ready.
+    pub fn record_start(&mut self, took: Duration) {
+        self.autoscaler.record_start(took);
+    }
+
+    /// The model's replicas this tick: `(id, ready, since placement)`. A
+    /// replica seen loading and now ready measures the start time; one
+    /// found ready (adopted after a restart) measures nothing.
+    pub fn replicas_seen<'a>(&mut self, replicas: impl Iterator<Item = (&'a str, bool, Duration)>) {
+        let mut loading = HashSet::new();
+        for (id, ready, age) in replicas {
+            if !ready {
+                loading.insert(id.to_string());
+            } else if self.loading.contains(id) {
+                self.autoscaler.record_start(age);
+            }
+        }
+        self.loading = loading;
+    }
+
+    /// The forecast's look-ahead: one measured replica start, else the default.
+    pub fn horizon(&self, default: Duration) -> i64 {
+        let (start, _) = self.autoscaler.measured();
+        start
+            .map_or(default.as_secs() as i64, |s| s.ceil() as i64)
+            .max(1)
+    }
+
+    /// The recent relative forecast error, once scored.
+    pub fn forecast_error(&self) -> Option<f64> {
+        self.score.error()
+    }
+}
+
+/// Forecasts waiting for their time, and the error of those that came due.
+#[derive(Debug, Clone, Default)]
+struct ForecastScore {
+    pending: VecDeque<(i64, f64)>,
+    error: Option<f64>,
+    scored: u32,
+}
+
+impl ForecastScore {
+    /// Keeps a forecast for `due`, one per few seconds.
+    fn expect(&mut self, due: i64, ongoing: f64) {
+        if !ongoing.is_finite() {
+            return;
+        }
+        if self
+            .pending
+            .back()
+            .is_some_and(|(t, _)| due < t + SCORE_EVERY_S)
+        {
+            return;
+        }
+        self.pending.push_back((due, ongoing));
+    }
+
+    /// Scores the forecasts due by `now` against the demand seen. The error
+    /// is relative to the larger of the two and one replica's target, so a
+    /// near-idle model's noise is not a large error.
+    fn settle(&mut self, now: i64, actual: f64, spec: &ScalingSpec) {
+        while self.pending.front().is_some_and(|(t, _)| *t <= now) {
+            let Some((_, expected)) = self.pending.pop_front() else {
+                break;
+            };
+            let scale = expected.max(actual).max(spec.target_ongoing_requests);
+            let e = (expected - actual).abs() / scale;
+            self.scored = self.scored.saturating_add(1);
+            let a = 1.0 / f64::from(self.scored).min(SCORE_SPAN);
+            self.error = Some(self.error.map_or(e, |m| m + a * (e - m)));
+        }
+    }
+
+    fn error(&self) -> Option<f64> {
+        self.error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::autoscale::tests::spec;
+
+    #[test]
+    fn forecast_errors_are_scored_when_due() {
+        let s = spec();
+        let mut score = ForecastScore::default();
+        score.expect(100, 16.0);
+        score.expect(105, 99.0); // within SCORE_EVERY_S: not kept
+        score.expect(110, 16.0);
+        score.settle(99, 0.0, &s);
+        assert_eq!(score.error(), None, "nothing due yet");
+        score.settle(100, 16.0, &s);
+        assert_eq!(score.error(), Some(0.0));
+        score.settle(110, 8.0, &s);
+        // |16 − 8| / 16 = 0.5, averaged with the first 0.
+        assert_eq!(score.error(), Some(0.25));
+        assert_eq!(score.scored, 2);
+    }
+}
