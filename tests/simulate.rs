@@ -134,7 +134,7 @@ fn a_written_trace_replays_to_the_same_requests_and_prints_a_table() {
     ]));
     let header = out.lines().nth(1).unwrap_or_default();
     assert!(header.starts_with("POLICY"), "{out}");
-    assert!(header.contains("IN SLO (10s)"), "{out}");
+    assert!(header.contains("IN SLO (e2e 10s)"), "{out}");
     let row = out.lines().find(|l| l.starts_with("gpufleet")).unwrap();
     let requests: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert_eq!(
