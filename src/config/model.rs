@@ -203,7 +203,8 @@ pub struct ScalingSpec {
     /// Scale up ahead of predicted demand, not only warm weights for it.
     pub prescale: bool,
     /// Ski-rental scale-down: idle capacity is kept about this many times
-    /// the model's measured replica start time (at most `scale_down_delay`);
+    /// the model's measured replica start time, longer while released
+    /// capacity keeps being needed again (up to 4 × `scale_down_delay`);
     /// 0 keeps the fixed `scale_down_delay`.
     pub scale_down_hold_factor: f64,
     /// A backlog that drains at the current capacity before a new replica

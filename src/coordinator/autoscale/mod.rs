@@ -728,14 +728,16 @@ impl Autoscaler {
 
     /// How long a lower desire must last before a scale-down. Ski-rental:
     /// idle capacity costs its GPU time, a restart costs its start time, so
-    /// capacity is kept about `scale_down_hold_factor` start times (never
-    /// longer than `scale_down_delay`, which holds until a start is seen).
+    /// capacity is kept about `scale_down_hold_factor` start times, times
+    /// the multiplier that grows while released capacity keeps being needed
+    /// again, up to 4 × `scale_down_delay` (the delay itself holds until a
+    /// start is seen).
     fn scale_down_delay(&self, spec: &ScalingSpec) -> Duration {
         match self.start.get() {
             Some(start) if spec.scale_down_hold_factor > 0.0 => {
+                let cap = 4.0 * spec.scale_down_delay.as_secs_f64();
                 let hold = start * spec.scale_down_hold_factor * self.hold_mult;
-                let hold = Duration::from_secs_f64(hold.min(86_400.0));
-                hold.min(spec.scale_down_delay)
+                Duration::from_secs_f64(hold.min(cap).min(86_400.0))
             }
             _ => spec.scale_down_delay,
         }

@@ -17,6 +17,11 @@ struct Tick {
     fresh: bool,
     wake: bool,
     floor: Option<u32>,
+    /// The queued share of `ongoing`, for engines that report it apart:
+    /// the rules that read measured service and start times engage.
+    waiting_share: Option<f64>,
+    /// A replica start measured this tick, seconds.
+    started_s: Option<u64>,
 }
 
 fn tick() -> impl Strategy<Value = Tick> {
@@ -28,9 +33,11 @@ fn tick() -> impl Strategy<Value = Tick> {
         proptest::bool::weighted(0.9),
         proptest::bool::weighted(0.02),
         proptest::option::weighted(0.02, 0u32..6),
+        proptest::option::weighted(0.7, 0.0..=1.0f64),
+        proptest::option::weighted(0.05, 0u64..120),
     )
         .prop_map(
-            |(advance_ms, ongoing, ready_share, gpu, fresh, wake, floor)| Tick {
+            |(
                 advance_ms,
                 ongoing,
                 ready_share,
@@ -38,6 +45,20 @@ fn tick() -> impl Strategy<Value = Tick> {
                 fresh,
                 wake,
                 floor,
+                waiting_share,
+                started_s,
+            )| {
+                Tick {
+                    advance_ms,
+                    ongoing,
+                    ready_share,
+                    gpu,
+                    fresh,
+                    wake,
+                    floor,
+                    waiting_share,
+                    started_s,
+                }
             },
         )
 }
@@ -85,10 +106,14 @@ proptest! {
             if let Some(n) = t.floor {
                 scaler.prescale_floor(n, now);
             }
+            if let Some(s) = t.started_s {
+                scaler.record_start(Duration::from_secs(s));
+            }
             if t.fresh {
                 let ready = (f64::from(current) * t.ready_share).round() as u32;
                 scaler.observe(now, &Signals {
                     ongoing: if ready > 0 { t.ongoing } else { 0.0 },
+                    waiting: t.waiting_share.map(|w| if ready > 0 { w * t.ongoing } else { 0.0 }),
                     requests_per_s: if ready > 0 { t.ongoing / 2.0 } else { 0.0 },
                     gpu_utilization: t.gpu,
                     ready,
