@@ -168,23 +168,7 @@ fn a_load_step_is_acted_on_at_once_not_at_the_next_tick_or_report() {
     // history yet) does not matter here; that a rule moves within seconds does.
     let step = std::time::Instant::now();
     // It ends on its own after 8 s, also when an assertion fails first.
-    let mut load = std::process::Command::new(BIN)
-        .args([
-            "demo",
-            "load",
-            "--model",
-            "quick",
-            "--coordinator-http",
-            &h.http_url(),
-            "--rps",
-            "30",
-            "--duration",
-            "8s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut load = load(&h, "quick", "30", "8s");
     wait_until(Duration::from_secs(20), "a scale-up decision", || {
         (model(&h, "quick")?["desired_replicas"].as_u64()? > 1).then_some(())
     });
