@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/gpufleet/v1/types.proto",
         "proto/gpufleet/v1/agent.proto",
         "proto/gpufleet/v1/control.proto",
+        "proto/gpufleet/v1/gateway.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -62,6 +62,10 @@ pub struct ServerSpec {
     /// Overrides the preset's metrics port.
     #[serde(serialize_with = "metrics_port_text")]
     pub metrics_port: Option<MetricsPort>,
+    /// Requests one replica serves at once (its engine's slots or batch
+    /// size): gateways send a replica no more than this and hold the rest.
+    /// `None`: the gateway's `default_max_concurrency`.
+    pub max_concurrency: Option<u32>,
 }
 
 /// The model server engine, which fixes its health and metrics endpoints and

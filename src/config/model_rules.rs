@@ -66,6 +66,8 @@ struct RawServer {
     metrics_path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_port: Option<RawPort>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrency: Option<i64>,
 }
 
 /// `metrics_port = 8002` or `metrics_port = "{metrics_port}"`.
@@ -344,6 +346,10 @@ fn validate_server(raw: RawServer) -> Result<ServerSpec, Problem> {
         .metrics_path
         .map(|p| http_path("server.metrics_path", p))
         .transpose()?;
+    let max_concurrency = raw
+        .max_concurrency
+        .map(|n| int_in("server.max_concurrency", n, 1..=100_000u32))
+        .transpose()?;
 
     let metrics_port = raw
         .metrics_port
@@ -371,6 +377,7 @@ fn validate_server(raw: RawServer) -> Result<ServerSpec, Problem> {
         health_path,
         metrics_path,
         metrics_port,
+        max_concurrency,
     })
 }
 
@@ -621,6 +628,7 @@ pub(super) fn to_toml(spec: &ModelSpec) -> String {
                 MetricsPort::Fixed(n) => RawPort::Number(i64::from(n)),
                 other => RawPort::Text(other.as_text()),
             }),
+            max_concurrency: s.max_concurrency.map(i64::from),
         }),
         scaling: spec.scaling.as_ref().map(|c| RawScaling {
             min_replicas: Some(i64::from(c.min_replicas)),

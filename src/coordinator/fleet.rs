@@ -158,6 +158,11 @@ pub struct Fleet {
     pub(super) assignment_key: AssignmentKey,
     /// Replica reports not believed, by node and why (a metric).
     pub(super) refused_claims: BTreeMap<(String, Refusal), u64>,
+    /// The routing table gateways follow; published after every change.
+    pub(super) routes_tx: tokio::sync::watch::Sender<crate::domain::RoutingTable>,
+    /// Connected gateways by link id, with their latest demand.
+    pub(super) gateways: BTreeMap<u64, super::gateways::GatewayLink>,
+    pub(super) next_gateway: u64,
 }
 
 impl Fleet {
@@ -241,6 +246,9 @@ impl Fleet {
             event_tx,
             assignment_key,
             refused_claims: BTreeMap::new(),
+            routes_tx: tokio::sync::watch::Sender::new(Default::default()),
+            gateways: BTreeMap::new(),
+            next_gateway: 1,
         };
         fleet.record(
             "coordinator",
@@ -301,6 +309,7 @@ impl Fleet {
         self.expire_log_requests(now);
         self.tick(now);
         self.save_demand(now);
+        self.publish_routes();
         self.flush_events();
     }
 
@@ -429,7 +438,11 @@ impl Fleet {
                 session,
                 node,
                 report,
-            } => self.report(session, &node, *report, now),
+            } => {
+                self.report(session, &node, *report, now);
+                // A replica turning ready is routable at once.
+                self.publish_routes();
+            }
             Command::Disconnect {
                 session,
                 node,
@@ -550,6 +563,11 @@ impl Fleet {
                     .map(|((node, why), n)| (node.clone(), *why, *n))
                     .collect()));
             }
+            Command::GatewayConnect { reply } => {
+                let _ = reply.send(Ok(self.gateway_connected()));
+            }
+            Command::GatewayReport { link, report } => self.gateway_report(link, *report, now),
+            Command::GatewayDisconnect { link } => self.gateway_disconnected(link),
         }
     }
 

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::api::{Event, GpuView, ModelView, NodeView, ReplicaView, WarmView};
-use crate::domain::{Hello, LogQuery, LogSlice, LogsReply, Report, ToAgent};
+use crate::domain::{
+    GatewayReport, Hello, LogQuery, LogSlice, LogsReply, Report, RoutingTable, ToAgent,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FleetError {
@@ -130,6 +132,17 @@ pub enum Command {
     /// Replica reports not believed, for `/metrics`.
     RefusedClaims {
         reply: Reply<Vec<(String, super::trust::Refusal, u64)>>,
+    },
+    /// A gateway opened its stream: its link id and the routing table to follow.
+    GatewayConnect {
+        reply: Reply<(u64, watch::Receiver<RoutingTable>)>,
+    },
+    GatewayReport {
+        link: u64,
+        report: Box<GatewayReport>,
+    },
+    GatewayDisconnect {
+        link: u64,
     },
 }
 
@@ -328,5 +341,21 @@ impl FleetHandle {
         &self,
     ) -> Result<Vec<(String, super::trust::Refusal, u64)>, FleetError> {
         ask!(self, RefusedClaims {})
+    }
+
+    pub async fn gateway_connect(
+        &self,
+    ) -> Result<(u64, watch::Receiver<RoutingTable>), FleetError> {
+        ask!(self, GatewayConnect {})
+    }
+
+    /// Gateway reports are fire-and-forget, like agents' reports.
+    pub async fn gateway_report(&self, link: u64, report: GatewayReport) {
+        let report = Box::new(report);
+        let _ = self.tx.send(Command::GatewayReport { link, report }).await;
+    }
+
+    pub async fn gateway_disconnect(&self, link: u64) {
+        let _ = self.tx.send(Command::GatewayDisconnect { link }).await;
     }
 }

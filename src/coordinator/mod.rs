@@ -5,6 +5,7 @@ pub mod autoscale;
 pub mod fleet;
 #[cfg(test)]
 mod fleet_tests;
+pub mod gateways;
 pub mod handle;
 mod host_room;
 pub mod http;
@@ -111,6 +112,9 @@ pub async fn run(
         ))
         .add_service(control_auth.guard(pb::control_server::ControlServer::new(
             service::ControlService::new(fleet.clone()),
+        )))
+        .add_service(control_auth.guard(pb::gateway_server::GatewayServer::new(
+            service::GatewayService::new(fleet.clone()),
         )))
         .serve_with_incoming_shutdown(
             limits::incoming(grpc, grpc_gate.clone()),

@@ -35,9 +35,10 @@ const DECISION_KINDS: &[&str] = &[
 ];
 
 impl Fleet {
-    /// The model's signals this tick, from what its replicas' nodes report.
-    /// `None` when no ready replica has fresh metrics (nothing to judge by).
-    fn model_signals(&self, model: &str) -> (Signals, bool) {
+    /// The model's signals this tick, from what its replicas' nodes report
+    /// and what its gateways hold. `fresh` is false when neither has news
+    /// (nothing to judge by).
+    fn model_signals(&self, model: &str, now: Instant) -> (Signals, bool) {
         let mut s = Signals {
             waiting: Some(0.0),
             ..Signals::default()
@@ -94,11 +95,31 @@ impl Fleet {
         } else {
             s.measurement = 0;
         }
+        let gateway = self.gateway_demand(model, now);
+        if let Some(g) = gateway {
+            // Requests held at a gateway are demand no replica has seen; the
+            // ones it sent are counted at once, before any scrape.
+            let scraped = s.ongoing;
+            s.ongoing = scraped.max(f64::from(g.in_flight)) + f64::from(g.queued);
+            // Held at the gateway is queued, as an engine's waiting requests are.
+            s.waiting = s.waiting.map(|w| w + f64::from(g.queued));
+            s.requests_per_s = s.requests_per_s.max(g.arrivals_per_s);
+            s.measurement = s.measurement.wrapping_mul(31).wrapping_add(g.seq);
+            if g.held_and_sent() >= scraped {
+                // The gateways' count is exact, not sampled: a report newer
+                // than a surge's start confirms it.
+                s.rescraped_at = g.oldest.max(s.rescraped_at);
+            }
+        }
         let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
         s.kv_cache_usage = mean(&kv);
         s.gpu_utilization = mean(&util);
-        // With nothing ready yet, "replicas are starting" is itself fresh news.
-        let fresh = fresh || (s.ready == 0 && s.starting > 0);
+        // With nothing ready yet, "replicas are starting" is itself fresh
+        // news; so is a gateway's report of traffic (a gateway that saw
+        // nothing says nothing about clients that bypass it).
+        let gateway_saw =
+            gateway.is_some_and(|g| g.held_and_sent() > 0.0 || g.arrivals_per_s > 0.0);
+        let fresh = fresh || (s.ready == 0 && s.starting > 0) || gateway_saw;
         (s, fresh)
     }
 
@@ -111,7 +132,7 @@ impl Fleet {
         let mut awaiting = false;
         let mut missing_changes = Vec::new();
         for name in names {
-            let (signals, fresh) = self.model_signals(&name);
+            let (signals, fresh) = self.model_signals(&name, now);
             let replicas: Vec<(String, bool, Duration)> = self
                 .plan
                 .values()

@@ -457,3 +457,48 @@ impl pb::control_server::Control for ControlService {
         }))
     }
 }
+
+/// Gateways: each holds one stream, pushing its demand up and receiving the
+/// routing table down whenever it changes.
+pub struct GatewayService {
+    fleet: FleetHandle,
+}
+
+impl GatewayService {
+    pub fn new(fleet: FleetHandle) -> Self {
+        Self { fleet }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::gateway_server::Gateway for GatewayService {
+    type RoutesStream = BoxStream<pb::RoutingTable>;
+
+    async fn routes(
+        &self,
+        request: Request<Streaming<pb::GatewayReport>>,
+    ) -> Result<Response<Self::RoutesStream>, Status> {
+        let address = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let mut inbound = request.into_inner();
+        let (link, table) = self.fleet.gateway_connect().await?;
+        tracing::info!(%address, link, "gateway connected");
+        let fleet = self.fleet.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                match inbound.message().await {
+                    Ok(Some(report)) => fleet.gateway_report(link, report.into()).await,
+                    Ok(None) => break "gateway closed the stream".to_string(),
+                    Err(e) => break format!("stream error: {}", e.message()),
+                }
+            };
+            tracing::info!(%address, link, "gateway disconnected: {reason}");
+            fleet.gateway_disconnect(link).await;
+        });
+        let outbound =
+            tokio_stream::wrappers::WatchStream::new(table).map(|t| Ok(pb::RoutingTable::from(&t)));
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}

@@ -4,6 +4,7 @@
 pub mod gpu;
 pub mod host;
 pub mod replica;
+pub mod routes;
 pub mod session;
 pub mod warm;
 
@@ -13,6 +14,7 @@ pub use replica::{
     replicas_moved, valid_replica_id, MetricsPort, ReplicaSpec, ReplicaState, ReplicaStatus,
     ServingSignals,
 };
+pub use routes::{GatewayReport, ModelDemand, ModelRoutes, RouteTarget, RoutingTable};
 pub use session::{Assignment, Hello, LogQuery, LogSlice, LogsReply, LogsRequest, Report, ToAgent};
 pub use warm::{fills_ended, warm_states_changed, WarmSpec, WarmStatus};
 

@@ -439,6 +439,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 mod control;
+mod gateway;
 mod session;
 
 #[cfg(test)]

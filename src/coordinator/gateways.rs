@@ -1,0 +1,205 @@
+//! The fleet's side of its gateways: the routing table they are pushed
+//! (ready, non-retiring replicas with their live load) and the demand they
+//! report back, which the autoscaler reads as a signal and which wakes a
+//! model at zero.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::domain::{GatewayReport, ModelRoutes, RouteTarget, RoutingTable};
+
+use super::fleet::Fleet;
+
+/// A gateway's report counts for this long; gateways report every few
+/// hundred milliseconds, so older means it is gone or stuck.
+pub const GATEWAY_DEMAND_STALE: Duration = Duration::from_secs(2);
+
+/// One connected gateway's latest report.
+pub struct GatewayLink {
+    pub report: GatewayReport,
+    pub at: Instant,
+    /// Reports received on this link: each one is a new measurement.
+    pub seq: u64,
+}
+
+/// The demand of every fresh gateway for one model, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GatewayDemand {
+    pub queued: u32,
+    pub in_flight: u32,
+    pub arrivals_per_s: f64,
+    /// The least recent of the reports summed: all of them are at least this new.
+    pub oldest: Option<Instant>,
+    /// Changes with every report summed in.
+    pub seq: u64,
+}
+
+impl GatewayDemand {
+    pub fn held_and_sent(&self) -> f64 {
+        f64::from(self.queued) + f64::from(self.in_flight)
+    }
+}
+
+impl Fleet {
+    /// Each model's ready replicas that are not retiring (the endpoints
+    /// without the retiring ones), with their last scraped load.
+    pub(super) fn routing_table(&self) -> RoutingTable {
+        let mut models: BTreeMap<String, ModelRoutes> = BTreeMap::new();
+        for (name, endpoints) in self.endpoints() {
+            let Some(m) = self.models.get(&name) else {
+                continue;
+            };
+            let mut replicas: Vec<RouteTarget> = endpoints
+                .into_iter()
+                .filter(|e| !e.retiring)
+                .map(|e| {
+                    let ongoing = self
+                        .nodes
+                        .get(&e.node)
+                        .and_then(|n| n.replicas.iter().find(|r| r.id == e.replica))
+                        .filter(|r| r.signals.fresh)
+                        .map_or(0.0, |r| r.signals.ongoing());
+                    RouteTarget {
+                        id: e.replica,
+                        node: e.node,
+                        address: e.address,
+                        ongoing,
+                    }
+                })
+                .collect();
+            replicas.sort_by(|a, b| a.id.cmp(&b.id));
+            let routes = ModelRoutes {
+                max_concurrency: m.spec.server.max_concurrency,
+                desired_replicas: m.desired,
+                pinned_replicas: m.record.pinned_replicas,
+                replicas,
+            };
+            models.insert(name, routes);
+        }
+        RoutingTable { models }
+    }
+
+    /// Tells the gateways, if the table changed.
+    pub(super) fn publish_routes(&mut self) {
+        let table = self.routing_table();
+        self.routes_tx.send_if_modified(|current| {
+            let changed = *current != table;
+            if changed {
+                *current = table;
+            }
+            changed
+        });
+    }
+
+    pub(super) fn gateway_connected(
+        &mut self,
+    ) -> (u64, tokio::sync::watch::Receiver<RoutingTable>) {
+        let id = self.next_gateway;
+        self.next_gateway += 1;
+        (id, self.routes_tx.subscribe())
+    }
+
+    /// A gateway's report: kept as that gateway's demand; a queue for a
+    /// model at zero wakes it now.
+    pub(super) fn gateway_report(&mut self, link: u64, report: GatewayReport, now: Instant) {
+        let to_wake: Vec<String> = report
+            .models
+            .iter()
+            .filter(|(name, d)| {
+                d.queued > 0
+                    && self.models.get(*name).is_some_and(|m| {
+                        m.desired == 0
+                            && m.record.pinned_replicas.is_none()
+                            && m.spec.scaling.is_some()
+                    })
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let seq = self.gateways.get(&link).map_or(1, |g| g.seq + 1);
+        let stepped = self
+            .gateways
+            .get(&link)
+            .is_none_or(|g| demand_moved(&g.report, &report));
+        self.gateways.insert(
+            link,
+            GatewayLink {
+                report,
+                at: now,
+                seq,
+            },
+        );
+        for name in to_wake {
+            if self.wake(&name, now).is_ok() {
+                self.tick_soon(now);
+            }
+        }
+        if stepped {
+            // A step in demand is decided on now, not at the next tick.
+            self.tick_soon(now);
+        }
+    }
+
+    pub(super) fn gateway_disconnected(&mut self, link: u64) {
+        self.gateways.remove(&link);
+    }
+
+    /// What the gateways that reported lately hold and send for `model`.
+    pub(super) fn gateway_demand(&self, model: &str, now: Instant) -> Option<GatewayDemand> {
+        let mut sum: Option<GatewayDemand> = None;
+        for g in self.gateways.values() {
+            if now.saturating_duration_since(g.at) > GATEWAY_DEMAND_STALE {
+                continue;
+            }
+            let d = g.report.models.get(model).copied().unwrap_or_default();
+            let s = sum.get_or_insert_with(GatewayDemand::default);
+            s.queued = s.queued.saturating_add(d.queued);
+            s.in_flight = s.in_flight.saturating_add(d.in_flight);
+            s.arrivals_per_s += d.arrivals_per_s;
+            s.oldest = Some(s.oldest.map_or(g.at, |o| o.min(g.at)));
+            s.seq = s.seq.wrapping_mul(31).wrapping_add(g.seq);
+        }
+        sum
+    }
+}
+
+/// Whether a gateway's demand for some model moved enough to decide on now:
+/// by 2 requests and a quarter, the agents' rule for an early report.
+fn demand_moved(before: &GatewayReport, after: &GatewayReport) -> bool {
+    let total = |r: &GatewayReport, m: &str| {
+        r.models
+            .get(m)
+            .map_or(0.0, |d| f64::from(d.queued) + f64::from(d.in_flight))
+    };
+    before.models.keys().chain(after.models.keys()).any(|m| {
+        let (a, b) = (total(before, m), total(after, m));
+        (b - a).abs() >= 2.0 && (b - a).abs() >= a.max(b) * 0.25
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ModelDemand;
+
+    fn report(queued: u32, in_flight: u32) -> GatewayReport {
+        let mut r = GatewayReport::default();
+        r.models.insert(
+            "m".into(),
+            ModelDemand {
+                queued,
+                in_flight,
+                arrivals_per_s: 0.0,
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn a_step_in_demand_is_news_and_jitter_is_not() {
+        assert!(demand_moved(&report(0, 0), &report(0, 4)));
+        assert!(demand_moved(&report(0, 8), &report(6, 8)));
+        assert!(!demand_moved(&report(0, 8), &report(0, 9)));
+        assert!(!demand_moved(&report(0, 40), &report(3, 40)));
+        assert!(demand_moved(&report(0, 3), &GatewayReport::default()));
+    }
+}
