@@ -9,6 +9,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod domain;
 pub mod exposition;
+pub mod gateway;
 pub mod logging;
 pub mod notify;
 pub mod security;

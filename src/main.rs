@@ -5,8 +5,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use gpufleet::cli::{self, AgentArgs, Cli, Command, CoordinatorArgs, EXIT_CONFIG};
-use gpufleet::config::{AgentConfig, AgentOverrides, CoordinatorConfig, CoordinatorOverrides};
+use gpufleet::cli::{
+    self, AgentArgs, Cli, Command, CoordinatorArgs, GatewayArgs, GatewayCommand, EXIT_CONFIG,
+};
+use gpufleet::config::{
+    AgentConfig, AgentOverrides, CoordinatorConfig, CoordinatorOverrides, GatewayConfig,
+    GatewayOverrides,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Coordinator(args) => coordinator(args).await,
             Command::Agent(args) => agent(args, client.coordinator).await,
+            Command::Gateway(args) => gateway(args, client.coordinator, output).await,
             Command::Demo(args) => gpufleet::demo::run(args, output)
                 .await
                 .map_err(Failure::Run),
@@ -101,6 +107,25 @@ async fn agent(args: AgentArgs, coordinator: Option<String>) -> Result<(), Failu
         stop_replicas_on_exit: args.stop_replicas_on_exit,
     };
     gpufleet::agent::run(cfg, options, cli::shutdown_signal())
+        .await
+        .map_err(Failure::Run)
+}
+
+async fn gateway(
+    args: GatewayArgs,
+    coordinator: Option<String>,
+    output: cli::output::Output,
+) -> Result<(), Failure> {
+    if let Some(GatewayCommand::Status(a)) = args.cmd {
+        return cli::gateway::run(a, output).await.map_err(Failure::Run);
+    }
+    let cfg = GatewayConfig::load(&GatewayOverrides {
+        config: args.config,
+        listen: args.listen,
+        coordinator,
+    })
+    .map_err(|e| Failure::Config(e.to_string()))?;
+    gpufleet::gateway::run(cfg, cli::shutdown_signal())
         .await
         .map_err(Failure::Run)
 }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod event;
 pub mod explain;
+pub mod gateway;
 pub mod gpu;
 pub mod list;
 pub mod manual;
@@ -56,6 +57,9 @@ pub enum Command {
     Coordinator(CoordinatorArgs),
     /// Run the agent on a GPU host.
     Agent(AgentArgs),
+    /// Run the request gateway (OpenAI-compatible, one address for every
+    /// model), or `gateway status` to see one.
+    Gateway(GatewayArgs),
     /// Run a whole local fleet on simulated GPUs, or the demo server / load generator.
     Demo(crate::demo::DemoArgs),
     /// Replay a request trace through gpufleet's autoscaling and baselines on a virtual clock.
@@ -161,6 +165,27 @@ pub struct StoreLocation {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct GatewayArgs {
+    #[command(subcommand)]
+    pub cmd: Option<GatewayCommand>,
+    /// Config file [default: /etc/gpufleet/gateway.toml when it exists].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Client listen address [default: 0.0.0.0:7470]. The coordinator is
+    /// the global --coordinator [default: the config file's, else
+    /// http://127.0.0.1:7460].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum GatewayCommand {
+    /// What a gateway holds and sends, per model and replica.
+    Status(gateway::StatusArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
     /// Config file [default: /etc/gpufleet/agent.toml when it exists].
     #[arg(long)]
@@ -214,7 +239,11 @@ pub async fn run_operator(
             Ok(())
         }
         Command::Man { out_dir } => manual::man_pages(&out_dir),
-        Command::Coordinator(_) | Command::Agent(_) | Command::Demo(_) | Command::Simulate(_) => {
+        Command::Coordinator(_)
+        | Command::Agent(_)
+        | Command::Gateway(_)
+        | Command::Demo(_)
+        | Command::Simulate(_) => {
             unreachable!("daemon commands are dispatched by main")
         }
     }
@@ -226,6 +255,7 @@ impl Command {
     pub fn is_daemon(&self) -> bool {
         match self {
             Command::Coordinator(_) | Command::Agent(_) => true,
+            Command::Gateway(g) => g.cmd.is_none(),
             // The fleet demo runs daemons and serves; `demo load` prints a report.
             Command::Demo(d) => !matches!(d.cmd, Some(crate::demo::DemoCommand::Load(_))),
             _ => false,

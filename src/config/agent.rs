@@ -280,7 +280,7 @@ fn check_node_name(key: &str, name: String) -> Result<String, Problem> {
     }
 }
 
-fn check_url(key: &str, url: &str) -> Result<String, Problem> {
+pub(super) fn check_url(key: &str, url: &str) -> Result<String, Problem> {
     let url = url.trim().trim_end_matches('/');
     let rest = url
         .strip_prefix("http://")

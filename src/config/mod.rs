@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod coordinator;
+pub mod gateway;
 pub mod model;
 mod model_rules;
 pub mod problem;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 pub use agent::{AgentConfig, AgentOverrides, GpuSettings, WarmBudget, WarmSettings};
 pub use coordinator::{AuthSettings, CoordinatorConfig, CoordinatorOverrides};
+pub use gateway::{GatewayConfig, GatewayOverrides};
 pub use model::{
     ModelSpec, Preset, ScalingSpec, ServerSpec, SpecError, WarmMode, WarmPolicy, PLACEHOLDERS,
 };
@@ -119,6 +121,20 @@ struct RawTls {
 }
 
 impl RawTls {
+    /// A client of the coordinator that authenticates with a token may give
+    /// the CA alone; with a certificate it gives all three.
+    fn validate_client(self) -> Result<TlsSettings, Problem> {
+        let blank = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
+        if !blank(&self.ca) && blank(&self.cert) && blank(&self.key) {
+            return Ok(TlsSettings {
+                ca: problem::optional_path(self.ca),
+                cert: None,
+                key: None,
+            });
+        }
+        self.validate()
+    }
+
     fn validate(self) -> Result<TlsSettings, Problem> {
         let tls = TlsSettings {
             ca: problem::optional_path(self.ca),

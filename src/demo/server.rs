@@ -232,7 +232,7 @@ async fn load(engine: Arc<Engine>, cancel: Arc<AtomicBool>) -> anyhow::Result<()
 struct Engine {
     cfg: ServerConfig,
     ready: AtomicBool,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     running: AtomicUsize,
     finished: Mutex<LatencyHistogram>,
@@ -242,7 +242,7 @@ struct Engine {
 impl Engine {
     fn new(cfg: ServerConfig) -> Self {
         Self {
-            slots: Semaphore::new(cfg.concurrency.get()),
+            slots: Arc::new(Semaphore::new(cfg.concurrency.get())),
             cfg,
             ready: AtomicBool::new(false),
             waiting: AtomicUsize::new(0),
@@ -355,13 +355,6 @@ async fn completions(
             format!("The model `{asked}` does not exist; this server serves `{name}`."),
         );
     }
-    if req.stream {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "BadRequestError",
-            "stream=true is not supported by the demo model server".into(),
-        );
-    }
     let tokens = req.max_tokens.unwrap_or(engine.cfg.default_tokens.get());
     if !(1..=MAX_TOKENS_LIMIT).contains(&tokens) {
         return api_error(
@@ -373,7 +366,7 @@ async fn completions(
 
     let queued = InGauge::enter(&engine.waiting);
     // The semaphore is never closed, so acquiring only fails on a broken invariant.
-    let Ok(_slot) = engine.slots.acquire().await else {
+    let Ok(slot) = engine.slots.clone().acquire_owned().await else {
         return api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailableError",
@@ -381,6 +374,10 @@ async fn completions(
         );
     };
     drop(queued);
+    if req.stream {
+        return stream_tokens(engine.clone(), slot, tokens, arrived);
+    }
+    let _slot = slot;
     let generating = InGauge::enter(&engine.running);
     tokio::time::sleep(engine.cfg.token_time.saturating_mul(tokens)).await;
     drop(generating);
@@ -414,13 +411,83 @@ async fn completions(
     .into_response()
 }
 
+/// `stream: true`: one server-sent event per token as it is generated
+/// (OpenAI's `text_completion` chunks), then `data: [DONE]`. The slot is held
+/// until the last token; a client that hangs up frees it.
+fn stream_tokens(
+    engine: Arc<Engine>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    tokens: u32,
+    arrived: Instant,
+) -> Response {
+    let id = engine.next_id.fetch_add(1, Ordering::Relaxed);
+    let created = crate::domain::unix_ms_now() / 1000;
+    engine.running.fetch_add(1, Ordering::Relaxed);
+    struct Generation {
+        engine: Arc<Engine>,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+        next: u32,
+    }
+    impl Drop for Generation {
+        fn drop(&mut self) {
+            self.engine.running.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let state = Generation {
+        engine,
+        _slot: slot,
+        next: 0,
+    };
+    let events = futures_util::stream::unfold(Some(state), move |state| async move {
+        let mut g = state?;
+        if g.next == tokens {
+            g.engine
+                .finished
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .observe(arrived.elapsed().as_secs_f64());
+            return Some((
+                Ok::<_, std::convert::Infallible>("data: [DONE]\n\n".to_string()),
+                None,
+            ));
+        }
+        tokio::time::sleep(g.engine.cfg.token_time).await;
+        let finish = if g.next + 1 == tokens {
+            json!("length")
+        } else {
+            json!(null)
+        };
+        let chunk = json!({
+            "id": format!("cmpl-{id:016x}"),
+            "object": "text_completion",
+            "created": created,
+            "model": g.engine.cfg.model_name,
+            "choices": [{"index": 0, "text": generated_text_at(g.next), "logprobs": null, "finish_reason": finish}],
+        });
+        g.next += 1;
+        Some((Ok(format!("data: {chunk}\n\n")), Some(g)))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(events),
+    )
+        .into_response()
+}
+
+const WORDS: [&str; 8] = [
+    " the", " fleet", " keeps", " weights", " warm", " on", " every", " host",
+];
+
+/// The `i`th generated token.
+fn generated_text_at(i: u32) -> &'static str {
+    WORDS[i as usize % WORDS.len()]
+}
+
 fn generated_text(tokens: u32) -> String {
-    const WORDS: [&str; 8] = [
-        " the", " fleet", " keeps", " weights", " warm", " on", " every", " host",
-    ];
-    (0..tokens as usize)
-        .map(|i| WORDS[i % WORDS.len()])
-        .collect()
+    (0..tokens).map(generated_text_at).collect()
 }
 
 async fn metrics(State(engine): State<Arc<Engine>>) -> Response {

@@ -407,7 +407,7 @@ pub fn tls_init(dir: &Path, agents: &str) {
 // ---- model specs ----
 
 /// `base` config lines, less those whose key `extra` sets, then `extra`.
-fn overridden(base: &str, extra: &str) -> String {
+pub fn overridden(base: &str, extra: &str) -> String {
     let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
     let set: Vec<String> = extra.lines().filter(|l| l.contains('=')).map(key).collect();
     let mut out: String = base

@@ -433,3 +433,37 @@ fn command_line_defaults_are_the_documented_ones() {
         Err(ServerError::NoModelName { .. })
     ));
 }
+
+#[tokio::test]
+async fn stream_true_sends_one_event_per_token_then_done() {
+    let server = TestServer::start_ready(|c| c.token_time = Duration::from_millis(1)).await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/v1/completions", server.base))
+        .json(&serde_json::json!({"prompt": "hi", "max_tokens": 3, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 4, "{text}");
+    assert_eq!(events[3], "data: [DONE]");
+    let first: Value = serde_json::from_str(events[0].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(first["choices"][0]["text"], " the");
+    // The slot came back: the gauges are at rest.
+    let metrics = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("vllm:num_requests_running{model_name=\"tiny-model\"} 0.0"),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}

@@ -1,0 +1,199 @@
+use super::*;
+use crate::domain::{ModelRoutes, RouteTarget};
+
+fn table(models: &[(&str, Option<u32>, &[&str])]) -> RoutingTable {
+    let mut t = RoutingTable::default();
+    for (name, max, replicas) in models {
+        t.models.insert(
+            name.to_string(),
+            ModelRoutes {
+                max_concurrency: *max,
+                desired_replicas: replicas.len() as u32,
+                pinned_replicas: None,
+                replicas: replicas
+                    .iter()
+                    .map(|id| RouteTarget {
+                        id: id.to_string(),
+                        node: "n".into(),
+                        address: format!("{id}:1"),
+                        ongoing: 0.0,
+                    })
+                    .collect(),
+            },
+        );
+    }
+    t
+}
+
+/// Always the first choice: tests that do not care about randomness.
+fn first(_: usize) -> usize {
+    0
+}
+
+fn go(a: Admission) -> Grant {
+    match a {
+        Admission::Go(g) => g,
+        other => panic!("expected Go, got {other:?}"),
+    }
+}
+
+fn wait(a: Admission) -> (u64, oneshot::Receiver<Grant>, bool) {
+    match a {
+        Admission::Wait { id, rx, first } => (id, rx, first),
+        other => panic!("expected Wait, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_replica_takes_requests_only_while_it_has_room() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 8);
+    d.apply_table(&table(&[("m", Some(2), &["a"])]), now, &mut first);
+    let g1 = go(d.admit("m", now, &mut first));
+    go(d.admit("m", now, &mut first));
+    let (_, mut rx, is_first) = wait(d.admit("m", now, &mut first));
+    assert!(!is_first, "the model has a replica: nothing to wake");
+    assert!(rx.try_recv().is_err());
+    // A request finishing hands its room to the queue at once.
+    d.release("m", &g1.replica, now, &mut first);
+    assert_eq!(rx.try_recv().unwrap().replica, "a");
+    assert_eq!(d.demand(now)["m"].in_flight, 2);
+    assert_eq!(d.demand(now)["m"].queued, 0);
+}
+
+#[test]
+fn a_model_at_zero_holds_and_a_new_replica_takes_the_queue() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 1);
+    d.apply_table(&table(&[("m", None, &[])]), now, &mut first);
+    let (_, mut rx1, first1) = wait(d.admit("m", now, &mut first));
+    let (_, mut rx2, first2) = wait(d.admit("m", now, &mut first));
+    assert!(first1 && !first2, "only the first arrival wakes the model");
+    assert_eq!(d.demand(now)["m"].queued, 2);
+    // The default max (1) lets one through per replica.
+    d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
+    let got = [
+        rx1.try_recv().unwrap().replica,
+        rx2.try_recv().unwrap().replica,
+    ];
+    assert_eq!(got.iter().filter(|r| *r == "a").count(), 1, "{got:?}");
+    assert_eq!(got.iter().filter(|r| *r == "b").count(), 1, "{got:?}");
+}
+
+#[test]
+fn overflow_unknown_models_and_no_table_are_refused() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(1, 1);
+    assert!(matches!(
+        d.admit("m", now, &mut first),
+        Admission::Refused(Refusal::NoTable)
+    ));
+    d.apply_table(&table(&[("m", None, &[])]), now, &mut first);
+    let _held = wait(d.admit("m", now, &mut first));
+    assert!(matches!(
+        d.admit("m", now, &mut first),
+        Admission::Refused(Refusal::QueueFull {
+            queued: 1,
+            capacity: 1
+        })
+    ));
+    match d.admit("other", now, &mut first) {
+        Admission::Refused(Refusal::UnknownModel { known }) => assert_eq!(known, ["m"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_abandoned_waiter_leaves_the_queue_and_leaks_no_slot() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 1);
+    d.apply_table(&table(&[("m", None, &["a"])]), now, &mut first);
+    let g = go(d.admit("m", now, &mut first));
+    let (gone_id, gone_rx, _) = wait(d.admit("m", now, &mut first));
+    let (_, mut next_rx, _) = wait(d.admit("m", now, &mut first));
+    // The first waiter hangs up: the queue skips it.
+    drop(gone_rx);
+    d.abandon("m", gone_id, None, now, &mut first);
+    d.release("m", &g.replica, now, &mut first);
+    let granted = next_rx.try_recv().unwrap();
+    assert_eq!(d.demand(now)["m"].in_flight, 1);
+    // A grant delivered to a waiter that then gave up goes back.
+    let (late_id, mut late_rx, _) = wait(d.admit("m", now, &mut first));
+    d.release("m", &granted.replica, now, &mut first);
+    let unread = late_rx.try_recv().ok();
+    assert!(unread.is_some());
+    d.abandon("m", late_id, unread, now, &mut first);
+    assert_eq!(d.demand(now)["m"].in_flight, 0);
+    assert_eq!(d.demand(now)["m"].queued, 0);
+}
+
+#[test]
+fn dropped_receivers_are_skipped_when_serving_the_queue() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 1);
+    d.apply_table(&table(&[("m", None, &["a"])]), now, &mut first);
+    let g = go(d.admit("m", now, &mut first));
+    let (_, dead, _) = wait(d.admit("m", now, &mut first));
+    drop(dead);
+    let (_, mut live, _) = wait(d.admit("m", now, &mut first));
+    d.release("m", &g.replica, now, &mut first);
+    assert_eq!(live.try_recv().unwrap().replica, "a");
+    assert_eq!(d.demand(now)["m"].in_flight, 1);
+}
+
+#[test]
+fn power_of_two_choices_prefers_the_less_loaded() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 100);
+    d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
+    // rng picks a (0) then b: a gets the first; with a busier, b wins.
+    let mut picks = [0usize, 0].into_iter().cycle();
+    let mut rng = |_: usize| picks.next().unwrap();
+    assert_eq!(go(d.admit("m", now, &mut rng)).replica, "a");
+    assert_eq!(go(d.admit("m", now, &mut rng)).replica, "b");
+    assert_eq!(go(d.admit("m", now, &mut rng)).replica, "a");
+}
+
+#[test]
+fn a_replica_that_left_the_table_gets_nothing_new_but_its_count_ends_right() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 4);
+    d.apply_table(&table(&[("m", None, &["old"])]), now, &mut first);
+    let g = go(d.admit("m", now, &mut first));
+    // "old" retires: the coordinator drops it from the table.
+    d.apply_table(&table(&[("m", None, &["new"])]), now, &mut first);
+    for _ in 0..4 {
+        assert_eq!(go(d.admit("m", now, &mut first)).replica, "new");
+    }
+    d.release("m", &g.replica, now, &mut first);
+    assert_eq!(d.demand(now)["m"].in_flight, 4);
+}
+
+#[test]
+fn a_failed_replica_is_passed_over_for_a_while() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 4);
+    d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
+    d.mark_failed("m", "a", now);
+    for _ in 0..3 {
+        let g = go(d.admit("m", now, &mut first));
+        assert_eq!(g.replica, "b");
+        d.release("m", &g.replica, now, &mut first);
+    }
+    let later = now + FAILED_COOLDOWN + Duration::from_millis(1);
+    assert_eq!(go(d.admit("m", later, &mut first)).replica, "a");
+}
+
+#[test]
+fn a_deleted_model_drops_its_waiters() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 1);
+    d.apply_table(&table(&[("m", None, &[])]), now, &mut first);
+    let (_, mut rx, _) = wait(d.admit("m", now, &mut first));
+    d.apply_table(&RoutingTable::default(), now, &mut first);
+    assert!(matches!(
+        rx.try_recv(),
+        Err(oneshot::error::TryRecvError::Closed)
+    ));
+    assert!(d.demand(now).is_empty());
+}

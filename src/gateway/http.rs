@@ -1,0 +1,137 @@
+//! The gateway's HTTP server: its own accept loop (hyper with a timer, so a
+//! client that trickles its request head is cut off) serving the OpenAI
+//! routes, `/v1/models`, `/metrics`, `/healthz` and `/status`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+
+use super::Gateway;
+
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .with_state(gw)
+}
+
+/// Accepts until `stop` turns true; each connection is served on its own
+/// task, so no client can hold up another.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gw: Arc<Gateway>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let read_timeout = gw.cfg.request_read_timeout;
+    let app = router(gw);
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, not spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(read_timeout);
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("client connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    super::proxy::forward(gw, "/v1/completions", headers, body).await
+}
+
+async fn chat_completions(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    super::proxy::forward(gw, "/v1/chat/completions", headers, body).await
+}
+
+/// OpenAI's model list: every model of the fleet, awake or not.
+async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(e) = gw.authorize(&headers) {
+        return e.into_response();
+    }
+    let data: Vec<serde_json::Value> = gw
+        .dispatcher
+        .snapshot()
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.model,
+                "object": "model",
+                "owned_by": "gpufleet",
+                "ready_replicas": m.replicas.len(),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    let body = gw.metrics.render(
+        &gw.dispatcher.snapshot(),
+        gw.connected.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Healthy once the gateway has a routing table to route by.
+async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.connected.load(Ordering::Relaxed) || !gw.dispatcher.snapshot().is_empty() {
+        "ok\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no routing table from the coordinator yet\n",
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(gw): State<Arc<Gateway>>) -> Response {
+    Json(super::status::GatewayStatus {
+        name: gw.name.clone(),
+        coordinator: gw.cfg.coordinator.clone(),
+        connected: gw.connected.load(Ordering::Relaxed),
+        models: gw.dispatcher.snapshot(),
+    })
+    .into_response()
+}

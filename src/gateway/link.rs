@@ -1,0 +1,113 @@
+//! The gateway's stream to the coordinator: the routing table comes down
+//! (pushed whenever it changes), the gateway's demand goes up every report
+//! interval and at once when a request finds its model asleep. While the
+//! coordinator is away the gateway keeps routing on the last table it had.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::agent::link::backoff;
+use crate::domain::{GatewayReport, RoutingTable};
+use crate::security::{BearerToken, ClientTls};
+use crate::wire::pb;
+
+use super::Gateway;
+
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// How the gateway reaches the coordinator.
+pub struct LinkSettings {
+    pub coordinator: String,
+    pub tls: Option<ClientTls>,
+    pub token: BearerToken,
+}
+
+/// Keeps the stream up until the process ends.
+pub async fn run(gw: Arc<Gateway>, link: LinkSettings) {
+    let mut failures: u32 = 0;
+    loop {
+        let started = Instant::now();
+        let outcome = stream(&gw, &link).await;
+        gw.connected.store(false, Ordering::Relaxed);
+        if started.elapsed() > Duration::from_secs(10) {
+            failures = 0;
+        }
+        let delay = backoff(failures, BACKOFF_BASE, BACKOFF_CAP, rand::random());
+        failures = failures.saturating_add(1);
+        let message = outcome
+            .err()
+            .unwrap_or_else(|| "the coordinator ended the stream".into());
+        if failures <= 1 || failures.is_multiple_of(20) {
+            tracing::warn!(coordinator = %link.coordinator, retry_in = ?delay, "{message}; routing on the last known replicas");
+        } else {
+            tracing::debug!(coordinator = %link.coordinator, retry_in = ?delay, "{message}");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn stream(gw: &Arc<Gateway>, link: &LinkSettings) -> Result<(), String> {
+    let endpoint = crate::security::tls::endpoint(&link.coordinator, link.tls.as_ref())
+        .map_err(|e| format!("coordinator URL `{}` is invalid: {e}", link.coordinator))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(crate::coordinator::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::coordinator::KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    let channel = crate::security::tls::connect(endpoint, link.tls.as_ref())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach the coordinator at {}: {}",
+                link.coordinator,
+                crate::wire::error_chain(&e)
+            )
+        })?;
+    let mut client =
+        pb::gateway_client::GatewayClient::with_interceptor(channel, link.token.clone());
+    let (tx, rx) = mpsc::channel::<pb::GatewayReport>(4);
+    // The first report goes out with the stream, so a queue is known at once.
+    let _ = tx.try_send(pb::GatewayReport::from(&report(gw)));
+    let mut inbound = client
+        .routes(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| {
+            format!(
+                "the coordinator refused the routing stream: {}",
+                s.message()
+            )
+        })?
+        .into_inner();
+    gw.connected.store(true, Ordering::Relaxed);
+    tracing::info!(coordinator = %link.coordinator, "routing stream open");
+    let mut tick = tokio::time::interval(gw.cfg.report_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(table)) => gw.dispatcher.apply_table(&RoutingTable::from(table)),
+                Ok(None) => return Ok(()),
+                Err(s) => return Err(format!("routing stream broke: {}", s.message())),
+            },
+            _ = tick.tick() => send(&tx, gw).await?,
+            _ = gw.wake.notified() => send(&tx, gw).await?,
+        }
+    }
+}
+
+async fn send(tx: &mpsc::Sender<pb::GatewayReport>, gw: &Gateway) -> Result<(), String> {
+    tx.send(pb::GatewayReport::from(&report(gw)))
+        .await
+        .map_err(|_| "the routing stream closed".to_string())
+}
+
+fn report(gw: &Gateway) -> GatewayReport {
+    GatewayReport {
+        gateway: gw.name.clone(),
+        models: gw.dispatcher.demand(),
+    }
+}

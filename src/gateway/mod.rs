@@ -1,0 +1,156 @@
+//! The request gateway: one OpenAI-compatible address for every model of
+//! the fleet. It follows the coordinator's routing table over a push
+//! stream, holds requests while a model wakes or its replicas are full,
+//! sends each to a replica with room, and reports its queue back as an
+//! autoscaling signal. Stateless: several can serve one fleet.
+
+pub mod dispatch;
+pub mod http;
+pub mod link;
+pub mod metrics;
+pub mod proxy;
+pub mod status;
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::{header, HeaderMap, StatusCode};
+use tokio::sync::Notify;
+
+use crate::config::GatewayConfig;
+use crate::security::tokens::{check_token, TokenSet};
+use crate::security::BearerToken;
+
+use dispatch::{Dispatcher, SharedDispatcher};
+use proxy::ApiError;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What every request handler shares.
+pub struct Gateway {
+    pub cfg: GatewayConfig,
+    pub name: String,
+    pub dispatcher: SharedDispatcher,
+    pub metrics: metrics::Metrics,
+    /// To the replicas.
+    pub client: reqwest::Client,
+    /// Asks the link to report now (a request found its model asleep).
+    pub wake: Notify,
+    /// Whether the routing stream is up.
+    pub connected: AtomicBool,
+    client_tokens: Option<TokenSet>,
+}
+
+impl Gateway {
+    /// Checks a client's bearer token when tokens are configured.
+    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(tokens) = &self.client_tokens else {
+            return Ok(());
+        };
+        let refuse = |message: &str| ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            reason: "unauthorized",
+            model: String::new(),
+            message: message.to_string(),
+            retry_after: None,
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| refuse("this gateway requires `Authorization: Bearer <token>`"))?;
+        if check_token(token).is_err() || tokens.access_of(token).is_none() {
+            return Err(refuse("the bearer token is not known to this gateway"));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves.
+pub async fn run(
+    cfg: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let _watchdog = crate::notify::spawn_watchdog();
+    let client_tokens = match &cfg.client_tokens_file {
+        Some(path) => Some(TokenSet::load(path)?),
+        None => None,
+    };
+    let token = BearerToken::from_sources(cfg.coordinator_token_file.as_deref(), None)?;
+    // The config ties a CA to an https:// coordinator URL.
+    let tls = match &cfg.tls.ca {
+        Some(ca) => {
+            let identity = cfg.tls.cert.as_deref().zip(cfg.tls.key.as_deref());
+            Some(crate::security::ClientTls::new(ca, identity)?)
+        }
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    let name = cfg.name.clone().unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "gateway".into());
+        format!("{host}:{}", local.port())
+    });
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .context("building the HTTP client for replicas")?;
+    let gw = Arc::new(Gateway {
+        dispatcher: SharedDispatcher::new(Dispatcher::new(
+            cfg.queue_capacity,
+            cfg.default_max_concurrency,
+        )),
+        metrics: metrics::Metrics::default(),
+        client,
+        wake: Notify::new(),
+        connected: AtomicBool::new(false),
+        client_tokens,
+        name,
+        cfg,
+    });
+    tracing::info!(listen = %local, coordinator = %gw.cfg.coordinator, name = %gw.name, "gateway listening");
+    if gw.client_tokens.is_none() {
+        tracing::warn!(
+            "no [auth] client_tokens_file: any client that reaches the gateway may send requests"
+        );
+    }
+    let link = tokio::spawn(link::run(
+        gw.clone(),
+        link::LinkSettings {
+            coordinator: gw.cfg.coordinator.clone(),
+            tls,
+            token,
+        },
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, gw.clone(), stop_rx));
+    crate::notify::ready("routing");
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; letting requests in flight finish");
+    crate::notify::stopping();
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while gw
+            .dispatcher
+            .demand()
+            .values()
+            .any(|d| d.in_flight > 0 || d.queued > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    link.abort();
+    Ok(())
+}

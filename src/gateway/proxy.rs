@@ -1,0 +1,414 @@
+//! The OpenAI-compatible request path: read the body (capped, timed), take
+//! the model from it, hold the request until a replica has room, send it,
+//! and pass the replica's answer back byte for byte. A request whose
+//! replica fails before answering is tried on another; never after a byte
+//! reached the client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use super::dispatch::{Admission, Refusal, Slot};
+use super::Gateway;
+
+/// Label for requests whose model is not one the fleet serves, so that
+/// client-chosen names cannot grow the metrics without bound.
+const UNKNOWN_MODEL: &str = "_unknown";
+
+/// Why a request was refused, as clients (and the metrics) read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: &'static str,
+    pub model: String,
+    pub message: String,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: &'static str, model: &str, message: String) -> ApiError {
+        ApiError {
+            status,
+            reason,
+            model: model.to_string(),
+            message,
+            retry_after: None,
+        }
+    }
+
+    fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // OpenAI's error shape, plus the model and a machine-readable reason.
+        let body = serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.reason,
+                "code": self.status.as_u16(),
+                "model": self.model,
+                "reason": self.reason,
+            }
+        });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+/// The model a request names: the `model` string of its JSON object body.
+pub fn model_of(body: &[u8]) -> Result<String, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "",
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "",
+            "the request body must be a JSON object with a `model` field".into(),
+        ));
+    };
+    match obj.get("model") {
+        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => Ok(m.clone()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_model",
+            "",
+            "the `model` field must be a non-empty string naming a model of the fleet (GET /v1/models lists them)".into(),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_model",
+            "",
+            "the request names no model: add a `model` field (GET /v1/models lists them)".into(),
+        )),
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes or a client
+/// slower than `timeout` (a slowloris holds only its own connection).
+pub async fn read_body(body: Body, limit: u64, timeout: Duration) -> Result<Bytes, ApiError> {
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit_usize)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "",
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(timeout)
+            ),
+        )),
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            let too_large = e.is::<http_body_util::LengthLimitError>();
+            if too_large {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "",
+                    format!(
+                        "the request body is over the gateway's limit of {} (max_body)",
+                        crate::config::units::format_bytes(limit)
+                    ),
+                ))
+            } else {
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "body_unreadable",
+                    "",
+                    format!("the request body could not be read: {e}"),
+                ))
+            }
+        }
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+/// Headers that belong to one connection, never forwarded.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "authorization"
+    )
+}
+
+/// Serves one OpenAI request for `path` ("/v1/completions").
+pub async fn forward(
+    gw: Arc<Gateway>,
+    path: &'static str,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let arrived = Instant::now();
+    if let Err(e) = gw.authorize(&headers) {
+        gw.metrics.rejection(UNKNOWN_MODEL, e.reason);
+        gw.metrics.response(UNKNOWN_MODEL, e.status.as_u16());
+        return e.into_response();
+    }
+    let result = async {
+        let bytes = read_body(body, gw.cfg.max_body_bytes, gw.cfg.request_read_timeout).await?;
+        let model = model_of(&bytes)?;
+        send(&gw, path, &headers, bytes, &model, arrived).await
+    }
+    .await;
+    match result {
+        Ok((model, resp)) => {
+            gw.metrics.response(&model, resp.status().as_u16());
+            resp
+        }
+        Err(e) => {
+            let label = if e.model.is_empty() || e.reason == "unknown_model" {
+                UNKNOWN_MODEL.to_string()
+            } else {
+                e.model.clone()
+            };
+            gw.metrics.rejection(&label, e.reason);
+            gw.metrics.response(&label, e.status.as_u16());
+            e.into_response()
+        }
+    }
+}
+
+/// Holds the request until a replica has room, then sends it; tries
+/// another replica while the chosen one fails before answering.
+async fn send(
+    gw: &Arc<Gateway>,
+    path: &'static str,
+    headers: &HeaderMap,
+    body: Bytes,
+    model: &str,
+    arrived: Instant,
+) -> Result<(String, Response), ApiError> {
+    let deadline = arrived + gw.cfg.hold_timeout;
+    let mut attempt = 1;
+    loop {
+        let slot = hold(gw, model, arrived, deadline).await?;
+        if attempt == 1 {
+            gw.metrics.waited(model, arrived.elapsed());
+        }
+        let url = format!("http://{}{path}", slot.grant().address);
+        let mut req = gw.client.post(&url).body(body.clone());
+        for (name, value) in headers {
+            if !hop_by_hop(name) {
+                req = req.header(name, value);
+            }
+        }
+        match req.send().await {
+            Ok(resp) => return Ok((model.to_string(), relay(gw, model, resp, slot, arrived))),
+            Err(e) => {
+                let replica = slot.grant().replica.clone();
+                tracing::warn!(model, replica_id = %replica, attempt, "replica failed before answering: {}", crate::wire::error_chain(&e));
+                gw.dispatcher.mark_failed(model, &replica);
+                drop(slot);
+                if attempt >= gw.cfg.max_attempts {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "replica_failed",
+                        model,
+                        format!(
+                            "model `{model}`: {attempt} replicas failed before answering; the last ({replica}): {}",
+                            crate::wire::error_chain(&e)
+                        ),
+                    ));
+                }
+                gw.metrics.retry(model);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// A slot on a replica of `model`, waiting (until `deadline`) while none
+/// has room.
+async fn hold(
+    gw: &Arc<Gateway>,
+    model: &str,
+    arrived: Instant,
+    deadline: Instant,
+) -> Result<Slot, ApiError> {
+    let (id, rx, first) = match gw.dispatcher.admit(model) {
+        Admission::Go(grant) => return Ok(gw.dispatcher.slot(model, grant)),
+        Admission::Wait { id, rx, first } => (id, rx, first),
+        Admission::Refused(Refusal::NoTable) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_routes",
+                model,
+                format!(
+                    "the gateway has not yet received the fleet's replicas from the coordinator at {}",
+                    gw.cfg.coordinator
+                ),
+            )
+            .retry_after(1))
+        }
+        Admission::Refused(Refusal::UnknownModel { known }) => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_model",
+                model,
+                if known.is_empty() {
+                    format!("model `{model}` is not served here; the fleet has no models")
+                } else {
+                    format!("model `{model}` is not served here; models: {}", known.join(", "))
+                },
+            ))
+        }
+        Admission::Refused(Refusal::QueueFull { queued, capacity }) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                model,
+                format!("model `{model}` has {queued} requests waiting already (queue_capacity {capacity}); retry later"),
+            )
+            .retry_after(1))
+        }
+    };
+    if first {
+        // The first request for a sleeping model wakes it now, not at the
+        // next report.
+        gw.wake.notify_one();
+    }
+    let mut ticket = gw.dispatcher.ticket(model, id, rx);
+    match tokio::time::timeout_at(deadline.into(), ticket.granted()).await {
+        Ok(Some(slot)) => Ok(slot),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_model",
+            model,
+            format!("model `{model}` was deleted while the request waited"),
+        )),
+        Err(_) => {
+            let why = match gw.dispatcher.pinned(model) {
+                Some(0) => format!(
+                    "model `{model}` is pinned to 0 replicas (`gpufleet model scale {model} --auto` lets it wake)"
+                ),
+                _ => format!(
+                    "model `{model}` had no replica with room within {} (hold_timeout)",
+                    humantime::format_duration(deadline.saturating_duration_since(arrived))
+                ),
+            };
+            Err(
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "hold_timeout", model, why)
+                    .retry_after(5),
+            )
+        }
+    }
+}
+
+/// The replica's answer, streamed back as it comes; the slot is held until
+/// the last byte (or the client hangs up, which drops the stream).
+fn relay(
+    gw: &Arc<Gateway>,
+    model: &str,
+    resp: reqwest::Response,
+    slot: Slot,
+    arrived: Instant,
+) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for (name, value) in resp.headers() {
+        if !hop_by_hop(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let metrics = gw.clone();
+    let model = model.to_string();
+    let mut first = true;
+    let stream = resp.bytes_stream().map(move |chunk| {
+        // The slot lives as long as this stream does.
+        let _held = &slot;
+        if first {
+            first = false;
+            metrics.metrics.first_byte(&model, arrived.elapsed());
+        }
+        chunk.map_err(std::io::Error::other)
+    });
+    let mut out = Response::new(Body::from_stream(stream));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_comes_from_the_body() {
+        assert_eq!(
+            model_of(br#"{"model":"chat","prompt":"hi"}"#).unwrap(),
+            "chat"
+        );
+        let e = model_of(b"{not json").unwrap_err();
+        assert_eq!(
+            (e.status, e.reason),
+            (StatusCode::BAD_REQUEST, "invalid_json")
+        );
+        let e = model_of(br#"["model"]"#).unwrap_err();
+        assert_eq!(e.reason, "invalid_json");
+        let e = model_of(br#"{"prompt":"hi"}"#).unwrap_err();
+        assert_eq!(e.reason, "missing_model");
+        assert!(e.message.contains("/v1/models"), "{}", e.message);
+        let e = model_of(br#"{"model":7}"#).unwrap_err();
+        assert_eq!(e.reason, "missing_model");
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_cap_are_refused_with_413() {
+        let big = Body::from(vec![b'x'; 5000]);
+        let e = read_body(big, 4096, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status, e.reason),
+            (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+        );
+        let ok = read_body(Body::from("{}"), 4096, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(&ok[..], b"{}");
+    }
+
+    #[test]
+    fn errors_carry_model_reason_and_retry_after() {
+        let resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            "chat",
+            "full".into(),
+        )
+        .retry_after(1)
+        .into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,671 @@
+//! The request gateway end to end: a real coordinator, agents with
+//! simulated GPUs, real model servers (the demo server, a fault-injecting
+//! test server, llama.cpp when present) and real `gpufleet gateway`
+//! processes, all on loopback.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A gateway process and its port.
+struct Gw {
+    _proc: Proc,
+    port: u16,
+}
+
+impl Gw {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Starts `gpufleet gateway` against the harness's coordinator and waits
+/// until it has a routing table; `extra` replaces or adds config keys.
+fn gateway(h: &Harness, name: &str, extra: &str) -> Gw {
+    let port = free_port();
+    let base = format!(
+        "listen = \"127.0.0.1:{port}\"\ncoordinator = \"{}\"\nname = \"{name}\"\nhold_timeout = \"60s\"\nreport_interval = \"250ms\"\n",
+        h.coordinator_url()
+    );
+    let cfg = h.write(&format!("{name}.toml"), &overridden(&base, extra));
+    let proc = h.spawn(name, &["gateway", "--config", cfg.to_str().unwrap()]);
+    wait_until(
+        Duration::from_secs(20),
+        "the gateway's routing table",
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            (http("GET", port, "/healthz", "").0 == 200).then_some(())
+        },
+    );
+    Gw { _proc: proc, port }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// POSTs `body` and returns (status, Retry-After, body text).
+async fn post(url: &str, body: &Value) -> (u16, Option<String>, String) {
+    let resp = client().post(url).json(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry, resp.text().await.unwrap_or_default())
+}
+
+async fn status_of(gw: &Gw) -> Value {
+    client()
+        .get(gw.url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn model(h: &Harness, name: &str) -> Option<Value> {
+    h.try_json(&["model", "ls"])?
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .cloned()
+}
+
+/// The value of an unlabelled-or-labelled series in a metrics text, summed.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics_of(gw: &Gw) -> String {
+    client()
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The fault-injecting test server, or None (with a loud SKIPPED) when
+/// python3 is missing.
+fn fixture_command(dir: &Path) -> Option<String> {
+    let ok = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("SKIPPED: python3 is not installed; the gateway's fault tests need it for tests/fixtures/replica.py");
+        return None;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replica.py");
+    std::fs::create_dir_all(dir).unwrap();
+    Some(format!(
+        "[\"{}\", \"--port\", \"{{port}}\", \"--dir\", \"{}\"]",
+        script.display(),
+        dir.display()
+    ))
+}
+
+fn hits(dir: &Path, port: u64) -> usize {
+    std::fs::read_to_string(dir.join(format!("hits-{port}")))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+fn ready_ports(h: &Harness, model: &str) -> Vec<u64> {
+    let replicas = h.json(&["replica", "ls", "--model", model]);
+    replicas
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "ready")
+        .map(|r| r["port"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_at_zero_holds_requests_wakes_and_then_serves_them() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 2, "");
+    h.wait_ready_nodes(1);
+    let command = demo_command(&[
+        "--model-name",
+        "sleepy",
+        "--token-time",
+        "5ms",
+        "--tokens",
+        "4",
+    ]);
+    h.apply(&h.model_spec(
+        "sleepy",
+        1,
+        "",
+        &command,
+        "[scaling]\nmin_replicas = 0\nmax_replicas = 1\nscale_to_zero_after = \"1h\"",
+    ));
+    let gw = gateway(&h, "gw", "");
+    assert_eq!(model(&h, "sleepy").unwrap()["desired_replicas"], 0);
+
+    // Three requests arrive while the model has no replica: all are held,
+    // the first wakes the model, and all are answered once it is ready.
+    let url = gw.url("/v1/completions");
+    let sends: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(
+                async move { post(&url, &json!({"model": "sleepy", "prompt": "hi"})).await },
+            )
+        })
+        .collect();
+    for s in sends {
+        let (status, _, body) = s.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let reply: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(reply["choices"][0]["text"], " the fleet keeps weights");
+    }
+    let events = h.json(&["events", "--model", "sleepy"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "wake"),
+        "the gateway woke the model: {events}"
+    );
+    let m = metrics_of(&gw).await;
+    assert_eq!(
+        metric(&m, "gpufleet_gateway_wait_seconds_count{model=\"sleepy\"}"),
+        3.0,
+        "{m}"
+    );
+    // They waited for a cold start, not a millisecond.
+    assert!(
+        metric(
+            &m,
+            "gpufleet_gateway_wait_seconds_bucket{model=\"sleepy\",le=\"0.1\"}"
+        ) < 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "gpufleet_gateway_in_flight{model=\"sleepy\"}"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overflow_gets_429_a_long_hold_503_and_bad_requests_clear_errors() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    let command = demo_command(&["--model-name", "pinned"]);
+    h.apply(&h.model_spec(
+        "pinned",
+        1,
+        "",
+        &command,
+        "[scaling]\nmin_replicas = 0\nmax_replicas = 1",
+    ));
+    // Pinned to zero: nothing can wake it, so held requests stay held.
+    let out = h.cli(&["model", "scale", "pinned", "--replicas", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gw = gateway(&h, "gw", "queue_capacity = 2\nhold_timeout = \"2s\"\nmax_body = \"1KiB\"\nrequest_read_timeout = \"1s\"");
+
+    let url = gw.url("/v1/completions");
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(
+                async move { post(&url, &json!({"model": "pinned", "prompt": "x"})).await },
+            )
+        })
+        .collect();
+    // Once both are queued, the third overflows at once.
+    let queued = || async {
+        let s = status_of(&gw).await;
+        s["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == "pinned")
+            .unwrap()["queued"]
+            .as_u64()
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if queued().await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, retry, body) = post(&url, &json!({"model": "pinned", "prompt": "x"})).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["model"], "pinned");
+    assert_eq!(err["error"]["reason"], "queue_full");
+
+    // The held ones give up after hold_timeout with 503, naming why.
+    for s in held {
+        let (status, retry, body) = s.await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(retry.is_some());
+        let err: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(err["error"]["reason"], "hold_timeout");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("pinned to 0"),
+            "{body}"
+        );
+    }
+
+    // Bad requests: each its own status and a message that says what is wrong.
+    let raw = |body: &'static str| {
+        let url = url.clone();
+        async move {
+            let resp = client().post(&url).body(body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            (status, v["error"]["reason"].as_str().unwrap().to_string())
+        }
+    };
+    assert_eq!(raw("{not json").await, (400, "invalid_json".into()));
+    assert_eq!(
+        raw("{\"prompt\":\"x\"}").await,
+        (400, "missing_model".into())
+    );
+    assert_eq!(
+        raw("{\"model\":\"nope\"}").await,
+        (404, "unknown_model".into())
+    );
+    let big = json!({"model": "pinned", "prompt": "x".repeat(4096)});
+    let (status, _, body) = post(&url, &big).await;
+    assert_eq!(status, 413, "{body}");
+
+    // A client that trickles its request head holds only its own
+    // connection, and is cut off after request_read_timeout.
+    use std::io::{Read, Write};
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let (status, _) = tokio::task::spawn_blocking({
+        let port = gw.port;
+        move || http("GET", port, "/v1/models", "")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "another client is served meanwhile");
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_pass_through_byte_for_byte() {
+    let h = Harness::new();
+    let dir = h.path("fixture");
+    let Some(command) = fixture_command(&dir) else {
+        return;
+    };
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    h.apply(&h.model_spec("streamer", 1, "", &command, ""));
+    let gw = gateway(&h, "gw", "");
+    let port = wait_until(Duration::from_secs(30), "a ready replica", || {
+        ready_ports(&h, "streamer").first().copied()
+    });
+
+    let body = json!({"model": "streamer", "prompt": "x", "stream": true});
+    let direct = client()
+        .post(format!("http://127.0.0.1:{port}/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    for path in ["/v1/completions", "/v1/chat/completions"] {
+        let resp = client()
+            .post(gw.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let via = resp.bytes().await.unwrap();
+        assert_eq!(via, direct, "{path}: the gateway changed the stream");
+    }
+    assert!(String::from_utf8_lossy(&direct).contains("café ✓"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_failing_before_the_first_byte_is_retried_never_after() {
+    let h = Harness::new();
+    let dir = h.path("fixture");
+    let Some(command) = fixture_command(&dir) else {
+        return;
+    };
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 2, "");
+    h.wait_ready_nodes(1);
+    h.apply(&h.model_spec("flaky", 1, "replicas = 2", &command, ""));
+    let gw = gateway(&h, "gw", "");
+    let ports = wait_until(Duration::from_secs(30), "two ready replicas", || {
+        let p = ready_ports(&h, "flaky");
+        (p.len() == 2).then_some(p)
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "both replicas at the gateway",
+        || {
+            let (_, s) = http("GET", gw.port, "/status", "");
+            (s.matches("\"address\"").count() == 2).then_some(())
+        },
+    );
+    let (bad, good) = (ports[0], ports[1]);
+    std::fs::write(dir.join(format!("fault-{bad}")), "reset").unwrap();
+
+    // Resets before any byte: every request still succeeds, on the good one.
+    let body = json!({"model": "flaky", "prompt": "x"});
+    let mut sent = 0;
+    while metric(&metrics_of(&gw).await, "gpufleet_gateway_retries_total") < 1.0 {
+        sent += 1;
+        assert!(sent <= 60, "the faulty replica was never chosen");
+        let (status, _, reply) = post(&gw.url("/v1/completions"), &body).await;
+        assert_eq!(status, 200, "{reply}");
+        let reply: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["port"], good);
+        if sent % 5 == 0 {
+            // Past the faulty replica's cooldown, so it is chosen again.
+            tokio::time::sleep(Duration::from_millis(2100)).await;
+        }
+    }
+    assert!(hits(&dir, bad) >= 1);
+
+    // Cut after the first bytes: the client sees a broken stream and the
+    // request is not sent again anywhere.
+    std::fs::write(dir.join(format!("fault-{bad}")), "cut").unwrap();
+    let retries_before = metric(&metrics_of(&gw).await, "gpufleet_gateway_retries_total");
+    let (bad_before, good_before) = (hits(&dir, bad), hits(&dir, good));
+    let mut broken = 0;
+    let mut requests = 0;
+    while broken == 0 {
+        requests += 1;
+        assert!(requests <= 60, "the cutting replica was never chosen");
+        let resp = client()
+            .post(gw.url("/v1/completions"))
+            .json(&json!({"model": "flaky", "prompt": "x", "stream": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        if resp.bytes().await.is_err() {
+            broken += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+    }
+    assert_eq!(
+        hits(&dir, bad) - bad_before + hits(&dir, good) - good_before,
+        requests,
+        "each request reached exactly one replica"
+    );
+    assert_eq!(
+        metric(&metrics_of(&gw).await, "gpufleet_gateway_retries_total"),
+        retries_before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retiring_replica_receives_nothing_new() {
+    let h = Harness::new();
+    let dir = h.path("fixture");
+    let Some(command) = fixture_command(&dir) else {
+        return;
+    };
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 2, "");
+    h.wait_ready_nodes(1);
+    h.apply(&h.model_spec("shrink", 1, "replicas = 2", &command, ""));
+    let gw = gateway(&h, "gw", "");
+    let ports = wait_until(Duration::from_secs(30), "two ready replicas", || {
+        let p = ready_ports(&h, "shrink");
+        (p.len() == 2).then_some(p)
+    });
+    let out = h.cli(&["model", "scale", "shrink", "--replicas", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The gateway hears of the retirement over its stream.
+    let kept = wait_until(
+        Duration::from_secs(10),
+        "one replica at the gateway",
+        || {
+            let (_, s) = http("GET", gw.port, "/status", "");
+            let v: Value = serde_json::from_str(&s).ok()?;
+            let replicas = v["models"][0]["replicas"].as_array()?.clone();
+            (replicas.len() == 1).then(|| {
+                replicas[0]["address"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+        },
+    );
+    let retiring = *ports.iter().find(|p| **p != kept).unwrap();
+    let before = hits(&dir, retiring);
+    for _ in 0..20 {
+        let (status, _, body) = post(
+            &gw.url("/v1/completions"),
+            &json!({"model": "shrink", "prompt": "x"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        hits(&dir, retiring),
+        before,
+        "the retiring replica got new requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_queue_drives_a_scale_up() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 4, "");
+    h.wait_ready_nodes(1);
+    // Each replica takes 2 requests at once; scrapes alone see 2 ongoing,
+    // exactly the target: only the queue at the gateway shows the demand.
+    let command = demo_command(&[
+        "--model-name",
+        "queued",
+        "--concurrency",
+        "2",
+        "--token-time",
+        "100ms",
+        "--tokens",
+        "40",
+    ]);
+    h.apply(&h.model_spec(
+        "queued",
+        1,
+        "",
+        &command,
+        "max_concurrency = 2\n[scaling]\nmin_replicas = 1\nmax_replicas = 3\ntarget_ongoing_requests = 2\nstable_window = \"6s\"\npanic_window = \"2s\"",
+    ));
+    wait_until(Duration::from_secs(30), "one ready replica", || {
+        (model(&h, "queued")?["ready_replicas"] == 1).then_some(())
+    });
+    let gw = gateway(&h, "gw", "");
+    let url = gw.url("/v1/completions");
+    let sends: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(
+                async move { post(&url, &json!({"model": "queued", "prompt": "x"})).await },
+            )
+        })
+        .collect();
+    tokio::task::block_in_place(|| {
+        wait_until(
+            Duration::from_secs(15),
+            "scale-up to 3 from the gateway queue",
+            || (model(&h, "queued")?["desired_replicas"] == 3).then_some(()),
+        );
+    });
+    for s in sends {
+        let (status, _, body) = s.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_share_a_fleet() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    let command = demo_command(&[
+        "--model-name",
+        "shared",
+        "--token-time",
+        "5ms",
+        "--tokens",
+        "4",
+    ]);
+    h.apply(&h.model_spec(
+        "shared",
+        1,
+        "",
+        &command,
+        "[scaling]\nmin_replicas = 0\nmax_replicas = 1\nscale_to_zero_after = \"1h\"",
+    ));
+    let one = gateway(&h, "gw-1", "");
+    let two = gateway(&h, "gw-2", "");
+    // Both hold at zero; either wakes the model; both are served by the same replica.
+    let a = tokio::spawn({
+        let url = one.url("/v1/completions");
+        async move { post(&url, &json!({"model": "shared", "prompt": "x"})).await }
+    });
+    let b = tokio::spawn({
+        let url = two.url("/v1/chat/completions");
+        async move { post(&url, &json!({"model": "shared", "messages": []})).await }
+    });
+    assert_eq!(a.await.unwrap().0, 200);
+    // The demo server serves only /v1/completions: the gateway passes its 404 through.
+    assert_eq!(b.await.unwrap().0, 404);
+    let (s1, s2) = (status_of(&one).await, status_of(&two).await);
+    assert_eq!(
+        s1["models"][0]["replicas"],
+        s2["models"][0]["replicas"].clone()
+    );
+    let (status, _, body) = post(
+        &two.url("/v1/completions"),
+        &json!({"model": "shared", "prompt": "y"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // `gateway status` reads either.
+    let out = std::process::Command::new(BIN)
+        .args(["gateway", "status", "--gateway", &two.url(""), "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "gw-2");
+    assert_eq!(v["connected"], true);
+}
+
+/// The real llama.cpp server behind the gateway: woken from zero by a
+/// streamed chat request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn llama_cpp_behind_the_gateway_wakes_and_streams() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/engines");
+    let server = std::env::var("LLAMA_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or(root.join("llama-server"));
+    let weights = std::env::var("LLAMA_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or(root.join("tiny-llama.gguf"));
+    if !server.exists() || !weights.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have ../shared/engines"
+        );
+        eprintln!(
+            "SKIPPED: {} or {} is missing; the llama.cpp gateway test needs them",
+            server.display(),
+            weights.display()
+        );
+        return;
+    }
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    // The weights must live under the agent's model roots.
+    let models = h.path("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let gguf = models.join("tiny-llama.gguf");
+    std::fs::copy(&weights, &gguf).unwrap();
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    let spec = h.write(
+        "llama.toml",
+        &format!(
+            "name = \"tiny\"\nweights = \"{}\"\n[server]\npreset = \"llamacpp\"\ncommand = [\"{}\", \"-m\", \"{{weights}}\", \"--port\", \"{{port}}\", \"--host\", \"127.0.0.1\", \"--metrics\", \"--parallel\", \"2\", \"-c\", \"1024\"]\ngpus = 1\ngpu_memory = \"1GiB\"\nready_timeout = \"60s\"\nmax_concurrency = 2\n[scaling]\nmin_replicas = 0\nmax_replicas = 1\nscale_to_zero_after = \"1h\"\n",
+            gguf.display(),
+            server.display()
+        ),
+    );
+    h.apply(&spec);
+    let gw = gateway(&h, "gw", "hold_timeout = \"90s\"");
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("data: "), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let (status, _, body) = post(
+        &gw.url("/v1/completions"),
+        &json!({"model": "tiny", "prompt": "hi", "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let m = metrics_of(&gw).await;
+    assert_eq!(
+        metric(&m, "gpufleet_gateway_ttft_seconds_count{model=\"tiny\"}"),
+        2.0,
+        "{m}"
+    );
+}
