@@ -53,10 +53,10 @@ step "verifying the units (ExecStart pointed at a stand-in binary)"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 install -m 0755 /bin/true "$scratch/gpufleet"
-for unit in gpufleet-agent gpufleet-coordinator; do
+for unit in gpufleet-agent gpufleet-coordinator gpufleet-gateway; do
     sed "s#/usr/bin/gpufleet #$scratch/gpufleet #" "systemd/$unit.service" >"$scratch/$unit.service"
 done
-verify_units "$scratch/gpufleet-agent.service" "$scratch/gpufleet-coordinator.service"
+verify_units "$scratch/gpufleet-agent.service" "$scratch/gpufleet-coordinator.service" "$scratch/gpufleet-gateway.service"
 
 # The sandbox must not loosen unnoticed: systemd-analyze security scores
 # each unit (0 safest, 10 most exposed); docs/install.md says what is left
@@ -118,6 +118,8 @@ for path in \
     ./usr/bin/gpufleet \
     ./etc/gpufleet/agent.toml \
     ./etc/gpufleet/coordinator.toml \
+    ./etc/gpufleet/gateway.toml \
+    ./usr/share/doc/gpufleet/gateway.md \
     ./usr/lib/sysusers.d/gpufleet.conf \
     ./usr/share/doc/gpufleet/install.md \
     ./usr/share/doc/gpufleet/copyright \
@@ -130,13 +132,13 @@ for path in \
     ./usr/share/doc/gpufleet/examples/llama.toml; do
     grep -q " $path\$" <<<"$contents" || fail "the .deb does not contain $path"
 done
-for unit in gpufleet-agent gpufleet-coordinator; do
+for unit in gpufleet-agent gpufleet-coordinator gpufleet-gateway; do
     grep -Eq " \./(usr/)?lib/systemd/system/$unit\.service\$" <<<"$contents" ||
         fail "the .deb does not contain the unit $unit.service"
 done
 grep -Eq '^-rwxr-xr-x (root/root|0/0) .* \./usr/bin/gpufleet$' <<<"$contents" ||
     fail "/usr/bin/gpufleet is not root-owned mode 0755 in the .deb"
-for conf in /etc/gpufleet/agent.toml /etc/gpufleet/coordinator.toml; do
+for conf in /etc/gpufleet/agent.toml /etc/gpufleet/coordinator.toml /etc/gpufleet/gateway.toml; do
     grep -qx "$conf" "$control/conffiles" 2>/dev/null ||
         fail "$conf is not a conffile (operator edits would be overwritten on upgrade)"
 done
@@ -175,16 +177,18 @@ grep -q '^run_as = "gpufleet-models"' /etc/gpufleet/agent.toml || fail "the pack
     fail "gpufleet-agent.service is not enabled after install"
 [[ ! -e /etc/systemd/system/multi-user.target.wants/gpufleet-coordinator.service ]] ||
     fail "gpufleet-coordinator.service was enabled on install (it is opt-in, one per fleet)"
+[[ ! -e /etc/systemd/system/multi-user.target.wants/gpufleet-gateway.service ]] ||
+    fail "gpufleet-gateway.service was enabled on install (it is opt-in)"
 
 step "verifying the installed units"
 unitdir=$(dirname "$(dpkg -L gpufleet | grep '/systemd/system/gpufleet-agent.service$')")
-verify_units "$unitdir/gpufleet-agent.service" "$unitdir/gpufleet-coordinator.service"
+verify_units "$unitdir/gpufleet-agent.service" "$unitdir/gpufleet-coordinator.service" "$unitdir/gpufleet-gateway.service"
 
 # --- the installed binary with the shipped configs, as systemd starts it ----
 # Each role runs with its conffile on free loopback ports and must send
 # READY=1 on a notify socket, then STOPPING=1 and exit 0 on SIGTERM: the
-# coordinator as the gpufleet user, the agent as root with no coordinator
-# reachable (an agent must be harmless before it is configured).
+# coordinator and the gateway as the gpufleet user, the agent as root with
+# no coordinator reachable (an agent must be harmless before it is configured).
 smoke() {
     local role=$1
     step "starting the installed $role with NOTIFY_SOCKET (expects READY=1, then STOPPING=1)"
@@ -210,6 +214,11 @@ if role == "coordinator":
            "/usr/bin/gpufleet", "coordinator", "--config", "/etc/gpufleet/coordinator.toml",
            "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{free_port()}",
            "--data-dir", state]
+elif role == "gateway":
+    cmd = ["setpriv", "--reuid=gpufleet", "--regid=gpufleet", "--init-groups",
+           "/usr/bin/gpufleet", "gateway", "--config", "/etc/gpufleet/gateway.toml",
+           "--listen", f"127.0.0.1:{free_port()}",
+           "--coordinator", f"http://127.0.0.1:{free_port()}"]
 else:
     cmd = ["/usr/bin/gpufleet", "agent", "--config", "/etc/gpufleet/agent.toml",
            "--state-dir", state, "--http-listen", f"127.0.0.1:{free_port()}",
@@ -245,6 +254,7 @@ if command -v python3 >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1; the
     chmod 0755 "$scratch"
     smoke coordinator
     smoke agent
+    smoke gateway
 else
     echo "ci-check: SKIP: python3 or setpriv not found, so the sd_notify smoke runs of the installed binary did not run" >&2
 fi

@@ -31,6 +31,9 @@ pub struct FleetArgs {
     /// Coordinator gRPC port; its HTTP port is the next one.
     #[arg(long, default_value_t = 7460)]
     pub port: u16,
+    /// The demo gateway's port (OpenAI-compatible, every model).
+    #[arg(long, default_value_t = 7470)]
+    pub gateway_port: u16,
     /// Working directory (configs, state, logs, demo weights).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -49,7 +52,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     crate::config::units::parse_size(s)
 }
 
-const NO_LOAD_HELP: &str = "Do not send the built-in load ramp to the demo model. Without this flag the demo sends it in-process over the model's ready replicas (least busy first), then keeps the fleet running until Ctrl-C or --duration.";
+const NO_LOAD_HELP: &str = "Do not send the built-in load ramp to the demo model. Without this flag the demo sends it in-process through the demo gateway, then keeps the fleet running until Ctrl-C or --duration.";
 
 /// The demo model's name in packaging/examples/demo.toml.
 const DEMO_MODEL: &str = "demo-llm";
@@ -73,11 +76,15 @@ struct Daemon {
 /// process outlives the demo, even on an error path.
 struct Fleet {
     coordinator: Option<Daemon>,
+    gateway: Option<Daemon>,
     agents: Vec<Daemon>,
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        if let Some(d) = self.gateway.take() {
+            stop(d, Duration::from_secs(15));
+        }
         // Agents first: they stop their replicas on the way out.
         for d in self.agents.drain(..) {
             stop(d, Duration::from_secs(20));
@@ -188,9 +195,11 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         .context("--port must leave room for the HTTP port after it")?;
     check_port_free(grpc_port)?;
     check_port_free(http_port)?;
+    let gateway_port = args.gateway_port;
+    check_port_free(gateway_port)?;
 
     // Fresh state each run; the weights are kept (they are just data).
-    for sub in ["coordinator", "agents", "logs"] {
+    for sub in ["coordinator", "gateway", "agents", "logs"] {
         let p = dir.join(sub);
         if p.exists() {
             std::fs::remove_dir_all(&p).with_context(|| format!("cannot clean {}", p.display()))?;
@@ -222,8 +231,27 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             dir.join("logs").join("coordinator.log"),
             &path_env,
         )?),
+        gateway: None,
         agents: Vec::new(),
     };
+    let gateway_cfg = dir.join("gateway").join("gateway.toml");
+    std::fs::write(
+        &gateway_cfg,
+        format!(
+            "listen = \"127.0.0.1:{gateway_port}\"\ncoordinator = \"http://127.0.0.1:{grpc_port}\"\nname = \"demo-gateway\"\n"
+        ),
+    )?;
+    fleet.gateway = Some(spawn(
+        &exe,
+        "gateway",
+        &[
+            "gateway".into(),
+            "--config".into(),
+            gateway_cfg.display().to_string(),
+        ],
+        dir.join("logs").join("gateway.log"),
+        &path_env,
+    )?);
     let mut agent_http = Vec::new();
     for i in 1..=args.agents {
         let name = format!("demo-node-{i}");
@@ -264,6 +292,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
 
     println!("gpufleet demo: a local fleet on simulated GPUs\n");
     println!("  coordinator  gRPC 127.0.0.1:{grpc_port}   HTTP http://127.0.0.1:{http_port} (/metrics, /healthz, /v1/endpoints)");
+    println!("  gateway      http://127.0.0.1:{gateway_port} (/v1/completions, /v1/chat/completions, /v1/models, /metrics, /status)");
     for (name, http) in &agent_http {
         println!(
             "  {name:<12} {} simulated GPUs, HTTP http://{http}/metrics",
@@ -281,13 +310,19 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         println!("  applied model {DEMO_MODEL} (packaging/examples/demo.toml)\n");
     }
     let ramp = (!args.no_model && !args.no_load).then(|| {
-        println!("  sending load to {DEMO_MODEL}: {RAMP_SUMMARY}\n");
-        Ramp::start(&format!("http://127.0.0.1:{http_port}"), DEMO_MODEL, &RAMP)
+        println!("  sending load to {DEMO_MODEL} through the gateway: {RAMP_SUMMARY}\n");
+        Ramp::start(
+            &format!("http://127.0.0.1:{gateway_port}"),
+            DEMO_MODEL,
+            &RAMP,
+        )
     });
     println!("Try, in another terminal:");
     println!("  gpufleet node ls        gpufleet gpu ls        gpufleet model ls        gpufleet replica ls");
     println!("  gpufleet events --follow");
-    println!("  gpufleet demo load --model demo-llm --rps 20 --duration 60s\n");
+    println!("  gpufleet gateway status --gateway http://127.0.0.1:{gateway_port}");
+    println!("  gpufleet demo load --gateway http://127.0.0.1:{gateway_port} --model demo-llm --rps 20 --duration 60s");
+    println!("  curl -s http://127.0.0.1:{gateway_port}/v1/completions -d '{{\"model\": \"demo-llm\", \"prompt\": \"hi\", \"stream\": true}}'\n");
     println!("Ctrl-C stops the fleet.\n");
 
     let deadline = args.duration.map(|d| Instant::now() + Duration::from(d));
@@ -320,7 +355,11 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
 
 /// A daemon that exited on its own, described with the end of its log.
 fn exited(fleet: &mut Fleet) -> Option<String> {
-    let daemons = fleet.coordinator.iter_mut().chain(fleet.agents.iter_mut());
+    let daemons = fleet
+        .coordinator
+        .iter_mut()
+        .chain(fleet.gateway.iter_mut())
+        .chain(fleet.agents.iter_mut());
     for d in daemons {
         if let Ok(Some(status)) = d.child.try_wait() {
             let log = std::fs::read_to_string(&d.log).unwrap_or_default();

@@ -32,6 +32,11 @@ pub struct LoadArgs {
     /// Base URL of one model server, e.g. http://127.0.0.1:20001.
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     pub url: Option<String>,
+    /// Send every request to this gpufleet gateway (its base URL, e.g.
+    /// http://127.0.0.1:7470) naming --model in the body: the gateway holds,
+    /// wakes and spreads them.
+    #[arg(long, requires = "model")]
+    pub gateway: Option<String>,
     /// Spread requests over this model's ready replicas, as the coordinator
     /// lists them on /v1/endpoints (re-read every second): the replica with
     /// the fewest outstanding requests first, ties in turn. While the model
@@ -79,6 +84,10 @@ pub enum LoadError {
     BadUrl { url: String, reason: String },
     #[error("give --url URL or --model NAME: the load needs somewhere to go")]
     NoTarget,
+    #[error(
+        "--gateway {url}: {reason}; allowed: an http:// base URL such as http://127.0.0.1:7470"
+    )]
+    BadGateway { url: String, reason: String },
     #[error(transparent)]
     Rate(#[from] RateError),
     #[error(transparent)]
@@ -105,6 +114,8 @@ pub struct LoadReport {
 /// Where each request goes.
 enum Route {
     One(String),
+    /// A gateway's completions URL: the model travels in the body.
+    Gateway(String),
     Replicas {
         watch: EndpointWatch,
         balancer: SharedBalancer,
@@ -124,17 +135,35 @@ impl Route {
         }
         Ok(Self::One(completions_url(base)))
     }
+
+    fn gateway(base: &str) -> Result<Self, LoadError> {
+        match reqwest::Url::parse(base) {
+            Ok(u) if u.scheme() == "http" => Ok(Self::Gateway(completions_url(base))),
+            Ok(u) => Err(LoadError::BadGateway {
+                url: base.to_string(),
+                reason: format!("scheme {} is not supported", u.scheme()),
+            }),
+            Err(e) => Err(LoadError::BadGateway {
+                url: base.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
 }
 
 fn completions_url(base: &str) -> String {
     format!("{}/v1/completions", base.trim_end_matches('/'))
 }
 
-/// The request body. It names no model: vLLM serves under the weights path
-/// unless told otherwise, so the fleet's model name could be refused, and an
-/// engine with one model serves it to requests that name none.
+/// The request body. Sent straight to replicas it names no model: vLLM
+/// serves under the weights path unless told otherwise, so the fleet's model
+/// name could be refused, and an engine with one model serves it to
+/// requests that name none. Through a gateway it names the model, which is
+/// how the gateway routes.
 #[derive(Debug, Serialize)]
 struct CompletionRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
     prompt: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
@@ -209,9 +238,10 @@ pub async fn run_load_with(
         .timeout(timeout)
         .build()
         .context("building the HTTP client")?;
-    let route = match (&args.url, &args.model) {
-        (Some(url), _) => Route::one(url)?,
-        (None, Some(model)) => Route::Replicas {
+    let route = match (&args.url, &args.gateway, &args.model) {
+        (Some(url), _, _) => Route::one(url)?,
+        (None, Some(gateway), Some(_)) => Route::gateway(gateway)?,
+        (None, None, Some(model)) => Route::Replicas {
             watch: EndpointWatch::start(
                 client.clone(),
                 &args.coordinator_http,
@@ -223,9 +253,10 @@ pub async fn run_load_with(
             balancer: SharedBalancer::default(),
             waker: Arc::new(Waker::new(client.clone(), &args.coordinator_http, model)),
         },
-        (None, None) => return Err(LoadError::NoTarget.into()),
+        (None, _, None) => return Err(LoadError::NoTarget.into()),
     };
     let body = Arc::new(CompletionRequest {
+        model: args.gateway.is_some().then(|| args.model.clone()).flatten(),
         prompt: args.prompt.clone(),
         max_tokens: args.max_tokens,
     });
@@ -262,7 +293,7 @@ pub async fn run_load_with(
             deadline: due + timeout,
         };
         match &route {
-            Route::One(url) => {
+            Route::One(url) | Route::Gateway(url) => {
                 in_flight.spawn(request.send(url.clone()));
             }
             Route::Replicas {

@@ -1,6 +1,6 @@
 //! The demo's traffic story: a ramp of load phases (low, spike, idle) sent
-//! in-process to the demo model's replicas, so `gpufleet demo` shows the
-//! fleet scaling up on the spike and back down once it is idle.
+//! in-process through the demo's gateway, so `gpufleet demo` shows the fleet
+//! scaling up on the spike and back down once it is idle.
 
 use crate::cli::output::Output;
 use crate::demo::load::{self, LoadArgs, LoadProgress, ProgressCounts};
@@ -97,14 +97,14 @@ pub struct RampStatus {
 }
 
 impl Ramp {
-    /// Starts sending `phases` to `model`'s replicas, found through the
-    /// coordinator at `coordinator_http`. Each loaded phase is one load run,
-    /// started on time even if the previous one still waits for answers.
-    pub fn start(coordinator_http: &str, model: &str, phases: &[Phase]) -> Self {
+    /// Starts sending `phases` for `model` through the gateway at `gateway`
+    /// (its base URL). Each loaded phase is one load run, started on time
+    /// even if the previous one still waits for answers.
+    pub fn start(gateway: &str, model: &str, phases: &[Phase]) -> Self {
         let progress = Arc::new(LoadProgress::default());
         let failures = Arc::new(Mutex::new(BTreeMap::new()));
         let driver = tokio::spawn(drive(
-            coordinator_http.to_string(),
+            gateway.to_string(),
             model.to_string(),
             phases.to_vec(),
             progress.clone(),
@@ -141,7 +141,7 @@ impl Drop for Ramp {
 }
 
 async fn drive(
-    coordinator_http: String,
+    gateway: String,
     model: String,
     phases: Vec<Phase>,
     progress: Arc<LoadProgress>,
@@ -153,13 +153,14 @@ async fn drive(
         if p.rps > 0.0 {
             let args = LoadArgs {
                 url: None,
+                gateway: Some(gateway.clone()),
                 model: Some(model.clone()),
                 rps: p.rps,
                 duration: p.lasts.into(),
                 ramp_to: None,
                 max_tokens: None,
                 timeout: REQUEST_TIMEOUT.into(),
-                coordinator_http: coordinator_http.clone(),
+                coordinator_http: String::new(),
                 prompt: load::DEFAULT_PROMPT.to_string(),
                 seed: None,
                 output: Output::Table,

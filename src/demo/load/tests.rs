@@ -352,3 +352,35 @@ fn reports_render_as_a_table_or_one_json_object() {
     }
     assert_eq!(v["failures"]["no ready replica"], 2);
 }
+
+#[tokio::test]
+async fn through_a_gateway_every_request_names_the_model() {
+    let named = Arc::new(AtomicUsize::new(0));
+    let seen = named.clone();
+    let app = Router::new().route(
+        "/v1/completions",
+        post(move |Json(body): Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                if body["model"] == "chat" {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+                Json(json!({"choices": [{"text": "ok"}]}))
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut a = model_args("http://unused", "chat", 50.0, 300);
+    a.gateway = Some(format!("http://{addr}"));
+    let report = run_load(a).await.unwrap();
+    assert!(report.sent > 0);
+    assert_eq!(report.completed, report.sent, "{report:?}");
+    assert_eq!(named.load(Ordering::Relaxed) as u64, report.sent);
+
+    let mut bad = model_args("http://unused", "chat", 1.0, 100);
+    bad.gateway = Some("ftp://x".into());
+    let e = run_load(bad).await.unwrap_err().to_string();
+    assert!(e.contains("--gateway ftp://x"), "{e}");
+}
