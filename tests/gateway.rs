@@ -669,3 +669,191 @@ async fn llama_cpp_behind_the_gateway_wakes_and_streams() {
         "{m}"
     );
 }
+
+#[test]
+fn tokens_and_tls_guard_both_sides_of_the_gateway() {
+    const ADMIN: &str = "admin-0123456789abcdef";
+    const CLIENT: &str = "client-0123456789abcdef";
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::new();
+    let certs = h.path("certs");
+    tls_init(&certs, "gw");
+    let tokens = h.write("tokens", &format!("admin {ADMIN}\n"));
+    let token = h.write("gw-token", &format!("{ADMIN}\n"));
+    let clients = h.write("client-tokens", &format!("read {CLIENT}\n"));
+    for f in [&tokens, &token, &clients] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let _c = h.coordinator(&format!(
+        "{}[auth]\ntokens_file = \"{}\"\n",
+        tls_table(&certs, "coordinator"),
+        tokens.display()
+    ));
+    let https = h.https_url();
+    let spec = h.write(
+        "m.toml",
+        "name = \"guarded\"\nweights = \"/srv/models/x\"\nreplicas = 0\n[server]\npreset = \"vllm\"\ncommand = [\"/bin/sleep\", \"1000\"]\ngpus = 1\ngpu_memory = \"1GiB\"\n",
+    );
+    let ca = certs.join("ca.pem");
+    wait_until(
+        Duration::from_secs(20),
+        "the model applied over TLS",
+        || {
+            let out = h.cli_env(
+                &["model", "apply", "-f", spec.to_str().unwrap()],
+                &[
+                    ("GPUFLEET_COORDINATOR", &https),
+                    ("GPUFLEET_CA", ca.to_str().unwrap()),
+                    ("GPUFLEET_TOKEN", ADMIN),
+                ],
+            );
+            out.status.success().then_some(())
+        },
+    );
+
+    // With the CA, its own certificate and an admin token: it routes.
+    let tls = tls_table(&certs, "gw");
+    let port = free_port();
+    let cfg = h.write(
+        "gw.toml",
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\ncoordinator = \"{https}\"\n{tls}[auth]\ncoordinator_token_file = \"{}\"\nclient_tokens_file = \"{}\"\n",
+            token.display(),
+            clients.display()
+        ),
+    );
+    let _gw = h.spawn("gw", &["gateway", "--config", cfg.to_str().unwrap()]);
+    wait_until(
+        Duration::from_secs(20),
+        "the routing table over mTLS",
+        || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            (http("GET", port, "/healthz", "").0 == 200).then_some(())
+        },
+    );
+    // Clients need their token.
+    let (status, body) = http("GET", port, "/v1/models", "");
+    assert_eq!(status, 401, "{body}");
+    let models = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(models.starts_with("HTTP/1.1 200"), "{models}");
+    assert!(models.contains("\"id\":\"guarded\""), "{models}");
+
+    // Without a token the coordinator refuses the stream, and says why.
+    let port2 = free_port();
+    let cfg2 = h.write(
+        "gw2.toml",
+        &format!(
+            "listen = \"127.0.0.1:{port2}\"\ncoordinator = \"{https}\"\n[tls]\nca = \"{}\"\n",
+            ca.display()
+        ),
+    );
+    let gw2 = h.spawn("gw2", &["gateway", "--config", cfg2.to_str().unwrap()]);
+    wait_until(Duration::from_secs(20), "the refusal in the log", || {
+        gw2.log_text().contains("requires a token").then_some(())
+    });
+    assert_eq!(http("GET", port2, "/healthz", "").0, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_hanging_up_frees_its_place_and_its_replica_slot() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    let command = demo_command(&[
+        "--model-name",
+        "one",
+        "--token-time",
+        "50ms",
+        "--tokens",
+        "40",
+    ]);
+    h.apply(&h.model_spec("one", 1, "", &command, "max_concurrency = 1"));
+    let gw = gateway(&h, "gw", "");
+    let replica_port = wait_until(Duration::from_secs(30), "a ready replica", || {
+        ready_ports(&h, "one").first().copied()
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the replica at the gateway",
+        || {
+            let (_, s) = http("GET", gw.port, "/status", "");
+            s.contains("\"address\"").then_some(())
+        },
+    );
+    let model_state = || async {
+        let s = status_of(&gw).await;
+        let m = s["models"][0].clone();
+        (
+            m["queued"].as_u64().unwrap(),
+            m["in_flight"].as_u64().unwrap(),
+        )
+    };
+
+    // A streams and holds the only slot.
+    let mut a = client()
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": "one", "prompt": "x", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(a.chunk().await.unwrap().is_some());
+    assert_eq!(model_state().await, (0, 1));
+
+    // B waits behind it, then gives up: its place is gone.
+    let b = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": "one", "prompt": "x"}))
+        .send()
+        .await;
+    assert!(b.is_err(), "B should have timed out while held");
+    let mut state = model_state().await;
+    for _ in 0..50 {
+        if state == (0, 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        state = model_state().await;
+    }
+    assert_eq!(state, (0, 1), "the abandoned request left the queue");
+
+    // A hangs up mid-stream: the slot comes back, and the replica stops too.
+    drop(a);
+    for _ in 0..100 {
+        state = model_state().await;
+        if state == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, (0, 0), "the hung-up stream released its slot");
+    let (status, _, body) = post(
+        &gw.url("/v1/completions"),
+        &json!({"model": "one", "prompt": "x", "max_tokens": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{replica_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "vllm:num_requests_running"),
+        0.0,
+        "{metrics}"
+    );
+}

@@ -448,6 +448,11 @@ impl SharedDispatcher {
         self.lock().pinned(model)
     }
 
+    /// Whether a routing table has arrived since the start.
+    pub fn has_table(&self) -> bool {
+        self.lock().has_table
+    }
+
     pub fn mark_failed(&self, model: &str, replica: &str) {
         self.lock().mark_failed(model, replica, Instant::now());
     }

@@ -115,7 +115,7 @@ async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
 
 /// Healthy once the gateway has a routing table to route by.
 async fn healthz(State(gw): State<Arc<Gateway>>) -> Response {
-    if gw.connected.load(Ordering::Relaxed) || !gw.dispatcher.snapshot().is_empty() {
+    if gw.dispatcher.has_table() {
         "ok\n".into_response()
     } else {
         (

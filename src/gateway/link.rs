@@ -82,14 +82,17 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings) -> Result<(), String> {
             )
         })?
         .into_inner();
-    gw.connected.store(true, Ordering::Relaxed);
     tracing::info!(coordinator = %link.coordinator, "routing stream open");
     let mut tick = tokio::time::interval(gw.cfg.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
-                Ok(Some(table)) => gw.dispatcher.apply_table(&RoutingTable::from(table)),
+                Ok(Some(table)) => {
+                    gw.dispatcher.apply_table(&RoutingTable::from(table));
+                    // Connected means routing on the coordinator's current table.
+                    gw.connected.store(true, Ordering::Relaxed);
+                }
                 Ok(None) => return Ok(()),
                 Err(s) => return Err(format!("routing stream broke: {}", s.message())),
             },

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The gateway next to going straight to a replica, on one machine (loopback).
+#
+# overhead   one replica of the demo model server that answers at once
+#            (--token-time 1ms --tokens 1, 256 at a time); `gpufleet demo
+#            load` sends RPS_LOW and then RPS_HIGH requests/s for LOAD_FOR
+#            seconds, once straight to the replica (--url) and once through
+#            a gateway (--gateway), alternating, RUNS times each. Reported:
+#            median p50 / p90 latency and completions per second.
+# step       the autoscaling reaction as benches/autoscale.sh measures it
+#            (tick 1s, report_interval 1s, scrape_interval 500ms; min 1,
+#            max 4, target 4 ongoing, max_concurrency 4): a step from 0 to
+#            RPS_STEP requests/s sent through a gateway (its queue and
+#            in-flight count reach the coordinator every 300 ms and at once
+#            on a step) or over the replicas found on /v1/endpoints (the
+#            coordinator learns of it from scrapes). Reported: step → first
+#            `scale 1 → N` event, median of RUNS.
+#
+#   CARGO_TARGET_DIR=/work/target-helpers benches/gateway.sh
+#   PARTS=step RUNS=5 benches/gateway.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+RUNS=${RUNS:-3}
+PARTS=${PARTS:-"overhead step"}
+RPS_LOW=${RPS_LOW:-50}
+RPS_HIGH=${RPS_HIGH:-400}
+RPS_STEP=${RPS_STEP:-25}
+LOAD_FOR=${LOAD_FOR:-10}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+. benches/lib.sh
+
+work=$(mktemp -d /var/tmp/gpufleet-gateway.XXXXXX)
+touch "$work/pids"
+trap 'end_fleet "$work"' EXIT
+cargo build --release --quiet
+cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
+head -c $((8 << 20)) /dev/urandom >"$work/weights.bin"
+
+PYTHONPATH="$root/benches" python3 - "$work" "$RUNS" "$PARTS" "$RPS_LOW" "$RPS_HIGH" "$RPS_STEP" "$LOAD_FOR" <<'PY'
+import json, os, re, statistics, subprocess, sys, time, urllib.request
+from fleet import Fleet, spawn, free_port
+
+work, runs, parts = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
+rps_low, rps_high, rps_step, load_for = sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+binary, pidfile, weights = f"{work}/gpufleet", f"{work}/pids", f"{work}/weights.bin"
+
+def gateway(fleet, d):
+    port = free_port()
+    with open(f"{d}/gateway.toml", "w") as f:
+        f.write(f'listen = "127.0.0.1:{port}"\ncoordinator = "http://127.0.0.1:{fleet.grpc}"\n'
+                f'queue_capacity = 100000\n')
+    spawn(pidfile, [binary, "gateway", "--config", f"{d}/gateway.toml"], f"{d}/gateway.log")
+    return port
+
+def gateway_replicas(port):
+    try:
+        s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2))
+        return sum(len(m["replicas"]) for m in s["models"])
+    except Exception:
+        return 0
+
+def wait(what, f, within=120):
+    for _ in range(within * 5):
+        v = f()
+        if v:
+            return v
+        time.sleep(0.2)
+    sys.exit(f"timed out waiting for {what}")
+
+def end_run():
+    for p in open(pidfile).read().split():
+        subprocess.run(["kill", p], capture_output=True)
+    time.sleep(2)
+    for line in subprocess.run(["pgrep", "-f", f"^{binary} demo server"], capture_output=True, text=True).stdout.split():
+        subprocess.run(["kill", line], capture_output=True)
+    time.sleep(1)
+
+def load(args, out):
+    subprocess.run([binary, "demo", "load", *args, "--duration", f"{load_for}s", "--timeout", "30s",
+                    "--seed", "7", "-o", "json"], stdout=open(out, "w"), stderr=subprocess.DEVNULL, check=True)
+    return json.load(open(out))
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+if "overhead" in parts:
+    d = f"{work}/overhead"
+    os.makedirs(d)
+    fleet = Fleet(binary, pidfile, d, 1, [work])
+    fleet.apply(
+        f'name = "bench-llm"\nweights = "{weights}"\n[server]\npreset = "vllm"\n'
+        f'command = ["{binary}", "demo", "server", "--port", "{{port}}", "--weights", "{{weights}}", '
+        f'"--model-name", "bench-llm", "--concurrency", "256", "--token-time", "1ms", "--tokens", "1"]\n'
+        f'gpus = 1\ngpu_memory = "20GiB"\nready_timeout = "120s"\nmax_concurrency = 256\n')
+    port = gateway(fleet, d)
+    rep = wait("a ready replica", lambda: [x for x in (fleet.cli("replica", "ls") or []) if x.get("state") == "ready"])
+    direct = f"http://127.0.0.1:{rep[0]['port']}"
+    wait("the replica at the gateway", lambda: gateway_replicas(port))
+    rows = []
+    for rps in (rps_low, rps_high):
+        res = {"direct": [], "gateway": []}
+        for n in range(runs):
+            res["direct"].append(load(["--url", direct, "--rps", rps], f"{d}/direct-{rps}-{n}.json"))
+            res["gateway"].append(load(["--gateway", f"http://127.0.0.1:{port}", "--model", "bench-llm", "--rps", rps],
+                                       f"{d}/gateway-{rps}-{n}.json"))
+        for path, rs in res.items():
+            rows.append((rps, path, med(r["p50_s"] for r in rs), med(r["p90_s"] for r in rs),
+                         med(r["completed"] / r["duration_s"] for r in rs), sum(r["failed"] for r in rs)))
+        print(json.dumps(res), file=sys.stderr)
+    end_run()
+    print(f"\noverhead: one demo replica answering at once; median of {runs} runs of {load_for} s each\n")
+    print("| offered req/s | path | p50 (ms) | p90 (ms) | completed/s | failed |")
+    print("|---|---|---|---|---|---|")
+    for rps, path, p50, p90, tput, failed in rows:
+        print(f"| {rps} | {path} | {p50 * 1000:.2f} | {p90 * 1000:.2f} | {tput:.1f} | {failed} |")
+
+def ts(e):
+    return e["time_unix_ms"] / 1000
+
+if "step" in parts:
+    results = []
+    for n in range(1, runs + 1):
+        for mode in ("gateway", "scrape"):
+            d = f"{work}/step-{mode}-{n}"
+            os.makedirs(d)
+            fleet = Fleet(binary, pidfile, d, 4, [work], coordinator_extra='tick = "1s"\n',
+                          agent_extra='report_interval = "1s"\nscrape_interval = "500ms"\n')
+            fleet.apply(
+                f'name = "bench-llm"\nweights = "{weights}"\n[server]\npreset = "vllm"\n'
+                f'command = ["{binary}", "demo", "server", "--port", "{{port}}", "--weights", "{{weights}}", "--model-name", "bench-llm"]\n'
+                f'gpus = 1\ngpu_memory = "20GiB"\nready_timeout = "120s"\nstop_timeout = "10s"\nmax_concurrency = 4\n'
+                f'[scaling]\nmin_replicas = 1\nmax_replicas = 4\ntarget_ongoing_requests = 4\n'
+                f'stable_window = "30s"\npanic_window = "6s"\nscale_down_delay = "60s"\n')
+            port = gateway(fleet, d)
+            wait("a ready replica", lambda: [x for x in (fleet.cli("replica", "ls") or []) if x.get("state") == "ready"])
+            wait("the replica at the gateway", lambda: gateway_replicas(port))
+            time.sleep(5)
+            target = (["--gateway", f"http://127.0.0.1:{port}", "--model", "bench-llm"] if mode == "gateway"
+                      else ["--model", "bench-llm", "--coordinator-http", f"http://127.0.0.1:{fleet.http}"])
+            step = time.time()
+            p = spawn(pidfile, [binary, "demo", "load", *target, "--rps", rps_step, "--duration", "10s", "-o", "json"], f"{d}/load.json")
+            p.wait()
+            events = fleet.cli("events", "--model", "bench-llm", "--limit", "1000") or []
+            decision = next(((ts(e) - step, e["message"]) for e in sorted(events, key=ts)
+                             if e.get("kind") == "scale" and ts(e) >= step and re.match(r"\s*1 → ", e.get("message", ""))), None)
+            r = {"mode": mode, "run": n, "decision_s": decision[0] if decision else None,
+                 "decision": decision[1] if decision else None}
+            print(json.dumps(r, ensure_ascii=False), file=sys.stderr)
+            results.append(r)
+            end_run()
+    print(f"\nstep 0 → {rps_step} req/s (tick 1s, report 1s, scrape 500ms); {runs} runs per path\n")
+    print("| load arrives | step → scale decision, median (s) | all runs (s) |")
+    print("|---|---|---|")
+    for mode, label in (("gateway", "through a gateway"), ("scrape", "straight to replicas (scrapes only)")):
+        rs = [r for r in results if r["mode"] == mode]
+        m = med(r["decision_s"] for r in rs)
+        all_runs = ", ".join(f"{r['decision_s']:.2f}" if r["decision_s"] is not None else "none" for r in rs)
+        print(f"| {label} | {m:.2f} | {all_runs} |" if m is not None else f"| {label} | none | {all_runs} |")
+PY
