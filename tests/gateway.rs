@@ -857,3 +857,62 @@ async fn a_client_hanging_up_frees_its_place_and_its_replica_slot() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prefix_routing_keeps_a_tenant_on_one_replica_across_gateways() {
+    let h = Harness::new();
+    let dir = h.path("fixture");
+    let Some(command) = fixture_command(&dir) else {
+        return;
+    };
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 3, "");
+    h.wait_ready_nodes(1);
+    h.apply(&h.model_spec("tenants", 1, "replicas = 3", &command, ""));
+    let one = gateway(&h, "gw-1", "routing = \"prefix\"");
+    let two = gateway(&h, "gw-2", "routing = \"prefix\"");
+    wait_until(
+        Duration::from_secs(30),
+        "three replicas at both gateways",
+        || {
+            let count = |port| {
+                http("GET", port, "/status", "")
+                    .1
+                    .matches("\"address\"")
+                    .count()
+            };
+            (count(one.port) == 3 && count(two.port) == 3).then_some(())
+        },
+    );
+    let mut homes = std::collections::BTreeMap::new();
+    for tenant in 0..8 {
+        let system = format!("You are the assistant of tenant {tenant}. ").repeat(12);
+        let mut ports = std::collections::BTreeSet::new();
+        for turn in 0..4 {
+            let gw = if turn % 2 == 0 { &one } else { &two };
+            let body = json!({"model": "tenants", "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": format!("question {turn}")}
+            ]});
+            let (status, _, reply) = post(&gw.url("/v1/chat/completions"), &body).await;
+            assert_eq!(status, 200, "{reply}");
+            let reply: Value = serde_json::from_str(&reply).unwrap();
+            ports.insert(reply["port"].as_u64().unwrap());
+        }
+        assert_eq!(ports.len(), 1, "tenant {tenant} was served by {ports:?}");
+        homes.insert(tenant, *ports.iter().next().unwrap());
+    }
+    let distinct: std::collections::BTreeSet<_> = homes.values().collect();
+    assert!(
+        distinct.len() >= 2,
+        "eight tenants all on one replica: {homes:?}"
+    );
+    let m = metrics_of(&one).await;
+    assert!(
+        metric(
+            &m,
+            "gpufleet_gateway_placements_total{model=\"tenants\",how=\"prefix-hit\"}"
+        ) >= 8.0,
+        "{m}"
+    );
+}

@@ -21,6 +21,16 @@ pub struct GatewayOverrides {
     pub coordinator: Option<String>,
 }
 
+/// How the gateway chooses among replicas with room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Least outstanding of two random replicas.
+    LeastOutstanding,
+    /// Longest cached prefix within `imbalance` requests of the least busy;
+    /// else bounded-load consistent hashing of the first block.
+    Prefix { imbalance: u32 },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayConfig {
     /// Clients' OpenAI-compatible HTTP, /metrics, /healthz, /status.
@@ -45,6 +55,8 @@ pub struct GatewayConfig {
     /// Client connections to a replica that fail before a response byte
     /// are tried on another replica, up to this many tries in all.
     pub max_attempts: u32,
+    /// How a replica is chosen among those with room.
+    pub routing: Routing,
     pub tls: TlsSettings,
     /// Lines "<access> <token>": clients must present one of these tokens
     /// (any access) as `Authorization: Bearer`. `None`: clients need none.
@@ -67,6 +79,8 @@ struct RawGateway {
     request_read_timeout: Option<String>,
     report_interval: Option<String>,
     max_attempts: Option<i64>,
+    routing: Option<String>,
+    prefix_imbalance: Option<i64>,
     tls: Option<RawTls>,
     auth: Option<RawGatewayAuth>,
 }
@@ -160,6 +174,23 @@ fn validate(raw: RawGateway, o: &GatewayOverrides) -> Result<GatewayConfig, Prob
         Duration::from_millis(50)..=Duration::from_secs(10),
     )?;
     let max_attempts = int_in("max_attempts", raw.max_attempts.unwrap_or(3), 1..=10u32)?;
+    let prefix_imbalance = int_in(
+        "prefix_imbalance",
+        raw.prefix_imbalance.unwrap_or(4),
+        0..=10_000u32,
+    )?;
+    let routing = match raw.routing.as_deref().unwrap_or("least-outstanding") {
+        "least-outstanding" => Routing::LeastOutstanding,
+        "prefix" => Routing::Prefix {
+            imbalance: prefix_imbalance,
+        },
+        other => {
+            return Err(Problem::invalid(
+                "routing",
+                format!("routing = \"{other}\" is unknown; allowed: least-outstanding, prefix"),
+            ))
+        }
+    };
     let tls = raw.tls.unwrap_or_default().validate_client()?;
     match (tls.ca.is_some(), coordinator.starts_with("https://")) {
         (true, false) => {
@@ -188,6 +219,7 @@ fn validate(raw: RawGateway, o: &GatewayOverrides) -> Result<GatewayConfig, Prob
         request_read_timeout,
         report_interval,
         max_attempts,
+        routing,
         tls,
         client_tokens_file: optional_path(auth.client_tokens_file),
         coordinator_token_file: optional_path(auth.coordinator_token_file),
@@ -224,6 +256,7 @@ mod tests {
         assert_eq!(c.max_body_bytes, 4 << 20);
         assert_eq!(c.report_interval, Duration::from_millis(300));
         assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.routing, Routing::LeastOutstanding);
         assert!(!c.tls.enabled());
         assert_eq!(c.client_tokens_file, None);
         assert_eq!(load(PACKAGED), c);
@@ -261,6 +294,11 @@ mod tests {
         assert!(err("coordinator = \"https://c:1\"\n").contains("tls.ca is not set"));
         let ca_alone = load("coordinator = \"https://c:1\"\n[tls]\nca = \"/ca.pem\"\n");
         assert_eq!(ca_alone.tls.ca, Some(PathBuf::from("/ca.pem")));
+        assert!(err("routing = \"random\"\n").contains("allowed: least-outstanding, prefix"));
+        assert_eq!(
+            load("routing = \"prefix\"\nprefix_imbalance = 2\n").routing,
+            Routing::Prefix { imbalance: 2 }
+        );
         assert!(err("[auth]\ntokens = \"/x\"\n")
             .contains("allowed keys: client_tokens_file, coordinator_token_file"));
     }

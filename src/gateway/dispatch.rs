@@ -16,6 +16,8 @@ use tokio::sync::oneshot;
 
 use crate::domain::{ModelDemand, RoutingTable};
 
+use super::prefix::{self, Candidate, PrefixChoice, PrefixIndex, Routing};
+
 /// A replica that failed before answering is passed over for this long
 /// (the coordinator drops a dead one from the table within about a second).
 pub const FAILED_COOLDOWN: Duration = Duration::from_secs(2);
@@ -39,12 +41,15 @@ pub struct Replica {
 pub struct Grant {
     pub replica: String,
     pub address: String,
+    /// How the replica was chosen: "load", "prefix-hit" or "prefix-hash".
+    pub how: &'static str,
 }
 
 #[derive(Debug)]
 struct Waiter {
     id: u64,
     tx: oneshot::Sender<Grant>,
+    prefix: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +64,8 @@ struct ModelState {
     /// the table keep their count until their requests end).
     in_flight: HashMap<String, u32>,
     failed_until: HashMap<String, Instant>,
+    /// Prompt blocks sent to each replica, for prefix-aware routing.
+    prefixes: HashMap<String, PrefixIndex>,
     waiters: VecDeque<Waiter>,
     arrivals: VecDeque<Instant>,
 }
@@ -118,16 +125,18 @@ pub struct Dispatcher {
     has_table: bool,
     queue_capacity: u32,
     default_max: u32,
+    routing: Routing,
     next_waiter: u64,
 }
 
 impl Dispatcher {
-    pub fn new(queue_capacity: u32, default_max: u32) -> Dispatcher {
+    pub fn new(queue_capacity: u32, default_max: u32, routing: Routing) -> Dispatcher {
         Dispatcher {
             models: BTreeMap::new(),
             has_table: false,
             queue_capacity,
             default_max,
+            routing,
             next_waiter: 1,
         }
     }
@@ -165,6 +174,9 @@ impl Dispatcher {
                     ongoing: r.ongoing,
                 })
                 .collect();
+            let live: std::collections::HashSet<&str> =
+                state.replicas.iter().map(|r| r.id.as_str()).collect();
+            state.prefixes.retain(|id, _| live.contains(id.as_str()));
         }
         let names: Vec<String> = self.models.keys().cloned().collect();
         for name in names {
@@ -174,17 +186,20 @@ impl Dispatcher {
             .retain(|_, s| s.known || s.in_flight.values().any(|n| *n > 0));
     }
 
-    /// Admits one request for `model`.
+    /// Admits one request for `model` whose prompt has the block hashes
+    /// `prefix` (empty: none, or prefix routing is off).
     pub fn admit(
         &mut self,
         model: &str,
+        prefix: Vec<u64>,
         now: Instant,
         rng: &mut impl FnMut(usize) -> usize,
     ) -> Admission {
         if !self.has_table {
             return Admission::Refused(Refusal::NoTable);
         }
-        let (capacity, default_max) = (self.queue_capacity, self.default_max);
+        let (capacity, default_max, routing) =
+            (self.queue_capacity, self.default_max, self.routing);
         let known: Vec<String> = self
             .models
             .iter()
@@ -197,7 +212,7 @@ impl Dispatcher {
         state.arrivals.push_back(now);
         prune_arrivals(&mut state.arrivals, now);
         if state.waiters.is_empty() {
-            if let Some(grant) = state.pick(default_max, now, rng) {
+            if let Some(grant) = state.pick(default_max, routing, &prefix, now, rng) {
                 return Admission::Go(grant);
             }
         }
@@ -211,7 +226,7 @@ impl Dispatcher {
         let id = self.next_waiter;
         self.next_waiter += 1;
         let (tx, rx) = oneshot::channel();
-        state.waiters.push_back(Waiter { id, tx });
+        state.waiters.push_back(Waiter { id, tx, prefix });
         Admission::Wait { id, rx, first }
     }
 
@@ -263,12 +278,13 @@ impl Dispatcher {
 
     /// Grants waiting requests while a replica has room.
     fn serve_queue(&mut self, model: &str, now: Instant, rng: &mut impl FnMut(usize) -> usize) {
-        let default_max = self.default_max;
+        let (default_max, routing) = (self.default_max, self.routing);
         let Some(state) = self.models.get_mut(model) else {
             return;
         };
-        while !state.waiters.is_empty() {
-            let Some(grant) = state.pick(default_max, now, rng) else {
+        while let Some(front) = state.waiters.front() {
+            let prefix = front.prefix.clone();
+            let Some(grant) = state.pick(default_max, routing, &prefix, now, rng) else {
                 break;
             };
             let mut grant = Some(grant);
@@ -339,11 +355,15 @@ impl Dispatcher {
 }
 
 impl ModelState {
-    /// Least outstanding of two replicas with room chosen at random
-    /// (power of two choices); claims a slot on it.
+    /// A replica with room, by the routing policy: the longest cached
+    /// prefix or consistent hashing (prefix routing with a prompt), else the
+    /// least outstanding of two chosen at random (power of two choices).
+    /// Claims a slot on it.
     fn pick(
         &mut self,
         default_max: u32,
+        routing: Routing,
+        prefix: &[u64],
         now: Instant,
         rng: &mut impl FnMut(usize) -> usize,
     ) -> Option<Grant> {
@@ -356,10 +376,36 @@ impl ModelState {
                     && !self.failed_until.contains_key(&r.id)
             })
             .collect();
-        let chosen = match open.len() {
-            0 => return None,
-            1 => open[0],
-            n => {
+        if open.is_empty() {
+            return None;
+        }
+        let by_prefix = match routing {
+            Routing::Prefix { imbalance } if !prefix.is_empty() => {
+                let candidates: Vec<Candidate<'_>> = open
+                    .iter()
+                    .map(|&i| {
+                        let id = self.replicas[i].id.as_str();
+                        Candidate {
+                            id,
+                            in_flight: self.in_flight.get(id).copied().unwrap_or(0),
+                            matched: self.prefixes.get(id).map_or(0, |p| p.matched(prefix)),
+                        }
+                    })
+                    .collect();
+                prefix::choose(&candidates, prefix, imbalance).map(|(k, why)| {
+                    let how = match why {
+                        PrefixChoice::Hit => "prefix-hit",
+                        PrefixChoice::Hashed => "prefix-hash",
+                    };
+                    (open[k], how)
+                })
+            }
+            _ => None,
+        };
+        let (chosen, how) = match (by_prefix, open.len()) {
+            (Some(choice), _) => choice,
+            (None, 1) => (open[0], "load"),
+            (None, n) => {
                 let a = rng(n);
                 let mut b = rng(n - 1);
                 if b >= a {
@@ -370,18 +416,26 @@ impl ModelState {
                     (self.in_flight.get(&r.id).copied().unwrap_or(0), r.ongoing)
                 };
                 let (la, lb) = (load(open[a]), load(open[b]));
-                if lb.0 < la.0 || (lb.0 == la.0 && lb.1 < la.1) {
+                let pick = if lb.0 < la.0 || (lb.0 == la.0 && lb.1 < la.1) {
                     open[b]
                 } else {
                     open[a]
-                }
+                };
+                (pick, "load")
             }
         };
         let r = &self.replicas[chosen];
         *self.in_flight.entry(r.id.clone()).or_default() += 1;
+        if matches!(routing, Routing::Prefix { .. }) && !prefix.is_empty() {
+            self.prefixes
+                .entry(r.id.clone())
+                .or_default()
+                .record(prefix);
+        }
         Some(Grant {
             replica: r.id.clone(),
             address: r.address.clone(),
+            how,
         })
     }
 
@@ -432,8 +486,9 @@ impl SharedDispatcher {
             .apply_table(table, Instant::now(), &mut random_below);
     }
 
-    pub fn admit(&self, model: &str) -> Admission {
-        self.lock().admit(model, Instant::now(), &mut random_below)
+    pub fn admit(&self, model: &str, prefix: Vec<u64>) -> Admission {
+        self.lock()
+            .admit(model, prefix, Instant::now(), &mut random_below)
     }
 
     pub fn demand(&self) -> BTreeMap<String, ModelDemand> {

@@ -25,6 +25,7 @@ struct Inner {
     requests: BTreeMap<(String, u16), u64>,
     rejections: BTreeMap<(String, &'static str), u64>,
     retries: BTreeMap<String, u64>,
+    placements: BTreeMap<(String, &'static str), u64>,
     wait: BTreeMap<String, LatencyHistogram>,
     ttft: BTreeMap<String, LatencyHistogram>,
 }
@@ -46,6 +47,11 @@ impl Metrics {
 
     pub fn rejection(&self, model: &str, reason: &'static str) {
         self.with(|m| *m.rejections.entry((model.to_string(), reason)).or_default() += 1);
+    }
+
+    /// How a request's replica was chosen ("load", "prefix-hit", "prefix-hash").
+    pub fn placed(&self, model: &str, how: &'static str) {
+        self.with(|m| *m.placements.entry((model.to_string(), how)).or_default() += 1);
     }
 
     pub fn retry(&self, model: &str) {
@@ -132,6 +138,14 @@ impl Metrics {
             out.push_str("# HELP gpufleet_gateway_retries_total Requests tried again on another replica before any response byte.\n# TYPE gpufleet_gateway_retries_total counter\n");
             for (model, n) in &i.retries {
                 let _ = writeln!(out, "gpufleet_gateway_retries_total{{model=\"{}\"}} {n}", escape(model));
+            }
+            out.push_str("# HELP gpufleet_gateway_placements_total Requests sent to a replica, by how it was chosen (load, prefix-hit, prefix-hash).\n# TYPE gpufleet_gateway_placements_total counter\n");
+            for ((model, how), n) in &i.placements {
+                let _ = writeln!(
+                    out,
+                    "gpufleet_gateway_placements_total{{model=\"{}\",how=\"{how}\"}} {n}",
+                    escape(model)
+                );
             }
             out.push_str("# HELP gpufleet_gateway_wait_seconds Time a request was held before it was sent to a replica.\n# TYPE gpufleet_gateway_wait_seconds histogram\n");
             for (model, h) in &i.wait {

@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod http;
 pub mod link;
 pub mod metrics;
+pub mod prefix;
 pub mod proxy;
 pub mod status;
 
@@ -109,6 +110,7 @@ pub async fn run(
         dispatcher: SharedDispatcher::new(Dispatcher::new(
             cfg.queue_capacity,
             cfg.default_max_concurrency,
+            cfg.routing,
         )),
         metrics: metrics::Metrics::default(),
         client,

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
 use super::dispatch::{Admission, Refusal, Slot};
+use super::prefix::{prefix_hashes, prompt_text, Routing};
 use super::Gateway;
 
 /// Label for requests whose model is not one the fleet serves, so that
@@ -69,8 +70,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The model a request names: the `model` string of its JSON object body.
-pub fn model_of(body: &[u8]) -> Result<String, ApiError> {
+/// The model a request names (the `model` string of its JSON object body),
+/// and the body parsed.
+pub fn model_of(body: &[u8]) -> Result<(String, serde_json::Value), ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -88,7 +90,7 @@ pub fn model_of(body: &[u8]) -> Result<String, ApiError> {
         ));
     };
     match obj.get("model") {
-        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => Ok(m.clone()),
+        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => Ok((m.clone(), value.clone())),
         Some(_) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "missing_model",
@@ -176,8 +178,13 @@ pub async fn forward(
     }
     let result = async {
         let bytes = read_body(body, gw.cfg.max_body_bytes, gw.cfg.request_read_timeout).await?;
-        let model = model_of(&bytes)?;
-        send(&gw, path, &headers, bytes, &model, arrived).await
+        let (model, parsed) = model_of(&bytes)?;
+        let prefix = match gw.cfg.routing {
+            Routing::Prefix { .. } => prefix_hashes(&prompt_text(&parsed)),
+            Routing::LeastOutstanding => Vec::new(),
+        };
+        drop(parsed);
+        send(&gw, path, &headers, bytes, &model, prefix, arrived).await
     }
     .await;
     match result {
@@ -206,15 +213,17 @@ async fn send(
     headers: &HeaderMap,
     body: Bytes,
     model: &str,
+    prefix: Vec<u64>,
     arrived: Instant,
 ) -> Result<(String, Response), ApiError> {
     let deadline = arrived + gw.cfg.hold_timeout;
     let mut attempt = 1;
     loop {
-        let slot = hold(gw, model, arrived, deadline).await?;
+        let slot = hold(gw, model, prefix.clone(), arrived, deadline).await?;
         if attempt == 1 {
             gw.metrics.waited(model, arrived.elapsed());
         }
+        gw.metrics.placed(model, slot.grant().how);
         let url = format!("http://{}{path}", slot.grant().address);
         let mut req = gw.client.post(&url).body(body.clone());
         for (name, value) in headers {
@@ -252,10 +261,11 @@ async fn send(
 async fn hold(
     gw: &Arc<Gateway>,
     model: &str,
+    prefix: Vec<u64>,
     arrived: Instant,
     deadline: Instant,
 ) -> Result<Slot, ApiError> {
-    let (id, rx, first) = match gw.dispatcher.admit(model) {
+    let (id, rx, first) = match gw.dispatcher.admit(model, prefix) {
         Admission::Go(grant) => return Ok(gw.dispatcher.slot(model, grant)),
         Admission::Wait { id, rx, first } => (id, rx, first),
         Admission::Refused(Refusal::NoTable) => {
@@ -365,7 +375,7 @@ mod tests {
     #[test]
     fn the_model_comes_from_the_body() {
         assert_eq!(
-            model_of(br#"{"model":"chat","prompt":"hi"}"#).unwrap(),
+            model_of(br#"{"model":"chat","prompt":"hi"}"#).unwrap().0,
             "chat"
         );
         let e = model_of(b"{not json").unwrap_err();

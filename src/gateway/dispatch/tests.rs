@@ -1,5 +1,6 @@
 use super::*;
 use crate::domain::{ModelRoutes, RouteTarget};
+use crate::gateway::prefix::{prefix_hashes, Routing};
 
 fn table(models: &[(&str, Option<u32>, &[&str])]) -> RoutingTable {
     let mut t = RoutingTable::default();
@@ -47,11 +48,11 @@ fn wait(a: Admission) -> (u64, oneshot::Receiver<Grant>, bool) {
 #[test]
 fn a_replica_takes_requests_only_while_it_has_room() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(10, 8);
+    let mut d = Dispatcher::new(10, 8, Routing::LeastOutstanding);
     d.apply_table(&table(&[("m", Some(2), &["a"])]), now, &mut first);
-    let g1 = go(d.admit("m", now, &mut first));
-    go(d.admit("m", now, &mut first));
-    let (_, mut rx, is_first) = wait(d.admit("m", now, &mut first));
+    let g1 = go(d.admit("m", vec![], now, &mut first));
+    go(d.admit("m", vec![], now, &mut first));
+    let (_, mut rx, is_first) = wait(d.admit("m", vec![], now, &mut first));
     assert!(!is_first, "the model has a replica: nothing to wake");
     assert!(rx.try_recv().is_err());
     // A request finishing hands its room to the queue at once.
@@ -64,10 +65,10 @@ fn a_replica_takes_requests_only_while_it_has_room() {
 #[test]
 fn a_model_at_zero_holds_and_a_new_replica_takes_the_queue() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(10, 1);
+    let mut d = Dispatcher::new(10, 1, Routing::LeastOutstanding);
     d.apply_table(&table(&[("m", None, &[])]), now, &mut first);
-    let (_, mut rx1, first1) = wait(d.admit("m", now, &mut first));
-    let (_, mut rx2, first2) = wait(d.admit("m", now, &mut first));
+    let (_, mut rx1, first1) = wait(d.admit("m", vec![], now, &mut first));
+    let (_, mut rx2, first2) = wait(d.admit("m", vec![], now, &mut first));
     assert!(first1 && !first2, "only the first arrival wakes the model");
     assert_eq!(d.demand(now)["m"].queued, 2);
     // The default max (1) lets one through per replica.
@@ -83,21 +84,21 @@ fn a_model_at_zero_holds_and_a_new_replica_takes_the_queue() {
 #[test]
 fn overflow_unknown_models_and_no_table_are_refused() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(1, 1);
+    let mut d = Dispatcher::new(1, 1, Routing::LeastOutstanding);
     assert!(matches!(
-        d.admit("m", now, &mut first),
+        d.admit("m", vec![], now, &mut first),
         Admission::Refused(Refusal::NoTable)
     ));
     d.apply_table(&table(&[("m", None, &[])]), now, &mut first);
-    let _held = wait(d.admit("m", now, &mut first));
+    let _held = wait(d.admit("m", vec![], now, &mut first));
     assert!(matches!(
-        d.admit("m", now, &mut first),
+        d.admit("m", vec![], now, &mut first),
         Admission::Refused(Refusal::QueueFull {
             queued: 1,
             capacity: 1
         })
     ));
-    match d.admit("other", now, &mut first) {
+    match d.admit("other", vec![], now, &mut first) {
         Admission::Refused(Refusal::UnknownModel { known }) => assert_eq!(known, ["m"]),
         other => panic!("{other:?}"),
     }
@@ -106,11 +107,11 @@ fn overflow_unknown_models_and_no_table_are_refused() {
 #[test]
 fn an_abandoned_waiter_leaves_the_queue_and_leaks_no_slot() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(10, 1);
+    let mut d = Dispatcher::new(10, 1, Routing::LeastOutstanding);
     d.apply_table(&table(&[("m", None, &["a"])]), now, &mut first);
-    let g = go(d.admit("m", now, &mut first));
-    let (gone_id, gone_rx, _) = wait(d.admit("m", now, &mut first));
-    let (_, mut next_rx, _) = wait(d.admit("m", now, &mut first));
+    let g = go(d.admit("m", vec![], now, &mut first));
+    let (gone_id, gone_rx, _) = wait(d.admit("m", vec![], now, &mut first));
+    let (_, mut next_rx, _) = wait(d.admit("m", vec![], now, &mut first));
     // The first waiter hangs up: the queue skips it.
     drop(gone_rx);
     d.abandon("m", gone_id, None, now, &mut first);
@@ -118,7 +119,7 @@ fn an_abandoned_waiter_leaves_the_queue_and_leaks_no_slot() {
     let granted = next_rx.try_recv().unwrap();
     assert_eq!(d.demand(now)["m"].in_flight, 1);
     // A grant delivered to a waiter that then gave up goes back.
-    let (late_id, mut late_rx, _) = wait(d.admit("m", now, &mut first));
+    let (late_id, mut late_rx, _) = wait(d.admit("m", vec![], now, &mut first));
     d.release("m", &granted.replica, now, &mut first);
     let unread = late_rx.try_recv().ok();
     assert!(unread.is_some());
@@ -130,12 +131,12 @@ fn an_abandoned_waiter_leaves_the_queue_and_leaks_no_slot() {
 #[test]
 fn dropped_receivers_are_skipped_when_serving_the_queue() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(10, 1);
+    let mut d = Dispatcher::new(10, 1, Routing::LeastOutstanding);
     d.apply_table(&table(&[("m", None, &["a"])]), now, &mut first);
-    let g = go(d.admit("m", now, &mut first));
-    let (_, dead, _) = wait(d.admit("m", now, &mut first));
+    let g = go(d.admit("m", vec![], now, &mut first));
+    let (_, dead, _) = wait(d.admit("m", vec![], now, &mut first));
     drop(dead);
-    let (_, mut live, _) = wait(d.admit("m", now, &mut first));
+    let (_, mut live, _) = wait(d.admit("m", vec![], now, &mut first));
     d.release("m", &g.replica, now, &mut first);
     assert_eq!(live.try_recv().unwrap().replica, "a");
     assert_eq!(d.demand(now)["m"].in_flight, 1);
@@ -144,26 +145,26 @@ fn dropped_receivers_are_skipped_when_serving_the_queue() {
 #[test]
 fn power_of_two_choices_prefers_the_less_loaded() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(10, 100);
+    let mut d = Dispatcher::new(10, 100, Routing::LeastOutstanding);
     d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
     // rng picks a (0) then b: a gets the first; with a busier, b wins.
     let mut picks = [0usize, 0].into_iter().cycle();
     let mut rng = |_: usize| picks.next().unwrap();
-    assert_eq!(go(d.admit("m", now, &mut rng)).replica, "a");
-    assert_eq!(go(d.admit("m", now, &mut rng)).replica, "b");
-    assert_eq!(go(d.admit("m", now, &mut rng)).replica, "a");
+    assert_eq!(go(d.admit("m", vec![], now, &mut rng)).replica, "a");
+    assert_eq!(go(d.admit("m", vec![], now, &mut rng)).replica, "b");
+    assert_eq!(go(d.admit("m", vec![], now, &mut rng)).replica, "a");
 }
 
 #[test]
 fn a_replica_that_left_the_table_gets_nothing_new_but_its_count_ends_right() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(10, 4);
+    let mut d = Dispatcher::new(10, 4, Routing::LeastOutstanding);
     d.apply_table(&table(&[("m", None, &["old"])]), now, &mut first);
-    let g = go(d.admit("m", now, &mut first));
+    let g = go(d.admit("m", vec![], now, &mut first));
     // "old" retires: the coordinator drops it from the table.
     d.apply_table(&table(&[("m", None, &["new"])]), now, &mut first);
     for _ in 0..4 {
-        assert_eq!(go(d.admit("m", now, &mut first)).replica, "new");
+        assert_eq!(go(d.admit("m", vec![], now, &mut first)).replica, "new");
     }
     d.release("m", &g.replica, now, &mut first);
     assert_eq!(d.demand(now)["m"].in_flight, 4);
@@ -172,28 +173,57 @@ fn a_replica_that_left_the_table_gets_nothing_new_but_its_count_ends_right() {
 #[test]
 fn a_failed_replica_is_passed_over_for_a_while() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(10, 4);
+    let mut d = Dispatcher::new(10, 4, Routing::LeastOutstanding);
     d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
     d.mark_failed("m", "a", now);
     for _ in 0..3 {
-        let g = go(d.admit("m", now, &mut first));
+        let g = go(d.admit("m", vec![], now, &mut first));
         assert_eq!(g.replica, "b");
         d.release("m", &g.replica, now, &mut first);
     }
     let later = now + FAILED_COOLDOWN + Duration::from_millis(1);
-    assert_eq!(go(d.admit("m", later, &mut first)).replica, "a");
+    assert_eq!(go(d.admit("m", vec![], later, &mut first)).replica, "a");
 }
 
 #[test]
 fn a_deleted_model_drops_its_waiters() {
     let now = Instant::now();
-    let mut d = Dispatcher::new(10, 1);
+    let mut d = Dispatcher::new(10, 1, Routing::LeastOutstanding);
     d.apply_table(&table(&[("m", None, &[])]), now, &mut first);
-    let (_, mut rx, _) = wait(d.admit("m", now, &mut first));
+    let (_, mut rx, _) = wait(d.admit("m", vec![], now, &mut first));
     d.apply_table(&RoutingTable::default(), now, &mut first);
     assert!(matches!(
         rx.try_recv(),
         Err(oneshot::error::TryRecvError::Closed)
     ));
     assert!(d.demand(now).is_empty());
+}
+
+#[test]
+fn with_prefix_routing_a_shared_prompt_sticks_to_one_replica_until_it_is_busy() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 100, Routing::Prefix { imbalance: 2 });
+    d.apply_table(&table(&[("m", None, &["a", "b", "c"])]), now, &mut first);
+    let tenant = prefix_hashes(&"You are the billing assistant. ".repeat(20));
+    let g = go(d.admit("m", tenant.clone(), now, &mut first));
+    assert_eq!(g.how, "prefix-hash");
+    d.release("m", &g.replica, now, &mut first);
+    // The same prompt again: the replica that saw it, as long as it is not
+    // more than 2 requests busier than the least busy one.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let again = go(d.admit("m", tenant.clone(), now, &mut first));
+        assert_eq!(
+            (again.replica.as_str(), again.how),
+            (g.replica.as_str(), "prefix-hit")
+        );
+        held.push(again);
+    }
+    let spill = go(d.admit("m", tenant.clone(), now, &mut first));
+    assert_ne!(
+        spill.replica, g.replica,
+        "3 over the least busy: balanced by load"
+    );
+    // Without a prompt the policy falls back to load.
+    assert_eq!(go(d.admit("m", vec![], now, &mut first)).how, "load");
 }
