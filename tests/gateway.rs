@@ -100,6 +100,30 @@ async fn metrics_of(gw: &Gw) -> String {
         .unwrap()
 }
 
+/// A coordinator and one agent running `model` as `replicas` replicas of
+/// the fault-injecting test server (one GPU each); its files are in `dir`.
+struct FixtureFleet {
+    dir: PathBuf,
+    _procs: [Proc; 2],
+}
+
+impl FixtureFleet {
+    /// None, with a loud SKIPPED, when python3 is missing.
+    fn start(h: &Harness, model: &str, replicas: u32) -> Option<FixtureFleet> {
+        let dir = h.path("fixture");
+        let command = fixture_command(&dir)?;
+        let coordinator = h.coordinator("");
+        let agent = h.agent("node-a", replicas, "");
+        h.wait_ready_nodes(1);
+        let top = format!("replicas = {replicas}");
+        h.apply(&h.model_spec(model, 1, &top, &command, ""));
+        Some(FixtureFleet {
+            dir,
+            _procs: [coordinator, agent],
+        })
+    }
+}
+
 /// The fault-injecting test server, or None (with a loud SKIPPED) when
 /// python3 is missing.
 fn fixture_command(dir: &Path) -> Option<String> {
@@ -326,14 +350,9 @@ async fn overflow_gets_429_a_long_hold_503_and_bad_requests_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_pass_through_byte_for_byte() {
     let h = Harness::new();
-    let dir = h.path("fixture");
-    let Some(command) = fixture_command(&dir) else {
+    let Some(_fleet) = FixtureFleet::start(&h, "streamer", 1) else {
         return;
     };
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
-    h.apply(&h.model_spec("streamer", 1, "", &command, ""));
     let gw = gateway(&h, "gw", "");
     let port = wait_until(Duration::from_secs(30), "a ready replica", || {
         ready_ports(&h, "streamer").first().copied()
@@ -367,14 +386,10 @@ async fn streams_pass_through_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_failing_before_the_first_byte_is_retried_never_after() {
     let h = Harness::new();
-    let dir = h.path("fixture");
-    let Some(command) = fixture_command(&dir) else {
+    let Some(fleet) = FixtureFleet::start(&h, "flaky", 2) else {
         return;
     };
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
-    h.apply(&h.model_spec("flaky", 1, "replicas = 2", &command, ""));
+    let dir = fleet.dir.clone();
     let gw = gateway(&h, "gw", "");
     let ports = wait_until(Duration::from_secs(30), "two ready replicas", || {
         let p = ready_ports(&h, "flaky");
@@ -444,14 +459,10 @@ async fn a_replica_failing_before_the_first_byte_is_retried_never_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retiring_replica_receives_nothing_new() {
     let h = Harness::new();
-    let dir = h.path("fixture");
-    let Some(command) = fixture_command(&dir) else {
+    let Some(fleet) = FixtureFleet::start(&h, "shrink", 2) else {
         return;
     };
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
-    h.apply(&h.model_spec("shrink", 1, "replicas = 2", &command, ""));
+    let dir = fleet.dir.clone();
     let gw = gateway(&h, "gw", "");
     let ports = wait_until(Duration::from_secs(30), "two ready replicas", || {
         let p = ready_ports(&h, "shrink");
@@ -861,14 +872,9 @@ async fn a_client_hanging_up_frees_its_place_and_its_replica_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prefix_routing_keeps_a_tenant_on_one_replica_across_gateways() {
     let h = Harness::new();
-    let dir = h.path("fixture");
-    let Some(command) = fixture_command(&dir) else {
+    let Some(_fleet) = FixtureFleet::start(&h, "tenants", 3) else {
         return;
     };
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 3, "");
-    h.wait_ready_nodes(1);
-    h.apply(&h.model_spec("tenants", 1, "replicas = 3", &command, ""));
     let one = gateway(&h, "gw-1", "routing = \"prefix\"");
     let two = gateway(&h, "gw-2", "routing = \"prefix\"");
     wait_until(
@@ -914,5 +920,21 @@ async fn prefix_routing_keeps_a_tenant_on_one_replica_across_gateways() {
             "gpufleet_gateway_placements_total{model=\"tenants\",how=\"prefix-hit\"}"
         ) >= 8.0,
         "{m}"
+    );
+}
+
+#[test]
+fn a_bad_gateway_config_exits_64_naming_the_key() {
+    let h = Harness::new();
+    let cfg = h.write("gw.toml", "listen = \"127.0.0.1:0\"\nqueue_capacity = -1\n");
+    let out = std::process::Command::new(BIN)
+        .args(["gateway", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("line 2: queue_capacity = -1 must be ≥ 0"),
+        "{}",
+        stderr(&out)
     );
 }

@@ -438,11 +438,7 @@ impl Fleet {
                 session,
                 node,
                 report,
-            } => {
-                self.report(session, &node, *report, now);
-                // A replica turning ready is routable at once.
-                self.publish_routes();
-            }
+            } => self.report(session, &node, *report, now),
             Command::Disconnect {
                 session,
                 node,
@@ -569,6 +565,9 @@ impl Fleet {
             Command::GatewayReport { link, report } => self.gateway_report(link, *report, now),
             Command::GatewayDisconnect { link } => self.gateway_disconnected(link),
         }
+        // A replica turning ready, a model applied or deleted: gateways
+        // hear of it now, not at the next tick.
+        self.publish_routes();
     }
 
     fn request_logs(

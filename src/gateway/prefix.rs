@@ -25,6 +25,9 @@ pub const INDEX_CAPACITY: usize = 16_384;
 /// A replica takes a new prefix by consistent hashing while its load is at
 /// most this factor over the average (Mirrokni et al.'s bound).
 const LOAD_BOUND: f64 = 1.25;
+/// Points per replica on the hash ring: with one each, three replicas can
+/// split the ring 90/5/5.
+const RING_POINTS: u64 = 64;
 
 pub use crate::config::gateway::Routing;
 
@@ -147,7 +150,7 @@ pub fn choose(
     let mut ring: Vec<(u64, usize)> = open
         .iter()
         .enumerate()
-        .map(|(i, c)| (point(c.id), i))
+        .flat_map(|(i, c)| (0..RING_POINTS).map(move |k| (point(c.id, k), i)))
         .collect();
     ring.sort_unstable();
     let start = ring.partition_point(|(p, _)| *p < first);
@@ -157,9 +160,10 @@ pub fn choose(
         .map(|i| (i, PrefixChoice::Hashed))
 }
 
-fn point(id: &str) -> u64 {
+fn point(id: &str, k: u64) -> u64 {
     let mut h = DefaultHasher::new();
     id.hash(&mut h);
+    k.hash(&mut h);
     h.finish()
 }
 
@@ -246,6 +250,16 @@ mod tests {
             seen.insert(i);
         }
         assert_eq!(seen.len(), 4, "64 tenants land on every replica");
+        // And evenly enough: no replica owns most of the ring.
+        let ids: Vec<String> = (0..3).map(|i| format!("model-{i:05x}")).collect();
+        let three = cands(&[(&ids[0], 0, 0), (&ids[1], 0, 0), (&ids[2], 0, 0)]);
+        let mut per = [0; 3];
+        for tenant in 0..300 {
+            per[choose(&three, &prefix_hashes(&format!("t{tenant}")), 4)
+                .unwrap()
+                .0] += 1;
+        }
+        assert!(per.iter().all(|n| *n >= 50), "{per:?}");
         // A loaded replica passes new prefixes on.
         let busy = cands(&[("a", 9, 0), ("b", 0, 0)]);
         for tenant in 0..16 {
