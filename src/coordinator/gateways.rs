@@ -119,7 +119,7 @@ impl Fleet {
         let stepped = self
             .gateways
             .get(&link)
-            .is_none_or(|g| demand_moved(&g.report, &report));
+            .is_none_or(|g| report.moved_from(&g.report));
         self.gateways.insert(
             link,
             GatewayLink {
@@ -159,47 +159,5 @@ impl Fleet {
             s.seq = s.seq.wrapping_mul(31).wrapping_add(g.seq);
         }
         sum
-    }
-}
-
-/// Whether a gateway's demand for some model moved enough to decide on now:
-/// by 2 requests and a quarter, the agents' rule for an early report.
-fn demand_moved(before: &GatewayReport, after: &GatewayReport) -> bool {
-    let total = |r: &GatewayReport, m: &str| {
-        r.models
-            .get(m)
-            .map_or(0.0, |d| f64::from(d.queued) + f64::from(d.in_flight))
-    };
-    before.models.keys().chain(after.models.keys()).any(|m| {
-        let (a, b) = (total(before, m), total(after, m));
-        (b - a).abs() >= 2.0 && (b - a).abs() >= a.max(b) * 0.25
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::ModelDemand;
-
-    fn report(queued: u32, in_flight: u32) -> GatewayReport {
-        let mut r = GatewayReport::default();
-        r.models.insert(
-            "m".into(),
-            ModelDemand {
-                queued,
-                in_flight,
-                arrivals_per_s: 0.0,
-            },
-        );
-        r
-    }
-
-    #[test]
-    fn a_step_in_demand_is_news_and_jitter_is_not() {
-        assert!(demand_moved(&report(0, 0), &report(0, 4)));
-        assert!(demand_moved(&report(0, 8), &report(6, 8)));
-        assert!(!demand_moved(&report(0, 8), &report(0, 9)));
-        assert!(!demand_moved(&report(0, 40), &report(3, 40)));
-        assert!(demand_moved(&report(0, 3), &GatewayReport::default()));
     }
 }

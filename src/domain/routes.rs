@@ -48,3 +48,47 @@ pub struct GatewayReport {
     pub gateway: String,
     pub models: BTreeMap<String, ModelDemand>,
 }
+
+impl GatewayReport {
+    /// Whether demand for some model moved enough since `before` to act on
+    /// now: by 2 requests and a quarter (held + in flight), the agents'
+    /// rule for an early report.
+    pub fn moved_from(&self, before: &GatewayReport) -> bool {
+        let total = |r: &GatewayReport, m: &str| {
+            r.models
+                .get(m)
+                .map_or(0.0, |d| f64::from(d.queued) + f64::from(d.in_flight))
+        };
+        before.models.keys().chain(self.models.keys()).any(|m| {
+            let (a, b) = (total(before, m), total(self, m));
+            (b - a).abs() >= 2.0 && (b - a).abs() >= a.max(b) * 0.25
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(queued: u32, in_flight: u32) -> GatewayReport {
+        let mut r = GatewayReport::default();
+        r.models.insert(
+            "m".into(),
+            ModelDemand {
+                queued,
+                in_flight,
+                arrivals_per_s: 0.0,
+            },
+        );
+        r
+    }
+
+    #[test]
+    fn a_step_in_demand_is_news_and_jitter_is_not() {
+        assert!(report(0, 4).moved_from(&report(0, 0)));
+        assert!(report(6, 8).moved_from(&report(0, 8)));
+        assert!(!report(0, 9).moved_from(&report(0, 8)));
+        assert!(!report(3, 40).moved_from(&report(0, 40)));
+        assert!(GatewayReport::default().moved_from(&report(0, 3)));
+    }
+}

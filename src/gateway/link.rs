@@ -18,6 +18,9 @@ use crate::wire::pb;
 use super::Gateway;
 
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// How often demand is checked for a step worth reporting before the
+/// report interval is up.
+const STEP_CHECK: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// How the gateway reaches the coordinator.
@@ -71,7 +74,8 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings) -> Result<(), String> {
         pb::gateway_client::GatewayClient::with_interceptor(channel, link.token.clone());
     let (tx, rx) = mpsc::channel::<pb::GatewayReport>(4);
     // The first report goes out with the stream, so a queue is known at once.
-    let _ = tx.try_send(pb::GatewayReport::from(&report(gw)));
+    let mut last = report(gw);
+    let _ = tx.try_send(pb::GatewayReport::from(&last));
     let mut inbound = client
         .routes(ReceiverStream::new(rx))
         .await
@@ -85,6 +89,8 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings) -> Result<(), String> {
     tracing::info!(coordinator = %link.coordinator, "routing stream open");
     let mut tick = tokio::time::interval(gw.cfg.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(STEP_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
@@ -96,16 +102,29 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings) -> Result<(), String> {
                 Ok(None) => return Ok(()),
                 Err(s) => return Err(format!("routing stream broke: {}", s.message())),
             },
-            _ = tick.tick() => send(&tx, gw).await?,
-            _ = gw.wake.notified() => send(&tx, gw).await?,
+            _ = tick.tick() => last = send(&tx, report(gw)).await?,
+            _ = gw.wake.notified() => last = send(&tx, report(gw)).await?,
+            _ = check.tick() => {
+                // A step in demand goes out now: the autoscaler decides on
+                // it without waiting for the report interval.
+                let now = report(gw);
+                if now.moved_from(&last) {
+                    last = send(&tx, now).await?;
+                    tick.reset();
+                }
+            }
         }
     }
 }
 
-async fn send(tx: &mpsc::Sender<pb::GatewayReport>, gw: &Gateway) -> Result<(), String> {
-    tx.send(pb::GatewayReport::from(&report(gw)))
+async fn send(
+    tx: &mpsc::Sender<pb::GatewayReport>,
+    report: GatewayReport,
+) -> Result<GatewayReport, String> {
+    tx.send(pb::GatewayReport::from(&report))
         .await
-        .map_err(|_| "the routing stream closed".to_string())
+        .map_err(|_| "the routing stream closed".to_string())?;
+    Ok(report)
 }
 
 fn report(gw: &Gateway) -> GatewayReport {
