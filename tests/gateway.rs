@@ -113,7 +113,14 @@ impl FixtureFleet {
         let dir = h.path("fixture");
         let command = fixture_command(&dir)?;
         let coordinator = h.coordinator("");
-        let agent = h.agent("node-a", replicas, "");
+        // The agent lets path arguments through only from where it is told.
+        let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let allowed = format!(
+            "allowed_paths = [\"{}\", \"{}\"]",
+            fixtures.display(),
+            dir.display()
+        );
+        let agent = h.agent("node-a", replicas, &allowed);
         h.wait_ready_nodes(1);
         let top = format!("replicas = {replicas}");
         h.apply(&h.model_spec(model, 1, &top, &command, ""));
