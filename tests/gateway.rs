@@ -725,8 +725,10 @@ fn tokens_and_tls_guard_both_sides_of_the_gateway() {
     let h = Harness::new();
     let certs = h.path("certs");
     tls_init(&certs, "gw");
-    let tokens = h.write("tokens", &format!("admin {ADMIN}\n"));
-    let token = h.write("gw-token", &format!("{ADMIN}\n"));
+    const WAKE: &str = "wake-0123456789abcdef";
+    let tokens = h.write("tokens", &format!("admin {ADMIN}\nwake {WAKE}\n"));
+    // A wake token is all a gateway needs.
+    let token = h.write("gw-token", &format!("{WAKE}\n"));
     let clients = h.write("client-tokens", &format!("read {CLIENT}\n"));
     for f in [&tokens, &token, &clients] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -758,7 +760,7 @@ fn tokens_and_tls_guard_both_sides_of_the_gateway() {
         },
     );
 
-    // With the CA, its own certificate and an admin token: it routes.
+    // With the CA, its own certificate and a wake token: it routes.
     let tls = tls_table(&certs, "gw");
     let port = free_port();
     let cfg = h.write(

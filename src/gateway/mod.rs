@@ -21,7 +21,7 @@ use anyhow::Context;
 use axum::http::{header, HeaderMap, StatusCode};
 use tokio::sync::Notify;
 
-use crate::config::GatewayConfig;
+use crate::config::{bind_error, GatewayConfig, Misconfigured};
 use crate::security::tokens::{check_token, TokenSet};
 use crate::security::BearerToken;
 
@@ -77,22 +77,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let _watchdog = crate::notify::spawn_watchdog();
+    // Files the config names that cannot be used are config problems (exit 64).
     let client_tokens = match &cfg.client_tokens_file {
-        Some(path) => Some(TokenSet::load(path)?),
+        Some(path) => Some(TokenSet::load(path).map_err(Misconfigured::wrap)?),
         None => None,
     };
-    let token = BearerToken::from_sources(cfg.coordinator_token_file.as_deref(), None)?;
+    let token = BearerToken::from_sources(cfg.coordinator_token_file.as_deref(), None)
+        .map_err(Misconfigured::wrap)?;
     // The config ties a CA to an https:// coordinator URL.
     let tls = match &cfg.tls.ca {
         Some(ca) => {
             let identity = cfg.tls.cert.as_deref().zip(cfg.tls.key.as_deref());
-            Some(crate::security::ClientTls::new(ca, identity)?)
+            Some(crate::security::ClientTls::new(ca, identity).map_err(Misconfigured::wrap)?)
         }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        .map_err(|e| bind_error(e, format!("clients on {} (listen)", cfg.listen)))?;
     let local = listener.local_addr()?;
     let name = cfg.name.clone().unwrap_or_else(|| {
         let host = nix::unistd::gethostname()

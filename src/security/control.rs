@@ -79,7 +79,8 @@ impl ControlAuth {
         match access {
             Access::Admin => Ok(()),
             Access::Read if is_read_method(method) => Ok(()),
-            Access::Wake if method == "WakeModel" => Ok(()),
+            // A gateway's routing stream wakes models that have a queue.
+            Access::Wake if matches!(method, "WakeModel" | "Routes") => Ok(()),
             Access::Read => Err(Status::permission_denied(format!(
                 "token is read-only; `{}` needs an admin token",
                 command_of(method)
@@ -372,6 +373,20 @@ mod tests {
         assert!(auth
             .authorize("SomeFutureMethod", Some(&bearer(READ)))
             .is_err());
+    }
+
+    #[test]
+    fn a_wake_token_may_wake_and_open_a_gateways_routing_stream_only() {
+        const WAKE: &str = "wake-token-abcdefghij";
+        let set = TokenSet::parse(&format!("wake {WAKE}\n"), Path::new("tokens")).unwrap();
+        let auth = ControlAuth::with_tokens(set);
+        for m in ["WakeModel", "Routes"] {
+            assert!(auth.authorize(m, Some(&bearer(WAKE))).is_ok(), "{m}");
+        }
+        let s = auth
+            .authorize("ApplyModel", Some(&bearer(WAKE)))
+            .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
     }
 
     #[test]

@@ -18,8 +18,9 @@ pub const MAX_TOKEN_LEN: usize = 512;
 pub enum Access {
     /// List*, Get*, FollowEvents, Explain, and `/v1/endpoints`.
     Read,
-    /// Waking a model (`WakeModel`, `POST /v1/models/NAME/wake`) and
-    /// `/v1/endpoints`: what a gateway in front of the replicas needs.
+    /// Waking a model (`WakeModel`, `POST /v1/models/NAME/wake`), a
+    /// gateway's routing stream (`Gateway/Routes`) and `/v1/endpoints`:
+    /// what a gateway in front of the replicas needs.
     Wake,
     /// Everything.
     Admin,
