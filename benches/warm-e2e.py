@@ -6,7 +6,8 @@ What an operator times: from typing the command to its return, through the
 CLI, the coordinator, the agent's assignment, the fill and the report back
 (gpufleet), or the fill alone (vmtouch). Before every run the directory is
 evicted (sync + vmtouch -e, checked 0% resident); for gpufleet the entry is
-evicted through the fleet first, so each run fills from cold. RUNS rounds
+unassigned through the fleet (`warm evict`) first, so the agent does not
+refill it, and each run fills from cold. RUNS rounds
 (default 5), the two interleaved; medians and the ratio are printed.
 
     benches/warm-e2e.py                        # builds the release binary
@@ -81,13 +82,14 @@ def main():
         times = {"gpufleet": [], "vmtouch": []}
         for run in range(RUNS):
             for tool in ("gpufleet", "vmtouch"):
-                if tool == "gpufleet":
-                    fleet.run("warm", "evict", "bench", "--node", "bench-node")
-                    for _ in range(100):
-                        entries = fleet.cli("warm", "ls") or []
-                        if not any(e["model"] == "bench" and e["resident_bytes"] > 0 for e in entries):
-                            break
-                        time.sleep(0.1)
+                # Unassign the warm entry before every run (the agent would
+                # refill it under vmtouch's feet), then make it cold.
+                fleet.run("warm", "evict", "bench", "--node", "bench-node")
+                for _ in range(100):
+                    entries = fleet.cli("warm", "ls") or []
+                    if not any(e["model"] == "bench" and e["resident_bytes"] > 0 for e in entries):
+                        break
+                    time.sleep(0.1)
                 evict_cold(DIR)
                 cmd = (
                     [binary, "warm", "start", "bench", "--node", "bench-node", "--wait"]
