@@ -62,6 +62,26 @@ pub fn init(format: LogFormat) {
     }
 }
 
+/// Installs the global subscriber writing text lines to `path` (appended),
+/// for a process whose terminal shows something else (the demo's live view).
+pub fn init_file(path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .with_target(false),
+        )
+        .init();
+    Ok(())
+}
+
 /// Sends each tracing event to the journal with its fields as journal fields
 /// (`replica_id = "x"` becomes `REPLICA_ID=x`).
 struct JournalLayer {

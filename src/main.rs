@@ -22,7 +22,11 @@ fn main() -> ExitCode {
         // hangs up must not kill them.
         gpufleet::cli::restore_sigpipe();
     }
-    gpufleet::logging::init(cli.log_format);
+    // The fleet demo sets up its own logging: its live view owns the terminal.
+    if !cli.command.is_fleet_demo() {
+        gpufleet::logging::init(cli.log_format);
+    }
+    let log_format = cli.log_format;
     let output = cli.output.unwrap_or_default();
     let client = cli.client;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -40,7 +44,7 @@ fn main() -> ExitCode {
             Command::Coordinator(args) => coordinator(args).await,
             Command::Agent(args) => agent(args, client.coordinator).await,
             Command::Gateway(args) => gateway(args, client.coordinator, output).await,
-            Command::Demo(args) => gpufleet::demo::run(args, output)
+            Command::Demo(args) => gpufleet::demo::run(args, output, log_format)
                 .await
                 .map_err(Failure::Run),
             Command::Simulate(mut args) => {

@@ -252,6 +252,11 @@ pub async fn run_operator(
 impl Command {
     /// The long-running roles, as opposed to operator commands that print
     /// and exit.
+    /// `gpufleet demo` itself (not `demo server` or `demo load`).
+    pub fn is_fleet_demo(&self) -> bool {
+        matches!(self, Command::Demo(d) if d.cmd.is_none())
+    }
+
     pub fn is_daemon(&self) -> bool {
         match self {
             Command::Coordinator(_) | Command::Agent(_) => true,

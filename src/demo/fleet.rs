@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::api::{GpuView, NodeView, ReplicaView};
+use crate::api::{GpuView, NodeView, ReplicaView, WarmView};
 use crate::cli::client::{connect, ClientArgs, Control};
 use crate::demo::ramp::{self, Ramp, RAMP, RAMP_SUMMARY};
 use crate::wire::pb;
@@ -58,7 +58,7 @@ const NO_LOAD_HELP: &str = "Do not send the built-in load ramp to the demo model
 const DEMO_MODEL: &str = "demo-llm";
 
 /// Events shown at the bottom of the live view.
-const VIEW_EVENTS: u32 = 8;
+const VIEW_EVENTS: u32 = 20;
 
 /// The demo model's spec; `{dir}` is replaced by the demo directory.
 const DEMO_SPEC: &str = include_str!("../../packaging/examples/demo.toml");
@@ -174,7 +174,7 @@ fn write_weights(path: &Path, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
+pub async fn run(args: FleetArgs, log_format: crate::logging::LogFormat) -> anyhow::Result<()> {
     let dir = args
         .dir
         .clone()
@@ -205,6 +205,16 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&p).with_context(|| format!("cannot clean {}", p.display()))?;
         }
         std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+    }
+    // On a terminal the live view owns the screen: this process's own log
+    // lines go to a file the view names, as the daemons' do.
+    let tty = std::io::stdout().is_terminal();
+    let own_log = dir.join("logs").join("demo.log");
+    if tty {
+        crate::logging::init_file(&own_log)
+            .with_context(|| format!("cannot open {}", own_log.display()))?;
+    } else {
+        crate::logging::init(log_format);
     }
     let models = dir.join("models");
     let weights = models.join("demo-llm").join("weights.bin");
@@ -252,7 +262,6 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         dir.join("logs").join("gateway.log"),
         &path_env,
     )?);
-    let mut agent_http = Vec::new();
     for i in 1..=args.agents {
         let name = format!("demo-node-{i}");
         let state = dir.join("agents").join(&name);
@@ -284,22 +293,31 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             dir.join("logs").join(format!("{name}.log")),
             &path_env,
         )?);
-        agent_http.push((name, http));
     }
 
     let client = ClientArgs::plain(format!("http://127.0.0.1:{grpc_port}"));
     let mut control = wait_for_fleet(&client, args.agents, &mut fleet).await?;
 
-    println!("gpufleet demo: a local fleet on simulated GPUs\n");
-    println!("  coordinator  gRPC 127.0.0.1:{grpc_port}   HTTP http://127.0.0.1:{http_port} (/metrics, /healthz, /v1/endpoints)");
-    println!("  gateway      http://127.0.0.1:{gateway_port} (/v1/completions, /v1/chat/completions, /v1/models, /metrics, /status)");
-    for (name, http) in &agent_http {
-        println!(
-            "  {name:<12} {} simulated GPUs, HTTP http://{http}/metrics",
-            args.gpus_per_agent
-        );
+    let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+    // What the live view keeps at its top: where everything is, where the
+    // logs go, and what to try.
+    let banner = vec![
+        format!(
+            "coordinator 127.0.0.1:{grpc_port} (HTTP :{http_port}) · gateway {gateway_url} · {} agents × {} GPUs",
+            args.agents, args.gpus_per_agent
+        ),
+        format!("logs  {}/", dir.join("logs").display()),
+        format!(
+            "try   gpufleet replica ls · gpufleet events -f · gpufleet explain {DEMO_MODEL}"
+        ),
+    ];
+    if !tty {
+        println!("gpufleet demo: a local fleet on simulated GPUs\n");
+        for line in &banner {
+            println!("  {line}");
+        }
+        println!();
     }
-    println!("  working dir  {} (logs in logs/)\n", dir.display());
 
     if !args.no_model {
         let spec = DEMO_SPEC.replace(DEMO_SPEC_DIR, &dir.display().to_string());
@@ -307,33 +325,29 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             .apply_model(pb::ApplyModelRequest { spec_toml: spec })
             .await
             .map_err(|s| anyhow::anyhow!("cannot apply the demo model: {}", s.message()))?;
-        println!("  applied model {DEMO_MODEL} (packaging/examples/demo.toml)\n");
+        tracing::info!(
+            model = DEMO_MODEL,
+            "applied the demo model (packaging/examples/demo.toml)"
+        );
     }
     let ramp = (!args.no_model && !args.no_load).then(|| {
-        println!("  sending load to {DEMO_MODEL} through the gateway: {RAMP_SUMMARY}\n");
-        Ramp::start(
-            &format!("http://127.0.0.1:{gateway_port}"),
-            DEMO_MODEL,
-            &RAMP,
-        )
+        if !tty {
+            println!("  sending load to {DEMO_MODEL} through the gateway: {RAMP_SUMMARY}\n");
+        }
+        Ramp::start(&gateway_url, DEMO_MODEL, &RAMP)
     });
-    println!("Try, in another terminal:");
-    println!("  gpufleet node ls        gpufleet gpu ls        gpufleet model ls        gpufleet replica ls");
-    println!("  gpufleet events --follow");
-    println!("  gpufleet gateway status --gateway http://127.0.0.1:{gateway_port}");
-    println!("  gpufleet demo load --gateway http://127.0.0.1:{gateway_port} --model demo-llm --rps 20 --duration 60s");
-    println!("  curl -s http://127.0.0.1:{gateway_port}/v1/completions -d '{{\"model\": \"demo-llm\", \"prompt\": \"hi\", \"stream\": true}}'\n");
-    println!("Ctrl-C stops the fleet.\n");
+    if !tty {
+        println!("Ctrl-C stops the fleet.\n");
+    }
 
     let deadline = args.duration.map(|d| Instant::now() + Duration::from(d));
-    let tty = std::io::stdout().is_terminal();
     let mut shutdown = std::pin::pin!(crate::cli::shutdown_signal());
     loop {
         if let Some(dead) = exited(&mut fleet) {
             bail!("{dead}");
         }
-        if let Err(e) = print_view(&mut control, ramp.as_ref(), tty).await {
-            eprintln!("live view: {e}");
+        if let Err(e) = print_view(&mut control, &banner, ramp.as_ref(), tty).await {
+            tracing::warn!(error = %e, "live view");
         }
         let wait = Duration::from_secs(2);
         if let Some(d) = deadline {
@@ -400,7 +414,12 @@ async fn wait_for_fleet(
     }
 }
 
-async fn print_view(c: &mut Control, ramp: Option<&Ramp>, tty: bool) -> anyhow::Result<()> {
+async fn print_view(
+    c: &mut Control,
+    banner: &[String],
+    ramp: Option<&Ramp>,
+    tty: bool,
+) -> anyhow::Result<()> {
     let nodes: Vec<NodeView> = c
         .list_nodes(pb::ListNodesRequest {})
         .await?
@@ -427,69 +446,16 @@ async fn print_view(c: &mut Control, ramp: Option<&Ramp>, tty: bool) -> anyhow::
         .into_iter()
         .map(Into::into)
         .collect();
-    let mut out = String::new();
-    if tty {
-        // Clear the screen and home the cursor: a live view, not a scroll.
-        out.push_str("\x1b[2J\x1b[H");
-    }
-    out.push_str(&format!(
-        "gpufleet demo — {} (Ctrl-C to stop)\n\n",
-        crate::api::rfc3339(crate::domain::unix_ms_now())
-    ));
-    if let Some(r) = ramp {
-        out.push_str(&ramp::render_status(&r.status(tokio::time::Instant::now())));
-        out.push_str("\n\n");
-    }
-    let mut t = crate::cli::output::Table::new(&[
-        "NODE", "STATE", "GPU", "MEM USED", "UTIL", "HEALTH", "REPLICA",
-    ]);
-    for n in &nodes {
-        for g in gpus.iter().filter(|g| g.node == n.name) {
-            t.row(vec![
-                n.name.clone(),
-                n.state.as_str().into(),
-                g.index.to_string(),
-                format!(
-                    "{} / {}",
-                    crate::cli::output::bytes(g.memory_used_bytes),
-                    crate::cli::output::bytes(g.memory_total_bytes)
-                ),
-                format!("{:.0}%", g.utilization_pct),
-                if g.healthy {
-                    "ok".into()
-                } else {
-                    g.health_reason.clone()
-                },
-                if g.replica.is_empty() {
-                    "-".into()
-                } else {
-                    g.replica.clone()
-                },
-            ]);
-        }
-    }
-    out.push_str(&t.render());
-    if !replicas.is_empty() {
-        out.push('\n');
-        let mut t = crate::cli::output::Table::new(&[
-            "REPLICA", "NODE", "STATE", "PORT", "ONGOING", "RESTARTS",
-        ]);
-        for r in &replicas {
-            t.row(vec![
-                r.status.id.clone(),
-                r.node.clone(),
-                r.status.state.as_str().into(),
-                if r.status.port == 0 {
-                    "-".into()
-                } else {
-                    r.status.port.to_string()
-                },
-                format!("{:.0}", r.status.signals.ongoing()),
-                r.status.restarts.to_string(),
-            ]);
-        }
-        out.push_str(&t.render());
-    }
+    let warm: Vec<WarmView> = c
+        .list_warm(pb::ListWarmRequest {
+            node: String::new(),
+        })
+        .await?
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(Into::into)
+        .collect();
     let events = c
         .list_events(pb::ListEventsRequest {
             model: String::new(),
@@ -499,15 +465,170 @@ async fn print_view(c: &mut Control, ramp: Option<&Ramp>, tty: bool) -> anyhow::
         .await?
         .into_inner()
         .events;
-    if !events.is_empty() {
-        out.push('\n');
-        for e in &events {
-            out.push_str(&event_line(e));
+    let view = View {
+        banner,
+        ramp: ramp.map(|r| ramp::render_status(&r.status(tokio::time::Instant::now()))),
+        nodes: &nodes,
+        gpus: &gpus,
+        replicas: &replicas,
+        warm: &warm,
+        events: &events,
+    };
+    let (rows, cols) = if tty {
+        terminal_size()
+    } else {
+        (usize::MAX, usize::MAX)
+    };
+    let mut out = String::new();
+    if tty {
+        // Clear the screen and home the cursor: a live view, not a scroll.
+        out.push_str("\x1b[2J\x1b[H");
+    }
+    out.push_str(&view.render(rows, cols));
+    print!("{out}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+/// The terminal's rows and columns (30 × 100 when it does not say).
+fn terminal_size() -> (usize, usize) {
+    // SAFETY: TIOCGWINSZ fills a winsize for the descriptor; stdout is a
+    // terminal here, and a failure leaves the zeroed struct untouched.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_row > 0 && ws.ws_col > 0 {
+        (usize::from(ws.ws_row), usize::from(ws.ws_col))
+    } else {
+        (30, 100)
+    }
+}
+
+/// What one frame of the live view shows.
+struct View<'a> {
+    banner: &'a [String],
+    ramp: Option<String>,
+    nodes: &'a [NodeView],
+    gpus: &'a [GpuView],
+    replicas: &'a [ReplicaView],
+    warm: &'a [WarmView],
+    events: &'a [pb::Event],
+}
+
+impl View<'_> {
+    /// The frame in at most `rows` lines of at most `cols` characters: the
+    /// banner stays on top, GPUs, replicas and warm weights follow, and the
+    /// newest events fill what is left.
+    fn render(&self, rows: usize, cols: usize) -> String {
+        let mut lines: Vec<String> = vec![format!(
+            "gpufleet demo — {} — Ctrl-C stops",
+            crate::api::rfc3339(crate::domain::unix_ms_now())
+        )];
+        lines.extend(self.banner.iter().cloned());
+        if let Some(r) = &self.ramp {
+            lines.push(String::new());
+            lines.extend(r.lines().map(str::to_string));
+        }
+        lines.push(String::new());
+        let mut t = crate::cli::output::Table::new(&[
+            "NODE", "STATE", "GPU", "MEM USED", "UTIL", "HEALTH", "REPLICA",
+        ]);
+        for n in self.nodes {
+            for g in self.gpus.iter().filter(|g| g.node == n.name) {
+                t.row(vec![
+                    n.name.clone(),
+                    n.state.as_str().into(),
+                    g.index.to_string(),
+                    format!(
+                        "{} / {}",
+                        crate::cli::output::bytes(g.memory_used_bytes),
+                        crate::cli::output::bytes(g.memory_total_bytes)
+                    ),
+                    format!("{:.0}%", g.utilization_pct),
+                    if g.healthy {
+                        "ok".into()
+                    } else {
+                        g.health_reason.clone()
+                    },
+                    if g.replica.is_empty() {
+                        "-".into()
+                    } else {
+                        g.replica.clone()
+                    },
+                ]);
+            }
+        }
+        lines.extend(t.render().lines().map(str::to_string));
+        if !self.replicas.is_empty() {
+            lines.push(String::new());
+            let mut t = crate::cli::output::Table::new(&[
+                "REPLICA", "NODE", "STATE", "PORT", "ONGOING", "RESTARTS",
+            ]);
+            for r in self.replicas {
+                t.row(vec![
+                    r.status.id.clone(),
+                    r.node.clone(),
+                    r.status.state.as_str().into(),
+                    if r.status.port == 0 {
+                        "-".into()
+                    } else {
+                        r.status.port.to_string()
+                    },
+                    format!("{:.0}", r.status.signals.ongoing()),
+                    r.status.restarts.to_string(),
+                ]);
+            }
+            lines.extend(t.render().lines().map(str::to_string));
+        }
+        if !self.warm.is_empty() {
+            lines.push(String::new());
+            lines.extend(self.warm.iter().map(warm_line));
+        }
+        // The newest events that still fit, oldest first.
+        let room = rows.saturating_sub(lines.len() + 2);
+        if room > 0 && !self.events.is_empty() {
+            lines.push(String::new());
+            let skip = self.events.len().saturating_sub(room);
+            lines.extend(self.events[skip..].iter().map(event_line));
+        }
+        lines.truncate(rows.saturating_sub(1).max(1));
+        let mut out = String::new();
+        for line in lines {
+            out.extend(line.chars().take(cols));
             out.push('\n');
         }
+        out
     }
-    print!("{out}");
-    Ok(())
+}
+
+/// One warm cache entry with a progress bar: node, model, how much of it
+/// is in the page cache, and how fast it is filling.
+fn warm_line(w: &WarmView) -> String {
+    let frac = if w.total_bytes > 0 {
+        (w.resident_bytes as f64 / w.total_bytes as f64).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let filled = (frac * 20.0).round() as usize;
+    let rate = if w.rate_bytes_per_s > 0.0 {
+        format!(
+            "  {}/s",
+            crate::cli::output::bytes(w.rate_bytes_per_s as u64)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "warm  {:<10} {:<10} [{}{}] {:>3.0}%  {} / {}  {}{rate}",
+        w.node,
+        w.model,
+        "#".repeat(filled),
+        "-".repeat(20 - filled),
+        frac * 100.0,
+        crate::cli::output::bytes(w.resident_bytes),
+        crate::cli::output::bytes(w.total_bytes),
+        w.state
+    )
 }
 
 /// One event as the live view shows it: UTC time of day, kind, message.
@@ -527,6 +648,61 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         fleet: FleetArgs,
+    }
+
+    #[test]
+    fn the_view_keeps_its_banner_and_fits_the_screen() {
+        let banner = vec![
+            format!("coordinator {}", "x".repeat(150)),
+            "logs  /tmp/demo/logs/".into(),
+        ];
+        let warm = WarmView::new(
+            "agent-1",
+            &crate::domain::WarmStatus {
+                model: "demo-llm".into(),
+                path: "/m".into(),
+                resident_bytes: 3 << 28,
+                total_bytes: 1 << 30,
+                state: "warming".into(),
+                rate_bytes_per_s: (1u64 << 30) as f64,
+                ..Default::default()
+            },
+            "standby",
+        );
+        let events: Vec<pb::Event> = (0..40)
+            .map(|i| pb::Event {
+                seq: i,
+                kind: "scale".into(),
+                message: format!("event {i}"),
+                ..Default::default()
+            })
+            .collect();
+        let view = View {
+            banner: &banner,
+            ramp: Some("ramp: spike 20 req/s\nsent 10  ok 10".into()),
+            nodes: &[],
+            gpus: &[],
+            replicas: &[],
+            warm: std::slice::from_ref(&warm),
+            events: &events,
+        };
+        let frame = view.render(30, 100);
+        let lines: Vec<&str> = frame.lines().collect();
+        assert!(lines.len() <= 29, "{frame}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 100), "{frame}");
+        assert!(lines[0].starts_with("gpufleet demo — "), "{frame}");
+        assert!(
+            lines[1].starts_with("coordinator xxx"),
+            "the banner stays: {frame}"
+        );
+        assert_eq!(lines[2], "logs  /tmp/demo/logs/");
+        assert!(
+            frame.contains("[###############-----]  75%"),
+            "warming shows its progress: {frame}"
+        );
+        // The newest events, as many as fit.
+        assert!(frame.contains("event 39"), "{frame}");
+        assert!(!frame.contains("event 0\n"), "{frame}");
     }
 
     #[test]

@@ -29,7 +29,14 @@ pub enum DemoCommand {
     Load(load::LoadArgs),
 }
 
-pub async fn run(args: DemoArgs, output: crate::cli::output::Output) -> anyhow::Result<()> {
+/// Runs a demo command. `log_format` is for the fleet demo, which sets up
+/// logging itself (to a file while its live view is on a terminal); the
+/// others log as the rest of the binary does, set up by the caller.
+pub async fn run(
+    args: DemoArgs,
+    output: crate::cli::output::Output,
+    log_format: crate::logging::LogFormat,
+) -> anyhow::Result<()> {
     match args.cmd {
         Some(DemoCommand::Server(a)) => server::run_server(a).await,
         Some(DemoCommand::Load(mut a)) => {
@@ -38,6 +45,6 @@ pub async fn run(args: DemoArgs, output: crate::cli::output::Output) -> anyhow::
             load::print_report(&report, output);
             Ok(())
         }
-        None => fleet::run(args.fleet).await,
+        None => fleet::run(args.fleet, log_format).await,
     }
 }
