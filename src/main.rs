@@ -16,11 +16,9 @@ use gpufleet::config::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !cli.command.is_daemon() {
-        // Rust ignores SIGPIPE, so a closed pipe (`gpufleet model ls | head -1`)
-        // would make printing panic; an operator command dies quietly instead,
-        // as other Unix tools do. The daemons keep ignoring it: a peer that
-        // hangs up must not kill them.
-        gpufleet::cli::restore_sigpipe();
+        // A closed pipe (`gpufleet model ls | head -1`) makes printing panic;
+        // an operator command ends quietly instead, as other Unix tools do.
+        gpufleet::cli::quiet_on_closed_stdout();
     }
     // The fleet demo sets up its own logging: its live view owns the terminal.
     if !cli.command.is_fleet_demo() {
@@ -62,6 +60,8 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_CONFIG)
         }
+        // The reader of stdout went away (`| head`): nothing to say to anyone.
+        Err(Failure::Run(e)) if closed_stdout(&e) => ExitCode::from(141),
         Err(Failure::Run(e)) => {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<gpufleet::config::Misconfigured>()
@@ -73,6 +73,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 enum Failure {

@@ -268,14 +268,25 @@ impl Command {
     }
 }
 
-/// Lets SIGPIPE end the process (the default Unix disposition), for commands
-/// whose stdout may be a pipe that closes early.
-pub fn restore_sigpipe() {
-    // SAFETY: setting a signal's disposition to SIG_DFL is async-signal-safe
-    // and done before any other thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+/// Ends the process quietly, with the status a shell gives a command killed
+/// by SIGPIPE (141), when printing fails because stdout's reader is gone.
+/// SIGPIPE itself stays ignored, as Rust sets it: restoring its default
+/// would also kill the CLI when a coordinator closes the connection under a
+/// write (a TLS port spoken to in plain HTTP/2, say).
+pub fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Resolves on SIGINT or SIGTERM.
