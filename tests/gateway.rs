@@ -236,35 +236,7 @@ async fn a_model_at_zero_holds_requests_wakes_and_then_serves_them() {
         metric(&m, "gpufleet_gateway_in_flight{model=\"sleepy\"}"),
         0.0
     );
-    promtool_accepts(&m);
-}
-
-/// `promtool check metrics` finds nothing to fix, when promtool is installed.
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let Ok(mut check) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("SKIPPED: promtool is not installed; the gateway's /metrics went unchecked");
-        return;
-    };
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    let said = format!("{}{}", stdout(&out), stderr(&out));
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool check metrics on the gateway's /metrics:\n{said}"
-    );
+    assert_promtool_accepts(&m, "gateway");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -620,3 +620,36 @@ impl Drop for Harness {
         drop(Reaper::new(self));
     }
 }
+
+/// Asserts that `promtool check metrics` finds nothing to fix in `text` (the
+/// `/metrics` of `what`). Where promtool is not installed it says SKIPPED
+/// and returns; CI installs it (Debian `prometheus`) and must run the check.
+pub fn assert_promtool_accepts(text: &str, what: &str) {
+    use std::io::Write;
+    let Ok(mut check) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have promtool (.ci/run installs Debian's prometheus)"
+        );
+        eprintln!("SKIPPED: promtool is not installed; the {what}'s /metrics went unchecked");
+        return;
+    };
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics on the {what}'s /metrics:\n{said}"
+    );
+}
