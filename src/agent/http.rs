@@ -3,6 +3,7 @@
 //! warm and agent metrics), `/healthz`, and fault injection for simulated GPUs.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::agent::gpu::exporter::{family, float, labels, render_dcgm_metrics, render_gpu_metrics};
 use crate::agent::gpu::{FaultError, FaultKind, GpuSnapshot, SimulatedFaults};
+use crate::coordinator::limits::{serve_http, write_metrics, Gate};
 use crate::domain::{HostSample, ReplicaState, ReplicaStatus, WarmStatus};
 
 /// What the agent exposes, refreshed by its owner through a watch channel.
@@ -58,24 +60,31 @@ const ALL_REPLICA_STATES: [ReplicaState; 6] = [
 
 /// Serves the agent's endpoints until `shutdown` resolves. The fault
 /// endpoint exists only when `faults` is given (simulated GPUs).
+/// Connections go through `gate`: header-read and idle timeouts and caps,
+/// as on the coordinator's listeners.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     telemetry: watch::Receiver<Telemetry>,
     faults: Option<SimulatedFaults>,
+    gate: Arc<Gate>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(telemetry, faults))
-        .with_graceful_shutdown(shutdown)
-        .await
+) {
+    let router = router(telemetry, faults, gate.clone());
+    serve_http(listener, router, gate, shutdown).await
 }
 
 #[derive(Clone)]
 struct AppState {
     telemetry: watch::Receiver<Telemetry>,
     faults: Option<SimulatedFaults>,
+    gate: Arc<Gate>,
 }
 
-fn router(telemetry: watch::Receiver<Telemetry>, faults: Option<SimulatedFaults>) -> Router {
+fn router(
+    telemetry: watch::Receiver<Telemetry>,
+    faults: Option<SimulatedFaults>,
+    gate: Arc<Gate>,
+) -> Router {
     let with_faults = faults.is_some();
     let router = Router::new()
         .route("/metrics", get(metrics))
@@ -86,7 +95,11 @@ fn router(telemetry: watch::Receiver<Telemetry>, faults: Option<SimulatedFaults>
     } else {
         router
     };
-    router.with_state(AppState { telemetry, faults })
+    router.with_state(AppState {
+        telemetry,
+        faults,
+        gate,
+    })
 }
 
 /// 200 "ok", or 503 while the state dir cannot be written.
@@ -107,6 +120,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     body.push_str(&render_process_metrics(&AgentProcess::read(
         telemetry.started.elapsed(),
     )));
+    write_metrics(&mut body, std::slice::from_ref(&state.gate));
     (
         [(
             header::CONTENT_TYPE,
@@ -479,6 +493,7 @@ pub fn render_process_metrics(p: &AgentProcess) -> String {
 mod tests {
     use super::*;
     use crate::agent::gpu::{GpuProbe, SimulatedConfig, SimulatedGpus};
+    use crate::config::coordinator::ConnectionLimits;
     use crate::domain::ServingSignals;
 
     fn telemetry() -> Telemetry {
@@ -651,16 +666,21 @@ gpufleet_agent_gpu_sample_seconds{{node="gpu-host-17"}} 0
     struct Server {
         base: String,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
-        task: tokio::task::JoinHandle<std::io::Result<()>>,
+        task: tokio::task::JoinHandle<()>,
         _telemetry: watch::Sender<Telemetry>,
     }
 
     async fn start(faults: Option<SimulatedFaults>) -> Server {
+        start_limited(faults, ConnectionLimits::default()).await
+    }
+
+    async fn start_limited(faults: Option<SimulatedFaults>, limits: ConnectionLimits) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (telemetry_tx, telemetry_rx) = watch::channel(telemetry());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, telemetry_rx, faults, async {
+        let gate = Gate::new("http", limits);
+        let task = tokio::spawn(serve(listener, telemetry_rx, faults, gate, async {
             let _ = stop_rx.await;
         }));
         Server {
@@ -716,7 +736,56 @@ gpufleet_agent_gpu_sample_seconds{{node="gpu-host-17"}} 0
         assert_eq!(status, 404, "no fault endpoint without simulated GPUs");
 
         let _ = server.stop.take().unwrap().send(());
-        server.task.await.unwrap().unwrap();
+        server.task.await.unwrap();
+    }
+
+    /// A flood of idle sockets neither starves /healthz nor stays open:
+    /// the oldest idle ones make room, the silent ones time out, and both
+    /// are counted on /metrics.
+    #[tokio::test]
+    async fn idle_connections_cannot_starve_the_agent_endpoints() {
+        let limits = ConnectionLimits {
+            max_connections: 16,
+            max_connections_per_peer: 16,
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let server = start_limited(None, limits).await;
+        let addr = server.base.trim_start_matches("http://").to_string();
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        let client = reqwest::Client::new();
+        let health = client
+            .get(format!("{}/healthz", server.base))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("/healthz answers under a flood of idle sockets");
+        assert_eq!(health.status().as_u16(), 200);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let body = client
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let closed = |reason: &str| -> u64 {
+            let key = format!(
+                "gpufleet_connections_closed_total{{listener=\"http\",reason=\"{reason}\"}} "
+            );
+            body.lines()
+                .find_map(|l| l.strip_prefix(key.as_str()))
+                .unwrap_or_else(|| panic!("{key} in:\n{body}"))
+                .parse()
+                .unwrap()
+        };
+        assert!(closed("evicted") >= 24, "{body}");
+        assert!(closed("header_timeout") >= 1, "{body}");
+        drop(idle);
     }
 
     #[tokio::test]

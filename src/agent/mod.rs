@@ -217,10 +217,16 @@ pub async fn run(
         .map_err(|e| {
             crate::config::bind_error(e, format!("HTTP on {} (http_listen)", cfg.http_listen))
         })?;
+    let http_gate = {
+        use crate::coordinator::limits;
+        let fitted = limits::fit_to_fds(cfg.limits, limits::raise_fd_limit());
+        limits::Gate::new("http", fitted)
+    };
     let http_task = tokio::spawn(http::serve(
         http_listener,
         telemetry_rx.clone(),
         opened.faults,
+        http_gate,
         stopped(stop_rx),
     ));
     // Replicas are adopted (Supervisor::spawn) and /healthz answers: ready.

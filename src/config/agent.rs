@@ -60,6 +60,8 @@ pub struct AgentConfig {
     pub gpu: GpuSettings,
     pub warm: WarmSettings,
     pub tls: TlsSettings,
+    /// Limits on the connections of the HTTP listener (`[limits]`).
+    pub limits: super::coordinator::ConnectionLimits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +119,7 @@ struct RawAgent {
     gpu: Option<RawGpu>,
     warm: Option<RawWarm>,
     tls: Option<RawTls>,
+    limits: Option<super::coordinator::RawLimits>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +242,7 @@ fn validate(raw: RawAgent, o: &AgentOverrides) -> Result<AgentConfig, Problem> {
         gpu,
         warm,
         tls,
+        limits: super::coordinator::check_limits(raw.limits)?,
     })
 }
 

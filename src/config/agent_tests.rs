@@ -84,8 +84,15 @@ lock = true
 ca = "/etc/gpufleet/ca.pem"
 cert = "/etc/gpufleet/n.pem"
 key = "/etc/gpufleet/n-key.pem"
+[limits]
+max_connections = 64
+header_read_timeout = "2s"
 "#,
     );
+    assert_eq!(c.limits.max_connections, 64);
+    assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
+    let e = err("[limits]\nmax_connections = 3\n");
+    assert!(e.contains("limits.max_connections"), "{e}");
     assert_eq!(c.node_name, "gpu-host-17.dc1");
     assert_eq!(c.coordinator, "https://coord:7460");
     assert_eq!(c.report_interval, Duration::from_millis(250));

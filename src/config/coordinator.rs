@@ -123,7 +123,7 @@ struct RawHttp {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLimits {
+pub(super) struct RawLimits {
     max_connections: Option<i64>,
     max_connections_per_peer: Option<i64>,
     header_read_timeout: Option<String>,
@@ -251,41 +251,7 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
     let http = HttpSettings {
         anonymous_endpoints: raw.http.unwrap_or_default().anonymous_endpoints == Some(true),
     };
-    let limits = {
-        let l = raw.limits.unwrap_or_default();
-        let d = ConnectionLimits::default();
-        let max_connections = int_in(
-            "limits.max_connections",
-            l.max_connections.unwrap_or(d.max_connections as i64),
-            16..=1_000_000u32,
-        )? as usize;
-        let max_connections_per_peer = int_in(
-            "limits.max_connections_per_peer",
-            l.max_connections_per_peer
-                .unwrap_or(d.max_connections_per_peer as i64),
-            1..=1_000_000u32,
-        )? as usize;
-        if max_connections_per_peer > max_connections {
-            return Err(Problem::invalid(
-                "limits.max_connections_per_peer",
-                format!("limits.max_connections_per_peer ({max_connections_per_peer}) must not exceed limits.max_connections ({max_connections})"),
-            ));
-        }
-        ConnectionLimits {
-            max_connections,
-            max_connections_per_peer,
-            header_read_timeout: duration_in(
-                "limits.header_read_timeout",
-                l.header_read_timeout.as_deref().unwrap_or("10s"),
-                Duration::from_millis(100)..=Duration::from_secs(600),
-            )?,
-            idle_timeout: duration_in(
-                "limits.idle_timeout",
-                l.idle_timeout.as_deref().unwrap_or("2m"),
-                Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
-            )?,
-        }
-    };
+    let limits = check_limits(raw.limits)?;
 
     Ok(CoordinatorConfig {
         listen,
@@ -304,6 +270,44 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
         store_snapshots,
         http,
         limits,
+    })
+}
+
+/// The `[limits]` section of a coordinator or agent config, checked.
+pub(super) fn check_limits(raw: Option<RawLimits>) -> Result<ConnectionLimits, Problem> {
+    let l = raw.unwrap_or_default();
+    let d = ConnectionLimits::default();
+    let max_connections = int_in(
+        "limits.max_connections",
+        l.max_connections.unwrap_or(d.max_connections as i64),
+        16..=1_000_000u32,
+    )? as usize;
+    let max_connections_per_peer = int_in(
+        "limits.max_connections_per_peer",
+        // Unset, it follows a lowered max_connections rather than refuse it.
+        l.max_connections_per_peer
+            .unwrap_or(d.max_connections_per_peer.min(max_connections) as i64),
+        1..=1_000_000u32,
+    )? as usize;
+    if max_connections_per_peer > max_connections {
+        return Err(Problem::invalid(
+            "limits.max_connections_per_peer",
+            format!("limits.max_connections_per_peer ({max_connections_per_peer}) must not exceed limits.max_connections ({max_connections})"),
+        ));
+    }
+    Ok(ConnectionLimits {
+        max_connections,
+        max_connections_per_peer,
+        header_read_timeout: duration_in(
+            "limits.header_read_timeout",
+            l.header_read_timeout.as_deref().unwrap_or("10s"),
+            Duration::from_millis(100)..=Duration::from_secs(600),
+        )?,
+        idle_timeout: duration_in(
+            "limits.idle_timeout",
+            l.idle_timeout.as_deref().unwrap_or("2m"),
+            Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
+        )?,
     })
 }
 
