@@ -361,6 +361,121 @@ fn raise_nofile(want: u64) -> bool {
     }
 }
 
+/// `idle` sockets on each of the coordinator's ports (connected, never a
+/// byte sent) and `streams` FollowEvents streams held from one client over
+/// 8 connections. Dropping it lets go of all of them.
+struct Flood {
+    _idle: Vec<tokio::net::TcpStream>,
+    held: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Flood {
+    async fn hold(h: &Harness, idle: usize, streams: usize) -> Flood {
+        let mut sockets = Vec::new();
+        for port in [h.http_port, h.grpc_port] {
+            for _ in 0..idle {
+                match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(s) => sockets.push(s),
+                    Err(e) => panic!("connect {} failed: {e}", sockets.len()),
+                }
+            }
+        }
+        let url = h.coordinator_url();
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            for _ in 0..streams / 8 {
+                let mut client =
+                    gpufleet::wire::pb::control_client::ControlClient::new(channel.clone());
+                let req = gpufleet::wire::pb::ListEventsRequest::default();
+                held.push(tokio::spawn(async move {
+                    if let Ok(stream) = client.follow_events(req).await {
+                        let mut s = stream.into_inner();
+                        while let Ok(Some(_)) = s.message().await {}
+                    }
+                }));
+            }
+        }
+        Flood {
+            _idle: sockets,
+            held,
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        for t in &self.held {
+            t.abort();
+        }
+    }
+}
+
+/// The `p`-th percentile (0..=100) of `samples`, sorted in place.
+fn percentile(samples: &mut [Duration], p: usize) -> Duration {
+    samples.sort();
+    samples[(samples.len() - 1) * p / 100]
+}
+
+/// Benchmark for docs/BENCHMARKS.md, not a test: `gpufleet node ls`
+/// latency with 1,100 idle sockets on each port and 1,000 held streams,
+/// as a ratio to the same calls without them, three rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --test hardening -- --ignored --nocapture cli_latency_under_a_flood"]
+async fn cli_latency_under_a_flood() {
+    const CALLS: usize = 60;
+    if !raise_nofile(8192) {
+        eprintln!("SKIPPED: the open-file hard limit is below 8192");
+        return;
+    }
+    let h = Harness::new();
+    let c = fresh_coordinator(&h, "");
+    let mut h = tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(20), "the coordinator", || {
+            h.try_json(&["node", "ls"])
+        });
+        h
+    })
+    .await
+    .unwrap();
+    let timed = |h: Harness| {
+        tokio::task::spawn_blocking(move || {
+            let mut took = Vec::with_capacity(CALLS);
+            for _ in 0..CALLS {
+                let t = std::time::Instant::now();
+                let out = h.cli(&["node", "ls", "-o", "json"]);
+                took.push(t.elapsed());
+                assert!(out.status.success(), "{}", stderr(&out));
+            }
+            (h, took)
+        })
+    };
+    let mut ratios = Vec::new();
+    for round in 1..=3 {
+        let (back, mut base) = timed(h).await.unwrap();
+        let flood = Flood::hold(&back, 1100, 1000).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (back, mut loaded) = timed(back).await.unwrap();
+        drop(flood);
+        h = back;
+        let (b50, b95) = (percentile(&mut base, 50), percentile(&mut base, 95));
+        let (l50, l95) = (percentile(&mut loaded, 50), percentile(&mut loaded, 95));
+        let ratio = l95.as_secs_f64() / b95.as_secs_f64();
+        println!(
+            "round {round}: baseline p50 {b50:?} p95 {b95:?}; flooded p50 {l50:?} p95 {l95:?}; p95 ratio {ratio:.2}"
+        );
+        ratios.push(ratio);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("median p95 ratio (flooded / baseline): {:.2}", ratios[1]);
+    drop(c);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_connections_and_held_streams_starves_neither_the_cli_nor_agents() {
     const IDLE: usize = 1100;
@@ -406,38 +521,7 @@ async fn a_flood_of_idle_connections_and_held_streams_starves_neither_the_cli_no
     .await
     .unwrap();
 
-    // 1,100 idle sockets on each port: connected, never a byte sent.
-    let mut idle = Vec::new();
-    for port in [h.http_port, h.grpc_port] {
-        for _ in 0..IDLE {
-            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                Ok(s) => idle.push(s),
-                Err(e) => panic!("connect {} failed: {e}", idle.len()),
-            }
-        }
-    }
-    // 1,000 streams held open from one client: FollowEvents over 8
-    // connections.
-    let url = h.coordinator_url();
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        for _ in 0..STREAMS / 8 {
-            let mut client =
-                gpufleet::wire::pb::control_client::ControlClient::new(channel.clone());
-            let req = gpufleet::wire::pb::ListEventsRequest::default();
-            held.push(tokio::spawn(async move {
-                if let Ok(stream) = client.follow_events(req).await {
-                    let mut s = stream.into_inner();
-                    while let Ok(Some(_)) = s.message().await {}
-                }
-            }));
-        }
-    }
+    let flood = Flood::hold(&h, IDLE, STREAMS).await;
 
     // The CLI answers, and a new agent joins, while all that is held.
     let h = tokio::task::spawn_blocking(move || {
@@ -471,10 +555,7 @@ async fn a_flood_of_idle_connections_and_held_streams_starves_neither_the_cli_no
         "a log line says why: {}",
         c.log_text()
     );
-    drop(idle);
-    for t in held {
-        t.abort();
-    }
+    drop(flood);
     drop(h);
 }
 
