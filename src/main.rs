@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Coordinator(args) => coordinator(args).await,
+            Command::Coordinator(args) => coordinator(args, &client).await,
             Command::Agent(args) => agent(args, client.coordinator).await,
             Command::Gateway(args) => gateway(args, client.coordinator, output).await,
             Command::Demo(args) => gpufleet::demo::run(args, output, log_format)
@@ -87,9 +87,12 @@ enum Failure {
     Run(anyhow::Error),
 }
 
-async fn coordinator(args: CoordinatorArgs) -> Result<(), Failure> {
+async fn coordinator(
+    args: CoordinatorArgs,
+    client: &cli::client::ClientArgs,
+) -> Result<(), Failure> {
     if let Some(cmd) = args.store {
-        return cli::store::run(cmd).map_err(Failure::Run);
+        return cli::store::run(cmd, client).await.map_err(Failure::Run);
     }
     let cfg = CoordinatorConfig::load(&CoordinatorOverrides {
         config: args.config,

@@ -118,21 +118,55 @@ fn a_damaged_or_empty_store_stops_the_coordinator_with_one_line_and_a_snapshot_r
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("1 models"), "{}", stdout(&out));
-    let _c = h.coordinator("");
+    let mut c = h.coordinator("");
     wait_until(Duration::from_secs(20), "the restored model", || {
         model_row(&h, "kept")
     });
 
-    // A backup of a running coordinator's store is refused, not torn.
-    let out = h.cli(&[
+    // A running coordinator is backed up through its API, not torn and not
+    // stopped; the copy is whole, and restores.
+    let backup = h.path("backup.redb");
+    let args = [
         "coordinator",
         "backup",
-        h.path("backup.redb").to_str().unwrap(),
+        backup.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let out = h.cli(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("running coordinator") && stdout(&out).contains("1 models"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!h.path("backup.redb.partial").exists());
+    let out = h.cli(&args);
+    assert!(
+        !out.status.success(),
+        "an existing file is never overwritten"
+    );
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert!(model_row(&h, "kept").is_some(), "the coordinator runs on");
+
+    h.apply(&h.model_spec("later", 1, "replicas = 0", "[\"/bin/sleep\", \"100\"]", ""));
+    assert_eq!(c.stop(Duration::from_secs(10)), Some(0));
+    let out = h.cli(&[
+        "coordinator",
+        "restore",
+        backup.to_str().unwrap(),
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _c = h.coordinator("");
+    wait_until(Duration::from_secs(20), "the model of the backup", || {
+        model_row(&h, "kept")
+    });
+    assert!(
+        model_row(&h, "later").is_none(),
+        "the state of the backup, not later"
+    );
 }
 
 #[test]

@@ -135,7 +135,8 @@ pub struct CoordinatorArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-/// Copies of the coordinator's store; run them with the coordinator stopped.
+/// Copies of the coordinator's store. `backup` works while the coordinator
+/// runs (through its API, with an admin token); `restore` needs it stopped.
 #[derive(Debug, Clone, Subcommand)]
 pub enum StoreCommand {
     /// Copy the store to FILE (a new file), verified.

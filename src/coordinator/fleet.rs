@@ -549,6 +549,13 @@ impl Fleet {
             Command::SubscribeEvents { reply } => {
                 let _ = reply.send(Ok(self.event_tx.subscribe()));
             }
+            Command::Backup { reply } => {
+                let copy = self.store.backup().map_err(|e| {
+                    tracing::warn!("online backup failed: {e}");
+                    FleetError::Unavailable(e.to_string())
+                });
+                let _ = reply.send(copy);
+            }
             Command::Endpoints { reply } => {
                 let _ = reply.send(Ok(self.endpoints()));
             }

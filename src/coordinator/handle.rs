@@ -125,6 +125,10 @@ pub enum Command {
     SubscribeEvents {
         reply: Reply<broadcast::Receiver<Event>>,
     },
+    /// A consistent copy of the store (`coordinator backup`).
+    Backup {
+        reply: Reply<Vec<u8>>,
+    },
     /// Ready replica addresses per model, for `/v1/endpoints`.
     Endpoints {
         reply: Reply<BTreeMap<String, Vec<super::fleet::Endpoint>>>,
@@ -328,6 +332,10 @@ impl FleetHandle {
 
     pub async fn subscribe_events(&self) -> Result<broadcast::Receiver<Event>, FleetError> {
         ask!(self, SubscribeEvents {})
+    }
+
+    pub async fn backup(&self) -> Result<Vec<u8>, FleetError> {
+        ask!(self, Backup {})
     }
 
     pub async fn endpoints(

@@ -456,6 +456,22 @@ impl pb::control_server::Control for ControlService {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
     }
+
+    type BackupStream = BoxStream<pb::BackupChunk>;
+
+    async fn backup(
+        &self,
+        _request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        const CHUNK: usize = 1 << 20;
+        let copy = self.fleet.backup().await?;
+        tracing::info!(bytes = copy.len(), "store backed up through the API");
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = copy
+            .chunks(CHUNK)
+            .map(|c| Ok(pb::BackupChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
 }
 
 /// Gateways: each holds one stream, pushing its demand up and receiving the

@@ -23,7 +23,7 @@ use crate::api::Event;
 
 use super::predict::DemandHistory;
 
-pub use backup::{backup, restore, snapshot, BackupSummary};
+pub use backup::{backup, restore, snapshot, verify, BackupSummary};
 pub use record::RecordProblem;
 
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
@@ -122,6 +122,14 @@ pub trait Store: Send {
     /// Why the store cannot write now (a full disk), if it cannot.
     fn degraded(&self) -> Option<String> {
         None
+    }
+    /// A consistent copy of the whole store, as a file `coordinator
+    /// restore` takes, made while the coordinator runs.
+    fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::Io {
+            op: "backup",
+            reason: "this store backend has no online backup".into(),
+        })
     }
 }
 
@@ -616,6 +624,25 @@ impl Store for RedbStore {
 
     fn degraded(&self) -> Option<String> {
         self.degraded.borrow().clone()
+    }
+
+    /// Copied (in one read transaction) to a scratch file beside the store,
+    /// read back and removed: redb writes a database only to a file.
+    fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let scratch = self
+            .path
+            .with_file_name(format!(".backup-{}-{n}.redb", std::process::id()));
+        let _ = std::fs::remove_file(&scratch);
+        let copied = self.copy_to(&scratch).and_then(|()| {
+            std::fs::read(&scratch).map_err(|e| StoreError::Io {
+                op: "backup",
+                reason: format!("{}: {e}", scratch.display()),
+            })
+        });
+        let _ = std::fs::remove_file(&scratch);
+        copied
     }
 }
 

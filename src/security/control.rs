@@ -168,6 +168,7 @@ fn command_of(method: &str) -> String {
         "DrainNode" => "node drain",
         "WarmStart" => "warm start",
         "WarmEvict" => "warm evict",
+        "Backup" => "coordinator backup",
         other => other,
     };
     known.to_string()
@@ -373,6 +374,8 @@ mod tests {
         assert!(auth
             .authorize("SomeFutureMethod", Some(&bearer(READ)))
             .is_err());
+        // A backup holds the key that signs assignments.
+        assert!(auth.authorize("Backup", Some(&bearer(READ))).is_err());
     }
 
     #[test]

@@ -153,9 +153,15 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<BackupSummary, StoreError>
     let store = RedbStore::open(data_dir)?;
     store.copy_to(dest)?;
     drop(store);
-    let copy = RedbStore::open_with(dest.to_path_buf(), {
-        let dest = dest.to_path_buf();
-        Box::new(move || redb::Database::open(&dest))
+    verify(dest)
+}
+
+/// What the store copy at `file` holds, once it has opened and every record
+/// has been read: a copy that fails here is no backup.
+pub fn verify(file: &Path) -> Result<BackupSummary, StoreError> {
+    let copy = RedbStore::open_with(file.to_path_buf(), {
+        let file = file.to_path_buf();
+        Box::new(move || redb::Database::open(&file))
     })?;
     summary(&copy)
 }
