@@ -24,7 +24,7 @@ use measure::{Backlog, ServiceEstimate, StartTime};
 pub(crate) use policy::num as format_count;
 pub(crate) use policy::span as format_span;
 pub use policy::Metric;
-use policy::{missing_signals, num, percent, seconds, span, strongest, Desire};
+use policy::{missing_signals, num, percent, seconds, span, strongest, Desire, Drain};
 pub use rule::Rule;
 pub use scaler::{ModelScaler, Tick};
 
@@ -455,12 +455,15 @@ impl Autoscaler {
             Some((true, _)) => None,
             None => start_s.or(Some(spec.stable_window.as_secs_f64())),
         };
+        let drain = drain_over
+            .zip(latest.waiting)
+            .map(|(over_s, waiting)| Drain { waiting, over_s });
         let Some(stable_best) = strongest(policy::desires(
             &stable,
             &stable_label,
             spec,
             service_s,
-            drain_over,
+            drain,
         )) else {
             return Plan::hold(
                 current,
@@ -476,7 +479,7 @@ impl Autoscaler {
             &panic_label,
             spec,
             service_s,
-            drain_over,
+            drain,
         ));
         record_averages(inputs, &stable, &panic_avg);
         inputs.add("stable_desire", num(stable_best.replicas));
@@ -491,6 +494,12 @@ impl Autoscaler {
             }
         }
         let drain_note = drains.filter(|(d, _)| *d).map(|(_, note)| note);
+        // The same verdict with only the ready replicas working off the
+        // queue: one still loading serves none of it yet.
+        let ready_drain = self
+            .backlog_drains(spec, &latest, &stable, &panic_avg, latest.ready, now)
+            .filter(|(d, _)| *d)
+            .map(|(_, note)| note);
         // A step in load shows in the newest samples seconds before the
         // panic window's average (diluted by the quiet before it) crosses.
         let mut surge = None;
@@ -542,7 +551,13 @@ impl Autoscaler {
             .min(hi);
 
         if let Some(until) = self.panic_until.filter(|u| now < *u) {
-            let panic_rec = panic_best.as_ref().map_or(0, |p| ceil_count(p.replicas));
+            let mut panic_rec = panic_best.as_ref().map_or(0, |p| ceil_count(p.replicas));
+            // A backlog the ready replicas work off before a new one could
+            // be ready needs no new one, panic or not.
+            let drained_by_current = ready_drain.is_some() && panic_rec.max(rec) > current;
+            if drained_by_current {
+                panic_rec = panic_rec.min(current);
+            }
             let target = panic_rec.max(rec).max(current).min(hi);
             self.desires.push(now, target);
             self.below_since = None;
@@ -550,9 +565,17 @@ impl Autoscaler {
                 Some(p) if panic_rec >= rec => p,
                 _ => &stable_best,
             };
-            let (rule, why) = match trigger {
-                Some(note) => (Rule::Panic, format!("{} ({note})", driver.explain)),
-                None => (
+            let (rule, why) = match (trigger, &ready_drain) {
+                (_, Some(note)) if drained_by_current => (
+                    Rule::BacklogDrains,
+                    format!(
+                        "{}; {note}; panic mode for another {}",
+                        driver.explain,
+                        span(until.saturating_duration_since(now))
+                    ),
+                ),
+                (Some(note), _) => (Rule::Panic, format!("{} ({note})", driver.explain)),
+                (None, _) => (
                     Rule::PanicHold,
                     format!(
                         "{}; panic mode for another {}, no scale-down while panicking",
@@ -645,8 +668,13 @@ impl Autoscaler {
             span(now.saturating_duration_since(since)),
             avg.measured
         );
-        let drain_over = self.start.get();
-        policy::desires(&avg, &label, spec, service_s, drain_over)
+        let latest = self.history.latest()?.1;
+        let drain = self
+            .start
+            .get()
+            .zip(latest.waiting)
+            .map(|(over_s, waiting)| Drain { waiting, over_s });
+        policy::desires(&avg, &label, spec, service_s, drain)
             .into_iter()
             .find(|d| matches!(d.metric, Metric::Ongoing | Metric::Arrivals))
             .map(Ok)

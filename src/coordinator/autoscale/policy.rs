@@ -19,6 +19,14 @@ pub enum Metric {
     KvCache,
 }
 
+/// A queue to work off on top of the arrivals: `waiting` requests now,
+/// over `over_s` seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Drain {
+    pub waiting: f64,
+    pub over_s: f64,
+}
+
 /// What one signal asks for over one window.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Desire {
@@ -57,29 +65,41 @@ impl Desire {
 ///
 /// With a measured `service_s` (and engines that tell waiting from running),
 /// demand is the arrival rate × service time (Little's law): a transient
-/// queue is not demand. The queue then counts only with `drain_over_s`,
-/// when the cold-start rule finds it would outlast a replica's start: as
-/// the extra concurrency that drains it within that many seconds.
+/// queue is not demand. The queue then counts only with a [`Drain`], when
+/// the cold-start rule finds it would outlast a replica's start: as the
+/// extra concurrency that drains it within that many seconds. A queue is a
+/// level, not a rate: the drain takes the newest one, never a window's
+/// average, which would still hold a queue long gone.
 pub(super) fn desires(
     avg: &WindowAverage,
     label: &str,
     spec: &ScalingSpec,
     service_s: Option<f64>,
-    drain_over_s: Option<f64>,
+    drain: Option<Drain>,
 ) -> Vec<Desire> {
     let mut out = Vec::new();
     let little = service_s.filter(|_| spec.size_from_arrivals);
     if let (Some(ongoing), Some(service), Some(rps), Some(waiting)) =
         (avg.ongoing, little, avg.requests_per_s, avg.waiting)
     {
+        // Requests running say more than arrivals only without a queue:
+        // with one, they are the backlog being worked off, not demand.
         let running = (ongoing - waiting).max(0.0);
-        let offered = (rps * service).max(running);
-        let (backlog, note) = match drain_over_s.filter(|h| *h > 0.0) {
-            Some(h) if waiting > 0.0 => (
-                waiting * service / h,
-                format!(" + backlog {} drained over {}", num(waiting), seconds(h)),
+        let offered = if waiting < 0.5 {
+            (rps * service).max(running)
+        } else {
+            rps * service
+        };
+        let (backlog, note) = match drain.filter(|d| d.over_s > 0.0 && d.waiting > 0.0) {
+            Some(d) => (
+                d.waiting * service / d.over_s,
+                format!(
+                    " + backlog {} drained over {}",
+                    num(d.waiting),
+                    seconds(d.over_s)
+                ),
             ),
-            _ => (0.0, String::new()),
+            None => (0.0, String::new()),
         };
         out.push(Desire {
             metric: Metric::Arrivals,

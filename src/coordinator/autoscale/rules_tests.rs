@@ -178,3 +178,72 @@ fn an_slo_sets_the_target_and_one_the_service_cannot_meet_warns() {
     let w = d.warning.expect("a warning");
     assert!(w.contains("service time 1s") && w.contains("800ms"), "{w}");
 }
+
+#[test]
+fn a_queue_already_worked_off_adds_nothing_though_the_window_still_holds_it() {
+    let (mut a, mut now) = measured(2);
+    let s = spec();
+    // Half a minute of queue (200 waiting), then it is gone: the stable
+    // window's mean still holds about 90 waiting, the newest scrape none.
+    for _ in 0..30 {
+        a.observe(now, &tick(2, 16.0, 200.0, 8.0));
+        a.decide(&s, 2, now);
+        now += SECOND;
+    }
+    for _ in 0..5 {
+        a.observe(now, &tick(2, 8.0, 0.0, 8.0));
+        now += SECOND;
+    }
+    let d = a.decide(&s, 2, now);
+    // 8 req/s × 1 s = 8 concurrent at target 8: one replica's worth.
+    assert!(
+        d.inputs.contains(&("stable_desire".into(), "1".into())),
+        "{:?}",
+        d.inputs
+    );
+    assert!(!d.reason.contains("backlog"), "{}", d.reason);
+}
+
+#[test]
+fn a_panic_starts_no_more_replicas_for_a_backlog_the_ready_ones_work_off() {
+    let (mut a, mut now) = measured(2);
+    let s = spec();
+    // A burst at 60 req/s piles up a queue; the model panics.
+    let mut most = 2;
+    for i in 0..6 {
+        a.observe(
+            now,
+            &Signals {
+                measurement: 1000 + i,
+                rescraped_at: Some(now),
+                ..tick(2, 16.0, 40.0 * (i + 1) as f64, 60.0)
+            },
+        );
+        most = most.max(a.decide(&s, 2, now).desired);
+        now += SECOND;
+    }
+    assert!(most > 2 && a.panicking(now), "the burst panics");
+    // The burst is over and 4 replicas are ready: 150 waiting at 8 slots
+    // each, 1 s per request, drain in seconds, long before a replica
+    // started now (36 s) could help. The panic window still averages the
+    // burst's arrivals (51 req/s: 7 replicas at target 8).
+    let after = Signals {
+        measurement: 2000,
+        rescraped_at: Some(now),
+        ..tick(4, 32.0, 150.0, 8.0)
+    };
+    let mut blind = a.clone();
+    a.observe(now, &after);
+    let d = a.decide(&s, 4, now);
+    assert_eq!(d.desired, 4, "{}", d.reason);
+    assert_eq!(d.rule, Rule::BacklogDrains, "{}", d.reason);
+    assert!(d.reason.contains("drains in about"), "{}", d.reason);
+    // Without the cold-start rule the panic asks for more.
+    let off = ScalingSpec {
+        cold_start_aware: false,
+        ..spec()
+    };
+    blind.observe(now, &after);
+    assert!(blind.decide(&off, 4, now).desired > 4);
+    assert!(d.panic, "still in panic mode");
+}
