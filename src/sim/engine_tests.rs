@@ -219,7 +219,15 @@ mod oracle_bound {
             let runs = compare(&trace, &spec, &setup, &kinds).unwrap();
             let buckets = ServiceBuckets::of(trace.requests(), &setup.serving, trace.duration_s());
             for r in &runs {
-                let bound = buckets.gpu_hours(r.report.slo_share, spec.server.gpus, setup.serving.concurrency);
+                let floor = crate::sim::oracle::floor_gpu_hours(
+                    spec.scaling.as_ref().map_or(0, |s| s.min_replicas),
+                    spec.server.gpus,
+                    trace.duration_s(),
+                );
+                let bound = buckets
+                    .gpu_hours(r.report.slo_share, spec.server.gpus, setup.serving.concurrency)
+                    .max(floor);
+                prop_assert_eq!(r.report.oracle_gpu_hours >= floor, true);
                 prop_assert!(
                     r.report.gpu_hours + 1e-9 >= bound,
                     "{} used {} GPU-hours at {} of the SLO, under the bound {}",

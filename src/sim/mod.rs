@@ -434,7 +434,13 @@ pub fn compare(
         })
         .map_or(1.0, |r| r.report.slo_share);
     let buckets = oracle::ServiceBuckets::of(trace.requests(), &setup.serving, trace.duration_s());
-    let bound = buckets.gpu_hours(share, spec.server.gpus, setup.serving.concurrency);
+    let bound = buckets
+        .gpu_hours(share, spec.server.gpus, setup.serving.concurrency)
+        .max(oracle::floor_gpu_hours(
+            scaling.min_replicas,
+            spec.server.gpus,
+            trace.duration_s(),
+        ));
     for r in &mut done {
         r.report.oracle_gpu_hours = bound;
         r.report.gpu_hours_vs_oracle = (bound > 0.0).then(|| r.report.gpu_hours / bound);

@@ -5,6 +5,8 @@
 //! service times, packed perfectly into slots, with no loading, no idle
 //! replica and no queue. The bound for an SLO share `s` takes `k = ⌈s × N⌉`:
 //! no policy reaching `s` can use fewer GPU-hours (property-tested).
+//! Every policy also keeps the spec's `min_replicas` placed the whole span,
+//! so the bound is at least that floor's GPU-hours.
 
 use super::serving::ServingModel;
 use super::trace::Request;
@@ -55,6 +57,12 @@ impl ServiceBuckets {
         }
         seconds * f64::from(gpus) / f64::from(concurrency.max(1)) / 3600.0
     }
+}
+
+/// GPU-hours the spec's minimum alone costs over `span_s`: no policy
+/// within the spec's bounds keeps fewer replicas placed at any instant.
+pub fn floor_gpu_hours(min_replicas: u32, gpus: u32, span_s: f64) -> f64 {
+    f64::from(min_replicas) * f64::from(gpus) * span_s.max(0.0) / 3600.0
 }
 
 fn bucket(w: f64) -> usize {
