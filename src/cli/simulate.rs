@@ -69,9 +69,14 @@ pub struct SimulateArgs {
     /// Prompt tokens per second, per request.
     #[arg(long, default_value_t = 5000.0)]
     pub prefill_tps: f64,
-    /// Generated tokens per second, per request.
+    /// Generated tokens per second, per request alone on its replica.
     #[arg(long, default_value_t = 50.0)]
     pub decode_tps: f64,
+    /// Per-token slowdown per further request in a replica's batch: with b
+    /// running, each goes at 1 / (1 + this × (b − 1)) of its speed alone
+    /// (0.04: fitted to published vLLM sweeps; 0: no slowdown).
+    #[arg(long, default_value_t = 0.04)]
+    pub batch_slowdown: f64,
     /// Size of the model's weights.
     #[arg(long, default_value = "16GiB", value_parser = parse_size)]
     pub weights_size: u64,
@@ -190,6 +195,7 @@ fn setup(args: &SimulateArgs) -> Setup {
             concurrency: args.concurrency,
             prefill_tps: args.prefill_tps,
             decode_tps: args.decode_tps,
+            batch_slowdown: args.batch_slowdown,
             weights_bytes: args.weights_size,
             storage_bw: args.storage_bw,
             cache_bw: args.cache_bw,

@@ -22,6 +22,7 @@ fn setup() -> Setup {
             concurrency: 8,
             prefill_tps: 5000.0,
             decode_tps: 50.0,
+            batch_slowdown: 0.0,
             weights_bytes: 16 << 30,
             storage_bw: f64::from(1u32 << 30),
             cache_bw: 10.0 * f64::from(1u32 << 30),
@@ -181,6 +182,10 @@ fn specs_the_simulator_cannot_use_are_refused() {
         .unwrap_err()
         .to_string()
         .starts_with("--decode-tps is 0"));
+    let mut bad = setup();
+    bad.serving.batch_slowdown = 1.0;
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.starts_with("--batch-slowdown is 1; allowed"), "{err}");
 }
 
 mod oracle_bound {
@@ -206,11 +211,13 @@ mod oracle_bound {
             mut requests in proptest::collection::vec(request(), 1..300),
             slo_s in 2.0..30.0f64,
             ttft in proptest::bool::ANY,
+            slowdown in 0.0..0.5f64,
         ) {
             requests.sort_by(|a, b| a.arrival_s.total_cmp(&b.arrival_s));
             let trace = Trace::Requests(RequestTrace { start_unix_s: 0, requests });
             let mut setup = setup();
             setup.slo_s = slo_s;
+            setup.serving.batch_slowdown = slowdown;
             if ttft {
                 setup.slo_kind = crate::sim::report::SloKind::Ttft;
             }
@@ -225,7 +232,7 @@ mod oracle_bound {
                     trace.duration_s(),
                 );
                 let bound = buckets
-                    .gpu_hours(r.report.slo_share, spec.server.gpus, setup.serving.concurrency)
+                    .gpu_hours(r.report.slo_share, spec.server.gpus, setup.serving.peak_throughput())
                     .max(floor);
                 prop_assert_eq!(r.report.oracle_gpu_hours >= floor, true);
                 prop_assert!(

@@ -1,7 +1,7 @@
 //! The simulator's future: request completions and replica starts, earliest
-//! first. Completions are the hot path (one per request), so their heap
-//! entries are 16 bytes and compare as integers: the bit patterns of
-//! non-negative floats sort like the numbers.
+//! first. Completions are the hot path (about one per request and batch
+//! change), so their heap entries are 16 bytes and compare as integers: the
+//! bit patterns of non-negative floats sort like the numbers.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -9,8 +9,10 @@ use std::collections::BinaryHeap;
 /// What happens at an instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Event {
-    /// A request finished on `replica`, `latency_s` after it arrived.
-    Done { replica: usize, latency_s: f64 },
+    /// The earliest request on `replica` may be done, as scheduled when its
+    /// batch was `generation` (a batch that changed since has rescheduled:
+    /// the event is stale).
+    Done { replica: usize, generation: u32 },
     /// `replica` finished loading.
     Ready { replica: usize },
 }
@@ -19,7 +21,7 @@ pub enum Event {
 struct Done {
     t_bits: u64,
     replica: u32,
-    latency_s: f32,
+    generation: u32,
 }
 
 impl Done {
@@ -68,12 +70,12 @@ fn bits(t: f64) -> u64 {
 }
 
 impl Events {
-    pub fn done(&mut self, t: f64, replica: usize, latency_s: f64) {
+    pub fn done(&mut self, t: f64, replica: usize, generation: u32) {
         self.done.push(Done {
             t_bits: bits(t),
             // Replica ids count placements in one run: far below u32::MAX.
             replica: u32::try_from(replica).unwrap_or(u32::MAX),
-            latency_s: latency_s as f32,
+            generation,
         });
     }
 
@@ -112,7 +114,7 @@ impl Events {
             f64::from_bits(d.t_bits),
             Event::Done {
                 replica: d.replica as usize,
-                latency_s: f64::from(d.latency_s),
+                generation: d.generation,
             },
         ))
     }
@@ -125,10 +127,10 @@ mod tests {
     #[test]
     fn pops_in_time_order_with_starts_before_completions_on_ties() {
         let mut e = Events::default();
-        e.done(3.5, 1, 2.0);
-        e.done(0.25, 2, 0.25);
+        e.done(3.5, 1, 2);
+        e.done(0.25, 2, 0);
         e.ready(3.5, 7);
-        e.done(100.0, 0, 9.0);
+        e.done(100.0, 0, 9);
         assert_eq!(e.next_s(), Some(0.25));
         let order: Vec<(f64, Event)> = std::iter::from_fn(|| e.pop()).collect();
         assert_eq!(
@@ -138,7 +140,7 @@ mod tests {
                     0.25,
                     Event::Done {
                         replica: 2,
-                        latency_s: 0.25
+                        generation: 0
                     }
                 ),
                 (3.5, Event::Ready { replica: 7 }),
@@ -146,14 +148,14 @@ mod tests {
                     3.5,
                     Event::Done {
                         replica: 1,
-                        latency_s: 2.0
+                        generation: 2
                     }
                 ),
                 (
                     100.0,
                     Event::Done {
                         replica: 0,
-                        latency_s: 9.0
+                        generation: 9
                     }
                 ),
             ]
@@ -167,7 +169,7 @@ mod tests {
         ts.reverse();
         let mut e = Events::default();
         for (i, t) in ts.iter().enumerate() {
-            e.done(*t, i, 0.0);
+            e.done(*t, i, 0);
         }
         let popped: Vec<f64> = std::iter::from_fn(|| e.pop()).map(|(t, _)| t).collect();
         assert!(popped.windows(2).all(|w| w[0] < w[1]), "{popped:?}");

@@ -180,6 +180,14 @@ impl Setup {
                 allowed: "0s or more",
             });
         }
+        if !(s.batch_slowdown.is_finite() && (0.0..1.0).contains(&s.batch_slowdown)) {
+            return Err(SimError::Setting {
+                what: "--batch-slowdown",
+                value: s.batch_slowdown.to_string(),
+                allowed:
+                    "0 or more and under 1 (a larger batch must still do more work per second)",
+            });
+        }
         if s.concurrency == 0 {
             return Err(SimError::Setting {
                 what: "--concurrency",
@@ -435,7 +443,7 @@ pub fn compare(
         .map_or(1.0, |r| r.report.slo_share);
     let buckets = oracle::ServiceBuckets::of(trace.requests(), &setup.serving, trace.duration_s());
     let bound = buckets
-        .gpu_hours(share, spec.server.gpus, setup.serving.concurrency)
+        .gpu_hours(share, spec.server.gpus, setup.serving.peak_throughput())
         .max(oracle::floor_gpu_hours(
             scaling.min_replicas,
             spec.server.gpus,

@@ -1,8 +1,9 @@
 //! The oracle: a clairvoyant lower bound on GPU-hours. Whatever a policy
-//! does, each request it serves holds one of a replica's `concurrency` slots
-//! for its whole service time, and only the part inside the trace's span is
-//! counted. So serving `k` requests costs at least the `k` smallest in-span
-//! service times, packed perfectly into slots, with no loading, no idle
+//! does, each request it serves needs its service time (alone) of work, a
+//! replica completes at most `concurrency` × the full batch's speed of it
+//! per second, and only the part inside the trace's span is counted. So
+//! serving `k` requests costs at least the `k` smallest in-span service
+//! times, packed perfectly into full replicas, with no loading, no idle
 //! replica and no queue. The bound for an SLO share `s` takes `k = ⌈s × N⌉`:
 //! no policy reaching `s` can use fewer GPU-hours (property-tested).
 //! Every policy also keeps the spec's `min_replicas` placed the whole span,
@@ -43,8 +44,9 @@ impl ServiceBuckets {
     }
 
     /// GPU-hours at least, for `share` (0..=1) of the requests within the
-    /// SLO, with `gpus` per replica.
-    pub fn gpu_hours(&self, share: f64, gpus: u32, concurrency: u32) -> f64 {
+    /// SLO, with `gpus` per replica that completes at most `throughput`
+    /// service seconds per second (its slots at the full batch's speed).
+    pub fn gpu_hours(&self, share: f64, gpus: u32, throughput: f64) -> f64 {
         let mut k = (share.clamp(0.0, 1.0) * self.requests as f64 - 1e-9).ceil() as u64;
         let mut seconds = 0.0;
         for (i, n) in self.counts.iter().enumerate() {
@@ -55,7 +57,7 @@ impl ServiceBuckets {
             seconds += take as f64 * lower_edge(i);
             k -= take;
         }
-        seconds * f64::from(gpus) / f64::from(concurrency.max(1)) / 3600.0
+        seconds * f64::from(gpus) / throughput.max(f64::MIN_POSITIVE) / 3600.0
     }
 }
 

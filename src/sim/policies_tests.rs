@@ -27,6 +27,7 @@ fn cluster() -> Cluster {
             concurrency: 8,
             prefill_tps: 5000.0,
             decode_tps: 50.0,
+            batch_slowdown: 0.0,
             weights_bytes: 16 << 30,
             storage_bw: f64::from(1u32 << 30),
             cache_bw: 10.0 * f64::from(1u32 << 30),

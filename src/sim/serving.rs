@@ -6,7 +6,8 @@
 //! constant-time slot lookup, and one push and pop on a heap no larger than
 //! the requests in flight.
 
-use std::collections::VecDeque;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::coordinator::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
 
@@ -18,13 +19,17 @@ use super::trace::Request;
 /// How fast replicas serve and load.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ServingModel {
-    /// Requests one replica serves at once (continuous batching without
-    /// slowdown up to this many).
+    /// Requests one replica serves at once (continuous batching).
     pub concurrency: u32,
-    /// Prompt tokens per second, per request.
+    /// Prompt tokens per second, per request, alone on its replica.
     pub prefill_tps: f64,
-    /// Generated tokens per second, per request.
+    /// Generated tokens per second, per request, alone on its replica.
     pub decode_tps: f64,
+    /// How much each further request in a replica's batch slows every
+    /// request's per-token time: with `b` running, each progresses at
+    /// 1 / (1 + slowdown × (b − 1)) of its speed alone. Below 1, so a larger
+    /// batch still completes more work per second.
+    pub batch_slowdown: f64,
     pub weights_bytes: u64,
     /// Shared storage → node, bytes per second (per node).
     pub storage_bw: f64,
@@ -35,7 +40,8 @@ pub struct ServingModel {
 }
 
 impl ServingModel {
-    /// Seconds one request occupies a slot: prefill then decode.
+    /// Seconds one request occupies a slot alone on its replica: prefill
+    /// then decode. In a batch of `b` it takes this / [`Self::speed`]`(b)`.
     pub fn service_s(&self, r: &Request) -> f64 {
         f64::from(r.context_tokens) / self.prefill_tps
             + f64::from(r.generated_tokens) / self.decode_tps
@@ -47,6 +53,17 @@ impl ServingModel {
         let w = self.weights_bytes as f64;
         let r = resident.clamp(0.0, w);
         r / self.cache_bw + (w - r) / self.storage_bw + self.engine_init_s
+    }
+
+    /// Each running request's speed, relative to alone, in a batch of `b`.
+    pub fn speed(&self, batch: u32) -> f64 {
+        1.0 / (1.0 + self.batch_slowdown * f64::from(batch.saturating_sub(1)))
+    }
+
+    /// Service seconds (alone) a full replica completes per second: the
+    /// most any batch does, since b × speed(b) grows with b.
+    pub fn peak_throughput(&self) -> f64 {
+        f64::from(self.concurrency) * self.speed(self.concurrency)
     }
 
     /// Load time with nothing cached: the prediction horizon.
@@ -80,6 +97,39 @@ struct Replica {
     placed_s: f64,
     ready_s: f64,
     stopped_s: Option<f64>,
+    /// The requests it serves, the first to finish on top.
+    batch: BinaryHeap<InFlight>,
+    /// Service seconds (alone) each running request has progressed since
+    /// the replica was placed, brought up to `progress_at`: all running
+    /// requests progress alike, so one number tracks them all.
+    progress: f64,
+    progress_at: f64,
+    /// Bumped whenever the batch changes: a completion scheduled before is stale.
+    generation: u32,
+}
+
+/// A request on a replica: done when the replica's progress reaches `done_at`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct InFlight {
+    done_at: f64,
+    arrival_s: f64,
+    start_s: f64,
+    first_token_s: f64,
+}
+
+impl Eq for InFlight {}
+
+impl Ord for InFlight {
+    /// Reversed: the std max-heap keeps the first to finish on top.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.done_at.total_cmp(&self.done_at)
+    }
+}
+
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -351,6 +401,10 @@ impl Cluster {
             placed_s: now,
             ready_s: now,
             stopped_s: None,
+            batch: BinaryHeap::new(),
+            progress: 0.0,
+            progress_at: now,
+            generation: 0,
         });
         self.live.push(id);
         self.nodes[node].replicas += 1;
@@ -449,8 +503,8 @@ impl Cluster {
     }
 
     /// Hands queued requests, oldest first, to the least-loaded ready
-    /// replicas with a free slot. A request's finish is known once it starts
-    /// (service time does not depend on load), so it is recorded here.
+    /// replicas with a free slot. Each joins its replica's batch, which
+    /// slows the requests already running there.
     fn dispatch(&mut self, now: f64) {
         while !self.queue.is_empty() {
             let Some((load, id)) = self.free.least_loaded() else {
@@ -459,18 +513,67 @@ impl Cluster {
             let Some(p) = self.queue.pop_front() else {
                 return;
             };
-            self.replicas[id].running = load + 1;
-            self.running += 1;
-            self.free.insert(id, load + 1);
-            let finish_s = now + p.service_s;
-            self.metrics.on_served(Outcome {
+            self.catch_up(id, now);
+            let speed = self.model.speed(load + 1);
+            let r = &mut self.replicas[id];
+            r.batch.push(InFlight {
+                done_at: r.progress + p.service_s,
                 arrival_s: p.arrival_s,
                 start_s: now,
-                first_token_s: now + p.prefill_s,
-                finish_s,
+                // The prompt at the speed of the batch it joins.
+                first_token_s: now + p.prefill_s / speed,
             });
-            self.events.done(finish_s, id, finish_s - p.arrival_s);
+            r.running = load + 1;
+            self.running += 1;
+            self.free.insert(id, load + 1);
+            self.schedule(id, now);
         }
+    }
+
+    /// Brings replica `id`'s progress up to `now` at its batch's speed.
+    fn catch_up(&mut self, id: usize, now: f64) {
+        let speed = self.model.speed(self.replicas[id].running);
+        let r = &mut self.replicas[id];
+        r.progress += (now - r.progress_at).max(0.0) * speed;
+        r.progress_at = now;
+    }
+
+    /// Schedules replica `id`'s next completion at its batch's current
+    /// speed; any completion scheduled before becomes stale.
+    fn schedule(&mut self, id: usize, now: f64) {
+        let speed = self.model.speed(self.replicas[id].running);
+        let r = &mut self.replicas[id];
+        r.generation = r.generation.wrapping_add(1);
+        if let Some(first) = r.batch.peek() {
+            let t = now + (first.done_at - r.progress).max(0.0) / speed;
+            self.events.done(t, id, r.generation);
+        }
+    }
+
+    /// Records the requests on replica `id` that are done by `now`; returns
+    /// how many.
+    fn complete(&mut self, id: usize, now: f64) -> u32 {
+        let mut n = 0;
+        let r = &mut self.replicas[id];
+        // A completion lands where its schedule said, up to float rounding.
+        let reached = r.progress + 1e-9 * (1.0 + r.progress.abs());
+        while r.batch.peek().is_some_and(|f| f.done_at <= reached) {
+            let Some(f) = r.batch.pop() else { break };
+            n += 1;
+            let latency_s = now - f.arrival_s;
+            if self.track_latency {
+                self.metrics.recent.record(latency_s);
+            }
+            self.metrics.on_served(Outcome {
+                arrival_s: f.arrival_s,
+                start_s: f.start_s,
+                first_token_s: f.first_token_s.min(now),
+                finish_s: now,
+            });
+        }
+        r.running -= n;
+        self.running -= n;
+        n
     }
 
     pub fn next_event_s(&self) -> Option<f64> {
@@ -483,13 +586,16 @@ impl Cluster {
             return;
         };
         match event {
-            Event::Done { replica, latency_s } => {
-                if self.track_latency {
-                    self.metrics.recent.record(latency_s);
+            Event::Done {
+                replica,
+                generation,
+            } => {
+                if self.replicas[replica].generation != generation {
+                    return;
                 }
-                self.running -= 1;
-                let r = &mut self.replicas[replica];
-                r.running -= 1;
+                self.catch_up(replica, t);
+                self.complete(replica, t);
+                let r = &self.replicas[replica];
                 let running = r.running;
                 match r.state {
                     State::Ready => self.free.insert(replica, running),
@@ -499,6 +605,7 @@ impl Cluster {
                     }
                     _ => {}
                 }
+                self.schedule(replica, t);
             }
             Event::Ready { replica } => {
                 let r = &mut self.replicas[replica];
@@ -534,9 +641,27 @@ impl Cluster {
         !self.queue.is_empty() || self.running > 0
     }
 
-    /// Gives up on the requests still queued at `end` (those already
-    /// started were recorded with their finish); returns how many.
+    /// Gives up on the requests still queued at `end`; returns how many.
+    /// Those already running are recorded with the finish their batch, as
+    /// it is, would give them.
     pub fn abandon(&mut self, end: f64) -> u64 {
+        for id in 0..self.replicas.len() {
+            if self.replicas[id].batch.is_empty() {
+                continue;
+            }
+            self.catch_up(id, end);
+            let speed = self.model.speed(self.replicas[id].running);
+            let r = &mut self.replicas[id];
+            for f in std::mem::take(&mut r.batch) {
+                let finish_s = end + (f.done_at - r.progress).max(0.0) / speed;
+                self.metrics.on_served(Outcome {
+                    arrival_s: f.arrival_s,
+                    start_s: f.start_s,
+                    first_token_s: f.first_token_s,
+                    finish_s,
+                });
+            }
+        }
         let mut n = 0;
         for p in std::mem::take(&mut self.queue) {
             self.metrics.on_unfinished(p.arrival_s, end);

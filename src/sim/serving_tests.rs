@@ -11,6 +11,7 @@ fn model() -> ServingModel {
         concurrency: 2,
         prefill_tps: 1000.0,
         decode_tps: 10.0,
+        batch_slowdown: 0.0,
         weights_bytes: 100,
         storage_bw: 10.0,
         cache_bw: 100.0,
@@ -207,4 +208,53 @@ fn unfinished_requests_count_as_slo_misses() {
     let mut c = cluster(1, 1);
     c.arrive(&req(0.0));
     assert_eq!(c.abandon(50.0), 1);
+}
+
+#[test]
+fn a_request_joining_the_batch_slows_the_one_running() {
+    // Each request is 2 s alone. With a slowdown of 0.5, two on one replica
+    // each go at 1 / 1.5 of their speed: A, alone for its first second,
+    // needs 1.5 s for its second; B, which joined at 1 s, has done 1 s of
+    // its work when A leaves at 2.5 s, and finishes alone at 3.5 s.
+    let mut c = Cluster::new(
+        FleetShape {
+            nodes: 1,
+            gpus_per_node: 1,
+            gpu_memory_bytes: 80,
+        },
+        ServingModel {
+            batch_slowdown: 0.5,
+            ..model()
+        },
+        ReplicaNeeds {
+            gpus: 1,
+            gpu_memory_bytes: 10,
+            spread: false,
+        },
+        Metrics::new(10.0, Timeline::new(100.0, 10), true),
+    );
+    c.preload(1, true).unwrap();
+    replay(&mut c, &[req(0.0), req(1.0)]);
+    let mut got: Vec<(f64, f64, f64)> = c
+        .metrics
+        .outcomes()
+        .iter()
+        .map(|o| (o.arrival_s, o.first_token_s, o.finish_s))
+        .collect();
+    got.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(close(got[0].2, 2.5), "{got:?}");
+    // B's prompt (1 s alone) at the shared speed: first token at 2.5 s.
+    assert!(close(got[1].1, 2.5) && close(got[1].2, 3.5), "{got:?}");
+    // Without the slowdown: 2 s and 3 s.
+    let mut plain = cluster(1, 1);
+    plain.preload(1, true).unwrap();
+    replay(&mut plain, &[req(0.0), req(1.0)]);
+    let finish: Vec<f64> = plain
+        .metrics
+        .outcomes()
+        .iter()
+        .map(|o| o.finish_s)
+        .collect();
+    assert!(finish.contains(&2.0) && finish.contains(&3.0), "{finish:?}");
 }
