@@ -215,7 +215,8 @@ impl Metrics {
         self.timeline.arrival(t);
     }
 
-    /// A request that started: its finish is already known.
+    /// A request served, recorded when it finishes (at the run's end, with
+    /// the finish its batch would give it).
     pub fn on_served(&mut self, o: Outcome) {
         let latency = o.finish_s - o.arrival_s;
         let bounded = match self.slo_kind {

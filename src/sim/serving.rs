@@ -1,10 +1,11 @@
 //! The simulated fleet and its serving model: nodes with whole GPUs and a page
 //! cache, replicas that load (from storage or from cache) then serve up to
 //! `concurrency` requests at once, and one FIFO queue per model that hands
-//! each request to the least-loaded ready replica with a free slot. Event
-//! times live in a binary heap; per request the work is a queue push/pop, a
-//! constant-time slot lookup, and one push and pop on a heap no larger than
-//! the requests in flight.
+//! each request to the least-loaded ready replica with a free slot, where it
+//! joins a batch whose every request slows as the batch grows. Event times
+//! live in a binary heap; per request the work is a queue push/pop, a
+//! constant-time slot lookup, a push and pop on its replica's batch, and a
+//! completion event rescheduled for each change of that batch.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
