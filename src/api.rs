@@ -339,3 +339,34 @@ mod quoting_tests {
         assert_eq!(capped("short".into(), 10), "short");
     }
 }
+
+/// `gpufleet coordinator status`: the coordinators sharing a store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HaStatus {
+    /// "redb" (one coordinator) or "etcd".
+    #[serde(rename = "backend")]
+    pub backend: String,
+    pub prefix: String,
+    /// The leader's name; empty when none leads.
+    pub leader: String,
+    pub epoch: u64,
+    pub members: Vec<HaMember>,
+    /// Each etcd endpoint and whether it answers.
+    pub store: Vec<EtcdEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HaMember {
+    pub name: String,
+    pub address: String,
+    /// "leader" or "follower".
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct EtcdEndpoint {
+    pub endpoint: String,
+    pub healthy: bool,
+    /// Its version, or why it did not answer.
+    pub detail: String,
+}

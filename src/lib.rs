@@ -8,6 +8,7 @@ pub mod config;
 pub mod coordinator;
 pub mod demo;
 pub mod domain;
+pub mod etcd;
 pub mod exposition;
 pub mod gateway;
 pub mod logging;

@@ -54,6 +54,34 @@ pub struct CoordinatorConfig {
     pub http: HttpSettings,
     /// Limits on the connections of both listeners.
     pub limits: ConnectionLimits,
+    /// Where desired state lives: redb in the data dir, or etcd.
+    pub store: StoreBackend,
+}
+
+/// `[store] backend`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum StoreBackend {
+    /// One coordinator, a file in the data dir.
+    #[default]
+    Redb,
+    /// Several coordinators, one leader at a time, state in etcd.
+    Etcd(Box<EtcdStoreSettings>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdStoreSettings {
+    pub etcd: crate::etcd::EtcdSettings,
+    /// Every key of this fleet starts with it; fleets with different
+    /// prefixes share an etcd without meeting.
+    pub prefix: String,
+    /// This coordinator's name among the members.
+    pub name: String,
+    /// Its gRPC URL as agents and the CLI reach it.
+    pub advertise: String,
+    /// Its HTTP URL.
+    pub advertise_http: String,
+    /// The leader's lease.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -113,6 +141,28 @@ struct RawCoordinator {
     store_snapshots: Option<i64>,
     http: Option<RawHttp>,
     limits: Option<RawLimits>,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Option<String>,
+    endpoints: Option<Vec<String>>,
+    prefix: Option<String>,
+    name: Option<String>,
+    advertise: Option<String>,
+    advertise_http: Option<String>,
+    lease_ttl: Option<String>,
+    tls: Option<RawStoreTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStoreTls {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +303,8 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
     };
     let limits = check_limits(raw.limits)?;
 
+    let store = store_backend(raw.store, listen, http_listen, tls.enabled())?;
+
     Ok(CoordinatorConfig {
         listen,
         http_listen,
@@ -270,6 +322,7 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
         store_snapshots,
         http,
         limits,
+        store,
     })
 }
 
@@ -309,6 +362,111 @@ pub(super) fn check_limits(raw: Option<RawLimits>) -> Result<ConnectionLimits, P
             Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
         )?,
     })
+}
+
+/// The default URL of a listener: its address, or this host's name when it
+/// listens on every address.
+fn advertised(addr: SocketAddr, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
+    let host = if addr.ip().is_unspecified() {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("{scheme}://{host}:{}", addr.port())
+}
+
+fn store_backend(
+    raw: Option<RawStore>,
+    listen: SocketAddr,
+    http_listen: SocketAddr,
+    https: bool,
+) -> Result<StoreBackend, Problem> {
+    let raw = raw.unwrap_or_default();
+    match raw.backend.as_deref().unwrap_or("redb") {
+        "redb" => {
+            if raw.endpoints.is_some() {
+                return Err(Problem::invalid(
+                    "store.endpoints",
+                    "store.endpoints is set but store.backend is \"redb\"; set backend = \"etcd\" to use etcd",
+                ));
+            }
+            return Ok(StoreBackend::Redb);
+        }
+        "etcd" => {}
+        other => {
+            return Err(Problem::invalid(
+                "store.backend",
+                format!("store.backend = {other:?} is unknown; allowed: \"redb\" (one coordinator) or \"etcd\""),
+            ))
+        }
+    }
+    let endpoints = raw.endpoints.unwrap_or_default();
+    if endpoints.is_empty() {
+        return Err(Problem::invalid(
+            "store.endpoints",
+            "store.backend = \"etcd\" needs store.endpoints, e.g. [\"http://10.0.0.1:2379\"]",
+        ));
+    }
+    for e in &endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://"))
+            || e.parse::<http::Uri>().is_err()
+        {
+            return Err(Problem::invalid(
+                "store.endpoints",
+                format!(
+                    "store.endpoints: {e:?} is not an http:// or https:// URL of an etcd member"
+                ),
+            ));
+        }
+    }
+    let prefix = raw.prefix.unwrap_or_else(|| "/gpufleet/v1".into());
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+        return Err(Problem::invalid(
+            "store.prefix",
+            format!("store.prefix = {prefix:?}: it must start with / and not end with one, e.g. \"/gpufleet/v1\""),
+        ));
+    }
+    let name = match raw.name {
+        Some(n) if crate::config::agent::is_valid_node_name(&n) => n,
+        Some(n) => {
+            return Err(Problem::invalid(
+                "store.name",
+                format!(
+                    "store.name = {n:?}: allowed: {}",
+                    crate::config::agent::NODE_NAME_RULE
+                ),
+            ))
+        }
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "coordinator".into()),
+    };
+    let lease_ttl = duration_in(
+        "store.lease_ttl",
+        raw.lease_ttl.as_deref().unwrap_or("5s"),
+        Duration::from_secs(2)..=Duration::from_secs(60),
+    )?;
+    let tls = raw.tls.unwrap_or_default();
+    Ok(StoreBackend::Etcd(Box::new(EtcdStoreSettings {
+        etcd: crate::etcd::EtcdSettings {
+            endpoints,
+            ca: optional_path(tls.ca),
+            cert: optional_path(tls.cert),
+            key: optional_path(tls.key),
+        },
+        prefix,
+        name,
+        advertise: raw.advertise.unwrap_or_else(|| advertised(listen, https)),
+        advertise_http: raw
+            .advertise_http
+            .unwrap_or_else(|| advertised(http_listen, false)),
+        lease_ttl,
+    })))
 }
 
 #[cfg(test)]

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use agent::{AgentConfig, AgentOverrides, GpuSettings, WarmBudget, WarmSettings};
-pub use coordinator::{AuthSettings, CoordinatorConfig, CoordinatorOverrides};
+pub use coordinator::{
+    AuthSettings, CoordinatorConfig, CoordinatorOverrides, EtcdStoreSettings, StoreBackend,
+};
 pub use gateway::{GatewayConfig, GatewayOverrides};
 pub use model::{
     ModelSpec, Preset, ScalingSpec, ServerSpec, SpecError, WarmMode, WarmPolicy, PLACEHOLDERS,

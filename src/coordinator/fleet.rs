@@ -163,6 +163,9 @@ pub struct Fleet {
     /// Connected gateways by link id, with their latest demand.
     pub(super) gateways: BTreeMap<u64, super::gateways::GatewayLink>,
     pub(super) next_gateway: u64,
+    /// The leader's epoch on etcd (0 with one coordinator on redb): on
+    /// every Assignment.
+    pub(super) epoch: u64,
 }
 
 impl Fleet {
@@ -171,10 +174,22 @@ impl Fleet {
         settings: FleetSettings,
         store: Box<dyn Store>,
     ) -> Result<(FleetHandle, tokio::task::JoinHandle<()>), FleetError> {
-        let fleet = Fleet::new(settings, store)?;
+        Fleet::spawn_leading(settings, store, 0)
+    }
+
+    /// Like `spawn`, for a leader of several coordinators: every Assignment
+    /// carries `epoch`, so agents refuse a deposed leader's.
+    pub fn spawn_leading(
+        settings: FleetSettings,
+        store: Box<dyn Store>,
+        epoch: u64,
+    ) -> Result<(FleetHandle, tokio::task::JoinHandle<()>), FleetError> {
+        let mut fleet = Fleet::new(settings, store)?;
+        fleet.epoch = epoch;
         let (tx, rx) = mpsc::channel(1024);
         let task = tokio::spawn(fleet.run(rx));
-        Ok((FleetHandle { tx }, task))
+        let (_, route) = tokio::sync::watch::channel(super::handle::Route::Fleet(tx));
+        Ok((FleetHandle::routed(route), task))
     }
 
     /// The fleet's state loaded from the store, not yet running (tests drive
@@ -249,6 +264,7 @@ impl Fleet {
             routes_tx: tokio::sync::watch::Sender::new(Default::default()),
             gateways: BTreeMap::new(),
             next_gateway: 1,
+            epoch: 0,
         };
         fleet.record(
             "coordinator",

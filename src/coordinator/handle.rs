@@ -22,6 +22,17 @@ pub enum FleetError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// This coordinator does not lead the fleet (several coordinators on
+    /// etcd): the leader's gRPC address when one is known.
+    #[error("{}", not_leader_text(.leader))]
+    NotLeader { leader: Option<String> },
+}
+
+fn not_leader_text(leader: &Option<String>) -> String {
+    match leader {
+        Some(l) => format!("this coordinator is a follower; the leader is {l}"),
+        None => "there is no leader now (an election is under way); retry in a few seconds".into(),
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, FleetError>>;
@@ -171,17 +182,25 @@ pub enum WarmOp {
     Evict,
 }
 
+/// Where commands go: the fleet task while this coordinator leads, else
+/// nowhere, with the leader's address when it is known.
+#[derive(Clone, Debug)]
+pub enum Route {
+    Fleet(mpsc::Sender<Command>),
+    Elsewhere { leader: Option<String> },
+}
+
 /// Cheap to clone; every method is one round trip to the fleet task.
 #[derive(Clone)]
 pub struct FleetHandle {
-    pub(super) tx: mpsc::Sender<Command>,
+    pub(super) route: watch::Receiver<Route>,
 }
 
 macro_rules! ask {
     ($self:ident, $variant:ident { $($field:ident),* }) => {{
         let (reply, rx) = oneshot::channel();
         $self
-            .tx
+            .sender()?
             .send(Command::$variant { $($field,)* reply })
             .await
             .map_err(|_| FleetError::Internal("the fleet task has stopped".into()))?;
@@ -191,6 +210,28 @@ macro_rules! ask {
 }
 
 impl FleetHandle {
+    /// A handle that follows `route` (a coordinator that may lead or not).
+    pub fn routed(route: watch::Receiver<Route>) -> FleetHandle {
+        FleetHandle { route }
+    }
+
+    /// The fleet task's inbox, or why there is none here.
+    pub fn sender(&self) -> Result<mpsc::Sender<Command>, FleetError> {
+        match &*self.route.borrow() {
+            Route::Fleet(tx) => Ok(tx.clone()),
+            Route::Elsewhere { leader } => Err(FleetError::NotLeader {
+                leader: leader.clone(),
+            }),
+        }
+    }
+
+    /// Sends a command that expects no reply; dropped where there is no fleet.
+    async fn tell(&self, cmd: Command) {
+        if let Ok(tx) = self.sender() {
+            let _ = tx.send(cmd).await;
+        }
+    }
+
     pub async fn connect(
         &self,
         hello: Hello,
@@ -210,25 +251,21 @@ impl FleetHandle {
 
     /// Reports are fire-and-forget: the session never waits on the fleet.
     pub async fn report(&self, session: u64, node: String, report: Report) {
-        let _ = self
-            .tx
-            .send(Command::Report {
-                session,
-                node,
-                report: Box::new(report),
-            })
-            .await;
+        self.tell(Command::Report {
+            session,
+            node,
+            report: Box::new(report),
+        })
+        .await;
     }
 
     pub async fn disconnect(&self, session: u64, node: String, reason: String) {
-        let _ = self
-            .tx
-            .send(Command::Disconnect {
-                session,
-                node,
-                reason,
-            })
-            .await;
+        self.tell(Command::Disconnect {
+            session,
+            node,
+            reason,
+        })
+        .await;
     }
 
     pub async fn apply_model(&self, spec_toml: String) -> Result<ModelView, FleetError> {
@@ -305,7 +342,7 @@ impl FleetHandle {
     }
 
     pub async fn logs_reply(&self, session: u64, reply: LogsReply) {
-        let _ = self.tx.send(Command::LogsReply { session, reply }).await;
+        self.tell(Command::LogsReply { session, reply }).await;
     }
 
     pub async fn list_warm(&self, node: Option<String>) -> Result<Vec<WarmView>, FleetError> {
@@ -360,10 +397,10 @@ impl FleetHandle {
     /// Gateway reports are fire-and-forget, like agents' reports.
     pub async fn gateway_report(&self, link: u64, report: GatewayReport) {
         let report = Box::new(report);
-        let _ = self.tx.send(Command::GatewayReport { link, report }).await;
+        self.tell(Command::GatewayReport { link, report }).await;
     }
 
     pub async fn gateway_disconnect(&self, link: u64) {
-        let _ = self.tx.send(Command::GatewayDisconnect { link }).await;
+        self.tell(Command::GatewayDisconnect { link }).await;
     }
 }

@@ -36,11 +36,21 @@ pub struct HttpState {
     pub store_health: StoreHealth,
     /// Connection counters of both listeners, for `/metrics`.
     pub gates: Vec<std::sync::Arc<super::limits::Gate>>,
+    /// With several coordinators on etcd: this one's role, and etcd.
+    pub ha: Option<HaState>,
+}
+
+#[derive(Clone)]
+pub struct HaState {
+    pub role: tokio::sync::watch::Receiver<super::election::Role>,
+    pub etcd: crate::etcd::Etcd,
+    pub keys: super::store::etcd::Keys,
 }
 
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/v1/coordinators", get(coordinators))
         .route("/metrics", get(metrics))
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/models/{name}/wake", axum::routing::post(wake))
@@ -72,14 +82,47 @@ fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())
 }
 
+/// `coordinator status`: members, leader, epoch and etcd's health (JSON).
+async fn coordinators(State(s): State<HttpState>) -> Response {
+    match &s.ha {
+        Some(ha) => Json(super::leading::status(&ha.etcd, &ha.keys).await).into_response(),
+        None => Json(crate::api::HaStatus {
+            backend: "redb".into(),
+            ..Default::default()
+        })
+        .into_response(),
+    }
+}
+
 async fn healthz(State(s): State<HttpState>) -> Response {
+    use super::election::Role;
+    if let Some(ha) = &s.ha {
+        let role = ha.role.borrow().clone();
+        match role {
+            Role::Leader { .. } => {}
+            Role::Follower { leader, epoch } => {
+                return format!(
+                    "ok follower (leader {} at {}, epoch {epoch})\n",
+                    leader.name, leader.address
+                )
+                .into_response()
+            }
+            Role::NoLeader => {
+                return unavailable("no-leader: an election is under way or etcd is unreachable")
+            }
+        }
+    }
     // The fleet task answering is what "healthy" means for the coordinator;
     // a store that cannot write makes it degraded.
     if let Err(e) = s.fleet.list_models().await {
         return unavailable(e);
     }
+    let role = match s.ha.as_ref().map(|h| h.role.borrow().clone()) {
+        Some(super::election::Role::Leader { epoch }) => format!(" leader (epoch {epoch})"),
+        _ => String::new(),
+    };
     match s.store_health.borrow().clone() {
-        None => "ok\n".into_response(),
+        None => format!("ok{role}\n").into_response(),
         Some(why) => unavailable(format!("degraded: store: {why}")),
     }
 }

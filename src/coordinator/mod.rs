@@ -2,6 +2,7 @@
 //! them, and tells each agent what to run.
 
 pub mod autoscale;
+pub mod election;
 pub mod fleet;
 #[cfg(test)]
 mod fleet_tests;
@@ -11,6 +12,7 @@ mod host_room;
 pub mod http;
 #[cfg(test)]
 mod invariants_tests;
+mod leading;
 pub mod limits;
 pub mod nodes;
 pub mod operations;
@@ -27,7 +29,7 @@ pub mod warmth;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::config::{CoordinatorConfig, Misconfigured};
+use crate::config::{CoordinatorConfig, Misconfigured, StoreBackend};
 use crate::wire::pb;
 
 use fleet::{Fleet, FleetSettings};
@@ -56,27 +58,49 @@ pub async fn run(
     let _watchdog = crate::notify::spawn_watchdog();
     let fd_limit = limits::raise_fd_limit();
     let connection_limits = limits::fit_to_fds(cfg.limits, fd_limit);
-    let store = store::RedbStore::open(&cfg.data_dir)?;
-    let store_health = store.health();
-    // A snapshot of what opened and verified: a later damage of the file
-    // is then a restore away, not a lost fleet.
-    if let Err(e) = store::snapshot(&store, &cfg.data_dir, cfg.store_snapshots) {
-        tracing::warn!(error = %e, "no store snapshot this start");
-    }
-    let (fleet, fleet_task) = Fleet::spawn(
-        FleetSettings {
-            tick: cfg.tick,
-            suspect_after: cfg.node_suspect_after,
-            lost_after: cfg.node_lost_after,
-            reconnect_grace: cfg.reconnect_grace,
-            retire_grace: cfg.retire_grace,
-            event_capacity: cfg.event_log_capacity,
-            allowed_env: cfg.allowed_env.clone(),
-            adopt_unsigned_replicas: cfg.adopt_unsigned_replicas,
-        },
-        Box::new(store),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot load the fleet state: {e}"))?;
+    let settings = FleetSettings {
+        tick: cfg.tick,
+        suspect_after: cfg.node_suspect_after,
+        lost_after: cfg.node_lost_after,
+        reconnect_grace: cfg.reconnect_grace,
+        retire_grace: cfg.retire_grace,
+        event_capacity: cfg.event_log_capacity,
+        allowed_env: cfg.allowed_env.clone(),
+        adopt_unsigned_replicas: cfg.adopt_unsigned_replicas,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (fleet, mut fleet_task, store_health, ha) = match &cfg.store {
+        StoreBackend::Redb => {
+            let store = store::RedbStore::open(&cfg.data_dir)?;
+            let store_health = store.health();
+            // A snapshot of what opened and verified: a later damage of the file
+            // is then a restore away, not a lost fleet.
+            if let Err(e) = store::snapshot(&store, &cfg.data_dir, cfg.store_snapshots) {
+                tracing::warn!(error = %e, "no store snapshot this start");
+            }
+            let (fleet, task) = Fleet::spawn(settings, Box::new(store))
+                .map_err(|e| anyhow::anyhow!("cannot load the fleet state: {e}"))?;
+            (fleet, task, store_health, None)
+        }
+        StoreBackend::Etcd(etcd) => {
+            let l = leading::start(settings, (**etcd).clone(), stopped(stop_rx.clone())).await?;
+            tracing::info!(name = %etcd.name, prefix = %etcd.prefix, endpoints = %l.etcd.endpoints(), "joined the coordinators on etcd");
+            let ha = http::HaState {
+                role: l.role.clone(),
+                etcd: l.etcd.clone(),
+                keys: l.keys.clone(),
+            };
+            (
+                l.fleet,
+                l.election,
+                tokio::sync::watch::channel(None).1,
+                Some(ha),
+            )
+        }
+    };
 
     let grpc = bind(cfg.listen, "gRPC", "listen").await?;
     let http = bind(cfg.http_listen, "HTTP", "http_listen").await?;
@@ -93,10 +117,6 @@ pub async fn run(
         tracing::warn!("TLS is not configured: agent sessions and the Control API are plain TCP");
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let control_auth =
         crate::security::ControlAuth::from_settings(&cfg.auth).map_err(Misconfigured::wrap)?;
     let grpc_gate = limits::Gate::new("grpc", connection_limits);
@@ -127,6 +147,7 @@ pub async fn run(
         anonymous_endpoints: cfg.http.anonymous_endpoints,
         store_health,
         gates: vec![grpc_gate, http_gate.clone()],
+        ha: ha.clone(),
     });
     let http_task = tokio::spawn(limits::serve_http(
         http,
@@ -145,11 +166,15 @@ pub async fn run(
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
-        r = fleet_task => anyhow::bail!("the fleet task ended unexpectedly: {r:?}"),
+        r = &mut fleet_task => anyhow::bail!("the fleet task ended unexpectedly: {r:?}"),
     }
     crate::notify::stopping();
     drop(status_task);
     let _ = stop_tx.send(true);
+    if ha.is_some() {
+        // The election resigns and revokes its lease: a follower leads now.
+        let _ = tokio::time::timeout(Duration::from_secs(2), fleet_task).await;
+    }
     // Agent sessions are endless streams: give them a moment, then go.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = grpc_task.await;

@@ -627,6 +627,7 @@ impl Fleet {
             };
             let wanted = Assignment {
                 generation: node.generation + 1,
+                epoch: self.epoch,
                 replicas: by_node.remove(&name).unwrap_or_default(),
                 warm,
                 evict,

@@ -31,6 +31,16 @@ impl From<FleetError> for Status {
             FleetError::AlreadyExists(m) => Status::already_exists(capped(m)),
             FleetError::Unavailable(m) => Status::unavailable(capped(m)),
             FleetError::Internal(m) => Status::internal(capped(m)),
+            e @ FleetError::NotLeader { .. } => {
+                let FleetError::NotLeader { leader } = &e else {
+                    unreachable!("matched above");
+                };
+                let mut meta = tonic::metadata::MetadataMap::new();
+                if let Some(v) = leader.as_deref().and_then(|l| l.parse().ok()) {
+                    meta.insert(crate::wire::LEADER_HEADER, v);
+                }
+                Status::with_metadata(tonic::Code::Unavailable, e.to_string(), meta)
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Durable desired state of the fleet: models, node flags and the event log.
-//! redb (a single file in the data dir) by default; behind a trait so a
-//! replicated store (etcd with leader election) can follow.
+//! redb (a single file in the data dir) by default, or etcd (`etcd.rs`)
+//! for several coordinators with one leader.
 //!
 //! The store never takes a damaged file for a new fleet: an existing file
 //! that is empty, truncated or fails redb's integrity check is refused with
@@ -10,6 +10,7 @@
 //! again at the next write, so the coordinator recovers once space returns.
 
 mod backup;
+pub mod etcd;
 mod record;
 
 use std::panic::AssertUnwindSafe;
@@ -59,6 +60,17 @@ pub enum StoreError {
     Io { op: &'static str, reason: String },
     #[error("store record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// An etcd store's write under an epoch that is no longer the leader's.
+    #[error("store write refused: {why}")]
+    Fenced { why: String },
+    #[error("store write refused: {key} would be {bytes} bytes, over the limit of {limit}; nothing was written")]
+    TooLarge {
+        key: String,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("store write refused: {why}; nothing was written")]
+    QuotaFull { why: String },
 }
 
 /// A model as the operator applied it.

@@ -39,6 +39,10 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Assignment {
     pub generation: u64,
+    /// The leader's epoch (0 with one coordinator): agents refuse one
+    /// lower than the highest they have seen.
+    #[serde(default)]
+    pub epoch: u64,
     pub replicas: Vec<ReplicaSpec>,
     pub warm: Vec<WarmSpec>,
     /// Models the operator asked to drop from the page cache.

@@ -12,6 +12,19 @@ use crate::domain::{
 };
 use std::time::Duration;
 
+/// gRPC metadata a follower coordinator adds when it refuses a call: the
+/// leader's gRPC URL, for agents and the CLI to go to.
+pub const LEADER_HEADER: &str = "gpufleet-leader";
+
+/// The leader a refusal names, if it names one.
+pub fn leader_of(status: &tonic::Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 impl From<&GpuInfo> for pb::GpuInfo {
     fn from(g: &GpuInfo) -> Self {
         pb::GpuInfo {

@@ -69,6 +69,7 @@ impl From<&crate::domain::Assignment> for pb::Assignment {
     fn from(a: &crate::domain::Assignment) -> Self {
         pb::Assignment {
             generation: a.generation,
+            epoch: a.epoch,
             replicas: to_pb(&a.replicas),
             warm: to_pb(&a.warm),
             evict: to_pb(&a.evict),
@@ -81,6 +82,7 @@ impl From<pb::Assignment> for crate::domain::Assignment {
     fn from(a: pb::Assignment) -> Self {
         crate::domain::Assignment {
             generation: a.generation,
+            epoch: a.epoch,
             replicas: from_pb(a.replicas),
             warm: from_pb(a.warm),
             evict: from_pb(a.evict),
