@@ -353,6 +353,22 @@ pub struct HaStatus {
     pub members: Vec<HaMember>,
     /// Each etcd endpoint and whether it answers.
     pub store: Vec<EtcdEndpoint>,
+    /// The answering coordinator's role: leader, follower or no-leader.
+    pub role: String,
+    /// The leader's gRPC URL, when the answering coordinator follows it.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub leader_address: String,
+}
+
+impl HaStatus {
+    /// A lone coordinator on redb: it leads, with no epoch to fence.
+    pub fn single() -> HaStatus {
+        HaStatus {
+            backend: "redb".into(),
+            role: "leader".into(),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

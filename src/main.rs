@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Coordinator(args) => coordinator(args, &client).await,
+            Command::Coordinator(args) => coordinator(args, client, output).await,
             Command::Agent(args) => agent(args, client.coordinator).await,
             Command::Gateway(args) => gateway(args, client.coordinator, output).await,
             Command::Demo(args) => gpufleet::demo::run(args, output, log_format)
@@ -89,10 +89,17 @@ enum Failure {
 
 async fn coordinator(
     args: CoordinatorArgs,
-    client: &cli::client::ClientArgs,
+    client: cli::client::ClientArgs,
+    output: cli::output::Output,
 ) -> Result<(), Failure> {
-    if let Some(cmd) = args.store {
-        return cli::store::run(cmd, client).await.map_err(Failure::Run);
+    match args.store {
+        Some(cli::StoreCommand::Status) => {
+            return cli::coordinators::status(&client, output)
+                .await
+                .map_err(Failure::Run)
+        }
+        Some(cmd) => return cli::store::run(cmd, &client).await.map_err(Failure::Run),
+        None => {}
     }
     let cfg = CoordinatorConfig::load(&CoordinatorOverrides {
         config: args.config,

@@ -90,7 +90,9 @@ impl Outbox {
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
-    pub coordinator: String,
+    /// One coordinator, or several sharing an etcd store: sessions go to
+    /// whichever leads (a follower names it when it refuses).
+    pub coordinators: Vec<String>,
     pub node_name: String,
     pub report_interval: Duration,
     /// First reconnect delay; doubles up to `backoff_cap`.
@@ -126,22 +128,40 @@ pub async fn run(
     let mut last_warn: Option<Instant> = None;
     // A new reason (the coordinator came up but refuses us) is worth a warning at once.
     let mut warned: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut dial = Dial::new(&cfg.coordinators);
+    let mut epochs = EpochGuard::default();
     loop {
         let started = Instant::now();
+        let target = dial.target();
         let outcome = tokio::select! {
             _ = &mut shutdown => return,
-            r = session(&cfg, reporter.as_ref(), &assignments, &connected) => r,
+            r = session(&cfg, &target, reporter.as_ref(), &assignments, &connected, &mut epochs) => r,
         };
         let _ = connected.send(false);
         // A session that lived a while was a success: start backoff afresh.
         if started.elapsed() > Duration::from_secs(10) {
             failures = 0;
         }
-        let delay = backoff(failures, cfg.backoff_base, cfg.backoff_cap, rand::random());
-        failures = failures.saturating_add(1);
-        let message = match outcome {
-            Ok(()) => "coordinator ended the session".to_string(),
-            Err(e) => e,
+        let (message, leader) = match outcome {
+            Ok(()) => ("coordinator ended the session".to_string(), None),
+            Err(Ended { message, leader }) => (message, leader),
+        };
+        // A follower named the leader: dial it at once, without backoff
+        // (once: a leader that turns out a follower too goes the slow way).
+        if let Some(leader) = leader.filter(|l| *l != target) {
+            if dial.redirect(leader.clone()) {
+                tracing::info!(follower = %target, leader = %leader, "the coordinator is a follower; dialling the leader");
+                continue;
+            }
+        }
+        dial.advance();
+        let delay = if dial.tried_all() {
+            let d = backoff(failures, cfg.backoff_base, cfg.backoff_cap, rand::random());
+            failures = failures.saturating_add(1);
+            d
+        } else {
+            // The next coordinator of the list may lead: try it now.
+            cfg.backoff_base / 4
         };
         let window_over = last_warn.is_none_or(|t| t.elapsed() >= UNREACHABLE_LOG_EVERY);
         if window_over {
@@ -149,7 +169,7 @@ pub async fn run(
         }
         if window_over || failures == 1 || !warned.contains(&message) {
             tracing::warn!(
-                coordinator = %cfg.coordinator,
+                coordinator = %target,
                 attempts = failures,
                 retry_in = ?delay,
                 "{message}; keeping replicas running and retrying"
@@ -157,7 +177,7 @@ pub async fn run(
             last_warn = Some(Instant::now());
             warned.insert(message);
         } else {
-            tracing::debug!(coordinator = %cfg.coordinator, retry_in = ?delay, "{message}");
+            tracing::debug!(coordinator = %target, retry_in = ?delay, "{message}");
         }
         tokio::select! {
             _ = &mut shutdown => return,
@@ -166,9 +186,96 @@ pub async fn run(
     }
 }
 
-async fn connect(cfg: &LinkConfig) -> Result<Channel, String> {
-    let endpoint = crate::security::tls::endpoint(&cfg.coordinator, cfg.tls.as_ref())
-        .map_err(|e| format!("coordinator URL `{}` is invalid: {e}", cfg.coordinator))?
+/// Which coordinator the next session dials: the list in turn, or the
+/// leader a follower named.
+struct Dial {
+    list: Vec<String>,
+    at: usize,
+    /// Dials since the list was last started over.
+    since_start: usize,
+    redirect: Option<String>,
+}
+
+impl Dial {
+    fn new(list: &[String]) -> Dial {
+        Dial {
+            list: list.to_vec(),
+            at: 0,
+            since_start: 0,
+            redirect: None,
+        }
+    }
+    fn target(&self) -> String {
+        self.redirect
+            .clone()
+            .unwrap_or_else(|| self.list[self.at % self.list.len()].clone())
+    }
+    /// Dial `leader` next, unless the target now is already a redirect.
+    fn redirect(&mut self, leader: String) -> bool {
+        if self.redirect.is_some() {
+            return false;
+        }
+        self.redirect = Some(leader);
+        true
+    }
+    /// The target failed: the next one of the list.
+    fn advance(&mut self) {
+        if self.redirect.take().is_none() {
+            self.at = (self.at + 1) % self.list.len();
+        }
+        self.since_start += 1;
+    }
+    /// Every coordinator failed once since the last backoff: back off.
+    fn tried_all(&mut self) -> bool {
+        if self.since_start >= self.list.len() {
+            self.since_start = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a session ended, and the leader when a follower named one.
+#[derive(Debug)]
+struct Ended {
+    message: String,
+    leader: Option<String>,
+}
+
+impl From<String> for Ended {
+    fn from(message: String) -> Ended {
+        Ended {
+            message,
+            leader: None,
+        }
+    }
+}
+
+/// The highest leader epoch seen: an assignment from a lower one comes from
+/// a deposed leader (one that was paused past its lease) and is refused.
+/// Epoch 0 is a lone coordinator on redb, which has no rival to fence.
+#[derive(Debug, Default)]
+struct EpochGuard {
+    highest: u64,
+}
+
+impl EpochGuard {
+    fn admit(&mut self, epoch: u64) -> Result<(), String> {
+        if epoch != 0 && epoch < self.highest {
+            return Err(format!(
+                "refused an assignment of epoch {epoch}: a newer leader (epoch {}) has been seen, so its sender was deposed",
+                self.highest
+            ));
+        }
+        self.highest = self.highest.max(epoch);
+        Ok(())
+    }
+}
+
+async fn connect(cfg: &LinkConfig, coordinator: &str) -> Result<Channel, String> {
+    let endpoint = crate::security::tls::endpoint(coordinator, cfg.tls.as_ref())
+        .map_err(|e| format!("coordinator URL `{coordinator}` is invalid: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(crate::coordinator::KEEPALIVE_INTERVAL)
         .keep_alive_timeout(crate::coordinator::KEEPALIVE_TIMEOUT)
@@ -177,8 +284,7 @@ async fn connect(cfg: &LinkConfig) -> Result<Channel, String> {
         .await
         .map_err(|e| {
             format!(
-                "cannot reach the coordinator at {}: {}",
-                cfg.coordinator,
+                "cannot reach the coordinator at {coordinator}: {}",
                 crate::wire::error_chain(&e)
             )
         })
@@ -187,11 +293,13 @@ async fn connect(cfg: &LinkConfig) -> Result<Channel, String> {
 /// One session, from connect to its end.
 async fn session(
     cfg: &LinkConfig,
+    coordinator: &str,
     reporter: &dyn Reporter,
     assignments: &watch::Sender<Option<Assignment>>,
     connected: &watch::Sender<bool>,
-) -> Result<(), String> {
-    let channel = connect(cfg).await?;
+    epochs: &mut EpochGuard,
+) -> Result<(), Ended> {
+    let channel = connect(cfg, coordinator).await?;
     let mut client = pb::agent_session_client::AgentSessionClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(8);
     let hello = reporter.hello();
@@ -199,10 +307,13 @@ async fn session(
         msg: Some(pb::agent_message::Msg::Hello((&hello).into())),
     })
     .await
-    .map_err(|_| "session closed before Hello".to_string())?;
-    let response =
-        client.session(ReceiverStream::new(rx)).await.map_err(
-            |s| match std::error::Error::source(&s) {
+    .map_err(|_| Ended::from("session closed before Hello".to_string()))?;
+    let response = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| Ended {
+            leader: crate::wire::leader_of(&s),
+            message: match std::error::Error::source(&s) {
                 // A transport failure (a TLS alert: the coordinator did not accept our certificate) says why only in its sources.
                 Some(cause) => format!(
                     "coordinator refused the session: {}",
@@ -210,10 +321,10 @@ async fn session(
                 ),
                 None => format!("coordinator refused the session: {}", s.message()),
             },
-        )?;
+        })?;
     let mut inbound = response.into_inner();
     let _ = connected.send(true);
-    tracing::info!(coordinator = %cfg.coordinator, node = %cfg.node_name, "connected to the coordinator");
+    tracing::info!(coordinator = %coordinator, node = %cfg.node_name, "connected to the coordinator");
 
     let mut outbox = Outbox {
         seq: 0,
@@ -256,6 +367,7 @@ async fn session(
             msg = inbound.message() => match msg {
                 Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Assignment(a)) })) => {
                     let a = Assignment::from(a);
+                    epochs.admit(a.epoch)?;
                     applied = a.generation;
                     tracing::debug!(generation = a.generation, replicas = a.replicas.len(), "assignment received");
                     let _ = assignments.send(Some(a));
@@ -269,7 +381,7 @@ async fn session(
                     };
                     let msg = pb::AgentMessage { msg: Some(pb::agent_message::Msg::Logs((&reply).into())) };
                     if tx.send(msg).await.is_err() {
-                        return Err("the session's send side closed".into());
+                        return Err(String::from("the session's send side closed").into());
                     }
                     None
                 }
@@ -280,14 +392,14 @@ async fn session(
                 }
                 Ok(Some(_)) => None,
                 Ok(None) => return Ok(()),
-                Err(s) => return Err(format!("session with {} broke: {}", cfg.coordinator, s.message())),
+                Err(s) => return Err(format!("session with {coordinator} broke: {}", s.message()).into()),
             }
         };
         if let Some(report) = report {
             early = None;
             let msg = outbox.message(report, applied);
             if tx.send(msg).await.is_err() {
-                return Err("the session's send side closed".into());
+                return Err(String::from("the session's send side closed").into());
             }
             // The next regular report is a full interval after this one.
             ticker.reset();
@@ -341,6 +453,40 @@ mod tests {
         out.message(report(4, 11.0), 0);
         // It confirmed the news: quiet again until the next.
         assert!(!out.early(&report(5, 11.5)));
+    }
+
+    #[test]
+    fn an_assignment_from_a_deposed_leader_is_refused() {
+        let mut g = EpochGuard::default();
+        g.admit(0).unwrap();
+        g.admit(7).unwrap();
+        g.admit(7).unwrap();
+        let e = g.admit(5).unwrap_err();
+        assert!(e.contains("epoch 5") && e.contains("epoch 7"), "{e}");
+        g.admit(9).unwrap();
+        assert!(g.admit(7).is_err(), "the highest seen is kept");
+    }
+
+    #[test]
+    fn the_list_is_dialled_in_turn_and_a_named_leader_at_once() {
+        let list = vec!["http://a".to_string(), "http://b".into(), "http://c".into()];
+        let mut d = Dial::new(&list);
+        assert_eq!(d.target(), "http://a");
+        d.advance();
+        assert!(!d.tried_all());
+        assert_eq!(d.target(), "http://b");
+        assert!(d.redirect("http://c".into()));
+        assert_eq!(d.target(), "http://c");
+        assert!(
+            !d.redirect("http://a".into()),
+            "no ping-pong between followers"
+        );
+        // The leader failed too: back to the list where it was.
+        d.advance();
+        assert_eq!(d.target(), "http://b");
+        assert!(!d.tried_all());
+        d.advance();
+        assert!(d.tried_all(), "three failures in a row: back off");
     }
 
     #[test]

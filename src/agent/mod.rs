@@ -52,7 +52,8 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let link_tls = crate::security::tls::agent_tls(&cfg.tls, &cfg.coordinator, &cfg.node_name)
+    // The URLs share one scheme (checked with the config): the first speaks for all.
+    let link_tls = crate::security::tls::agent_tls(&cfg.tls, &cfg.coordinators[0], &cfg.node_name)
         .map_err(crate::config::Misconfigured::wrap)?;
     let _watchdog = crate::notify::spawn_watchdog();
     std::fs::create_dir_all(&cfg.state_dir)
@@ -116,7 +117,7 @@ pub async fn run(
         backend,
         gpus = gpus.borrow().inventory.len(),
         replicas = replicas.borrow().len(),
-        coordinator = %cfg.coordinator,
+        coordinator = %cfg.coordinators.join(","),
         "agent starting"
     );
 
@@ -305,7 +306,7 @@ pub async fn run(
         sampler: sampler.clone(),
     });
     let link_cfg = link::LinkConfig {
-        coordinator: cfg.coordinator.clone(),
+        coordinators: cfg.coordinators.clone(),
         node_name: cfg.node_name.clone(),
         report_interval: cfg.report_interval,
         backoff_base: Duration::from_millis(500),

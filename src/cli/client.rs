@@ -20,8 +20,9 @@ pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7460";
 /// Options every operator command shares (the agent reads `--coordinator` too).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// Coordinator gRPC URL (`https://` means TLS) [default: http://127.0.0.1:7460;
-    /// for the agent: its config file].
+    /// Coordinator gRPC URL (`https://` means TLS), or several comma-separated
+    /// (coordinators sharing etcd: the CLI finds the leader) [default:
+    /// http://127.0.0.1:7460; for the agent: its config file].
     #[arg(long, env = "GPUFLEET_COORDINATOR", global = true, value_name = "URL")]
     pub coordinator: Option<String>,
     /// Give up on a coordinator that does not answer a request within this long.
@@ -110,9 +111,83 @@ impl ClientArgs {
 /// talks to one coordinator).
 static TARGET: OnceLock<(String, Duration)> = OnceLock::new();
 
+/// How long the CLI waits for a leader while none leads (an election).
+const NO_LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Connects to the coordinator that leads: with one URL, that one; with
+/// several (comma-separated), the one they name as leader, waiting up to
+/// 5 s while an election runs.
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
-    let url = args.url();
-    let _ = TARGET.set((url.to_string(), args.request_timeout));
+    let urls: Vec<&str> = args
+        .url()
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let first = urls.first().copied().unwrap_or(DEFAULT_COORDINATOR);
+    if urls.len() <= 1 {
+        let _ = TARGET.set((first.to_string(), args.request_timeout));
+        return connect_one(args, first).await;
+    }
+    let deadline = tokio::time::Instant::now() + NO_LEADER_WAIT;
+    let mut why = Vec::new();
+    loop {
+        why.clear();
+        for url in &urls {
+            let mut c = match connect_one(args, url).await {
+                Ok(c) => c,
+                Err(e) => {
+                    why.push(format!("{e:#}"));
+                    continue;
+                }
+            };
+            let status = match c
+                .get_coordinator_status(crate::wire::pb::GetCoordinatorStatusRequest {})
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                // A coordinator from before HA: one coordinator, so it leads.
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    let _ = TARGET.set((url.to_string(), args.request_timeout));
+                    return Ok(c);
+                }
+                Err(s) => {
+                    why.push(format!("{url}: {}", s.message()));
+                    continue;
+                }
+            };
+            match status.role.as_str() {
+                "leader" => {
+                    let _ = TARGET.set((url.to_string(), args.request_timeout));
+                    return Ok(c);
+                }
+                "follower" if !status.leader_address.is_empty() => {
+                    let leader = status.leader_address;
+                    match connect_one(args, &leader).await {
+                        Ok(c) => {
+                            let _ = TARGET.set((leader, args.request_timeout));
+                            return Ok(c);
+                        }
+                        Err(e) => why.push(format!("the leader {leader}: {e:#}")),
+                    }
+                }
+                _ => why.push(format!("{url}: no leader")),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = TARGET.set((first.to_string(), args.request_timeout));
+            anyhow::bail!(
+                "no leading coordinator among {} within {}: {}",
+                urls.join(", "),
+                humantime::format_duration(NO_LEADER_WAIT),
+                why.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn connect_one(args: &ClientArgs, url: &str) -> anyhow::Result<Control> {
     let token = BearerToken::from_sources(args.token_file.as_deref(), args.token_env.clone())?;
     let tls = tls::cli_tls(args.ca.as_deref(), url)?;
     let endpoint = tls::endpoint(url, tls.as_ref())

@@ -2,6 +2,7 @@
 //! commands, one file per noun.
 
 pub mod client;
+pub mod coordinators;
 pub mod event;
 pub mod explain;
 pub mod gateway;
@@ -135,10 +136,13 @@ pub struct CoordinatorArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-/// Copies of the coordinator's store. `backup` works while the coordinator
-/// runs (through its API, with an admin token); `restore` needs it stopped.
+/// Copies of the coordinator's store (`backup` works while the coordinator
+/// runs, through its API with an admin token; `restore` needs it stopped),
+/// and the coordinators' status.
 #[derive(Debug, Clone, Subcommand)]
 pub enum StoreCommand {
+    /// The coordinators sharing the store: members, leader, epoch, etcd's health.
+    Status,
     /// Copy the store to FILE (a new file), verified.
     Backup {
         file: PathBuf,

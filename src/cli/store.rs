@@ -17,7 +17,9 @@ use super::client::{connect, status_error, ClientArgs};
 use super::StoreCommand;
 
 pub async fn run(cmd: StoreCommand, client: &ClientArgs) -> anyhow::Result<()> {
-    let (StoreCommand::Backup { at, .. } | StoreCommand::Restore { at, .. }) = &cmd;
+    let (StoreCommand::Backup { at, .. } | StoreCommand::Restore { at, .. }) = &cmd else {
+        anyhow::bail!("`coordinator status` asks a running coordinator; it has no store to copy");
+    };
     let cfg = CoordinatorConfig::load(&CoordinatorOverrides {
         config: at.config.clone(),
         data_dir: at.data_dir.clone(),
@@ -64,6 +66,7 @@ pub async fn run(cmd: StoreCommand, client: &ClientArgs) -> anyhow::Result<()> {
                 file.display()
             );
         }
+        StoreCommand::Status => {}
     }
     Ok(())
 }

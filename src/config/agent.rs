@@ -30,8 +30,9 @@ pub struct AgentOverrides {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
     pub node_name: String,
-    /// `http://` or `https://` URL of the coordinator's gRPC port.
-    pub coordinator: String,
+    /// `http://` or `https://` URLs of the coordinators' gRPC ports: one,
+    /// or each of several sharing an etcd store (the agent finds the leader).
+    pub coordinators: Vec<String>,
     pub state_dir: PathBuf,
     pub http_listen: SocketAddr,
     pub report_interval: Duration,
@@ -102,7 +103,7 @@ impl WarmBudget {
 #[serde(deny_unknown_fields)]
 struct RawAgent {
     node_name: Option<String>,
-    coordinator: Option<String>,
+    coordinator: Option<OneOrMany>,
     state_dir: Option<String>,
     http_listen: Option<String>,
     report_interval: Option<String>,
@@ -170,10 +171,10 @@ fn validate(raw: RawAgent, o: &AgentOverrides) -> Result<AgentConfig, Problem> {
         (None, None) => check_node_name("node_name", hostname()?)?,
     };
 
-    let coordinator = match (&o.coordinator, raw.coordinator) {
-        (Some(flag), _) => check_url("--coordinator", flag)?,
-        (None, Some(file)) => check_url("coordinator", &file)?,
-        (None, None) => "http://127.0.0.1:7460".to_string(),
+    let coordinators = match (&o.coordinator, raw.coordinator) {
+        (Some(flag), _) => check_urls("--coordinator", flag.split(',').map(str::to_string))?,
+        (None, Some(file)) => check_urls("coordinator", file.into_list())?,
+        (None, None) => vec!["http://127.0.0.1:7460".to_string()],
     };
 
     let state_dir = match (&o.state_dir, raw.state_dir) {
@@ -225,7 +226,7 @@ fn validate(raw: RawAgent, o: &AgentOverrides) -> Result<AgentConfig, Problem> {
 
     Ok(AgentConfig {
         node_name,
-        coordinator,
+        coordinators,
         state_dir,
         http_listen,
         report_interval,
@@ -282,6 +283,53 @@ fn check_node_name(key: &str, name: String) -> Result<String, Problem> {
             ),
         ))
     }
+}
+
+/// A TOML value that may be one string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(super) fn into_list(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Coordinator URLs: at least one, each checked, no repeats.
+pub(super) fn check_urls(
+    key: &str,
+    urls: impl IntoIterator<Item = String>,
+) -> Result<Vec<String>, Problem> {
+    let mut out: Vec<String> = Vec::new();
+    for url in urls {
+        let url = check_url(key, &url)?;
+        if !out.contains(&url) {
+            out.push(url);
+        }
+    }
+    if out.is_empty() {
+        return Err(Problem::invalid(
+            key,
+            format!("{key} is empty; give one coordinator URL or several, e.g. [\"http://c1:7460\", \"http://c2:7460\"]"),
+        ));
+    }
+    if out.iter().any(|u| u.starts_with("https://")) && out.iter().any(|u| u.starts_with("http://"))
+    {
+        return Err(Problem::invalid(
+            key,
+            format!(
+                "{key} mixes http:// and https:// URLs; all coordinators of a fleet use the same"
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 pub(super) fn check_url(key: &str, url: &str) -> Result<String, Problem> {

@@ -27,7 +27,7 @@ fn defaults_match_the_design() {
         !c.node_name.is_empty(),
         "node name defaults to the hostname"
     );
-    assert_eq!(c.coordinator, "http://127.0.0.1:7460");
+    assert_eq!(c.coordinators, vec!["http://127.0.0.1:7460"]);
     assert_eq!(c.state_dir, PathBuf::from("/var/lib/gpufleet"));
     assert_eq!(c.http_listen, "127.0.0.1:7462".parse().unwrap());
     assert_eq!(c.report_interval, Duration::from_secs(1));
@@ -94,7 +94,7 @@ header_read_timeout = "2s"
     let e = err("[limits]\nmax_connections = 3\n");
     assert!(e.contains("limits.max_connections"), "{e}");
     assert_eq!(c.node_name, "gpu-host-17.dc1");
-    assert_eq!(c.coordinator, "https://coord:7460");
+    assert_eq!(c.coordinators, vec!["https://coord:7460"]);
     assert_eq!(c.report_interval, Duration::from_millis(250));
     assert_eq!(c.scrape_interval, Duration::from_secs(2));
     assert_eq!(c.model_roots.len(), 2);
@@ -129,7 +129,7 @@ simulated_count = 2
     };
     let c = AgentConfig::from_toml(src, &o).unwrap();
     assert_eq!(c.node_name, "from-flag");
-    assert_eq!(c.coordinator, "http://flag:7460");
+    assert_eq!(c.coordinators, vec!["http://flag:7460"]);
     assert_eq!(c.state_dir, PathBuf::from("/flag"));
     assert_eq!(c.http_listen.port(), 2);
     assert_eq!(c.gpu.backend, GpuBackend::Simulated);
@@ -359,4 +359,34 @@ proptest! {
     fn toml_shaped_text_never_panics(src in "(\\[[a-z]{1,6}\\]\n)?([a-z_]{1,16} = (\"[-0-9a-zA-Z%:./ ]{0,12}\"|-?[0-9]{1,6}|true)\n){0,4}") {
         let _ = AgentConfig::from_toml(&src, &AgentOverrides::default());
     }
+}
+
+#[test]
+fn several_coordinators_as_a_list_or_a_comma_separated_flag() {
+    let c = load(r#"coordinator = ["http://c1:7460", "http://c2:7460/", "http://c3:7460"]"#);
+    assert_eq!(
+        c.coordinators,
+        vec!["http://c1:7460", "http://c2:7460", "http://c3:7460"]
+    );
+    let o = AgentOverrides {
+        coordinator: Some("http://a:1,http://b:2".into()),
+        ..Default::default()
+    };
+    let c = AgentConfig::from_toml("", &o).unwrap();
+    assert_eq!(c.coordinators, vec!["http://a:1", "http://b:2"]);
+    let e = AgentConfig::from_toml("coordinator = []", &AgentOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("coordinator is empty"), "{e}");
+    let e = AgentConfig::from_toml(
+        r#"coordinator = ["http://a:1", "https://b:2"]"#,
+        &AgentOverrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("mixes http:// and https://"), "{e}");
+    let e = AgentConfig::from_toml(r#"coordinator = ["c1:7460"]"#, &AgentOverrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("must be a URL"), "{e}");
 }

@@ -85,12 +85,8 @@ fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
 /// `coordinator status`: members, leader, epoch and etcd's health (JSON).
 async fn coordinators(State(s): State<HttpState>) -> Response {
     match &s.ha {
-        Some(ha) => Json(super::leading::status(&ha.etcd, &ha.keys).await).into_response(),
-        None => Json(crate::api::HaStatus {
-            backend: "redb".into(),
-            ..Default::default()
-        })
-        .into_response(),
+        Some(ha) => Json(super::leading::status_of(ha).await).into_response(),
+        None => Json(crate::api::HaStatus::single()).into_response(),
     }
 }
 

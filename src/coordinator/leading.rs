@@ -153,8 +153,19 @@ pub async fn start(
     })
 }
 
-/// `coordinator status`: the members, the leader and its epoch, etcd's health.
-pub async fn status(etcd: &Etcd, keys: &Keys) -> crate::api::HaStatus {
+/// `coordinator status` as the coordinator whose role is `role` answers it.
+pub async fn status_of(ha: &super::http::HaState) -> crate::api::HaStatus {
+    let role = ha.role.borrow().clone();
+    let mut s = status(&ha.etcd, &ha.keys).await;
+    s.role = role.as_str().to_string();
+    if let Role::Follower { leader, .. } = role {
+        s.leader_address = leader.address;
+    }
+    s
+}
+
+/// The members, the leader and its epoch, etcd's health.
+async fn status(etcd: &Etcd, keys: &Keys) -> crate::api::HaStatus {
     let mut members: Vec<crate::api::HaMember> = Vec::new();
     let (mut leader, mut epoch) = (String::new(), 0);
     if let Ok(Some(kv)) = etcd.get(keys.leader().as_bytes()).await {
@@ -196,5 +207,6 @@ pub async fn status(etcd: &Etcd, keys: &Keys) -> crate::api::HaStatus {
         epoch: epoch.max(0) as u64,
         members,
         store,
+        ..Default::default()
     }
 }

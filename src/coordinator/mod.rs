@@ -12,7 +12,7 @@ mod host_room;
 pub mod http;
 #[cfg(test)]
 mod invariants_tests;
-mod leading;
+pub mod leading;
 pub mod limits;
 pub mod nodes;
 pub mod operations;
@@ -131,7 +131,7 @@ pub async fn run(
             service::SessionService::new(fleet.clone()),
         ))
         .add_service(control_auth.guard(pb::control_server::ControlServer::new(
-            service::ControlService::new(fleet.clone()),
+            service::ControlService::new(fleet.clone(), ha.clone()),
         )))
         .add_service(control_auth.guard(pb::gateway_server::GatewayServer::new(
             service::GatewayService::new(fleet.clone()),

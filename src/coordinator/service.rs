@@ -153,11 +153,13 @@ fn optional(value: String) -> Option<String> {
 
 pub struct ControlService {
     fleet: FleetHandle,
+    /// With several coordinators on etcd: for `coordinator status`.
+    ha: Option<super::http::HaState>,
 }
 
 impl ControlService {
-    pub fn new(fleet: FleetHandle) -> Self {
-        Self { fleet }
+    pub fn new(fleet: FleetHandle, ha: Option<super::http::HaState>) -> Self {
+        Self { fleet, ha }
     }
 
     async fn warm(&self, r: pb::WarmRequest, op: WarmOp) -> Result<Response<pb::WarmList>, Status> {
@@ -481,6 +483,17 @@ impl pb::control_server::Control for ControlService {
             .map(|c| Ok(pb::BackupChunk { data: c.to_vec() }))
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn get_coordinator_status(
+        &self,
+        _request: Request<pb::GetCoordinatorStatusRequest>,
+    ) -> Result<Response<pb::CoordinatorStatus>, Status> {
+        let status = match &self.ha {
+            Some(ha) => super::leading::status_of(ha).await,
+            None => crate::api::HaStatus::single(),
+        };
+        Ok(Response::new((&status).into()))
     }
 }
 

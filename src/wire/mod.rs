@@ -485,3 +485,65 @@ mod tests {
         assert_eq!(replica_state_from_i32(99), ReplicaState::Failed);
     }
 }
+
+impl From<&crate::api::HaStatus> for pb::CoordinatorStatus {
+    fn from(s: &crate::api::HaStatus) -> Self {
+        pb::CoordinatorStatus {
+            backend: s.backend.clone(),
+            prefix: s.prefix.clone(),
+            leader: s.leader.clone(),
+            epoch: s.epoch,
+            members: s
+                .members
+                .iter()
+                .map(|m| pb::CoordinatorMember {
+                    name: m.name.clone(),
+                    address: m.address.clone(),
+                    role: m.role.clone(),
+                })
+                .collect(),
+            store: s
+                .store
+                .iter()
+                .map(|e| pb::EtcdEndpointStatus {
+                    endpoint: e.endpoint.clone(),
+                    healthy: e.healthy,
+                    detail: e.detail.clone(),
+                })
+                .collect(),
+            role: s.role.clone(),
+            leader_address: s.leader_address.clone(),
+        }
+    }
+}
+
+impl From<pb::CoordinatorStatus> for crate::api::HaStatus {
+    fn from(s: pb::CoordinatorStatus) -> Self {
+        crate::api::HaStatus {
+            backend: s.backend,
+            prefix: s.prefix,
+            leader: s.leader,
+            epoch: s.epoch,
+            members: s
+                .members
+                .into_iter()
+                .map(|m| crate::api::HaMember {
+                    name: m.name,
+                    address: m.address,
+                    role: m.role,
+                })
+                .collect(),
+            store: s
+                .store
+                .into_iter()
+                .map(|e| crate::api::EtcdEndpoint {
+                    endpoint: e.endpoint,
+                    healthy: e.healthy,
+                    detail: e.detail,
+                })
+                .collect(),
+            role: s.role,
+            leader_address: s.leader_address,
+        }
+    }
+}
