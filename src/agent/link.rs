@@ -111,6 +111,15 @@ pub fn backoff(failures: u32, base: Duration, cap: Duration, jitter: f64) -> Dur
     d.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
+/// Retry delay (jittered down to half) while the coordinators hold an
+/// election.
+const ELECTION_RETRY: Duration = Duration::from_secs(1);
+
+/// A session must be open (the coordinator answered its Hello) within this;
+/// a coordinator that accepts connections but does not answer (paused) is
+/// then left for the next one.
+const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often a coordinator that stays unreachable is logged at warn level.
 const UNREACHABLE_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -148,14 +157,18 @@ pub async fn run(
         };
         // A follower named the leader: dial it at once, without backoff
         // (once: a leader that turns out a follower too goes the slow way).
-        if let Some(leader) = leader.filter(|l| *l != target) {
+        if let Some(leader) = leader.as_ref().filter(|l| !l.is_empty() && **l != target) {
             if dial.redirect(leader.clone()) {
                 tracing::info!(follower = %target, leader = %leader, "the coordinator is a follower; dialling the leader");
                 continue;
             }
         }
+        // An election: a leader is seconds away, so no growing backoff.
+        let electing = leader.is_some_and(|l| l.is_empty());
         dial.advance();
-        let delay = if dial.tried_all() {
+        let delay = if electing {
+            ELECTION_RETRY.mul_f64(0.5 + 0.5 * rand::random::<f64>())
+        } else if dial.tried_all() {
             let d = backoff(failures, cfg.backoff_base, cfg.backoff_cap, rand::random());
             failures = failures.saturating_add(1);
             d
@@ -308,20 +321,27 @@ async fn session(
     })
     .await
     .map_err(|_| Ended::from("session closed before Hello".to_string()))?;
-    let response = client
-        .session(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| Ended {
-            leader: crate::wire::leader_of(&s),
-            message: match std::error::Error::source(&s) {
-                // A transport failure (a TLS alert: the coordinator did not accept our certificate) says why only in its sources.
-                Some(cause) => format!(
-                    "coordinator refused the session: {}",
-                    crate::wire::error_chain(cause)
-                ),
-                None => format!("coordinator refused the session: {}", s.message()),
-            },
-        })?;
+    let response = tokio::time::timeout(
+        SESSION_OPEN_TIMEOUT,
+        client.session(ReceiverStream::new(rx)),
+    )
+    .await
+    .map_err(|_| {
+        Ended::from(format!(
+            "{coordinator} did not answer the session within {SESSION_OPEN_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(|s| Ended {
+        leader: crate::wire::leader_of(&s),
+        message: match std::error::Error::source(&s) {
+            // A transport failure (a TLS alert: the coordinator did not accept our certificate) says why only in its sources.
+            Some(cause) => format!(
+                "coordinator refused the session: {}",
+                crate::wire::error_chain(cause)
+            ),
+            None => format!("coordinator refused the session: {}", s.message()),
+        },
+    })?;
     let mut inbound = response.into_inner();
     let _ = connected.send(true);
     tracing::info!(coordinator = %coordinator, node = %cfg.node_name, "connected to the coordinator");

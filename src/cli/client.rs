@@ -114,6 +114,9 @@ static TARGET: OnceLock<(String, Duration)> = OnceLock::new();
 /// How long the CLI waits for a leader while none leads (an election).
 const NO_LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long each coordinator of a list has to say who leads.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Connects to the coordinator that leads: with one URL, that one; with
 /// several (comma-separated), the one they name as leader, waiting up to
 /// 5 s while an election runs.
@@ -141,17 +144,24 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
                     continue;
                 }
             };
-            let status = match c
-                .get_coordinator_status(crate::wire::pb::GetCoordinatorStatusRequest {})
-                .await
-            {
-                Ok(s) => s.into_inner(),
+            // A coordinator that does not answer at once (paused) is passed over.
+            let asked = tokio::time::timeout(
+                PROBE_TIMEOUT,
+                c.get_coordinator_status(crate::wire::pb::GetCoordinatorStatusRequest {}),
+            )
+            .await;
+            let status = match asked {
+                Err(_) => {
+                    why.push(format!("{url}: no answer within {PROBE_TIMEOUT:?}"));
+                    continue;
+                }
+                Ok(Ok(s)) => s.into_inner(),
                 // A coordinator from before HA: one coordinator, so it leads.
-                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
                     let _ = TARGET.set((url.to_string(), args.request_timeout));
                     return Ok(c);
                 }
-                Err(s) => {
+                Ok(Err(s)) => {
                     why.push(format!("{url}: {}", s.message()));
                     continue;
                 }

@@ -35,8 +35,9 @@ impl From<FleetError> for Status {
                 let FleetError::NotLeader { leader } = &e else {
                     unreachable!("matched above");
                 };
+                // Present, empty while no one leads: clients retry soon.
                 let mut meta = tonic::metadata::MetadataMap::new();
-                if let Some(v) = leader.as_deref().and_then(|l| l.parse().ok()) {
+                if let Ok(v) = leader.as_deref().unwrap_or("").parse() {
                     meta.insert(crate::wire::LEADER_HEADER, v);
                 }
                 Status::with_metadata(tonic::Code::Unavailable, e.to_string(), meta)

@@ -378,27 +378,32 @@ impl KeepAlive {
     }
 
     async fn renew_inner(&mut self) -> Result<i64, EtcdError> {
-        if self.stream.is_none() {
-            let at = self.etcd.current.load(Ordering::Relaxed) % self.etcd.channels.len();
-            let (tx, rx) = mpsc::channel(4);
-            let mut client = pb::lease_client::LeaseClient::new(self.etcd.channels[at].clone());
-            let stream = client
-                .lease_keep_alive(ReceiverStream::new(rx))
-                .await
-                .map_err(|s| self.etcd.unreachable(at, &s))?
-                .into_inner();
-            self.stream = Some((tx, stream, at));
+        let request = pb::LeaseKeepAliveRequest { id: self.id };
+        let closed = || EtcdError::Unreachable {
+            endpoints: self.etcd.endpoints(),
+            reason: "keep-alive stream closed".into(),
+        };
+        match self.stream.as_mut() {
+            Some((tx, _, _)) => tx.send(request).await.map_err(|_| closed())?,
+            None => {
+                // The first request goes in before the call: etcd answers
+                // the stream's headers only once it has one.
+                let at = self.etcd.current.load(Ordering::Relaxed) % self.etcd.channels.len();
+                let (tx, rx) = mpsc::channel(4);
+                tx.send(request).await.map_err(|_| closed())?;
+                let mut client = pb::lease_client::LeaseClient::new(self.etcd.channels[at].clone());
+                let stream = client
+                    .lease_keep_alive(ReceiverStream::new(rx))
+                    .await
+                    .map_err(|s| self.etcd.unreachable(at, &s))?
+                    .into_inner();
+                self.stream = Some((tx, stream, at));
+            }
         }
-        let Some((tx, stream, at)) = self.stream.as_mut() else {
+        let Some((_, stream, at)) = self.stream.as_mut() else {
             unreachable!("opened above");
         };
         let at = *at;
-        tx.send(pb::LeaseKeepAliveRequest { id: self.id })
-            .await
-            .map_err(|_| EtcdError::Unreachable {
-                endpoints: self.etcd.endpoints(),
-                reason: "keep-alive stream closed".into(),
-            })?;
         match stream.message().await {
             Ok(Some(resp)) => Ok(resp.ttl),
             Ok(None) => Err(EtcdError::Unreachable {

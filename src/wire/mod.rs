@@ -12,11 +12,13 @@ use crate::domain::{
 };
 use std::time::Duration;
 
-/// gRPC metadata a follower coordinator adds when it refuses a call: the
-/// leader's gRPC URL, for agents and the CLI to go to.
+/// gRPC metadata a coordinator that does not lead adds when it refuses a
+/// call: the leader's gRPC URL, for agents and the CLI to go to; empty while
+/// no one leads (an election: retry soon).
 pub const LEADER_HEADER: &str = "gpufleet-leader";
 
-/// The leader a refusal names, if it names one.
+/// The leader a refusal names: None when it is no refusal of a follower,
+/// Some("") during an election.
 pub fn leader_of(status: &tonic::Status) -> Option<String> {
     status
         .metadata()
@@ -455,37 +457,6 @@ mod control;
 mod gateway;
 mod session;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replica_status_round_trips() {
-        let r = ReplicaStatus {
-            id: "demo-llm-1".into(),
-            model: "demo-llm".into(),
-            state: ReplicaState::Crashloop,
-            pid: 7,
-            gpus: vec![0, 3],
-            signals: ServingSignals {
-                waiting: 2.0,
-                p95_latency_s: Some(0.4),
-                fresh: true,
-                scrape_seq: 41,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let back: ReplicaStatus = pb::ReplicaStatus::from(&r).into();
-        assert_eq!(back, r);
-    }
-
-    #[test]
-    fn unknown_replica_state_is_never_ready() {
-        assert_eq!(replica_state_from_i32(99), ReplicaState::Failed);
-    }
-}
-
 impl From<&crate::api::HaStatus> for pb::CoordinatorStatus {
     fn from(s: &crate::api::HaStatus) -> Self {
         pb::CoordinatorStatus {
@@ -545,5 +516,36 @@ impl From<pb::CoordinatorStatus> for crate::api::HaStatus {
             role: s.role,
             leader_address: s.leader_address,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_status_round_trips() {
+        let r = ReplicaStatus {
+            id: "demo-llm-1".into(),
+            model: "demo-llm".into(),
+            state: ReplicaState::Crashloop,
+            pid: 7,
+            gpus: vec![0, 3],
+            signals: ServingSignals {
+                waiting: 2.0,
+                p95_latency_s: Some(0.4),
+                fresh: true,
+                scrape_seq: 41,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let back: ReplicaStatus = pb::ReplicaStatus::from(&r).into();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn unknown_replica_state_is_never_ready() {
+        assert_eq!(replica_state_from_i32(99), ReplicaState::Failed);
     }
 }

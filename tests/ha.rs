@@ -1,0 +1,293 @@
+//! Several coordinators on a real etcd (started here on loopback, data on
+//! /dev/shm): a leader killed or paused hands over, agents follow the new
+//! leader, and no replica is stopped, restarted or moved on the way.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gpufleet::etcd::server::LocalEtcd;
+
+struct Coord {
+    name: String,
+    url: String,
+    http: u16,
+    proc: Proc,
+}
+
+/// A coordinator on `etcd` under `prefix`, with short windows and a 3 s lease.
+fn coordinator(h: &Harness, etcd: &LocalEtcd, name: &str, prefix: &str) -> Coord {
+    let (grpc, http) = (free_port(), free_port());
+    let cfg = h.write(
+        &format!("{name}.toml"),
+        &format!(
+            "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"10s\"\nretire_grace = \"3s\"\n[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"3s\"\n",
+            h.path(&format!("{name}-data")).display(),
+            etcd.client_url
+        ),
+    );
+    Coord {
+        name: name.into(),
+        url: format!("http://127.0.0.1:{grpc}"),
+        http,
+        proc: h.spawn(name, &["coordinator", "--config", cfg.to_str().unwrap()]),
+    }
+}
+
+fn urls(cs: &[&Coord]) -> String {
+    cs.iter()
+        .map(|c| c.url.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `coordinator status -o json` through the list.
+fn status(list: &str) -> Option<serde_json::Value> {
+    json_at(list, &["coordinator", "status"])
+}
+
+/// Waits for a leader other than `not` (by name); its name and epoch.
+fn leader(list: &str, not: Option<&str>) -> (String, u64) {
+    wait_until(Duration::from_secs(20), "a leader", || {
+        let s = status(list)?;
+        let name = s["leader"].as_str()?.to_string();
+        (!name.is_empty() && Some(name.as_str()) != not).then_some(())?;
+        Some((name, s["epoch"].as_u64()?))
+    })
+}
+
+/// The model's ready replicas as (id, node, pid), sorted.
+fn replicas(list: &str, model: &str) -> Option<Replicas> {
+    let rs = json_at(list, &["replica", "ls", "--model", model])?;
+    let mut out: Vec<(String, String, i64)> = rs
+        .as_array()?
+        .iter()
+        .filter(|r| r["state"] == "ready")
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap_or("").to_string(),
+                r["node"].as_str().unwrap_or("").to_string(),
+                r["pid"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort();
+    Some(out)
+}
+
+/// Every node connected (to whoever answers through `list`).
+fn all_connected(list: &str, n: usize) -> Option<()> {
+    let nodes = json_at(list, &["node", "ls"])?;
+    let nodes = nodes.as_array()?;
+    (nodes.len() == n
+        && nodes
+            .iter()
+            .all(|n| n["connected"] == true && n["state"] == "ready"))
+    .then_some(())
+}
+
+type Replicas = Vec<(String, String, i64)>;
+
+/// Two replicas of a demo model served on two agents: the agents and the
+/// replicas.
+fn fleet_with_replicas(h: &Harness, list: &str) -> (Vec<Proc>, Replicas) {
+    let agents = format!(
+        "coordinator = [{}]",
+        list.split(',')
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let procs = ["node-a", "node-b"]
+        .iter()
+        .map(|n| h.agent(n, 1, &agents))
+        .collect();
+    wait_until(Duration::from_secs(30), "two connected nodes", || {
+        all_connected(list, 2)
+    });
+    let spec = h.model_spec("steady", 1, "replicas = 2", &demo_command(&[]), "");
+    let out = cli_at(list, &["model", "apply", "-f", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ready = wait_until(Duration::from_secs(40), "two ready replicas", || {
+        replicas(list, "steady").filter(|r| r.len() == 2)
+    });
+    (procs, ready)
+}
+
+/// Holds the replicas still for `secs` (through the new leader's reconnect
+/// grace and beyond): same ids, same processes, all alive.
+fn replicas_stay(list: &str, before: &Replicas, secs: u64) {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if let Some(now) = replicas(list, "steady") {
+            if !now.is_empty() {
+                assert_eq!(
+                    &now,
+                    before,
+                    "replicas changed across the failover: {:?}",
+                    json_at(list, &["replica", "ls", "--model", "steady"])
+                );
+            }
+        }
+        for (_, _, pid) in before {
+            assert!(pid_alive(*pid), "replica process {pid} died");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
+    let Some(etcd) = LocalEtcd::start_or_skip() else {
+        return;
+    };
+    let h = Harness::new();
+    let _reaper = Reaper::new(&h);
+    let mut cs = [
+        coordinator(&h, &etcd, "c1", "/ha1"),
+        coordinator(&h, &etcd, "c2", "/ha1"),
+    ];
+    let list = urls(&cs.iter().collect::<Vec<_>>());
+    let (first, epoch) = leader(&list, None);
+    let (_agents, before) = fleet_with_replicas(&h, &list);
+
+    let follower = cs.iter().find(|c| c.name != first).unwrap();
+    let (code, body) = http("GET", follower.http, "/healthz", "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("follower") && body.contains(&first), "{body}");
+
+    let at = cs.iter().position(|c| c.name == first).unwrap();
+    cs[at].proc.kill9();
+    let (second, epoch2) = leader(&list, Some(&first));
+    assert!(epoch2 > epoch, "a new epoch: {epoch} then {epoch2}");
+    let survivor = cs.iter().find(|c| c.name == second).unwrap();
+    let (code, body) = http("GET", survivor.http, "/healthz", "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("leader"), "{body}");
+
+    let t = std::time::Instant::now();
+    while all_connected(&survivor.url, 2).is_none() {
+        if t.elapsed() > Duration::from_secs(20) {
+            for a in &_agents {
+                eprintln!("AGENT LOG\n{}", a.log_text());
+            }
+            eprintln!("SURVIVOR LOG\n{}", survivor.proc.log_text());
+            eprintln!("NODES {:?}", json_at(&survivor.url, &["node", "ls"]));
+            panic!("agents not attached");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write("/tmp/wt17-survivor.log", survivor.proc.log_text()).unwrap();
+    for (i, a) in _agents.iter().enumerate() {
+        std::fs::write(format!("/tmp/wt17-agent{i}.log"), a.log_text()).unwrap();
+    }
+    replicas_stay(&survivor.url, &before, 12);
+    let log = survivor.proc.log_text();
+    assert!(log.contains("elected leader"), "{log}");
+
+    // Writes reach the new leader through the list, as before.
+    let out = cli_at(&list, &["model", "scale", "steady", "--replicas", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_paused_leader_wakes_deposed_and_changes_nothing() {
+    let Some(etcd) = LocalEtcd::start_or_skip() else {
+        return;
+    };
+    let h = Harness::new();
+    let _reaper = Reaper::new(&h);
+    let cs = [
+        coordinator(&h, &etcd, "c1", "/ha2"),
+        coordinator(&h, &etcd, "c2", "/ha2"),
+    ];
+    let list = urls(&cs.iter().collect::<Vec<_>>());
+    let (first, _) = leader(&list, None);
+    let (_agents, before) = fleet_with_replicas(&h, &list);
+    let paused = cs.iter().find(|c| c.name == first).unwrap();
+    let other = cs.iter().find(|c| c.name != first).unwrap();
+
+    paused.proc.signal(libc::SIGSTOP);
+    let (second, _) = leader(&other.url, Some(&first));
+    assert_eq!(second, other.name);
+    // The agents' sessions with the paused leader end when HTTP/2
+    // keepalive gives up on it (5 s + 10 s).
+    wait_until(
+        Duration::from_secs(40),
+        "agents attached to the new leader",
+        || all_connected(&other.url, 2),
+    );
+    paused.proc.signal(libc::SIGCONT);
+    wait_until(
+        Duration::from_secs(10),
+        "the woken leader to step down",
+        || {
+            paused
+                .proc
+                .log_text()
+                .contains("stepped down")
+                .then_some(())
+        },
+    );
+    let (code, body) = http("GET", paused.http, "/healthz", "");
+    assert!(
+        code == 503 || body.contains("follower"),
+        "the woken coordinator no longer leads: {code} {body}"
+    );
+    replicas_stay(&other.url, &before, 8);
+    let s = status(&other.url).unwrap();
+    assert_eq!(s["leader"], other.name.as_str(), "{s}");
+}
+
+#[test]
+fn etcd_down_longer_than_a_lease_stops_the_leader_not_the_replicas() {
+    let Some(mut etcd) = LocalEtcd::start_or_skip() else {
+        return;
+    };
+    let h = Harness::new();
+    let _reaper = Reaper::new(&h);
+    let c = coordinator(&h, &etcd, "c1", "/ha3");
+    leader(&c.url, None);
+    let (_agents, before) = fleet_with_replicas(&h, &c.url);
+
+    etcd.stop();
+    wait_until(Duration::from_secs(15), "the leader to step down", || {
+        let (code, body) = try_http("GET", c.http, "/healthz", "", "")?;
+        (code == 503 && body.contains("no-leader")).then_some(())
+    });
+    for (_, _, pid) in &before {
+        assert!(pid_alive(*pid), "replica {pid} stopped while etcd was away");
+    }
+    etcd.restart().unwrap();
+    leader(&c.url, None);
+    wait_until(Duration::from_secs(20), "agents attached again", || {
+        all_connected(&c.url, 2)
+    });
+    replicas_stay(&c.url, &before, 6);
+}
+
+#[test]
+fn an_unreachable_etcd_at_start_is_named() {
+    let h = Harness::new();
+    let port = free_port();
+    let cfg = h.write(
+        "c.toml",
+        &format!(
+            "listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:{port}\"]\n",
+            free_port(),
+            free_port()
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpufleet"))
+        .args(["coordinator", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("unreachable"),
+        "{err}"
+    );
+}
