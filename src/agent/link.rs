@@ -163,8 +163,10 @@ pub async fn run(
                 continue;
             }
         }
-        // An election: a leader is seconds away, so no growing backoff.
-        let electing = leader.is_some_and(|l| l.is_empty());
+        // A coordinator answered but does not lead: an election, or a
+        // leader about to be replaced. One is seconds away, so no growing
+        // backoff.
+        let electing = leader.is_some();
         dial.advance();
         let delay = if electing {
             ELECTION_RETRY.mul_f64(0.5 + 0.5 * rand::random::<f64>())
@@ -200,8 +202,8 @@ pub async fn run(
 }
 
 /// Which coordinator the next session dials: the list in turn, or the
-/// leader a follower named.
-struct Dial {
+/// leader a follower named. (The gateway's link dials the same way.)
+pub struct Dial {
     list: Vec<String>,
     at: usize,
     /// Dials since the list was last started over.
@@ -210,7 +212,7 @@ struct Dial {
 }
 
 impl Dial {
-    fn new(list: &[String]) -> Dial {
+    pub fn new(list: &[String]) -> Dial {
         Dial {
             list: list.to_vec(),
             at: 0,
@@ -218,13 +220,13 @@ impl Dial {
             redirect: None,
         }
     }
-    fn target(&self) -> String {
+    pub fn target(&self) -> String {
         self.redirect
             .clone()
             .unwrap_or_else(|| self.list[self.at % self.list.len()].clone())
     }
     /// Dial `leader` next, unless the target now is already a redirect.
-    fn redirect(&mut self, leader: String) -> bool {
+    pub fn redirect(&mut self, leader: String) -> bool {
         if self.redirect.is_some() {
             return false;
         }
@@ -232,14 +234,14 @@ impl Dial {
         true
     }
     /// The target failed: the next one of the list.
-    fn advance(&mut self) {
+    pub fn advance(&mut self) {
         if self.redirect.take().is_none() {
             self.at = (self.at + 1) % self.list.len();
         }
         self.since_start += 1;
     }
     /// Every coordinator failed once since the last backoff: back off.
-    fn tried_all(&mut self) -> bool {
+    pub fn tried_all(&mut self) -> bool {
         if self.since_start >= self.list.len() {
             self.since_start = 0;
             true
@@ -251,9 +253,9 @@ impl Dial {
 
 /// Why a session ended, and the leader when a follower named one.
 #[derive(Debug)]
-struct Ended {
-    message: String,
-    leader: Option<String>,
+pub struct Ended {
+    pub message: String,
+    pub leader: Option<String>,
 }
 
 impl From<String> for Ended {

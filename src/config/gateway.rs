@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::agent::check_url;
+use super::agent::{check_urls, OneOrMany};
 use super::problem::{duration_in, int_in, optional_path, size, socket_addr, Problem};
 use super::{read_config, ConfigError, RawTls, TlsSettings};
 
@@ -35,7 +35,8 @@ pub enum Routing {
 pub struct GatewayConfig {
     /// Clients' OpenAI-compatible HTTP, /metrics, /healthz, /status.
     pub listen: SocketAddr,
-    /// gRPC URL of the coordinator (`https://` means TLS).
+    /// gRPC URL of the coordinator (`https://` means TLS); several sharing
+    /// etcd comma-separated (the link follows the leader).
     pub coordinator: String,
     /// How this gateway names itself to the coordinator [default: hostname:port].
     pub name: Option<String>,
@@ -70,7 +71,7 @@ pub struct GatewayConfig {
 #[serde(deny_unknown_fields)]
 struct RawGateway {
     listen: Option<String>,
-    coordinator: Option<String>,
+    coordinator: Option<OneOrMany>,
     name: Option<String>,
     hold_timeout: Option<String>,
     queue_capacity: Option<i64>,
@@ -126,11 +127,14 @@ fn validate(raw: RawGateway, o: &GatewayOverrides) -> Result<GatewayConfig, Prob
         (None, Some(file)) => socket_addr("listen", &file)?,
         (None, None) => SocketAddr::from(([0, 0, 0, 0], 7470)),
     };
+    // Several coordinators sharing etcd are kept comma-separated, as
+    // GPUFLEET_COORDINATOR takes them; the link finds the leader.
     let coordinator = match (&o.coordinator, raw.coordinator) {
-        (Some(flag), _) => check_url("--coordinator", flag)?,
-        (None, Some(file)) => check_url("coordinator", &file)?,
-        (None, None) => "http://127.0.0.1:7460".to_string(),
-    };
+        (Some(flag), _) => check_urls("--coordinator", flag.split(',').map(str::to_string))?,
+        (None, Some(file)) => check_urls("coordinator", file.into_list())?,
+        (None, None) => vec!["http://127.0.0.1:7460".to_string()],
+    }
+    .join(",");
     let name = raw.name.filter(|n| !n.trim().is_empty());
     if let Some(n) = &name {
         if n.len() > 253 || n.chars().any(|c| c.is_control() || c.is_whitespace()) {

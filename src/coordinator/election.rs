@@ -224,6 +224,12 @@ async fn campaign(
             return "found a leader key of our own; starting over".into();
         }
         match serde_json::from_slice::<Member>(&current.value) {
+            // Our own name on another lease: this coordinator's previous
+            // run, dead (a restart after kill -9); nobody leads until its
+            // lease runs out.
+            Ok(leader) if leader.name == me.name => {
+                role.send_replace(Role::NoLeader);
+            }
             Ok(leader) => {
                 if !matches!(&*role.borrow(), Role::Follower { leader: l, epoch } if *l == leader && *epoch == current.create_revision)
                 {

@@ -46,7 +46,18 @@ pub struct FleetArgs {
     /// Size of the demo model's weights file.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub weights_size: u64,
+    /// Three coordinators on one etcd (started by the demo; needs `etcd` on
+    /// PATH), gRPC on --port, +2 and +4; the leader is killed (kill -9)
+    /// mid-demo and the fleet carries on under a new one.
+    #[arg(long)]
+    pub ha: bool,
 }
+
+/// Coordinators of `demo --ha`.
+const HA_COORDINATORS: u16 = 3;
+
+/// When `demo --ha` kills the leader (or half of --duration, if shorter).
+const HA_KILL_AFTER: Duration = Duration::from_secs(45);
 
 fn parse_size(s: &str) -> Result<u64, String> {
     crate::config::units::parse_size(s)
@@ -75,9 +86,11 @@ struct Daemon {
 /// The demo's child processes; stopped (agents first) when dropped, so no
 /// process outlives the demo, even on an error path.
 struct Fleet {
-    coordinator: Option<Daemon>,
+    coordinators: Vec<Daemon>,
     gateway: Option<Daemon>,
     agents: Vec<Daemon>,
+    /// `demo --ha`'s etcd, stopped after everything else.
+    etcd: Option<crate::etcd::server::LocalEtcd>,
 }
 
 impl Drop for Fleet {
@@ -89,9 +102,10 @@ impl Drop for Fleet {
         for d in self.agents.drain(..) {
             stop(d, Duration::from_secs(20));
         }
-        if let Some(d) = self.coordinator.take() {
+        for d in self.coordinators.drain(..) {
             stop(d, Duration::from_secs(10));
         }
+        drop(self.etcd.take());
     }
 }
 
@@ -188,18 +202,32 @@ pub async fn run(args: FleetArgs, log_format: crate::logging::LogFormat) -> anyh
         exe_dir.display(),
         std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
     );
-    let grpc_port = args.port;
-    let http_port = args
-        .port
-        .checked_add(1)
-        .context("--port must leave room for the HTTP port after it")?;
-    check_port_free(grpc_port)?;
-    check_port_free(http_port)?;
+    let count = if args.ha { HA_COORDINATORS } else { 1 };
+    if args.ha && !crate::etcd::server::installed() {
+        bail!("gpufleet demo --ha needs etcd on PATH (Debian/Ubuntu: apt install etcd-server); without --ha the demo runs one coordinator");
+    }
+    // Coordinator i: gRPC on port + 2i, HTTP on the port after it.
+    let mut ports = Vec::new();
+    for i in 0..count {
+        let grpc = args
+            .port
+            .checked_add(2 * i + 1)
+            .context("--port must leave room for the HTTP ports after it")?
+            - 1;
+        check_port_free(grpc)?;
+        check_port_free(grpc + 1)?;
+        ports.push((grpc, grpc + 1));
+    }
+    let (grpc_port, http_port) = ports[0];
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|(g, _)| format!("http://127.0.0.1:{g}"))
+        .collect();
     let gateway_port = args.gateway_port;
     check_port_free(gateway_port)?;
 
     // Fresh state each run; the weights are kept (they are just data).
-    for sub in ["coordinator", "gateway", "agents", "logs"] {
+    for sub in ["coordinator", "gateway", "agents", "logs", "etcd"] {
         let p = dir.join(sub);
         if p.exists() {
             std::fs::remove_dir_all(&p).with_context(|| format!("cannot clean {}", p.display()))?;
@@ -221,34 +249,60 @@ pub async fn run(args: FleetArgs, log_format: crate::logging::LogFormat) -> anyh
     write_weights(&weights, args.weights_size)
         .with_context(|| format!("cannot write {}", weights.display()))?;
 
-    let coordinator_cfg = dir.join("coordinator").join("coordinator.toml");
-    std::fs::write(
-        &coordinator_cfg,
-        format!(
-            "listen = \"127.0.0.1:{grpc_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\ndata_dir = \"{}\"\ntick = \"1s\"\nnode_suspect_after = \"5s\"\nnode_lost_after = \"15s\"\n# A fresh demo fleet has nothing to wait for.\nreconnect_grace = \"2s\"\n# No Prometheus scrapes the demo: a retiring replica only waits out the\n# balancer's 1 s refresh.\nretire_grace = \"3s\"\n",
-            dir.join("coordinator").display()
-        ),
-    )?;
     let mut fleet = Fleet {
-        coordinator: Some(spawn(
-            &exe,
-            "coordinator",
-            &[
-                "coordinator".into(),
-                "--config".into(),
-                coordinator_cfg.display().to_string(),
-            ],
-            dir.join("logs").join("coordinator.log"),
-            &path_env,
-        )?),
+        coordinators: Vec::new(),
         gateway: None,
         agents: Vec::new(),
+        etcd: None,
     };
+    let store = if args.ha {
+        let etcd = crate::etcd::server::LocalEtcd::start(&dir.join("etcd"))
+            .context("cannot start etcd for demo --ha")?;
+        let table = format!(
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"/gpufleet-demo\"\n",
+            etcd.client_url
+        );
+        fleet.etcd = Some(etcd);
+        table
+    } else {
+        String::new()
+    };
+    let mut coordinator_cfgs = Vec::new();
+    for (i, (grpc, http)) in ports.iter().enumerate() {
+        let name = if args.ha {
+            format!("coordinator-{}", i + 1)
+        } else {
+            "coordinator".into()
+        };
+        let cfg = dir.join("coordinator").join(format!("{name}.toml"));
+        let data = dir.join("coordinator").join(format!("{name}-data"));
+        let member = if args.ha {
+            format!("name = \"{name}\"\n")
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\ndata_dir = \"{}\"\ntick = \"1s\"\nnode_suspect_after = \"5s\"\nnode_lost_after = \"15s\"\n# A fresh demo fleet has nothing to wait for.\nreconnect_grace = \"2s\"\n# No Prometheus scrapes the demo: a retiring replica only waits out the\n# balancer's 1 s refresh.\nretire_grace = \"3s\"\n{store}{member}",
+                data.display()
+            ),
+        )?;
+        fleet
+            .coordinators
+            .push(spawn_coordinator(&exe, &name, &cfg, &dir, &path_env)?);
+        coordinator_cfgs.push((name, cfg));
+    }
+    let agent_coordinators = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let gateway_cfg = dir.join("gateway").join("gateway.toml");
     std::fs::write(
         &gateway_cfg,
         format!(
-            "listen = \"127.0.0.1:{gateway_port}\"\ncoordinator = \"http://127.0.0.1:{grpc_port}\"\nname = \"demo-gateway\"\n"
+            "listen = \"127.0.0.1:{gateway_port}\"\ncoordinator = [{agent_coordinators}]\nname = \"demo-gateway\"\n"
         ),
     )?;
     fleet.gateway = Some(spawn(
@@ -273,7 +327,7 @@ pub async fn run(args: FleetArgs, log_format: crate::logging::LogFormat) -> anyh
         std::fs::write(
             &cfg,
             format!(
-                "node_name = \"{name}\"\ncoordinator = \"http://127.0.0.1:{grpc_port}\"\nstate_dir = \"{}\"\nhttp_listen = \"{http}\"\nmodel_roots = [\"{}\"]\nport_range = \"{}-{}\"\nallow_root_replicas = true\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {}\n",
+                "node_name = \"{name}\"\ncoordinator = [{agent_coordinators}]\nstate_dir = \"{}\"\nhttp_listen = \"{http}\"\nmodel_roots = [\"{}\"]\nport_range = \"{}-{}\"\nallow_root_replicas = true\n[gpu]\nbackend = \"simulated\"\nsimulated_count = {}\n",
                 state.display(),
                 models.display(),
                 21000 + (i - 1) * 100,
@@ -295,21 +349,24 @@ pub async fn run(args: FleetArgs, log_format: crate::logging::LogFormat) -> anyh
         )?);
     }
 
-    let client = ClientArgs::plain(format!("http://127.0.0.1:{grpc_port}"));
+    let client = ClientArgs::plain(urls.join(","));
     let mut control = wait_for_fleet(&client, args.agents, &mut fleet).await?;
 
     let gateway_url = format!("http://127.0.0.1:{gateway_port}");
     // What the live view keeps at its top: where everything is, where the
     // logs go, and what to try.
-    let banner = vec![
+    let coordinators = if args.ha {
+        format!("{HA_COORDINATORS} coordinators on etcd, gRPC 127.0.0.1:{grpc_port},+2,+4")
+    } else {
+        format!("coordinator 127.0.0.1:{grpc_port} (HTTP :{http_port})")
+    };
+    let mut banner = vec![
         format!(
-            "coordinator 127.0.0.1:{grpc_port} (HTTP :{http_port}) · gateway {gateway_url} · {} agents × {} GPUs",
+            "{coordinators} · gateway {gateway_url} · {} agents × {} GPUs",
             args.agents, args.gpus_per_agent
         ),
         format!("logs  {}/", dir.join("logs").display()),
-        format!(
-            "try   gpufleet replica ls · gpufleet events -f · gpufleet explain {DEMO_MODEL}"
-        ),
+        format!("try   gpufleet replica ls · gpufleet events -f · gpufleet explain {DEMO_MODEL}"),
     ];
     if !tty {
         println!("gpufleet demo: a local fleet on simulated GPUs\n");
@@ -340,14 +397,95 @@ pub async fn run(args: FleetArgs, log_format: crate::logging::LogFormat) -> anyh
         println!("Ctrl-C stops the fleet.\n");
     }
 
-    let deadline = args.duration.map(|d| Instant::now() + Duration::from(d));
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| started + Duration::from(d));
+    let kill_at = args.ha.then(|| {
+        started
+            + args
+                .duration
+                .map_or(HA_KILL_AFTER, |d| HA_KILL_AFTER.min(Duration::from(d) / 2))
+    });
+    // The leader killed, when, and the replicas running just before.
+    let mut killed: Option<(String, Instant, Vec<String>)> = None;
     let mut shutdown = std::pin::pin!(crate::cli::shutdown_signal());
     loop {
         if let Some(dead) = exited(&mut fleet) {
             bail!("{dead}");
         }
+        if kill_at.is_some_and(|t| Instant::now() >= t) && killed.is_none() {
+            let before = replica_ids(&mut control).await;
+            match kill_leader(
+                &mut control,
+                &mut fleet,
+                &coordinator_cfgs,
+                &exe,
+                &dir,
+                &path_env,
+            )
+            .await
+            {
+                Ok(name) => {
+                    let line = format!("HA    killed the leader {name} (kill -9) and started it again; waiting for a new leader…");
+                    if !tty {
+                        println!("  {line}");
+                    }
+                    banner.push(line);
+                    killed = Some((name, Instant::now(), before));
+                }
+                Err(e) => tracing::warn!(error = %e, "demo --ha: could not kill the leader"),
+            }
+        }
+        if let Some((old, at, before)) = &killed {
+            if banner.last().is_some_and(|l| l.ends_with('…')) {
+                if let Ok(Ok(s)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    control.get_coordinator_status(pb::GetCoordinatorStatusRequest {}),
+                )
+                .await
+                {
+                    let s = s.into_inner();
+                    // Told once the new leader has every agent back.
+                    let attached = control
+                        .list_nodes(pb::ListNodesRequest {})
+                        .await
+                        .map(|r| {
+                            r.into_inner()
+                                .nodes
+                                .iter()
+                                .filter(|n| n.connected_unix_ms != 0)
+                                .count()
+                        })
+                        .unwrap_or(0);
+                    if !s.leader.is_empty() && s.leader != *old && attached == args.agents as usize
+                    {
+                        let now = replica_ids(&mut control).await;
+                        let gone = before.iter().filter(|id| !now.contains(id)).count();
+                        let kept = if gone == 0 {
+                            format!("all {} replicas from before still run", before.len())
+                        } else {
+                            format!("{gone} of {} replicas from before are gone", before.len())
+                        };
+                        let line = format!(
+                            "HA    killed the leader {old}; {} leads (epoch {}), agents back {:.1} s after the kill; {kept}",
+                            s.leader,
+                            s.epoch,
+                            at.elapsed().as_secs_f64()
+                        );
+                        if !tty {
+                            println!("  {line}");
+                        }
+                        banner.pop();
+                        banner.push(line);
+                    }
+                }
+            }
+        }
         if let Err(e) = print_view(&mut control, &banner, ramp.as_ref(), tty).await {
             tracing::warn!(error = %e, "live view");
+            // The coordinator it asked may be gone (demo --ha): ask the list again.
+            if let Ok(c) = connect(&client).await {
+                control = c;
+            }
         }
         let wait = Duration::from_secs(2);
         if let Some(d) = deadline {
@@ -367,10 +505,83 @@ pub async fn run(args: FleetArgs, log_format: crate::logging::LogFormat) -> anyh
     Ok(())
 }
 
+fn spawn_coordinator(
+    exe: &Path,
+    name: &str,
+    cfg: &Path,
+    dir: &Path,
+    path_env: &str,
+) -> anyhow::Result<Daemon> {
+    let log = dir.join("logs").join(format!("{name}.log"));
+    // A restarted coordinator appends to its log.
+    let keep = std::fs::read(&log).unwrap_or_default();
+    let d = spawn(
+        exe,
+        name,
+        &[
+            "coordinator".into(),
+            "--config".into(),
+            cfg.display().to_string(),
+        ],
+        log.clone(),
+        path_env,
+    )?;
+    if !keep.is_empty() {
+        let _ = std::fs::write(
+            dir.join("logs").join(format!("{name}.before-kill.log")),
+            keep,
+        );
+    }
+    Ok(d)
+}
+
+/// The ids of the fleet's replicas (empty when the coordinator does not answer).
+async fn replica_ids(control: &mut Control) -> Vec<String> {
+    control
+        .list_replicas(pb::ListReplicasRequest::default())
+        .await
+        .map(|r| {
+            r.into_inner()
+                .replicas
+                .into_iter()
+                .filter_map(|r| r.status.map(|s| s.id))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `demo --ha`: kills the leader with SIGKILL and starts it again (it joins
+/// as a follower); the leader's name.
+async fn kill_leader(
+    control: &mut Control,
+    fleet: &mut Fleet,
+    cfgs: &[(String, PathBuf)],
+    exe: &Path,
+    dir: &Path,
+    path_env: &str,
+) -> anyhow::Result<String> {
+    let s = control
+        .get_coordinator_status(pb::GetCoordinatorStatusRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let at = cfgs
+        .iter()
+        .position(|(name, _)| *name == s.leader)
+        .with_context(|| format!("no leader to kill (leader: {:?})", s.leader))?;
+    let d = &mut fleet.coordinators[at];
+    d.child.kill()?;
+    d.child.wait()?;
+    let (name, cfg) = &cfgs[at];
+    fleet.coordinators[at] = spawn_coordinator(exe, name, cfg, dir, path_env)?;
+    tracing::info!(leader = %name, "demo --ha: killed the leader and started it again");
+    Ok(name.clone())
+}
+
 /// A daemon that exited on its own, described with the end of its log.
 fn exited(fleet: &mut Fleet) -> Option<String> {
     let daemons = fleet
-        .coordinator
+        .coordinators
         .iter_mut()
         .chain(fleet.gateway.iter_mut())
         .chain(fleet.agents.iter_mut());

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::agent::link::backoff;
+use crate::agent::link::{backoff, Dial, Ended};
 use crate::domain::{GatewayReport, RoutingTable};
 use crate::security::{BearerToken, ClientTls};
 use crate::wire::pb;
@@ -30,33 +30,51 @@ pub struct LinkSettings {
     pub token: BearerToken,
 }
 
-/// Keeps the stream up until the process ends.
+/// Keeps the stream up until the process ends; with several coordinators
+/// (comma-separated), to whichever leads.
 pub async fn run(gw: Arc<Gateway>, link: LinkSettings) {
     let mut failures: u32 = 0;
+    let list: Vec<String> = link.coordinator.split(',').map(str::to_string).collect();
+    let mut dial = Dial::new(&list);
     loop {
         let started = Instant::now();
-        let outcome = stream(&gw, &link).await;
+        let target = dial.target();
+        let outcome = stream(&gw, &link, &target).await;
         gw.connected.store(false, Ordering::Relaxed);
         if started.elapsed() > Duration::from_secs(10) {
             failures = 0;
         }
-        let delay = backoff(failures, BACKOFF_BASE, BACKOFF_CAP, rand::random());
-        failures = failures.saturating_add(1);
-        let message = outcome
-            .err()
-            .unwrap_or_else(|| "the coordinator ended the stream".into());
-        if failures <= 1 || failures.is_multiple_of(20) {
-            tracing::warn!(coordinator = %link.coordinator, retry_in = ?delay, "{message}; routing on the last known replicas");
+        let (message, leader) = match outcome {
+            Ok(()) => ("the coordinator ended the stream".to_string(), None),
+            Err(Ended { message, leader }) => (message, leader),
+        };
+        if let Some(leader) = leader.as_ref().filter(|l| !l.is_empty() && **l != target) {
+            if dial.redirect(leader.clone()) {
+                tracing::info!(follower = %target, leader = %leader, "the coordinator is a follower; dialling the leader");
+                continue;
+            }
+        }
+        dial.advance();
+        let delay = if dial.tried_all() {
+            let d = backoff(failures, BACKOFF_BASE, BACKOFF_CAP, rand::random());
+            failures = failures.saturating_add(1);
+            d
         } else {
-            tracing::debug!(coordinator = %link.coordinator, retry_in = ?delay, "{message}");
+            BACKOFF_BASE
+        };
+        if failures <= 1 || failures.is_multiple_of(20) {
+            tracing::warn!(coordinator = %target, retry_in = ?delay, "{message}; routing on the last known replicas");
+        } else {
+            tracing::debug!(coordinator = %target, retry_in = ?delay, "{message}");
         }
         tokio::time::sleep(delay).await;
     }
 }
 
-async fn stream(gw: &Arc<Gateway>, link: &LinkSettings) -> Result<(), String> {
-    let endpoint = crate::security::tls::endpoint(&link.coordinator, link.tls.as_ref())
-        .map_err(|e| format!("coordinator URL `{}` is invalid: {e}", link.coordinator))?
+async fn stream(gw: &Arc<Gateway>, link: &LinkSettings, coordinator: &str) -> Result<(), Ended> {
+    let plain = Ended::from;
+    let endpoint = crate::security::tls::endpoint(coordinator, link.tls.as_ref())
+        .map_err(|e| plain(format!("coordinator URL `{coordinator}` is invalid: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(crate::coordinator::KEEPALIVE_INTERVAL)
         .keep_alive_timeout(crate::coordinator::KEEPALIVE_TIMEOUT)
@@ -64,11 +82,10 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings) -> Result<(), String> {
     let channel = crate::security::tls::connect(endpoint, link.tls.as_ref())
         .await
         .map_err(|e| {
-            format!(
-                "cannot reach the coordinator at {}: {}",
-                link.coordinator,
+            plain(format!(
+                "cannot reach the coordinator at {coordinator}: {}",
                 crate::wire::error_chain(&e)
-            )
+            ))
         })?;
     let mut client =
         pb::gateway_client::GatewayClient::with_interceptor(channel, link.token.clone());
@@ -79,14 +96,15 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings) -> Result<(), String> {
     let mut inbound = client
         .routes(ReceiverStream::new(rx))
         .await
-        .map_err(|s| {
-            format!(
+        .map_err(|s| Ended {
+            message: format!(
                 "the coordinator refused the routing stream: {}",
                 s.message()
-            )
+            ),
+            leader: crate::wire::leader_of(&s),
         })?
         .into_inner();
-    tracing::info!(coordinator = %link.coordinator, "routing stream open");
+    tracing::info!(coordinator = %coordinator, "routing stream open");
     let mut tick = tokio::time::interval(gw.cfg.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(STEP_CHECK);
@@ -100,7 +118,7 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings) -> Result<(), String> {
                     gw.connected.store(true, Ordering::Relaxed);
                 }
                 Ok(None) => return Ok(()),
-                Err(s) => return Err(format!("routing stream broke: {}", s.message())),
+                Err(s) => return Err(format!("routing stream broke: {}", s.message()).into()),
             },
             _ = tick.tick() => last = send(&tx, report(gw)).await?,
             _ = gw.wake.notified() => last = send(&tx, report(gw)).await?,
