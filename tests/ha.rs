@@ -152,6 +152,29 @@ fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
     let (first, epoch) = leader(&list, None);
     let (_agents, before) = fleet_with_replicas(&h, &list);
 
+    let s = status(&list).unwrap();
+    assert_eq!(s["leader"], first.as_str(), "{s}");
+    let mut roles: Vec<(String, String)> = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().into(),
+                m["role"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    roles.sort();
+    let other = if first == "c1" { "c2" } else { "c1" };
+    let mut want = vec![
+        (first.clone(), "leader".to_string()),
+        (other.to_string(), "follower".to_string()),
+    ];
+    want.sort();
+    assert_eq!(roles, want, "{s}");
+    assert_eq!(s["store"][0]["healthy"], true, "{s}");
+
     let follower = cs.iter().find(|c| c.name != first).unwrap();
     let (code, body) = http("GET", follower.http, "/healthz", "");
     assert_eq!(code, 200, "{body}");
@@ -266,6 +289,36 @@ fn etcd_down_longer_than_a_lease_stops_the_leader_not_the_replicas() {
         all_connected(&c.url, 2)
     });
     replicas_stay(&c.url, &before, 6);
+}
+
+#[test]
+fn sigterm_of_the_leader_revokes_its_lease_and_a_follower_leads() {
+    let Some(etcd) = LocalEtcd::start_or_skip() else {
+        return;
+    };
+    let h = Harness::new();
+    let mut cs = [
+        coordinator(&h, &etcd, "c1", "/ha4"),
+        coordinator(&h, &etcd, "c2", "/ha4"),
+    ];
+    let list = urls(&cs.iter().collect::<Vec<_>>());
+    let (first, epoch) = leader(&list, None);
+    let at = cs.iter().position(|c| c.name == first).unwrap();
+    assert_eq!(cs[at].proc.stop(Duration::from_secs(10)), Some(0));
+    assert!(
+        cs[at].proc.log_text().contains("lease revoked"),
+        "{}",
+        cs[at].proc.log_text()
+    );
+    let other = &cs[1 - at];
+    let (second, epoch2) = leader(&other.url, Some(&first));
+    assert_eq!(
+        (second.as_str(), epoch2 > epoch),
+        (other.name.as_str(), true)
+    );
+    // The stopped coordinator left no member key behind.
+    let s = status(&other.url).unwrap();
+    assert_eq!(s["members"].as_array().unwrap().len(), 1, "{s}");
 }
 
 #[test]

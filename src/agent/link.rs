@@ -155,6 +155,13 @@ pub async fn run(
             Ok(()) => ("coordinator ended the session".to_string(), None),
             Err(Ended { message, leader }) => (message, leader),
         };
+        // A coordinator that answers but does not lead (an election, or a
+        // leader about to be replaced) is no failure to back off from: a
+        // leader is seconds away.
+        let electing = leader.is_some();
+        if electing {
+            failures = 0;
+        }
         // A follower named the leader: dial it at once, without backoff
         // (once: a leader that turns out a follower too goes the slow way).
         if let Some(leader) = leader.as_ref().filter(|l| !l.is_empty() && **l != target) {
@@ -163,10 +170,6 @@ pub async fn run(
                 continue;
             }
         }
-        // A coordinator answered but does not lead: an election, or a
-        // leader about to be replaced. One is seconds away, so no growing
-        // backoff.
-        let electing = leader.is_some();
         dial.advance();
         let delay = if electing {
             ELECTION_RETRY.mul_f64(0.5 + 0.5 * rand::random::<f64>())
