@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,17 +30,12 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fleet import free_port  # noqa: E402
+
 BIN = os.path.abspath(os.environ.get("BIN", "target/release/gpufleet"))
 RUNS = int(os.environ.get("RUNS", "5"))
 LEASE = os.environ.get("LEASE", "5s")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def healthz(port):

@@ -513,18 +513,7 @@ fn prepare(db: &Database) -> Result<(), String> {
 
 impl Store for RedbStore {
     fn load_models(&self) -> Result<Vec<Result<ModelRecord, DamagedRecord>>, StoreError> {
-        Ok(self
-            .load_json::<ModelRecord>(MODELS)?
-            .into_iter()
-            .map(|(key, r)| match r {
-                Ok(m) if m.name == key => Ok(m),
-                Ok(m) => Err(DamagedRecord {
-                    reason: format!("it is stored under `{key}` but names `{}`", m.name),
-                    key,
-                }),
-                Err(reason) => Err(DamagedRecord { key, reason }),
-            })
-            .collect())
+        Ok(model_records(self.load_json::<ModelRecord>(MODELS)?))
     }
 
     fn put_model(&self, model: &ModelRecord) -> Result<(), StoreError> {
@@ -656,6 +645,21 @@ impl Store for RedbStore {
         let _ = std::fs::remove_file(&scratch);
         copied
     }
+}
+
+/// Model rows as the fleet loads them: a record must name the key it is
+/// stored under.
+fn model_records(rows: Vec<Row<ModelRecord>>) -> Vec<Result<ModelRecord, DamagedRecord>> {
+    rows.into_iter()
+        .map(|(key, r)| match r {
+            Ok(m) if m.name == key => Ok(m),
+            Ok(m) => Err(DamagedRecord {
+                reason: format!("it is stored under `{key}` but names `{}`", m.name),
+                key,
+            }),
+            Err(reason) => Err(DamagedRecord { key, reason }),
+        })
+        .collect()
 }
 
 /// The rows that load; the others are named in the log and left out (node

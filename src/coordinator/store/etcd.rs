@@ -340,18 +340,7 @@ fn demand_from_chunks(chunks: Vec<(String, serde_json::Value)>) -> Result<Demand
 
 impl Store for EtcdStore {
     fn load_models(&self) -> Result<Vec<Result<ModelRecord, DamagedRecord>>, StoreError> {
-        Ok(self
-            .load_json::<ModelRecord>("models")?
-            .into_iter()
-            .map(|(key, r)| match r {
-                Ok(m) if m.name == key => Ok(m),
-                Ok(m) => Err(DamagedRecord {
-                    reason: format!("it is stored under `{key}` but names `{}`", m.name),
-                    key,
-                }),
-                Err(reason) => Err(DamagedRecord { key, reason }),
-            })
-            .collect())
+        Ok(super::model_records(self.load_json("models")?))
     }
 
     fn put_model(&self, model: &ModelRecord) -> Result<(), StoreError> {
