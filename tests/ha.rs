@@ -18,13 +18,22 @@ struct Coord {
 
 /// A coordinator on `etcd` under `prefix`, with short windows and a 3 s lease.
 fn coordinator(h: &Harness, etcd: &LocalEtcd, name: &str, prefix: &str) -> Coord {
+    coordinator_on(h, &[etcd], name, prefix)
+}
+
+/// A coordinator on every member of an etcd cluster.
+fn coordinator_on(h: &Harness, members: &[&LocalEtcd], name: &str, prefix: &str) -> Coord {
+    let endpoints = members
+        .iter()
+        .map(|m| format!("\"{}\"", m.client_url))
+        .collect::<Vec<_>>()
+        .join(", ");
     let (grpc, http) = (free_port(), free_port());
     let cfg = h.write(
         &format!("{name}.toml"),
         &format!(
-            "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"10s\"\nretire_grace = \"3s\"\n[store]\nbackend = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"3s\"\n",
+            "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"10s\"\nretire_grace = \"3s\"\n[store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"3s\"\n",
             h.path(&format!("{name}-data")).display(),
-            etcd.client_url
         ),
     );
     Coord {
@@ -319,6 +328,61 @@ fn sigterm_of_the_leader_revokes_its_lease_and_a_follower_leads() {
     // The stopped coordinator left no member key behind.
     let s = status(&other.url).unwrap();
     assert_eq!(s["members"].as_array().unwrap().len(), 1, "{s}");
+}
+
+/// A 3-member etcd: one member down is nothing (the client moves to the
+/// next endpoint); two down is a lost quorum: the leader steps down within
+/// its lease, agents keep their replicas, and all comes back with quorum.
+#[test]
+fn a_3_member_etcd_losing_one_then_its_quorum() {
+    let Some(mut members) = LocalEtcd::cluster_or_skip(3) else {
+        return;
+    };
+    let h = Harness::new();
+    let _reaper = Reaper::new(&h);
+    let c = coordinator_on(&h, &members.iter().collect::<Vec<_>>(), "c1", "/ha5");
+    let (_, epoch) = leader(&c.url, None);
+    let (_agents, before) = fleet_with_replicas(&h, &c.url);
+    let leads = |c: &Coord| {
+        try_http("GET", c.http, "/healthz", "", "").is_some_and(|(_, b)| b.starts_with("ok leader"))
+    };
+
+    // One member away (the first endpoint, which the client used first).
+    members[0].stop();
+    std::thread::sleep(Duration::from_secs(6));
+    wait_until(
+        Duration::from_secs(10),
+        "the coordinator to lead on two members",
+        || leads(&c).then_some(()),
+    );
+    assert_eq!(
+        leader(&c.url, None).1,
+        epoch,
+        "the same term went on: the client moved to the other endpoints"
+    );
+    replicas_stay(&c.url, &before, 2);
+
+    // A second one: no quorum, no leader; the replicas keep running.
+    members[1].stop();
+    wait_until(Duration::from_secs(15), "the leader to step down", || {
+        let (code, body) = try_http("GET", c.http, "/healthz", "", "")?;
+        (code == 503 && body.contains("no-leader")).then_some(())
+    });
+    for (_, _, pid) in &before {
+        assert!(pid_alive(*pid), "replica {pid} stopped without quorum");
+    }
+
+    members[0].relaunch().unwrap();
+    members[1].relaunch().unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "a leader once quorum is back",
+        || leads(&c).then_some(()),
+    );
+    wait_until(Duration::from_secs(20), "agents attached again", || {
+        all_connected(&c.url, 2)
+    });
+    replicas_stay(&c.url, &before, 4);
 }
 
 #[test]

@@ -31,7 +31,23 @@ pub struct LocalEtcd {
     pub client_url: String,
     peer_port: u16,
     dir: PathBuf,
+    /// Its member name, and the `--initial-cluster` it was made with.
+    name: String,
+    cluster: String,
     _tmp: Option<tempfile::TempDir>,
+}
+
+/// The scratch directory tests use: on /dev/shm where there is one.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("gpufleet-etcd-")
+            .tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("a temporary directory for etcd")
 }
 
 impl LocalEtcd {
@@ -58,16 +74,58 @@ impl LocalEtcd {
 
     /// Starts etcd with its data and log in `dir`, and waits until it serves.
     pub fn start(dir: &Path) -> anyhow::Result<LocalEtcd> {
-        let port = free_port();
-        let mut etcd = LocalEtcd {
-            child: None,
-            client_url: format!("http://127.0.0.1:{port}"),
-            peer_port: free_port(),
-            dir: dir.to_path_buf(),
-            _tmp: None,
-        };
+        let peer_port = free_port();
+        let mut etcd = LocalEtcd::member(dir, "gpufleet", peer_port);
+        etcd.cluster = format!("gpufleet=http://127.0.0.1:{peer_port}");
         etcd.launch()?;
+        etcd.wait_ready()?;
         Ok(etcd)
+    }
+
+    fn member(dir: &Path, name: &str, peer_port: u16) -> LocalEtcd {
+        LocalEtcd {
+            child: None,
+            client_url: format!("http://127.0.0.1:{}", free_port()),
+            peer_port,
+            dir: dir.to_path_buf(),
+            name: name.into(),
+            cluster: String::new(),
+            _tmp: None,
+        }
+    }
+
+    /// A cluster of `n` members (each in its own directory under one
+    /// scratch dir), or None with a SKIPPED line when etcd is missing.
+    pub fn cluster_or_skip(n: usize) -> Option<Vec<LocalEtcd>> {
+        if !installed() {
+            println!("SKIPPED: etcd not installed (Debian package etcd-server)");
+            return None;
+        }
+        let tmp = scratch();
+        let mut members: Vec<LocalEtcd> = (0..n)
+            .map(|i| {
+                LocalEtcd::member(
+                    &tmp.path().join(format!("m{i}")),
+                    &format!("m{i}"),
+                    free_port(),
+                )
+            })
+            .collect();
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        // All start before any is waited for: none serves without a quorum.
+        for m in &mut members {
+            m.cluster = cluster.clone();
+            m.launch().expect("etcd starts");
+        }
+        for m in &mut members {
+            m.wait_ready().expect("etcd member serves");
+        }
+        members[0]._tmp = Some(tmp);
+        Some(members)
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
@@ -78,20 +136,25 @@ impl LocalEtcd {
             .open(self.dir.join("etcd.log"))?;
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new("etcd")
-            .args(["--name", "gpufleet"])
+            .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &self.client_url])
             .args(["--advertise-client-urls", &self.client_url])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("gpufleet={peer}")])
+            .args(["--initial-cluster", &self.cluster])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start etcd: {e}"))?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until this member answers.
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if self.block_on(|etcd| async move { etcd.get(b"/").await.is_ok() }) {
@@ -132,6 +195,14 @@ impl LocalEtcd {
 
     /// Starts it again on the same ports and data.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.launch()?;
+        self.wait_ready()
+    }
+
+    /// Starts a stopped member again without waiting (a cluster member
+    /// serves only once a quorum is back).
+    pub fn relaunch(&mut self) -> anyhow::Result<()> {
         self.stop();
         self.launch()
     }

@@ -511,6 +511,13 @@ impl Store for EtcdStore {
     fn degraded(&self) -> Option<String> {
         None
     }
+
+    fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        Err(io(
+            "backup",
+            "the store is in etcd: back it up with `etcdctl snapshot save FILE`".into(),
+        ))
+    }
 }
 
 #[cfg(test)]
