@@ -232,3 +232,37 @@ fn every_synthetic_kind_runs_with_a_ttft_slo_and_reports_against_the_oracle() {
         }
     }
 }
+
+#[test]
+fn recurring_short_bursts_cost_about_a_fleet_kept_for_them_not_a_panic_each() {
+    // Two hours of code completion: ~10 s bursts every 3 minutes on a
+    // steady base, each over before a replica could start for it. The
+    // run's 10 s SLO reaches gpufleet's spec, whose burst memory keeps what
+    // the bursts need within it; a panic held for each burst cost more
+    // than twice static-peak's GPU-hours here.
+    let out = stdout(&simulate(&[
+        "--synthetic",
+        "code-completion",
+        "--seed",
+        "1",
+        "--duration",
+        "2h",
+        "--peak-rps",
+        "30",
+        "--slo",
+        "10s",
+        "--start-at-level",
+        "--model",
+        MODEL,
+        "--policies",
+        "gpufleet,static-peak",
+        "-o",
+        "json",
+    ]));
+    let rows = reports(&out);
+    let (g, s) = (&rows[0], &rows[1]);
+    let hours = |r: &serde_json::Value| r["gpu_hours"].as_f64().unwrap();
+    let share = |r: &serde_json::Value| r["slo_share"].as_f64().unwrap();
+    assert!(hours(g) <= 1.5 * hours(s), "{out}");
+    assert!(share(g) >= share(s) - 0.002, "{out}");
+}

@@ -236,6 +236,18 @@ pub fn scaling_of(spec: &ModelSpec, fleet: &FleetShape) -> Result<ScalingSpec, S
     Ok(scaling)
 }
 
+/// gpufleet's `[scaling]` as the run gives it: a spec without an `slo` gets
+/// the run's `--slo` when it bounds end-to-end latency (the spec's `slo` is
+/// end to end), so the rules that size from an SLO see the one the run is
+/// scored against. A spec's own `slo` is kept.
+fn with_run_slo(scaling: &ScalingSpec, setup: &Setup) -> ScalingSpec {
+    let mut scaling = scaling.clone();
+    if scaling.slo.is_none() && setup.slo_kind == SloKind::E2e && setup.slo_s > 0.0 {
+        scaling.slo = Some(std::time::Duration::from_secs_f64(setup.slo_s));
+    }
+    scaling
+}
+
 /// Builds a policy for `trace`.
 pub fn policy(
     kind: PolicyKind,
@@ -246,7 +258,7 @@ pub fn policy(
 ) -> Box<dyn Policy> {
     match kind {
         PolicyKind::Gpufleet => Box::new(Gpufleet::new(
-            scaling.clone(),
+            with_run_slo(scaling, setup),
             spec.warm.clone(),
             trace.start_unix_s(),
             setup.serving.cold_start_s(),

@@ -3,6 +3,9 @@
 //! several metrics). Pure: every call takes `now` and nothing reads a clock,
 //! so the simulator replays it on a virtual one.
 
+mod burst;
+#[cfg(test)]
+mod burst_tests;
 mod history;
 mod measure;
 mod policy;
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::model::ScalingSpec;
 
+use burst::{burst_need, BurstMemory, Recall};
 use history::{DesireWindow, SignalHistory};
 use measure::{Backlog, ServiceEstimate, StartTime};
 pub(crate) use policy::num as format_count;
@@ -130,6 +134,10 @@ pub struct Autoscaler {
     /// delay, back to 1 when it was not.
     hold_mult: f64,
     last_down: Option<Instant>,
+    /// Recent bursts, for the capacity kept between them (with an SLO).
+    bursts: BurstMemory,
+    /// What the burst memory asks for this tick, and why.
+    burst_floor: Option<(u32, String)>,
 }
 
 impl Default for Autoscaler {
@@ -181,6 +189,8 @@ impl Autoscaler {
             queued_since: None,
             hold_mult: 1.0,
             last_down: None,
+            bursts: BurstMemory::default(),
+            burst_floor: None,
         }
     }
 
@@ -316,6 +326,17 @@ impl Autoscaler {
             }
             plan = Plan::new(floor, Rule::Prescale, why);
         }
+        if let Some((n, note)) = self.burst_floor.take() {
+            inputs.add("burst_floor", n);
+            let n = n.min(spec.max_replicas);
+            if current > 0 && n > plan.target {
+                plan = Plan::new(
+                    n,
+                    Rule::BurstMemory,
+                    format!("{note}; signals: {}", plan.why),
+                );
+            }
+        }
         if woken && plan.target == 0 {
             plan = Plan::new(1, Rule::Woken, "woken on demand");
         }
@@ -387,7 +408,9 @@ impl Autoscaler {
             );
         }
         let slots = self.service.slots(spec.target_ongoing_requests);
-        let target = (slots * (slo - service) / service).clamp(0.1, slots);
+        let target = (slots * (slo - service) / service)
+            .clamp(0.1, slots)
+            .min(spec.target_ongoing_requests);
         (
             Some(ScalingSpec {
                 target_ongoing_requests: target,
@@ -493,6 +516,8 @@ impl Autoscaler {
                 trigger = Some(p.panic_note(spec, capacity));
             }
         }
+        let recall =
+            self.remember_bursts(spec, &latest, &stable, &panic_avg, trigger.is_some(), now);
         let drain_note = drains.filter(|(d, _)| *d).map(|(_, note)| note);
         // The same verdict with only the ready replicas working off the
         // queue: one still loading serves none of it yet.
@@ -545,10 +570,16 @@ impl Autoscaler {
                 asked = asked.min(recent.max(current));
             }
         }
+        let burst_floor = recall.as_ref().map_or(0, |r| r.0.replicas);
         let rec = asked
             .max(spec.min_replicas.max(1))
             .max(self.prescale_floor)
+            .max(burst_floor)
             .min(hi);
+        self.burst_floor = recall
+            .as_ref()
+            .filter(|r| r.0.replicas > 0)
+            .map(|(r, wait_s)| (r.replicas, burst_note(r, *wait_s)));
 
         if let Some(until) = self.panic_until.filter(|u| now < *u) {
             let mut panic_rec = panic_best.as_ref().map_or(0, |p| ceil_count(p.replicas));
@@ -558,6 +589,24 @@ impl Autoscaler {
             if drained_by_current {
                 panic_rec = panic_rec.min(current);
             }
+            // While bursts recur, a panic asks for what serves a burst of
+            // their usual length within the SLO, not for its queue at the
+            // target: those replicas are ready after it anyway.
+            let mut bounded = None;
+            let mut rec_in_panic = rec;
+            if let Some((cap, note)) = self.burst_cap(spec, &latest, &panic_avg, now) {
+                // The floors still hold; the signals' asks are bounded.
+                let cap = cap
+                    .max(burst_floor)
+                    .max(spec.min_replicas)
+                    .max(self.prescale_floor);
+                if panic_rec.max(rec) > cap {
+                    panic_rec = panic_rec.min(cap);
+                    rec_in_panic = rec.min(cap);
+                    bounded = Some(format!("{note} {cap}"));
+                }
+            }
+            let rec = rec_in_panic;
             let target = panic_rec.max(rec).max(current).min(hi);
             self.desires.push(now, target);
             self.below_since = None;
@@ -566,6 +615,10 @@ impl Autoscaler {
                 _ => &stable_best,
             };
             let (rule, why) = match (trigger, &ready_drain) {
+                _ if bounded.is_some() && panic_rec >= current => (
+                    Rule::BurstMemory,
+                    format!("{}; {}", driver.explain, bounded.take().unwrap_or_default()),
+                ),
                 (_, Some(note)) if drained_by_current => (
                     Rule::BacklogDrains,
                     format!(
@@ -623,6 +676,15 @@ impl Autoscaler {
         }
         if rec == current {
             self.below_since = None;
+            if burst_floor == current && asked < current {
+                if let Some((_, note)) = &self.burst_floor {
+                    return Plan::hold(
+                        current,
+                        Rule::BurstMemory,
+                        format!("{note}; signals: {}", stable_best.explain),
+                    );
+                }
+            }
             if ceil_count(stable_best.replicas) > current {
                 if let Some(note) = drain_note {
                     return Plan::hold(
@@ -635,6 +697,85 @@ impl Autoscaler {
             return Plan::hold(current, Rule::Steady, stable_best.explain);
         }
         self.scale_down(spec, current, now, rec, &stable_best)
+    }
+
+    /// Feeds the burst memory one tick (a burst begins with a panic, or
+    /// with the panic window's arrivals at the panic threshold over the
+    /// stable window's) and, with
+    /// an SLO and a measured service time, returns what the recurring bursts
+    /// need within the SLO's queue wait (SLO − service), with that wait.
+    fn remember_bursts(
+        &mut self,
+        spec: &ScalingSpec,
+        latest: &Signals,
+        stable: &history::WindowAverage,
+        recent: &history::WindowAverage,
+        panics: bool,
+        now: Instant,
+    ) -> Option<(Recall, f64)> {
+        let longest = (spec.scale_down_delay * 4).max(spec.stable_window);
+        let base_rps = stable.requests_per_s.unwrap_or(0.0);
+        self.bursts
+            .observe(now, latest.requests_per_s, base_rps, longest);
+        // Arrivals over the panic window, not one second's count: a second
+        // of a Poisson trickle often doubles its rate.
+        let recent_rps = recent.requests_per_s.unwrap_or(0.0);
+        if panics || (base_rps > 0.0 && recent_rps >= spec.panic_threshold * base_rps) {
+            self.bursts.begin(now, base_rps);
+        }
+        let service = self.service.service_s()?;
+        let wait_s = self.slo_wait(spec)?;
+        let hold = self.scale_down_delay(spec);
+        self.bursts
+            .recall(
+                now,
+                service,
+                spec.target_ongoing_requests,
+                wait_s,
+                hold,
+                longest,
+            )
+            .map(|r| (r, wait_s))
+    }
+
+    /// What a burst of the model's usual length at the recent arrival rate
+    /// needs within the SLO, while bursts are remembered and the one under
+    /// way has lasted no longer than twice their usual length (a longer one
+    /// is a new level, left to the other rules).
+    fn burst_cap(
+        &self,
+        spec: &ScalingSpec,
+        latest: &Signals,
+        recent: &history::WindowAverage,
+        now: Instant,
+    ) -> Option<(u32, String)> {
+        let wait_s = self.slo_wait(spec)?;
+        let service = self.service.service_s()?;
+        let length_s = self.bursts.typical_length_s()?;
+        if self.bursts.open_for_s(now).unwrap_or(0.0) > 2.0 * length_s {
+            return None;
+        }
+        let rps = recent
+            .requests_per_s
+            .unwrap_or(0.0)
+            .max(latest.requests_per_s);
+        let need = burst_need(rps, length_s, service, spec.target_ongoing_requests, wait_s);
+        Some((
+            ceil_count(need),
+            format!(
+                "a burst of {} req/s for this model's usual {} is worked off within the SLO's queue wait {} by",
+                num(rps),
+                seconds(length_s),
+                seconds(wait_s)
+            ),
+        ))
+    }
+
+    /// The queue wait the spec's SLO leaves after the measured service
+    /// time, when both are known and it is positive.
+    fn slo_wait(&self, spec: &ScalingSpec) -> Option<f64> {
+        let wait = spec.slo?.as_secs_f64() - self.service.service_s()?;
+        (wait > 0.0).then_some(wait)
     }
 
     /// A surge in the newest samples: the ongoing requests of every sample
@@ -764,7 +905,14 @@ impl Autoscaler {
         match self.start.get() {
             Some(start) if spec.scale_down_hold_factor > 0.0 => {
                 let cap = 4.0 * spec.scale_down_delay.as_secs_f64();
-                let hold = start * spec.scale_down_hold_factor * self.hold_mult;
+                // Recurring bursts are held by the burst memory: its
+                // floor, not a grown hold, keeps what they need.
+                let mult = if self.burst_floor.is_some() {
+                    1.0
+                } else {
+                    self.hold_mult
+                };
+                let hold = start * spec.scale_down_hold_factor * mult;
                 Duration::from_secs_f64(hold.min(cap).min(86_400.0))
             }
             _ => spec.scale_down_delay,
@@ -868,6 +1016,17 @@ fn record_averages(
     if let Some(v) = stable.kv_cache_usage {
         inputs.add("kv_cache_usage", percent(v));
     }
+}
+
+fn burst_note(r: &Recall, wait_s: f64) -> String {
+    format!(
+        "{} recent bursts, the biggest {} req/s for {}: {} serve it within the SLO's queue wait {}",
+        r.bursts,
+        num(r.rps),
+        seconds(r.length_s),
+        r.replicas,
+        seconds(wait_s)
+    )
 }
 
 /// A change this small relative to the current count is noise.

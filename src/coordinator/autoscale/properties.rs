@@ -72,9 +72,11 @@ fn any_spec() -> impl Strategy<Value = ScalingSpec> {
         1u64..60,
         0.0..0.5f64,
         proptest::bool::ANY,
+        // An SLO engages the burst memory (and the SLO-derived target).
+        proptest::option::of(1u64..30),
     )
         .prop_map(
-            |(min, extra, step, delay_s, zero_s, tolerance, gpu)| ScalingSpec {
+            |(min, extra, step, delay_s, zero_s, tolerance, gpu, slo_s)| ScalingSpec {
                 min_replicas: min,
                 max_replicas: min.max(1) + extra,
                 max_scale_down_step: step,
@@ -84,6 +86,7 @@ fn any_spec() -> impl Strategy<Value = ScalingSpec> {
                 panic_window: Duration::from_secs(4),
                 tolerance,
                 target_gpu_utilization: gpu.then_some(0.7),
+                slo: slo_s.map(Duration::from_secs),
                 ..spec()
             },
         )

@@ -30,6 +30,9 @@ pub enum Rule {
     /// The backlog drains at the current capacity before a new replica could
     /// be ready: none is started.
     BacklogDrains,
+    /// Capacity kept for recurring bursts, or a panic bounded by what
+    /// serves a burst within the SLO.
+    BurstMemory,
     /// A change within the tolerance.
     Tolerance,
     /// Lower desire, waiting out the scale-down delay.
@@ -58,6 +61,7 @@ impl Rule {
             Rule::Panic => "panic",
             Rule::PanicHold => "panic-hold",
             Rule::BacklogDrains => "cold-start-aware",
+            Rule::BurstMemory => "burst-memory",
             Rule::Tolerance => "tolerance",
             Rule::ScaleDownWait => "scale-down-wait",
             Rule::ScaleDownHeld => "scale-down-held",

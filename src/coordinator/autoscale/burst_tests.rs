@@ -1,0 +1,268 @@
+//! The burst memory on a virtual clock: capacity for recurring bursts sized
+//! from the SLO, held while they recur and released when they stop, and a
+//! panic bounded by what serves a burst within the SLO.
+
+use std::time::{Duration, Instant};
+
+use super::burst::{burst_need, BurstMemory};
+use super::tests::spec;
+use super::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_burst_needs_the_replicas_that_work_it_off_within_the_slo_wait() {
+    // 60 req/s of 1 s requests at 8 per replica: 7.5 replicas' worth while
+    // it lasts; a 10 s burst that may wait 10 s more is worked off by half.
+    assert_eq!(burst_need(60.0, 10.0, 1.0, 8.0, 10.0), 3.75);
+    // Without a wait, all of it; a long burst asks for nearly all of it.
+    assert_eq!(burst_need(60.0, 10.0, 1.0, 8.0, 0.0), 7.5);
+    assert!(burst_need(60.0, 3600.0, 1.0, 8.0, 10.0) > 7.4);
+    assert_eq!(burst_need(0.0, 10.0, 1.0, 8.0, 10.0), 0.0);
+    assert_eq!(burst_need(f64::NAN, 10.0, 1.0, 8.0, 10.0), 0.0);
+}
+
+/// Feeds `memory` one tick a second: a burst of `rps` for `secs` seconds on
+/// a base of 10 req/s from `now`, then 10 req/s until `next` seconds after
+/// `now`.
+fn burst(memory: &mut BurstMemory, now: Instant, rps: f64, secs: u64, next: u64) -> Instant {
+    let longest = Duration::from_secs(1200);
+    for i in 0..next {
+        let t = now + SECOND * i as u32;
+        let rate = if i < secs { rps } else { 10.0 };
+        memory.observe(t, rate, 10.0, longest);
+        if i == 2 {
+            // Recognised a few ticks in, as a panic would be: it counts
+            // from when arrivals rose.
+            memory.begin(t, 10.0);
+        }
+    }
+    now + SECOND * next as u32
+}
+
+#[test]
+fn bursts_are_remembered_while_they_recur_and_forgotten_when_they_stop() {
+    let mut m = BurstMemory::default();
+    let t0 = Instant::now();
+    let hold = Duration::from_secs(60);
+    let cap = Duration::from_secs(1200);
+    let recall = |m: &mut BurstMemory, now| m.recall(now, 1.0, 8.0, 10.0, hold, cap);
+    m.observe(t0 - SECOND, 10.0, 10.0, cap);
+    let mut now = burst(&mut m, t0, 60.0, 10, 120);
+    assert_eq!(recall(&mut m, now), None, "one burst is not a pattern");
+    now = burst(&mut m, now, 60.0, 10, 120);
+    now = burst(&mut m, now, 60.0, 10, 120);
+    let r = recall(&mut m, now).expect("three bursts two minutes apart recur");
+    // 60 req/s for 10 s, counted from the second arrivals rose though it
+    // was recognised later: 60 / 8 × 10 / 20 = 3.75.
+    assert_eq!(m.typical_length_s(), Some(10.0));
+    assert_eq!((r.replicas, r.bursts, r.rps), (4, 3, 60.0), "{r:?}");
+    // Held for several of their spacings (2 min each) after the last…
+    assert!(recall(&mut m, now + Duration::from_secs(600)).is_some());
+    // …and released once the horizon (here its cap, 20 min) passes.
+    assert_eq!(recall(&mut m, now + Duration::from_secs(1500)), None);
+}
+
+#[test]
+fn a_burst_that_lasts_as_long_as_the_longest_is_a_new_level_not_a_burst() {
+    let mut m = BurstMemory::default();
+    let t0 = Instant::now();
+    let longest = Duration::from_secs(100);
+    m.begin(t0, 10.0);
+    for i in 0..200u32 {
+        m.observe(t0 + SECOND * i, 60.0, 10.0, longest);
+    }
+    m.observe(t0 + SECOND * 201, 10.0, 10.0, longest);
+    // One short burst after it: had the level been kept, two would be.
+    m.begin(t0 + SECOND * 300, 10.0);
+    for i in 300..311u32 {
+        let rate = if i < 310 { 60.0 } else { 10.0 };
+        m.observe(t0 + SECOND * i, rate, 10.0, longest);
+    }
+    assert_eq!(m.typical_length_s(), None, "one burst remembered");
+}
+
+/// A closed loop around the autoscaler: replicas become ready `start`
+/// after they are asked for, each runs up to 8 requests of 1 s at once,
+/// and requests beyond that queue. Arrivals per second come from `rate`.
+/// Returns the decisions, one per second.
+fn run(spec: &ScalingSpec, secs: u32, rate: impl Fn(u32) -> f64) -> Vec<(u32, Decision)> {
+    let start = 20;
+    let mut a = Autoscaler::new();
+    a.record_start(Duration::from_secs(start));
+    let t0 = Instant::now();
+    let mut desired = 1u32;
+    let mut ready = 1u32;
+    let mut asked: Vec<(u32, u32)> = Vec::new();
+    let mut queue = 0.0f64;
+    let mut out = Vec::new();
+    for t in 0..secs {
+        let now = t0 + SECOND * t;
+        // Replicas asked for `start` ago are ready; removals are at once.
+        let arrived = asked
+            .iter()
+            .filter(|(at, _)| t >= at + start as u32)
+            .count() as u32;
+        asked.retain(|(at, _)| t < at + start as u32);
+        ready = (ready + arrived).min(desired);
+        let starting = asked.len() as u32;
+        let rps = rate(t);
+        let capacity = f64::from(ready) * 8.0;
+        let running = (queue + rps).min(capacity);
+        queue = (queue + rps - running).max(0.0);
+        a.observe(
+            now,
+            &Signals {
+                ongoing: running + queue,
+                waiting: Some(queue),
+                requests_per_s: rps,
+                ready,
+                starting,
+                measurement: u64::from(t) + 1,
+                rescraped_at: Some(now),
+                ..Signals::default()
+            },
+        );
+        let d = a.decide(spec, desired, now);
+        if d.desired > desired {
+            for _ in desired..d.desired {
+                asked.push((t, 1));
+            }
+        } else if d.desired < desired {
+            let drop = desired - d.desired;
+            let from_starting = drop.min(asked.len() as u32);
+            asked.truncate(asked.len() - from_starting as usize);
+            ready = ready.saturating_sub(drop - from_starting);
+        }
+        desired = d.desired;
+        out.push((t, d));
+    }
+    out
+}
+
+/// 10 s bursts of 60 req/s every 2 minutes on a base of 10 req/s, for
+/// `bursts` bursts, then the base alone.
+fn recurring(bursts: u32) -> impl Fn(u32) -> f64 {
+    move |t| {
+        let n = t / 120;
+        if n >= 1 && n <= bursts && t % 120 < 10 {
+            60.0
+        } else {
+            10.0
+        }
+    }
+}
+
+fn slo_spec() -> ScalingSpec {
+    ScalingSpec {
+        slo: Some(Duration::from_secs(11)),
+        ..spec()
+    }
+}
+
+#[test]
+fn recurring_bursts_keep_what_serves_them_within_the_slo_between_them() {
+    let s = slo_spec();
+    let out = run(&s, 120 * 12, recurring(10));
+    // Between the later bursts (after three have been seen), just before
+    // the next: the memory holds what a 60 req/s burst of 10 s needs with a
+    // 10 s wait (1 s requests, 8 per replica): 3.75 → 4, where the base
+    // alone needs 2.
+    for n in 5..10u32 {
+        let (_, d) = &out[(n * 120 + 115) as usize];
+        assert_eq!(d.desired, 4, "before burst {n}: {}", d.reason);
+        assert_eq!(d.rule, Rule::BurstMemory, "{}", d.reason);
+        assert!(d.reason.contains("recent bursts"), "{}", d.reason);
+    }
+    // And no replica is started during those bursts: one started would be
+    // ready after the burst's usual 10 s, and the four work it off.
+    let during = out
+        .iter()
+        .filter(|(t, _)| *t >= 600 && *t % 120 < 30)
+        .map(|(_, d)| d.desired)
+        .max();
+    assert_eq!(during, Some(4));
+    // Without an SLO nothing is remembered: the base's count between bursts.
+    let out = run(&spec(), 120 * 12, recurring(10));
+    assert!(out.iter().all(|(_, d)| d.rule != Rule::BurstMemory));
+}
+
+#[test]
+fn the_burst_memory_is_released_once_bursts_stop() {
+    let s = slo_spec();
+    let out = run(&s, 120 * 6 + 1800, recurring(5));
+    let (_, held) = &out[120 * 5 + 115];
+    assert_eq!(held.desired, 4, "{}", held.reason);
+    // Half an hour after the last burst: back to what the base needs.
+    let (_, d) = out.last().unwrap();
+    assert!(d.desired <= 2, "{}", d.reason);
+    assert_ne!(d.rule, Rule::BurstMemory);
+}
+
+#[test]
+fn a_panic_among_recurring_bursts_asks_for_what_serves_the_burst_within_the_slo() {
+    // The bursts grow: 60 req/s, then 120 req/s from the sixth on. The
+    // panic for a 120 req/s burst at the target asks for 15 replicas plus
+    // its queue; bounded by the SLO it asks for what works a 10 s burst off
+    // within the 10 s wait: 120 / 8 × 10 / 20 = 7.5 → 8.
+    let rate = |t: u32| {
+        let n = t / 120;
+        match (n, t % 120 < 10) {
+            (1..=5, true) => 60.0,
+            (6..=8, true) => 120.0,
+            _ => 10.0,
+        }
+    };
+    let bounded = run(&slo_spec(), 120 * 9, rate);
+    let most = |out: &[(u32, Decision)]| {
+        out.iter()
+            .filter(|(t, _)| *t >= 720)
+            .map(|(_, d)| d.desired)
+            .max()
+            .unwrap()
+    };
+    assert!(most(&bounded) <= 8, "{}", most(&bounded));
+    assert!(
+        bounded.iter().any(|(t, d)| *t >= 720
+            && d.rule == Rule::BurstMemory
+            && d.reason.contains("within the SLO's queue wait")),
+        "a bounded panic names the rule"
+    );
+    // Without the SLO, the panic asks for more.
+    let unbounded = run(&spec(), 120 * 9, rate);
+    assert!(most(&unbounded) > 8, "{}", most(&unbounded));
+}
+
+#[test]
+fn an_slo_target_never_exceeds_the_spec_target() {
+    // 1 s service against a 60 s SLO would allow 59 × the slots per
+    // replica; the operator's target is the headroom kept.
+    let mut a = Autoscaler::new();
+    let mut now = Instant::now();
+    let s = ScalingSpec {
+        slo: Some(Duration::from_secs(60)),
+        target_ongoing_requests: 6.0,
+        ..spec()
+    };
+    for _ in 0..20 {
+        a.observe(
+            now,
+            &Signals {
+                ongoing: 4.0,
+                waiting: Some(0.0),
+                requests_per_s: 4.0,
+                ready: 1,
+                ..Signals::default()
+            },
+        );
+        a.decide(&s, 1, now);
+        now += SECOND;
+    }
+    let d = a.decide(&s, 1, now);
+    let target = d
+        .inputs
+        .iter()
+        .find(|(k, _)| k == "target_from_slo")
+        .map(|(_, v)| v.clone());
+    assert_eq!(target.as_deref(), Some("6"), "{:?}", d.inputs);
+}
