@@ -9,7 +9,7 @@
 //! W = SLO − S by λ · S / target × D / (D + W) replicas. The memory keeps the
 //! last bursts (start, length, mean arrival rate) and, while they keep
 //! recurring, asks for the most any of them needed; when none has come for
-//! twice their mean spacing (at least the ski-rental hold, at most
+//! four times their mean spacing (at least the ski-rental hold, at most
 //! `horizon_cap`), it forgets them.
 
 use std::collections::VecDeque;

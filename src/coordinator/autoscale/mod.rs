@@ -701,9 +701,9 @@ impl Autoscaler {
 
     /// Feeds the burst memory one tick (a burst begins with a panic, or
     /// with the panic window's arrivals at the panic threshold over the
-    /// stable window's) and, with
-    /// an SLO and a measured service time, returns what the recurring bursts
-    /// need within the SLO's queue wait (SLO − service), with that wait.
+    /// stable window's) and, with an SLO and a measured service time,
+    /// returns what the recurring bursts need within the SLO's queue wait
+    /// (SLO − service), with that wait.
     fn remember_bursts(
         &mut self,
         spec: &ScalingSpec,
