@@ -465,6 +465,43 @@ async fn a_replica_failing_before_the_first_byte_is_retried_never_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_with_one_replica_retries_on_it_once_its_cooldown_ends() {
+    let h = Harness::new();
+    let Some(fleet) = FixtureFleet::start(&h, "single", 1) else {
+        return;
+    };
+    // Far shorter than the client's timeout: a retry left waiting in the
+    // queue shows as a 503, not as a hung client.
+    let gw = gateway(&h, "gw", "hold_timeout = \"15s\"");
+    let ports = wait_until(Duration::from_secs(30), "a ready replica", || {
+        let p = ready_ports(&h, "single");
+        (p.len() == 1).then_some(p)
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the replica at the gateway",
+        || {
+            let (_, s) = http("GET", gw.port, "/status", "");
+            s.contains("\"address\"").then_some(())
+        },
+    );
+    std::fs::write(fleet.dir.join(format!("fault-{}", ports[0])), "reset-once").unwrap();
+    // The one replica resets the first try; nothing else frees a slot or
+    // changes the table, yet the retry goes out when the cooldown ends.
+    let (status, _, reply) = post(
+        &gw.url("/v1/completions"),
+        &json!({"model": "single", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(hits(&fleet.dir, ports[0]), 2);
+    assert_eq!(
+        metric(&metrics_of(&gw).await, "gpufleet_gateway_retries_total"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retiring_replica_receives_nothing_new() {
     let h = Harness::new();
     let Some(fleet) = FixtureFleet::start(&h, "shrink", 2) else {
@@ -658,7 +695,7 @@ async fn llama_cpp_behind_the_gateway_wakes_and_streams() {
     let spec = h.write(
         "llama.toml",
         &format!(
-            "name = \"tiny\"\nweights = \"{}\"\n[server]\npreset = \"llamacpp\"\ncommand = [\"{}\", \"-m\", \"{{weights}}\", \"--port\", \"{{port}}\", \"--host\", \"127.0.0.1\", \"--metrics\", \"--parallel\", \"2\", \"-c\", \"1024\"]\ngpus = 1\ngpu_memory = \"1GiB\"\nready_timeout = \"60s\"\nmax_concurrency = 2\n[scaling]\nmin_replicas = 0\nmax_replicas = 1\nscale_to_zero_after = \"1h\"\n",
+            "name = \"tiny\"\nweights = \"{}\"\n[server]\npreset = \"llamacpp\"\ncommand = [\"{}\", \"-m\", \"{{weights}}\", \"--port\", \"{{port}}\", \"--host\", \"127.0.0.1\", \"--metrics\", \"--parallel\", \"3\", \"-c\", \"1536\"]\ngpus = 1\ngpu_memory = \"1GiB\"\nready_timeout = \"60s\"\n[scaling]\nmin_replicas = 0\nmax_replicas = 1\nscale_to_zero_after = \"1h\"\n",
             gguf.display(),
             server.display()
         ),
@@ -686,6 +723,13 @@ async fn llama_cpp_behind_the_gateway_wakes_and_streams() {
         metric(&m, "gpufleet_gateway_ttft_seconds_count{model=\"tiny\"}"),
         2.0,
         "{m}"
+    );
+    // The spec sets no max_concurrency: the engine's `--parallel 3` slots
+    // (not the gateway's default of 8) bound what the replica is sent.
+    let status = status_of(&gw).await;
+    assert_eq!(
+        status["models"][0]["replicas"][0]["max_concurrency"], 3,
+        "{status}"
     );
 }
 

@@ -79,6 +79,7 @@ fn render(s: &GatewayStatus) -> String {
         "NODE",
         "ADDRESS",
         "IN-FLIGHT",
+        "MAX",
         "ONGOING(SCRAPED)",
     ]);
     let mut any = false;
@@ -91,6 +92,7 @@ fn render(s: &GatewayStatus) -> String {
                 x.node.clone(),
                 x.address.clone(),
                 x.in_flight.to_string(),
+                x.max_concurrency.to_string(),
                 format!("{:.0}", x.ongoing_scraped),
             ]);
         }

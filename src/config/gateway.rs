@@ -26,6 +26,9 @@ pub struct GatewayOverrides {
 pub enum Routing {
     /// Least outstanding of two random replicas.
     LeastOutstanding,
+    /// Each replica with room in turn, blind to load and prompt: the
+    /// baseline the other two are measured against.
+    RoundRobin,
     /// Longest cached prefix within `imbalance` requests of the least busy;
     /// else bounded-load consistent hashing of the first block.
     Prefix { imbalance: u32 },
@@ -185,15 +188,16 @@ fn validate(raw: RawGateway, o: &GatewayOverrides) -> Result<GatewayConfig, Prob
     )?;
     let routing = match raw.routing.as_deref().unwrap_or("least-outstanding") {
         "least-outstanding" => Routing::LeastOutstanding,
+        "round-robin" => Routing::RoundRobin,
         "prefix" => Routing::Prefix {
             imbalance: prefix_imbalance,
         },
-        other => {
-            return Err(Problem::invalid(
-                "routing",
-                format!("routing = \"{other}\" is unknown; allowed: least-outstanding, prefix"),
-            ))
-        }
+        other => return Err(Problem::invalid(
+            "routing",
+            format!(
+                "routing = \"{other}\" is unknown; allowed: least-outstanding, round-robin, prefix"
+            ),
+        )),
     };
     let tls = raw.tls.unwrap_or_default().validate_client()?;
     match (tls.ca.is_some(), coordinator.starts_with("https://")) {
@@ -298,10 +302,15 @@ mod tests {
         assert!(err("coordinator = \"https://c:1\"\n").contains("tls.ca is not set"));
         let ca_alone = load("coordinator = \"https://c:1\"\n[tls]\nca = \"/ca.pem\"\n");
         assert_eq!(ca_alone.tls.ca, Some(PathBuf::from("/ca.pem")));
-        assert!(err("routing = \"random\"\n").contains("allowed: least-outstanding, prefix"));
+        assert!(err("routing = \"random\"\n")
+            .contains("allowed: least-outstanding, round-robin, prefix"));
         assert_eq!(
             load("routing = \"prefix\"\nprefix_imbalance = 2\n").routing,
             Routing::Prefix { imbalance: 2 }
+        );
+        assert_eq!(
+            load("routing = \"round-robin\"\n").routing,
+            Routing::RoundRobin
         );
         assert!(err("[auth]\ntokens = \"/x\"\n")
             .contains("allowed keys: client_tokens_file, coordinator_token_file"));

@@ -114,8 +114,10 @@ struct PendingLogs {
 const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 /// Ticks run ahead of the clock (`Fleet::tick_soon`) at most this often, so
-/// a fleet full of changing reports does not tick without pause.
-const EARLY_TICK_GAP: Duration = Duration::from_millis(200);
+/// a fleet full of changing reports does not tick without pause. A surge
+/// takes two ticks to decide (one sees it, one confirms it on a newer
+/// measurement), so this gap is part of every step → decision time.
+pub(super) const EARLY_TICK_GAP: Duration = Duration::from_millis(100);
 
 /// How long an agent may take to answer a log request.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);

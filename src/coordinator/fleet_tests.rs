@@ -227,3 +227,38 @@ fn a_targeted_signal_that_goes_missing_is_an_event_that_explain_shows() {
     );
     assert!(!f.model_view("m", false).decision_now.is_empty());
 }
+
+#[test]
+fn a_gateway_report_ticks_early_on_a_step_or_when_a_surge_awaits_it() {
+    use crate::domain::{GatewayReport, ModelDemand};
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path());
+    let t0 = Instant::now();
+    f.last_tick = t0;
+    let report = |in_flight: u32| GatewayReport {
+        gateway: "gw".into(),
+        models: [(
+            "m".to_string(),
+            ModelDemand {
+                queued: 0,
+                in_flight,
+                arrivals_per_s: 0.0,
+            },
+        )]
+        .into(),
+    };
+    let link = f.gateway_connected().0;
+    // The first report is news: a tick as soon as the gap allows.
+    f.gateway_report(link, report(10), t0);
+    assert_eq!(f.tick_at, Some(t0 + super::fleet::EARLY_TICK_GAP));
+    f.tick_at = None;
+    f.last_tick = t0 + Duration::from_millis(100);
+    // Demand that holds still waits for the clock...
+    let later = t0 + Duration::from_millis(300);
+    f.gateway_report(link, report(11), later);
+    assert_eq!(f.tick_at, None);
+    // ...unless a surge waits for a measurement newer than the one it saw.
+    f.awaiting_measurement = true;
+    f.gateway_report(link, report(11), later);
+    assert_eq!(f.tick_at, Some(later));
+}

@@ -133,8 +133,9 @@ impl Fleet {
                 self.tick_soon(now);
             }
         }
-        if stepped {
-            // A step in demand is decided on now, not at the next tick.
+        if stepped || self.awaiting_measurement {
+            // A step in demand is decided on now, not at the next tick; so
+            // is a surge that awaited this newer measurement to confirm it.
             self.tick_soon(now);
         }
     }

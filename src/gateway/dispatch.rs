@@ -2,13 +2,14 @@
 //! while it has room (its `max_concurrency`); the rest wait in a bounded
 //! per-model queue, first come first served, and the queue is served the
 //! moment room appears (a request finishing, a replica turning ready).
-//! Among replicas with room: least outstanding of two chosen at random.
+//! Among replicas with room: least outstanding of two chosen at random,
+//! each in turn, or by prompt prefix (the gateway's `routing`).
 //!
 //! The state is one plain struct behind a mutex held for a few map
 //! operations, never across an await; the decisions take `now` and a random
 //! source, so they are unit-tested without a clock or a network.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,8 @@ pub struct Replica {
 pub struct Grant {
     pub replica: String,
     pub address: String,
-    /// How the replica was chosen: "load", "prefix-hit" or "prefix-hash".
+    /// How the replica was chosen: "load", "round-robin", "prefix-hit" or
+    /// "prefix-hash".
     pub how: &'static str,
 }
 
@@ -66,8 +68,25 @@ struct ModelState {
     failed_until: HashMap<String, Instant>,
     /// Prompt blocks sent to each replica, for prefix-aware routing.
     prefixes: HashMap<String, PrefixIndex>,
+    /// Without a spec `max_concurrency`: each replica's own slot count as
+    /// its engine told (`None`: it could not say; the default applies).
+    /// A replica not here yet is being asked and takes nothing meanwhile.
+    slots: HashMap<String, Option<u32>>,
+    /// Replicas whose engine is being asked for its slots.
+    asking: HashSet<String>,
     waiters: VecDeque<Waiter>,
     arrivals: VecDeque<Instant>,
+    /// Where round-robin starts looking next (an index into `replicas`).
+    next_turn: usize,
+}
+
+/// A replica whose engine should be asked how many requests it serves at
+/// once (its model's spec does not say).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotsQuery {
+    pub model: String,
+    pub replica: String,
+    pub address: String,
 }
 
 /// Why a request cannot even wait.
@@ -115,6 +134,10 @@ pub struct ReplicaSnapshot {
     pub node: String,
     pub address: String,
     pub in_flight: u32,
+    /// Requests it takes at once: the spec's `max_concurrency`, else its
+    /// engine's slots, else the gateway's default.
+    #[serde(default)]
+    pub max_concurrency: u32,
     pub ongoing_scraped: f64,
 }
 
@@ -143,13 +166,15 @@ impl Dispatcher {
 
     /// Takes the coordinator's latest table and serves queues that can now
     /// move. Waiters of a model that is gone are dropped (their requests see
-    /// a closed channel).
+    /// a closed channel). Returns the new replicas whose engines must be
+    /// asked for their slot count ([`Dispatcher::learn_slots`]).
     pub fn apply_table(
         &mut self,
         table: &RoutingTable,
         now: Instant,
         rng: &mut impl FnMut(usize) -> usize,
-    ) {
+    ) -> Vec<SlotsQuery> {
+        let mut queries = Vec::new();
         self.has_table = true;
         for (name, state) in self.models.iter_mut() {
             if !table.models.contains_key(name) {
@@ -174,9 +199,21 @@ impl Dispatcher {
                     ongoing: r.ongoing,
                 })
                 .collect();
-            let live: std::collections::HashSet<&str> =
-                state.replicas.iter().map(|r| r.id.as_str()).collect();
+            let live: HashSet<&str> = state.replicas.iter().map(|r| r.id.as_str()).collect();
             state.prefixes.retain(|id, _| live.contains(id.as_str()));
+            state.slots.retain(|id, _| live.contains(id.as_str()));
+            state.asking.retain(|id| live.contains(id.as_str()));
+            if state.max_concurrency.is_none() {
+                for r in &state.replicas {
+                    if !state.slots.contains_key(&r.id) && state.asking.insert(r.id.clone()) {
+                        queries.push(SlotsQuery {
+                            model: name.clone(),
+                            replica: r.id.clone(),
+                            address: r.address.clone(),
+                        });
+                    }
+                }
+            }
         }
         let names: Vec<String> = self.models.keys().cloned().collect();
         for name in names {
@@ -184,6 +221,28 @@ impl Dispatcher {
         }
         self.models
             .retain(|_, s| s.known || s.in_flight.values().any(|n| *n > 0));
+        queries
+    }
+
+    /// What a replica's engine said of its slots (`None`: nothing usable);
+    /// the replica takes requests from now on.
+    pub fn learn_slots(
+        &mut self,
+        model: &str,
+        replica: &str,
+        slots: Option<u32>,
+        now: Instant,
+        rng: &mut impl FnMut(usize) -> usize,
+    ) {
+        let Some(state) = self.models.get_mut(model) else {
+            return;
+        };
+        if !state.asking.remove(replica) {
+            // It left the table meanwhile.
+            return;
+        }
+        state.slots.insert(replica.to_string(), slots);
+        self.serve_queue(model, now, rng);
     }
 
     /// Admits one request for `model` whose prompt has the block hashes
@@ -276,8 +335,21 @@ impl Dispatcher {
         }
     }
 
+    /// When the first replica of `model` that is passed over after a
+    /// failure may be tried again: waiters must serve the queue then, as no
+    /// release or table change may come (a model with one replica).
+    pub fn cooldown_end(&self, model: &str) -> Option<Instant> {
+        let state = self.models.get(model)?;
+        state
+            .replicas
+            .iter()
+            .filter_map(|r| state.failed_until.get(&r.id))
+            .min()
+            .copied()
+    }
+
     /// Grants waiting requests while a replica has room.
-    fn serve_queue(&mut self, model: &str, now: Instant, rng: &mut impl FnMut(usize) -> usize) {
+    pub fn serve_queue(&mut self, model: &str, now: Instant, rng: &mut impl FnMut(usize) -> usize) {
         let (default_max, routing) = (self.default_max, self.routing);
         let Some(state) = self.models.get_mut(model) else {
             return;
@@ -340,6 +412,7 @@ impl Dispatcher {
                             node: r.node.clone(),
                             address: r.address.clone(),
                             in_flight: s.in_flight.get(&r.id).copied().unwrap_or(0),
+                            max_concurrency: s.room_of(&r.id, default_max).unwrap_or(0),
                             ongoing_scraped: r.ongoing,
                         })
                         .collect(),
@@ -356,8 +429,9 @@ impl Dispatcher {
 
 impl ModelState {
     /// A replica with room, by the routing policy: the longest cached
-    /// prefix or consistent hashing (prefix routing with a prompt), else the
-    /// least outstanding of two chosen at random (power of two choices).
+    /// prefix or consistent hashing (prefix routing with a prompt), the next
+    /// in turn (round-robin), else the least outstanding of two chosen at
+    /// random (power of two choices).
     /// Claims a slot on it.
     fn pick(
         &mut self,
@@ -367,12 +441,12 @@ impl ModelState {
         now: Instant,
         rng: &mut impl FnMut(usize) -> usize,
     ) -> Option<Grant> {
-        let max = self.max_concurrency.unwrap_or(default_max);
         self.failed_until.retain(|_, until| *until > now);
         let open: Vec<usize> = (0..self.replicas.len())
             .filter(|&i| {
                 let r = &self.replicas[i];
-                self.in_flight.get(&r.id).copied().unwrap_or(0) < max
+                self.room_of(&r.id, default_max)
+                    .is_some_and(|max| self.in_flight.get(&r.id).copied().unwrap_or(0) < max)
                     && !self.failed_until.contains_key(&r.id)
             })
             .collect();
@@ -404,6 +478,14 @@ impl ModelState {
         };
         let (chosen, how) = match (by_prefix, open.len()) {
             (Some(choice), _) => choice,
+            (None, _) if routing == Routing::RoundRobin => {
+                // The first open replica at or after the turn, cyclically
+                // (`open` is sorted and not empty).
+                let turn = self.next_turn % self.replicas.len();
+                let i = open.iter().copied().find(|&i| i >= turn).unwrap_or(open[0]);
+                self.next_turn = i + 1;
+                (i, "round-robin")
+            }
             (None, 1) => (open[0], "load"),
             (None, n) => {
                 let a = rng(n);
@@ -437,6 +519,20 @@ impl ModelState {
             address: r.address.clone(),
             how,
         })
+    }
+
+    /// Requests `replica` takes at once: the spec's, else its engine's
+    /// slots, else the default; `None` while its engine is being asked.
+    fn room_of(&self, replica: &str, default_max: u32) -> Option<u32> {
+        if let Some(max) = self.max_concurrency {
+            return Some(max);
+        }
+        match self.slots.get(replica) {
+            Some(slots) => Some(slots.unwrap_or(default_max)),
+            None if self.asking.contains(replica) => None,
+            // Not asked (a table applied before this rule): the default.
+            None => Some(default_max),
+        }
     }
 
     fn unclaim(&mut self, replica: &str) {
@@ -481,9 +577,14 @@ impl SharedDispatcher {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn apply_table(&self, table: &RoutingTable) {
+    pub fn apply_table(&self, table: &RoutingTable) -> Vec<SlotsQuery> {
         self.lock()
-            .apply_table(table, Instant::now(), &mut random_below);
+            .apply_table(table, Instant::now(), &mut random_below)
+    }
+
+    pub fn learn_slots(&self, model: &str, replica: &str, slots: Option<u32>) {
+        self.lock()
+            .learn_slots(model, replica, slots, Instant::now(), &mut random_below);
     }
 
     pub fn admit(&self, model: &str, prefix: Vec<u64>) -> Admission {
@@ -510,6 +611,16 @@ impl SharedDispatcher {
 
     pub fn mark_failed(&self, model: &str, replica: &str) {
         self.lock().mark_failed(model, replica, Instant::now());
+    }
+
+    pub fn cooldown_end(&self, model: &str) -> Option<Instant> {
+        self.lock().cooldown_end(model)
+    }
+
+    /// Serves `model`'s queue now (a failed replica's cooldown ended).
+    pub fn serve_queue(&self, model: &str) {
+        self.lock()
+            .serve_queue(model, Instant::now(), &mut random_below);
     }
 
     /// Wraps a grant so that its slot is released however the request ends.

@@ -15,6 +15,7 @@ use crate::domain::{GatewayReport, RoutingTable};
 use crate::security::{BearerToken, ClientTls};
 use crate::wire::pb;
 
+use super::dispatch::SlotsQuery;
 use super::Gateway;
 
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -113,7 +114,9 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings, coordinator: &str) -> Re
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(table)) => {
-                    gw.dispatcher.apply_table(&RoutingTable::from(table));
+                    for q in gw.dispatcher.apply_table(&RoutingTable::from(table)) {
+                        ask_slots(gw.clone(), q);
+                    }
                     // Connected means routing on the coordinator's current table.
                     gw.connected.store(true, Ordering::Relaxed);
                 }
@@ -133,6 +136,23 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings, coordinator: &str) -> Re
             }
         }
     }
+}
+
+/// Asks a new replica's engine for its slot count, off the link's task:
+/// the replica takes requests once the engine answered or could not.
+fn ask_slots(gw: Arc<Gateway>, q: SlotsQuery) {
+    tokio::spawn(async move {
+        let slots = super::slots::engine_slots(&gw.client, &q.address).await;
+        match slots {
+            Some(n) => {
+                tracing::info!(model = %q.model, replica_id = %q.replica, slots = n, "the engine serves {n} requests at once")
+            }
+            None => {
+                tracing::debug!(model = %q.model, replica_id = %q.replica, "the engine does not say its slots; default_max_concurrency applies")
+            }
+        }
+        gw.dispatcher.learn_slots(&q.model, &q.replica, slots);
+    });
 }
 
 async fn send(

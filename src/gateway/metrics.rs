@@ -49,7 +49,7 @@ impl Metrics {
         self.with(|m| *m.rejections.entry((model.to_string(), reason)).or_default() += 1);
     }
 
-    /// How a request's replica was chosen ("load", "prefix-hit", "prefix-hash").
+    /// How a request's replica was chosen ("load", "round-robin", "prefix-hit", "prefix-hash").
     pub fn placed(&self, model: &str, how: &'static str) {
         self.with(|m| *m.placements.entry((model.to_string(), how)).or_default() += 1);
     }
@@ -139,7 +139,7 @@ impl Metrics {
             for (model, n) in &i.retries {
                 let _ = writeln!(out, "gpufleet_gateway_retries_total{{model=\"{}\"}} {n}", escape(model));
             }
-            out.push_str("# HELP gpufleet_gateway_placements_total Requests sent to a replica, by how it was chosen (load, prefix-hit, prefix-hash).\n# TYPE gpufleet_gateway_placements_total counter\n");
+            out.push_str("# HELP gpufleet_gateway_placements_total Requests sent to a replica, by how it was chosen (load, round-robin, prefix-hit, prefix-hash).\n# TYPE gpufleet_gateway_placements_total counter\n");
             for ((model, how), n) in &i.placements {
                 let _ = writeln!(
                     out,

@@ -10,6 +10,7 @@ pub mod link;
 pub mod metrics;
 pub mod prefix;
 pub mod proxy;
+pub mod slots;
 pub mod status;
 
 use std::future::Future;
@@ -27,6 +28,9 @@ use crate::security::BearerToken;
 
 use dispatch::{Dispatcher, SharedDispatcher};
 use proxy::ApiError;
+
+/// Connections to replicas idle longer than this are closed.
+const REPLICA_IDLE: Duration = Duration::from_secs(4);
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -105,7 +109,11 @@ pub async fn run(
     });
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Below the engines' own keep-alive timeout (5 s in llama.cpp and
+        // in uvicorn, which serves vLLM): a pooled connection the replica
+        // is closing right now fails the request before any byte, which
+        // costs a retry and passes the replica over for a while.
+        .pool_idle_timeout(REPLICA_IDLE)
         .build()
         .context("building the HTTP client for replicas")?;
     let gw = Arc::new(Gateway {

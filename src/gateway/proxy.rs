@@ -181,7 +181,7 @@ pub async fn forward(
         let (model, parsed) = model_of(&bytes)?;
         let prefix = match gw.cfg.routing {
             Routing::Prefix { .. } => prefix_hashes(&prompt_text(&parsed)),
-            Routing::LeastOutstanding => Vec::new(),
+            Routing::LeastOutstanding | Routing::RoundRobin => Vec::new(),
         };
         drop(parsed);
         send(&gw, path, &headers, bytes, &model, prefix, arrived).await
@@ -308,7 +308,20 @@ async fn hold(
         gw.wake.notify_one();
     }
     let mut ticket = gw.dispatcher.ticket(model, id, rx);
-    match tokio::time::timeout_at(deadline.into(), ticket.granted()).await {
+    let granted = async {
+        loop {
+            // A replica passed over after a failure frees no slot when its
+            // cooldown ends: the queue is served then by its waiters.
+            let cooled = gw.dispatcher.cooldown_end(model);
+            tokio::select! {
+                slot = ticket.granted() => return slot,
+                _ = tokio::time::sleep_until(cooled.unwrap_or(deadline).into()), if cooled.is_some() => {
+                    gw.dispatcher.serve_queue(model);
+                }
+            }
+        }
+    };
+    match tokio::time::timeout_at(deadline.into(), granted).await {
         Ok(Some(slot)) => Ok(slot),
         Ok(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,

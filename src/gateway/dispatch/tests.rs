@@ -26,6 +26,13 @@ fn table(models: &[(&str, Option<u32>, &[&str])]) -> RoutingTable {
     t
 }
 
+/// Applies `t`; engines asked for their slots say nothing (the default applies).
+fn apply(d: &mut Dispatcher, t: &RoutingTable, now: Instant) {
+    for q in d.apply_table(t, now, &mut first) {
+        d.learn_slots(&q.model, &q.replica, None, now, &mut first);
+    }
+}
+
 /// Always the first choice: tests that do not care about randomness.
 fn first(_: usize) -> usize {
     0
@@ -49,7 +56,7 @@ fn wait(a: Admission) -> (u64, oneshot::Receiver<Grant>, bool) {
 fn a_replica_takes_requests_only_while_it_has_room() {
     let now = Instant::now();
     let mut d = Dispatcher::new(10, 8, Routing::LeastOutstanding);
-    d.apply_table(&table(&[("m", Some(2), &["a"])]), now, &mut first);
+    apply(&mut d, &table(&[("m", Some(2), &["a"])]), now);
     let g1 = go(d.admit("m", vec![], now, &mut first));
     go(d.admit("m", vec![], now, &mut first));
     let (_, mut rx, is_first) = wait(d.admit("m", vec![], now, &mut first));
@@ -66,13 +73,13 @@ fn a_replica_takes_requests_only_while_it_has_room() {
 fn a_model_at_zero_holds_and_a_new_replica_takes_the_queue() {
     let now = Instant::now();
     let mut d = Dispatcher::new(10, 1, Routing::LeastOutstanding);
-    d.apply_table(&table(&[("m", None, &[])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &[])]), now);
     let (_, mut rx1, first1) = wait(d.admit("m", vec![], now, &mut first));
     let (_, mut rx2, first2) = wait(d.admit("m", vec![], now, &mut first));
     assert!(first1 && !first2, "only the first arrival wakes the model");
     assert_eq!(d.demand(now)["m"].queued, 2);
     // The default max (1) lets one through per replica.
-    d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &["a", "b"])]), now);
     let got = [
         rx1.try_recv().unwrap().replica,
         rx2.try_recv().unwrap().replica,
@@ -89,7 +96,7 @@ fn overflow_unknown_models_and_no_table_are_refused() {
         d.admit("m", vec![], now, &mut first),
         Admission::Refused(Refusal::NoTable)
     ));
-    d.apply_table(&table(&[("m", None, &[])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &[])]), now);
     let _held = wait(d.admit("m", vec![], now, &mut first));
     assert!(matches!(
         d.admit("m", vec![], now, &mut first),
@@ -108,7 +115,7 @@ fn overflow_unknown_models_and_no_table_are_refused() {
 fn an_abandoned_waiter_leaves_the_queue_and_leaks_no_slot() {
     let now = Instant::now();
     let mut d = Dispatcher::new(10, 1, Routing::LeastOutstanding);
-    d.apply_table(&table(&[("m", None, &["a"])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &["a"])]), now);
     let g = go(d.admit("m", vec![], now, &mut first));
     let (gone_id, gone_rx, _) = wait(d.admit("m", vec![], now, &mut first));
     let (_, mut next_rx, _) = wait(d.admit("m", vec![], now, &mut first));
@@ -132,7 +139,7 @@ fn an_abandoned_waiter_leaves_the_queue_and_leaks_no_slot() {
 fn dropped_receivers_are_skipped_when_serving_the_queue() {
     let now = Instant::now();
     let mut d = Dispatcher::new(10, 1, Routing::LeastOutstanding);
-    d.apply_table(&table(&[("m", None, &["a"])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &["a"])]), now);
     let g = go(d.admit("m", vec![], now, &mut first));
     let (_, dead, _) = wait(d.admit("m", vec![], now, &mut first));
     drop(dead);
@@ -146,7 +153,7 @@ fn dropped_receivers_are_skipped_when_serving_the_queue() {
 fn power_of_two_choices_prefers_the_less_loaded() {
     let now = Instant::now();
     let mut d = Dispatcher::new(10, 100, Routing::LeastOutstanding);
-    d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &["a", "b"])]), now);
     // rng picks a (0) then b: a gets the first; with a busier, b wins.
     let mut picks = [0usize, 0].into_iter().cycle();
     let mut rng = |_: usize| picks.next().unwrap();
@@ -156,13 +163,88 @@ fn power_of_two_choices_prefers_the_less_loaded() {
 }
 
 #[test]
+fn round_robin_takes_each_replica_with_room_in_turn_whatever_its_load() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 2, Routing::RoundRobin);
+    apply(&mut d, &table(&[("m", None, &["a", "b", "c"])]), now);
+    let order: Vec<Grant> = (0..4)
+        .map(|_| go(d.admit("m", vec![], now, &mut first)))
+        .collect();
+    let ids: Vec<&str> = order.iter().map(|g| g.replica.as_str()).collect();
+    // Least outstanding would have sent the fourth to b or c (a has 1 in
+    // flight, they have 1 and 0); round-robin goes back to a regardless.
+    assert_eq!(ids, ["a", "b", "c", "a"]);
+    assert_eq!(order[0].how, "round-robin");
+    // a is full (2 of 2): its turn passes to the next with room.
+    assert_eq!(go(d.admit("m", vec![], now, &mut first)).replica, "b");
+    assert_eq!(go(d.admit("m", vec![], now, &mut first)).replica, "c");
+    let (_, mut queued, _) = wait(d.admit("m", vec![], now, &mut first));
+    d.release("m", "b", now, &mut first);
+    assert_eq!(
+        queued.try_recv().unwrap().replica,
+        "b",
+        "the queue took b's room"
+    );
+}
+
+#[test]
+fn without_a_spec_limit_a_replica_waits_for_its_engine_slots_then_takes_that_many() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 8, Routing::LeastOutstanding);
+    let queries = d.apply_table(&table(&[("m", None, &["a"])]), now, &mut first);
+    assert_eq!(
+        queries,
+        [SlotsQuery {
+            model: "m".into(),
+            replica: "a".into(),
+            address: "a:1".into()
+        }]
+    );
+    // Asked once, not again with every table.
+    assert!(d
+        .apply_table(&table(&[("m", None, &["a"])]), now, &mut first)
+        .is_empty());
+    let (_, mut rx, _) = wait(d.admit("m", vec![], now, &mut first));
+    d.learn_slots("m", "a", Some(2), now, &mut first);
+    assert_eq!(rx.try_recv().unwrap().replica, "a");
+    go(d.admit("m", vec![], now, &mut first));
+    let (_, mut queued, _) = wait(d.admit("m", vec![], now, &mut first));
+    assert_eq!(d.snapshot(now)[0].replicas[0].max_concurrency, 2);
+    // A spec limit wins and needs no asking.
+    assert!(d
+        .apply_table(&table(&[("m", Some(3), &["a", "b"])]), now, &mut first)
+        .is_empty());
+    assert_eq!(queued.try_recv().unwrap().replica, "b");
+    assert_eq!(d.demand(now)["m"].in_flight, 3);
+}
+
+#[test]
+fn an_engine_that_cannot_say_gets_the_default_and_a_gone_replica_is_forgotten() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 3, Routing::LeastOutstanding);
+    d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
+    d.learn_slots("m", "a", None, now, &mut first);
+    for _ in 0..3 {
+        assert_eq!(go(d.admit("m", vec![], now, &mut first)).replica, "a");
+    }
+    // b left while being asked: its late answer changes nothing.
+    d.apply_table(&table(&[("m", None, &["a"])]), now, &mut first);
+    d.learn_slots("m", "b", Some(5), now, &mut first);
+    wait(d.admit("m", vec![], now, &mut first));
+    // Back in the table, it is asked again.
+    let q = d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].replica, "b");
+}
+
+#[test]
 fn a_replica_that_left_the_table_gets_nothing_new_but_its_count_ends_right() {
     let now = Instant::now();
     let mut d = Dispatcher::new(10, 4, Routing::LeastOutstanding);
-    d.apply_table(&table(&[("m", None, &["old"])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &["old"])]), now);
     let g = go(d.admit("m", vec![], now, &mut first));
     // "old" retires: the coordinator drops it from the table.
-    d.apply_table(&table(&[("m", None, &["new"])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &["new"])]), now);
     for _ in 0..4 {
         assert_eq!(go(d.admit("m", vec![], now, &mut first)).replica, "new");
     }
@@ -171,10 +253,29 @@ fn a_replica_that_left_the_table_gets_nothing_new_but_its_count_ends_right() {
 }
 
 #[test]
+fn a_queue_behind_a_failed_only_replica_moves_when_its_cooldown_ends() {
+    let now = Instant::now();
+    let mut d = Dispatcher::new(10, 4, Routing::LeastOutstanding);
+    apply(&mut d, &table(&[("m", None, &["a"])]), now);
+    assert_eq!(d.cooldown_end("m"), None);
+    let g = go(d.admit("m", vec![], now, &mut first));
+    d.mark_failed("m", "a", now);
+    d.release("m", &g.replica, now, &mut first);
+    // The retry waits: the one replica is cooling down, with room.
+    let (_, mut rx, _) = wait(d.admit("m", vec![], now, &mut first));
+    let end = d.cooldown_end("m").expect("a is cooling down");
+    assert_eq!(end, now + FAILED_COOLDOWN);
+    d.serve_queue("m", end - Duration::from_millis(1), &mut first);
+    assert!(rx.try_recv().is_err(), "not before the cooldown ends");
+    d.serve_queue("m", end + Duration::from_millis(1), &mut first);
+    assert_eq!(rx.try_recv().unwrap().replica, "a");
+}
+
+#[test]
 fn a_failed_replica_is_passed_over_for_a_while() {
     let now = Instant::now();
     let mut d = Dispatcher::new(10, 4, Routing::LeastOutstanding);
-    d.apply_table(&table(&[("m", None, &["a", "b"])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &["a", "b"])]), now);
     d.mark_failed("m", "a", now);
     for _ in 0..3 {
         let g = go(d.admit("m", vec![], now, &mut first));
@@ -189,7 +290,7 @@ fn a_failed_replica_is_passed_over_for_a_while() {
 fn a_deleted_model_drops_its_waiters() {
     let now = Instant::now();
     let mut d = Dispatcher::new(10, 1, Routing::LeastOutstanding);
-    d.apply_table(&table(&[("m", None, &[])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &[])]), now);
     let (_, mut rx, _) = wait(d.admit("m", vec![], now, &mut first));
     d.apply_table(&RoutingTable::default(), now, &mut first);
     assert!(matches!(
@@ -203,7 +304,7 @@ fn a_deleted_model_drops_its_waiters() {
 fn with_prefix_routing_a_shared_prompt_sticks_to_one_replica_until_it_is_busy() {
     let now = Instant::now();
     let mut d = Dispatcher::new(10, 100, Routing::Prefix { imbalance: 2 });
-    d.apply_table(&table(&[("m", None, &["a", "b", "c"])]), now, &mut first);
+    apply(&mut d, &table(&[("m", None, &["a", "b", "c"])]), now);
     let tenant = prefix_hashes(&"You are the billing assistant. ".repeat(20));
     let g = go(d.admit("m", tenant.clone(), now, &mut first));
     assert_eq!(g.how, "prefix-hash");
