@@ -2,11 +2,14 @@
 one agent with simulated GPUs, each process written to a pid file so the
 script's trap can end exactly those."""
 
+import http.client
 import json
 import os
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 
 
 def free_port():
@@ -75,3 +78,44 @@ class Fleet:
 
     def run(self, *args):
         subprocess.run([self.binary, *args], capture_output=True, env=self.env)
+
+
+def stream_completion(port, body, timeout=120):
+    """POSTs `body` (a dict) to 127.0.0.1:PORT/v1/completions with "stream":
+    true; returns (HTTP status or None, seconds to the first SSE event or
+    None)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    t0 = time.monotonic()
+    try:
+        c.request("POST", "/v1/completions", json.dumps(dict(body, stream=True)),
+                  {"Content-Type": "application/json"})
+        r = c.getresponse()
+        ttft = None
+        for line in r:
+            if ttft is None and line.startswith(b"data: "):
+                ttft = time.monotonic() - t0
+        return r.status, ttft
+    except (OSError, http.client.HTTPException):
+        return None, None
+    finally:
+        c.close()
+
+
+def wait_for(what, f, within=120):
+    """f()'s first truthy value, polled every 0.2 s; exits after `within` s."""
+    for _ in range(within * 5):
+        v = f()
+        if v:
+            return v
+        time.sleep(0.2)
+    sys.exit(f"timed out waiting for {what}")
+
+
+def gateway_replicas(port):
+    """Replicas in the routing table of the gateway on PORT (0 while it is
+    not answering)."""
+    try:
+        s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2))
+        return sum(len(m["replicas"]) for m in s["models"])
+    except (OSError, ValueError):
+        return 0

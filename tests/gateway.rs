@@ -355,6 +355,20 @@ async fn overflow_gets_429_a_long_hold_503_and_bad_requests_clear_errors() {
     );
 }
 
+/// Waits until `n` replicas of `model` are ready and in `gw`'s table;
+/// their ports.
+fn serving(h: &Harness, gw: &Gw, model: &str, n: usize) -> Vec<u64> {
+    let ports = wait_until(Duration::from_secs(30), "ready replicas", || {
+        let p = ready_ports(h, model);
+        (p.len() == n).then_some(p)
+    });
+    wait_until(Duration::from_secs(10), "the replicas at the gateway", || {
+        let (_, s) = http("GET", gw.port, "/status", "");
+        (s.matches("\"address\"").count() == n).then_some(())
+    });
+    ports
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_pass_through_byte_for_byte() {
     let h = Harness::new();
@@ -399,18 +413,7 @@ async fn a_replica_failing_before_the_first_byte_is_retried_never_after() {
     };
     let dir = fleet.dir.clone();
     let gw = gateway(&h, "gw", "");
-    let ports = wait_until(Duration::from_secs(30), "two ready replicas", || {
-        let p = ready_ports(&h, "flaky");
-        (p.len() == 2).then_some(p)
-    });
-    wait_until(
-        Duration::from_secs(10),
-        "both replicas at the gateway",
-        || {
-            let (_, s) = http("GET", gw.port, "/status", "");
-            (s.matches("\"address\"").count() == 2).then_some(())
-        },
-    );
+    let ports = serving(&h, &gw, "flaky", 2);
     let (bad, good) = (ports[0], ports[1]);
     std::fs::write(dir.join(format!("fault-{bad}")), "reset").unwrap();
 
@@ -473,18 +476,7 @@ async fn a_model_with_one_replica_retries_on_it_once_its_cooldown_ends() {
     // Far shorter than the client's timeout: a retry left waiting in the
     // queue shows as a 503, not as a hung client.
     let gw = gateway(&h, "gw", "hold_timeout = \"15s\"");
-    let ports = wait_until(Duration::from_secs(30), "a ready replica", || {
-        let p = ready_ports(&h, "single");
-        (p.len() == 1).then_some(p)
-    });
-    wait_until(
-        Duration::from_secs(10),
-        "the replica at the gateway",
-        || {
-            let (_, s) = http("GET", gw.port, "/status", "");
-            s.contains("\"address\"").then_some(())
-        },
-    );
+    let ports = serving(&h, &gw, "single", 1);
     std::fs::write(fleet.dir.join(format!("fault-{}", ports[0])), "reset-once").unwrap();
     // The one replica resets the first try; nothing else frees a slot or
     // changes the table, yet the retry goes out when the cooldown ends.

@@ -192,12 +192,14 @@ fn validate(raw: RawGateway, o: &GatewayOverrides) -> Result<GatewayConfig, Prob
         "prefix" => Routing::Prefix {
             imbalance: prefix_imbalance,
         },
-        other => return Err(Problem::invalid(
-            "routing",
-            format!(
+        other => {
+            return Err(Problem::invalid(
+                "routing",
+                format!(
                 "routing = \"{other}\" is unknown; allowed: least-outstanding, round-robin, prefix"
             ),
-        )),
+            ))
+        }
     };
     let tls = raw.tls.unwrap_or_default().validate_client()?;
     match (tls.ca.is_some(), coordinator.starts_with("https://")) {

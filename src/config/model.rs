@@ -64,7 +64,8 @@ pub struct ServerSpec {
     pub metrics_port: Option<MetricsPort>,
     /// Requests one replica serves at once (its engine's slots or batch
     /// size): gateways send a replica no more than this and hold the rest.
-    /// `None`: the gateway's `default_max_concurrency`.
+    /// `None`: the slots the engine itself reports (llama.cpp), else the
+    /// gateway's `default_max_concurrency`.
     pub max_concurrency: Option<u32>,
 }
 

@@ -259,14 +259,17 @@ impl Dispatcher {
         }
         let (capacity, default_max, routing) =
             (self.queue_capacity, self.default_max, self.routing);
-        let known: Vec<String> = self
-            .models
-            .iter()
-            .filter(|(_, s)| s.known)
-            .map(|(n, _)| n.clone())
-            .collect();
-        let Some(state) = self.models.get_mut(model).filter(|s| s.known) else {
-            return Admission::Refused(Refusal::UnknownModel { known });
+        let state = match self.models.get_mut(model) {
+            Some(state) if state.known => state,
+            _ => {
+                let known = self
+                    .models
+                    .iter()
+                    .filter(|(_, s)| s.known)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                return Admission::Refused(Refusal::UnknownModel { known });
+            }
         };
         state.arrivals.push_back(now);
         prune_arrivals(&mut state.arrivals, now);

@@ -109,6 +109,7 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings, coordinator: &str) -> Re
     let mut tick = tokio::time::interval(gw.cfg.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(STEP_CHECK);
+    let mut confirm = false;
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -127,11 +128,15 @@ async fn stream(gw: &Arc<Gateway>, link: &LinkSettings, coordinator: &str) -> Re
             _ = gw.wake.notified() => last = send(&tx, report(gw)).await?,
             _ = check.tick() => {
                 // A step in demand goes out now: the autoscaler decides on
-                // it without waiting for the report interval.
+                // it without waiting for the report interval. The count
+                // after a step goes out too, one check later: the newer
+                // measurement that confirms a surge.
                 let now = report(gw);
-                if now.moved_from(&last) {
+                let stepped = now.moved_from(&last);
+                if stepped || confirm {
                     last = send(&tx, now).await?;
                     tick.reset();
+                    confirm = stepped;
                 }
             }
         }

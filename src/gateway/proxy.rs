@@ -73,7 +73,7 @@ impl IntoResponse for ApiError {
 /// The model a request names (the `model` string of its JSON object body),
 /// and the body parsed.
 pub fn model_of(body: &[u8]) -> Result<(String, serde_json::Value), ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
@@ -81,7 +81,7 @@ pub fn model_of(body: &[u8]) -> Result<(String, serde_json::Value), ApiError> {
             format!("the request body is not valid JSON: {e}"),
         )
     })?;
-    let Some(obj) = value.as_object() else {
+    let Some(obj) = value.as_object_mut() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
@@ -89,8 +89,11 @@ pub fn model_of(body: &[u8]) -> Result<(String, serde_json::Value), ApiError> {
             "the request body must be a JSON object with a `model` field".into(),
         ));
     };
-    match obj.get("model") {
-        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => Ok((m.clone(), value.clone())),
+    match obj.get_mut("model") {
+        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => {
+            let model = std::mem::take(m);
+            Ok((model, value))
+        }
         Some(_) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "missing_model",
@@ -362,6 +365,11 @@ fn relay(
         if !hop_by_hop(name) {
             headers.append(name.clone(), value.clone());
         }
+    }
+    // A body of known length goes out as one, not chunked: fewer writes,
+    // and the client can tell a cut body from a whole one the same way.
+    if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, len.clone());
     }
     let metrics = gw.clone();
     let model = model.to_string();
