@@ -362,10 +362,14 @@ fn serving(h: &Harness, gw: &Gw, model: &str, n: usize) -> Vec<u64> {
         let p = ready_ports(h, model);
         (p.len() == n).then_some(p)
     });
-    wait_until(Duration::from_secs(10), "the replicas at the gateway", || {
-        let (_, s) = http("GET", gw.port, "/status", "");
-        (s.matches("\"address\"").count() == n).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the replicas at the gateway",
+        || {
+            let (_, s) = http("GET", gw.port, "/status", "");
+            (s.matches("\"address\"").count() == n).then_some(())
+        },
+    );
     ports
 }
 
@@ -491,6 +495,31 @@ async fn a_model_with_one_replica_retries_on_it_once_its_cooldown_ends() {
         metric(&metrics_of(&gw).await, "gpufleet_gateway_retries_total"),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kept_alive_connection_the_replica_closed_is_resent_not_held_against_it() {
+    let h = Harness::new();
+    let Some(fleet) = FixtureFleet::start(&h, "closer", 1) else {
+        return;
+    };
+    // Shorter than the 2 s a failed replica is passed over: a resend that
+    // waited for that shows as a 503.
+    let gw = gateway(&h, "gw", "hold_timeout = \"1s\"");
+    let port = serving(&h, &gw, "closer", 1)[0];
+    // As llama.cpp after a streamed response: a kept-alive connection
+    // closes under the next request, with no answer.
+    std::fs::write(fleet.dir.join(format!("fault-{port}")), "drop-reused").unwrap();
+    for n in 0..3 {
+        let (status, _, reply) = post(
+            &gw.url("/v1/completions"),
+            &json!({"model": "closer", "prompt": "x"}),
+        )
+        .await;
+        assert_eq!(status, 200, "request {n}: {reply}");
+    }
+    assert_eq!(hits(&fleet.dir, port), 3);
+    assert!(metric(&metrics_of(&gw).await, "gpufleet_gateway_retries_total") >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

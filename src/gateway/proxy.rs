@@ -228,13 +228,28 @@ async fn send(
         }
         gw.metrics.placed(model, slot.grant().how);
         let url = format!("http://{}{path}", slot.grant().address);
-        let mut req = gw.client.post(&url).body(body.clone());
-        for (name, value) in headers {
-            if !hop_by_hop(name) {
-                req = req.header(name, value);
+        let mut resent = false;
+        let sent = loop {
+            let mut req = gw.client.post(&url).body(body.clone());
+            for (name, value) in headers {
+                if !hop_by_hop(name) {
+                    req = req.header(name, value);
+                }
             }
-        }
-        match req.send().await {
+            match req.send().await {
+                Err(e) if !resent && closed_unanswered(&e) => {
+                    // The replica closed a kept-alive connection as the
+                    // request went out on it (llama.cpp closes one after
+                    // every streamed response without saying so): not the
+                    // replica failing. Once more at once, on a new connection.
+                    tracing::debug!(model, replica_id = %slot.grant().replica, "a kept-alive connection closed unanswered; sending again: {}", crate::wire::error_chain(&e));
+                    gw.metrics.retry(model);
+                    resent = true;
+                }
+                other => break other,
+            }
+        };
+        match sent {
             Ok(resp) => return Ok((model.to_string(), relay(gw, model, resp, slot, arrived))),
             Err(e) => {
                 let replica = slot.grant().replica.clone();
@@ -257,6 +272,30 @@ async fn send(
             }
         }
     }
+}
+
+/// Whether the replica closed the connection with no answer at all (no
+/// status line): what a kept-alive connection the replica was closing looks
+/// like, as opposed to a refused connection or a timeout.
+fn closed_unanswered(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// A slot on a replica of `model`, waiting (until `deadline`) while none
