@@ -52,8 +52,8 @@ cp "$LLAMA_MODEL" "$work/tiny-llama.gguf"
 
 PYTHONPATH="$root/benches" python3 - "$work" "$RUNS" "$ENGINES" "$CACHE_RAM" "$REPLICAS" "$SLOTS" \
     "$TENANTS" "$CLIENTS" "$LOAD_FOR" "$LLAMA_SERVER" <<'PY'
-import http.client, json, random, statistics, subprocess, sys, threading, time, urllib.request
-from fleet import Fleet, spawn, free_port
+import json, random, statistics, subprocess, sys, threading, time, urllib.request
+from fleet import Fleet, spawn, free_port, gateway_replicas, stream_completion, wait_for
 
 (work, runs, engines, cache_rams, replicas, slots, tenants, clients, load_for,
  llama) = sys.argv[1:]
@@ -63,21 +63,6 @@ MODES = ["prefix", "least-outstanding", "round-robin"]
 WORDS = ("the of and to in is for that on with as by at from this be are it an or was which "
          "have not but fleet gateway replica model token cache prompt node queue").split()
 
-def wait(what, f, within=180):
-    for _ in range(within * 5):
-        v = f()
-        if v:
-            return v
-        time.sleep(0.2)
-    sys.exit(f"timed out waiting for {what}")
-
-def gateway_replicas(port):
-    try:
-        s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2))
-        return sum(len(m["replicas"]) for m in s["models"])
-    except Exception:
-        return 0
-
 def placements(port):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
@@ -86,27 +71,6 @@ def placements(port):
             how = line.split('how="')[1].split('"')[0]
             out[how] = out.get(how, 0) + float(line.rsplit(" ", 1)[1])
     return out
-
-def one(port, prompt):
-    """Sends one streamed completion; (ttft_s, ok)."""
-    body = json.dumps({"model": "bench-llm", "prompt": prompt, "max_tokens": 4, "stream": True})
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    t0 = time.monotonic()
-    try:
-        c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-        r = c.getresponse()
-        if r.status != 200:
-            r.read()
-            return None, False
-        ttft = None
-        for line in r:
-            if ttft is None and line.startswith(b"data: "):
-                ttft = time.monotonic() - t0
-        return ttft, ttft is not None
-    except Exception:
-        return None, False
-    finally:
-        c.close()
 
 def load(port, seed):
     rng = random.Random(seed)
@@ -119,7 +83,9 @@ def load(port, seed):
         while time.monotonic() < end:
             t = r.randrange(tenants)
             q = " ".join(r.choice(WORDS) for _ in range(12))
-            ttft, ok = one(port, f"{systems[t]}\nUser {k}-{n}: {q}?\nAssistant:")
+            status, ttft = stream_completion(port, {"model": "bench-llm", "max_tokens": 4,
+                                                    "prompt": f"{systems[t]}\nUser {k}-{n}: {q}?\nAssistant:"})
+            ok = status == 200 and ttft is not None
             n += 1
             with lock:
                 if ok:
@@ -157,7 +123,7 @@ def bench(label, command):
         spawn(pidfile, [binary, "gateway", "--config", f"{d}/gateway-{mode}.toml"], f"{d}/gateway-{mode}.log")
         ports[mode] = port
     for mode, port in ports.items():
-        wait(f"{replicas} replicas at the {mode} gateway", lambda: gateway_replicas(port) >= replicas)
+        wait_for(f"{replicas} replicas at the {mode} gateway", lambda: gateway_replicas(port) >= replicas, within=180)
     res = {m: [] for m in MODES}
     for n in range(runs):
         # Rotate the order so that no mode always runs first or last.

@@ -6,7 +6,13 @@
 #            load` sends RPS_LOW and then RPS_HIGH requests/s for LOAD_FOR
 #            seconds, once straight to the replica (--url) and once through
 #            a gateway (--gateway), alternating, RUNS times each. Reported:
-#            median p50 / p90 latency and completions per second.
+#            median p50 / p90 latency and completions per second. Then the
+#            most it sustains: wrk with CONNS connections sending back to
+#            back for LOAD_FOR s, straight and through the gateway,
+#            alternating, RUNS times each; median requests/s and the ratio.
+#            PIN=1 gives the gateway a core of its own (CPU 1) and puts the
+#            load generator and the replica on CPU 0, on both paths: the
+#            gateway as on its own host, not taking the replica's CPU.
 # step       the autoscaling reaction as benches/autoscale.sh measures it
 #            (tick 1s, report_interval 1s, scrape_interval 500ms; min 1,
 #            max 4, target 4 ongoing, max_concurrency 4): a step from 0 to
@@ -15,9 +21,17 @@
 #            on a step) or over the replicas found on /v1/endpoints (the
 #            coordinator learns of it from scrapes). Reported: step → first
 #            `scale 1 → N` event, median of RUNS.
+# zero       a model at zero (min_replicas 0, max 2, demo server that
+#            takes ZERO_INIT to get ready, max_concurrency 4) behind a
+#            gateway receives a trickle of TRICKLE requests/s for 10 s, then
+#            BURST requests at once, all streamed; a fresh fleet per run.
+#            Reported: failed requests, time to first token of the first
+#            request (the wake), TTFT p50 / max of the rest, replicas at the
+#            end.
 #
 #   CARGO_TARGET_DIR=/work/target-helpers benches/gateway.sh
 #   PARTS=step RUNS=5 benches/gateway.sh
+#   PARTS=zero BURST=200 benches/gateway.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -28,9 +42,15 @@ RPS_LOW=${RPS_LOW:-50}
 RPS_HIGH=${RPS_HIGH:-400}
 RPS_STEP=${RPS_STEP:-25}
 LOAD_FOR=${LOAD_FOR:-10}
+TRICKLE=${TRICKLE:-1}
+BURST=${BURST:-200}
+ZERO_INIT=${ZERO_INIT:-3s}
+CONNS=${CONNS:-32}
+PIN=${PIN:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 . benches/lib.sh
 
+case " $PARTS " in *" overhead "*) need wrk ;; esac
 work=$(mktemp -d /var/tmp/gpufleet-gateway.XXXXXX)
 touch "$work/pids"
 trap 'end_fleet "$work"' EXIT
@@ -38,12 +58,17 @@ cargo build --release --quiet
 cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
 head -c $((8 << 20)) /dev/urandom >"$work/weights.bin"
 
-PYTHONPATH="$root/benches" python3 - "$work" "$RUNS" "$PARTS" "$RPS_LOW" "$RPS_HIGH" "$RPS_STEP" "$LOAD_FOR" <<'PY'
-import json, os, re, statistics, subprocess, sys, time, urllib.request
-from fleet import Fleet, spawn, free_port
+PYTHONPATH="$root/benches" python3 - "$work" "$RUNS" "$PARTS" "$RPS_LOW" "$RPS_HIGH" "$RPS_STEP" "$LOAD_FOR" \
+    "$TRICKLE" "$BURST" "$ZERO_INIT" "$CONNS" "$PIN" <<'PY'
+import json, os, re, statistics, subprocess, sys, threading, time, urllib.request
+from fleet import Fleet, spawn, free_port, gateway_replicas, stream_completion, wait_for as wait
 
 work, runs, parts = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 rps_low, rps_high, rps_step, load_for = sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+trickle, burst, zero_init = float(sys.argv[8]), int(sys.argv[9]), sys.argv[10]
+conns, pin = int(sys.argv[11]), sys.argv[12] == "1"
+# With PIN: the load generator (and the replica) on CPU 0, the gateway on CPU 1.
+on_cpu0 = ["taskset", "-c", "0"] if pin else []
 binary, pidfile, weights = f"{work}/gpufleet", f"{work}/pids", f"{work}/weights.bin"
 
 def gateway(fleet, d):
@@ -51,23 +76,9 @@ def gateway(fleet, d):
     with open(f"{d}/gateway.toml", "w") as f:
         f.write(f'listen = "127.0.0.1:{port}"\ncoordinator = "http://127.0.0.1:{fleet.grpc}"\n'
                 f'queue_capacity = 100000\n')
-    spawn(pidfile, [binary, "gateway", "--config", f"{d}/gateway.toml"], f"{d}/gateway.log")
+    p = spawn(pidfile, [binary, "gateway", "--config", f"{d}/gateway.toml"], f"{d}/gateway.log")
+    gateway.pid = p.pid
     return port
-
-def gateway_replicas(port):
-    try:
-        s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2))
-        return sum(len(m["replicas"]) for m in s["models"])
-    except Exception:
-        return 0
-
-def wait(what, f, within=120):
-    for _ in range(within * 5):
-        v = f()
-        if v:
-            return v
-        time.sleep(0.2)
-    sys.exit(f"timed out waiting for {what}")
 
 def end_run():
     for p in open(pidfile).read().split():
@@ -78,7 +89,7 @@ def end_run():
     time.sleep(1)
 
 def load(args, out):
-    subprocess.run([binary, "demo", "load", *args, "--duration", f"{load_for}s", "--timeout", "30s",
+    subprocess.run([*on_cpu0, binary, "demo", "load", *args, "--duration", f"{load_for}s", "--timeout", "30s",
                     "--seed", "7", "-o", "json"], stdout=open(out, "w"), stderr=subprocess.DEVNULL, check=True)
     return json.load(open(out))
 
@@ -99,6 +110,17 @@ if "overhead" in parts:
     rep = wait("a ready replica", lambda: [x for x in (fleet.cli("replica", "ls") or []) if x.get("state") == "ready"])
     direct = f"http://127.0.0.1:{rep[0]['port']}"
     wait("the replica at the gateway", lambda: gateway_replicas(port))
+    if pin:
+        server = f"{binary}\0demo\0server\0--port\0{rep[0]['port']}\0".encode()
+        def cmdline(p):
+            try:
+                return open(f"/proc/{p}/cmdline", "rb").read()
+            except OSError:
+                return b""
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and cmdline(p).startswith(server)]
+        assert pids, "the replica's process was not found"
+        for p, cpu in [(p, "0") for p in pids] + [(str(gateway.pid), "1")]:
+            subprocess.run(["taskset", "-a", "-p", "-c", cpu, p], check=True, capture_output=True)
     rows = []
     for rps in (rps_low, rps_high):
         res = {"direct": [], "gateway": []}
@@ -110,12 +132,33 @@ if "overhead" in parts:
             rows.append((rps, path, med(r["p50_s"] for r in rs), med(r["p90_s"] for r in rs),
                          med(r["completed"] / r["duration_s"] for r in rs), sum(r["failed"] for r in rs)))
         print(json.dumps(res), file=sys.stderr)
+    with open(f"{d}/post.lua", "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                'wrk.body = \'{"model": "bench-llm", "prompt": "hello", "max_tokens": 1}\'\n')
+    def wrk(url):
+        out = subprocess.run([*on_cpu0, "wrk", "-t", "1", "-c", str(conns), "-d", f"{load_for}s", "--latency",
+                              "-s", f"{d}/post.lua", f"{url}/v1/completions"],
+                             capture_output=True, text=True, check=True).stdout
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        return float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)), int(errors.group(1)) if errors else 0
+    sat = {"direct": [], "gateway": []}
+    for n in range(runs):
+        sat["direct"].append(wrk(direct))
+        sat["gateway"].append(wrk(f"http://127.0.0.1:{port}"))
+    print(json.dumps(sat), file=sys.stderr)
     end_run()
-    print(f"\noverhead: one demo replica answering at once; median of {runs} runs of {load_for} s each\n")
+    layout = "gateway on CPU 1, load generator and replica on CPU 0" if pin else "all processes on all CPUs"
+    print(f"\noverhead: one demo replica answering at once ({layout}); median of {runs} runs of {load_for} s each\n")
     print("| offered req/s | path | p50 (ms) | p90 (ms) | completed/s | failed |")
     print("|---|---|---|---|---|---|")
     for rps, path, p50, p90, tput, failed in rows:
         print(f"| {rps} | {path} | {p50 * 1000:.2f} | {p90 * 1000:.2f} | {tput:.1f} | {failed} |")
+    print(f"\nsaturated: wrk, {conns} connections back to back, {load_for} s, median of {runs} runs\n")
+    print("| path | requests/s | all runs | non-2xx |")
+    print("|---|---|---|---|")
+    for path, rs in sat.items():
+        print(f"| {path} | {med(r[0] for r in rs):.0f} | {', '.join(f'{r[0]:.0f}' for r in rs)} | {sum(r[1] for r in rs)} |")
+    print(f"\ngateway / direct: {med(r[0] for r in sat['gateway']) / med(r[0] for r in sat['direct']):.2f}")
 
 def ts(e):
     return e["time_unix_ms"] / 1000
@@ -159,4 +202,60 @@ if "step" in parts:
         m = med(r["decision_s"] for r in rs)
         all_runs = ", ".join(f"{r['decision_s']:.2f}" if r["decision_s"] is not None else "none" for r in rs)
         print(f"| {label} | {m:.2f} | {all_runs} |" if m is not None else f"| {label} | none | {all_runs} |")
+
+if "zero" in parts:
+    results = []
+    for n in range(1, runs + 1):
+        d = f"{work}/zero-{n}"
+        os.makedirs(d)
+        fleet = Fleet(binary, pidfile, d, 2, [work])
+        fleet.apply(
+            f'name = "bench-llm"\nweights = "{weights}"\n[server]\npreset = "vllm"\n'
+            f'command = ["{binary}", "demo", "server", "--port", "{{port}}", "--weights", "{{weights}}", '
+            f'"--model-name", "bench-llm", "--init-time", "{zero_init}"]\n'
+            f'gpus = 1\ngpu_memory = "20GiB"\nready_timeout = "120s"\nmax_concurrency = 4\n'
+            f'[scaling]\nmin_replicas = 0\nmax_replicas = 2\ntarget_ongoing_requests = 4\n'
+            f'scale_to_zero_after = "1h"\n')
+        port = gateway(fleet, d)
+        def models():
+            try:
+                return json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2))["models"]
+            except OSError:
+                return None
+        wait("the model at the gateway", models)
+        assert gateway_replicas(port) == 0, "the model should start at zero"
+        out, lock = [], threading.Lock()
+        def send(phase, k):
+            status, ttft = stream_completion(port, {"model": "bench-llm", "prompt": f"{phase} {k}", "max_tokens": 8})
+            with lock:
+                out.append((phase, k, status, ttft))
+        threads = []
+        for k in range(int(10 * trickle)):
+            t = threading.Thread(target=send, args=("trickle", k))
+            t.start()
+            threads.append(t)
+            time.sleep(1 / trickle)
+        for k in range(burst):
+            t = threading.Thread(target=send, args=("burst", k))
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+        ok = [o for o in out if o[2] == 200 and o[3] is not None]
+        first = next(o[3] for o in out if o[0] == "trickle" and o[1] == 0)
+        rest = sorted(o[3] for o in ok if not (o[0] == "trickle" and o[1] == 0))
+        r = {"run": n, "failed": len(out) - len(ok), "sent": len(out), "first_ttft_s": first,
+             "rest_p50_s": statistics.median(rest) if rest else None, "rest_max_s": rest[-1] if rest else None,
+             "replicas_end": gateway_replicas(port)}
+        print(json.dumps(r), file=sys.stderr)
+        results.append(r)
+        end_run()
+    print(f"\nzero: a model at zero, {trickle:g} request/s for 10 s then {burst} at once, "
+          f"demo server ready {zero_init} after start; {runs} runs\n")
+    print("| run | sent | failed | first request: TTFT from zero (s) | others: TTFT p50 (s) | max (s) | replicas at the end |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        secs = lambda x: "failed" if x is None else f"{x:.2f}"
+        print(f"| {r['run']} | {r['sent']} | {r['failed']} | {secs(r['first_ttft_s'])} | {secs(r['rest_p50_s'])} | "
+              f"{secs(r['rest_max_s'])} | {r['replicas_end']} |")
 PY
