@@ -423,68 +423,29 @@ fn render_agent(out: &mut String, t: &Telemetry) {
 /// The agent's own resource use, read from /proc/self.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct AgentProcess {
-    pub resident_bytes: Option<u64>,
-    pub cpu_seconds: Option<f64>,
+    pub process: crate::exposition::ProcessStats,
     pub uptime: Duration,
 }
 
 impl AgentProcess {
     pub fn read(uptime: Duration) -> AgentProcess {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // SAFETY: sysconf has no preconditions and only reads a constant.
-        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         AgentProcess {
-            resident_bytes: parse_status_rss(&status),
-            cpu_seconds: parse_stat_cpu_ticks(&stat)
-                .filter(|_| ticks_per_s > 0)
-                .map(|ticks| ticks as f64 / ticks_per_s as f64),
+            process: crate::exposition::ProcessStats::own(),
             uptime,
         }
     }
 }
 
-/// `VmRSS:    12345 kB` → bytes.
-fn parse_status_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// User plus system CPU time in clock ticks (fields 14 and 15 of
-/// /proc/self/stat, counted after the command name, which may hold spaces).
-fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
-    let (_, after_name) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let user: u64 = fields.get(11)?.parse().ok()?;
-    let system: u64 = fields.get(12)?.parse().ok()?;
-    Some(user + system)
-}
-
 /// The agent's process metrics, under the names Prometheus client libraries use.
 pub fn render_process_metrics(p: &AgentProcess) -> String {
     let mut out = String::new();
-    let single = |v: Option<String>| v.map(|v| vec![(String::new(), v)]).unwrap_or_default();
-    family(
-        &mut out,
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory size in bytes.",
-        single(p.resident_bytes.map(|b| b.to_string())),
-    );
-    family(
-        &mut out,
-        "process_cpu_seconds_total",
-        "counter",
-        "Total user and system CPU time spent in seconds.",
-        single(p.cpu_seconds.map(float)),
-    );
+    p.process.write(&mut out);
     family(
         &mut out,
         "gpufleet_agent_uptime_seconds",
         "gauge",
         "Seconds since the agent started.",
-        single(Some(float(p.uptime.as_secs_f64()))),
+        vec![(String::new(), float(p.uptime.as_secs_f64()))],
     );
     out
 }
@@ -643,16 +604,9 @@ gpufleet_agent_gpu_sample_seconds{{node="gpu-host-17"}} 0
     }
 
     #[test]
-    fn process_stats_parse_from_proc() {
-        let stat = "4242 (gpu (fleet) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 150 25 0 0 20 0 9 0 100 0 0";
-        assert_eq!(parse_stat_cpu_ticks(stat), Some(175));
-        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
-        let status = "Name:\tgpufleet\nVmPeak:\t 9000 kB\nVmRSS:\t   12345 kB\nThreads:\t9\n";
-        assert_eq!(parse_status_rss(status), Some(12345 * 1024));
-        assert_eq!(parse_status_rss(""), None);
-
+    fn process_metrics_carry_the_uptime() {
         let own = AgentProcess::read(Duration::from_secs(3));
-        assert!(own.resident_bytes.is_some_and(|b| b > 0));
+        assert!(own.process.resident_bytes.is_some_and(|b| b > 0));
         let text = render_process_metrics(&own);
         assert!(
             text.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total ")
@@ -749,6 +703,7 @@ gpufleet_agent_gpu_sample_seconds{{node="gpu-host-17"}} 0
             max_connections_per_peer: 16,
             header_read_timeout: Duration::from_millis(300),
             idle_timeout: Duration::from_secs(60),
+            ..ConnectionLimits::default()
         };
         let server = start_limited(None, limits).await;
         let addr = server.base.trim_start_matches("http://").to_string();

@@ -75,6 +75,7 @@ impl Reporter for AgentReporter {
             warm: t.warm.clone(),
             applied_generation: 0,
             inventory: t.gpus.inventory.clone(),
+            ack: false,
         }
     }
 }

@@ -65,6 +65,11 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Replay a request trace through gpufleet's autoscaling and baselines on a virtual clock.
     Simulate(simulate::SimulateArgs),
+    /// Load generators that measure a running coordinator (`bench swarm`).
+    Bench {
+        #[command(subcommand)]
+        cmd: crate::bench::BenchCommand,
+    },
     /// Nodes (GPU hosts) of the fleet.
     Node {
         #[command(subcommand)]
@@ -239,6 +244,7 @@ pub async fn run_operator(
         Command::Events { args } => event::run(args, client, output).await,
         Command::Tls { cmd } => tls::run(cmd),
         Command::Version => version::run(client, output).await,
+        Command::Bench { cmd } => crate::bench::run(cmd, client, output).await,
         Command::Completions { shell } => {
             manual::completions(shell);
             Ok(())

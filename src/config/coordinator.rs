@@ -103,6 +103,9 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// Agent sessions open at once (gRPC listener): one per agent, so the
+    /// fleet's size with room to spare; past it, new sessions are refused.
+    pub max_agent_sessions: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -112,6 +115,7 @@ impl Default for ConnectionLimits {
             max_connections_per_peer: 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            max_agent_sessions: 16384,
         }
     }
 }
@@ -178,6 +182,7 @@ pub(super) struct RawLimits {
     max_connections_per_peer: Option<i64>,
     header_read_timeout: Option<String>,
     idle_timeout: Option<String>,
+    max_agent_sessions: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -361,6 +366,11 @@ pub(super) fn check_limits(raw: Option<RawLimits>) -> Result<ConnectionLimits, P
             l.idle_timeout.as_deref().unwrap_or("2m"),
             Duration::from_millis(100)..=Duration::from_secs(24 * 3600),
         )?,
+        max_agent_sessions: int_in(
+            "limits.max_agent_sessions",
+            l.max_agent_sessions.unwrap_or(d.max_agent_sessions as i64),
+            1..=1_000_000u32,
+        )? as usize,
     })
 }
 
@@ -523,7 +533,7 @@ mod tests {
 
     #[test]
     fn limits_http_and_snapshots_are_read_and_checked() {
-        let c = load("store_snapshots = 0\n[http]\nanonymous_endpoints = true\n[limits]\nmax_connections = 100\nmax_connections_per_peer = 10\nheader_read_timeout = \"1s\"\nidle_timeout = \"30s\"\n");
+        let c = load("store_snapshots = 0\n[http]\nanonymous_endpoints = true\n[limits]\nmax_connections = 100\nmax_connections_per_peer = 10\nheader_read_timeout = \"1s\"\nidle_timeout = \"30s\"\nmax_agent_sessions = 50\n");
         assert_eq!(c.store_snapshots, 0);
         assert!(c.http.anonymous_endpoints);
         assert_eq!(
@@ -533,8 +543,11 @@ mod tests {
                 max_connections_per_peer: 10,
                 header_read_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(30),
+                max_agent_sessions: 50,
             }
         );
+        let e = err("[limits]\nmax_agent_sessions = 0\n");
+        assert!(e.contains("limits.max_agent_sessions"), "{e}");
         let e = err("[limits]\nmax_connections = 100\nmax_connections_per_peer = 200\n");
         assert!(
             e.contains("line 3") && e.contains("must not exceed limits.max_connections (100)"),

@@ -3,6 +3,7 @@
 //! reply; nothing else touches the state, so no locks are shared.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -12,6 +13,7 @@ use crate::config::ModelSpec;
 use crate::domain::{unix_ms_now, Hello, LogQuery, LogSlice, LogsRequest, Report, ToAgent};
 
 pub use super::handle::{Command, FleetError, FleetHandle, NodeOp, WarmOp};
+use super::metrics::Phase;
 use super::nodes::{Node, Session};
 use super::scrapes::{health, scrape_changes, ScrapeMark};
 use super::store::{ModelRecord, NodeFlags, Store};
@@ -119,6 +121,11 @@ const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(60);
 /// measurement), so this gap is part of every step → decision time.
 pub(super) const EARLY_TICK_GAP: Duration = Duration::from_millis(100);
 
+/// Gateways hear of load changes in reports at most this often (a replica
+/// turning ready or going away is published at once): a routing table is
+/// built from the whole fleet, too much work to do per report.
+const ROUTES_EVERY: Duration = Duration::from_millis(100);
+
 /// How long an agent may take to answer a log request.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -168,6 +175,10 @@ pub struct Fleet {
     /// The leader's epoch on etcd (0 with one coordinator on redb): on
     /// every Assignment.
     pub(super) epoch: u64,
+    /// Reports changed what gateways route by since the table was last
+    /// published: it goes out at most every `ROUTES_EVERY`, not per report.
+    pub(super) routes_stale: bool,
+    pub(super) routes_published: Instant,
 }
 
 impl Fleet {
@@ -267,6 +278,8 @@ impl Fleet {
             gateways: BTreeMap::new(),
             next_gateway: 1,
             epoch: 0,
+            routes_stale: false,
+            routes_published: Instant::now(),
         };
         fleet.record(
             "coordinator",
@@ -303,11 +316,17 @@ impl Fleet {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let early = self.tick_at.map(tokio::time::Instant::from_std);
+            let routes_due = self
+                .routes_stale
+                .then(|| tokio::time::Instant::from_std(self.routes_published + ROUTES_EVERY));
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
                     None => break,
                 },
+                _ = tokio::time::sleep_until(routes_due.unwrap_or_else(tokio::time::Instant::now)), if routes_due.is_some() => {
+                    self.publish_routes();
+                }
                 _ = tick.tick() => self.run_tick(),
                 _ = tokio::time::sleep_until(early.unwrap_or_else(tokio::time::Instant::now)), if early.is_some() => {
                     self.run_tick();
@@ -325,10 +344,13 @@ impl Fleet {
         self.tick_at = None;
         self.last_tick = now;
         self.expire_log_requests(now);
-        self.tick(now);
-        self.save_demand(now);
+        let mut clock = self.tick(now);
         self.publish_routes();
+        clock.done(Phase::Routes);
+        self.save_demand(now);
         self.flush_events();
+        clock.done(Phase::Store);
+        clock.finish();
     }
 
     /// A tick far later than due means the coordinator itself did not run
@@ -443,6 +465,7 @@ impl Fleet {
         if acts {
             self.tick_soon(now);
         }
+        let routes_move = acts || matches!(cmd, Command::Disconnect { .. });
         match cmd {
             Command::Connect {
                 hello,
@@ -456,7 +479,19 @@ impl Fleet {
                 session,
                 node,
                 report,
-            } => self.report(session, &node, *report, now),
+                received,
+            } => {
+                if self.report(session, &node, *report, now) {
+                    self.publish_routes();
+                }
+                super::metrics::FleetMetrics::process()
+                    .report
+                    .observe(received.elapsed());
+                super::metrics::FleetMetrics::process()
+                    .reports
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             Command::Disconnect {
                 session,
                 node,
@@ -587,12 +622,17 @@ impl Fleet {
             Command::GatewayConnect { reply } => {
                 let _ = reply.send(Ok(self.gateway_connected()));
             }
-            Command::GatewayReport { link, report } => self.gateway_report(link, *report, now),
+            Command::GatewayReport { link, report } => {
+                self.gateway_report(link, *report, now);
+                self.routes_stale = true;
+            }
             Command::GatewayDisconnect { link } => self.gateway_disconnected(link),
         }
-        // A replica turning ready, a model applied or deleted: gateways
-        // hear of it now, not at the next tick.
-        self.publish_routes();
+        // A model applied or deleted, a node gone: gateways hear of it
+        // now, not at the next tick. Reads change nothing.
+        if routes_move {
+            self.publish_routes();
+        }
     }
 
     fn request_logs(
@@ -843,14 +883,31 @@ impl Fleet {
         Ok(id)
     }
 
-    pub(super) fn report(&mut self, session: u64, name: &str, report: Report, now: Instant) {
+    /// Takes a node's report in; true when a replica changed state (what
+    /// gateways route to must be published now).
+    pub(super) fn report(
+        &mut self,
+        session: u64,
+        name: &str,
+        report: Report,
+        now: Instant,
+    ) -> bool {
         let Some(node) = self.nodes.get_mut(name) else {
-            return;
+            return false;
         };
-        if node.session.as_ref().map(|s| s.id) != Some(session) {
+        let Some(outbox) = node
+            .session
+            .as_ref()
+            .filter(|s| s.id == session)
+            .map(|s| s.outbox.clone())
+        else {
             // A report from a replaced session: its node has moved on.
-            return;
-        }
+            return false;
+        };
+        // Load generators ask when the report is handled; agents never do.
+        let ack = report.ack.then_some(report.seq);
+        // Live load feeds the routing table: published within ROUTES_EVERY.
+        self.routes_stale |= !report.replicas.is_empty() || !node.replicas.is_empty();
         // A node back from lost on the same session (a partition shorter
         // than the keepalive) never says Hello again: take its replicas back
         // into the plan as a reconnect would, so the surplus rule, not the
@@ -877,7 +934,7 @@ impl Fleet {
         node.replicas = report.replicas;
         let (asked, _) = self.warm_specs(name);
         let Some(node) = self.nodes.get_mut(name) else {
-            return;
+            return false;
         };
         let ended: Vec<(String, String)> =
             crate::domain::fills_ended(&node.warm, &report.warm, &asked)
@@ -911,6 +968,11 @@ impl Fleet {
         if moved || self.awaiting_measurement {
             self.tick_soon(now);
         }
+        if let Some(seq) = ack {
+            // A full outbox drops the ack: the generator counts it as lost.
+            let _ = outbox.try_send(ToAgent::ReportAck(seq));
+        }
+        moved
     }
 
     fn disconnect(&mut self, session: u64, name: &str, reason: &str) {

@@ -81,6 +81,13 @@ impl Fleet {
 
     /// Tells the gateways, if the table changed.
     pub(super) fn publish_routes(&mut self) {
+        self.routes_stale = false;
+        self.routes_published = std::time::Instant::now();
+        // Nobody follows the table: building it (the whole fleet) can wait
+        // for the first gateway, which publishes it on connecting.
+        if self.routes_tx.receiver_count() == 0 {
+            return;
+        }
         let table = self.routing_table();
         self.routes_tx.send_if_modified(|current| {
             let changed = *current != table;
@@ -96,7 +103,10 @@ impl Fleet {
     ) -> (u64, tokio::sync::watch::Receiver<RoutingTable>) {
         let id = self.next_gateway;
         self.next_gateway += 1;
-        (id, self.routes_tx.subscribe())
+        let rx = self.routes_tx.subscribe();
+        // Skipped while no gateway followed: bring it up to date first.
+        self.publish_routes();
+        (id, rx)
     }
 
     /// A gateway's report: kept as that gateway's demand; a queue for a

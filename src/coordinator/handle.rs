@@ -48,6 +48,8 @@ pub enum Command {
         session: u64,
         node: String,
         report: Box<Report>,
+        /// When the session read it off the wire.
+        received: std::time::Instant,
     },
     Disconnect {
         session: u64,
@@ -255,8 +257,27 @@ impl FleetHandle {
             session,
             node,
             report: Box::new(report),
+            received: std::time::Instant::now(),
         })
         .await;
+    }
+
+    /// The fleet task's measurements of itself (one set per process, kept
+    /// across a change of leader so counters never go back).
+    pub fn metrics(&self) -> &'static super::metrics::FleetMetrics {
+        super::metrics::FleetMetrics::process()
+    }
+
+    /// Commands waiting for the fleet task, and the queue's capacity (0, 0
+    /// where no fleet task runs here).
+    pub fn queue(&self) -> (usize, usize) {
+        match self.sender() {
+            Ok(tx) => {
+                let max = tx.max_capacity();
+                (max - tx.capacity(), max)
+            }
+            Err(_) => (0, 0),
+        }
     }
 
     pub async fn disconnect(&self, session: u64, node: String, reason: String) {

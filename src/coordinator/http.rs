@@ -326,5 +326,8 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         vec![(String::new(), degraded.to_string())],
     );
     super::limits::write_metrics(&mut out, &s.gates);
+    let (queued, capacity) = fleet.queue();
+    fleet.metrics().write(&mut out, queued, capacity);
+    crate::exposition::ProcessStats::own().write(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

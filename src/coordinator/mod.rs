@@ -14,6 +14,7 @@ pub mod http;
 mod invariants_tests;
 pub mod leading;
 pub mod limits;
+pub mod metrics;
 pub mod nodes;
 pub mod operations;
 pub mod placement;
@@ -127,9 +128,10 @@ pub async fn run(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION))
         .layer(limits::track_calls(grpc_gate.clone()))
-        .add_service(pb::agent_session_server::AgentSessionServer::new(
-            service::SessionService::new(fleet.clone()),
-        ))
+        .add_service(
+            service::SessionService::new(fleet.clone(), connection_limits.max_agent_sessions)
+                .server(),
+        )
         .add_service(control_auth.guard(pb::control_server::ControlServer::new(
             service::ControlService::new(fleet.clone(), ha.clone()),
         )))

@@ -40,6 +40,9 @@ pub struct Node {
     pub flags: NodeFlags,
     /// The last assignment sent on the current session.
     pub sent: Option<Assignment>,
+    /// Fingerprint of the plan's part that `sent` was built from: equal
+    /// means there is nothing new to build or send.
+    pub sent_key: u64,
     pub generation: u64,
     /// Lifecycle state last recorded as an event, to report transitions once.
     pub announced: NodeState,
@@ -69,6 +72,7 @@ impl Node {
             last_seen_unix_ms: crate::domain::unix_ms_now(),
             flags,
             sent: None,
+            sent_key: 0,
             generation: 0,
             announced: NodeState::Ready,
             scraped: BTreeMap::new(),

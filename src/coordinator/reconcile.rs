@@ -9,6 +9,7 @@ use crate::api::NodeState;
 use crate::domain::{Assignment, ReplicaSpec, ReplicaState, ReplicaStatus, ToAgent};
 
 use super::fleet::{Fleet, PlannedReplica};
+use super::metrics::{Phase, PhaseClock};
 use super::placement::{self, GpuCandidate, NodeCandidate, ReplicaNeeds};
 use super::trust::{Refusal, TokenCheck};
 
@@ -22,8 +23,12 @@ pub(super) const RETIRE_GRACE_MIN: std::time::Duration = std::time::Duration::fr
 const AVOID_AFTER_CRASHLOOP: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Fleet {
-    pub(super) fn tick(&mut self, now: Instant) {
+    /// One pass of the control loop; the clock it returns has timed the
+    /// phases so far, for the caller to carry on.
+    pub(super) fn tick(&mut self, now: Instant) -> PhaseClock {
+        let mut clock = super::metrics::FleetMetrics::process().phases();
         self.announce_node_states(now);
+        clock.done(Phase::Nodes);
         if self.reconnect_wait(now).is_some() {
             // Agents are still reconnecting after a coordinator start: what we
             // know of the fleet is partial, so we change nothing yet, and act
@@ -31,19 +36,25 @@ impl Fleet {
             if self.tick_at.is_none() {
                 self.tick_soon(self.started + self.settings.reconnect_grace);
             }
-            return;
+            return clock;
         }
         self.decide_desired(now);
+        clock.done(Phase::Decide);
         self.replace_on_lost_nodes(now);
         self.replace_on_unhealthy_gpus();
         self.move_crash_looping(now);
         self.follow_spec_changes();
+        clock.done(Phase::Replace);
         self.remove_surplus(now);
         self.finish_retirements(now);
+        clock.done(Phase::Surplus);
         self.place_missing(now);
         self.drain_step();
         self.plan_warm(now);
+        clock.done(Phase::Place);
         self.send_assignments();
+        clock.done(Phase::Assign);
+        clock
     }
 
     /// While the reconnect grace holds, why, in words. It holds for
@@ -386,6 +397,14 @@ impl Fleet {
 
     /// The fleet as placement sees it for one model.
     pub(super) fn candidates(&self, model: &str, now: Instant) -> Vec<NodeCandidate> {
+        // One pass over the plan, not one per node: GPUs taken and this
+        // model's replicas, by node.
+        let mut planned: BTreeMap<&str, (Vec<u32>, u32)> = BTreeMap::new();
+        for r in self.plan.values() {
+            let entry = planned.entry(r.node.as_str()).or_default();
+            entry.0.extend(r.gpus.iter().copied());
+            entry.1 += u32::from(r.model == model);
+        }
         self.nodes
             .values()
             .map(|n| {
@@ -402,12 +421,8 @@ impl Fleet {
                 } else {
                     self.host_shortfall(n, model)
                 };
-                let mut taken: Vec<u32> = self
-                    .plan
-                    .values()
-                    .filter(|r| r.node == n.name)
-                    .flat_map(|r| r.gpus.iter().copied())
-                    .collect();
+                let (mut taken, model_replicas) =
+                    planned.get(n.name.as_str()).cloned().unwrap_or_default();
                 // Replicas still running outside the plan (being stopped)
                 // hold their GPUs until they are gone.
                 taken.extend(
@@ -444,11 +459,7 @@ impl Fleet {
                         })
                         .collect(),
                     warm_fraction: warm,
-                    model_replicas: self
-                        .plan
-                        .values()
-                        .filter(|r| r.node == n.name && r.model == model)
-                        .count() as u32,
+                    model_replicas,
                 }
             })
             .collect()
@@ -602,25 +613,60 @@ impl Fleet {
         }
     }
 
+    /// Sends each node whose desired state changed its new assignment. A
+    /// fingerprint of the plan's part for each node finds them, so a tick
+    /// in a steady fleet builds no assignment (specs, tokens) at all.
     fn send_assignments(&mut self) {
-        let mut by_node: BTreeMap<String, Vec<ReplicaSpec>> = BTreeMap::new();
-        let mut keep: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        use std::hash::{Hash, Hasher};
+        let started = Instant::now();
+        let spec_prints: BTreeMap<&str, u64> = self
+            .models
+            .iter()
+            .map(|(name, m)| {
+                let mut h = std::hash::DefaultHasher::new();
+                m.record.spec_toml.hash(&mut h);
+                (name.as_str(), h.finish())
+            })
+            .collect();
+        let mut by_node: BTreeMap<&str, Vec<&PlannedReplica>> = BTreeMap::new();
         for r in self.plan.values() {
-            if let Some(m) = self.models.get(&r.model) {
-                by_node
-                    .entry(r.node.clone())
-                    .or_default()
-                    .push(ReplicaSpec {
+            by_node.entry(r.node.as_str()).or_default().push(r);
+        }
+        let mut sent = 0u64;
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in names {
+            let Some(node) = self.nodes.get(&name) else {
+                continue;
+            };
+            if node.session.is_none() {
+                continue;
+            }
+            let planned = by_node.remove(name.as_str()).unwrap_or_default();
+            let (warm, evict) = self.warm_specs(&name);
+            let mut h = std::hash::DefaultHasher::new();
+            for r in &planned {
+                (&r.id, &r.model, &r.gpus, spec_prints.get(r.model.as_str())).hash(&mut h);
+            }
+            warm.len().hash(&mut h);
+            for w in warm.iter().chain(&evict) {
+                (&w.model, &w.path).hash(&mut h);
+            }
+            let key = h.finish();
+            if node.sent.is_some() && node.sent_key == key {
+                continue;
+            }
+            let mut replicas = Vec::new();
+            let mut keep = Vec::new();
+            for r in planned {
+                if let Some(m) = self.models.get(&r.model) {
+                    replicas.push(ReplicaSpec {
                         assignment_token: self.assignment_key.token(&r.node, &r.id, &r.model),
                         ..m.spec.replica_spec(&r.id, r.gpus.clone())
                     });
-            } else if self.quarantined.contains_key(&r.model) {
-                keep.entry(r.node.clone()).or_default().push(r.id.clone());
+                } else if self.quarantined.contains_key(&r.model) {
+                    keep.push(r.id.clone());
+                }
             }
-        }
-        let names: Vec<String> = self.nodes.keys().cloned().collect();
-        for name in names {
-            let (warm, evict) = self.warm_specs(&name);
             let node = self.nodes.get_mut(&name).expect("names were just listed");
             let Some(session) = &node.session else {
                 continue;
@@ -628,18 +674,21 @@ impl Fleet {
             let wanted = Assignment {
                 generation: node.generation + 1,
                 epoch: self.epoch,
-                replicas: by_node.remove(&name).unwrap_or_default(),
+                replicas,
                 warm,
                 evict,
-                keep: keep.remove(&name).unwrap_or_default(),
+                keep,
             };
             if node.sent.as_ref().is_some_and(|s| s.same_state(&wanted)) {
+                node.sent_key = key;
                 continue;
             }
             match session.outbox.try_send(ToAgent::Assignment(wanted.clone())) {
                 Ok(()) => {
                     node.generation = wanted.generation;
                     node.sent = Some(wanted);
+                    node.sent_key = key;
+                    sent += 1;
                 }
                 // A full outbox means the agent is slow to read; the next tick
                 // tries again with whatever is wanted then.
@@ -647,6 +696,14 @@ impl Fleet {
                     tracing::debug!(node = %name, error = %e, "assignment not sent this tick")
                 }
             }
+        }
+        if sent > 0 {
+            super::metrics::FleetMetrics::process()
+                .fanout
+                .observe(started.elapsed());
+            super::metrics::FleetMetrics::process()
+                .assignments_sent
+                .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -48,13 +48,75 @@ impl From<FleetError> for Status {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Largest message an agent may send. A report of a full host (8 GPUs, a
+/// few dozen replicas) is a few KiB; a log reply of 10,000 long lines is the
+/// biggest legitimate message.
+pub const MAX_AGENT_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// Reports one session may send per second, sustained: a real agent sends
+/// one per interval (1 s by default, 100 ms at the least) plus news at most
+/// every 100 ms. Past it the session is closed.
+const MAX_REPORTS_PER_S: f64 = 50.0;
+/// Reports a session may send in a burst above the sustained rate.
+const REPORT_BURST: f64 = 100.0;
+
+/// Reports allowed per second, sustained, with a burst: a token bucket.
+struct ReportBudget {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl ReportBudget {
+    fn new(now: std::time::Instant) -> ReportBudget {
+        ReportBudget {
+            tokens: REPORT_BURST,
+            at: now,
+        }
+    }
+
+    /// Whether a report arriving at `now` is within the budget.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * MAX_REPORTS_PER_S;
+        self.tokens = (self.tokens + refill).min(REPORT_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 pub struct SessionService {
     fleet: FleetHandle,
+    /// Sessions open now, against `max_sessions`.
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_sessions: usize,
 }
 
 impl SessionService {
-    pub fn new(fleet: FleetHandle) -> Self {
-        Self { fleet }
+    pub fn new(fleet: FleetHandle, max_sessions: usize) -> Self {
+        Self {
+            fleet,
+            open: Default::default(),
+            max_sessions,
+        }
+    }
+
+    /// The service with its message size limit.
+    pub fn server(self) -> pb::agent_session_server::AgentSessionServer<Self> {
+        pb::agent_session_server::AgentSessionServer::new(self)
+            .max_decoding_message_size(MAX_AGENT_MESSAGE)
+    }
+}
+
+/// Counts a session as open until dropped.
+struct OpenSession(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -66,10 +128,21 @@ impl pb::agent_session_server::AgentSession for SessionService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        use super::metrics::SessionRefusal;
+        use std::sync::atomic::Ordering;
         let address = request
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "unknown".into());
+        let open = OpenSession(self.open.clone());
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_sessions {
+            self.fleet.metrics().refused(SessionRefusal::SessionLimit);
+            tracing::warn!(%address, "agent session refused: {} sessions are open (limits.max_agent_sessions)", self.max_sessions);
+            return Err(Status::resource_exhausted(format!(
+                "the coordinator holds {} agent sessions, its limit (limits.max_agent_sessions); try again later or raise the limit",
+                self.max_sessions
+            )));
+        }
         let peer = crate::security::session_peer(&request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -89,15 +162,39 @@ impl pb::agent_session_server::AgentSession for SessionService {
         crate::security::authorize_session(&peer, &hello.node_name, &address)?;
         let node = hello.node_name.clone();
         let (assign_tx, assign_rx) = mpsc::channel::<crate::domain::ToAgent>(8);
-        let session = self.fleet.connect(hello, address, assign_tx).await?;
+        let session = self
+            .fleet
+            .connect(hello, address.clone(), assign_tx)
+            .await?;
+        // Why the coordinator ends a session, told to the agent as its status.
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
 
         let fleet = self.fleet.clone();
         tokio::spawn(async move {
+            let _open = open;
+            let mut budget = ReportBudget::new(std::time::Instant::now());
+            let refuse = |why: SessionRefusal, status: Status| {
+                fleet.metrics().refused(why);
+                tracing::warn!(node = %node, %address, "agent session closed: {}", status.message());
+                let reason = status.message().to_string();
+                let _ = end_tx.send(status);
+                reason
+            };
             let reason = loop {
                 match inbound.message().await {
                     Ok(Some(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::Report(r)),
-                    })) => fleet.report(session, node.clone(), r.into()).await,
+                    })) => {
+                        if !budget.take(std::time::Instant::now()) {
+                            break refuse(
+                                SessionRefusal::ReportRate,
+                                Status::resource_exhausted(format!(
+                                    "node {node} sent reports faster than {MAX_REPORTS_PER_S}/s (a burst of {REPORT_BURST}); an agent sends one per report_interval"
+                                )),
+                            );
+                        }
+                        fleet.report(session, node.clone(), r.into()).await
+                    }
                     Ok(Some(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::Logs(l)),
                     })) => fleet.logs_reply(session, l.into()).await,
@@ -105,15 +202,43 @@ impl pb::agent_session_server::AgentSession for SessionService {
                         tracing::debug!(node = %node, "ignoring a repeated Hello or empty message")
                     }
                     Ok(None) => break "agent closed the session".to_string(),
+                    // Too big, or not a message at all: this peer cannot be
+                    // read further.
+                    Err(e) if unreadable(&e) => {
+                        break refuse(
+                            SessionRefusal::BadMessage,
+                            Status::invalid_argument(format!(
+                                "node {node} sent a message the coordinator cannot take: {} (allowed: protobuf AgentMessage up to {MAX_AGENT_MESSAGE} bytes)",
+                                e.message()
+                            )),
+                        );
+                    }
                     Err(e) => break format!("stream error: {}", e.message()),
                 }
             };
             fleet.disconnect(session, node, reason).await;
         });
 
-        let outbound = ReceiverStream::new(assign_rx).map(|m| Ok(pb::CoordinatorMessage::from(&m)));
+        let assignments =
+            ReceiverStream::new(assign_rx).map(|m| Ok(pb::CoordinatorMessage::from(&m)));
+        let ended = futures_util::stream::once(end_rx)
+            .filter_map(|r| futures_util::future::ready(r.ok().map(Err)));
+        // The session's stream ends when the fleet lets the node go; a
+        // refusal ends it at once, with the status saying why.
+        let outbound = futures_util::stream::select(assignments, ended).scan(false, |over, m| {
+            let next = (!*over).then_some(m);
+            *over = next.as_ref().is_some_and(Result::is_err);
+            futures_util::future::ready(next)
+        });
         Ok(Response::new(Box::pin(outbound)))
     }
+}
+
+/// A message over the size limit, or bytes that are no protobuf message
+/// (not a broken connection, which is no fault of the agent's).
+fn unreadable(e: &Status) -> bool {
+    e.code() == tonic::Code::OutOfRange
+        || e.code() == tonic::Code::Internal && e.message().contains("decode")
 }
 
 /// Longest message sent back in a gRPC status: it travels in a header, and

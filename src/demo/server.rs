@@ -165,6 +165,11 @@ pub async fn serve(
     let mut loaded = false;
 
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    use axum::serve::ListenerExt;
+    // Token streams are many small writes: each goes out at once.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let mut server = Box::pin(
         axum::serve(listener, router(engine.clone()))
             .with_graceful_shutdown(async move {

@@ -33,6 +33,8 @@ pub struct Report {
     pub applied_generation: u64,
     /// GPU inventory with current health, when it changed.
     pub inventory: Vec<GpuInfo>,
+    /// Answer with `ToAgent::ReportAck(seq)` once handled.
+    pub ack: bool,
 }
 
 /// The complete desired state of one node (level-triggered).
@@ -108,4 +110,6 @@ pub enum ToAgent {
     Logs(LogsRequest),
     /// The operator vouches for this GPU index.
     MarkGpuHealthy(u32),
+    /// The report with this seq was handled (it asked to be acknowledged).
+    ReportAck(u64),
 }

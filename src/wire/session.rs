@@ -46,6 +46,7 @@ impl From<&crate::domain::Report> for pb::Report {
             warm: to_pb(&r.warm),
             applied_generation: r.applied_generation,
             inventory: to_pb(&r.inventory),
+            ack: r.ack,
         }
     }
 }
@@ -61,6 +62,7 @@ impl From<pb::Report> for crate::domain::Report {
             warm: from_pb(r.warm),
             applied_generation: r.applied_generation,
             inventory: from_pb(r.inventory),
+            ack: r.ack,
         }
     }
 }
@@ -99,6 +101,9 @@ impl From<&crate::domain::ToAgent> for pb::CoordinatorMessage {
             }
             crate::domain::ToAgent::MarkGpuHealthy(index) => {
                 pb::coordinator_message::Msg::MarkGpuHealthy(pb::MarkGpuHealthy { index: *index })
+            }
+            crate::domain::ToAgent::ReportAck(seq) => {
+                pb::coordinator_message::Msg::ReportAck(pb::ReportAck { seq: *seq })
             }
             crate::domain::ToAgent::Logs(l) => {
                 let (lines, follow, offset) = match l.query {
