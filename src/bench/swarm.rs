@@ -127,7 +127,8 @@ pub struct SwarmResult {
     pub swarm_rss_bytes: Option<u64>,
     /// Sessions that ended during the run and came back (reconnects).
     pub sessions_lost: u64,
-    /// Replicas an assignment took away from an agent during measurement.
+    /// Replicas an assignment took away from an agent during measurement:
+    /// at most one per probe (its scale-down) in a healthy run.
     pub replicas_stopped: u64,
 }
 

@@ -667,3 +667,37 @@ impl pb::gateway_server::Gateway for GatewayService {
         Ok(Response::new(Box::pin(outbound)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_report_budget_allows_a_burst_then_the_sustained_rate() {
+        let t0 = Instant::now();
+        let mut budget = ReportBudget::new(t0);
+        let burst = (0..1000).take_while(|_| budget.take(t0)).count();
+        assert_eq!(burst, REPORT_BURST as usize);
+        assert!(!budget.take(t0));
+        // A second later the rate's worth is back, and no more.
+        let t1 = t0 + Duration::from_secs(1);
+        let refilled = (0..1000).take_while(|_| budget.take(t1)).count();
+        assert_eq!(refilled, MAX_REPORTS_PER_S as usize);
+        // An agent reporting every 100 ms never runs out.
+        let mut steady = ReportBudget::new(t0);
+        assert!((0..10_000).all(|i| steady.take(t0 + Duration::from_millis(100 * i))));
+    }
+
+    #[test]
+    fn only_oversized_or_undecodable_messages_are_the_agents_fault() {
+        assert!(unreadable(&Status::out_of_range(
+            "Error, decoded message length too large"
+        )));
+        assert!(unreadable(&Status::internal(
+            "failed to decode Protobuf message: invalid wire type"
+        )));
+        assert!(!unreadable(&Status::internal("h2 protocol error")));
+        assert!(!unreadable(&Status::unknown("connection reset")));
+    }
+}
