@@ -159,7 +159,9 @@ async fn agents_that_flood_or_send_oversized_messages_are_closed_and_named() {
     let ended = session_end(url.clone(), "flood-1", flood).await;
     assert_eq!(ended.code(), tonic::Code::ResourceExhausted, "{ended:?}");
     assert!(
-        ended.message().contains("node flood-1 sent reports faster than 50/s"),
+        ended
+            .message()
+            .contains("node flood-1 sent reports faster than 50/s"),
         "{}",
         ended.message()
     );
@@ -169,7 +171,9 @@ async fn agents_that_flood_or_send_oversized_messages_are_closed_and_named() {
     let ended = session_end(url.clone(), "big-1", big).await;
     assert_eq!(ended.code(), tonic::Code::InvalidArgument, "{ended:?}");
     assert!(
-        ended.message().contains("node big-1 sent a message the coordinator cannot take")
+        ended
+            .message()
+            .contains("node big-1 sent a message the coordinator cannot take")
             && ended.message().contains("4194304 bytes"),
         "{}",
         ended.message()

@@ -106,6 +106,10 @@ impl ClientArgs {
     }
 }
 
+/// Largest answer the CLI takes: `gpu ls` of a 10,000-node fleet (80,000
+/// GPUs) is about 20 MiB, past tonic's default of 4 MiB.
+const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
+
 /// The coordinator this CLI process talks to and its request timeout, kept
 /// so that every failed call can say where it went (one per process: the CLI
 /// talks to one coordinator).
@@ -216,7 +220,7 @@ async fn connect_one(args: &ClientArgs, url: &str) -> anyhow::Result<Control> {
             ),
         }
     })?;
-    Ok(ControlClient::with_interceptor(channel, token))
+    Ok(ControlClient::with_interceptor(channel, token).max_decoding_message_size(MAX_ANSWER_BYTES))
 }
 
 /// Turns a gRPC status into the one line an operator reads.

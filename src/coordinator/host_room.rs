@@ -58,19 +58,18 @@ fn trim(cpus: f64) -> String {
 impl Fleet {
     /// Why node `n` cannot take a replica of `model`, when the model asks
     /// for host CPUs or RAM and the node lacks them.
-    pub(super) fn host_shortfall(&self, n: &Node, model: &str) -> Option<String> {
+    /// `asked`: what the plan's replicas on the node ask of the host.
+    pub(super) fn host_shortfall(
+        &self,
+        n: &Node,
+        model: &str,
+        asked: &[(f64, u64)],
+    ) -> Option<String> {
         let server = &self.models.get(model)?.spec.server;
         if server.cpu <= 0.0 && server.memory_bytes == 0 {
             return None;
         }
-        let asked: Vec<(f64, u64)> = self
-            .plan
-            .values()
-            .filter(|r| r.node == n.name)
-            .filter_map(|r| self.models.get(&r.model))
-            .map(|m| (m.spec.server.cpu, m.spec.server.memory_bytes))
-            .collect();
-        HostRoom::of(&n.host, &n.host_sample, &asked).shortfall(server.cpu, server.memory_bytes)
+        HostRoom::of(&n.host, &n.host_sample, asked).shortfall(server.cpu, server.memory_bytes)
     }
 }
 

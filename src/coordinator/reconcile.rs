@@ -22,6 +22,29 @@ pub(super) const RETIRE_GRACE_MIN: std::time::Duration = std::time::Duration::fr
 /// How long a node is avoided for a model whose replica crash-looped there.
 const AVOID_AFTER_CRASHLOOP: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// What the plan holds on one node, as placing a model needs it.
+#[derive(Default)]
+struct PlannedOnNode {
+    /// GPUs its replicas hold.
+    taken: Vec<u32>,
+    /// Replicas of the model being placed.
+    model_replicas: u32,
+    /// Host CPU and memory its replicas' specs ask for.
+    asked: Vec<(f64, u64)>,
+}
+
+/// The plan's replicas by model, in one pass: per-model loops look their
+/// model up here instead of scanning the whole plan each.
+pub(super) fn plan_by_model(
+    plan: &BTreeMap<String, PlannedReplica>,
+) -> std::collections::HashMap<&str, Vec<&PlannedReplica>> {
+    let mut out: std::collections::HashMap<&str, Vec<&PlannedReplica>> = Default::default();
+    for r in plan.values() {
+        out.entry(r.model.as_str()).or_default().push(r);
+    }
+    out
+}
+
 impl Fleet {
     /// One pass of the control loop; the clock it returns has timed the
     /// phases so far, for the caller to carry on.
@@ -243,13 +266,16 @@ impl Fleet {
     /// the ones that became ready last.
     fn remove_surplus(&mut self, now: Instant) {
         let statuses = self.reported_statuses();
+        let by_model = plan_by_model(&self.plan);
         let mut removals = Vec::new();
         for (name, model) in &self.models {
             // Replicas on a draining node leave through the drain, not here.
-            let mut mine: Vec<&PlannedReplica> = self
-                .plan
-                .values()
-                .filter(|r| &r.model == name && !self.on_draining_node(&r.node))
+            let mut mine: Vec<&PlannedReplica> = by_model
+                .get(name.as_str())
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .copied()
+                .filter(|r| !self.on_draining_node(&r.node))
                 .filter(|r| r.retiring_since.is_none())
                 .collect();
             let surplus = mine.len().saturating_sub(model.desired as usize);
@@ -301,16 +327,23 @@ impl Fleet {
 
     fn place_missing(&mut self, now: Instant) {
         let names: Vec<String> = self.models.keys().cloned().collect();
+        // Per model, in one pass over the plan: replicas serving, and those
+        // retiring, off draining nodes (replicas on a draining node are on
+        // their way out: replacements are placed for them).
+        let mut counts: std::collections::HashMap<String, (u32, Vec<String>)> = Default::default();
+        for r in self.plan.values() {
+            if self.on_draining_node(&r.node) {
+                continue;
+            }
+            let entry = counts.entry(r.model.clone()).or_default();
+            match r.retiring_since {
+                None => entry.0 += 1,
+                Some(_) => entry.1.push(r.id.clone()),
+            }
+        }
         for name in names {
             let model = &self.models[&name];
-            // Replicas on a draining node are on their way out: replacements
-            // are placed for them.
-            let current = self
-                .plan
-                .values()
-                .filter(|r| r.model == name && !self.on_draining_node(&r.node))
-                .filter(|r| r.retiring_since.is_none())
-                .count() as u32;
+            let (current, retiring) = counts.remove(&name).unwrap_or_default();
             let desired = model.desired;
             let spec_hash = model.spec.spec_hash();
             let needs = ReplicaNeeds {
@@ -321,14 +354,6 @@ impl Fleet {
             // A replica still retiring is running capacity: keep it rather
             // than start another (a wake right after a scale-down, say).
             let mut current = current;
-            let retiring: Vec<String> = self
-                .plan
-                .values()
-                .filter(|r| {
-                    r.model == name && r.retiring_since.is_some() && !self.on_draining_node(&r.node)
-                })
-                .map(|r| r.id.clone())
-                .collect();
             for id in retiring
                 .into_iter()
                 .take(desired.saturating_sub(current) as usize)
@@ -347,8 +372,14 @@ impl Fleet {
                 }
             }
             let mut problem = String::new();
+            // Built once per model; after each placement only the node
+            // that took the replica is looked at again.
+            let mut candidates = if current < desired {
+                self.candidates(&name, now)
+            } else {
+                Vec::new()
+            };
             for _ in current..desired {
-                let candidates = self.candidates(&name, now);
                 match placement::place(&candidates, &needs) {
                     Ok(p) => {
                         let id = self.new_replica_id(&name);
@@ -362,6 +393,12 @@ impl Fleet {
                             retiring_since: None,
                         };
                         self.plan.insert(id.clone(), replica);
+                        if let (Some(slot), Some(fresh)) = (
+                            candidates.iter_mut().find(|c| c.name == p.node),
+                            self.candidate_on(&p.node, &name, now),
+                        ) {
+                            *slot = fresh;
+                        }
                         let gpus: Vec<String> = p.gpus.iter().map(u32::to_string).collect();
                         self.record(
                             "place",
@@ -397,72 +434,100 @@ impl Fleet {
 
     /// The fleet as placement sees it for one model.
     pub(super) fn candidates(&self, model: &str, now: Instant) -> Vec<NodeCandidate> {
-        // One pass over the plan, not one per node: GPUs taken and this
-        // model's replicas, by node.
-        let mut planned: BTreeMap<&str, (Vec<u32>, u32)> = BTreeMap::new();
-        for r in self.plan.values() {
-            let entry = planned.entry(r.node.as_str()).or_default();
-            entry.0.extend(r.gpus.iter().copied());
-            entry.1 += u32::from(r.model == model);
-        }
+        let planned = self.planned_on_nodes(model, None);
         self.nodes
             .values()
-            .map(|n| {
-                let state = self.node_state(n, now);
-                let unschedulable = if self
-                    .avoid
-                    .contains_key(&(model.to_string(), n.name.clone()))
-                {
-                    Some("a replica of this model crash-looped here recently".to_string())
-                } else if n.session.is_none() {
-                    Some("disconnected".to_string())
-                } else if state != NodeState::Ready {
-                    Some(state.as_str().to_string())
-                } else {
-                    self.host_shortfall(n, model)
-                };
-                let (mut taken, model_replicas) =
-                    planned.get(n.name.as_str()).cloned().unwrap_or_default();
-                // Replicas still running outside the plan (being stopped)
-                // hold their GPUs until they are gone.
-                taken.extend(
-                    n.replicas
-                        .iter()
-                        .filter(|r| r.state.is_live())
-                        .flat_map(|r| r.gpus.iter().copied()),
-                );
-                let warm = n
-                    .warm
-                    .iter()
-                    .find(|w| w.model == model && w.total_bytes > 0)
-                    .map(|w| w.resident_bytes as f64 / w.total_bytes as f64)
-                    .unwrap_or(0.0);
-                NodeCandidate {
-                    name: n.name.clone(),
-                    unschedulable,
-                    gpus: n
-                        .gpus
-                        .iter()
-                        .map(|g| {
-                            let s = n.sample(g.index);
-                            GpuCandidate {
-                                index: g.index,
-                                healthy: g.healthy && s.is_none_or(|s| s.healthy),
-                                taken: taken.contains(&g.index),
-                                free_bytes: s
-                                    .map(|s| {
-                                        s.memory_total_bytes.saturating_sub(s.memory_used_bytes)
-                                    })
-                                    .unwrap_or(g.memory_total_bytes),
-                                mig: g.mig_parent.is_some(),
-                            }
-                        })
-                        .collect(),
-                    warm_fraction: warm,
-                    model_replicas,
-                }
-            })
+            .map(|n| self.candidate(n, model, now, planned.get(n.name.as_str())))
             .collect()
+    }
+
+    /// One node as placement sees it for one model (after a placement
+    /// there, the rest of the fleet is unchanged).
+    fn candidate_on(&self, node: &str, model: &str, now: Instant) -> Option<NodeCandidate> {
+        let n = self.nodes.get(node)?;
+        let planned = self.planned_on_nodes(model, Some(node));
+        Some(self.candidate(n, model, now, planned.get(node)))
+    }
+
+    /// In one pass over the plan (not one per node), per node (or for
+    /// `only` that one): what the plan holds there for placing `model`.
+    fn planned_on_nodes(&self, model: &str, only: Option<&str>) -> BTreeMap<&str, PlannedOnNode> {
+        let mut out: BTreeMap<&str, PlannedOnNode> = BTreeMap::new();
+        for r in self.plan.values() {
+            if only.is_some_and(|n| n != r.node) {
+                continue;
+            }
+            let entry = out.entry(r.node.as_str()).or_default();
+            entry.taken.extend(r.gpus.iter().copied());
+            entry.model_replicas += u32::from(r.model == model);
+            if let Some(m) = self.models.get(&r.model) {
+                entry
+                    .asked
+                    .push((m.spec.server.cpu, m.spec.server.memory_bytes));
+            }
+        }
+        out
+    }
+
+    fn candidate(
+        &self,
+        n: &super::nodes::Node,
+        model: &str,
+        now: Instant,
+        planned: Option<&PlannedOnNode>,
+    ) -> NodeCandidate {
+        let empty = PlannedOnNode::default();
+        let planned = planned.unwrap_or(&empty);
+        let state = self.node_state(n, now);
+        let unschedulable = if self
+            .avoid
+            .contains_key(&(model.to_string(), n.name.clone()))
+        {
+            Some("a replica of this model crash-looped here recently".to_string())
+        } else if n.session.is_none() {
+            Some("disconnected".to_string())
+        } else if state != NodeState::Ready {
+            Some(state.as_str().to_string())
+        } else {
+            self.host_shortfall(n, model, &planned.asked)
+        };
+        let mut taken = planned.taken.clone();
+        // Replicas still running outside the plan (being stopped)
+        // hold their GPUs until they are gone.
+        taken.extend(
+            n.replicas
+                .iter()
+                .filter(|r| r.state.is_live())
+                .flat_map(|r| r.gpus.iter().copied()),
+        );
+        let warm = n
+            .warm
+            .iter()
+            .find(|w| w.model == model && w.total_bytes > 0)
+            .map(|w| w.resident_bytes as f64 / w.total_bytes as f64)
+            .unwrap_or(0.0);
+        NodeCandidate {
+            name: n.name.clone(),
+            unschedulable,
+            gpus: n
+                .gpus
+                .iter()
+                .map(|g| {
+                    let s = n.sample(g.index);
+                    GpuCandidate {
+                        index: g.index,
+                        healthy: g.healthy && s.is_none_or(|s| s.healthy),
+                        taken: taken.contains(&g.index),
+                        free_bytes: s
+                            .map(|s| s.memory_total_bytes.saturating_sub(s.memory_used_bytes))
+                            .unwrap_or(g.memory_total_bytes),
+                        mig: g.mig_parent.is_some(),
+                    }
+                })
+                .collect(),
+            warm_fraction: warm,
+            model_replicas: planned.model_replicas,
+        }
     }
 
     fn new_replica_id(&self, model: &str) -> String {

@@ -9,7 +9,7 @@ use crate::config::WarmMode;
 use crate::domain::{unix_ms_now, ReplicaState};
 
 use super::autoscale::{Signals, Tick};
-use super::fleet::{Fleet, FleetError};
+use super::fleet::{Fleet, FleetError, PlannedReplica};
 
 /// Ticks of signals kept per model for `explain` (10 minutes at 1 s; early
 /// ticks on news take their share).
@@ -38,7 +38,12 @@ impl Fleet {
     /// The model's signals this tick, from what its replicas' nodes report
     /// and what its gateways hold. `fresh` is false when neither has news
     /// (nothing to judge by).
-    fn model_signals(&self, model: &str, now: Instant) -> (Signals, bool) {
+    fn model_signals(
+        &self,
+        model: &str,
+        planned: &[&PlannedReplica],
+        now: Instant,
+    ) -> (Signals, bool) {
         let mut s = Signals {
             waiting: Some(0.0),
             ..Signals::default()
@@ -48,11 +53,7 @@ impl Fleet {
         let mut oldest = None;
         let mut kv = Vec::new();
         let mut util = Vec::new();
-        for r in self
-            .plan
-            .values()
-            .filter(|r| r.model == model && r.retiring_since.is_none())
-        {
+        for r in planned.iter().filter(|r| r.retiring_since.is_none()) {
             let Some(node) = self.nodes.get(&r.node) else {
                 s.starting += 1;
                 continue;
@@ -131,12 +132,14 @@ impl Fleet {
         let mut events = Vec::new();
         let mut awaiting = false;
         let mut missing_changes = Vec::new();
+        // One pass over the plan for all models, not one per model.
+        let by_model = super::reconcile::plan_by_model(&self.plan);
         for name in names {
-            let (signals, fresh) = self.model_signals(&name, now);
-            let replicas: Vec<(String, bool, Duration)> = self
-                .plan
-                .values()
-                .filter(|r| r.model == name && r.retiring_since.is_none())
+            let planned = by_model.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+            let (signals, fresh) = self.model_signals(&name, planned, now);
+            let replicas: Vec<(String, bool, Duration)> = planned
+                .iter()
+                .filter(|r| r.retiring_since.is_none())
                 .map(|r| {
                     let ready = self.nodes.get(&r.node).is_some_and(|n| {
                         n.replicas
@@ -203,10 +206,9 @@ impl Fleet {
                 model.last_decision = message.clone();
                 events.push((name.clone(), message));
             }
-            let current = self
-                .plan
-                .values()
-                .filter(|r| r.model == name && r.retiring_since.is_none())
+            let current = planned
+                .iter()
+                .filter(|r| r.retiring_since.is_none())
                 .count() as u32;
             let model = self.models.get_mut(&name).expect("names were just listed");
             model.timeline.push_back(SignalPoint {
