@@ -311,12 +311,14 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
     let mut next_model = 0usize;
     while window.elapsed() < args.duration {
         let left = args.duration.saturating_sub(window.elapsed());
-        tokio::time::sleep(left.min(PROBE_EVERY)).await;
+        tokio::time::sleep(left.min(PROBE_EVERY / 2)).await;
         if totals.is_empty() || window.elapsed() >= args.duration {
             continue;
         }
         // Scale one model up by one and time the assignment to its agent;
-        // the next probe takes it back down and scales another.
+        // half a period later it goes back down, so the next scale-up does
+        // not follow a scale-down's early tick by less than the coordinator's
+        // gap between early ticks.
         if let Some((name, replicas)) = scaled_up.take() {
             let _ = control
                 .scale_model(pb::ScaleModelRequest {
@@ -325,6 +327,7 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
                     auto: false,
                 })
                 .await;
+            continue;
         }
         let i = next_model % totals.len();
         next_model += 1;

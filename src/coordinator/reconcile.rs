@@ -136,7 +136,7 @@ impl Fleet {
     }
 
     fn replace_on_lost_nodes(&mut self, now: Instant) {
-        let lost: Vec<String> = self
+        let lost: std::collections::HashSet<String> = self
             .nodes
             .values()
             .filter(|n| {
@@ -252,11 +252,16 @@ impl Fleet {
     /// A changed spec hash reaches the agent in the next assignment, which
     /// replaces the replica (stop, then start with the new spec).
     fn follow_spec_changes(&mut self) {
+        // Once per model, not per replica.
+        let hashes: BTreeMap<&str, String> = self
+            .models
+            .iter()
+            .map(|(name, m)| (name.as_str(), m.spec.spec_hash()))
+            .collect();
         for r in self.plan.values_mut() {
-            if let Some(m) = self.models.get(&r.model) {
-                let hash = m.spec.spec_hash();
-                if r.spec_hash != hash {
-                    r.spec_hash = hash;
+            if let Some(hash) = hashes.get(r.model.as_str()) {
+                if &r.spec_hash != hash {
+                    r.spec_hash = hash.clone();
                 }
             }
         }
@@ -265,7 +270,8 @@ impl Fleet {
     /// Stops replicas beyond the desired count: ones not ready first, then
     /// the ones that became ready last.
     fn remove_surplus(&mut self, now: Instant) {
-        let statuses = self.reported_statuses();
+        // Built only if some model has a surplus: most ticks none has.
+        let mut statuses = None;
         let by_model = plan_by_model(&self.plan);
         let mut removals = Vec::new();
         for (name, model) in &self.models {
@@ -282,6 +288,7 @@ impl Fleet {
             if surplus == 0 {
                 continue;
             }
+            let statuses = statuses.get_or_insert_with(|| self.reported_statuses());
             mine.sort_by_key(|r| {
                 let s = statuses.get(&r.id);
                 let ready = s.is_some_and(|s| s.0 == ReplicaState::Ready);

@@ -106,13 +106,6 @@ impl Fleet {
             if model.spec.warm.mode == WarmMode::Off {
                 continue;
             }
-            let running: BTreeSet<&str> = self
-                .plan
-                .values()
-                .filter(|r| &r.model == name)
-                .map(|r| r.node.as_str())
-                .collect();
-            let running: Vec<&str> = running.into_iter().collect();
             let needs = ReplicaNeeds {
                 gpus: model.spec.server.gpus,
                 gpu_memory_bytes: model.spec.server.gpu_memory_bytes,
@@ -128,6 +121,18 @@ impl Fleet {
                 }
                 _ => 0,
             };
+            // Nothing to choose: no need to see the fleet as placement does
+            // (that is a pass over every node, for every model, every tick).
+            if predicted == 0 && model.spec.warm.standby_nodes == 0 {
+                continue;
+            }
+            let running: BTreeSet<&str> = self
+                .plan
+                .values()
+                .filter(|r| &r.model == name)
+                .map(|r| r.node.as_str())
+                .collect();
+            let running: Vec<&str> = running.into_iter().collect();
             let candidates = self.candidates(name, now);
             let targets = warm_targets(
                 &candidates,
