@@ -320,13 +320,7 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
         // not follow a scale-down's early tick by less than the coordinator's
         // gap between early ticks.
         if let Some((name, replicas)) = scaled_up.take() {
-            let _ = control
-                .scale_model(pb::ScaleModelRequest {
-                    name,
-                    replicas: Some(replicas as u32),
-                    auto: false,
-                })
-                .await;
+            let _ = pin(&mut control, name, replicas).await;
             continue;
         }
         let i = next_model % totals.len();
@@ -337,14 +331,7 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.clone(), Instant::now());
-        let asked = control
-            .scale_model(pb::ScaleModelRequest {
-                name: name.clone(),
-                replicas: Some(totals[i] as u32 + 1),
-                auto: false,
-            })
-            .await;
-        if asked.is_ok() {
+        if pin(&mut control, name.clone(), totals[i] + 1).await.is_ok() {
             scaled_up = Some((name, totals[i]));
         }
     }
@@ -353,13 +340,7 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
     let own_after = ProcessStats::own();
     let reports = state.reports.load(Ordering::Relaxed) - reports_before;
     if let Some((name, replicas)) = scaled_up.take() {
-        let _ = control
-            .scale_model(pb::ScaleModelRequest {
-                name,
-                replicas: Some(replicas as u32),
-                auto: false,
-            })
-            .await;
+        let _ = pin(&mut control, name, replicas).await;
     }
 
     let _ = stop_tx.send(true);
@@ -420,6 +401,20 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
         sessions_lost: state.lost.load(Ordering::Relaxed),
         replicas_stopped: state.stopped.load(Ordering::Relaxed),
     })
+}
+
+/// `model scale NAME --replicas N`.
+async fn pin(
+    control: &mut crate::cli::client::Control,
+    name: String,
+    replicas: u64,
+) -> Result<(), tonic::Status> {
+    let request = pb::ScaleModelRequest {
+        name,
+        replicas: Some(replicas as u32),
+        auto: false,
+    };
+    control.scale_model(request).await.map(drop)
 }
 
 async fn wait_for(limit: Duration, done: impl Fn() -> bool) {
