@@ -12,6 +12,7 @@
 #
 #   benches/swarm.sh
 #   SIZES="1000:100 5000:500" RUNS=3 DURATION=30s benches/swarm.sh
+#   SIZES="10000:500" CONNECT_RATE=250 BINARY=target/release/gpufleet benches/swarm.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,11 +23,16 @@ DURATION=${DURATION:-30s}
 GPUS=${GPUS:-8}
 REPLICAS_PER_NODE=${REPLICAS_PER_NODE:-1}
 CLI_CALLS=${CLI_CALLS:-10}
+CONNECT_RATE=${CONNECT_RATE:-1000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 
-cargo build --release --quiet --bin gpufleet
 work=$(mktemp -d /var/tmp/gpufleet-swarm.XXXXXX)
-cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
+if [ -n "${BINARY:-}" ]; then
+    cp "$BINARY" "$work/gpufleet"
+else
+    cargo build --release --quiet --bin gpufleet
+    cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
+fi
 coordinator=""
 cleanup() {
     [ -n "$coordinator" ] && kill "$coordinator" 2>/dev/null || true
@@ -59,7 +65,8 @@ EOF
             sleep 0.2
         done
         load=$(cut -d' ' -f1 /proc/loadavg)
-        "$work/gpufleet" --coordinator http://127.0.0.1:17460 -o json bench swarm \
+        "$work/gpufleet" --coordinator http://127.0.0.1:17460 --request-timeout 60s \
+            -o json bench swarm --connect-rate "$CONNECT_RATE" --settle-timeout 10m \
             --agents "$agents" --gpus "$GPUS" --replicas-per-node "$REPLICAS_PER_NODE" \
             --models "$models" --duration "$DURATION" \
             --metrics http://127.0.0.1:17461/metrics >"$d/swarm.json" 2>"$d/swarm.log" \

@@ -481,7 +481,9 @@ impl Fleet {
                 report,
                 received,
             } => {
-                if self.report(session, &node, *report, now) {
+                // The node spoke when its session read the report, however
+                // long the fleet task took to get to it.
+                if self.report(session, &node, *report, received.min(now)) {
                     self.publish_routes();
                 }
                 super::metrics::FleetMetrics::process()

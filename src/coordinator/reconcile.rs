@@ -19,6 +19,11 @@ use super::trust::{Refusal, TokenCheck};
 #[cfg(test)]
 pub(super) const RETIRE_GRACE_MIN: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Replicas placed in one tick at most: placing one looks at every node, and
+/// reports wait while a tick runs, so a fleet-wide placement (thousands of
+/// replicas applied at once) is spread over ticks a few hundred ms apart.
+const PLACEMENTS_PER_TICK: usize = 256;
+
 /// How long a node is avoided for a model whose replica crash-looped there.
 const AVOID_AFTER_CRASHLOOP: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -348,6 +353,7 @@ impl Fleet {
                 Some(_) => entry.1.push(r.id.clone()),
             }
         }
+        let mut placed = 0usize;
         for name in names {
             let model = &self.models[&name];
             let (current, retiring) = counts.remove(&name).unwrap_or_default();
@@ -379,6 +385,11 @@ impl Fleet {
                 }
             }
             let mut problem = String::new();
+            if placed >= PLACEMENTS_PER_TICK {
+                // The rest next tick, soon: reports wait while a tick runs.
+                self.tick_soon(now);
+                break;
+            }
             // Built once per model; after each placement only the node
             // that took the replica is looked at again.
             let mut candidates = if current < desired {
@@ -387,6 +398,10 @@ impl Fleet {
                 Vec::new()
             };
             for _ in current..desired {
+                if placed >= PLACEMENTS_PER_TICK {
+                    self.tick_soon(now);
+                    break;
+                }
                 match placement::place(&candidates, &needs) {
                     Ok(p) => {
                         let id = self.new_replica_id(&name);
@@ -400,6 +415,7 @@ impl Fleet {
                             retiring_since: None,
                         };
                         self.plan.insert(id.clone(), replica);
+                        placed += 1;
                         if let (Some(slot), Some(fresh)) = (
                             candidates.iter_mut().find(|c| c.name == p.node),
                             self.candidate_on(&p.node, &name, now),
