@@ -219,14 +219,18 @@ impl pb::agent_session_server::AgentSession for SessionService {
             fleet.disconnect(session, node, reason).await;
         });
 
-        let assignments =
-            ReceiverStream::new(assign_rx).map(|m| Ok(pb::CoordinatorMessage::from(&m)));
+        // `None` marks the end of the assignments: the fleet let the node
+        // go (a newer session, a step-down), and the session ends with it.
+        let assignments = ReceiverStream::new(assign_rx)
+            .map(|m| Some(Ok(pb::CoordinatorMessage::from(&m))))
+            .chain(futures_util::stream::once(futures_util::future::ready(
+                None,
+            )));
         let ended = futures_util::stream::once(end_rx)
-            .filter_map(|r| futures_util::future::ready(r.ok().map(Err)));
-        // The session's stream ends when the fleet lets the node go; a
-        // refusal ends it at once, with the status saying why.
+            .filter_map(|r| futures_util::future::ready(r.ok().map(|s| Some(Err(s)))));
+        // A refusal ends the stream at once, with the status saying why.
         let outbound = futures_util::stream::select(assignments, ended).scan(false, |over, m| {
-            let next = (!*over).then_some(m);
+            let next = if *over { None } else { m };
             *over = next.as_ref().is_some_and(Result::is_err);
             futures_util::future::ready(next)
         });
