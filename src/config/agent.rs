@@ -243,7 +243,7 @@ fn validate(raw: RawAgent, o: &AgentOverrides) -> Result<AgentConfig, Problem> {
         gpu,
         warm,
         tls,
-        limits: super::coordinator::check_limits(raw.limits)?,
+        limits: super::coordinator::check_agent_limits(raw.limits)?,
     })
 }
 

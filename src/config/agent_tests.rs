@@ -93,6 +93,8 @@ header_read_timeout = "2s"
     assert_eq!(c.limits.header_read_timeout, Duration::from_secs(2));
     let e = err("[limits]\nmax_connections = 3\n");
     assert!(e.contains("limits.max_connections"), "{e}");
+    let e = err("[limits]\nmax_agent_sessions = 10\n");
+    assert!(e.contains("a coordinator setting"), "{e}");
     assert_eq!(c.node_name, "gpu-host-17.dc1");
     assert_eq!(c.coordinators, vec!["https://coord:7460"]);
     assert_eq!(c.report_interval, Duration::from_millis(250));

@@ -331,7 +331,19 @@ fn validate(raw: RawCoordinator, o: &CoordinatorOverrides) -> Result<Coordinator
     })
 }
 
-/// The `[limits]` section of a coordinator or agent config, checked.
+/// The `[limits]` section of an agent config: the coordinator's, less what
+/// only a coordinator has (agent sessions).
+pub(super) fn check_agent_limits(raw: Option<RawLimits>) -> Result<ConnectionLimits, Problem> {
+    if raw.as_ref().is_some_and(|l| l.max_agent_sessions.is_some()) {
+        return Err(Problem::invalid(
+            "limits.max_agent_sessions",
+            "limits.max_agent_sessions is a coordinator setting; an agent's [limits] takes max_connections, max_connections_per_peer, header_read_timeout and idle_timeout",
+        ));
+    }
+    check_limits(raw)
+}
+
+/// The `[limits]` section of a coordinator config, checked.
 pub(super) fn check_limits(raw: Option<RawLimits>) -> Result<ConnectionLimits, Problem> {
     let l = raw.unwrap_or_default();
     let d = ConnectionLimits::default();
