@@ -161,6 +161,8 @@ pub struct Fleet {
     next_request: u64,
     pub(super) events: VecDeque<Event>,
     unsaved_events: Vec<Event>,
+    /// Nodes first seen since the last tick, saved together by it.
+    unsaved_nodes: Vec<String>,
     next_event_seq: u64,
     event_tx: broadcast::Sender<Event>,
     /// Signs the assignment token of every replica sent to a node.
@@ -270,6 +272,7 @@ impl Fleet {
             next_request: 1,
             events,
             unsaved_events: Vec::new(),
+            unsaved_nodes: Vec::new(),
             next_event_seq,
             event_tx,
             assignment_key,
@@ -335,6 +338,7 @@ impl Fleet {
                 }
             }
         }
+        self.flush_new_nodes();
         self.flush_events();
     }
 
@@ -348,6 +352,7 @@ impl Fleet {
         self.publish_routes();
         clock.done(Phase::Routes);
         self.save_demand(now);
+        self.flush_new_nodes();
         self.flush_events();
         clock.done(Phase::Store);
         clock.finish();
@@ -432,6 +437,21 @@ impl Fleet {
             if let Err(e) = self.store.put_demand(name, &m.scaler.demand) {
                 tracing::warn!(model = %name, error = %e, "demand history not saved");
             }
+        }
+    }
+
+    /// Saves the nodes first seen since the last tick, in one write. Those
+    /// flagged meanwhile (cordon, warm) were saved by that already.
+    pub(super) fn flush_new_nodes(&mut self) {
+        if self.unsaved_nodes.is_empty() {
+            return;
+        }
+        let nodes: Vec<(String, NodeFlags)> = std::mem::take(&mut self.unsaved_nodes)
+            .into_iter()
+            .filter_map(|n| self.node_flags.get(&n).map(|f| (n, f.clone())))
+            .collect();
+        if let Err(e) = self.store.put_many_node_flags(&nodes) {
+            tracing::warn!(error = %e, "{} new nodes not saved", nodes.len());
         }
     }
 
@@ -834,10 +854,11 @@ impl Fleet {
         let id = self.next_session;
         self.next_session += 1;
         if !self.node_flags.contains_key(&name) {
-            // Remembered, so that a restarted coordinator knows to wait for it.
-            if let Err(e) = self.set_node_flags(&name, NodeFlags::default()) {
-                tracing::warn!(node = %name, error = %e, "new node not saved");
-            }
+            // Remembered, so that a restarted coordinator knows to wait for
+            // it: saved with the other newcomers at the next tick, since a
+            // durable write each would hold up thousands of agents joining.
+            self.node_flags.insert(name.clone(), NodeFlags::default());
+            self.unsaved_nodes.push(name.clone());
         }
         let flags = self.node_flags.get(&name).cloned().unwrap_or_default();
         let node = self

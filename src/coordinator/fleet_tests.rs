@@ -87,6 +87,8 @@ fn a_restart_waits_for_the_known_nodes_and_no_longer() {
         let now = f.started;
         let _a = connect(&mut f, "gpu-1", now);
         let _b = connect(&mut f, "gpu-2", now);
+        // New nodes are saved together, by the next tick.
+        f.flush_new_nodes();
     }
     let mut f = fleet(dir.path());
     let t0 = f.started;
@@ -127,6 +129,7 @@ fn a_node_that_never_returns_holds_the_grace_to_its_end() {
         let mut f = fleet(dir.path());
         let now = f.started;
         let _a = connect(&mut f, "gpu-1", now);
+        f.flush_new_nodes();
     }
     let f = fleet(dir.path());
     let t0 = f.started;

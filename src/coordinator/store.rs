@@ -119,6 +119,13 @@ pub trait Store: Send {
     fn delete_model(&self, name: &str) -> Result<(), StoreError>;
     fn load_node_flags(&self) -> Result<Vec<(String, NodeFlags)>, StoreError>;
     fn put_node_flags(&self, node: &str, flags: &NodeFlags) -> Result<(), StoreError>;
+    /// Several nodes' flags at once (the nodes first seen since the last
+    /// tick): one durable write, not one per node.
+    fn put_many_node_flags(&self, nodes: &[(String, NodeFlags)]) -> Result<(), StoreError> {
+        nodes
+            .iter()
+            .try_for_each(|(node, flags)| self.put_node_flags(node, flags))
+    }
     /// Appends events, dropping the oldest beyond `capacity`.
     fn append_events(&self, events: &[Event], capacity: usize) -> Result<(), StoreError>;
     /// The newest `limit` events, oldest first.
@@ -530,6 +537,24 @@ impl Store for RedbStore {
 
     fn put_node_flags(&self, node: &str, flags: &NodeFlags) -> Result<(), StoreError> {
         self.put_json(NODE_FLAGS, node, flags)
+    }
+
+    fn put_many_node_flags(&self, nodes: &[(String, NodeFlags)]) -> Result<(), StoreError> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        self.with_db("write", true, |db| {
+            let tx = db.begin_write()?;
+            {
+                let mut t = tx.open_table(NODE_FLAGS)?;
+                for (node, flags) in nodes {
+                    let bytes = record::encode(&serde_json::to_vec(flags)?);
+                    t.insert(node.as_str(), bytes.as_slice())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn append_events(&self, events: &[Event], capacity: usize) -> Result<(), StoreError> {

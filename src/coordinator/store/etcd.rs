@@ -359,6 +359,19 @@ impl Store for EtcdStore {
         self.put_json("nodes", node, flags)
     }
 
+    /// In txns of at most 128 puts (etcd's default `--max-txn-ops`).
+    fn put_many_node_flags(&self, nodes: &[(String, NodeFlags)]) -> Result<(), StoreError> {
+        let table = self.keys().table("nodes");
+        for batch in nodes.chunks(128) {
+            let ops = batch
+                .iter()
+                .map(|(node, flags)| self.put_op(format!("{table}{node}"), flags))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.write(ops)?;
+        }
+        Ok(())
+    }
+
     fn append_events(&self, events: &[Event], capacity: usize) -> Result<(), StoreError> {
         let Some(last) = events.last() else {
             return Ok(());
