@@ -23,6 +23,19 @@ fn coordinator(h: &Harness, etcd: &LocalEtcd, name: &str, prefix: &str) -> Coord
 
 /// A coordinator on every member of an etcd cluster.
 fn coordinator_on(h: &Harness, members: &[&LocalEtcd], name: &str, prefix: &str) -> Coord {
+    coordinator_in(h, members, name, prefix, "127.0.0.1", None)
+}
+
+/// A coordinator listening on `host`, run inside the network namespace
+/// `netns` when one is named.
+fn coordinator_in(
+    h: &Harness,
+    members: &[&LocalEtcd],
+    name: &str,
+    prefix: &str,
+    host: &str,
+    netns: Option<&str>,
+) -> Coord {
     let endpoints = members
         .iter()
         .map(|m| format!("\"{}\"", m.client_url))
@@ -32,15 +45,28 @@ fn coordinator_on(h: &Harness, members: &[&LocalEtcd], name: &str, prefix: &str)
     let cfg = h.write(
         &format!("{name}.toml"),
         &format!(
-            "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"10s\"\nretire_grace = \"3s\"\n[store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"3s\"\n",
+            "listen = \"{host}:{grpc}\"\nhttp_listen = \"{host}:{http}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"10s\"\nretire_grace = \"3s\"\n[store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"3s\"\n",
             h.path(&format!("{name}-data")).display(),
         ),
     );
+    let args = ["coordinator", "--config", cfg.to_str().unwrap()];
+    let proc = match netns {
+        None => h.spawn(name, &args),
+        Some(ns) => {
+            let bin = env!("CARGO_BIN_EXE_gpufleet");
+            spawn_program(
+                h,
+                name,
+                "ip",
+                &[&["netns", "exec", ns, bin][..], &args].concat(),
+            )
+        }
+    };
     Coord {
         name: name.into(),
-        url: format!("http://127.0.0.1:{grpc}"),
+        url: format!("http://{host}:{grpc}"),
         http,
-        proc: h.spawn(name, &["coordinator", "--config", cfg.to_str().unwrap()]),
+        proc,
     }
 }
 
@@ -383,6 +409,162 @@ fn a_3_member_etcd_losing_one_then_its_quorum() {
         all_connected(&c.url, 2)
     });
     replicas_stay(&c.url, &before, 4);
+}
+
+/// A private network for one test. The calling thread moves into a new
+/// network namespace (its own loopback; every process the test starts from
+/// it, etcd and agents included, inherits it), joined by a veth pair to a
+/// second, named namespace for the coordinator that is to be cut off. etcd
+/// listens on a second address of the near side, which the far side loses
+/// to a blackhole route while agents still reach it over the first.
+struct Partition {
+    netns: String,
+}
+
+/// The near side's address (agents' source), the far side's, etcd's.
+const NEAR: &str = "10.213.17.1";
+const FAR: &str = "10.213.17.2";
+const ETCD_AT: &str = "10.213.17.3";
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    out.status.success().then_some(()).ok_or_else(|| {
+        format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+impl Partition {
+    fn make_or_skip() -> Option<Partition> {
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIPPED: the partition test makes network namespaces, which needs root");
+            return None;
+        }
+        if ip(&["-V"]).is_err() {
+            println!("SKIPPED: the partition test needs `ip` (Debian package iproute2)");
+            return None;
+        }
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            println!(
+                "SKIPPED: cannot make a network namespace: {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        let pid = std::process::id();
+        let p = Partition {
+            netns: format!("gpufleet-ha-{pid}"),
+        };
+        let (near, far) = (format!("gfha{pid}a"), format!("gfha{pid}b"));
+        ip(&["link", "set", "lo", "up"]).unwrap();
+        ip(&["netns", "add", &p.netns]).unwrap();
+        ip(&[
+            "link", "add", &near, "type", "veth", "peer", "name", &far, "netns", &p.netns,
+        ])
+        .unwrap();
+        for addr in [NEAR, ETCD_AT] {
+            ip(&["addr", "add", &format!("{addr}/24"), "dev", &near]).unwrap();
+        }
+        ip(&["link", "set", &near, "up"]).unwrap();
+        p.far(&["link", "set", "lo", "up"]);
+        p.far(&["addr", "add", &format!("{FAR}/24"), "dev", &far]);
+        p.far(&["link", "set", &far, "up"]);
+        Some(p)
+    }
+
+    /// `ip ARGS` in the far namespace.
+    fn far(&self, args: &[&str]) {
+        ip(&[&["netns", "exec", &self.netns, "ip"][..], args].concat()).unwrap();
+    }
+
+    /// The far side loses etcd (and only etcd).
+    fn cut(&self) {
+        self.far(&["route", "add", "blackhole", &format!("{ETCD_AT}/32")]);
+    }
+
+    fn heal(&self) {
+        self.far(&["route", "del", "blackhole", &format!("{ETCD_AT}/32")]);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
+}
+
+/// When `line_part` first appears in a log, from its RFC 3339 timestamp.
+fn logged_at(log: &str, line_part: &str) -> Option<String> {
+    log.lines()
+        .find(|l| l.contains(line_part))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// The leader cut from etcd (but not from its agents) steps down on its own
+/// before anyone else can lead; the other coordinator leads, the agents
+/// follow it, no replica is touched, and the healed one follows.
+#[test]
+fn a_leader_partitioned_from_etcd_steps_down_before_another_leads() {
+    let Some(net) = Partition::make_or_skip() else {
+        return;
+    };
+    let Some(etcd) = LocalEtcd::start_or_skip_on(ETCD_AT) else {
+        return;
+    };
+    let h = Harness::new();
+    let _reaper = Reaper::new(&h);
+    let far = coordinator_in(&h, &[&etcd], "c1", "/ha6", FAR, Some(&net.netns));
+    // c1 leads first: the other starts once it does.
+    let (first, epoch) = leader(&far.url, None);
+    assert_eq!(first, "c1");
+    let near = coordinator_in(&h, &[&etcd], "c2", "/ha6", "127.0.0.1", None);
+    let list = urls(&[&far, &near]);
+    wait_until(Duration::from_secs(20), "c2 to follow", || {
+        let s = status(&near.url)?;
+        (s["members"].as_array()?.len() == 2).then_some(())
+    });
+    let (_agents, before) = fleet_with_replicas(&h, &list);
+
+    net.cut();
+    let (second, epoch2) = leader(&near.url, Some("c1"));
+    assert_eq!((second.as_str(), epoch2 > epoch), ("c2", true));
+    wait_until(Duration::from_secs(10), "c1 to log its step-down", || {
+        far.proc.log_text().contains("stepped down").then_some(())
+    });
+    // Never two leaders: c1 gave up before c2 could win (RFC 3339 UTC
+    // timestamps of one clock compare as strings).
+    let down = logged_at(&far.proc.log_text(), "stepped down").unwrap();
+    let won = logged_at(&near.proc.log_text(), "elected leader").unwrap();
+    assert!(down < won, "c1 stepped down at {down}, c2 led from {won}");
+    wait_until(
+        Duration::from_secs(30),
+        "agents attached to the new leader",
+        || all_connected(&near.url, 2),
+    );
+    replicas_stay(&near.url, &before, 6);
+
+    net.heal();
+    wait_until(
+        Duration::from_secs(30),
+        "the healed coordinator to follow",
+        || {
+            let s = status(&near.url)?;
+            let roles = s["members"].as_array()?;
+            roles
+                .iter()
+                .any(|m| m["name"] == "c1" && m["role"] == "follower")
+                .then_some(())
+        },
+    );
+    assert_eq!(status(&list).unwrap()["leader"], "c2");
+    replicas_stay(&near.url, &before, 2);
 }
 
 #[test]
