@@ -299,6 +299,57 @@ fn a_paused_leader_wakes_deposed_and_changes_nothing() {
     assert_eq!(s["leader"], other.name.as_str(), "{s}");
 }
 
+/// A leader paused past its lease but not past its agents' HTTP/2
+/// keepalive wakes with their sessions still open. Those agents never met
+/// the new leader, so their epoch fence cannot refuse what it sends: it
+/// must notice on waking that its term is over (its deadline is long past)
+/// and change nothing, and the agents move to the new leader.
+#[test]
+fn a_leader_woken_before_its_agents_noticed_changes_nothing() {
+    let Some(etcd) = LocalEtcd::start_or_skip() else {
+        return;
+    };
+    let h = Harness::new();
+    let _reaper = Reaper::new(&h);
+    let cs = [
+        coordinator(&h, &etcd, "c1", "/ha7"),
+        coordinator(&h, &etcd, "c2", "/ha7"),
+    ];
+    let list = urls(&cs.iter().collect::<Vec<_>>());
+    let (first, _) = leader(&list, None);
+    let (_agents, before) = fleet_with_replicas(&h, &list);
+    let paused = cs.iter().find(|c| c.name == first).unwrap();
+    let other = cs.iter().find(|c| c.name != first).unwrap();
+
+    paused.proc.signal(libc::SIGSTOP);
+    leader(&other.url, Some(&first));
+    assert!(
+        all_connected(&other.url, 2).is_none(),
+        "the agents are still with the paused leader when it wakes"
+    );
+    paused.proc.signal(libc::SIGCONT);
+    wait_until(
+        Duration::from_secs(10),
+        "the woken leader to step down",
+        || {
+            paused
+                .proc
+                .log_text()
+                .contains("stepped down")
+                .then_some(())
+        },
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "agents attached to the new leader",
+        || all_connected(&other.url, 2),
+    );
+    replicas_stay(&other.url, &before, 8);
+    // Nothing started beside them either (in any state).
+    let all = json_at(&other.url, &["replica", "ls", "--model", "steady"]).unwrap();
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+}
+
 #[test]
 fn etcd_down_longer_than_a_lease_stops_the_leader_not_the_replicas() {
     let Some(mut etcd) = LocalEtcd::start_or_skip() else {
@@ -589,4 +640,78 @@ fn an_unreachable_etcd_at_start_is_named() {
         err.contains(&format!("127.0.0.1:{port}")) && err.contains("unreachable"),
         "{err}"
     );
+}
+
+/// The agent-side fence's case: agents that met the new leader dial the
+/// deposed one (the new leader died; the deposed one is paused, its kernel
+/// queues their connections) and it wakes with their sessions waiting. It
+/// must hand them nothing they accept: it refuses the session (it notices
+/// its lapsed term first) or the agent refuses its assignment's lower epoch.
+/// Only after it wins a new term may they attach to it.
+#[test]
+fn a_deposed_leader_woken_with_sessions_waiting_hands_out_nothing() {
+    let Some(etcd) = LocalEtcd::start_or_skip() else {
+        return;
+    };
+    let h = Harness::new();
+    let _reaper = Reaper::new(&h);
+    let mut cs = [
+        coordinator(&h, &etcd, "c1", "/ha8"),
+        coordinator(&h, &etcd, "c2", "/ha8"),
+    ];
+    let list = urls(&cs.iter().collect::<Vec<_>>());
+    let (first, _) = leader(&list, None);
+    let (agents, before) = fleet_with_replicas(&h, &list);
+    let old = cs.iter().position(|c| c.name == first).unwrap();
+    let new = 1 - old;
+    let (old_url, new_url) = (cs[old].url.clone(), cs[new].url.clone());
+
+    cs[old].proc.signal(libc::SIGSTOP);
+    let (second, epoch2) = leader(&new_url, Some(&first));
+    wait_until(
+        Duration::from_secs(40),
+        "agents attached to the new leader",
+        || all_connected(&new_url, 2),
+    );
+    cs[new].proc.kill9();
+    // The agents dial the paused one; their sessions wait in its kernel.
+    std::thread::sleep(Duration::from_millis(2500));
+    let seen: Vec<usize> = agents.iter().map(|a| a.log_text().len()).collect();
+    cs[old].proc.signal(libc::SIGCONT);
+    let (_, epoch3) = leader(&old_url, Some(&second));
+    assert!(epoch3 > epoch2, "a new term: {epoch2} then {epoch3}");
+    wait_until(Duration::from_secs(30), "agents attached again", || {
+        all_connected(&old_url, 2)
+    });
+    let relected = logged_at(&cs[old].proc.log_text(), &format!("epoch={epoch3}")).unwrap();
+    for (a, from) in agents.iter().zip(seen) {
+        let log = a.log_text();
+        // The agent's word on the woken one until it led again.
+        let words: Vec<&str> = log[from..]
+            .lines()
+            .filter(|l| l.contains(&old_url))
+            .filter(|l| l.split_whitespace().next().unwrap_or("") < relected.as_str())
+            .collect();
+        assert!(
+            !words.is_empty(),
+            "the agent never dialled {old_url}: {log}"
+        );
+        // A session it opened there must end in the epoch refusal.
+        let mut open = false;
+        for w in &words {
+            if w.contains("refused an assignment of epoch") {
+                open = false;
+            } else if open {
+                panic!("a session with the deposed leader went on: {words:#?}");
+            } else {
+                open = w.contains("connected to the coordinator");
+            }
+        }
+        assert!(
+            !open,
+            "an assignment of the deposed leader was taken: {words:#?}"
+        );
+        eprintln!("{}: {words:#?}", a.name);
+    }
+    replicas_stay(&old_url, &before, 4);
 }
