@@ -563,6 +563,14 @@ fn logged_at(log: &str, line_part: &str) -> Option<String> {
 /// follow it, no replica is touched, and the healed one follows.
 #[test]
 fn a_leader_partitioned_from_etcd_steps_down_before_another_leads() {
+    // On a thread of its own: the network namespace it moves into must not
+    // outlive the test on a reused thread.
+    std::thread::spawn(partitioned_leader)
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
+
+fn partitioned_leader() {
     let Some(net) = Partition::make_or_skip() else {
         return;
     };

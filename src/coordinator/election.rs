@@ -193,6 +193,7 @@ async fn campaign(
         if resp.succeeded {
             let epoch = etcd::revision(&resp);
             fence.hold(epoch);
+            fence.renewed((acked + settings.deadline()).into_std());
             tracing::info!(coordinator = %me.name, epoch, "elected leader");
             role.send_replace(Role::Leader { epoch });
             term.lead(epoch).await;
@@ -311,7 +312,7 @@ async fn lead(
         // The renewal and the key check each wait on etcd up to a call
         // timeout: the deadline, not those, says when to step down.
         match tokio::time::timeout_at(deadline, renew(keepalive, acked, settings)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => fence.renewed((*acked + settings.deadline()).into_std()),
             Ok(Err(why)) => return why,
             Err(_) => return late(acked),
         }
