@@ -172,20 +172,74 @@ fn replicas_stay(list: &str, before: &Replicas, secs: u64) {
     }
 }
 
+/// Two coordinators on a fresh etcd under `prefix`, one of them leading,
+/// and the two-replica fleet on them.
+struct Pair {
+    cs: [Coord; 2],
+    list: String,
+    first: String,
+    epoch: u64,
+    agents: Vec<Proc>,
+    before: Replicas,
+    h: Harness,
+    _etcd: LocalEtcd,
+}
+
+impl Pair {
+    /// None (SKIPPED) without etcd.
+    fn start(prefix: &str) -> Option<Pair> {
+        let etcd = LocalEtcd::start_or_skip()?;
+        let h = Harness::new();
+        let cs = [
+            coordinator(&h, &etcd, "c1", prefix),
+            coordinator(&h, &etcd, "c2", prefix),
+        ];
+        let list = urls(&cs.iter().collect::<Vec<_>>());
+        let (first, epoch) = leader(&list, None);
+        let (agents, before) = fleet_with_replicas(&h, &list);
+        Some(Pair {
+            cs,
+            list,
+            first,
+            epoch,
+            agents,
+            before,
+            h,
+            _etcd: etcd,
+        })
+    }
+
+    /// The leader's index, and the other's.
+    fn leader_at(&self) -> (usize, usize) {
+        let at = self.cs.iter().position(|c| c.name == self.first).unwrap();
+        (at, 1 - at)
+    }
+}
+
+/// Waits for `c` to log that it stepped down.
+fn stepped_down(c: &Coord) {
+    wait_until(
+        Duration::from_secs(10),
+        "the woken leader to step down",
+        || c.proc.log_text().contains("stepped down").then_some(()),
+    );
+}
+
 #[test]
 fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
-    let Some(etcd) = LocalEtcd::start_or_skip() else {
+    let Some(Pair {
+        mut cs,
+        list,
+        first,
+        epoch,
+        agents,
+        before,
+        h: _h,
+        _etcd: _e,
+    }) = Pair::start("/ha1")
+    else {
         return;
     };
-    let h = Harness::new();
-    let _reaper = Reaper::new(&h);
-    let mut cs = [
-        coordinator(&h, &etcd, "c1", "/ha1"),
-        coordinator(&h, &etcd, "c2", "/ha1"),
-    ];
-    let list = urls(&cs.iter().collect::<Vec<_>>());
-    let (first, epoch) = leader(&list, None);
-    let (_agents, before) = fleet_with_replicas(&h, &list);
 
     let s = status(&list).unwrap();
     assert_eq!(s["leader"], first.as_str(), "{s}");
@@ -231,7 +285,7 @@ fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
     let t = std::time::Instant::now();
     while all_connected(&survivor.url, 2).is_none() {
         if t.elapsed() > Duration::from_secs(20) {
-            for a in &_agents {
+            for a in &agents {
                 eprintln!("AGENT LOG\n{}", a.log_text());
             }
             eprintln!("SURVIVOR LOG\n{}", survivor.proc.log_text());
@@ -241,10 +295,6 @@ fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
-    std::fs::write("/tmp/wt17-survivor.log", survivor.proc.log_text()).unwrap();
-    for (i, a) in _agents.iter().enumerate() {
-        std::fs::write(format!("/tmp/wt17-agent{i}.log"), a.log_text()).unwrap();
-    }
     replicas_stay(&survivor.url, &before, 12);
     let log = survivor.proc.log_text();
     assert!(log.contains("elected leader"), "{log}");
@@ -252,23 +302,14 @@ fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
 
 #[test]
 fn a_paused_leader_wakes_deposed_and_changes_nothing() {
-    let Some(etcd) = LocalEtcd::start_or_skip() else {
+    let Some(p) = Pair::start("/ha2") else {
         return;
     };
-    let h = Harness::new();
-    let _reaper = Reaper::new(&h);
-    let cs = [
-        coordinator(&h, &etcd, "c1", "/ha2"),
-        coordinator(&h, &etcd, "c2", "/ha2"),
-    ];
-    let list = urls(&cs.iter().collect::<Vec<_>>());
-    let (first, _) = leader(&list, None);
-    let (_agents, before) = fleet_with_replicas(&h, &list);
-    let paused = cs.iter().find(|c| c.name == first).unwrap();
-    let other = cs.iter().find(|c| c.name != first).unwrap();
+    let (at, other_at) = p.leader_at();
+    let (paused, other, first, before) = (&p.cs[at], &p.cs[other_at], &p.first, &p.before);
 
     paused.proc.signal(libc::SIGSTOP);
-    let (second, _) = leader(&other.url, Some(&first));
+    let (second, _) = leader(&other.url, Some(first));
     assert_eq!(second, other.name);
     // The agents' sessions with the paused leader end when HTTP/2
     // keepalive gives up on it (5 s + 10 s).
@@ -278,23 +319,13 @@ fn a_paused_leader_wakes_deposed_and_changes_nothing() {
         || all_connected(&other.url, 2),
     );
     paused.proc.signal(libc::SIGCONT);
-    wait_until(
-        Duration::from_secs(10),
-        "the woken leader to step down",
-        || {
-            paused
-                .proc
-                .log_text()
-                .contains("stepped down")
-                .then_some(())
-        },
-    );
+    stepped_down(paused);
     let (code, body) = http("GET", paused.http, "/healthz", "");
     assert!(
         code == 503 || body.contains("follower"),
         "the woken coordinator no longer leads: {code} {body}"
     );
-    replicas_stay(&other.url, &before, 8);
+    replicas_stay(&other.url, before, 8);
     let s = status(&other.url).unwrap();
     assert_eq!(s["leader"], other.name.as_str(), "{s}");
 }
@@ -306,45 +337,26 @@ fn a_paused_leader_wakes_deposed_and_changes_nothing() {
 /// and change nothing, and the agents move to the new leader.
 #[test]
 fn a_leader_woken_before_its_agents_noticed_changes_nothing() {
-    let Some(etcd) = LocalEtcd::start_or_skip() else {
+    let Some(p) = Pair::start("/ha7") else {
         return;
     };
-    let h = Harness::new();
-    let _reaper = Reaper::new(&h);
-    let cs = [
-        coordinator(&h, &etcd, "c1", "/ha7"),
-        coordinator(&h, &etcd, "c2", "/ha7"),
-    ];
-    let list = urls(&cs.iter().collect::<Vec<_>>());
-    let (first, _) = leader(&list, None);
-    let (_agents, before) = fleet_with_replicas(&h, &list);
-    let paused = cs.iter().find(|c| c.name == first).unwrap();
-    let other = cs.iter().find(|c| c.name != first).unwrap();
+    let (at, other_at) = p.leader_at();
+    let (paused, other) = (&p.cs[at], &p.cs[other_at]);
 
     paused.proc.signal(libc::SIGSTOP);
-    leader(&other.url, Some(&first));
+    leader(&other.url, Some(&p.first));
     assert!(
         all_connected(&other.url, 2).is_none(),
         "the agents are still with the paused leader when it wakes"
     );
     paused.proc.signal(libc::SIGCONT);
-    wait_until(
-        Duration::from_secs(10),
-        "the woken leader to step down",
-        || {
-            paused
-                .proc
-                .log_text()
-                .contains("stepped down")
-                .then_some(())
-        },
-    );
+    stepped_down(paused);
     wait_until(
         Duration::from_secs(30),
         "agents attached to the new leader",
         || all_connected(&other.url, 2),
     );
-    replicas_stay(&other.url, &before, 8);
+    replicas_stay(&other.url, &p.before, 8);
     // Nothing started beside them either (in any state).
     let all = json_at(&other.url, &["replica", "ls", "--model", "steady"]).unwrap();
     assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
@@ -658,24 +670,15 @@ fn an_unreachable_etcd_at_start_is_named() {
 /// Only after it wins a new term may they attach to it.
 #[test]
 fn a_deposed_leader_woken_with_sessions_waiting_hands_out_nothing() {
-    let Some(etcd) = LocalEtcd::start_or_skip() else {
+    let Some(mut p) = Pair::start("/ha8") else {
         return;
     };
-    let h = Harness::new();
-    let _reaper = Reaper::new(&h);
-    let mut cs = [
-        coordinator(&h, &etcd, "c1", "/ha8"),
-        coordinator(&h, &etcd, "c2", "/ha8"),
-    ];
-    let list = urls(&cs.iter().collect::<Vec<_>>());
-    let (first, _) = leader(&list, None);
-    let (agents, before) = fleet_with_replicas(&h, &list);
-    let old = cs.iter().position(|c| c.name == first).unwrap();
-    let new = 1 - old;
+    let (old, new) = p.leader_at();
+    let (cs, first, agents, before) = (&mut p.cs, &p.first, &p.agents, &p.before);
     let (old_url, new_url) = (cs[old].url.clone(), cs[new].url.clone());
 
     cs[old].proc.signal(libc::SIGSTOP);
-    let (second, epoch2) = leader(&new_url, Some(&first));
+    let (second, epoch2) = leader(&new_url, Some(first));
     wait_until(
         Duration::from_secs(40),
         "agents attached to the new leader",
@@ -721,5 +724,5 @@ fn a_deposed_leader_woken_with_sessions_waiting_hands_out_nothing() {
         );
         eprintln!("{}: {words:#?}", a.name);
     }
-    replicas_stay(&old_url, &before, 4);
+    replicas_stay(&old_url, before, 4);
 }
