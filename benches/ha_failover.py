@@ -16,7 +16,17 @@ After every round the replicas (id, pid) are compared with those before the
 first: any replica stopped, restarted, moved or duplicated is counted.
 /healthz is polled every 20 ms, `node ls` every 100 ms.
 
-    BIN=target/release/gpufleet RUNS=10 LEASE=5s benches/ha_failover.py
+Through every round a steady load (RPS requests a second, Poisson, each
+max_tokens 8) goes to the model through a gateway (`gpufleet gateway`) that
+lists the three coordinators: `gpufleet demo load --gateway` starts 2 s before
+the signal and runs LOAD_S seconds, well past the agents' return; its failed
+requests (any non-2xx answer, transport error or timeout) are summed, and its
+worst latency is reported.
+
+    BIN=target/release/gpufleet RUNS=10 LEASE=5s RPS=20 benches/ha_failover.py
+
+EVENTS=graceful runs only the SIGTERM rounds ("kill -9" only the others);
+KEEP=1 keeps the scratch directory with every process's log.
 """
 
 import json
@@ -36,6 +46,8 @@ from fleet import free_port  # noqa: E402
 BIN = os.path.abspath(os.environ.get("BIN", "target/release/gpufleet"))
 RUNS = int(os.environ.get("RUNS", "5"))
 LEASE = os.environ.get("LEASE", "5s")
+RPS = float(os.environ.get("RPS", "20"))
+LOAD_S = int(os.environ.get("LOAD_S", "16"))
 
 
 def healthz(port):
@@ -97,9 +109,30 @@ class Bench:
         with open(spec, "w") as f:
             f.write(f'name = "m"\nweights = "{work}/models/m/weights.bin"\nreplicas = 2\n[server]\n'
                     f'preset = "vllm"\ncommand = ["{self.bin}", "demo", "server", "--port", "{{port}}", '
-                    f'"--weights", "{{weights}}"]\ngpus = 1\ngpu_memory = "10GiB"\n')
+                    f'"--weights", "{{weights}}", "--model-name", "m"]\ngpus = 1\ngpu_memory = "10GiB"\n')
         self.cli(["model", "apply", "-f", spec])
         self.wait(60, "two ready replicas", lambda: len(self.replicas()) == 2)
+        self.gateway = f"http://127.0.0.1:{free_port()}"
+        with open(f"{work}/gateway.toml", "w") as f:
+            f.write(f'listen = "{self.gateway[7:]}"\ncoordinator = [{coordinators}]\nname = "bench"\n')
+        self.spawn("gateway", [self.bin, "gateway", "--config", f"{work}/gateway.toml"])
+        self.wait(30, "the gateway to route the model", lambda: self.load(1, 5, 1)["completed"] >= 1)
+
+    def load(self, rps, secs, seed):
+        """`demo load` through the gateway; its JSON report."""
+        out = subprocess.run([self.bin, "demo", "load", "--gateway", self.gateway, "--model", "m",
+                              "--rps", str(rps), "--duration", f"{secs}s", "--max-tokens", "8",
+                              "--timeout", "30s", "--seed", str(seed), "-o", "json"],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"demo load failed: {out.stderr}")
+        return json.loads(out.stdout)
+
+    def start_load(self, seed):
+        return subprocess.Popen([self.bin, "demo", "load", "--gateway", self.gateway, "--model", "m",
+                                 "--rps", str(RPS), "--duration", f"{LOAD_S}s", "--max-tokens", "8",
+                                 "--timeout", "30s", "--seed", str(seed), "-o", "json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def spawn(self, name, args):
         p = subprocess.Popen(args, stdout=open(f"{self.work}/{name}.log", "a"),
@@ -140,10 +173,12 @@ class Bench:
                 return name
         return None
 
-    def round(self, sig):
+    def round(self, sig, seed):
         self.wait(30, "a leader", self.leader)
         old = self.leader()
         others = [n for n in self.coords if n != old]
+        load = self.start_load(seed)
+        time.sleep(2)
         t0 = time.monotonic()
         self.coords[old]["proc"].send_signal(sig)
         self.coords[old]["proc"].wait()
@@ -155,7 +190,10 @@ class Bench:
         self.start_coordinator(old)
         self.wait(30, "the restarted coordinator to follow",
                   lambda: healthz(self.coords[old]["http"]).startswith("ok follower"))
-        return t_leader - t0, t_agents - t0, url
+        out, err = load.communicate()
+        if load.returncode != 0:
+            sys.exit(f"demo load failed: {err}")
+        return t_leader - t0, t_agents - t0, url, json.loads(out)
 
     def close(self):
         for p in reversed(self.procs):
@@ -170,14 +208,22 @@ class Bench:
 
 def main():
     work = tempfile.mkdtemp(prefix="gpufleet-ha-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    b = Bench(work)
+    b = Bench.__new__(Bench)
+    b.procs, b.bin = [], f"{work}/gpufleet"
     try:
+        b.__init__(work)
         before = b.replicas()
         results = {"kill -9": [], "graceful": []}
         changed = 0
+        loads = {"kill -9": [], "graceful": []}
         for label, sig in [("kill -9", signal.SIGKILL), ("graceful", signal.SIGTERM)]:
+            if label not in os.environ.get("EVENTS", "kill -9,graceful").split(","):
+                continue
             for i in range(RUNS):
-                leader_s, agents_s, url = b.round(sig)
+                leader_s, agents_s, url, load = b.round(sig, i + 1)
+                loads[label].append(load)
+                if load["failed"]:
+                    print(f"  {label} run {i + 1}: failed requests {load['failures']}", file=sys.stderr)
                 # Past the new leader's reconnect grace: nothing may have moved.
                 time.sleep(2)
                 now = b.replicas(url)
@@ -185,20 +231,37 @@ def main():
                     changed += 1
                     print(f"  {label} run {i + 1}: replicas changed: {before} -> {now}", file=sys.stderr)
                 results[label].append((leader_s, agents_s))
-                print(f"  {label} run {i + 1}: new leader {leader_s:.2f} s, agents re-attached {agents_s:.2f} s",
-                      file=sys.stderr)
+                print(f"  {label} run {i + 1}: new leader {leader_s:.2f} s, agents re-attached {agents_s:.2f} s, "
+                      f"requests {load['completed']}/{load['sent']}, max {load['max_s']} s", file=sys.stderr)
         print(f"\nlease {LEASE}, {RUNS} runs each; median (max), seconds after the signal\n")
         print("| event | new leader | agents re-attached |")
         print("|---|---|---|")
         for label, rs in results.items():
+            if not rs:
+                continue
             ls = [r[0] for r in rs]
             ag = [r[1] for r in rs]
             print(f"| gpufleet, {label} | {statistics.median(ls):.2f} ({max(ls):.2f}) "
                   f"| {statistics.median(ag):.2f} ({max(ag):.2f}) |")
-        print(f"\nrounds after which a replica was stopped, restarted, moved or duplicated: {changed} of {2 * RUNS}")
+        print(f"\nsteady load through the gateway, {RPS:g} req/s, {LOAD_S} s a round from 2 s before the signal:\n")
+        print("| event | requests sent | failed | p50 | p99 | max |")
+        print("|---|---|---|---|---|---|")
+        for label, ls in loads.items():
+            if not ls:
+                continue
+            sent = sum(x["sent"] for x in ls)
+            failed = sum(x["failed"] for x in ls)
+            p50 = statistics.median(x["p50_s"] for x in ls)
+            p99 = max(x["p99_s"] for x in ls)
+            mx = max(x["max_s"] for x in ls)
+            print(f"| {label} | {sent} | {failed} | {p50:.3f} s | {p99:.3f} s | {mx:.3f} s |")
+        print(f"\nrounds after which a replica was stopped, restarted, moved or duplicated: {changed} of {sum(map(len, results.values()))}")
     finally:
         b.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("KEEP"):
+            print(f"logs kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -193,6 +193,7 @@ async fn campaign(
         if resp.succeeded {
             let epoch = etcd::revision(&resp);
             fence.hold(epoch);
+            fence.renewed((acked + settings.deadline()).into_std());
             tracing::info!(coordinator = %me.name, epoch, "elected leader");
             role.send_replace(Role::Leader { epoch });
             term.lead(epoch).await;
@@ -299,27 +300,28 @@ async fn lead(
     let mut tick = tokio::time::interval(settings.keepalive);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut changed = Box::pin(watch_key(etcd, leader_key, epoch));
+    let late = |acked: &Instant| format!("no lease renewal acknowledged for {:?}", acked.elapsed());
     loop {
         let deadline = *acked + settings.deadline();
         tokio::select! {
             _ = tick.tick() => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                return format!("no lease renewal acknowledged for {:?}", acked.elapsed());
-            }
+            _ = tokio::time::sleep_until(deadline) => return late(acked),
             _ = fence.lost() => return "a store write found the epoch stale".into(),
             _ = &mut changed => changed = Box::pin(watch_key(etcd, leader_key, epoch)),
         }
-        if acked.elapsed() >= settings.deadline() {
-            return format!("no lease renewal acknowledged for {:?}", acked.elapsed());
+        // The renewal and the key check each wait on etcd up to a call
+        // timeout: the deadline, not those, says when to step down.
+        match tokio::time::timeout_at(deadline, renew(keepalive, acked, settings)).await {
+            Ok(Ok(())) => fence.renewed((*acked + settings.deadline()).into_std()),
+            Ok(Err(why)) => return why,
+            Err(_) => return late(acked),
         }
-        if let Err(why) = renew(keepalive, acked, settings).await {
-            return why;
-        }
-        match etcd.get(leader_key).await {
-            Ok(Some(kv)) if kv.create_revision == epoch => {}
-            Ok(_) => return "the leader key is gone or another's".into(),
-            Err(EtcdError::Unreachable { .. }) => {} // the deadline decides
-            Err(e) => tracing::debug!("leader key check failed: {e}"),
+        match tokio::time::timeout_at(*acked + settings.deadline(), etcd.get(leader_key)).await {
+            Ok(Ok(Some(kv))) if kv.create_revision == epoch => {}
+            Ok(Ok(_)) => return "the leader key is gone or another's".into(),
+            Ok(Err(EtcdError::Unreachable { .. })) => {} // the deadline decides
+            Ok(Err(e)) => tracing::debug!("leader key check failed: {e}"),
+            Err(_) => return late(acked),
         }
         if fence.epoch() != epoch {
             return "a store write found the epoch stale".into();

@@ -196,6 +196,8 @@ pub enum Route {
 #[derive(Clone)]
 pub struct FleetHandle {
     pub(super) route: watch::Receiver<Route>,
+    /// Several coordinators: the term the fleet task leads in.
+    term: Option<std::sync::Arc<super::store::etcd::Fence>>,
 }
 
 macro_rules! ask {
@@ -214,12 +216,29 @@ macro_rules! ask {
 impl FleetHandle {
     /// A handle that follows `route` (a coordinator that may lead or not).
     pub fn routed(route: watch::Receiver<Route>) -> FleetHandle {
-        FleetHandle { route }
+        FleetHandle { route, term: None }
+    }
+
+    /// Like `routed`, and nothing reaches the fleet task once `term`'s
+    /// deadline has passed, even before the election has stepped down (a
+    /// leader waking from a pause answers what queued meanwhile with "no
+    /// leader").
+    pub fn routed_in_term(
+        route: watch::Receiver<Route>,
+        term: std::sync::Arc<super::store::etcd::Fence>,
+    ) -> FleetHandle {
+        FleetHandle {
+            route,
+            term: Some(term),
+        }
     }
 
     /// The fleet task's inbox, or why there is none here.
     pub fn sender(&self) -> Result<mpsc::Sender<Command>, FleetError> {
         match &*self.route.borrow() {
+            Route::Fleet(_) if self.term.as_ref().is_some_and(|t| !t.in_term()) => {
+                Err(FleetError::NotLeader { leader: None })
+            }
             Route::Fleet(tx) => Ok(tx.clone()),
             Route::Elsewhere { leader } => Err(FleetError::NotLeader {
                 leader: leader.clone(),
@@ -423,5 +442,35 @@ impl FleetHandle {
 
     pub async fn gateway_disconnect(&self, link: u64) {
         self.tell(Command::GatewayDisconnect { link }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::coordinator::store::etcd::Fence;
+
+    #[test]
+    fn a_term_past_its_deadline_reaches_no_fleet_task() {
+        let (tx, _rx) = mpsc::channel(1);
+        let (_route_tx, route) = watch::channel(Route::Fleet(tx));
+        let fence = Arc::new(Fence::default());
+        let handle = FleetHandle::routed_in_term(route, fence.clone());
+        fence.hold(7);
+        fence.renewed(Instant::now() + Duration::from_secs(60));
+        assert!(handle.sender().is_ok());
+        // A process that slept past its deadline: the election has not
+        // stepped it down yet, the route still names the fleet task.
+        fence.renewed(Instant::now() - Duration::from_millis(1));
+        assert_eq!(
+            handle.sender().err(),
+            Some(FleetError::NotLeader { leader: None })
+        );
+        fence.renewed(Instant::now() + Duration::from_secs(60));
+        fence.hold(0);
+        assert!(handle.sender().is_err(), "no epoch held");
     }
 }

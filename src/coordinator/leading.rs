@@ -140,12 +140,12 @@ pub async fn start(
             ttl: etcd_settings.lease_ttl,
             keepalive: etcd_settings.lease_ttl.mul_f64(0.3),
         },
-        fence,
+        fence: fence.clone(),
         role: role_tx,
     };
     let election = tokio::spawn(election::run(candidate, term, shutdown));
     Ok(Leading {
-        fleet: FleetHandle::routed(route_rx),
+        fleet: FleetHandle::routed_in_term(route_rx, fence),
         role,
         etcd,
         keys,

@@ -53,29 +53,31 @@ fn scratch() -> tempfile::TempDir {
 impl LocalEtcd {
     /// Starts etcd, or prints why the calling test is skipped.
     pub fn start_or_skip() -> Option<LocalEtcd> {
+        LocalEtcd::start_or_skip_on("127.0.0.1")
+    }
+
+    /// Like `start_or_skip`, serving clients on `host` (an address of this
+    /// network namespace) instead of 127.0.0.1.
+    pub fn start_or_skip_on(host: &str) -> Option<LocalEtcd> {
         if !installed() {
             println!("SKIPPED: etcd not installed (Debian package etcd-server)");
             return None;
         }
-        let shm = Path::new("/dev/shm");
-        let tmp = if shm.is_dir() {
-            tempfile::Builder::new()
-                .prefix("gpufleet-etcd-")
-                .tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("a temporary directory for etcd");
-        let dir = tmp.path().to_path_buf();
-        let mut etcd = LocalEtcd::start(&dir).expect("etcd starts");
+        let tmp = scratch();
+        let mut etcd = LocalEtcd::start_on(tmp.path(), host).expect("etcd starts");
         etcd._tmp = Some(tmp);
         Some(etcd)
     }
 
     /// Starts etcd with its data and log in `dir`, and waits until it serves.
     pub fn start(dir: &Path) -> anyhow::Result<LocalEtcd> {
+        LocalEtcd::start_on(dir, "127.0.0.1")
+    }
+
+    fn start_on(dir: &Path, host: &str) -> anyhow::Result<LocalEtcd> {
         let peer_port = free_port();
         let mut etcd = LocalEtcd::member(dir, "gpufleet", peer_port);
+        etcd.client_url = format!("http://{host}:{}", free_port());
         etcd.cluster = format!("gpufleet=http://127.0.0.1:{peer_port}");
         etcd.launch()?;
         etcd.wait_ready()?;

@@ -31,11 +31,13 @@ pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 const FINE_CHUNK_S: i64 = 3600;
 const COARSE_CHUNK_S: i64 = 86_400;
 
-/// The leadership a store writes under: the epoch it holds (0: none) and a
-/// signal raised when a write finds the epoch gone.
+/// The leadership a store writes under: the epoch it holds (0: none), until
+/// when its lease is surely still live, and a signal raised when a write
+/// finds the epoch gone.
 #[derive(Debug, Default)]
 pub struct Fence {
     epoch: AtomicI64,
+    until: std::sync::Mutex<Option<std::time::Instant>>,
     lost: tokio::sync::Notify,
 }
 
@@ -45,6 +47,18 @@ impl Fence {
     }
     pub fn hold(&self, epoch: i64) {
         self.epoch.store(epoch, Ordering::SeqCst);
+    }
+    /// The lease was renewed: the term holds until `until` (the step-down
+    /// deadline) unless renewed again.
+    pub fn renewed(&self, until: std::time::Instant) {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
+    }
+    /// Whether an epoch is held and its deadline has not passed: false at
+    /// once for a process that wakes from a pause past its deadline, before
+    /// the election gets to step it down.
+    pub fn in_term(&self) -> bool {
+        let until = *self.until.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch() != 0 && until.is_some_and(|u| std::time::Instant::now() < u)
     }
     /// The epoch is gone (a write found another's): writes stop, and the
     /// election hears of it.
