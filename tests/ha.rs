@@ -271,7 +271,7 @@ fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
 
     let at = cs.iter().position(|c| c.name == first).unwrap();
     cs[at].proc.kill9();
-    // A write sent at once is held through the election (up to 5 s; the
+    // A write sent at once is held through the election (up to 15 s; the
     // lease here is 3 s) and reaches the new leader.
     let out = cli_at(&list, &["model", "scale", "steady", "--replicas", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -115,15 +115,17 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 /// talks to one coordinator).
 static TARGET: OnceLock<(String, Duration)> = OnceLock::new();
 
-/// How long the CLI waits for a leader while none leads (an election).
-const NO_LEADER_WAIT: Duration = Duration::from_secs(5);
+/// How long the CLI waits for a leader while none leads (an election):
+/// after a `kill -9` that is the lease (5 s by default) and the new leader's
+/// load of the state, so several leases' worth.
+const NO_LEADER_WAIT: Duration = Duration::from_secs(15);
 
 /// How long each coordinator of a list has to say who leads.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to the coordinator that leads: with one URL, that one; with
 /// several (comma-separated), the one they name as leader, waiting up to
-/// 5 s while an election runs.
+/// 15 s while an election runs.
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
     let urls: Vec<&str> = args
         .url()

@@ -195,8 +195,12 @@ async fn campaign(
             fence.hold(epoch);
             fence.renewed((acked + settings.deadline()).into_std());
             tracing::info!(coordinator = %me.name, epoch, "elected leader");
-            role.send_replace(Role::Leader { epoch });
+            // Nobody is told this coordinator leads until its control loop
+            // serves: a CLI that asked who leads would otherwise reach it
+            // while it loads the state and be refused.
+            role.send_replace(Role::NoLeader);
             term.lead(epoch).await;
+            role.send_replace(Role::Leader { epoch });
             let why = lead(
                 etcd,
                 &leader_key,
