@@ -219,14 +219,22 @@ impl pb::agent_session_server::AgentSession for SessionService {
             fleet.disconnect(session, node, reason).await;
         });
 
+        // A refusal is sent before the fleet lets the node go, so where the
+        // assignments end the refusal, if any, is already there to tell.
+        let end = futures_util::FutureExt::shared(end_rx);
+        let refusal = {
+            let end = end.clone();
+            move || futures_util::FutureExt::now_or_never(end).and_then(Result::ok)
+        };
         // `None` marks the end of the assignments: the fleet let the node
-        // go (a newer session, a step-down), and the session ends with it.
+        // go (a newer session, a step-down, a refusal), and the session ends
+        // with it.
         let assignments = ReceiverStream::new(assign_rx)
             .map(|m| Some(Ok(pb::CoordinatorMessage::from(&m))))
-            .chain(futures_util::stream::once(futures_util::future::ready(
-                None,
-            )));
-        let ended = futures_util::stream::once(end_rx)
+            .chain(futures_util::stream::once(
+                async move { refusal().map(Err) },
+            ));
+        let ended = futures_util::stream::once(end)
             .filter_map(|r| futures_util::future::ready(r.ok().map(|s| Some(Err(s)))));
         // A refusal ends the stream at once, with the status saying why.
         let outbound = futures_util::stream::select(assignments, ended).scan(false, |over, m| {
