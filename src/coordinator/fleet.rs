@@ -10,7 +10,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::api::{Event, ModelView, ReplicaView, SignalsHealth};
 use crate::config::ModelSpec;
-use crate::domain::{unix_ms_now, Hello, LogQuery, LogSlice, LogsRequest, Report, ToAgent};
+use crate::domain::event::Applied;
+use crate::domain::{
+    unix_ms_now, EventKind, Hello, LogQuery, LogSlice, LogsRequest, Report, ToAgent,
+};
 
 pub use super::handle::{Command, FleetError, FleetHandle, NodeOp, WarmOp};
 use super::metrics::Phase;
@@ -155,6 +158,8 @@ pub struct Fleet {
     pub(super) warm_plan: BTreeMap<String, BTreeMap<String, &'static str>>,
     /// (model, node) pairs placement avoids until the instant given.
     pub(super) avoid: BTreeMap<(String, String), Instant>,
+    /// New replicas' ids are drawn from this; it moves on with each one.
+    pub(super) id_seed: u64,
     next_session: u64,
     /// Log requests sent to agents, awaiting their reply.
     pending_logs: BTreeMap<u64, PendingLogs>,
@@ -265,6 +270,7 @@ impl Fleet {
             awaiting_measurement: false,
             last_tick: Instant::now(),
             avoid: BTreeMap::new(),
+            id_seed: rand::random(),
             warm_plan: BTreeMap::new(),
             demand_saved: Instant::now(),
             next_session: 1,
@@ -284,15 +290,11 @@ impl Fleet {
             routes_stale: false,
             routes_published: Instant::now(),
         };
-        fleet.record(
-            "coordinator",
-            "",
-            "",
-            "",
-            format!("coordinator started with {} models", fleet.models.len()),
-        );
+        fleet.record(EventKind::CoordinatorStarted {
+            models: fleet.models.len(),
+        });
         if let Some(why) = fleet.reconnect_wait(fleet.started) {
-            fleet.record("reconnect", "", "", "", why);
+            fleet.record(EventKind::ReconnectWaiting { why });
         }
         let quarantined: Vec<(String, String)> = fleet
             .quarantined
@@ -301,15 +303,10 @@ impl Fleet {
             .collect();
         for (name, reason) in quarantined {
             tracing::error!(model = %name, "stored record of model `{name}` cannot be loaded: {reason}");
-            fleet.record(
-                "model-quarantined",
-                &name,
-                "",
-                "",
-                format!(
-                    "stored record cannot be loaded: {reason}; its replicas keep running untouched until `gpufleet model apply` of its spec heals it (or `model rm {name}`)"
-                ),
-            );
+            fleet.record(EventKind::ModelQuarantined {
+                model: name,
+                reason,
+            });
         }
         Ok(fleet)
     }
@@ -375,16 +372,9 @@ impl Fleet {
         }
         self.started = now;
         self.last_tick = now;
-        self.record(
-            "coordinator-paused",
-            "",
-            "",
-            "",
-            format!(
-                "the coordinator did not run for {} (stopped or frozen); nodes are not judged for that time, and agents get the reconnect grace again",
-                humantime::format_duration(Duration::from_secs(gap.as_secs()))
-            ),
-        );
+        self.record(EventKind::CoordinatorPaused {
+            gap_s: gap.as_secs(),
+        });
     }
 
     /// Asks for a tick at `at` (or as soon after the last one as
@@ -396,28 +386,31 @@ impl Fleet {
     }
 
     /// Records an event: kept in memory (bounded), broadcast to followers and
-    /// saved to the store at the end of the tick.
-    pub(super) fn record(
-        &mut self,
-        kind: &str,
-        model: &str,
-        node: &str,
-        replica: &str,
-        message: String,
-    ) {
+    /// saved to the store at the end of the tick. It is kept typed; its
+    /// `kind` and `message` are its rendering, for display.
+    pub(super) fn record(&mut self, what: EventKind) {
         let now = unix_ms_now();
+        let subject = what.subject();
         let event = Event {
             seq: self.next_event_seq,
             time: crate::api::rfc3339(now),
             time_unix_ms: now,
-            kind: kind.to_string(),
-            model: model.to_string(),
-            node: node.to_string(),
-            replica: replica.to_string(),
-            message,
+            kind: what.name().to_string(),
+            model: subject.model.to_string(),
+            node: subject.node.to_string(),
+            replica: subject.replica.to_string(),
+            message: what.message(),
+            detail: Some(what),
         };
         self.next_event_seq += 1;
-        tracing::info!(kind, model, node, replica_id = replica, "{}", event.message);
+        tracing::info!(
+            kind = event.kind,
+            model = event.model,
+            node = event.node,
+            replica_id = event.replica,
+            "{}",
+            event.message
+        );
         let _ = self.event_tx.send(event.clone());
         self.events.push_back(event.clone());
         while self.events.len() > self.settings.event_capacity {
@@ -742,13 +735,10 @@ impl Fleet {
             )));
         }
         let views = n.gpu_views();
-        self.record(
-            "gpu-healthy",
-            "",
-            node,
-            "",
-            format!("GPU {index} marked healthy by the operator; its health rules start afresh"),
-        );
+        self.record(EventKind::GpuMarkedHealthy {
+            node: node.to_string(),
+            gpu: index,
+        });
         Ok(views)
     }
 
@@ -844,10 +834,13 @@ impl Fleet {
                     .as_ref()
                     .map(|s| s.address.clone())
                     .unwrap_or_default();
-                let message = format!(
-                    "node name `{name}` is already connected from {holder}; each agent needs its own node_name (refused {address})"
-                );
-                self.record("node-refused", "", &name, "", message.clone());
+                let refused = EventKind::NodeRefused {
+                    node: name,
+                    holder,
+                    address,
+                };
+                let message = refused.message();
+                self.record(refused);
                 return Err(FleetError::AlreadyExists(message));
             }
         }
@@ -884,25 +877,16 @@ impl Fleet {
         let was_waiting = self.reconnect_wait(now).is_some();
         self.awaiting_agents.remove(&name);
         if was_waiting && self.awaiting_agents.is_empty() {
-            self.record(
-                "reconnect",
-                "",
-                "",
-                "",
-                "every node known before the restart has reconnected; deciding now".into(),
-            );
+            self.record(EventKind::ReconnectDone);
             self.tick_soon(now);
         }
-        self.record(
-            "node-connected",
-            "",
-            &name,
-            "",
-            format!(
-                "agent {} connected from {address} with {gpus} GPUs and {replicas} replicas",
-                hello.agent_version
-            ),
-        );
+        self.record(EventKind::NodeConnected {
+            node: name,
+            agent_version: hello.agent_version,
+            address,
+            gpus,
+            replicas,
+        });
         Ok(id)
     }
 
@@ -959,34 +943,44 @@ impl Fleet {
         let Some(node) = self.nodes.get_mut(name) else {
             return false;
         };
-        let ended: Vec<(String, String)> =
-            crate::domain::fills_ended(&node.warm, &report.warm, &asked)
-                .map(|w| {
-                    let what = if w.state == "resident" {
-                        format!(
-                            "{} resident ({})",
-                            w.path,
-                            crate::config::units::format_bytes(w.total_bytes)
-                        )
-                    } else {
-                        format!("warming {} failed: {}", w.path, w.error)
-                    };
-                    (w.model.clone(), what)
-                })
-                .collect();
+        let ended: Vec<EventKind> = crate::domain::fills_ended(&node.warm, &report.warm, &asked)
+            .map(|w| {
+                let (model, node, path) = (w.model.clone(), name.to_string(), w.path.clone());
+                if w.state == "resident" {
+                    EventKind::WarmResident {
+                        model,
+                        node,
+                        path,
+                        bytes: w.total_bytes,
+                    }
+                } else {
+                    EventKind::WarmFailed {
+                        model,
+                        node,
+                        path,
+                        error: w.error.clone(),
+                    }
+                }
+            })
+            .collect();
         node.warm = report.warm;
         if !report.inventory.is_empty() {
             node.gpus = report.inventory;
         }
         self.screen_claims(name);
         for c in scrape_changes {
-            self.record("signals", &c.model, name, &c.replica, c.message);
+            self.record(EventKind::ScrapeHealth {
+                model: c.model,
+                node: name.to_string(),
+                replica: c.replica,
+                message: c.message,
+            });
         }
         if was_lost {
             self.adopt_reported_replicas(name, now);
         }
-        for (model, what) in ended {
-            self.record("warm-done", &model, name, "", what);
+        for what in ended {
+            self.record(what);
         }
         if moved || self.awaiting_measurement {
             self.tick_soon(now);
@@ -1007,13 +1001,10 @@ impl Fleet {
         }
         node.session = None;
         node.sent = None;
-        self.record(
-            "node-disconnected",
-            "",
-            name,
-            "",
-            format!("agent session ended: {reason}"),
-        );
+        self.record(EventKind::NodeDisconnected {
+            node: name.to_string(),
+            reason: reason.to_string(),
+        });
     }
 
     pub(super) fn apply_model(&mut self, spec_toml: String) -> Result<ModelView, FleetError> {
@@ -1049,12 +1040,12 @@ impl Fleet {
         self.store
             .put_model(&record)
             .map_err(|e| FleetError::Internal(format!("model `{name}` not applied: {e}")))?;
-        let verb = if healed {
-            "applied again; its unreadable stored record is replaced"
+        let how = if healed {
+            Applied::Healed
         } else if previous.is_some() {
-            "updated"
+            Applied::Updated
         } else {
-            "applied"
+            Applied::New
         };
         self.quarantined.remove(&name);
         // An update keeps the model's scaling state and history.
@@ -1067,7 +1058,10 @@ impl Fleet {
             None => Model::new(record, spec),
         };
         self.models.insert(name.clone(), model);
-        self.record("model-applied", &name, "", "", format!("model {verb}"));
+        self.record(EventKind::ModelApplied {
+            model: name.clone(),
+            how,
+        });
         Ok(self.model_view(&name, true))
     }
 
@@ -1086,13 +1080,10 @@ impl Fleet {
         let before = self.plan.len();
         self.plan.retain(|_, r| r.model != name);
         let stopping = (before - self.plan.len()) as u32;
-        self.record(
-            "model-deleted",
-            name,
-            "",
-            "",
-            format!("model deleted; stopping {stopping} replicas"),
-        );
+        self.record(EventKind::ModelDeleted {
+            model: name.to_string(),
+            stopping,
+        });
         Ok(stopping)
     }
 
@@ -1119,13 +1110,10 @@ impl Fleet {
             .put_model(&record)
             .map_err(|e| FleetError::Internal(format!("scale of `{name}` not saved: {e}")))?;
         model.record = record;
-        let message = match replicas {
-            Some(n) => format!(
-                "pinned to {n} replicas (autoscaling off until `model scale {name} --auto`)"
-            ),
-            None => "returned to its scaling policy".to_string(),
-        };
-        self.record("model-scaled", name, "", "", message);
+        self.record(EventKind::ModelPinned {
+            model: name.to_string(),
+            replicas,
+        });
         Ok(self.model_view(name, true))
     }
 

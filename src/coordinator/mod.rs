@@ -1,7 +1,9 @@
 //! The fleet brain: holds desired state, decides replica counts and places
 //! them, and tells each agent what to run.
 
+pub mod apply;
 pub mod autoscale;
+pub mod decide;
 pub mod election;
 pub mod fleet;
 #[cfg(test)]

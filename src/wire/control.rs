@@ -275,6 +275,7 @@ impl From<pb::Event> for Event {
             node: e.node,
             replica: e.replica,
             message: e.message,
+            detail: None,
         }
     }
 }
