@@ -4,6 +4,8 @@
 pub mod apply;
 pub mod autoscale;
 pub mod decide;
+#[cfg(test)]
+mod decide_tests;
 pub mod election;
 pub mod fleet;
 #[cfg(test)]

@@ -611,3 +611,260 @@ impl EventKind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> String {
+        v.to_string()
+    }
+
+    /// Typed events render to the very kind and text the event log had
+    /// when events were recorded as prose.
+    #[test]
+    fn typed_events_render_the_text_they_always_had() {
+        let cases: Vec<(EventKind, &str, &str)> = vec![
+            (
+                EventKind::CoordinatorStarted { models: 3 },
+                "coordinator",
+                "coordinator started with 3 models",
+            ),
+            (
+                EventKind::CoordinatorPaused { gap_s: 95 },
+                "coordinator-paused",
+                "the coordinator did not run for 1m 35s (stopped or frozen); nodes are not judged for that time, and agents get the reconnect grace again",
+            ),
+            (
+                EventKind::ModelApplied {
+                    model: s("m"),
+                    how: Applied::Healed,
+                },
+                "model-applied",
+                "model applied again; its unreadable stored record is replaced",
+            ),
+            (
+                EventKind::ModelPinned {
+                    model: s("m"),
+                    replicas: Some(2),
+                },
+                "model-scaled",
+                "pinned to 2 replicas (autoscaling off until `model scale m --auto`)",
+            ),
+            (
+                EventKind::Scaled {
+                    model: s("m"),
+                    from: 0,
+                    to: 2,
+                    rule: ScaleRule::Fixed,
+                    inputs: Vec::new(),
+                },
+                "scale",
+                "0 → 2: fixed replicas = 2",
+            ),
+            (
+                EventKind::Scaled {
+                    model: s("m"),
+                    from: 3,
+                    to: 5,
+                    rule: ScaleRule::Policy {
+                        rule: s("target"),
+                        reason: s("3 → 5: 41 ongoing / target 8 per replica"),
+                        warning: Some(s("the SLO is shorter than the service time")),
+                    },
+                    inputs: vec![(s("ongoing"), s("41"))],
+                },
+                "scale",
+                "3 → 5: 41 ongoing / target 8 per replica [rule: target] (warning: the SLO is shorter than the service time)",
+            ),
+            (
+                EventKind::Scaled {
+                    model: s("m"),
+                    from: 4,
+                    to: 4,
+                    rule: ScaleRule::Pinned,
+                    inputs: Vec::new(),
+                },
+                "scale",
+                "4 → 4: pinned to 4 by `model scale`",
+            ),
+            (
+                EventKind::SignalsMissing {
+                    model: s("m"),
+                    missing: vec![s("p95 latency")],
+                    before: Vec::new(),
+                    wait: s("5m"),
+                },
+                "signals",
+                "p95 latency missing from the replicas' metrics: scale-down waits for 5m at most, then the remaining signals decide",
+            ),
+            (
+                EventKind::SignalsMissing {
+                    model: s("m"),
+                    missing: Vec::new(),
+                    before: vec![s("p95 latency"), s("KV-cache use")],
+                    wait: s("5m"),
+                },
+                "signals",
+                "p95 latency and KV-cache use back in the replicas' metrics",
+            ),
+            (
+                EventKind::ReplicaPlaced {
+                    model: s("m"),
+                    node: s("gpu-1"),
+                    replica: s("m-0a1b2"),
+                    gpus: vec![0, 1],
+                    why: s("warm"),
+                },
+                "place",
+                "placed m-0a1b2 on gpu-1 GPU 0,1 (warm)",
+            ),
+            (
+                EventKind::ReplicaRetiring {
+                    model: s("m"),
+                    node: s("gpu-1"),
+                    replica: s("m-1"),
+                    grace_ms: 30_000,
+                },
+                "stop",
+                "retiring replica m-1 on gpu-1: more replicas than desired (marked retiring in the endpoints now, stopped in 30s)",
+            ),
+            (
+                EventKind::ReplicaReplaced {
+                    model: s("m"),
+                    node: s("gpu-1"),
+                    replica: s("m-1"),
+                    reason: ReplaceReason::CrashLoop {
+                        to: s("gpu-2"),
+                        avoid_s: 600,
+                    },
+                },
+                "replace",
+                "replica m-1 crash-loops on gpu-1; moving it (to gpu-2 next) and avoiding gpu-1 for 10m",
+            ),
+            (
+                EventKind::ReplicaReplaced {
+                    model: s("m"),
+                    node: s("gpu-1"),
+                    replica: s("m-1"),
+                    reason: ReplaceReason::GpuUnhealthy {
+                        gpu: 1,
+                        reason: s("Xid 79"),
+                    },
+                },
+                "replace",
+                "GPU 1 on gpu-1 is unhealthy (Xid 79); replacing replica m-1 on a healthy GPU",
+            ),
+            (
+                EventKind::NodeState {
+                    node: s("gpu-1"),
+                    from: NodeLiveness::Suspect,
+                    to: NodeLiveness::Lost,
+                    silent_ms: 30_000,
+                },
+                "node-state",
+                "suspect → lost: no report for 30s",
+            ),
+            (
+                EventKind::NodeState {
+                    node: s("gpu-1"),
+                    from: NodeLiveness::Lost,
+                    to: NodeLiveness::Ready,
+                    silent_ms: 0,
+                },
+                "node-state",
+                "lost → ready: reporting again",
+            ),
+            (
+                EventKind::DrainStop {
+                    model: s("m"),
+                    node: s("gpu-1"),
+                    replica: s("m-1"),
+                    reason: DrainReason::ReadyElsewhere { ready: 2 },
+                },
+                "drain",
+                "stopping m-1 on draining node gpu-1: 2 ready replicas of m run elsewhere",
+            ),
+            (
+                EventKind::WarmAsked {
+                    model: s("m"),
+                    node: s("gpu-1"),
+                    ask: WarmAsk::EvictWhileRunning,
+                },
+                "evict",
+                "evict asked, but a replica here runs the model: its weights stay until it stops",
+            ),
+            (
+                EventKind::ReplicaAdopted {
+                    model: s("m"),
+                    node: s("gpu-1"),
+                    replica: s("m-1"),
+                    unsigned: false,
+                },
+                "adopt",
+                "adopted replica m-1 that gpu-1 reports running; it counts toward the model's replicas (any surplus is stopped)",
+            ),
+            (
+                EventKind::WarmResident {
+                    model: s("m"),
+                    node: s("gpu-1"),
+                    path: s("/srv/m"),
+                    bytes: 16 << 30,
+                },
+                "warm-done",
+                "/srv/m resident (16.0 GiB)",
+            ),
+        ];
+        for (event, kind, message) in cases {
+            assert_eq!(event.name(), kind, "{event:?}");
+            assert_eq!(event.message(), message, "{event:?}");
+        }
+    }
+
+    #[test]
+    fn an_event_names_whom_it_concerns() {
+        let e = EventKind::ReplicaKept {
+            model: s("m"),
+            node: s("gpu-1"),
+            replica: s("m-1"),
+        };
+        assert_eq!(
+            e.subject(),
+            Subject {
+                model: "m",
+                node: "gpu-1",
+                replica: "m-1"
+            }
+        );
+        let e = EventKind::DrainFinished { node: s("gpu-1") };
+        assert_eq!(
+            e.subject(),
+            Subject {
+                node: "gpu-1",
+                ..Subject::default()
+            }
+        );
+    }
+
+    /// A record written before events were typed (no `detail`) still
+    /// loads; a typed one keeps its type through the store's encoding.
+    #[test]
+    fn stored_events_load_with_and_without_their_type() {
+        let old = r#"{"seq":7,"time":"2026-01-01T00:00:00Z","time_unix_ms":1767225600000,"kind":"scale","model":"m","node":"","replica":"","message":"1 → 2: fixed replicas = 2"}"#;
+        let e: crate::api::Event = serde_json::from_str(old).unwrap();
+        assert_eq!(e.detail, None);
+        assert_eq!(e.message, "1 → 2: fixed replicas = 2");
+        let typed = crate::api::Event {
+            detail: Some(EventKind::ReplicaReplaced {
+                model: s("m"),
+                node: s("gpu-1"),
+                replica: s("m-1"),
+                reason: ReplaceReason::NodeLost,
+            }),
+            ..e
+        };
+        let json = serde_json::to_string(&typed).unwrap();
+        let back: crate::api::Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, typed);
+    }
+}
