@@ -7,6 +7,7 @@ pub mod decide;
 #[cfg(test)]
 mod decide_tests;
 pub mod election;
+mod event_log;
 pub mod fleet;
 #[cfg(test)]
 mod fleet_tests;
@@ -27,8 +28,10 @@ pub mod reconcile;
 pub mod scaling;
 pub mod scrapes;
 pub mod service;
+mod state;
 pub mod store;
 pub mod trust;
+mod views;
 pub mod warmth;
 
 use std::future::Future;
