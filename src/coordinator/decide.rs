@@ -442,6 +442,8 @@ impl Fleet {
     /// The node is avoided for that model for a while.
     pub(super) fn decide_crash_loops(&self, now: Instant) -> Vec<Change> {
         let mut out = Vec::new();
+        // Replicas moved before this one free their GPUs for it.
+        let mut moved: Vec<&str> = Vec::new();
         for r in self.plan.values() {
             if self.reported_state(&r.id) != Some(ReplicaState::Crashloop) {
                 continue;
@@ -449,11 +451,12 @@ impl Fleet {
             let Some(m) = self.models.get(&r.model) else {
                 continue;
             };
-            let mut candidates = self.candidates(&r.model, now, &[]);
+            let mut candidates = self.candidates(&r.model, now, &[], &moved);
             for c in candidates.iter_mut().filter(|c| c.name == r.node) {
                 c.unschedulable = Some("the replica crash-loops here".into());
             }
             if let Ok(p) = placement::place(&candidates, &needs(&m.spec)) {
+                moved.push(&r.id);
                 out.push(Change::Replace {
                     replica: r.clone(),
                     reason: ReplaceReason::CrashLoop {
@@ -580,7 +583,7 @@ impl Fleet {
             // Built once per model; after each placement only the node
             // that took the replica is looked at again.
             let mut candidates = if current < desired {
-                self.candidates(name, now, &placed)
+                self.candidates(name, now, &placed, &[])
             } else {
                 Vec::new()
             };
@@ -708,7 +711,7 @@ impl Fleet {
                 .map(|r| r.node.as_str())
                 .collect();
             let running: Vec<&str> = running.into_iter().collect();
-            let candidates = self.candidates(name, now, &[]);
+            let candidates = self.candidates(name, now, &[], &[]);
             let targets = warm_targets(
                 &candidates,
                 &needs(&model.spec),
@@ -736,14 +739,15 @@ impl Fleet {
     }
 
     /// The fleet as placement sees it for one model, with the replicas
-    /// `placed` so far this tick.
+    /// `placed` so far this tick and without those `gone` from the plan.
     pub(super) fn candidates(
         &self,
         model: &str,
         now: Instant,
         placed: &[PlannedReplica],
+        gone: &[&str],
     ) -> Vec<NodeCandidate> {
-        let planned = self.planned_on_nodes(model, None, placed);
+        let planned = self.planned_on_nodes(model, None, placed, gone);
         self.nodes
             .values()
             .map(|n| self.candidate(n, model, now, planned.get(n.name.as_str())))
@@ -760,22 +764,23 @@ impl Fleet {
         placed: &[PlannedReplica],
     ) -> Option<NodeCandidate> {
         let n = self.nodes.get(node)?;
-        let planned = self.planned_on_nodes(model, Some(node), placed);
+        let planned = self.planned_on_nodes(model, Some(node), placed, &[]);
         Some(self.candidate(n, model, now, planned.get(node)))
     }
 
     /// In one pass over the plan (not one per node), per node (or for
-    /// `only` that one): what the plan and the replicas `placed` so far this
-    /// tick hold there for placing `model`.
+    /// `only` that one): what the plan, with the replicas `placed` so far
+    /// this tick and without those `gone`, holds there for placing `model`.
     fn planned_on_nodes<'a>(
         &'a self,
         model: &str,
         only: Option<&str>,
         placed: &'a [PlannedReplica],
+        gone: &[&str],
     ) -> BTreeMap<&'a str, PlannedOnNode> {
         let mut out: BTreeMap<&str, PlannedOnNode> = BTreeMap::new();
         for r in self.plan.values().chain(placed) {
-            if only.is_some_and(|n| n != r.node) {
+            if only.is_some_and(|n| n != r.node) || gone.contains(&r.id.as_str()) {
                 continue;
             }
             let entry = out.entry(r.node.as_str()).or_default();
