@@ -1,11 +1,12 @@
 //! The control loop's decisions: functions of a read-only view of the fleet
 //! (`&Fleet`: nodes, models, the replica plan) and the tick's time, each
 //! returning typed [`Change`]s with the reason and inputs behind them.
-//! Nothing here mutates the fleet; [`Fleet::apply`](super::apply) does.
+//! Nothing here mutates the fleet; `Fleet::apply` (`apply.rs`) does.
 //!
 //! One decision carries state of its own: each model's scaler
 //! ([`ModelScaler`]: windows, demand history, forecast score) is advanced by
-//! [`scale_step`], the very step the simulator runs.
+//! [`scale_step`], the very step the simulator runs; `decide_scale` borrows
+//! the fleet mutably for that alone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
