@@ -285,6 +285,10 @@ pub struct Event {
     pub node: String,
     pub replica: String,
     pub message: String,
+    /// The event typed, with the values behind it (`kind` and `message` are
+    /// its rendering). Absent in records written before typed events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<crate::domain::EventKind>,
 }
 
 /// One tick of a model's signals and the decision taken, for `explain`.

@@ -369,7 +369,13 @@ fn events_follow_streams_new_events_as_json_lines() {
     while std::time::Instant::now() < deadline && !seen {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             let e: serde_json::Value = serde_json::from_str(&line).unwrap();
-            seen = e["kind"] == "node-connected" && e["node"] == "late";
+            if e["kind"] == "node-connected" && e["node"] == "late" {
+                seen = true;
+                // The event typed, beside its text.
+                assert_eq!(e["detail"]["type"], "node-connected", "{e}");
+                assert_eq!(e["detail"]["node"], "late", "{e}");
+                assert_eq!(e["detail"]["gpus"], 1, "{e}");
+            }
         }
     }
     let _ = follow.kill();

@@ -1,117 +1,29 @@
-//! The one task that owns the fleet's state: nodes, models, the replica plan
-//! and the event log. gRPC and HTTP handlers send it commands and await the
-//! reply; nothing else touches the state, so no locks are shared.
+//! The one task that owns the fleet's state (`state.rs`): its loop of ticks
+//! and commands, and the command handlers. gRPC and HTTP handlers send it
+//! commands and await the reply; nothing else touches the state, so no locks
+//! are shared.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{Event, ModelView, ReplicaView, SignalsHealth};
+use crate::api::{Event, ModelView};
 use crate::config::ModelSpec;
-use crate::domain::{unix_ms_now, Hello, LogQuery, LogSlice, LogsRequest, Report, ToAgent};
+use crate::domain::event::Applied;
+use crate::domain::{
+    unix_ms_now, EventKind, Hello, LogQuery, LogSlice, LogsRequest, Report, ToAgent,
+};
 
 pub use super::handle::{Command, FleetError, FleetHandle, NodeOp, WarmOp};
 use super::metrics::Phase;
 use super::nodes::{Node, Session};
-use super::scrapes::{health, scrape_changes, ScrapeMark};
+use super::scrapes::{scrape_changes, ScrapeMark};
+use super::state::PendingLogs;
+pub use super::state::{
+    Endpoint, Fleet, FleetSettings, Model, PlannedReplica, Quarantined, INVALID_STORED_SPEC,
+};
 use super::store::{ModelRecord, NodeFlags, Store};
-use super::trust::{AssignmentKey, Refusal};
-
-#[derive(Debug, Clone)]
-pub struct FleetSettings {
-    pub tick: Duration,
-    pub suspect_after: Duration,
-    pub lost_after: Duration,
-    /// After a coordinator start: no stop or move decisions before this, so
-    /// agents can reconnect and report what they run.
-    pub reconnect_grace: Duration,
-    /// A retiring replica stops this long after it was marked retiring.
-    pub retire_grace: Duration,
-    pub event_capacity: usize,
-    /// Code-loading env variables a model spec may set anyway.
-    pub allowed_env: Vec<String>,
-    /// Adopt reported replicas without an assignment token (an upgrade from
-    /// a version without tokens); a wrong token is never adopted.
-    pub adopt_unsigned_replicas: bool,
-}
-
-/// A ready replica as `/v1/endpoints` lists it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Endpoint {
-    /// `host:port` of the model server.
-    pub address: String,
-    pub node: String,
-    pub replica: String,
-    pub gpus: Vec<u32>,
-    /// Being scaled down: load balancers send it nothing new; it stops
-    /// `retire_grace` after it was marked.
-    pub retiring: bool,
-}
-
-/// A replica the fleet wants to exist, and where.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlannedReplica {
-    pub id: String,
-    pub model: String,
-    pub node: String,
-    pub gpus: Vec<u32>,
-    pub spec_hash: String,
-    pub created: Instant,
-    /// Set when the replica is on its way out: it has left the endpoints, so
-    /// load balancers stop sending to it, and stops after a grace period.
-    pub retiring_since: Option<Instant>,
-}
-
-pub struct Model {
-    pub record: ModelRecord,
-    pub spec: ModelSpec,
-    pub desired: u32,
-    pub placement_problem: String,
-    pub last_decision: String,
-    /// This tick's decision in words, also when it holds the count.
-    pub decision_now: String,
-    /// Signals the spec targets that the replicas' metrics lack.
-    pub missing_signals: Vec<&'static str>,
-    pub scaler: super::autoscale::ModelScaler,
-    /// The last ticks' signals and decisions, for `explain`.
-    pub timeline: VecDeque<crate::api::SignalPoint>,
-}
-
-impl Model {
-    pub fn new(record: ModelRecord, spec: ModelSpec) -> Model {
-        Model {
-            record,
-            spec,
-            desired: 0,
-            placement_problem: String::new(),
-            last_decision: String::new(),
-            decision_now: String::new(),
-            missing_signals: Vec::new(),
-            scaler: super::autoscale::ModelScaler::new(),
-            timeline: VecDeque::new(),
-        }
-    }
-}
-
-/// A model whose stored record cannot be loaded (checksum, damage, or a
-/// spec this version refuses). Its replicas keep running untouched; applying
-/// the spec again heals it.
-#[derive(Debug, Clone)]
-pub struct Quarantined {
-    pub reason: String,
-}
-
-/// `model ls` state of a quarantined model.
-pub const INVALID_STORED_SPEC: &str = "invalid-stored-spec";
-
-struct PendingLogs {
-    asked: Instant,
-    session: u64,
-    node: String,
-    reply: oneshot::Sender<Result<(String, LogSlice), FleetError>>,
-}
 
 const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(60);
 
@@ -128,60 +40,6 @@ const ROUTES_EVERY: Duration = Duration::from_millis(100);
 
 /// How long an agent may take to answer a log request.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub struct Fleet {
-    pub(super) settings: FleetSettings,
-    pub(super) store: Box<dyn Store>,
-    pub(super) nodes: BTreeMap<String, Node>,
-    pub(super) node_flags: BTreeMap<String, NodeFlags>,
-    pub(super) models: BTreeMap<String, Model>,
-    /// Models whose stored record did not load, by name.
-    pub(super) quarantined: BTreeMap<String, Quarantined>,
-    pub(super) plan: BTreeMap<String, PlannedReplica>,
-    /// When the coordinator started, or woke from a pause: the reconnect
-    /// grace runs from here.
-    pub(super) started: Instant,
-    /// Nodes the store knew at start that have not reconnected yet: the
-    /// reconnect grace waits for them, and only for them.
-    pub(super) awaiting_agents: std::collections::BTreeSet<String>,
-    /// When the next tick runs ahead of the clock, if it does.
-    pub(super) tick_at: Option<Instant>,
-    /// A model's surge awaits the next measurement: the next report with one
-    /// is acted on at once.
-    pub(super) awaiting_measurement: bool,
-    pub(super) last_tick: Instant,
-    /// node → model → why (standby, predictive): weights kept warm there.
-    demand_saved: Instant,
-    pub(super) warm_plan: BTreeMap<String, BTreeMap<String, &'static str>>,
-    /// (model, node) pairs placement avoids until the instant given.
-    pub(super) avoid: BTreeMap<(String, String), Instant>,
-    next_session: u64,
-    /// Log requests sent to agents, awaiting their reply.
-    pending_logs: BTreeMap<u64, PendingLogs>,
-    next_request: u64,
-    pub(super) events: VecDeque<Event>,
-    unsaved_events: Vec<Event>,
-    /// Nodes first seen since the last tick, saved together by it.
-    unsaved_nodes: Vec<String>,
-    next_event_seq: u64,
-    event_tx: broadcast::Sender<Event>,
-    /// Signs the assignment token of every replica sent to a node.
-    pub(super) assignment_key: AssignmentKey,
-    /// Replica reports not believed, by node and why (a metric).
-    pub(super) refused_claims: BTreeMap<(String, Refusal), u64>,
-    /// The routing table gateways follow; published after every change.
-    pub(super) routes_tx: tokio::sync::watch::Sender<crate::domain::RoutingTable>,
-    /// Connected gateways by link id, with their latest demand.
-    pub(super) gateways: BTreeMap<u64, super::gateways::GatewayLink>,
-    pub(super) next_gateway: u64,
-    /// The leader's epoch on etcd (0 with one coordinator on redb): on
-    /// every Assignment.
-    pub(super) epoch: u64,
-    /// Reports changed what gateways route by since the table was last
-    /// published: it goes out at most every `ROUTES_EVERY`, not per report.
-    pub(super) routes_stale: bool,
-    pub(super) routes_published: Instant,
-}
 
 impl Fleet {
     /// Loads the desired state from the store and starts the fleet task.
@@ -205,113 +63,6 @@ impl Fleet {
         let task = tokio::spawn(fleet.run(rx));
         let (_, route) = tokio::sync::watch::channel(super::handle::Route::Fleet(tx));
         Ok((FleetHandle::routed(route), task))
-    }
-
-    /// The fleet's state loaded from the store, not yet running (tests drive
-    /// it directly, on a virtual clock).
-    pub(super) fn new(settings: FleetSettings, store: Box<dyn Store>) -> Result<Fleet, FleetError> {
-        let internal = |e: super::store::StoreError| FleetError::Internal(e.to_string());
-        let mut models = BTreeMap::new();
-        let mut quarantined = BTreeMap::new();
-        // A record that does not load stays in the store untouched (so a
-        // rollback still finds it) and its model is quarantined, never
-        // dropped: dropping it would stop its running replicas.
-        for loaded in store.load_models().map_err(internal)? {
-            let (name, reason) = match loaded {
-                Ok(record) => match ModelSpec::parse(&record.spec_toml) {
-                    Ok(spec) => {
-                        models.insert(record.name.clone(), Model::new(record, spec));
-                        continue;
-                    }
-                    Err(e) => (record.name, format!("its spec no longer parses: {e}")),
-                },
-                Err(damaged) => (damaged.key, damaged.reason),
-            };
-            quarantined.insert(name, Quarantined { reason });
-        }
-        for (name, history) in store.load_demand().map_err(internal)? {
-            if let Some(m) = models.get_mut(&name) {
-                m.scaler.demand = history;
-            }
-        }
-        let node_flags: BTreeMap<String, NodeFlags> = store
-            .load_node_flags()
-            .map_err(internal)?
-            .into_iter()
-            .collect();
-        let events: VecDeque<Event> = store
-            .load_events(settings.event_capacity)
-            .map_err(internal)?
-            .into();
-        let next_event_seq = events.back().map(|e| e.seq + 1).unwrap_or(1);
-        let assignment_key = AssignmentKey::new(&store.assignment_key().map_err(internal)?);
-        let (event_tx, _) = broadcast::channel(1024);
-        let awaiting_agents = if settings.reconnect_grace.is_zero() {
-            Default::default()
-        } else {
-            node_flags.keys().cloned().collect()
-        };
-        let mut fleet = Fleet {
-            settings,
-            store,
-            nodes: BTreeMap::new(),
-            awaiting_agents,
-            node_flags,
-            models,
-            quarantined,
-            plan: BTreeMap::new(),
-            started: Instant::now(),
-            tick_at: None,
-            awaiting_measurement: false,
-            last_tick: Instant::now(),
-            avoid: BTreeMap::new(),
-            warm_plan: BTreeMap::new(),
-            demand_saved: Instant::now(),
-            next_session: 1,
-            pending_logs: BTreeMap::new(),
-            next_request: 1,
-            events,
-            unsaved_events: Vec::new(),
-            unsaved_nodes: Vec::new(),
-            next_event_seq,
-            event_tx,
-            assignment_key,
-            refused_claims: BTreeMap::new(),
-            routes_tx: tokio::sync::watch::Sender::new(Default::default()),
-            gateways: BTreeMap::new(),
-            next_gateway: 1,
-            epoch: 0,
-            routes_stale: false,
-            routes_published: Instant::now(),
-        };
-        fleet.record(
-            "coordinator",
-            "",
-            "",
-            "",
-            format!("coordinator started with {} models", fleet.models.len()),
-        );
-        if let Some(why) = fleet.reconnect_wait(fleet.started) {
-            fleet.record("reconnect", "", "", "", why);
-        }
-        let quarantined: Vec<(String, String)> = fleet
-            .quarantined
-            .iter()
-            .map(|(n, q)| (n.clone(), q.reason.clone()))
-            .collect();
-        for (name, reason) in quarantined {
-            tracing::error!(model = %name, "stored record of model `{name}` cannot be loaded: {reason}");
-            fleet.record(
-                "model-quarantined",
-                &name,
-                "",
-                "",
-                format!(
-                    "stored record cannot be loaded: {reason}; its replicas keep running untouched until `gpufleet model apply` of its spec heals it (or `model rm {name}`)"
-                ),
-            );
-        }
-        Ok(fleet)
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -375,16 +126,9 @@ impl Fleet {
         }
         self.started = now;
         self.last_tick = now;
-        self.record(
-            "coordinator-paused",
-            "",
-            "",
-            "",
-            format!(
-                "the coordinator did not run for {} (stopped or frozen); nodes are not judged for that time, and agents get the reconnect grace again",
-                humantime::format_duration(Duration::from_secs(gap.as_secs()))
-            ),
-        );
+        self.record(EventKind::CoordinatorPaused {
+            gap_s: gap.as_secs(),
+        });
     }
 
     /// Asks for a tick at `at` (or as soon after the last one as
@@ -393,37 +137,6 @@ impl Fleet {
     pub(super) fn tick_soon(&mut self, at: Instant) {
         let at = at.max(self.last_tick + EARLY_TICK_GAP);
         self.tick_at = Some(self.tick_at.map_or(at, |t| t.min(at)));
-    }
-
-    /// Records an event: kept in memory (bounded), broadcast to followers and
-    /// saved to the store at the end of the tick.
-    pub(super) fn record(
-        &mut self,
-        kind: &str,
-        model: &str,
-        node: &str,
-        replica: &str,
-        message: String,
-    ) {
-        let now = unix_ms_now();
-        let event = Event {
-            seq: self.next_event_seq,
-            time: crate::api::rfc3339(now),
-            time_unix_ms: now,
-            kind: kind.to_string(),
-            model: model.to_string(),
-            node: node.to_string(),
-            replica: replica.to_string(),
-            message,
-        };
-        self.next_event_seq += 1;
-        tracing::info!(kind, model, node, replica_id = replica, "{}", event.message);
-        let _ = self.event_tx.send(event.clone());
-        self.events.push_back(event.clone());
-        while self.events.len() > self.settings.event_capacity {
-            self.events.pop_front();
-        }
-        self.unsaved_events.push(event);
     }
 
     /// Saves each model's demand history once a minute: losing the last
@@ -452,19 +165,6 @@ impl Fleet {
             .collect();
         if let Err(e) = self.store.put_many_node_flags(&nodes) {
             tracing::warn!(error = %e, "{} new nodes not saved", nodes.len());
-        }
-    }
-
-    fn flush_events(&mut self) {
-        if self.unsaved_events.is_empty() {
-            return;
-        }
-        let events = std::mem::take(&mut self.unsaved_events);
-        if let Err(e) = self
-            .store
-            .append_events(&events, self.settings.event_capacity)
-        {
-            tracing::warn!(error = %e, "could not save {} events", events.len());
         }
     }
 
@@ -742,13 +442,10 @@ impl Fleet {
             )));
         }
         let views = n.gpu_views();
-        self.record(
-            "gpu-healthy",
-            "",
-            node,
-            "",
-            format!("GPU {index} marked healthy by the operator; its health rules start afresh"),
-        );
+        self.record(EventKind::GpuMarkedHealthy {
+            node: node.to_string(),
+            gpu: index,
+        });
         Ok(views)
     }
 
@@ -844,10 +541,13 @@ impl Fleet {
                     .as_ref()
                     .map(|s| s.address.clone())
                     .unwrap_or_default();
-                let message = format!(
-                    "node name `{name}` is already connected from {holder}; each agent needs its own node_name (refused {address})"
-                );
-                self.record("node-refused", "", &name, "", message.clone());
+                let refused = EventKind::NodeRefused {
+                    node: name,
+                    holder,
+                    address,
+                };
+                let message = refused.message();
+                self.record(refused);
                 return Err(FleetError::AlreadyExists(message));
             }
         }
@@ -884,25 +584,16 @@ impl Fleet {
         let was_waiting = self.reconnect_wait(now).is_some();
         self.awaiting_agents.remove(&name);
         if was_waiting && self.awaiting_agents.is_empty() {
-            self.record(
-                "reconnect",
-                "",
-                "",
-                "",
-                "every node known before the restart has reconnected; deciding now".into(),
-            );
+            self.record(EventKind::ReconnectDone);
             self.tick_soon(now);
         }
-        self.record(
-            "node-connected",
-            "",
-            &name,
-            "",
-            format!(
-                "agent {} connected from {address} with {gpus} GPUs and {replicas} replicas",
-                hello.agent_version
-            ),
-        );
+        self.record(EventKind::NodeConnected {
+            node: name,
+            agent_version: hello.agent_version,
+            address,
+            gpus,
+            replicas,
+        });
         Ok(id)
     }
 
@@ -959,34 +650,44 @@ impl Fleet {
         let Some(node) = self.nodes.get_mut(name) else {
             return false;
         };
-        let ended: Vec<(String, String)> =
-            crate::domain::fills_ended(&node.warm, &report.warm, &asked)
-                .map(|w| {
-                    let what = if w.state == "resident" {
-                        format!(
-                            "{} resident ({})",
-                            w.path,
-                            crate::config::units::format_bytes(w.total_bytes)
-                        )
-                    } else {
-                        format!("warming {} failed: {}", w.path, w.error)
-                    };
-                    (w.model.clone(), what)
-                })
-                .collect();
+        let ended: Vec<EventKind> = crate::domain::fills_ended(&node.warm, &report.warm, &asked)
+            .map(|w| {
+                let (model, node, path) = (w.model.clone(), name.to_string(), w.path.clone());
+                if w.state == "resident" {
+                    EventKind::WarmResident {
+                        model,
+                        node,
+                        path,
+                        bytes: w.total_bytes,
+                    }
+                } else {
+                    EventKind::WarmFailed {
+                        model,
+                        node,
+                        path,
+                        error: w.error.clone(),
+                    }
+                }
+            })
+            .collect();
         node.warm = report.warm;
         if !report.inventory.is_empty() {
             node.gpus = report.inventory;
         }
         self.screen_claims(name);
         for c in scrape_changes {
-            self.record("signals", &c.model, name, &c.replica, c.message);
+            self.record(EventKind::ScrapeHealth {
+                model: c.model,
+                node: name.to_string(),
+                replica: c.replica,
+                message: c.message,
+            });
         }
         if was_lost {
             self.adopt_reported_replicas(name, now);
         }
-        for (model, what) in ended {
-            self.record("warm-done", &model, name, "", what);
+        for what in ended {
+            self.record(what);
         }
         if moved || self.awaiting_measurement {
             self.tick_soon(now);
@@ -1007,13 +708,10 @@ impl Fleet {
         }
         node.session = None;
         node.sent = None;
-        self.record(
-            "node-disconnected",
-            "",
-            name,
-            "",
-            format!("agent session ended: {reason}"),
-        );
+        self.record(EventKind::NodeDisconnected {
+            node: name.to_string(),
+            reason: reason.to_string(),
+        });
     }
 
     pub(super) fn apply_model(&mut self, spec_toml: String) -> Result<ModelView, FleetError> {
@@ -1049,12 +747,12 @@ impl Fleet {
         self.store
             .put_model(&record)
             .map_err(|e| FleetError::Internal(format!("model `{name}` not applied: {e}")))?;
-        let verb = if healed {
-            "applied again; its unreadable stored record is replaced"
+        let how = if healed {
+            Applied::Healed
         } else if previous.is_some() {
-            "updated"
+            Applied::Updated
         } else {
-            "applied"
+            Applied::New
         };
         self.quarantined.remove(&name);
         // An update keeps the model's scaling state and history.
@@ -1067,7 +765,10 @@ impl Fleet {
             None => Model::new(record, spec),
         };
         self.models.insert(name.clone(), model);
-        self.record("model-applied", &name, "", "", format!("model {verb}"));
+        self.record(EventKind::ModelApplied {
+            model: name.clone(),
+            how,
+        });
         Ok(self.model_view(&name, true))
     }
 
@@ -1086,13 +787,10 @@ impl Fleet {
         let before = self.plan.len();
         self.plan.retain(|_, r| r.model != name);
         let stopping = (before - self.plan.len()) as u32;
-        self.record(
-            "model-deleted",
-            name,
-            "",
-            "",
-            format!("model deleted; stopping {stopping} replicas"),
-        );
+        self.record(EventKind::ModelDeleted {
+            model: name.to_string(),
+            stopping,
+        });
         Ok(stopping)
     }
 
@@ -1119,168 +817,10 @@ impl Fleet {
             .put_model(&record)
             .map_err(|e| FleetError::Internal(format!("scale of `{name}` not saved: {e}")))?;
         model.record = record;
-        let message = match replicas {
-            Some(n) => format!(
-                "pinned to {n} replicas (autoscaling off until `model scale {name} --auto`)"
-            ),
-            None => "returned to its scaling policy".to_string(),
-        };
-        self.record("model-scaled", name, "", "", message);
+        self.record(EventKind::ModelPinned {
+            model: name.to_string(),
+            replicas,
+        });
         Ok(self.model_view(name, true))
-    }
-
-    /// Ready replicas of each model with their `host:port`, serving or
-    /// retiring (every model is listed, with no replicas if it has none).
-    pub(super) fn endpoints(&self) -> BTreeMap<String, Vec<Endpoint>> {
-        let mut out: BTreeMap<String, Vec<Endpoint>> = self
-            .models
-            .keys()
-            .map(|m| (m.clone(), Vec::new()))
-            .collect();
-        for node in self.nodes.values() {
-            let Some(session) = &node.session else {
-                continue;
-            };
-            let host = session
-                .address
-                .parse::<std::net::SocketAddr>()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_else(|_| session.address.clone());
-            for r in &node.replicas {
-                // Only a replica assigned to this very node: another node's
-                // report of it (or of an id never placed) lists nothing.
-                let Some(planned) = self.plan.get(&r.id).filter(|p| p.node == node.name) else {
-                    continue;
-                };
-                if r.state == crate::domain::ReplicaState::Ready {
-                    if let Some(list) = out.get_mut(&r.model) {
-                        let host = if host.contains(':') {
-                            format!("[{host}]")
-                        } else {
-                            host.clone()
-                        };
-                        list.push(Endpoint {
-                            address: format!("{host}:{}", r.port),
-                            node: node.name.clone(),
-                            replica: r.id.clone(),
-                            gpus: r.gpus.clone(),
-                            retiring: planned.retiring_since.is_some(),
-                        });
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    pub(super) fn replica_views(
-        &self,
-        model: Option<&str>,
-        node: Option<&str>,
-    ) -> Vec<ReplicaView> {
-        let mut out = Vec::new();
-        // A view, not a decision: the wall of the moment is fine.
-        let now = Instant::now();
-        for n in self.nodes.values() {
-            if node.is_some_and(|want| want != n.name) {
-                continue;
-            }
-            for r in &n.replicas {
-                // A claim not believed is shown as an event, not a replica.
-                if model.is_some_and(|want| want != r.model) || n.refused_claims.contains(&r.id) {
-                    continue;
-                }
-                // The token proves an assignment to the coordinator; no
-                // operator needs to see it.
-                let mut status = r.clone();
-                status.assignment_token.clear();
-                out.push(ReplicaView {
-                    node: n.name.clone(),
-                    signals_health: health(r, n.scraped.get(&r.id), now),
-                    status,
-                });
-            }
-        }
-        // Planned replicas the agent has not reported yet show as starting.
-        for p in self.plan.values() {
-            if model.is_some_and(|want| want != p.model) || node.is_some_and(|want| want != p.node)
-            {
-                continue;
-            }
-            if !out.iter().any(|v| v.status.id == p.id) {
-                out.push(ReplicaView {
-                    node: p.node.clone(),
-                    status: crate::domain::ReplicaStatus {
-                        id: p.id.clone(),
-                        model: p.model.clone(),
-                        spec_hash: p.spec_hash.clone(),
-                        state: crate::domain::ReplicaState::Starting,
-                        gpus: p.gpus.clone(),
-                        reason: "assigned; waiting for the agent to start it".into(),
-                        ..Default::default()
-                    },
-                    signals_health: SignalsHealth::NotScraped,
-                });
-            }
-        }
-        out.sort_by(|a, b| (&a.status.model, &a.status.id).cmp(&(&b.status.model, &b.status.id)));
-        out
-    }
-
-    pub(super) fn model_view(&self, name: &str, with_replicas: bool) -> ModelView {
-        let replicas = self.replica_views(Some(name), None);
-        let Some(m) = self.models.get(name) else {
-            // Callers check that the model exists: here, quarantined.
-            let reason = self
-                .quarantined
-                .get(name)
-                .map(|q| q.reason.as_str())
-                .unwrap_or_default();
-            let current = self.plan.values().filter(|p| p.model == name).count() as u32;
-            return ModelView {
-                name: name.to_string(),
-                state: INVALID_STORED_SPEC.to_string(),
-                current_replicas: current,
-                ready_replicas: replicas
-                    .iter()
-                    .filter(|r| r.status.state == crate::domain::ReplicaState::Ready)
-                    .count() as u32,
-                placement_problem: format!(
-                    "{INVALID_STORED_SPEC}: {reason}; its replicas run untouched until the spec is applied again"
-                ),
-                replicas: if with_replicas { replicas } else { Vec::new() },
-                ..Default::default()
-            };
-        };
-        let planned: Vec<&ReplicaView> = replicas
-            .iter()
-            .filter(|r| {
-                self.plan
-                    .get(&r.status.id)
-                    .is_some_and(|p| p.retiring_since.is_none())
-            })
-            .collect();
-        ModelView {
-            name: name.to_string(),
-            min_replicas: m.spec.min_replicas(),
-            max_replicas: m.spec.max_replicas(),
-            desired_replicas: m.desired,
-            ready_replicas: planned
-                .iter()
-                .filter(|r| r.status.state == crate::domain::ReplicaState::Ready)
-                .count() as u32,
-            current_replicas: planned.len() as u32,
-            pinned_replicas: m.record.pinned_replicas,
-            created: crate::api::rfc3339(m.record.created_unix_ms),
-            updated: crate::api::rfc3339(m.record.updated_unix_ms),
-            placement_problem: m.placement_problem.clone(),
-            last_decision: m.last_decision.clone(),
-            decision_now: m.decision_now.clone(),
-            state: "active".to_string(),
-            spec_toml: m.record.spec_toml.clone(),
-            created_unix_ms: m.record.created_unix_ms,
-            updated_unix_ms: m.record.updated_unix_ms,
-            replicas: if with_replicas { replicas } else { Vec::new() },
-        }
     }
 }

@@ -13,7 +13,7 @@ use super::store::RedbStore;
 
 const GRACE: Duration = Duration::from_secs(30);
 
-fn settings() -> FleetSettings {
+pub(super) fn settings() -> FleetSettings {
     FleetSettings {
         tick: Duration::from_secs(1),
         suspect_after: Duration::from_secs(10),
@@ -26,13 +26,13 @@ fn settings() -> FleetSettings {
     }
 }
 
-fn fleet(dir: &std::path::Path) -> Fleet {
+pub(super) fn fleet(dir: &std::path::Path) -> Fleet {
     Fleet::new(settings(), Box::new(RedbStore::open(dir).unwrap())).unwrap()
 }
 
 /// Connects `node`; its session stays open while what is returned lives.
 #[must_use]
-fn connect(fleet: &mut Fleet, node: &str, now: Instant) -> mpsc::Receiver<ToAgent> {
+pub(super) fn connect(fleet: &mut Fleet, node: &str, now: Instant) -> mpsc::Receiver<ToAgent> {
     connect_host(fleet, node, HostInfo::default(), now).1
 }
 

@@ -1,8 +1,13 @@
 //! The fleet brain: holds desired state, decides replica counts and places
 //! them, and tells each agent what to run.
 
+pub mod apply;
 pub mod autoscale;
+pub mod decide;
+#[cfg(test)]
+mod decide_tests;
 pub mod election;
+mod event_log;
 pub mod fleet;
 #[cfg(test)]
 mod fleet_tests;
@@ -23,8 +28,10 @@ pub mod reconcile;
 pub mod scaling;
 pub mod scrapes;
 pub mod service;
+mod state;
 pub mod store;
 pub mod trust;
+mod views;
 pub mod warmth;
 
 use std::future::Future;

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use crate::api::NodeView;
-use crate::domain::{unix_ms_now, ReplicaState};
+use crate::domain::{unix_ms_now, EventKind, ReplicaState};
 
 use super::fleet::{Fleet, FleetError, NodeOp};
 use super::store::NodeFlags;
@@ -22,39 +22,34 @@ impl Fleet {
             return Err(self.node_not_found(name));
         }
         let mut flags = self.node_flags.get(name).cloned().unwrap_or_default();
-        let message = match &op {
+        let node = name.to_string();
+        let what = match &op {
             NodeOp::Cordon => {
                 flags.cordoned = true;
-                "cordoned: no new replicas will be placed here".to_string()
+                EventKind::NodeCordoned { node }
             }
             NodeOp::Uncordon => {
                 let was_draining = flags.draining;
                 flags.cordoned = false;
                 flags.draining = false;
                 flags.drain_deadline_unix_ms = 0;
-                if was_draining {
-                    "uncordoned: drain cancelled, the node takes replicas again".to_string()
-                } else {
-                    "uncordoned: the node takes replicas again".to_string()
+                EventKind::NodeUncordoned {
+                    node,
+                    drain_cancelled: was_draining,
                 }
             }
             NodeOp::Drain { deadline } => {
                 flags.cordoned = true;
                 flags.draining = true;
                 flags.drain_deadline_unix_ms = unix_ms_now() + deadline.as_millis() as i64;
-                format!(
-                    "draining: replicas move elsewhere; deadline in {}",
-                    humantime::format_duration(*deadline)
-                )
+                EventKind::DrainStarted {
+                    node,
+                    deadline_ms: deadline.as_millis() as u64,
+                }
             }
         };
         self.set_node_flags(name, flags)?;
-        let kind = match op {
-            NodeOp::Cordon => "node-cordoned",
-            NodeOp::Uncordon => "node-uncordoned",
-            NodeOp::Drain { .. } => "drain",
-        };
-        self.record(kind, "", name, "", message);
+        self.record(what);
         let node = &self.nodes[name];
         Ok(node.view(self.node_state(node, now)))
     }
@@ -72,67 +67,6 @@ impl Fleet {
         }
         self.node_flags.insert(name.to_string(), flags);
         Ok(())
-    }
-
-    /// One step of every drain in progress; called each tick after
-    /// replacements were placed.
-    pub(super) fn drain_step(&mut self) {
-        let draining: Vec<(String, i64)> = self
-            .nodes
-            .values()
-            .filter(|n| n.flags.draining)
-            .map(|n| (n.name.clone(), n.flags.drain_deadline_unix_ms))
-            .collect();
-        let now_ms = unix_ms_now();
-        for (node, deadline) in draining {
-            let forced = now_ms >= deadline;
-            let on_node: Vec<_> = self
-                .plan
-                .values()
-                .filter(|r| r.node == node && r.retiring_since.is_none())
-                .cloned()
-                .collect();
-            for r in on_node {
-                let desired = self.models.get(&r.model).map(|m| m.desired).unwrap_or(0) as usize;
-                let ready_elsewhere = self
-                    .plan
-                    .values()
-                    .filter(|p| p.model == r.model && !self.on_draining_node(&p.node))
-                    .filter(|p| p.retiring_since.is_none())
-                    .filter(|p| self.reported_state(&p.id) == Some(ReplicaState::Ready))
-                    .count();
-                if forced || ready_elsewhere >= desired {
-                    self.retire(&r.id, Instant::now());
-                    let why = if forced {
-                        "the drain deadline passed".to_string()
-                    } else {
-                        format!(
-                            "{ready_elsewhere} ready replicas of {} run elsewhere",
-                            r.model
-                        )
-                    };
-                    self.record(
-                        "drain",
-                        &r.model,
-                        &node,
-                        &r.id,
-                        format!("stopping {} on draining node {node}: {why}", r.id),
-                    );
-                }
-            }
-            let live_left = self.nodes[&node].replicas.iter().any(|r| r.state.is_live());
-            let planned_left = self.plan.values().any(|r| r.node == node);
-            if !live_left && !planned_left {
-                let mut flags = self.node_flags.get(&node).cloned().unwrap_or_default();
-                flags.cordoned = true;
-                flags.draining = false;
-                flags.drain_deadline_unix_ms = 0;
-                if let Err(e) = self.set_node_flags(&node, flags) {
-                    tracing::warn!(node = %node, error = %e, "drain finished but not saved");
-                }
-                self.record("drain", "", &node, "", "drain finished: no replicas left; the node stays cordoned until `node uncordon`".into());
-            }
-        }
     }
 
     pub(super) fn on_draining_node(&self, node: &str) -> bool {

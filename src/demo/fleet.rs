@@ -936,6 +936,7 @@ mod tests {
             node: String::new(),
             replica: String::new(),
             message: "1 -> 3 replicas".into(),
+            detail_json: String::new(),
         };
         let line = event_line(&e);
         assert!(line.starts_with("22:13:20  scale_up "), "{line}");

@@ -1,6 +1,7 @@
 //! The fleet's vocabulary: GPUs, hosts, replicas and warm entries as every role
 //! sees them. Wire types convert to and from these at the edge (`crate::wire`).
 
+pub mod event;
 pub mod gpu;
 pub mod host;
 pub mod replica;
@@ -8,6 +9,7 @@ pub mod routes;
 pub mod session;
 pub mod warm;
 
+pub use event::EventKind;
 pub use gpu::{GpuDetail, GpuInfo, GpuProcess, GpuSample, WindowStats};
 pub use host::{HostInfo, HostSample};
 pub use replica::{

@@ -250,3 +250,83 @@ fn simulator_and_coordinator_decide_alike_on_one_signal_sequence() {
         "the sequence exercises several rules: {rules:?}"
     );
 }
+
+/// The coordinator's scale decision (`decide::scale_step`, as its tick runs
+/// it) and this policy, fed one signal sequence, decide alike: count, rule,
+/// reason and inputs, tick by tick.
+#[test]
+fn the_coordinators_scale_step_and_the_simulator_decide_alike() {
+    use crate::coordinator::decide::{scale_step, ScaleInputs, ScaledModel};
+    use crate::coordinator::scaling::PREDICT_HORIZON;
+    use crate::domain::event::ScaleRule;
+    let c = cluster();
+    let s = spec();
+    let scaling = s.scaling.clone().unwrap();
+    // The coordinator looks one PREDICT_HORIZON ahead until it has measured
+    // a start: the simulator is given the same.
+    let mut sim = Gpufleet::new(
+        scaling.clone(),
+        s.warm.clone(),
+        0,
+        PREDICT_HORIZON.as_secs_f64(),
+        None,
+    );
+    sim.decisions = Some(Vec::new());
+    let mut scaler = ModelScaler::new();
+    let mut desired = sim.initial_replicas();
+    let mut decided = Vec::new();
+    for t in 0..400u32 {
+        let burst = (100..110).contains(&t) || (250..320).contains(&t);
+        let mut l = load(2, if burst { 40 } else { 5 + t % 3 });
+        // A third replica, placed at 114 s, turns ready 36 s later.
+        l.started_s = (t == 150).then_some(36.0);
+        let now_s = f64::from(t) + 1.0;
+        sim.tick(now_s, &l, &c);
+        let now = sim.instant(now_s);
+        let mut replicas = vec![
+            ("m-a".to_string(), true, Duration::from_secs(600)),
+            ("m-b".to_string(), true, Duration::from_secs(600)),
+        ];
+        if (114..=150).contains(&t) {
+            let age = Duration::from_secs(u64::from(t) - 114);
+            replicas.push(("m-c".to_string(), t == 150, age));
+        }
+        let inputs = ScaleInputs {
+            signals: Signals {
+                measurement: now_s as u64 + 1,
+                rescraped_at: Some(now),
+                ..signals(&l)
+            },
+            fresh: true,
+            replicas,
+        };
+        let model = ScaledModel {
+            name: &s.name,
+            spec: &s,
+            pinned: None,
+            desired,
+        };
+        let change = scale_step(model, &mut scaler, &inputs, now, now_s as i64);
+        desired = change.to;
+        decided.push(change);
+    }
+    let got = sim.decisions.take().unwrap();
+    assert_eq!(got.len(), decided.len());
+    for (t, (d, c)) in got.iter().zip(&decided).enumerate() {
+        let rule = ScaleRule::Policy {
+            rule: d.rule.to_string(),
+            reason: d.reason.clone(),
+            warning: d.warning.clone(),
+        };
+        assert_eq!(
+            (d.desired, &rule, &d.inputs, d.panic),
+            (c.to, &c.rule, &c.inputs, c.panic),
+            "tick {t}"
+        );
+    }
+    let counts: std::collections::HashSet<u32> = decided.iter().map(|c| c.to).collect();
+    assert!(
+        counts.len() >= 2,
+        "the sequence moves the count: {counts:?}"
+    );
+}

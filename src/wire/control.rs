@@ -260,6 +260,11 @@ impl From<&Event> for pb::Event {
             node: e.node.clone(),
             replica: e.replica.clone(),
             message: e.message.clone(),
+            detail_json: e
+                .detail
+                .as_ref()
+                .and_then(|d| serde_json::to_string(d).ok())
+                .unwrap_or_default(),
         }
     }
 }
@@ -275,6 +280,9 @@ impl From<pb::Event> for Event {
             node: e.node,
             replica: e.replica,
             message: e.message,
+            // A kind this version does not know (from a newer coordinator)
+            // leaves the text alone to say what happened.
+            detail: serde_json::from_str(&e.detail_json).ok(),
         }
     }
 }

@@ -545,6 +545,37 @@ mod tests {
     }
 
     #[test]
+    fn an_event_keeps_its_type_on_the_wire_and_one_without_loads() {
+        use crate::domain::event::{EventKind, ScaleRule};
+        let what = EventKind::Scaled {
+            model: "m".into(),
+            from: 1,
+            to: 3,
+            rule: ScaleRule::Fixed,
+            inputs: Vec::new(),
+        };
+        let e = crate::api::Event {
+            seq: 4,
+            time: crate::api::rfc3339(1_700_000_000_000),
+            time_unix_ms: 1_700_000_000_000,
+            kind: what.name().into(),
+            model: "m".into(),
+            message: what.message(),
+            detail: Some(what),
+            ..Default::default()
+        };
+        let back: crate::api::Event = pb::Event::from(&e).into();
+        assert_eq!(back, e);
+        let untyped = pb::Event {
+            detail_json: String::new(),
+            ..pb::Event::from(&e)
+        };
+        let back: crate::api::Event = untyped.into();
+        assert_eq!(back.detail, None);
+        assert_eq!(back.message, "1 → 3: fixed replicas = 3");
+    }
+
+    #[test]
     fn unknown_replica_state_is_never_ready() {
         assert_eq!(replica_state_from_i32(99), ReplicaState::Failed);
     }

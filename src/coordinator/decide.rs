@@ -1,0 +1,908 @@
+//! The control loop's decisions: functions of a read-only view of the fleet
+//! (`&Fleet`: nodes, models, the replica plan) and the tick's time, each
+//! returning typed [`Change`]s with the reason and inputs behind them.
+//! Nothing here mutates the fleet; `Fleet::apply` (`apply.rs`) does.
+//!
+//! One decision carries state of its own: each model's scaler
+//! ([`ModelScaler`]: windows, demand history, forecast score) is advanced by
+//! [`scale_step`], the very step the simulator runs; `decide_scale` borrows
+//! the fleet mutably for that alone.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::api::NodeState;
+use crate::config::{ModelSpec, WarmMode};
+use crate::domain::event::{DrainReason, NodeLiveness, ReplaceReason, ScaleRule};
+use crate::domain::ReplicaState;
+
+use super::autoscale::{ModelScaler, Signals, Tick};
+use super::fleet::{Fleet, PlannedReplica};
+use super::placement::{self, warm_targets, GpuCandidate, NodeCandidate, ReplicaNeeds};
+use super::predict::replicas_needed;
+use super::scaling::PREDICT_HORIZON;
+
+/// Replicas placed in one tick at most: placing one looks at every node, and
+/// reports wait while a tick runs, so a fleet-wide placement (thousands of
+/// replicas applied at once) is spread over ticks a few hundred ms apart.
+const PLACEMENTS_PER_TICK: usize = 256;
+
+/// How long a node is avoided for a model whose replica crash-looped there.
+pub(super) const AVOID_AFTER_CRASHLOOP: Duration = Duration::from_secs(600);
+
+/// One thing the control loop decided to change, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A node's lifecycle state changed (announced once).
+    NodeState {
+        node: String,
+        from: NodeState,
+        to: NodeState,
+        /// The silence that judged it.
+        silent: Duration,
+    },
+    /// A model's replica count this tick, also when it holds.
+    Scale(Box<ScaleChange>),
+    /// A replica leaves the plan at once; the placement phase replaces it.
+    Replace {
+        replica: PlannedReplica,
+        reason: ReplaceReason,
+        /// Its node is avoided for its model until then (a crash loop).
+        avoid_until: Option<Instant>,
+    },
+    /// A model's spec changed: the replica's next assignment restarts it
+    /// with the new spec.
+    Respec { replica: String, spec_hash: String },
+    /// A replica leaves the endpoints now and stops after the retire grace.
+    Retire {
+        replica: PlannedReplica,
+        reason: RetireReason,
+    },
+    /// A retiring replica's grace is over: it leaves the plan.
+    Stop { replica: String },
+    /// A retiring replica is wanted again before it stopped.
+    Keep { replica: PlannedReplica },
+    /// A new replica; `why` is placement's reason (warm or cold, spread).
+    Place {
+        replica: PlannedReplica,
+        why: String,
+    },
+    /// What keeps a model's missing replicas from being placed changed
+    /// (empty: nothing does any more).
+    PlacementProblem { model: String, problem: String },
+    /// One tick's placement budget is spent: the rest at an early tick.
+    PlaceRestSoon,
+    /// A draining node runs nothing any more.
+    DrainFinished { node: String },
+    /// The nodes that keep weights warm beyond those running them, node →
+    /// model → why; `news` names the models whose nodes changed.
+    WarmPlan {
+        plan: BTreeMap<String, BTreeMap<String, &'static str>>,
+        news: Vec<(String, Vec<String>)>,
+    },
+}
+
+/// Why a replica is retired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetireReason {
+    /// More replicas than desired.
+    Surplus,
+    /// Its node drains.
+    Drain(DrainReason),
+}
+
+/// A model's scale decision and the signals it was made on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleChange {
+    pub model: String,
+    /// The count decided last tick.
+    pub from: u32,
+    pub to: u32,
+    pub rule: ScaleRule,
+    /// The numbers behind a policy's decision (empty when pinned or fixed).
+    pub inputs: Vec<(String, String)>,
+    pub panic: bool,
+    /// A surge awaits the next measurement: decide again when it comes.
+    pub awaits_measurement: bool,
+    /// Signals the spec targets that the replicas' metrics lack (`None`
+    /// when no policy reads them: pinned or fixed).
+    pub missing: Option<Vec<&'static str>>,
+    pub signals: Signals,
+    /// Replicas planned and not retiring.
+    pub current: u32,
+}
+
+/// What a model's scaling step reads from the fleet.
+#[derive(Debug, Clone)]
+pub struct ScaleInputs {
+    pub signals: Signals,
+    /// Whether the signals are news (at least one replica scraped anew, or
+    /// a gateway's report): `false` holds the autoscaler's windows.
+    pub fresh: bool,
+    /// Its replicas not retiring: `(id, ready, since placement)`.
+    pub replicas: Vec<(String, bool, Duration)>,
+}
+
+/// The model a scale step decides for.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaledModel<'a> {
+    pub name: &'a str,
+    pub spec: &'a ModelSpec,
+    /// `model scale --replicas N`.
+    pub pinned: Option<u32>,
+    /// The count decided last tick.
+    pub desired: u32,
+}
+
+/// One model's scale decision: a pinned count, the fixed `replicas`, or the
+/// autoscaler's step on the model's signals. Advances only `scaler` (the
+/// decision's own memory); the simulator runs the same [`ModelScaler::step`].
+pub fn scale_step(
+    model: ScaledModel<'_>,
+    scaler: &mut ModelScaler,
+    inputs: &ScaleInputs,
+    now: Instant,
+    now_unix_s: i64,
+) -> ScaleChange {
+    let from = model.desired;
+    scaler.replicas_seen(
+        inputs
+            .replicas
+            .iter()
+            .map(|(id, ready, age)| (id.as_str(), *ready, *age)),
+    );
+    let mut change = ScaleChange {
+        model: model.name.to_string(),
+        from,
+        to: from,
+        rule: ScaleRule::Fixed,
+        inputs: Vec::new(),
+        panic: false,
+        awaits_measurement: false,
+        missing: None,
+        signals: inputs.signals,
+        current: inputs.replicas.len() as u32,
+    };
+    match (model.pinned, &model.spec.scaling) {
+        (Some(n), _) => {
+            change.to = n;
+            change.rule = ScaleRule::Pinned;
+        }
+        (None, None) => change.to = model.spec.replicas,
+        (None, Some(scaling)) => {
+            let tick = Tick {
+                now,
+                now_unix_s,
+                signals: inputs.fresh.then_some(inputs.signals),
+                current: from,
+                default_horizon: PREDICT_HORIZON,
+                forecast: false,
+            };
+            let d = scaler.step(scaling, &tick).decision;
+            change.to = d.desired;
+            change.rule = ScaleRule::Policy {
+                rule: d.rule.to_string(),
+                reason: d.reason,
+                warning: d.warning,
+            };
+            change.inputs = d.inputs;
+            change.panic = d.panic;
+            change.awaits_measurement = d.awaits_measurement;
+            change.missing = Some(d.missing);
+        }
+    }
+    change
+}
+
+/// What the plan holds on one node, as placing a model needs it.
+#[derive(Default)]
+struct PlannedOnNode {
+    /// GPUs its replicas hold.
+    taken: Vec<u32>,
+    /// Replicas of the model being placed.
+    model_replicas: u32,
+    /// Host CPU and memory its replicas' specs ask for.
+    asked: Vec<(f64, u64)>,
+}
+
+/// The plan's replicas by model, in one pass: per-model loops look their
+/// model up here instead of scanning the whole plan each.
+pub(super) fn plan_by_model(
+    plan: &BTreeMap<String, PlannedReplica>,
+) -> HashMap<&str, Vec<&PlannedReplica>> {
+    let mut out: HashMap<&str, Vec<&PlannedReplica>> = Default::default();
+    for r in plan.values() {
+        out.entry(r.model.as_str()).or_default().push(r);
+    }
+    out
+}
+
+impl Fleet {
+    /// Each node's lifecycle transition since it was last announced.
+    pub(super) fn decide_node_states(&self, now: Instant) -> Vec<Change> {
+        let (suspect, lost) = (self.settings.suspect_after, self.settings.lost_after);
+        self.nodes
+            .values()
+            .filter_map(|node| {
+                let to = node.liveness(now, suspect, lost);
+                (to != node.announced).then(|| Change::NodeState {
+                    node: node.name.clone(),
+                    from: node.announced,
+                    to,
+                    silent: match to {
+                        NodeState::Suspect => suspect,
+                        NodeState::Lost => lost,
+                        _ => Duration::ZERO,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Each model's scale step on this tick's signals. Takes `&mut self`
+    /// only for the models' scalers; see [`scale_step`].
+    pub(super) fn decide_scale(&mut self, now: Instant, now_unix_s: i64) -> Vec<Change> {
+        let inputs = self.scale_inputs(now);
+        let mut changes = Vec::with_capacity(inputs.len());
+        for (name, inputs) in inputs {
+            let Some(m) = self.models.get_mut(&name) else {
+                continue;
+            };
+            let model = ScaledModel {
+                name: &name,
+                spec: &m.spec,
+                pinned: m.record.pinned_replicas,
+                desired: m.desired,
+            };
+            let change = scale_step(model, &mut m.scaler, &inputs, now, now_unix_s);
+            changes.push(Change::Scale(Box::new(change)));
+        }
+        changes
+    }
+
+    /// What each model's scale step reads from the fleet, by model.
+    pub(super) fn scale_inputs(&self, now: Instant) -> Vec<(String, ScaleInputs)> {
+        // One pass over the plan for all models, not one per model.
+        let by_model = plan_by_model(&self.plan);
+        self.models
+            .keys()
+            .map(|name| {
+                let planned = by_model.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+                let (signals, fresh) = self.model_signals(name, planned, now);
+                let replicas = planned
+                    .iter()
+                    .filter(|r| r.retiring_since.is_none())
+                    .map(|r| {
+                        let ready = self.nodes.get(&r.node).is_some_and(|n| {
+                            n.replicas
+                                .iter()
+                                .any(|x| x.id == r.id && x.state == ReplicaState::Ready)
+                        });
+                        (
+                            r.id.clone(),
+                            ready,
+                            now.saturating_duration_since(r.created),
+                        )
+                    })
+                    .collect();
+                (
+                    name.clone(),
+                    ScaleInputs {
+                        signals,
+                        fresh,
+                        replicas,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The model's signals this tick, from what its replicas' nodes report
+    /// and what its gateways hold. `fresh` is false when neither has news
+    /// (nothing to judge by).
+    fn model_signals(
+        &self,
+        model: &str,
+        planned: &[&PlannedReplica],
+        now: Instant,
+    ) -> (Signals, bool) {
+        let mut s = Signals {
+            waiting: Some(0.0),
+            ..Signals::default()
+        };
+        let mut fresh = false;
+        let mut known = true;
+        let mut oldest = None;
+        let mut kv = Vec::new();
+        let mut util = Vec::new();
+        for r in planned.iter().filter(|r| r.retiring_since.is_none()) {
+            let Some(node) = self.nodes.get(&r.node) else {
+                s.starting += 1;
+                continue;
+            };
+            let status = node.replicas.iter().find(|x| x.id == r.id);
+            match status {
+                Some(st) if st.state == ReplicaState::Ready => {
+                    s.ready += 1;
+                    if st.signals.fresh {
+                        fresh = true;
+                        // Agents that do not number their scrapes leave the
+                        // measurement unknown.
+                        known &= st.signals.scrape_seq != 0;
+                        s.measurement = s.measurement.wrapping_add(st.signals.scrape_seq);
+                        if let Some(mark) = node.scraped.get(&st.id) {
+                            oldest = Some(oldest.map_or(mark.at, |o: Instant| o.min(mark.at)));
+                            s.last_active = s.last_active.max(mark.active_at);
+                        }
+                        s.ongoing += st.signals.ongoing();
+                        s.waiting = s.waiting.map(|w| w + st.signals.waiting);
+                        s.requests_per_s += st.signals.requests_per_s;
+                        if let Some(p) = st.signals.p95_latency_s {
+                            s.p95_latency_s = Some(s.p95_latency_s.map_or(p, |q: f64| q.max(p)));
+                        }
+                        if let Some(k) = st.signals.kv_cache_usage {
+                            kv.push(k);
+                        }
+                    }
+                    for g in &r.gpus {
+                        if let Some(sample) = node.sample(*g) {
+                            util.push(sample.utilization_pct / 100.0);
+                        }
+                    }
+                }
+                _ => s.starting += 1,
+            }
+        }
+        if known {
+            s.rescraped_at = oldest;
+        } else {
+            s.measurement = 0;
+        }
+        let gateway = self.gateway_demand(model, now);
+        if let Some(g) = gateway {
+            // Requests held at a gateway are demand no replica has seen; the
+            // ones it sent are counted at once, before any scrape.
+            let scraped = s.ongoing;
+            s.ongoing = scraped.max(f64::from(g.in_flight)) + f64::from(g.queued);
+            // Held at the gateway is queued, as an engine's waiting requests are.
+            s.waiting = s.waiting.map(|w| w + f64::from(g.queued));
+            s.requests_per_s = s.requests_per_s.max(g.arrivals_per_s);
+            s.measurement = s.measurement.wrapping_mul(31).wrapping_add(g.seq);
+            if g.held_and_sent() >= scraped {
+                // The gateways' count is exact, not sampled: a report newer
+                // than a surge's start confirms it.
+                s.rescraped_at = g.oldest.max(s.rescraped_at);
+            }
+        }
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        s.kv_cache_usage = mean(&kv);
+        s.gpu_utilization = mean(&util);
+        // With nothing ready yet, "replicas are starting" is itself fresh
+        // news; so is a gateway's report of traffic (a gateway that saw
+        // nothing says nothing about clients that bypass it).
+        let gateway_saw =
+            gateway.is_some_and(|g| g.held_and_sent() > 0.0 || g.arrivals_per_s > 0.0);
+        let fresh = fresh || (s.ready == 0 && s.starting > 0) || gateway_saw;
+        (s, fresh)
+    }
+
+    /// Replicas on lost nodes are replaced elsewhere.
+    pub(super) fn decide_lost_nodes(&self, now: Instant) -> Vec<Change> {
+        let lost: BTreeSet<&str> = self
+            .nodes
+            .values()
+            .filter(|n| {
+                n.liveness(now, self.settings.suspect_after, self.settings.lost_after)
+                    == NodeState::Lost
+            })
+            .map(|n| n.name.as_str())
+            .collect();
+        self.plan
+            .values()
+            .filter(|r| lost.contains(r.node.as_str()))
+            .map(|r| Change::Replace {
+                replica: r.clone(),
+                reason: ReplaceReason::NodeLost,
+                avoid_until: None,
+            })
+            .collect()
+    }
+
+    /// A replica whose GPU turned unhealthy (Xid, fallen off the bus, ECC)
+    /// is replaced on a healthy GPU: its own may never compute right again.
+    pub(super) fn decide_unhealthy_gpus(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for r in self.plan.values() {
+            let Some(node) = self.nodes.get(&r.node) else {
+                continue;
+            };
+            for g in &r.gpus {
+                let info = node.gpus.iter().find(|i| i.index == *g);
+                let sample = node.sample(*g);
+                let healthy = info.is_none_or(|i| i.healthy) && sample.is_none_or(|s| s.healthy);
+                if !healthy {
+                    let reason = info
+                        .map(|i| i.health_reason.clone())
+                        .filter(|s| !s.is_empty())
+                        .or_else(|| sample.map(|s| s.health_reason.clone()))
+                        .unwrap_or_default();
+                    out.push(Change::Replace {
+                        replica: r.clone(),
+                        reason: ReplaceReason::GpuUnhealthy { gpu: *g, reason },
+                        avoid_until: None,
+                    });
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// A replica crash-looping on one node moves to another node that can
+    /// take it (the host may be what is wrong: a bad driver, a full disk).
+    /// The node is avoided for that model for a while.
+    pub(super) fn decide_crash_loops(&self, now: Instant) -> Vec<Change> {
+        let mut out = Vec::new();
+        // Replicas moved before this one free their GPUs for it.
+        let mut moved: Vec<&str> = Vec::new();
+        for r in self.plan.values() {
+            if self.reported_state(&r.id) != Some(ReplicaState::Crashloop) {
+                continue;
+            }
+            let Some(m) = self.models.get(&r.model) else {
+                continue;
+            };
+            let mut candidates = self.candidates(&r.model, now, &[], &moved);
+            for c in candidates.iter_mut().filter(|c| c.name == r.node) {
+                c.unschedulable = Some("the replica crash-loops here".into());
+            }
+            if let Ok(p) = placement::place(&candidates, &needs(&m.spec)) {
+                moved.push(&r.id);
+                out.push(Change::Replace {
+                    replica: r.clone(),
+                    reason: ReplaceReason::CrashLoop {
+                        to: p.node,
+                        avoid_s: AVOID_AFTER_CRASHLOOP.as_secs(),
+                    },
+                    avoid_until: Some(now + AVOID_AFTER_CRASHLOOP),
+                });
+            }
+        }
+        out
+    }
+
+    /// A changed spec hash reaches the agent in the next assignment, which
+    /// replaces the replica (stop, then start with the new spec).
+    pub(super) fn decide_spec_changes(&self) -> Vec<Change> {
+        // Once per model, not per replica.
+        let hashes: BTreeMap<&str, String> = self
+            .models
+            .iter()
+            .map(|(name, m)| (name.as_str(), m.spec.spec_hash()))
+            .collect();
+        self.plan
+            .values()
+            .filter_map(|r| {
+                let hash = hashes.get(r.model.as_str())?;
+                (&r.spec_hash != hash).then(|| Change::Respec {
+                    replica: r.id.clone(),
+                    spec_hash: hash.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Retires replicas beyond the desired count (ones not ready first,
+    /// then the ones that became ready last), and stops the retiring ones
+    /// whose grace has passed.
+    pub(super) fn decide_surplus(&self, now: Instant) -> Vec<Change> {
+        // Built only if some model has a surplus: most ticks none has.
+        let mut statuses = None;
+        let by_model = plan_by_model(&self.plan);
+        let mut out = Vec::new();
+        for (name, model) in &self.models {
+            // Replicas on a draining node leave through the drain, not here.
+            let mut mine: Vec<&PlannedReplica> = by_model
+                .get(name.as_str())
+                .map_or(&[][..], Vec::as_slice)
+                .iter()
+                .copied()
+                .filter(|r| !self.on_draining_node(&r.node))
+                .filter(|r| r.retiring_since.is_none())
+                .collect();
+            let surplus = mine.len().saturating_sub(model.desired as usize);
+            if surplus == 0 {
+                continue;
+            }
+            let statuses = statuses.get_or_insert_with(|| self.reported_statuses());
+            mine.sort_by_key(|r| {
+                let s = statuses.get(&r.id);
+                let ready = s.is_some_and(|s| s.0 == ReplicaState::Ready);
+                let ready_since = s.map(|s| s.1).unwrap_or(i64::MAX);
+                (ready, std::cmp::Reverse(ready_since))
+            });
+            out.extend(mine.into_iter().take(surplus).map(|r| Change::Retire {
+                replica: r.clone(),
+                reason: RetireReason::Surplus,
+            }));
+        }
+        // Replicas retired just now are not retiring in this view: their
+        // grace starts with this tick.
+        let grace = self.settings.retire_grace;
+        out.extend(
+            self.plan
+                .values()
+                .filter(|r| {
+                    r.retiring_since
+                        .is_some_and(|since| now.saturating_duration_since(since) >= grace)
+                })
+                .map(|r| Change::Stop {
+                    replica: r.id.clone(),
+                }),
+        );
+        out
+    }
+
+    /// Keeps retiring replicas wanted again and places the missing ones,
+    /// at most `PLACEMENTS_PER_TICK` a tick.
+    pub(super) fn decide_placements(&self, now: Instant) -> Vec<Change> {
+        // Per model, in one pass over the plan: replicas serving, and those
+        // retiring, off draining nodes (replicas on a draining node are on
+        // their way out: replacements are placed for them).
+        let mut counts: HashMap<&str, (u32, Vec<&PlannedReplica>)> = Default::default();
+        for r in self.plan.values() {
+            if self.on_draining_node(&r.node) {
+                continue;
+            }
+            let entry = counts.entry(r.model.as_str()).or_default();
+            match r.retiring_since {
+                None => entry.0 += 1,
+                Some(_) => entry.1.push(r),
+            }
+        }
+        let mut out = Vec::new();
+        // Replicas placed so far this tick: later placements see them.
+        let mut placed: Vec<PlannedReplica> = Vec::new();
+        for (name, model) in &self.models {
+            let (mut current, retiring) = counts.remove(name.as_str()).unwrap_or_default();
+            let desired = model.desired;
+            // A replica still retiring is running capacity: keep it rather
+            // than start another (a wake right after a scale-down, say).
+            for r in retiring
+                .into_iter()
+                .take(desired.saturating_sub(current) as usize)
+            {
+                current += 1;
+                out.push(Change::Keep { replica: r.clone() });
+            }
+            let mut problem = String::new();
+            if placed.len() >= PLACEMENTS_PER_TICK {
+                // The rest next tick, soon: reports wait while a tick runs.
+                out.push(Change::PlaceRestSoon);
+                break;
+            }
+            // Built once per model; after each placement only the node
+            // that took the replica is looked at again.
+            let mut candidates = if current < desired {
+                self.candidates(name, now, &placed, &[])
+            } else {
+                Vec::new()
+            };
+            let spec_hash = model.spec.spec_hash();
+            let needs = needs(&model.spec);
+            for _ in current..desired {
+                if placed.len() >= PLACEMENTS_PER_TICK {
+                    out.push(Change::PlaceRestSoon);
+                    break;
+                }
+                match placement::place(&candidates, &needs) {
+                    Ok(p) => {
+                        let replica = PlannedReplica {
+                            id: self.new_replica_id(name, &placed),
+                            model: name.clone(),
+                            node: p.node.clone(),
+                            gpus: p.gpus,
+                            spec_hash: spec_hash.clone(),
+                            created: now,
+                            retiring_since: None,
+                        };
+                        placed.push(replica.clone());
+                        if let (Some(slot), Some(fresh)) = (
+                            candidates.iter_mut().find(|c| c.name == p.node),
+                            self.candidate_on(&p.node, name, now, &placed),
+                        ) {
+                            *slot = fresh;
+                        }
+                        out.push(Change::Place {
+                            replica,
+                            why: p.why,
+                        });
+                    }
+                    Err(why) => {
+                        problem = why;
+                        break;
+                    }
+                }
+            }
+            if model.placement_problem != problem {
+                out.push(Change::PlacementProblem {
+                    model: name.clone(),
+                    problem,
+                });
+            }
+        }
+        out
+    }
+
+    /// One step of every drain in progress: each replica on a draining node
+    /// is retired once its model has the desired count ready elsewhere (or
+    /// at the deadline); a node left empty has finished draining.
+    pub(super) fn decide_drains(&self, now_unix_ms: i64) -> Vec<Change> {
+        let mut out = Vec::new();
+        for node in self.nodes.values().filter(|n| n.flags.draining) {
+            let forced = now_unix_ms >= node.flags.drain_deadline_unix_ms;
+            for r in self
+                .plan
+                .values()
+                .filter(|r| r.node == node.name && r.retiring_since.is_none())
+            {
+                let desired = self.models.get(&r.model).map(|m| m.desired).unwrap_or(0) as usize;
+                let ready_elsewhere = self
+                    .plan
+                    .values()
+                    .filter(|p| p.model == r.model && !self.on_draining_node(&p.node))
+                    .filter(|p| p.retiring_since.is_none())
+                    .filter(|p| self.reported_state(&p.id) == Some(ReplicaState::Ready))
+                    .count();
+                if forced || ready_elsewhere >= desired {
+                    let reason = if forced {
+                        DrainReason::DeadlinePassed
+                    } else {
+                        DrainReason::ReadyElsewhere {
+                            ready: ready_elsewhere as u32,
+                        }
+                    };
+                    out.push(Change::Retire {
+                        replica: r.clone(),
+                        reason: RetireReason::Drain(reason),
+                    });
+                }
+            }
+            let live_left = node.replicas.iter().any(|r| r.state.is_live());
+            let planned_left = self.plan.values().any(|r| r.node == node.name);
+            if !live_left && !planned_left {
+                out.push(Change::DrainFinished {
+                    node: node.name.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Which nodes keep which models warm beyond those running them: the
+    /// model's `standby_nodes`, and with `mode = "predictive"` also the nodes
+    /// the forecast says the next replicas will need. Nodes already warm win,
+    /// then nodes with the most GPUs that could host a replica.
+    pub(super) fn decide_warm(&self, now: Instant, now_unix_s: i64) -> Change {
+        let mut plan: BTreeMap<String, BTreeMap<String, &'static str>> = BTreeMap::new();
+        let mut news = Vec::new();
+        for (name, model) in &self.models {
+            if model.spec.warm.mode == WarmMode::Off {
+                continue;
+            }
+            let predicted = match (&model.spec.warm.mode, &model.spec.scaling) {
+                (WarmMode::Predictive, Some(spec)) => {
+                    let f = model
+                        .scaler
+                        .demand
+                        .forecast(now_unix_s, PREDICT_HORIZON.as_secs() as i64);
+                    replicas_needed(&f, spec).saturating_sub(model.desired)
+                }
+                _ => 0,
+            };
+            // Nothing to choose: no need to see the fleet as placement does
+            // (that is a pass over every node, for every model, every tick).
+            if predicted == 0 && model.spec.warm.standby_nodes == 0 {
+                continue;
+            }
+            let running: BTreeSet<&str> = self
+                .plan
+                .values()
+                .filter(|r| &r.model == name)
+                .map(|r| r.node.as_str())
+                .collect();
+            let running: Vec<&str> = running.into_iter().collect();
+            let candidates = self.candidates(name, now, &[], &[]);
+            let targets = warm_targets(
+                &candidates,
+                &needs(&model.spec),
+                &running,
+                predicted,
+                model.spec.warm.standby_nodes,
+            );
+            let mut chosen = Vec::new();
+            for (node, why) in targets {
+                chosen.push(format!("{node} ({why})"));
+                plan.entry(node).or_default().insert(name.clone(), why);
+            }
+            let before: Vec<String> = self
+                .warm_plan
+                .iter()
+                .filter_map(|(node, models)| models.get(name).map(|why| format!("{node} ({why})")))
+                .collect();
+            let mut sorted = chosen.clone();
+            sorted.sort();
+            if sorted != before && !chosen.is_empty() {
+                news.push((name.clone(), chosen));
+            }
+        }
+        Change::WarmPlan { plan, news }
+    }
+
+    /// The fleet as placement sees it for one model, with the replicas
+    /// `placed` so far this tick and without those `gone` from the plan.
+    pub(super) fn candidates(
+        &self,
+        model: &str,
+        now: Instant,
+        placed: &[PlannedReplica],
+        gone: &[&str],
+    ) -> Vec<NodeCandidate> {
+        let planned = self.planned_on_nodes(model, None, placed, gone);
+        self.nodes
+            .values()
+            .map(|n| self.candidate(n, model, now, planned.get(n.name.as_str())))
+            .collect()
+    }
+
+    /// One node as placement sees it for one model (after a placement
+    /// there, the rest of the fleet is unchanged).
+    fn candidate_on(
+        &self,
+        node: &str,
+        model: &str,
+        now: Instant,
+        placed: &[PlannedReplica],
+    ) -> Option<NodeCandidate> {
+        let n = self.nodes.get(node)?;
+        let planned = self.planned_on_nodes(model, Some(node), placed, &[]);
+        Some(self.candidate(n, model, now, planned.get(node)))
+    }
+
+    /// In one pass over the plan (not one per node), per node (or for
+    /// `only` that one): what the plan, with the replicas `placed` so far
+    /// this tick and without those `gone`, holds there for placing `model`.
+    fn planned_on_nodes<'a>(
+        &'a self,
+        model: &str,
+        only: Option<&str>,
+        placed: &'a [PlannedReplica],
+        gone: &[&str],
+    ) -> BTreeMap<&'a str, PlannedOnNode> {
+        let mut out: BTreeMap<&str, PlannedOnNode> = BTreeMap::new();
+        for r in self.plan.values().chain(placed) {
+            if only.is_some_and(|n| n != r.node) || gone.contains(&r.id.as_str()) {
+                continue;
+            }
+            let entry = out.entry(r.node.as_str()).or_default();
+            entry.taken.extend(r.gpus.iter().copied());
+            entry.model_replicas += u32::from(r.model == model);
+            if let Some(m) = self.models.get(&r.model) {
+                entry
+                    .asked
+                    .push((m.spec.server.cpu, m.spec.server.memory_bytes));
+            }
+        }
+        out
+    }
+
+    fn candidate(
+        &self,
+        n: &super::nodes::Node,
+        model: &str,
+        now: Instant,
+        planned: Option<&PlannedOnNode>,
+    ) -> NodeCandidate {
+        let empty = PlannedOnNode::default();
+        let planned = planned.unwrap_or(&empty);
+        let state = self.node_state(n, now);
+        let avoided = self
+            .avoid
+            .get(&(model.to_string(), n.name.clone()))
+            .is_some_and(|until| *until > now);
+        let unschedulable = if avoided {
+            Some("a replica of this model crash-looped here recently".to_string())
+        } else if n.session.is_none() {
+            Some("disconnected".to_string())
+        } else if state != NodeState::Ready {
+            Some(state.as_str().to_string())
+        } else {
+            self.host_shortfall(n, model, &planned.asked)
+        };
+        let mut taken = planned.taken.clone();
+        // Replicas still running outside the plan (being stopped)
+        // hold their GPUs until they are gone.
+        taken.extend(
+            n.replicas
+                .iter()
+                .filter(|r| r.state.is_live())
+                .flat_map(|r| r.gpus.iter().copied()),
+        );
+        let warm = n
+            .warm
+            .iter()
+            .find(|w| w.model == model && w.total_bytes > 0)
+            .map(|w| w.resident_bytes as f64 / w.total_bytes as f64)
+            .unwrap_or(0.0);
+        NodeCandidate {
+            name: n.name.clone(),
+            unschedulable,
+            gpus: n
+                .gpus
+                .iter()
+                .map(|g| {
+                    let s = n.sample(g.index);
+                    GpuCandidate {
+                        index: g.index,
+                        healthy: g.healthy && s.is_none_or(|s| s.healthy),
+                        taken: taken.contains(&g.index),
+                        free_bytes: s
+                            .map(|s| s.memory_total_bytes.saturating_sub(s.memory_used_bytes))
+                            .unwrap_or(g.memory_total_bytes),
+                        mig: g.mig_parent.is_some(),
+                    }
+                })
+                .collect(),
+            warm_fraction: warm,
+            model_replicas: planned.model_replicas,
+        }
+    }
+
+    /// An id for a new replica of `model`, free in the plan and among the
+    /// replicas `placed` this tick. Drawn from the fleet's id seed (which
+    /// `apply` moves on after each placement), so the same view decides the
+    /// same ids.
+    fn new_replica_id(&self, model: &str, placed: &[PlannedReplica]) -> String {
+        use std::hash::{Hash, Hasher};
+        (0u64..)
+            .map(|n| {
+                let mut h = std::hash::DefaultHasher::new();
+                (self.id_seed, model, placed.len(), n).hash(&mut h);
+                format!("{model}-{:05x}", h.finish() & 0xfffff)
+            })
+            .find(|id| !self.plan.contains_key(id) && !placed.iter().any(|p| &p.id == id))
+            .expect("an endless sequence of ids has a free one")
+    }
+
+    /// (state, ready since) of every replica the agents report, by id.
+    /// Each replica counts only as reported by the node it is assigned to.
+    fn reported_statuses(&self) -> BTreeMap<String, (ReplicaState, i64)> {
+        self.nodes
+            .values()
+            .flat_map(|n| {
+                n.replicas
+                    .iter()
+                    .filter(|r| self.plan.get(&r.id).is_some_and(|p| p.node == n.name))
+                    .map(|r| (r.id.clone(), (r.state, r.ready_unix_ms)))
+            })
+            .collect()
+    }
+}
+
+/// What placing one replica of a model needs.
+fn needs(spec: &ModelSpec) -> ReplicaNeeds {
+    ReplicaNeeds {
+        gpus: spec.server.gpus,
+        gpu_memory_bytes: spec.server.gpu_memory_bytes,
+        spread: spec.spread,
+    }
+}
+
+/// The event log's word for a node's lifecycle state.
+pub(super) fn liveness(s: NodeState) -> NodeLiveness {
+    match s {
+        NodeState::Suspect => NodeLiveness::Suspect,
+        NodeState::Lost => NodeLiveness::Lost,
+        _ => NodeLiveness::Ready,
+    }
+}

@@ -1,0 +1,168 @@
+//! Read-only views of the fleet for operators and load balancers: models,
+//! replicas and endpoints.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::api::{ModelView, ReplicaView, SignalsHealth};
+
+use super::fleet::Fleet;
+use super::scrapes::health;
+use super::state::{Endpoint, INVALID_STORED_SPEC};
+
+impl Fleet {
+    /// Ready replicas of each model with their `host:port`, serving or
+    /// retiring (every model is listed, with no replicas if it has none).
+    pub(super) fn endpoints(&self) -> BTreeMap<String, Vec<Endpoint>> {
+        let mut out: BTreeMap<String, Vec<Endpoint>> = self
+            .models
+            .keys()
+            .map(|m| (m.clone(), Vec::new()))
+            .collect();
+        for node in self.nodes.values() {
+            let Some(session) = &node.session else {
+                continue;
+            };
+            let host = session
+                .address
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| session.address.clone());
+            for r in &node.replicas {
+                // Only a replica assigned to this very node: another node's
+                // report of it (or of an id never placed) lists nothing.
+                let Some(planned) = self.plan.get(&r.id).filter(|p| p.node == node.name) else {
+                    continue;
+                };
+                if r.state == crate::domain::ReplicaState::Ready {
+                    if let Some(list) = out.get_mut(&r.model) {
+                        let host = if host.contains(':') {
+                            format!("[{host}]")
+                        } else {
+                            host.clone()
+                        };
+                        list.push(Endpoint {
+                            address: format!("{host}:{}", r.port),
+                            node: node.name.clone(),
+                            replica: r.id.clone(),
+                            gpus: r.gpus.clone(),
+                            retiring: planned.retiring_since.is_some(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn replica_views(
+        &self,
+        model: Option<&str>,
+        node: Option<&str>,
+    ) -> Vec<ReplicaView> {
+        let mut out = Vec::new();
+        // A view, not a decision: the wall of the moment is fine.
+        let now = Instant::now();
+        for n in self.nodes.values() {
+            if node.is_some_and(|want| want != n.name) {
+                continue;
+            }
+            for r in &n.replicas {
+                // A claim not believed is shown as an event, not a replica.
+                if model.is_some_and(|want| want != r.model) || n.refused_claims.contains(&r.id) {
+                    continue;
+                }
+                // The token proves an assignment to the coordinator; no
+                // operator needs to see it.
+                let mut status = r.clone();
+                status.assignment_token.clear();
+                out.push(ReplicaView {
+                    node: n.name.clone(),
+                    signals_health: health(r, n.scraped.get(&r.id), now),
+                    status,
+                });
+            }
+        }
+        // Planned replicas the agent has not reported yet show as starting.
+        for p in self.plan.values() {
+            if model.is_some_and(|want| want != p.model) || node.is_some_and(|want| want != p.node)
+            {
+                continue;
+            }
+            if !out.iter().any(|v| v.status.id == p.id) {
+                out.push(ReplicaView {
+                    node: p.node.clone(),
+                    status: crate::domain::ReplicaStatus {
+                        id: p.id.clone(),
+                        model: p.model.clone(),
+                        spec_hash: p.spec_hash.clone(),
+                        state: crate::domain::ReplicaState::Starting,
+                        gpus: p.gpus.clone(),
+                        reason: "assigned; waiting for the agent to start it".into(),
+                        ..Default::default()
+                    },
+                    signals_health: SignalsHealth::NotScraped,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.status.model, &a.status.id).cmp(&(&b.status.model, &b.status.id)));
+        out
+    }
+
+    pub(super) fn model_view(&self, name: &str, with_replicas: bool) -> ModelView {
+        let replicas = self.replica_views(Some(name), None);
+        let Some(m) = self.models.get(name) else {
+            // Callers check that the model exists: here, quarantined.
+            let reason = self
+                .quarantined
+                .get(name)
+                .map(|q| q.reason.as_str())
+                .unwrap_or_default();
+            let current = self.plan.values().filter(|p| p.model == name).count() as u32;
+            return ModelView {
+                name: name.to_string(),
+                state: INVALID_STORED_SPEC.to_string(),
+                current_replicas: current,
+                ready_replicas: replicas
+                    .iter()
+                    .filter(|r| r.status.state == crate::domain::ReplicaState::Ready)
+                    .count() as u32,
+                placement_problem: format!(
+                    "{INVALID_STORED_SPEC}: {reason}; its replicas run untouched until the spec is applied again"
+                ),
+                replicas: if with_replicas { replicas } else { Vec::new() },
+                ..Default::default()
+            };
+        };
+        let planned: Vec<&ReplicaView> = replicas
+            .iter()
+            .filter(|r| {
+                self.plan
+                    .get(&r.status.id)
+                    .is_some_and(|p| p.retiring_since.is_none())
+            })
+            .collect();
+        ModelView {
+            name: name.to_string(),
+            min_replicas: m.spec.min_replicas(),
+            max_replicas: m.spec.max_replicas(),
+            desired_replicas: m.desired,
+            ready_replicas: planned
+                .iter()
+                .filter(|r| r.status.state == crate::domain::ReplicaState::Ready)
+                .count() as u32,
+            current_replicas: planned.len() as u32,
+            pinned_replicas: m.record.pinned_replicas,
+            created: crate::api::rfc3339(m.record.created_unix_ms),
+            updated: crate::api::rfc3339(m.record.updated_unix_ms),
+            placement_problem: m.placement_problem.clone(),
+            last_decision: m.last_decision.clone(),
+            decision_now: m.decision_now.clone(),
+            state: "active".to_string(),
+            spec_toml: m.record.spec_toml.clone(),
+            created_unix_ms: m.record.created_unix_ms,
+            updated_unix_ms: m.record.updated_unix_ms,
+            replicas: if with_replicas { replicas } else { Vec::new() },
+        }
+    }
+}
