@@ -453,14 +453,15 @@ pub fn compare(
                 .max_by(|a, b| a.report.slo_share.total_cmp(&b.report.slo_share))
         })
         .map_or(1.0, |r| r.report.slo_share);
-    let buckets = oracle::ServiceBuckets::of(trace.requests(), &setup.serving, trace.duration_s());
-    let bound = buckets
-        .gpu_hours(share, spec.server.gpus, setup.serving.peak_throughput())
-        .max(oracle::floor_gpu_hours(
-            scaling.min_replicas,
-            spec.server.gpus,
-            trace.duration_s(),
-        ));
+    let oracle = oracle::Oracle::of(
+        trace,
+        &setup.serving,
+        setup.slo_s,
+        setup.slo_kind,
+        scaling.min_replicas,
+        spec.server.gpus,
+    );
+    let bound = oracle.gpu_hours(share);
     for r in &mut done {
         r.report.oracle_gpu_hours = bound;
         r.report.gpu_hours_vs_oracle = (bound > 0.0).then(|| r.report.gpu_hours / bound);
@@ -470,7 +471,7 @@ pub fn compare(
     for kind in kinds {
         if *kind == PolicyKind::Oracle {
             out.push(PolicyRun {
-                report: PolicyReport::oracle(buckets.requests(), share, bound),
+                report: PolicyReport::oracle(oracle.requests(), share, bound),
                 series: Series::default(),
                 outcomes: Vec::new(),
             });
