@@ -237,7 +237,8 @@ mod oracle_bound {
         /// No policy — the coordinator's own step, HPA, Knative, static —
         /// reaches an SLO share with fewer GPU-hours than the oracle's bound
         /// for that share, on steady and bursty traces, with short and long
-        /// starts, and either SLO kind.
+        /// starts, slot counts, minimums and GPUs per replica, and either
+        /// SLO kind.
         #[test]
         fn no_policy_beats_the_oracle(
             mut requests in traces(),
@@ -247,6 +248,8 @@ mod oracle_bound {
             engine_init_s in 0.0..60.0f64,
             concurrency in 1u32..12,
             at_level in proptest::bool::ANY,
+            min_replicas in 0u32..3,
+            gpus in 1u32..3,
         ) {
             requests.sort_by(|a, b| a.arrival_s.total_cmp(&b.arrival_s));
             let trace = Trace::Requests(RequestTrace { start_unix_s: 0, requests });
@@ -259,8 +262,12 @@ mod oracle_bound {
             if ttft {
                 setup.slo_kind = crate::sim::report::SloKind::Ttft;
             }
-            let spec = spec();
-            let min = spec.scaling.as_ref().map_or(0, |s| s.min_replicas);
+            let mut spec = spec();
+            spec.server.gpus = gpus;
+            if let Some(s) = spec.scaling.as_mut() {
+                s.min_replicas = min_replicas;
+            }
+            let min = min_replicas;
             let kinds = [PolicyKind::Gpufleet, PolicyKind::Hpa, PolicyKind::Knative, PolicyKind::StaticPeak];
             let runs = compare(&trace, &spec, &setup, &kinds).unwrap();
             let oracle = Oracle::of(&trace, &setup.serving, setup.slo_s, setup.slo_kind, min, spec.server.gpus);
