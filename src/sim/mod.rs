@@ -426,7 +426,18 @@ pub fn compare(
         .copied()
         .filter(|k| *k != PolicyKind::Oracle)
         .collect();
-    let mut done: Vec<PolicyRun> = std::thread::scope(|scope| {
+    // The oracle's bound is computed from the trace alone, beside the runs.
+    let (done, oracle) = std::thread::scope(|scope| {
+        let oracle = scope.spawn(|| {
+            oracle::Oracle::of(
+                trace,
+                &setup.serving,
+                setup.slo_s,
+                setup.slo_kind,
+                scaling.min_replicas,
+                spec.server.gpus,
+            )
+        });
         let handles: Vec<_> = runs
             .iter()
             .map(|kind| {
@@ -437,12 +448,15 @@ pub fn compare(
                 })
             })
             .collect();
-        handles
+        let done = handles
             .into_iter()
             .zip(&runs)
             .map(|(h, kind)| h.join().unwrap_or(Err(SimError::Panicked(*kind))))
-            .collect::<Result<Vec<_>, _>>()
-    })?;
+            .collect::<Result<Vec<_>, _>>();
+        (done, oracle.join())
+    });
+    let mut done = done?;
+    let oracle = oracle.map_err(|_| SimError::Panicked(PolicyKind::Oracle))?;
     // The oracle's bound at the SLO share gpufleet reached (or the best
     // share of the runs without it), and every run's GPU-hours against it.
     let share = done
@@ -453,14 +467,7 @@ pub fn compare(
                 .max_by(|a, b| a.report.slo_share.total_cmp(&b.report.slo_share))
         })
         .map_or(1.0, |r| r.report.slo_share);
-    let buckets = oracle::ServiceBuckets::of(trace.requests(), &setup.serving, trace.duration_s());
-    let bound = buckets
-        .gpu_hours(share, spec.server.gpus, setup.serving.peak_throughput())
-        .max(oracle::floor_gpu_hours(
-            scaling.min_replicas,
-            spec.server.gpus,
-            trace.duration_s(),
-        ));
+    let bound = oracle.gpu_hours(share);
     for r in &mut done {
         r.report.oracle_gpu_hours = bound;
         r.report.gpu_hours_vs_oracle = (bound > 0.0).then(|| r.report.gpu_hours / bound);
@@ -470,7 +477,7 @@ pub fn compare(
     for kind in kinds {
         if *kind == PolicyKind::Oracle {
             out.push(PolicyRun {
-                report: PolicyReport::oracle(buckets.requests(), share, bound),
+                report: PolicyReport::oracle(oracle.requests(), share, bound),
                 series: Series::default(),
                 outcomes: Vec::new(),
             });

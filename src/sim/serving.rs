@@ -67,6 +67,12 @@ impl ServingModel {
         f64::from(self.concurrency) * self.speed(self.concurrency)
     }
 
+    /// The shortest placement-to-ready time a replica can have: whichever
+    /// of all cached and nothing cached loads faster.
+    pub fn min_start_s(&self) -> f64 {
+        self.load_s(0.0).min(self.load_s(self.weights_bytes as f64))
+    }
+
     /// Load time with nothing cached: the prediction horizon.
     pub fn cold_start_s(&self) -> f64 {
         self.load_s(0.0)
