@@ -9,10 +9,18 @@
 #            median p50 / p90 latency and completions per second. Then the
 #            most it sustains: wrk with CONNS connections sending back to
 #            back for LOAD_FOR s, straight and through the gateway,
-#            alternating, RUNS times each; median requests/s and the ratio.
+#            alternating, RUNS times each; median requests/s and the ratio,
+#            and the gateway's CPU time per request (its process's user +
+#            system time over the run / requests done).
 #            PIN=1 gives the gateway a core of its own (CPU 1) and puts the
 #            load generator and the replica on CPU 0, on both paths: the
 #            gateway as on its own host, not taking the replica's CPU.
+#            RPS_LOW=0 RPS_HIGH=0 leave out the latency loads.
+#            BASELINE=PATH also runs a gateway from another gpufleet binary
+#            (an older build) on the same fleet, measured in the same
+#            rotation as the other two paths (A/B on one replica).
+#            GATEWAY_THREADS=N gives the gateways N runtime worker threads
+#            (TOKIO_WORKER_THREADS; default one per CPU).
 # step       the autoscaling reaction as benches/autoscale.sh measures it
 #            (tick 1s, report_interval 1s, scrape_interval 500ms; min 1,
 #            max 4, target 4 ongoing, max_concurrency 4): a step from 0 to
@@ -32,6 +40,7 @@
 #   CARGO_TARGET_DIR=/work/target-helpers benches/gateway.sh
 #   PARTS=step RUNS=5 benches/gateway.sh
 #   PARTS=zero BURST=200 benches/gateway.sh
+#   PARTS=overhead BASELINE=/tmp/gpufleet-old benches/gateway.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -47,6 +56,8 @@ BURST=${BURST:-200}
 ZERO_INIT=${ZERO_INIT:-3s}
 CONNS=${CONNS:-32}
 PIN=${PIN:-0}
+BASELINE=${BASELINE:-}
+GATEWAY_THREADS=${GATEWAY_THREADS:-}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 . benches/lib.sh
 
@@ -56,10 +67,11 @@ touch "$work/pids"
 trap 'end_fleet "$work"' EXIT
 cargo build --release --quiet
 cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
+[ -z "$BASELINE" ] || cp "$BASELINE" "$work/gpufleet-baseline"
 head -c $((8 << 20)) /dev/urandom >"$work/weights.bin"
 
 PYTHONPATH="$root/benches" python3 - "$work" "$RUNS" "$PARTS" "$RPS_LOW" "$RPS_HIGH" "$RPS_STEP" "$LOAD_FOR" \
-    "$TRICKLE" "$BURST" "$ZERO_INIT" "$CONNS" "$PIN" <<'PY'
+    "$TRICKLE" "$BURST" "$ZERO_INIT" "$CONNS" "$PIN" "$BASELINE" "$GATEWAY_THREADS" <<'PY'
 import json, os, re, statistics, subprocess, sys, threading, time, urllib.request
 from fleet import Fleet, spawn, free_port, gateway_replicas, stream_completion, wait_for as wait
 
@@ -67,17 +79,19 @@ work, runs, parts = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 rps_low, rps_high, rps_step, load_for = sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 trickle, burst, zero_init = float(sys.argv[8]), int(sys.argv[9]), sys.argv[10]
 conns, pin = int(sys.argv[11]), sys.argv[12] == "1"
+baseline, gateway_threads = sys.argv[13] != "", sys.argv[14]
 # With PIN: the load generator (and the replica) on CPU 0, the gateway on CPU 1.
 on_cpu0 = ["taskset", "-c", "0"] if pin else []
 binary, pidfile, weights = f"{work}/gpufleet", f"{work}/pids", f"{work}/weights.bin"
 
-def gateway(fleet, d):
+def gateway(fleet, d, exe=binary, name="gateway"):
     port = free_port()
-    with open(f"{d}/gateway.toml", "w") as f:
+    with open(f"{d}/{name}.toml", "w") as f:
         f.write(f'listen = "127.0.0.1:{port}"\ncoordinator = "http://127.0.0.1:{fleet.grpc}"\n'
-                f'queue_capacity = 100000\n')
-    p = spawn(pidfile, [binary, "gateway", "--config", f"{d}/gateway.toml"], f"{d}/gateway.log")
-    gateway.pid = p.pid
+                f'name = "{name}"\nqueue_capacity = 100000\n')
+    threads = ["env", f"TOKIO_WORKER_THREADS={gateway_threads}"] if gateway_threads else []
+    p = spawn(pidfile, [*threads, exe, "gateway", "--config", f"{d}/{name}.toml"], f"{d}/{name}.log")
+    gateway.pids = getattr(gateway, "pids", []) + [p.pid]
     return port
 
 def end_run():
@@ -107,9 +121,12 @@ if "overhead" in parts:
         f'"--model-name", "bench-llm", "--concurrency", "256", "--token-time", "1ms", "--tokens", "1"]\n'
         f'gpus = 1\ngpu_memory = "20GiB"\nready_timeout = "120s"\nmax_concurrency = 256\n')
     port = gateway(fleet, d)
+    base_port = gateway(fleet, d, f"{work}/gpufleet-baseline", "baseline") if baseline else None
     rep = wait("a ready replica", lambda: [x for x in (fleet.cli("replica", "ls") or []) if x.get("state") == "ready"])
     direct = f"http://127.0.0.1:{rep[0]['port']}"
-    wait("the replica at the gateway", lambda: gateway_replicas(port))
+    for p in (port, base_port):
+        if p:
+            wait("the replica at the gateway", lambda: gateway_replicas(p))
     if pin:
         server = f"{binary}\0demo\0server\0--port\0{rep[0]['port']}\0".encode()
         def cmdline(p):
@@ -119,10 +136,10 @@ if "overhead" in parts:
                 return b""
         pids = [p for p in os.listdir("/proc") if p.isdigit() and cmdline(p).startswith(server)]
         assert pids, "the replica's process was not found"
-        for p, cpu in [(p, "0") for p in pids] + [(str(gateway.pid), "1")]:
+        for p, cpu in [(p, "0") for p in pids] + [(str(g), "1") for g in gateway.pids]:
             subprocess.run(["taskset", "-a", "-p", "-c", cpu, p], check=True, capture_output=True)
     rows = []
-    for rps in (rps_low, rps_high):
+    for rps in [r for r in (rps_low, rps_high) if r != "0"]:
         res = {"direct": [], "gateway": []}
         for n in range(runs):
             res["direct"].append(load(["--url", direct, "--rps", rps], f"{d}/direct-{rps}-{n}.json"))
@@ -135,16 +152,32 @@ if "overhead" in parts:
     with open(f"{d}/post.lua", "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                 'wrk.body = \'{"model": "bench-llm", "prompt": "hello", "max_tokens": 1}\'\n')
-    def wrk(url):
+    def cpu_s(pid):
+        # utime + stime of the whole process, all threads.
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def wrk(url, pid):
+        before = cpu_s(pid) if pid else None
         out = subprocess.run([*on_cpu0, "wrk", "-t", "1", "-c", str(conns), "-d", f"{load_for}s", "--latency",
                               "-s", f"{d}/post.lua", f"{url}/v1/completions"],
                              capture_output=True, text=True, check=True).stdout
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        return float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)), int(errors.group(1)) if errors else 0
-    sat = {"direct": [], "gateway": []}
+        done = int(re.search(r"(\d+) requests in", out).group(1))
+        # The gateway's CPU time per request: robust to the machine's other
+        # load, which moves requests/s far more.
+        us = (cpu_s(pid) - before) / done * 1e6 if pid and done else None
+        return (float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)), int(errors.group(1)) if errors else 0, us)
+    targets = {"direct": (direct, None), "gateway": (f"http://127.0.0.1:{port}", gateway.pids[0])}
+    if base_port:
+        targets["baseline"] = (f"http://127.0.0.1:{base_port}", gateway.pids[1])
+    sat = {path: [] for path in targets}
+    order = list(targets)
     for n in range(runs):
-        sat["direct"].append(wrk(direct))
-        sat["gateway"].append(wrk(f"http://127.0.0.1:{port}"))
+        # Rotated, so that no path always runs first (the machine's other
+        # load drifts over minutes).
+        for i in range(len(order)):
+            path = order[(n + i) % len(order)]
+            sat[path].append(wrk(*targets[path]))
     print(json.dumps(sat), file=sys.stderr)
     end_run()
     layout = "gateway on CPU 1, load generator and replica on CPU 0" if pin else "all processes on all CPUs"
@@ -154,11 +187,19 @@ if "overhead" in parts:
     for rps, path, p50, p90, tput, failed in rows:
         print(f"| {rps} | {path} | {p50 * 1000:.2f} | {p90 * 1000:.2f} | {tput:.1f} | {failed} |")
     print(f"\nsaturated: wrk, {conns} connections back to back, {load_for} s, median of {runs} runs\n")
-    print("| path | requests/s | all runs | non-2xx |")
-    print("|---|---|---|---|")
+    print("| path | requests/s | all runs | non-2xx | gateway CPU per request (µs) |")
+    print("|---|---|---|---|---|")
     for path, rs in sat.items():
-        print(f"| {path} | {med(r[0] for r in rs):.0f} | {', '.join(f'{r[0]:.0f}' for r in rs)} | {sum(r[1] for r in rs)} |")
+        us = med(r[2] for r in rs)
+        print(f"| {path} | {med(r[0] for r in rs):.0f} | {', '.join(f'{r[0]:.0f}' for r in rs)} | {sum(r[1] for r in rs)} | "
+              f"{'' if us is None else f'{us:.1f}'} |")
     print(f"\ngateway / direct: {med(r[0] for r in sat['gateway']) / med(r[0] for r in sat['direct']):.2f}")
+    if base_port:
+        print(f"baseline / direct: {med(r[0] for r in sat['baseline']) / med(r[0] for r in sat['direct']):.2f}")
+        # Per run, against the direct run next to it: robust to drift.
+        for path in ("gateway", "baseline"):
+            ratios = [g[0] / d[0] for g, d in zip(sat[path], sat["direct"])]
+            print(f"{path} / direct per run: {', '.join(f'{r:.2f}' for r in ratios)} (median {med(ratios):.2f})")
 
 def ts(e):
     return e["time_unix_ms"] / 1000

@@ -510,7 +510,12 @@ impl ModelState {
             }
         };
         let r = &self.replicas[chosen];
-        *self.in_flight.entry(r.id.clone()).or_default() += 1;
+        match self.in_flight.get_mut(&r.id) {
+            Some(n) => *n += 1,
+            None => {
+                self.in_flight.insert(r.id.clone(), 1);
+            }
+        }
         if matches!(routing, Routing::Prefix { .. }) && !prefix.is_empty() {
             self.prefixes
                 .entry(r.id.clone())
@@ -657,6 +662,10 @@ pub struct Slot {
 impl Slot {
     pub fn grant(&self) -> &Grant {
         &self.grant
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
     }
 }
 

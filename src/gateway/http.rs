@@ -5,8 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -72,16 +71,12 @@ pub async fn serve(
     }
 }
 
-async fn completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    super::proxy::forward(gw, "/v1/completions", headers, body).await
+async fn completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    super::proxy::forward(gw, "/v1/completions", req).await
 }
 
-async fn chat_completions(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    super::proxy::forward(gw, "/v1/chat/completions", headers, body).await
+async fn chat_completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    super::proxy::forward(gw, "/v1/chat/completions", req).await
 }
 
 /// OpenAI's model list: every model of the fleet, awake or not.

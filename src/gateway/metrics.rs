@@ -20,14 +20,28 @@ const TTFT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// Every series by model first, so that counting a request for a model
+/// seen before allocates nothing.
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, u16), u64>,
-    rejections: BTreeMap<(String, &'static str), u64>,
+    requests: BTreeMap<String, BTreeMap<u16, u64>>,
+    rejections: BTreeMap<String, BTreeMap<&'static str, u64>>,
     retries: BTreeMap<String, u64>,
-    placements: BTreeMap<(String, &'static str), u64>,
+    placements: BTreeMap<String, BTreeMap<&'static str, u64>>,
     wait: BTreeMap<String, LatencyHistogram>,
     ttft: BTreeMap<String, LatencyHistogram>,
+}
+
+/// `model`'s entry of `map`, made by `new` the first time.
+fn of_model<'m, V>(
+    map: &'m mut BTreeMap<String, V>,
+    model: &str,
+    new: impl FnOnce() -> V,
+) -> &'m mut V {
+    if !map.contains_key(model) {
+        map.insert(model.to_string(), new());
+    }
+    map.get_mut(model).expect("inserted above")
 }
 
 #[derive(Default)]
@@ -42,36 +56,43 @@ impl Metrics {
 
     /// A response's status, by model (`""` when the request named none).
     pub fn response(&self, model: &str, status: u16) {
-        self.with(|m| *m.requests.entry((model.to_string(), status)).or_default() += 1);
+        self.with(|m| {
+            *of_model(&mut m.requests, model, BTreeMap::new)
+                .entry(status)
+                .or_default() += 1
+        });
     }
 
     pub fn rejection(&self, model: &str, reason: &'static str) {
-        self.with(|m| *m.rejections.entry((model.to_string(), reason)).or_default() += 1);
+        self.with(|m| {
+            *of_model(&mut m.rejections, model, BTreeMap::new)
+                .entry(reason)
+                .or_default() += 1
+        });
     }
 
-    /// How a request's replica was chosen ("load", "round-robin", "prefix-hit", "prefix-hash").
-    pub fn placed(&self, model: &str, how: &'static str) {
-        self.with(|m| *m.placements.entry((model.to_string(), how)).or_default() += 1);
+    /// A request sent to a replica: how the replica was chosen ("load",
+    /// "round-robin", "prefix-hit", "prefix-hash") and, for its first try,
+    /// how long it was held before.
+    pub fn placed(&self, model: &str, how: &'static str, held: Option<Duration>) {
+        self.with(|m| {
+            *of_model(&mut m.placements, model, BTreeMap::new)
+                .entry(how)
+                .or_default() += 1;
+            if let Some(held) = held {
+                of_model(&mut m.wait, model, || LatencyHistogram::new(WAIT_BUCKETS))
+                    .observe(held.as_secs_f64());
+            }
+        });
     }
 
     pub fn retry(&self, model: &str) {
-        self.with(|m| *m.retries.entry(model.to_string()).or_default() += 1);
-    }
-
-    pub fn waited(&self, model: &str, held: Duration) {
-        self.with(|m| {
-            m.wait
-                .entry(model.to_string())
-                .or_insert_with(|| LatencyHistogram::new(WAIT_BUCKETS))
-                .observe(held.as_secs_f64())
-        });
+        self.with(|m| *of_model(&mut m.retries, model, || 0) += 1);
     }
 
     pub fn first_byte(&self, model: &str, after: Duration) {
         self.with(|m| {
-            m.ttft
-                .entry(model.to_string())
-                .or_insert_with(|| LatencyHistogram::new(TTFT_BUCKETS))
+            of_model(&mut m.ttft, model, || LatencyHistogram::new(TTFT_BUCKETS))
                 .observe(after.as_secs_f64())
         });
     }
@@ -128,24 +149,30 @@ impl Metrics {
         }
         self.with(|i| {
             out.push_str("# HELP gpufleet_gateway_requests_total Responses by model and HTTP status.\n# TYPE gpufleet_gateway_requests_total counter\n");
-            for ((model, code), n) in &i.requests {
-                let _ = writeln!(out, "gpufleet_gateway_requests_total{{model=\"{}\",code=\"{code}\"}} {n}", escape(model));
+            for (model, codes) in &i.requests {
+                for (code, n) in codes {
+                    let _ = writeln!(out, "gpufleet_gateway_requests_total{{model=\"{}\",code=\"{code}\"}} {n}", escape(model));
+                }
             }
             out.push_str("# HELP gpufleet_gateway_rejections_total Requests refused by the gateway, by reason.\n# TYPE gpufleet_gateway_rejections_total counter\n");
-            for ((model, reason), n) in &i.rejections {
-                let _ = writeln!(out, "gpufleet_gateway_rejections_total{{model=\"{}\",reason=\"{reason}\"}} {n}", escape(model));
+            for (model, reasons) in &i.rejections {
+                for (reason, n) in reasons {
+                    let _ = writeln!(out, "gpufleet_gateway_rejections_total{{model=\"{}\",reason=\"{reason}\"}} {n}", escape(model));
+                }
             }
             out.push_str("# HELP gpufleet_gateway_retries_total Requests tried again on another replica before any response byte.\n# TYPE gpufleet_gateway_retries_total counter\n");
             for (model, n) in &i.retries {
                 let _ = writeln!(out, "gpufleet_gateway_retries_total{{model=\"{}\"}} {n}", escape(model));
             }
             out.push_str("# HELP gpufleet_gateway_placements_total Requests sent to a replica, by how it was chosen (load, round-robin, prefix-hit, prefix-hash).\n# TYPE gpufleet_gateway_placements_total counter\n");
-            for ((model, how), n) in &i.placements {
-                let _ = writeln!(
-                    out,
-                    "gpufleet_gateway_placements_total{{model=\"{}\",how=\"{how}\"}} {n}",
-                    escape(model)
-                );
+            for (model, hows) in &i.placements {
+                for (how, n) in hows {
+                    let _ = writeln!(
+                        out,
+                        "gpufleet_gateway_placements_total{{model=\"{}\",how=\"{how}\"}} {n}",
+                        escape(model)
+                    );
+                }
             }
             out.push_str("# HELP gpufleet_gateway_wait_seconds Time a request was held before it was sent to a replica.\n# TYPE gpufleet_gateway_wait_seconds histogram\n");
             for (model, h) in &i.wait {

@@ -29,11 +29,20 @@ use crate::security::BearerToken;
 use dispatch::{Dispatcher, SharedDispatcher};
 use proxy::ApiError;
 
+/// A replica that does not accept a connection within this is failing.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connections to replicas idle longer than this are closed.
 const REPLICA_IDLE: Duration = Duration::from_secs(4);
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The client that forwards requests: HTTP/1.1 over kept-alive connections.
+pub type Upstream = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<axum::body::Bytes>,
+>;
 
 /// What every request handler shares.
 pub struct Gateway {
@@ -41,8 +50,11 @@ pub struct Gateway {
     pub name: String,
     pub dispatcher: SharedDispatcher,
     pub metrics: metrics::Metrics,
-    /// To the replicas.
+    /// To the replicas, for questions of the gateway's own (their slots).
     pub client: reqwest::Client,
+    /// To the replicas, for clients' requests: hyper's pooled client
+    /// itself, as the proxy's hot path needs none of reqwest's conveniences.
+    pub upstream: Upstream,
     /// Asks the link to report now (a request found its model asleep).
     pub wake: Notify,
     /// Whether the routing stream is up.
@@ -108,7 +120,7 @@ pub async fn run(
         format!("{host}:{}", local.port())
     });
     let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(CONNECT_TIMEOUT)
         // Below the engines' own keep-alive timeout (5 s in llama.cpp and
         // in uvicorn, which serves vLLM): a pooled connection the replica
         // is closing right now fails the request before any byte, which
@@ -116,6 +128,16 @@ pub async fn run(
         .pool_idle_timeout(REPLICA_IDLE)
         .build()
         .context("building the HTTP client for replicas")?;
+    let upstream = {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // Token streams are many small writes: each goes out at once.
+        connector.set_nodelay(true);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(REPLICA_IDLE)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector)
+    };
     let gw = Arc::new(Gateway {
         dispatcher: SharedDispatcher::new(Dispatcher::new(
             cfg.queue_capacity,
@@ -124,6 +146,7 @@ pub async fn run(
         )),
         metrics: metrics::Metrics::default(),
         client,
+        upstream,
         wake: Notify::new(),
         connected: AtomicBool::new(false),
         client_tokens,

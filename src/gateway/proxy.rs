@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 
 use super::dispatch::{Admission, Refusal, Slot};
 use super::prefix::{prefix_hashes, prompt_text, Routing};
@@ -73,34 +72,139 @@ impl IntoResponse for ApiError {
 /// The model a request names (the `model` string of its JSON object body),
 /// and the body parsed.
 pub fn model_of(body: &[u8]) -> Result<(String, serde_json::Value), ApiError> {
-    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "",
-            format!("the request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Some(obj) = value.as_object_mut() else {
-        return Err(ApiError::new(
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(not_json)?;
+    let model = match value.as_object_mut() {
+        Some(obj) => match obj.get_mut("model") {
+            Some(serde_json::Value::String(m)) => Peeked::Model(std::mem::take(m)),
+            Some(_) => Peeked::NotString,
+            None => Peeked::Absent,
+        },
+        None => Peeked::NotObject,
+    };
+    Ok((named_model(model)?, value))
+}
+
+/// The model a request names, as [`model_of`] finds it, without building
+/// the body's tree: the rest of the body (a prompt of any size) is only
+/// checked to be JSON. Where nothing else of the body is needed.
+pub fn peek_model(body: &[u8]) -> Result<String, ApiError> {
+    named_model(serde_json::from_slice::<Peeked>(body).map_err(not_json)?)
+}
+
+fn not_json(e: serde_json::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        "",
+        format!("the request body is not valid JSON: {e}"),
+    )
+}
+
+/// What a body's `model` field is.
+enum Peeked {
+    NotObject,
+    Absent,
+    NotString,
+    Model(String),
+}
+
+impl<'de> serde::Deserialize<'de> for Peeked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Peeked, D::Error> {
+        d.deserialize_any(PeekVisitor)
+    }
+}
+
+struct PeekVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PeekVisitor {
+    type Value = Peeked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Peeked, A::Error> {
+        use serde::de::IgnoredAny;
+        let mut model = Peeked::Absent;
+        while let Some(key) = map.next_key::<IsModel>()? {
+            if key.0 {
+                // The last of repeated keys counts, as in a parsed object.
+                model = match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(m) => Peeked::Model(m),
+                    _ => Peeked::NotString,
+                };
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(model)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Peeked, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Peeked::NotObject)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Peeked, E> {
+        Ok(Peeked::NotObject)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Peeked, E> {
+        Ok(Peeked::NotObject)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Peeked, E> {
+        Ok(Peeked::NotObject)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Peeked, E> {
+        Ok(Peeked::NotObject)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Peeked, E> {
+        Ok(Peeked::NotObject)
+    }
+
+    fn visit_unit<E>(self) -> Result<Peeked, E> {
+        Ok(Peeked::NotObject)
+    }
+}
+
+/// Whether an object's key is `model` (read without copying it).
+struct IsModel(bool);
+
+impl<'de> serde::Deserialize<'de> for IsModel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IsModel, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IsModel;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<IsModel, E> {
+                Ok(IsModel(key == "model"))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn named_model(peeked: Peeked) -> Result<String, ApiError> {
+    match peeked {
+        Peeked::NotObject => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
             "",
             "the request body must be a JSON object with a `model` field".into(),
-        ));
-    };
-    match obj.get_mut("model") {
-        Some(serde_json::Value::String(m)) if !m.trim().is_empty() => {
-            let model = std::mem::take(m);
-            Ok((model, value))
-        }
-        Some(_) => Err(ApiError::new(
+        )),
+        Peeked::Model(m) if !m.trim().is_empty() => Ok(m),
+        Peeked::Model(_) | Peeked::NotString => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "missing_model",
             "",
             "the `model` field must be a non-empty string naming a model of the fleet (GET /v1/models lists them)".into(),
         )),
-        None => Err(ApiError::new(
+        Peeked::Absent => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "missing_model",
             "",
@@ -149,44 +253,54 @@ pub async fn read_body(body: Body, limit: u64, timeout: Duration) -> Result<Byte
     }
 }
 
-/// Headers that belong to one connection, never forwarded.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "authorization"
-    )
+/// Headers that belong to one connection (or, `authorization`, to the
+/// client and the gateway), never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "content-length",
+    "authorization",
+];
+
+/// Removes the headers that belong to one connection.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
 }
 
 /// Serves one OpenAI request for `path` ("/v1/completions").
 pub async fn forward(
     gw: Arc<Gateway>,
     path: &'static str,
-    headers: HeaderMap,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
     let arrived = Instant::now();
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
     if let Err(e) = gw.authorize(&headers) {
         gw.metrics.rejection(UNKNOWN_MODEL, e.reason);
         gw.metrics.response(UNKNOWN_MODEL, e.status.as_u16());
         return e.into_response();
     }
+    // What goes on to the replica.
+    strip_hop_by_hop(&mut headers);
     let result = async {
         let bytes = read_body(body, gw.cfg.max_body_bytes, gw.cfg.request_read_timeout).await?;
-        let (model, parsed) = model_of(&bytes)?;
-        let prefix = match gw.cfg.routing {
-            Routing::Prefix { .. } => prefix_hashes(&prompt_text(&parsed)),
-            Routing::LeastOutstanding | Routing::RoundRobin => Vec::new(),
+        // Only prefix routing reads more of the body than its model.
+        let (model, prefix) = match gw.cfg.routing {
+            Routing::Prefix { .. } => {
+                let (model, parsed) = model_of(&bytes)?;
+                (model, prefix_hashes(&prompt_text(&parsed)))
+            }
+            Routing::LeastOutstanding | Routing::RoundRobin => (peek_model(&bytes)?, Vec::new()),
         };
-        drop(parsed);
         send(&gw, path, &headers, bytes, &model, prefix, arrived).await
     }
     .await;
@@ -223,26 +337,17 @@ async fn send(
     let mut attempt = 1;
     loop {
         let slot = hold(gw, model, prefix.clone(), arrived, deadline).await?;
-        if attempt == 1 {
-            gw.metrics.waited(model, arrived.elapsed());
-        }
-        gw.metrics.placed(model, slot.grant().how);
-        let url = format!("http://{}{path}", slot.grant().address);
+        let held = (attempt == 1).then(|| arrived.elapsed());
+        gw.metrics.placed(model, slot.grant().how, held);
         let mut resent = false;
         let sent = loop {
-            let mut req = gw.client.post(&url).body(body.clone());
-            for (name, value) in headers {
-                if !hop_by_hop(name) {
-                    req = req.header(name, value);
-                }
-            }
-            match req.send().await {
-                Err(e) if !resent && closed_unanswered(&e) => {
+            match upstream(gw, &slot.grant().address, path, headers, &body).await {
+                Err(e) if !resent && closed_unanswered(&*e) => {
                     // The replica closed a kept-alive connection as the
                     // request went out on it (llama.cpp closes one after
                     // every streamed response without saying so): not the
                     // replica failing. Once more at once, on a new connection.
-                    tracing::debug!(model, replica_id = %slot.grant().replica, "a kept-alive connection closed unanswered; sending again: {}", crate::wire::error_chain(&e));
+                    tracing::debug!(model, replica_id = %slot.grant().replica, "a kept-alive connection closed unanswered; sending again: {}", crate::wire::error_chain(&*e));
                     gw.metrics.retry(model);
                     resent = true;
                 }
@@ -250,10 +355,10 @@ async fn send(
             }
         };
         match sent {
-            Ok(resp) => return Ok((model.to_string(), relay(gw, model, resp, slot, arrived))),
+            Ok(resp) => return Ok((model.to_string(), relay(gw, resp, slot, arrived))),
             Err(e) => {
                 let replica = slot.grant().replica.clone();
-                tracing::warn!(model, replica_id = %replica, attempt, "replica failed before answering: {}", crate::wire::error_chain(&e));
+                tracing::warn!(model, replica_id = %replica, attempt, "replica failed before answering: {}", crate::wire::error_chain(&*e));
                 gw.dispatcher.mark_failed(model, &replica);
                 drop(slot);
                 if attempt >= gw.cfg.max_attempts {
@@ -263,7 +368,7 @@ async fn send(
                         model,
                         format!(
                             "model `{model}`: {attempt} replicas failed before answering; the last ({replica}): {}",
-                            crate::wire::error_chain(&e)
+                            crate::wire::error_chain(&*e)
                         ),
                     ));
                 }
@@ -274,10 +379,34 @@ async fn send(
     }
 }
 
+/// Why a request did not reach a replica or got no answer from it.
+type SendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Sends the request to the replica at `address` over a pooled connection;
+/// the answer's body is still to come.
+async fn upstream(
+    gw: &Gateway,
+    address: &str,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<axum::http::Response<hyper::body::Incoming>, SendError> {
+    let uri = axum::http::Uri::builder()
+        .scheme("http")
+        .authority(address)
+        .path_and_query(path)
+        .build()?;
+    let mut req = axum::http::Request::new(http_body_util::Full::new(body.clone()));
+    *req.method_mut() = axum::http::Method::POST;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers.clone();
+    Ok(gw.upstream.request(req).await?)
+}
+
 /// Whether the replica closed the connection with no answer at all (no
 /// status line): what a kept-alive connection the replica was closing looks
 /// like, as opposed to a refused connection or a timeout.
-fn closed_unanswered(e: &reqwest::Error) -> bool {
+fn closed_unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
@@ -390,42 +519,70 @@ async fn hold(
 }
 
 /// The replica's answer, streamed back as it comes; the slot is held until
-/// the last byte (or the client hangs up, which drops the stream).
+/// the last byte (or the client hangs up, which drops the body).
 fn relay(
     gw: &Arc<Gateway>,
-    model: &str,
-    resp: reqwest::Response,
+    resp: axum::http::Response<hyper::body::Incoming>,
     slot: Slot,
     arrived: Instant,
 ) -> Response {
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut headers = HeaderMap::new();
-    for (name, value) in resp.headers() {
-        if !hop_by_hop(name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
+    let (mut parts, body) = resp.into_parts();
     // A body of known length goes out as one, not chunked: fewer writes,
     // and the client can tell a cut body from a whole one the same way.
-    if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
-        headers.insert(header::CONTENT_LENGTH, len.clone());
+    let length = parts.headers.remove(header::CONTENT_LENGTH);
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(len) = length {
+        parts.headers.insert(header::CONTENT_LENGTH, len);
     }
-    let metrics = gw.clone();
-    let model = model.to_string();
-    let mut first = true;
-    let stream = resp.bytes_stream().map(move |chunk| {
-        // The slot lives as long as this stream does.
-        let _held = &slot;
-        if first {
-            first = false;
-            metrics.metrics.first_byte(&model, arrived.elapsed());
+    let body = Relayed {
+        inner: body,
+        slot: Some(slot),
+        first: Some((gw.clone(), arrived)),
+    };
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// A replica's response body on its way to the client, frame by frame as
+/// the replica sends it: holds the request's slot until the body ends (or
+/// is dropped: the client went away) and times the first byte.
+struct Relayed {
+    inner: hyper::body::Incoming,
+    slot: Option<Slot>,
+    /// Taken at the first frame.
+    first: Option<(Arc<Gateway>, Instant)>,
+}
+
+impl axum::body::HttpBody for Relayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(frame) = &polled {
+            if frame.is_some() {
+                if let (Some((gw, arrived)), Some(slot)) = (this.first.take(), &this.slot) {
+                    gw.metrics.first_byte(slot.model(), arrived.elapsed());
+                }
+            }
+            if !matches!(frame, Some(Ok(_))) {
+                // The end, or the replica failed mid-body: the slot is free.
+                this.slot = None;
+            }
         }
-        chunk.map_err(std::io::Error::other)
-    });
-    let mut out = Response::new(Body::from_stream(stream));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -450,6 +607,48 @@ mod tests {
         assert!(e.message.contains("/v1/models"), "{}", e.message);
         let e = model_of(br#"{"model":7}"#).unwrap_err();
         assert_eq!(e.reason, "missing_model");
+    }
+
+    #[test]
+    fn peeking_at_the_model_finds_what_parsing_the_body_finds() {
+        let bodies: &[&[u8]] = &[
+            br#"{"model":"chat","prompt":"hi","max_tokens":4,"stop":["\n",null],"n":1.5e3}"#,
+            br#"{"prompt":{"nested":[1,{"model":"inner"}]},"model":"outer"}"#,
+            br#"{"mod\u0065l":"escaped-key"}"#,
+            br#"{"model":"caf\u00e9 \"quoted\""}"#,
+            br#"{"model":"first","model":"last"}"#,
+            br#"{"model":"m"} trailing"#,
+            br#"{"model":"m""#,
+            b"{not json",
+            b"",
+            br#"["model"]"#,
+            br#""model""#,
+            b"null",
+            b"42",
+            br#"{"prompt":"hi"}"#,
+            br#"{"model":7}"#,
+            br#"{"model":null}"#,
+            br#"{"model":{"name":"chat"}}"#,
+            br#"{"model":"  "}"#,
+            br#"{}"#,
+        ];
+        for body in bodies {
+            let parsed = model_of(body).map(|(m, _)| m);
+            assert_eq!(
+                peek_model(body),
+                parsed,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            peek_model(br#"{"model":"first","model":"last"}"#).unwrap(),
+            "last"
+        );
+        assert_eq!(
+            peek_model(br#"{"mod\u0065l":"escaped-key"}"#).unwrap(),
+            "escaped-key"
+        );
     }
 
     #[tokio::test]
