@@ -261,7 +261,9 @@ pub fn policy(
             with_run_slo(scaling, setup),
             spec.warm.clone(),
             trace.start_unix_s(),
-            setup.serving.cold_start_s(),
+            // What the coordinator looks ahead before it has measured a
+            // start (the run's starts are measured as replicas turn ready).
+            crate::coordinator::scaling::PREDICT_HORIZON.as_secs_f64(),
             start_level(scaling, setup, trace),
         )),
         PolicyKind::Hpa => Box::new(Hpa::new(

@@ -103,7 +103,8 @@ pub struct Gpufleet {
     scaler: ModelScaler,
     epoch: Instant,
     start_unix_s: i64,
-    /// Look-ahead until the run has measured a start: the cold start.
+    /// Look-ahead until the run has measured a start (the coordinator's
+    /// `PREDICT_HORIZON` in a simulation run).
     default_horizon: Duration,
     initial: u32,
     desired: u32,

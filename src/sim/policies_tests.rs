@@ -263,7 +263,7 @@ fn the_coordinators_scale_step_and_the_simulator_decide_alike() {
     let s = spec();
     let scaling = s.scaling.clone().unwrap();
     // The coordinator looks one PREDICT_HORIZON ahead until it has measured
-    // a start: the simulator is given the same.
+    // a start, and so does a simulation run (`sim::policy`).
     let mut sim = Gpufleet::new(
         scaling.clone(),
         s.warm.clone(),
