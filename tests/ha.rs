@@ -41,11 +41,14 @@ fn coordinator_in(
         .map(|m| format!("\"{}\"", m.client_url))
         .collect::<Vec<_>>()
         .join(", ");
+    // One etcd: 3 s leases keep the tests short. Several: the default 5 s,
+    // which outlasts the 1–2 s a cluster takes to elect a new raft leader.
+    let ttl = if members.len() > 1 { 5 } else { 3 };
     let (grpc, http) = (free_port(), free_port());
     let cfg = h.write(
         &format!("{name}.toml"),
         &format!(
-            "listen = \"{host}:{grpc}\"\nhttp_listen = \"{host}:{http}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"10s\"\nretire_grace = \"3s\"\n[store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"3s\"\n",
+            "listen = \"{host}:{grpc}\"\nhttp_listen = \"{host}:{http}\"\ndata_dir = \"{}\"\ntick = \"200ms\"\nnode_suspect_after = \"2s\"\nnode_lost_after = \"4s\"\nreconnect_grace = \"10s\"\nretire_grace = \"3s\"\n[store]\nbackend = \"etcd\"\nendpoints = [{endpoints}]\nprefix = \"{prefix}\"\nname = \"{name}\"\nlease_ttl = \"{ttl}s\"\n",
             h.path(&format!("{name}-data")).display(),
         ),
     );

@@ -273,22 +273,32 @@ async fn renew(
     acked: &mut Instant,
     settings: &ElectionSettings,
 ) -> Result<(), String> {
-    match keepalive.renew().await {
-        Ok(ttl) if ttl > 0 => {
-            *acked = Instant::now();
-            Ok(())
-        }
-        Ok(_) => Err("the lease expired".into()),
-        Err(e) if acked.elapsed() >= settings.deadline() => Err(format!(
-            "the lease was not renewed for {:?} ({e})",
-            acked.elapsed()
-        )),
-        Err(e) => {
-            tracing::debug!("lease renewal failed, retrying: {e}");
-            Ok(())
+    loop {
+        match keepalive.renew().await {
+            Ok(ttl) if ttl > 0 => {
+                *acked = Instant::now();
+                return Ok(());
+            }
+            Ok(_) => return Err("the lease expired".into()),
+            Err(e) if acked.elapsed() >= settings.deadline() => {
+                return Err(format!(
+                    "the lease was not renewed for {:?} ({e})",
+                    acked.elapsed()
+                ))
+            }
+            // Again at once (the keep-alive has moved to the next
+            // endpoint), not a renewal interval later: an etcd member lost
+            // must not eat the deadline. Callers bound this by the deadline.
+            Err(e) => {
+                tracing::debug!("lease renewal failed, retrying: {e}");
+                tokio::time::sleep(RENEW_RETRY).await;
+            }
         }
     }
 }
+
+/// Pause between renewal attempts after a failed one.
+const RENEW_RETRY: Duration = Duration::from_millis(100);
 
 /// While leading: renew, and check the leader key is still ours. Returns why
 /// leadership ended.
