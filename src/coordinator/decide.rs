@@ -802,8 +802,8 @@ impl Fleet {
         only: Option<&str>,
         placed: &'a [PlannedReplica],
         gone: &[&str],
-    ) -> BTreeMap<&'a str, PlannedOnNode> {
-        let mut out: BTreeMap<&str, PlannedOnNode> = BTreeMap::new();
+    ) -> HashMap<&'a str, PlannedOnNode> {
+        let mut out: HashMap<&str, PlannedOnNode> = HashMap::new();
         for r in self.plan.values().chain(placed) {
             if only.is_some_and(|n| n != r.node) || gone.contains(&r.id.as_str()) {
                 continue;
@@ -830,10 +830,13 @@ impl Fleet {
         let empty = PlannedOnNode::default();
         let planned = planned.unwrap_or(&empty);
         let state = self.node_state(n, now);
-        let avoided = self
-            .avoid
-            .get(&(model.to_string(), n.name.clone()))
-            .is_some_and(|until| *until > now);
+        // Asked per node for every model placed: no key built when no
+        // node is avoided (almost always).
+        let avoided = !self.avoid.is_empty()
+            && self
+                .avoid
+                .get(&(model.to_string(), n.name.clone()))
+                .is_some_and(|until| *until > now);
         let unschedulable = if avoided {
             Some("a replica of this model crash-looped here recently".to_string())
         } else if n.session.is_none() {
