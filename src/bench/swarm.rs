@@ -73,6 +73,11 @@ pub struct SwarmArgs {
     /// Leave the swarm's models applied at the end (they are deleted by default).
     #[arg(long)]
     pub keep_models: bool,
+    /// Do not scale models up and down to time scale-up → agent: the fleet
+    /// holds still (a restart measurement, where any replica stopped must
+    /// be the restart's doing).
+    #[arg(long)]
+    pub no_scale_probes: bool,
 }
 
 /// One agent in 10 asks for an acknowledgement of each report, so the round
@@ -297,6 +302,11 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
     let settle_s = started.elapsed().as_secs_f64();
 
     // The measurement.
+    eprintln!(
+        "{registered} agents registered, {} of {expected} replicas ready after {settle_s:.1} s; measuring for {}",
+        ready_sum(&state.ready),
+        humantime::format_duration(args.duration)
+    );
     state.measuring.store(true, Ordering::Relaxed);
     let own_before = ProcessStats::own();
     let before = probe.sample().await?;
@@ -312,7 +322,7 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
     while window.elapsed() < args.duration {
         let left = args.duration.saturating_sub(window.elapsed());
         tokio::time::sleep(left.min(PROBE_EVERY / 2)).await;
-        if totals.is_empty() || window.elapsed() >= args.duration {
+        if totals.is_empty() || args.no_scale_probes || window.elapsed() >= args.duration {
             continue;
         }
         // Scale one model up by one and time the assignment to its agent;
@@ -903,6 +913,7 @@ mod tests {
             metrics: None,
             coordinator_pid: None,
             keep_models: false,
+            no_scale_probes: false,
         };
         let swarm = Swarm {
             assigned: vec![AtomicUsize::new(0)],

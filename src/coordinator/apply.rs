@@ -4,12 +4,11 @@
 //! event, and `send_assignments` sends each node whose part of the plan
 //! changed its new assignment.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::api::SignalPoint;
 use crate::domain::event::ScaleRule;
-use crate::domain::{unix_ms_now, Assignment, EventKind, ReplicaSpec, ToAgent};
+use crate::domain::{unix_ms_now, Assignment, EventKind, ReplicaSpec, ToAgent, WarmSpec};
 
 use super::decide::{liveness, Change, RetireReason, ScaleChange};
 use super::fleet::{Fleet, PlannedReplica};
@@ -216,7 +215,7 @@ impl Fleet {
     pub(super) fn send_assignments(&mut self) {
         use std::hash::{Hash, Hasher};
         let started = Instant::now();
-        let spec_prints: BTreeMap<&str, u64> = self
+        let spec_prints: std::collections::HashMap<&str, u64> = self
             .models
             .iter()
             .map(|(name, m)| {
@@ -225,33 +224,38 @@ impl Fleet {
                 (name.as_str(), h.finish())
             })
             .collect();
-        let mut by_node: BTreeMap<&str, Vec<&PlannedReplica>> = BTreeMap::new();
+        let mut by_node: std::collections::HashMap<&str, Vec<&PlannedReplica>> = Default::default();
         for r in self.plan.values() {
             by_node.entry(r.node.as_str()).or_default().push(r);
         }
-        let mut sent = 0u64;
-        let names: Vec<String> = self.nodes.keys().cloned().collect();
-        for name in names {
-            let Some(node) = self.nodes.get(&name) else {
-                continue;
-            };
-            if node.session.is_none() {
-                continue;
-            }
-            let planned = by_node.remove(name.as_str()).unwrap_or_default();
-            let (warm, evict) = self.warm_specs(&name);
+        let fingerprint = |planned: &[&PlannedReplica], warm: &[WarmSpec], evict: &[WarmSpec]| {
             let mut h = std::hash::DefaultHasher::new();
-            for r in &planned {
+            for r in planned {
                 (&r.id, &r.model, &r.gpus, spec_prints.get(r.model.as_str())).hash(&mut h);
             }
             warm.len().hash(&mut h);
-            for w in warm.iter().chain(&evict) {
+            for w in warm.iter().chain(evict) {
                 (&w.model, &w.path).hash(&mut h);
             }
-            let key = h.finish();
-            if node.sent.is_some() && node.sent_key == key {
-                continue;
-            }
+            h.finish()
+        };
+        // First the nodes whose fingerprint moved, without copying a name
+        // per node: in a steady fleet, none.
+        let changed: Vec<(String, u64)> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.session.is_some())
+            .filter_map(|(name, node)| {
+                let planned = by_node.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+                let (warm, evict) = self.warm_specs(name);
+                let key = fingerprint(planned, &warm, &evict);
+                (node.sent.is_none() || node.sent_key != key).then(|| (name.clone(), key))
+            })
+            .collect();
+        let mut sent = 0u64;
+        for (name, key) in changed {
+            let planned = by_node.remove(name.as_str()).unwrap_or_default();
+            let (warm, evict) = self.warm_specs(&name);
             let mut replicas = Vec::new();
             let mut keep = Vec::new();
             for r in planned {

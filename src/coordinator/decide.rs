@@ -397,6 +397,10 @@ impl Fleet {
             })
             .map(|n| n.name.as_str())
             .collect();
+        // Most ticks no node is lost: no pass over the plan then.
+        if lost.is_empty() {
+            return Vec::new();
+        }
         self.plan
             .values()
             .filter(|r| lost.contains(r.node.as_str()))
@@ -412,6 +416,15 @@ impl Fleet {
     /// is replaced on a healthy GPU: its own may never compute right again.
     pub(super) fn decide_unhealthy_gpus(&self) -> Vec<Change> {
         let mut out = Vec::new();
+        // A pass over the nodes finds none in a healthy fleet, without a
+        // lookup per replica.
+        let any_unhealthy = self
+            .nodes
+            .values()
+            .any(|n| n.gpus.iter().any(|g| !g.healthy) || n.samples.iter().any(|s| !s.healthy));
+        if !any_unhealthy {
+            return out;
+        }
         for r in self.plan.values() {
             let Some(node) = self.nodes.get(&r.node) else {
                 continue;
@@ -445,10 +458,19 @@ impl Fleet {
         let mut out = Vec::new();
         // Replicas moved before this one free their GPUs for it.
         let mut moved: Vec<&str> = Vec::new();
-        for r in self.plan.values() {
-            if self.reported_state(&r.id) != Some(ReplicaState::Crashloop) {
-                continue;
-            }
+        // Few replicas crash-loop: found from what the nodes report, not by
+        // a lookup per planned replica; taken in the plan's order.
+        let mut looping: Vec<&PlannedReplica> = self
+            .nodes
+            .values()
+            .flat_map(|n| n.replicas.iter().map(move |r| (n, r)))
+            .filter(|(_, r)| r.state == ReplicaState::Crashloop)
+            .filter_map(|(n, r)| self.plan.get(&r.id).filter(|p| p.node == n.name))
+            .filter(|p| self.reported_state(&p.id) == Some(ReplicaState::Crashloop))
+            .collect();
+        looping.sort_by(|a, b| a.id.cmp(&b.id));
+        looping.dedup_by(|a, b| a.id == b.id);
+        for r in looping {
             let Some(m) = self.models.get(&r.model) else {
                 continue;
             };
@@ -475,7 +497,7 @@ impl Fleet {
     /// replaces the replica (stop, then start with the new spec).
     pub(super) fn decide_spec_changes(&self) -> Vec<Change> {
         // Once per model, not per replica.
-        let hashes: BTreeMap<&str, String> = self
+        let hashes: HashMap<&str, String> = self
             .models
             .iter()
             .map(|(name, m)| (name.as_str(), m.spec.spec_hash()))
@@ -499,6 +521,7 @@ impl Fleet {
         // Built only if some model has a surplus: most ticks none has.
         let mut statuses = None;
         let by_model = plan_by_model(&self.plan);
+        let any_draining = self.nodes.values().any(|n| n.flags.draining);
         let mut out = Vec::new();
         for (name, model) in &self.models {
             // Replicas on a draining node leave through the drain, not here.
@@ -507,7 +530,7 @@ impl Fleet {
                 .map_or(&[][..], Vec::as_slice)
                 .iter()
                 .copied()
-                .filter(|r| !self.on_draining_node(&r.node))
+                .filter(|r| !(any_draining && self.on_draining_node(&r.node)))
                 .filter(|r| r.retiring_since.is_none())
                 .collect();
             let surplus = mine.len().saturating_sub(model.desired as usize);
@@ -550,8 +573,9 @@ impl Fleet {
         // retiring, off draining nodes (replicas on a draining node are on
         // their way out: replacements are placed for them).
         let mut counts: HashMap<&str, (u32, Vec<&PlannedReplica>)> = Default::default();
+        let any_draining = self.nodes.values().any(|n| n.flags.draining);
         for r in self.plan.values() {
-            if self.on_draining_node(&r.node) {
+            if any_draining && self.on_draining_node(&r.node) {
                 continue;
             }
             let entry = counts.entry(r.model.as_str()).or_default();
@@ -778,8 +802,8 @@ impl Fleet {
         only: Option<&str>,
         placed: &'a [PlannedReplica],
         gone: &[&str],
-    ) -> BTreeMap<&'a str, PlannedOnNode> {
-        let mut out: BTreeMap<&str, PlannedOnNode> = BTreeMap::new();
+    ) -> HashMap<&'a str, PlannedOnNode> {
+        let mut out: HashMap<&str, PlannedOnNode> = HashMap::new();
         for r in self.plan.values().chain(placed) {
             if only.is_some_and(|n| n != r.node) || gone.contains(&r.id.as_str()) {
                 continue;
@@ -806,10 +830,13 @@ impl Fleet {
         let empty = PlannedOnNode::default();
         let planned = planned.unwrap_or(&empty);
         let state = self.node_state(n, now);
-        let avoided = self
-            .avoid
-            .get(&(model.to_string(), n.name.clone()))
-            .is_some_and(|until| *until > now);
+        // Asked per node for every model placed: no key built when no
+        // node is avoided (almost always).
+        let avoided = !self.avoid.is_empty()
+            && self
+                .avoid
+                .get(&(model.to_string(), n.name.clone()))
+                .is_some_and(|until| *until > now);
         let unschedulable = if avoided {
             Some("a replica of this model crash-looped here recently".to_string())
         } else if n.session.is_none() {

@@ -27,6 +27,18 @@ use super::store::{ModelRecord, NodeFlags, Store};
 
 const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(60);
 
+/// The fleet task's command queue: sessions wait to hand in a report when
+/// it is full.
+const COMMAND_QUEUE: usize = 1024;
+
+/// What woke the fleet task.
+enum Wake {
+    Command(Command),
+    Routes,
+    Tick,
+    EarlyTick,
+}
+
 /// Ticks run ahead of the clock (`Fleet::tick_soon`) at most this often, so
 /// a fleet full of changing reports does not tick without pause. A surge
 /// takes two ticks to decide (one sees it, one confirms it on a newer
@@ -59,30 +71,41 @@ impl Fleet {
     ) -> Result<(FleetHandle, tokio::task::JoinHandle<()>), FleetError> {
         let mut fleet = Fleet::new(settings, store)?;
         fleet.epoch = epoch;
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let task = tokio::spawn(fleet.run(rx));
         let (_, route) = tokio::sync::watch::channel(super::handle::Route::Fleet(tx));
         Ok((FleetHandle::routed(route), task))
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(mut self, rx: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.inbox = Some(rx);
         loop {
+            while let Some(cmd) = self.held.pop_front() {
+                self.handle(cmd);
+            }
             let early = self.tick_at.map(tokio::time::Instant::from_std);
             let routes_due = self
                 .routes_stale
                 .then(|| tokio::time::Instant::from_std(self.routes_published + ROUTES_EVERY));
-            tokio::select! {
+            let Some(rx) = self.inbox.as_mut() else {
+                break;
+            };
+            let wake = tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => Wake::Command(cmd),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(routes_due.unwrap_or_else(tokio::time::Instant::now)), if routes_due.is_some() => {
-                    self.publish_routes();
-                }
-                _ = tick.tick() => self.run_tick(),
-                _ = tokio::time::sleep_until(early.unwrap_or_else(tokio::time::Instant::now)), if early.is_some() => {
+                _ = tokio::time::sleep_until(routes_due.unwrap_or_else(tokio::time::Instant::now)), if routes_due.is_some() => Wake::Routes,
+                _ = tick.tick() => Wake::Tick,
+                _ = tokio::time::sleep_until(early.unwrap_or_else(tokio::time::Instant::now)), if early.is_some() => Wake::EarlyTick,
+            };
+            match wake {
+                Wake::Command(cmd) => self.handle(cmd),
+                Wake::Routes => self.publish_routes(),
+                Wake::Tick => self.run_tick(),
+                Wake::EarlyTick => {
                     self.run_tick();
                     // The clock's next tick is a full period after this one.
                     tick.reset();
@@ -93,6 +116,33 @@ impl Fleet {
         self.flush_events();
     }
 
+    /// Between a tick's phases: handles the reports (and log replies,
+    /// gateway reports) queued meanwhile, so that none waits behind a whole
+    /// tick. Each phase reads the fleet afresh, so a report taken in
+    /// between is seen by the phases after it as if it had come before the
+    /// tick. Anything else (an operator's request, an agent connecting or
+    /// leaving) is held until the tick ends and handled then, in order:
+    /// those change the plan or answer from it, and see it whole.
+    pub(super) fn take_reports(&mut self, clock: &mut super::metrics::PhaseClock) {
+        let Some(mut rx) = self.inbox.take() else {
+            return;
+        };
+        // What is queued now, not what keeps arriving: the tick goes on.
+        for _ in 0..COMMAND_QUEUE {
+            let Ok(cmd) = rx.try_recv() else {
+                break;
+            };
+            match cmd {
+                Command::Report { .. }
+                | Command::LogsReply { .. }
+                | Command::GatewayReport { .. } => self.handle(cmd),
+                held => self.held.push_back(held),
+            }
+        }
+        self.inbox = Some(rx);
+        clock.done(Phase::Reports);
+    }
+
     fn run_tick(&mut self) {
         let now = Instant::now();
         self.notice_pause(now);
@@ -100,6 +150,7 @@ impl Fleet {
         self.last_tick = now;
         self.expire_log_requests(now);
         let mut clock = self.tick(now);
+        self.take_reports(&mut clock);
         self.publish_routes();
         clock.done(Phase::Routes);
         self.save_demand(now);
@@ -168,7 +219,7 @@ impl Fleet {
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    pub(super) fn handle(&mut self, cmd: Command) {
         let now = Instant::now();
         // What an operator (or a new agent) asks for is acted on at once.
         let acts = matches!(

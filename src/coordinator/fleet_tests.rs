@@ -265,3 +265,47 @@ fn a_gateway_report_ticks_early_on_a_step_or_when_a_surge_awaits_it() {
     f.gateway_report(link, report(11), later);
     assert_eq!(f.tick_at, Some(later));
 }
+
+/// A report queued while a tick runs is handled between its phases, not
+/// after the whole tick; a request that reads or changes the plan waits for
+/// the tick's end, in order, and is answered then.
+#[test]
+fn a_tick_takes_in_reports_between_its_phases_and_holds_the_rest() {
+    use super::fleet::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path());
+    let now = Instant::now();
+    let (session, mut outbox) = connect_host(&mut f, "node-a", HostInfo::default(), now);
+    let (tx, rx) = mpsc::channel(16);
+    f.inbox = Some(rx);
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    tx.try_send(Command::ListNodes { reply }).unwrap();
+    let report = crate::domain::Report {
+        seq: 7,
+        ack: true,
+        ..Default::default()
+    };
+    tx.try_send(Command::Report {
+        session,
+        node: "node-a".into(),
+        report: Box::new(report),
+        received: now,
+    })
+    .unwrap();
+
+    f.tick(now).finish();
+    let mut acked = false;
+    while let Ok(m) = outbox.try_recv() {
+        acked |= matches!(m, ToAgent::ReportAck(7));
+    }
+    assert!(acked, "the report was handled during the tick");
+    assert!(
+        answer.try_recv().is_err(),
+        "node ls waits for the tick's end"
+    );
+    assert_eq!(f.held.len(), 1);
+
+    let held = f.held.pop_front().unwrap();
+    f.handle(held);
+    assert_eq!(answer.try_recv().unwrap().unwrap().len(), 1);
+}

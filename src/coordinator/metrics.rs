@@ -92,10 +92,13 @@ pub enum Phase {
     Routes,
     /// Events and demand history written to the store.
     Store,
+    /// Not a step: reports handled between the steps (so none waits behind
+    /// a whole tick), left out of the tick's own time.
+    Reports,
 }
 
 impl Phase {
-    const ALL: [Phase; 8] = [
+    const ALL: [Phase; 9] = [
         Phase::Nodes,
         Phase::Decide,
         Phase::Replace,
@@ -104,6 +107,7 @@ impl Phase {
         Phase::Assign,
         Phase::Routes,
         Phase::Store,
+        Phase::Reports,
     ];
 
     fn as_str(self) -> &'static str {
@@ -116,6 +120,7 @@ impl Phase {
             Phase::Assign => "assign",
             Phase::Routes => "routes",
             Phase::Store => "store",
+            Phase::Reports => "reports",
         }
     }
 }
@@ -172,6 +177,8 @@ pub struct PhaseClock {
     metrics: &'static FleetMetrics,
     started: std::time::Instant,
     last: std::time::Instant,
+    /// This tick's time per phase so far (a phase may come more than once).
+    spent_ns: [u64; Phase::ALL.len()],
 }
 
 impl FleetMetrics {
@@ -189,6 +196,7 @@ impl FleetMetrics {
             metrics: self,
             started: now,
             last: now,
+            spent_ns: [0; Phase::ALL.len()],
         }
     }
 
@@ -297,12 +305,19 @@ impl PhaseClock {
         let ns = now.duration_since(self.last).as_nanos() as u64;
         self.last = now;
         self.metrics.phase_ns[phase as usize].fetch_add(ns, Ordering::Relaxed);
-        self.metrics.phase_last_ns[phase as usize].store(ns, Ordering::Relaxed);
+        self.spent_ns[phase as usize] += ns;
     }
 
-    /// Ends the tick: its whole time goes into the tick histogram.
+    /// Ends the tick: its time, less the reports handled between its
+    /// phases, goes into the tick histogram.
     pub fn finish(self) {
-        self.metrics.tick.observe(self.started.elapsed());
+        for (last, spent) in self.metrics.phase_last_ns.iter().zip(self.spent_ns) {
+            last.store(spent, Ordering::Relaxed);
+        }
+        let reports = Duration::from_nanos(self.spent_ns[Phase::Reports as usize]);
+        self.metrics
+            .tick
+            .observe(self.started.elapsed().saturating_sub(reports));
     }
 }
 

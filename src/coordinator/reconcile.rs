@@ -33,6 +33,7 @@ impl Fleet {
         let changes = self.decide_node_states(now);
         self.apply(changes, now);
         clock.done(Phase::Nodes);
+        self.take_reports(&mut clock);
         if self.reconnect_wait(now).is_some() {
             // Agents are still reconnecting after a coordinator start: what we
             // know of the fleet is partial, so we change nothing yet, and act
@@ -48,6 +49,7 @@ impl Fleet {
             .any(|c| matches!(c, Change::Scale(s) if s.awaits_measurement));
         self.apply(changes, now);
         clock.done(Phase::Decide);
+        self.take_reports(&mut clock);
         let changes = self.decide_lost_nodes(now);
         self.apply(changes, now);
         let changes = self.decide_unhealthy_gpus();
@@ -58,9 +60,11 @@ impl Fleet {
         let changes = self.decide_spec_changes();
         self.apply(changes, now);
         clock.done(Phase::Replace);
+        self.take_reports(&mut clock);
         let changes = self.decide_surplus(now);
         self.apply(changes, now);
         clock.done(Phase::Surplus);
+        self.take_reports(&mut clock);
         let changes = self.decide_placements(now);
         self.apply(changes, now);
         // Drains retire what the placements just replaced.
@@ -69,6 +73,7 @@ impl Fleet {
         let changes = vec![self.decide_warm(now, now_unix_ms / 1000)];
         self.apply(changes, now);
         clock.done(Phase::Place);
+        self.take_reports(&mut clock);
         self.send_assignments();
         clock.done(Phase::Assign);
         clock
@@ -105,8 +110,10 @@ impl Fleet {
             return;
         };
         let plan = &self.plan;
-        let reported: std::collections::BTreeSet<String> =
-            node.replicas.iter().map(|r| r.id.clone()).collect();
+        // Asked per report: the set only when some claim was refused.
+        let reported: Option<std::collections::BTreeSet<String>> =
+            (!node.refused_claims.is_empty())
+                .then(|| node.replicas.iter().map(|r| r.id.clone()).collect());
         let mut foreign = Vec::new();
         node.replicas.retain(|r| match plan.get(&r.id) {
             Some(p) if p.node != name => {
@@ -116,7 +123,9 @@ impl Fleet {
             _ => true,
         });
         // A claim made again after a pause is news again.
-        node.refused_claims.retain(|id| reported.contains(id));
+        if let Some(reported) = reported {
+            node.refused_claims.retain(|id| reported.contains(id));
+        }
         for (r, owner) in foreign {
             let message = format!(
                 "ignored {name}'s report of replica {:?}: it is assigned to {owner}, and a node speaks only for its own replicas",

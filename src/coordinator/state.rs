@@ -167,6 +167,12 @@ pub struct Fleet {
     /// published: it goes out at most every `ROUTES_EVERY`, not per report.
     pub(super) routes_stale: bool,
     pub(super) routes_published: Instant,
+    /// The command queue while `run` serves it: a tick takes in the reports
+    /// waiting there between its phases (`take_reports`).
+    pub(super) inbox: Option<tokio::sync::mpsc::Receiver<super::handle::Command>>,
+    /// Commands other than reports that came in during a tick, handled in
+    /// order once it ends.
+    pub(super) held: VecDeque<super::handle::Command>,
 }
 
 impl Fleet {
@@ -247,6 +253,8 @@ impl Fleet {
             epoch: 0,
             routes_stale: false,
             routes_published: Instant::now(),
+            inbox: None,
+            held: VecDeque::new(),
         };
         fleet.record(EventKind::CoordinatorStarted {
             models: fleet.models.len(),

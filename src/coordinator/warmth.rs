@@ -90,7 +90,14 @@ impl Fleet {
 
     /// The warm and evict lists of a node's assignment.
     pub(super) fn warm_specs(&self, node: &str) -> (Vec<WarmSpec>, Vec<WarmSpec>) {
-        let flags = self.node_flags.get(node).cloned().unwrap_or_default();
+        let flags = self.node_flags.get(node);
+        // Most nodes keep nothing warm: asked per report and per tick.
+        if flags.is_none_or(|f| f.warm.is_empty() && f.evict.is_empty())
+            && !self.warm_plan.contains_key(node)
+        {
+            return (Vec::new(), Vec::new());
+        }
+        let flags = flags.cloned().unwrap_or_default();
         let spec = |model: &String| {
             self.models.get(model).map(|m| WarmSpec {
                 model: model.clone(),
