@@ -338,6 +338,14 @@ async fn reports_queued_while_the_fleet_task_is_busy_are_handled_as_the_newest()
         utilization_pct: util,
         ..Default::default()
     };
+    // Report `seq`, its GPU at `seq` × 10% busy.
+    let report = |seq: u64, ack: bool, inventory: Vec<GpuInfo>| Report {
+        seq,
+        ack,
+        gpus: vec![sample(seq as f64 * 10.0)],
+        inventory,
+        ..Default::default()
+    };
     let inventory = vec![GpuInfo {
         index: 0,
         uuid: "GPU-new".into(),
@@ -345,47 +353,14 @@ async fn reports_queued_while_the_fleet_task_is_busy_are_handled_as_the_newest()
     }];
     // The fleet task is busy: three reports arrive before it reads any.
     let first = Instant::now();
-    handle
-        .report(
-            &slot,
-            session,
-            "node-a".into(),
-            Report {
-                seq: 1,
-                ack: true,
-                gpus: vec![sample(10.0)],
-                ..Default::default()
-            },
-        )
-        .await;
-    handle
-        .report(
-            &slot,
-            session,
-            "node-a".into(),
-            Report {
-                seq: 2,
-                gpus: vec![sample(20.0)],
-                inventory: inventory.clone(),
-                ..Default::default()
-            },
-        )
-        .await;
+    for r in [report(1, true, vec![]), report(2, false, inventory.clone())] {
+        handle.report(&slot, session, "node-a".into(), r).await;
+    }
     // The newest comes well after the first.
     std::thread::sleep(Duration::from_millis(300));
     let before_newest = Instant::now();
-    handle
-        .report(
-            &slot,
-            session,
-            "node-a".into(),
-            Report {
-                seq: 3,
-                gpus: vec![sample(30.0)],
-                ..Default::default()
-            },
-        )
-        .await;
+    let newest = report(3, false, vec![]);
+    handle.report(&slot, session, "node-a".into(), newest).await;
     let after_newest = Instant::now();
     assert!(
         metrics.reports_superseded.load(Ordering::Relaxed) >= superseded + 2,
