@@ -249,12 +249,14 @@ impl Fleet {
             Command::Report {
                 session,
                 node,
-                report,
-                received,
+                slot,
             } => {
+                let Some(super::handle::PendingReport { report, received }) = slot.take() else {
+                    return;
+                };
                 // The node spoke when its session read the report, however
                 // long the fleet task took to get to it.
-                if self.report(session, &node, *report, received.min(now)) {
+                if self.report(session, &node, report, received.min(now)) {
                     self.publish_routes();
                 }
                 super::metrics::FleetMetrics::process()

@@ -285,11 +285,12 @@ fn a_tick_takes_in_reports_between_its_phases_and_holds_the_rest() {
         ack: true,
         ..Default::default()
     };
+    let slot = std::sync::Arc::new(super::handle::ReportSlot::default());
+    assert!(slot.offer(report, now));
     tx.try_send(Command::Report {
         session,
         node: "node-a".into(),
-        report: Box::new(report),
-        received: now,
+        slot,
     })
     .unwrap();
 
@@ -308,4 +309,94 @@ fn a_tick_takes_in_reports_between_its_phases_and_holds_the_rest() {
     let held = f.held.pop_front().unwrap();
     f.handle(held);
     assert_eq!(answer.try_recv().unwrap().unwrap().len(), 1);
+}
+
+/// Reports a session reads while the fleet task is busy wait as one: the
+/// fleet task handles the newest, with the GPU inventory an older one
+/// carried and the ack one asked for; the node was last seen, and the
+/// handling time starts, when the newest arrived.
+#[tokio::test]
+async fn reports_queued_while_the_fleet_task_is_busy_are_handled_as_the_newest() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use super::handle::{Command, FleetHandle, ReportSlot, Route};
+    use crate::domain::{GpuSample, Report};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path());
+    let now = Instant::now();
+    let (session, mut outbox) = connect_host(&mut f, "node-a", HostInfo::default(), now);
+    let (tx, rx) = mpsc::channel(16);
+    let (_route_tx, route) = tokio::sync::watch::channel(Route::Fleet(tx));
+    let handle = FleetHandle::routed(route);
+    let metrics = handle.metrics();
+    let superseded = metrics.reports_superseded.load(Ordering::Relaxed);
+    let handled = metrics.reports.load(Ordering::Relaxed);
+    let slot = Arc::new(ReportSlot::default());
+    let sample = |util: f64| GpuSample {
+        utilization_pct: util,
+        ..Default::default()
+    };
+    // Report `seq`, its GPU at `seq` × 10% busy.
+    let report = |seq: u64, ack: bool, inventory: Vec<GpuInfo>| Report {
+        seq,
+        ack,
+        gpus: vec![sample(seq as f64 * 10.0)],
+        inventory,
+        ..Default::default()
+    };
+    let inventory = vec![GpuInfo {
+        index: 0,
+        uuid: "GPU-new".into(),
+        ..Default::default()
+    }];
+    // The fleet task is busy: three reports arrive before it reads any.
+    let first = Instant::now();
+    for r in [report(1, true, vec![]), report(2, false, inventory.clone())] {
+        handle.report(&slot, session, "node-a".into(), r).await;
+    }
+    // The newest comes well after the first.
+    std::thread::sleep(Duration::from_millis(300));
+    let before_newest = Instant::now();
+    let newest = report(3, false, vec![]);
+    handle.report(&slot, session, "node-a".into(), newest).await;
+    let after_newest = Instant::now();
+    assert!(
+        metrics.reports_superseded.load(Ordering::Relaxed) >= superseded + 2,
+        "two reports were replaced"
+    );
+
+    let mut rx = rx;
+    let cmd = rx.try_recv().expect("the first report told the fleet task");
+    assert!(rx.try_recv().is_err(), "one command for the three reports");
+    let report_time = metrics.report.sum();
+    f.handle(cmd);
+    let waited = metrics.report.sum() - report_time;
+
+    let node = &f.nodes["node-a"];
+    assert_eq!(node.samples, vec![sample(30.0)], "the newest samples");
+    assert_eq!(node.gpus, inventory, "the older report's inventory kept");
+    assert!(
+        node.last_seen >= before_newest && node.last_seen <= after_newest,
+        "last seen when the newest report arrived"
+    );
+    assert!(
+        waited < before_newest - first,
+        "handling time counts from the newest report's arrival, not the first's: {waited:?}"
+    );
+    assert!(metrics.reports.load(Ordering::Relaxed) > handled);
+    let mut acks = Vec::new();
+    while let Ok(m) = outbox.try_recv() {
+        if let ToAgent::ReportAck(seq) = m {
+            acks.push(seq);
+        }
+    }
+    assert_eq!(acks, vec![3], "the newest seq answers the ack asked for");
+
+    // The slot is empty again: the next report is a command of its own.
+    handle
+        .report(&slot, session, "node-a".into(), Report::default())
+        .await;
+    assert!(matches!(rx.try_recv(), Ok(Command::Report { .. })));
 }

@@ -2,6 +2,9 @@
 //! a oneshot for the reply. A dead fleet task reads as an internal error.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -44,12 +47,12 @@ pub enum Command {
         outbox: mpsc::Sender<ToAgent>,
         reply: Reply<u64>,
     },
+    /// The session's slot holds a report: the fleet task takes the newest
+    /// from it when it gets to this.
     Report {
         session: u64,
         node: String,
-        report: Box<Report>,
-        /// When the session read it off the wire.
-        received: std::time::Instant,
+        slot: Arc<ReportSlot>,
     },
     Disconnect {
         session: u64,
@@ -163,6 +166,75 @@ pub enum Command {
     },
 }
 
+/// One agent session's reports on their way to the fleet task: only the
+/// newest waits. While the fleet task has not taken the slot's report yet,
+/// a newer one replaces it (counted in `reports_superseded`), so a fleet
+/// task that falls behind reads each node's present state, not a backlog
+/// of stale ones.
+///
+/// A report is a whole picture of its node (GPU and host samples, every
+/// replica with its cumulative restarts, scrape errors and activity, the
+/// warm cache, the applied generation): the newest says all the older one
+/// did, except for two parts, which are merged into the waiting report:
+/// - `inventory` travels only when it changed, empty meaning "as before":
+///   a newer report without one keeps the older report's, else the fleet
+///   task would never see that change;
+/// - `ack`: when any of them asked for an answer, the newest `seq` is
+///   answered, which acknowledges every report up to it.
+///
+/// What the fleet task notices from one handled report to the next (a
+/// replica turning ready or failed, a scrape failing, a fill ending) is
+/// judged against the newest: a state held only by a superseded report is
+/// not seen, as if the agent had reported less often. A replica that
+/// crashed and came back meanwhile still shows in its restart count.
+#[derive(Default)]
+pub struct ReportSlot(Mutex<Option<PendingReport>>);
+
+/// The report waiting in a session's slot.
+#[derive(Debug)]
+pub struct PendingReport {
+    pub report: Report,
+    /// When the session read the newest report off the wire: the node's
+    /// last sign of life, and where the report's handling time starts.
+    pub received: Instant,
+}
+
+impl ReportSlot {
+    /// Puts `report` in the slot; true when the slot was empty (the fleet
+    /// task is to be told), false when it joined a report still waiting.
+    pub fn offer(&self, report: Report, received: Instant) -> bool {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_mut() {
+            Some(waiting) => {
+                waiting.supersede(report, received);
+                false
+            }
+            None => {
+                *slot = Some(PendingReport { report, received });
+                true
+            }
+        }
+    }
+
+    /// The waiting report, leaving the slot empty.
+    pub fn take(&self) -> Option<PendingReport> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl PendingReport {
+    /// `newer` in place of the waiting report, with the parts of the older
+    /// one that `newer` does not repeat (see `ReportSlot`).
+    fn supersede(&mut self, newer: Report, received: Instant) {
+        let older = std::mem::replace(&mut self.report, newer);
+        if self.report.inventory.is_empty() {
+            self.report.inventory = older.inventory;
+        }
+        self.report.ack |= older.ack;
+        self.received = received;
+    }
+}
+
 /// Operator actions on a node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeOp {
@@ -270,15 +342,33 @@ impl FleetHandle {
         )
     }
 
-    /// Reports are fire-and-forget: the session never waits on the fleet.
-    pub async fn report(&self, session: u64, node: String, report: Report) {
-        self.tell(Command::Report {
-            session,
-            node,
-            report: Box::new(report),
-            received: std::time::Instant::now(),
-        })
-        .await;
+    /// Reports are fire-and-forget: the session never waits on the fleet
+    /// for an answer. A report joins the one still waiting in `slot` (see
+    /// `ReportSlot`); only a report into an empty slot is a command, so a
+    /// node never has more than one report queued for the fleet task.
+    pub async fn report(&self, slot: &Arc<ReportSlot>, session: u64, node: String, report: Report) {
+        if !slot.offer(report, Instant::now()) {
+            self.metrics()
+                .reports_superseded
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let told = match self.sender() {
+            Ok(tx) => tx
+                .send(Command::Report {
+                    session,
+                    node,
+                    slot: slot.clone(),
+                })
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        if !told {
+            // No fleet task here to take it: dropped, and the slot is free
+            // for the next report to be told again.
+            slot.take();
+        }
     }
 
     /// The fleet task's measurements of itself (one set per process, kept

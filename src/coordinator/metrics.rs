@@ -48,6 +48,12 @@ impl Histogram {
         let _ = writeln!(out, "{name}_sum {}\n{name}_count {cumulative}", float(sum));
     }
 
+    /// The time observed so far, all observations together.
+    #[cfg(test)]
+    pub(super) fn sum(&self) -> Duration {
+        Duration::from_nanos(self.sum_ns.load(Ordering::Relaxed))
+    }
+
     /// The upper bound of the bucket that holds quantile `q` (0..=1) of the
     /// observations so far; None without any.
     #[cfg(test)]
@@ -140,6 +146,9 @@ pub struct FleetMetrics {
     pub fanout: Histogram,
     pub assignments_sent: AtomicU64,
     pub reports: AtomicU64,
+    /// Reports replaced by a newer one from the same session before the
+    /// fleet task got to them (`handle::ReportSlot`).
+    pub reports_superseded: AtomicU64,
     /// Agents disconnected or refused for misbehaving, by why.
     pub sessions_refused: [AtomicU64; SessionRefusal::ALL.len()],
 }
@@ -263,6 +272,12 @@ impl FleetMetrics {
             "gpufleet_coordinator_reports_total",
             "Agent reports handled.",
             &self.reports,
+            out,
+        );
+        counter(
+            "gpufleet_coordinator_reports_superseded_total",
+            "Agent reports replaced by a newer one from the same node before the fleet task handled them.",
+            &self.reports_superseded,
             out,
         );
         family(

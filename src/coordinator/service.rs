@@ -173,6 +173,7 @@ impl pb::agent_session_server::AgentSession for SessionService {
         tokio::spawn(async move {
             let _open = open;
             let mut budget = ReportBudget::new(std::time::Instant::now());
+            let slot = std::sync::Arc::new(super::handle::ReportSlot::default());
             let refuse = |why: SessionRefusal, status: Status| {
                 fleet.metrics().refused(why);
                 tracing::warn!(node = %node, %address, "agent session closed: {}", status.message());
@@ -193,7 +194,7 @@ impl pb::agent_session_server::AgentSession for SessionService {
                                 )),
                             );
                         }
-                        fleet.report(session, node.clone(), r.into()).await
+                        fleet.report(&slot, session, node.clone(), r.into()).await
                     }
                     Ok(Some(pb::AgentMessage {
                         msg: Some(pb::agent_message::Msg::Logs(l)),
