@@ -115,17 +115,14 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 /// talks to one coordinator).
 static TARGET: OnceLock<(String, Duration)> = OnceLock::new();
 
-/// How long the CLI waits for a leader while none leads (an election):
-/// after a `kill -9` that is the lease (5 s by default) and the new leader's
-/// load of the state, so several leases' worth.
-const NO_LEADER_WAIT: Duration = Duration::from_secs(15);
-
 /// How long each coordinator of a list has to say who leads.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to the coordinator that leads: with one URL, that one; with
 /// several (comma-separated), the one they name as leader, waiting up to
-/// 15 s while an election runs.
+/// `--request-timeout` (15 s by default) while an election runs: after a
+/// `kill -9` that is the lease (5 s by default) and the new leader's load of
+/// the state.
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
     let urls: Vec<&str> = args
         .url()
@@ -138,7 +135,8 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
         let _ = TARGET.set((first.to_string(), args.request_timeout));
         return connect_one(args, first).await;
     }
-    let deadline = tokio::time::Instant::now() + NO_LEADER_WAIT;
+    let wait = args.request_timeout;
+    let deadline = tokio::time::Instant::now() + wait;
     let mut why = Vec::new();
     loop {
         why.clear();
@@ -195,7 +193,7 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
             anyhow::bail!(
                 "no leading coordinator among {} within {}: {}",
                 urls.join(", "),
-                humantime::format_duration(NO_LEADER_WAIT),
+                humantime::format_duration(wait),
                 why.join("; ")
             );
         }
