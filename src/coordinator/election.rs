@@ -2,7 +2,7 @@
 //! lease, a txn and a watch (not etcd's Election API, which can report a win
 //! after the caller's lease expired):
 //!
-//! - each coordinator holds a lease (TTL 5 s, renewed every ~1.5 s) and a
+//! - each coordinator holds a lease (TTL 5 s, renewed every 1 s) and a
 //!   `members/<name>` key on it;
 //! - it wins by creating the `leader` key, on its lease, only if absent; the
 //!   key's create revision is the **epoch**;
@@ -64,7 +64,7 @@ impl Default for ElectionSettings {
     fn default() -> Self {
         ElectionSettings {
             ttl: Duration::from_secs(5),
-            keepalive: Duration::from_millis(1500),
+            keepalive: Duration::from_millis(1000),
         }
     }
 }
@@ -273,9 +273,16 @@ async fn renew(
     acked: &mut Instant,
     settings: &ElectionSettings,
 ) -> Result<(), String> {
+    let mut failures = 0u32;
     loop {
         match keepalive.renew().await {
             Ok(ttl) if ttl > 0 => {
+                if failures > 0 {
+                    tracing::info!(
+                        "lease renewed again after {failures} failed attempts, {:?} since the last renewal",
+                        acked.elapsed()
+                    );
+                }
                 *acked = Instant::now();
                 return Ok(());
             }
@@ -286,11 +293,16 @@ async fn renew(
                     acked.elapsed()
                 ))
             }
-            // Again at once (the keep-alive has moved to the next
-            // endpoint), not a renewal interval later: an etcd member lost
-            // must not eat the deadline. Callers bound this by the deadline.
+            // Again soon (every endpoint is asked afresh), not a renewal
+            // interval later: an etcd member lost must not eat the
+            // deadline. Callers bound this by the deadline.
             Err(e) => {
-                tracing::debug!("lease renewal failed, retrying: {e}");
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!("lease renewal failed, retrying until the deadline: {e}");
+                } else {
+                    tracing::debug!("lease renewal failed, retrying: {e}");
+                }
                 tokio::time::sleep(RENEW_RETRY).await;
             }
         }

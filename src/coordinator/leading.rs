@@ -138,7 +138,7 @@ pub async fn start(
         me,
         settings: ElectionSettings {
             ttl: etcd_settings.lease_ttl,
-            keepalive: etcd_settings.lease_ttl.mul_f64(0.3),
+            keepalive: etcd_settings.lease_ttl.mul_f64(0.2),
         },
         fence: fence.clone(),
         role: role_tx,

@@ -344,73 +344,114 @@ impl Etcd {
 pub struct KeepAlive {
     etcd: Etcd,
     id: i64,
-    stream: Option<(
-        mpsc::Sender<pb::LeaseKeepAliveRequest>,
-        tonic::Streaming<pb::LeaseKeepAliveResponse>,
-        usize,
-    )>,
+    stream: Option<KeepAliveStream>,
 }
+
+/// One open keep-alive stream and the endpoint it is on.
+struct KeepAliveStream {
+    tx: mpsc::Sender<pb::LeaseKeepAliveRequest>,
+    rx: tonic::Streaming<pb::LeaseKeepAliveResponse>,
+    at: usize,
+}
+
+/// After a keep-alive stream fails, the next endpoint is asked at once and
+/// each further one this much later, all racing: the first to acknowledge
+/// keeps the stream.
+const HEDGE_AFTER: Duration = Duration::from_millis(250);
 
 impl KeepAlive {
     /// Renews the lease once: its remaining TTL in seconds (0 or less: the
     /// lease is gone).
+    ///
+    /// On the open stream when there is one. Otherwise (first use, or that
+    /// stream failed) a new stream is opened on every endpoint, staggered,
+    /// and the first that acknowledges is kept: a member that lost its raft
+    /// leader holds a renewal until a new leader is elected, and the one
+    /// that gets there first must not wait behind a call timeout on another.
     pub async fn renew(&mut self) -> Result<i64, EtcdError> {
-        let r = tokio::time::timeout(CALL_TIMEOUT, self.renew_inner()).await;
-        let r = match r {
-            Ok(r) => r,
-            Err(_) => Err(EtcdError::Unreachable {
-                endpoints: self.etcd.endpoints(),
-                reason: format!("keep-alive not acknowledged within {CALL_TIMEOUT:?}"),
-            }),
-        };
-        if r.is_err() {
-            if let Some((_, _, at)) = self.stream.take() {
-                let n = self.etcd.channels.len();
-                let _ = self.etcd.current.compare_exchange(
-                    at,
-                    (at + 1) % n,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+        let n = self.etcd.channels.len();
+        let mut first = self.etcd.current.load(Ordering::Relaxed) % n;
+        if let Some(open) = self.stream.as_mut() {
+            let at = open.at;
+            match tokio::time::timeout(CALL_TIMEOUT, open.renew(self.id)).await {
+                Ok(Ok(ttl)) => return Ok(ttl),
+                Ok(Err(e)) => tracing::debug!("keep-alive on {}: {e}", self.etcd.endpoints[at]),
+                Err(_) => tracing::debug!(
+                    "keep-alive on {}: no answer within {CALL_TIMEOUT:?}",
+                    self.etcd.endpoints[at]
+                ),
+            }
+            self.stream = None;
+            first = (at + 1) % n;
+            let _ =
+                self.etcd
+                    .current
+                    .compare_exchange(at, first, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        let mut racing = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let at = (first + i) % n;
+            let (channel, id) = (self.etcd.channels[at].clone(), self.id);
+            racing.spawn(async move {
+                tokio::time::sleep(HEDGE_AFTER * i as u32).await;
+                let r = tokio::time::timeout(CALL_TIMEOUT, KeepAliveStream::open(channel, at, id))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {CALL_TIMEOUT:?}")));
+                (at, r)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(joined) = racing.join_next().await {
+            let Ok((at, r)) = joined else { continue };
+            match r {
+                Ok((open, ttl)) => {
+                    self.etcd.current.store(at, Ordering::Relaxed);
+                    self.stream = Some(open);
+                    return Ok(ttl);
+                }
+                Err(e) => failed.push(format!("{}: {e}", self.etcd.endpoints[at])),
             }
         }
-        r
+        Err(EtcdError::Unreachable {
+            endpoints: self.etcd.endpoints(),
+            reason: format!("keep-alive: {}", failed.join("; ")),
+        })
+    }
+}
+
+impl KeepAliveStream {
+    /// Opens a keep-alive stream on `channel` and renews lease `id` on it
+    /// once.
+    async fn open(channel: Channel, at: usize, id: i64) -> Result<(Self, i64), String> {
+        // The first request goes in before the call: etcd answers the
+        // stream's headers only once it has one.
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(pb::LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| "keep-alive stream closed".to_string())?;
+        let rx = pb::lease_client::LeaseClient::new(channel)
+            .lease_keep_alive(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| status_text(&s))?
+            .into_inner();
+        let mut open = KeepAliveStream { tx, rx, at };
+        let ttl = open.answer().await?;
+        Ok((open, ttl))
     }
 
-    async fn renew_inner(&mut self) -> Result<i64, EtcdError> {
-        let request = pb::LeaseKeepAliveRequest { id: self.id };
-        let closed = || EtcdError::Unreachable {
-            endpoints: self.etcd.endpoints(),
-            reason: "keep-alive stream closed".into(),
-        };
-        match self.stream.as_mut() {
-            Some((tx, _, _)) => tx.send(request).await.map_err(|_| closed())?,
-            None => {
-                // The first request goes in before the call: etcd answers
-                // the stream's headers only once it has one.
-                let at = self.etcd.current.load(Ordering::Relaxed) % self.etcd.channels.len();
-                let (tx, rx) = mpsc::channel(4);
-                tx.send(request).await.map_err(|_| closed())?;
-                let mut client = pb::lease_client::LeaseClient::new(self.etcd.channels[at].clone());
-                let stream = client
-                    .lease_keep_alive(ReceiverStream::new(rx))
-                    .await
-                    .map_err(|s| self.etcd.unreachable(at, &s))?
-                    .into_inner();
-                self.stream = Some((tx, stream, at));
-            }
-        }
-        let Some((_, stream, at)) = self.stream.as_mut() else {
-            unreachable!("opened above");
-        };
-        let at = *at;
-        match stream.message().await {
+    async fn renew(&mut self, id: i64) -> Result<i64, String> {
+        self.tx
+            .send(pb::LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| "keep-alive stream closed".to_string())?;
+        self.answer().await
+    }
+
+    async fn answer(&mut self) -> Result<i64, String> {
+        match self.rx.message().await {
             Ok(Some(resp)) => Ok(resp.ttl),
-            Ok(None) => Err(EtcdError::Unreachable {
-                endpoints: self.etcd.endpoints(),
-                reason: "keep-alive stream ended".into(),
-            }),
-            Err(s) => Err(self.etcd.unreachable(at, &s)),
+            Ok(None) => Err("keep-alive stream ended".into()),
+            Err(s) => Err(status_text(&s)),
         }
     }
 }
@@ -522,4 +563,64 @@ pub fn got(resp: &TxnResponse, n: usize) -> Vec<KeyValue> {
 /// revision).
 pub fn revision(resp: &TxnResponse) -> i64 {
     resp.header.as_ref().map_or(0, |h| h.revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server::LocalEtcd;
+    use super::*;
+
+    /// The index of the endpoint that is etcd's raft leader, once one is.
+    async fn raft_leader(etcd: &Etcd) -> usize {
+        for _ in 0..100 {
+            for (i, ch) in etcd.channels.iter().enumerate() {
+                let mut client = pb::maintenance_client::MaintenanceClient::new(ch.clone());
+                if let Ok(s) = client.status(pb::StatusRequest {}).await {
+                    let s = s.into_inner();
+                    if s.header.is_some_and(|h| h.member_id == s.leader) {
+                        return i;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the etcd cluster elected no raft leader");
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_outlives_the_raft_leader_it_renewed_on() {
+        let Some(mut members) = LocalEtcd::cluster_or_skip(3) else {
+            return;
+        };
+        let etcd = Etcd::new(&EtcdSettings {
+            endpoints: members.iter().map(|m| m.client_url.clone()).collect(),
+            ..Default::default()
+        })
+        .unwrap();
+        let lease = etcd.lease_grant(60).await.unwrap();
+        let leader = raft_leader(&etcd).await;
+        etcd.current.store(leader, Ordering::Relaxed);
+        let mut keepalive = etcd.keep_alive(lease);
+        assert!(keepalive.renew().await.unwrap() > 0);
+        assert_eq!(keepalive.stream.as_ref().map(|s| s.at), Some(leader));
+
+        // Its member gone (and with it etcd's raft leader), a renewal gets
+        // through on another once the two left elect a new raft leader.
+        members[leader].stop();
+        let mut failures = Vec::new();
+        let ttl = loop {
+            match keepalive.renew().await {
+                Ok(ttl) => break ttl,
+                Err(e) => failures.push(e.to_string()),
+            }
+            assert!(failures.len() < 100, "{failures:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(ttl > 0, "the lease outlived the raft election: {ttl}");
+        let now_at = keepalive.stream.as_ref().map(|s| s.at);
+        assert!(now_at.is_some_and(|at| at != leader), "{now_at:?}");
+        // The stream kept is the one used next: no reopening.
+        assert!(keepalive.renew().await.unwrap() > 0);
+        assert_eq!(keepalive.stream.as_ref().map(|s| s.at), now_at);
+    }
 }
