@@ -199,18 +199,36 @@ async fn campaign(
             // serves: a CLI that asked who leads would otherwise reach it
             // while it loads the state and be refused.
             role.send_replace(Role::NoLeader);
-            term.lead(epoch).await;
-            role.send_replace(Role::Leader { epoch });
-            let why = lead(
-                etcd,
-                &leader_key,
-                epoch,
-                settings,
-                fence,
-                &mut keepalive,
-                &mut acked,
-            )
-            .await;
+            // The lease is renewed while the state loads: a load longer
+            // than the deadline must not end the term it starts.
+            let lost = {
+                let loading = term.lead(epoch);
+                tokio::pin!(loading);
+                tokio::select! {
+                    () = &mut loading => None,
+                    why = renew_every_tick(&mut keepalive, &mut acked, settings, fence) => {
+                        // Lost while loading: let the load finish, then stop.
+                        loading.await;
+                        Some(why)
+                    }
+                }
+            };
+            let why = match lost {
+                Some(why) => why,
+                None => {
+                    role.send_replace(Role::Leader { epoch });
+                    lead(
+                        etcd,
+                        &leader_key,
+                        epoch,
+                        settings,
+                        fence,
+                        &mut keepalive,
+                        &mut acked,
+                    )
+                    .await
+                }
+            };
             fence.hold(0);
             role.send_replace(Role::NoLeader);
             term.resign().await;
@@ -312,6 +330,46 @@ async fn renew(
 /// Pause between renewal attempts after a failed one.
 const RENEW_RETRY: Duration = Duration::from_millis(100);
 
+/// Renews once, bounded by the deadline; the fence learns the new one.
+async fn renew_in_time(
+    keepalive: &mut etcd::KeepAlive,
+    acked: &mut Instant,
+    settings: &ElectionSettings,
+    fence: &Fence,
+) -> Result<(), String> {
+    let deadline = *acked + settings.deadline();
+    match tokio::time::timeout_at(deadline, renew(keepalive, acked, settings)).await {
+        Ok(Ok(())) => {
+            fence.renewed((*acked + settings.deadline()).into_std());
+            Ok(())
+        }
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err(late(acked)),
+    }
+}
+
+fn late(acked: &Instant) -> String {
+    format!("no lease renewal acknowledged for {:?}", acked.elapsed())
+}
+
+/// Renews every keep-alive period; returns why once a renewal fails past
+/// the deadline. Safe to drop at any point.
+async fn renew_every_tick(
+    keepalive: &mut etcd::KeepAlive,
+    acked: &mut Instant,
+    settings: &ElectionSettings,
+    fence: &Fence,
+) -> String {
+    let mut tick = tokio::time::interval(settings.keepalive);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(why) = renew_in_time(keepalive, acked, settings, fence).await {
+            return why;
+        }
+    }
+}
+
 /// While leading: renew, and check the leader key is still ours. Returns why
 /// leadership ended.
 async fn lead(
@@ -326,7 +384,6 @@ async fn lead(
     let mut tick = tokio::time::interval(settings.keepalive);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut changed = Box::pin(watch_key(etcd, leader_key, epoch));
-    let late = |acked: &Instant| format!("no lease renewal acknowledged for {:?}", acked.elapsed());
     loop {
         let deadline = *acked + settings.deadline();
         tokio::select! {
@@ -337,10 +394,8 @@ async fn lead(
         }
         // The renewal and the key check each wait on etcd up to a call
         // timeout: the deadline, not those, says when to step down.
-        match tokio::time::timeout_at(deadline, renew(keepalive, acked, settings)).await {
-            Ok(Ok(())) => fence.renewed((*acked + settings.deadline()).into_std()),
-            Ok(Err(why)) => return why,
-            Err(_) => return late(acked),
+        if let Err(why) = renew_in_time(keepalive, acked, settings, fence).await {
+            return why;
         }
         match tokio::time::timeout_at(*acked + settings.deadline(), etcd.get(leader_key)).await {
             Ok(Ok(Some(kv))) if kv.create_revision == epoch => {}
@@ -401,10 +456,13 @@ mod tests {
         name: String,
         log: Log,
         epoch: i64,
+        /// How long starting a term takes (the state's load).
+        load: Duration,
     }
 
     impl Term for Ledger {
         async fn lead(&mut self, epoch: i64) {
+            tokio::time::sleep(self.load).await;
             self.epoch = epoch;
             self.log
                 .lock()
@@ -442,6 +500,11 @@ mod tests {
     }
 
     fn candidate(etcd: &LocalEtcd, prefix: &str, name: &str, log: &Log) -> Contender {
+        loading(etcd, prefix, name, log, Duration::ZERO)
+    }
+
+    /// A candidate whose term takes `load` to start.
+    fn loading(etcd: &LocalEtcd, prefix: &str, name: &str, log: &Log, load: Duration) -> Contender {
         let client = Etcd::new(&etcd.settings()).unwrap();
         let (role_tx, role) = watch::channel(Role::NoLeader);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -459,6 +522,7 @@ mod tests {
                 name: name.into(),
                 log: log.clone(),
                 epoch: 0,
+                load,
             },
             async move {
                 let _ = stopped.await;
@@ -487,6 +551,23 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_longer_than_the_deadline_keeps_the_term_it_starts() {
+        let Some(etcd) = LocalEtcd::start_or_skip() else {
+            return;
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // A 2 s lease steps down 1 s after the last renewal; the load
+        // takes three times that.
+        let a = loading(&etcd, "/e0", "a", &log, Duration::from_secs(3));
+        until("a leader", || leaders(&[&a]).len() == 1).await;
+        let epoch = leaders(&[&a])[0];
+        assert!(a.fence.in_term());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(leaders(&[&a]), vec![epoch]);
+        assert_eq!(*log.lock().unwrap(), vec![("a".to_string(), "lead", epoch)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -371,17 +371,21 @@ impl KeepAlive {
     pub async fn renew(&mut self) -> Result<i64, EtcdError> {
         let n = self.etcd.channels.len();
         let mut first = self.etcd.current.load(Ordering::Relaxed) % n;
-        if let Some(open) = self.stream.as_mut() {
+        // Taken out while in use: a renewal cancelled halfway (its caller
+        // timed out) leaves no answer behind for the next one to misread.
+        if let Some(mut open) = self.stream.take() {
             let at = open.at;
             match tokio::time::timeout(CALL_TIMEOUT, open.renew(self.id)).await {
-                Ok(Ok(ttl)) => return Ok(ttl),
+                Ok(Ok(ttl)) => {
+                    self.stream = Some(open);
+                    return Ok(ttl);
+                }
                 Ok(Err(e)) => tracing::debug!("keep-alive on {}: {e}", self.etcd.endpoints[at]),
                 Err(_) => tracing::debug!(
                     "keep-alive on {}: no answer within {CALL_TIMEOUT:?}",
                     self.etcd.endpoints[at]
                 ),
             }
-            self.stream = None;
             first = (at + 1) % n;
             let _ =
                 self.etcd
