@@ -133,6 +133,14 @@ pub struct Autoscaler {
     /// doubled when capacity released is needed again within the longest
     /// delay, back to 1 when it was not.
     hold_mult: f64,
+    /// The counts capacity was re-bought between since the hold began to
+    /// grow (lowest from, highest to; `u32::MAX` and 0 while it is at its
+    /// base): the grown hold is for that many replicas. A deeper fall
+    /// releases the rest, never needed back, after the base hold (a level
+    /// that wobbles by a few replicas must not keep all of them idle long
+    /// after its traffic has gone).
+    rebought_from: u32,
+    rebought_to: u32,
     last_down: Option<Instant>,
     /// Recent bursts, for the capacity kept between them (with an SLO).
     bursts: BurstMemory,
@@ -188,6 +196,8 @@ impl Autoscaler {
             start: StartTime::default(),
             queued_since: None,
             hold_mult: 1.0,
+            rebought_from: u32::MAX,
+            rebought_to: 0,
             last_down: None,
             bursts: BurstMemory::default(),
             burst_floor: None,
@@ -347,11 +357,14 @@ impl Autoscaler {
                 let rebought = self
                     .last_down
                     .is_some_and(|t| now.saturating_duration_since(t) < spec.scale_down_delay);
-                self.hold_mult = if rebought {
-                    (self.hold_mult * 2.0).min(1024.0)
+                if rebought {
+                    self.hold_mult = (self.hold_mult * 2.0).min(1024.0);
+                    self.rebought_from = self.rebought_from.min(current);
+                    self.rebought_to = self.rebought_to.max(desired);
                 } else {
-                    1.0
-                };
+                    self.hold_mult = 1.0;
+                    (self.rebought_from, self.rebought_to) = (u32::MAX, 0);
+                }
             }
         } else if desired < current {
             // The first release of a walk down, with no capacity needed
@@ -361,6 +374,9 @@ impl Autoscaler {
                 .is_some_and(|t| now.saturating_duration_since(t) < spec.stable_window);
             if !walking {
                 self.hold_mult = (self.hold_mult / 2.0).max(1.0);
+                if self.hold_mult <= 1.0 {
+                    (self.rebought_from, self.rebought_to) = (u32::MAX, 0);
+                }
             }
             self.last_down = Some(now);
         }
@@ -859,8 +875,25 @@ impl Autoscaler {
                 span(missing_for)
             );
         }
-        let delay = self.scale_down_delay(spec);
+        // Capacity re-bought soon after its release waits the grown hold;
+        // the rest of a much deeper fall, never needed back, waits only the
+        // base hold, keeping the span re-bought above the desire until the
+        // grown hold.
+        let grown = self.scale_down_delay(spec);
         let waited = now.saturating_duration_since(since);
+        let (delay, keep) = match self.rebought_span() {
+            // Only a fall deeper than twice the span: one barely below it
+            // is the same wobble again.
+            Some(m) if waited < grown && rec.saturating_add(m.saturating_mul(2)) <= current => {
+                missing_note = format!(
+                    "{missing_note}; keeping {m} above the desire (the most re-bought lately) for {}, the rest after {}",
+                    span(grown),
+                    span(self.base_hold(spec))
+                );
+                (self.base_hold(spec), m)
+            }
+            _ => (grown, 0),
+        };
         if waited < delay {
             return Plan::hold(
                 current,
@@ -873,7 +906,12 @@ impl Autoscaler {
                 ),
             );
         }
-        let highest = self.desires.max(now, delay).unwrap_or(rec).max(rec);
+        let highest = self
+            .desires
+            .max(now, delay)
+            .unwrap_or(rec)
+            .max(rec)
+            .saturating_add(keep);
         let step_floor = current.saturating_sub(spec.max_scale_down_step);
         let target = highest.max(step_floor);
         if target >= current {
@@ -902,16 +940,35 @@ impl Autoscaler {
     /// again, up to 4 × `scale_down_delay` (the delay itself holds until a
     /// start is seen).
     fn scale_down_delay(&self, spec: &ScalingSpec) -> Duration {
+        // Recurring bursts are held by the burst memory: its floor, not a
+        // grown hold, keeps what they need.
+        let mult = if self.burst_floor.is_some() {
+            1.0
+        } else {
+            self.hold_mult
+        };
+        self.hold(spec, mult)
+    }
+
+    /// How many replicas the grown hold is for: the span of the counts
+    /// re-bought since it began to grow, while it is grown.
+    fn rebought_span(&self) -> Option<u32> {
+        (self.hold_mult > 1.0
+            && self.burst_floor.is_none()
+            && self.rebought_to > self.rebought_from)
+            .then(|| self.rebought_to - self.rebought_from)
+    }
+
+    /// The ski-rental hold before it grows: `scale_down_hold_factor` start
+    /// times (the fixed delay until a start is seen).
+    fn base_hold(&self, spec: &ScalingSpec) -> Duration {
+        self.hold(spec, 1.0)
+    }
+
+    fn hold(&self, spec: &ScalingSpec, mult: f64) -> Duration {
         match self.start.get() {
             Some(start) if spec.scale_down_hold_factor > 0.0 => {
                 let cap = 4.0 * spec.scale_down_delay.as_secs_f64();
-                // Recurring bursts are held by the burst memory: its
-                // floor, not a grown hold, keeps what they need.
-                let mult = if self.burst_floor.is_some() {
-                    1.0
-                } else {
-                    self.hold_mult
-                };
                 let hold = start * spec.scale_down_hold_factor * mult;
                 Duration::from_secs_f64(hold.min(cap).min(86_400.0))
             }
