@@ -135,10 +135,9 @@ pub struct Autoscaler {
     hold_mult: f64,
     /// The counts capacity was re-bought between since the hold began to
     /// grow (lowest from, highest to; `u32::MAX` and 0 while it is at its
-    /// base): the grown hold is for that many replicas. A deeper fall
-    /// releases the rest, never needed back, after the base hold (a level
-    /// that wobbles by a few replicas must not keep all of them idle long
-    /// after its traffic has gone).
+    /// base). A fall far below them is not the fall that was re-bought and
+    /// waits only the base hold: a level that wobbles by a few replicas
+    /// must not keep all of them idle long after its traffic has gone.
     rebought_from: u32,
     rebought_to: u32,
     last_down: Option<Instant>,
@@ -875,24 +874,23 @@ impl Autoscaler {
                 span(missing_for)
             );
         }
-        // Capacity re-bought soon after its release waits the grown hold;
-        // the rest of a much deeper fall, never needed back, waits only the
-        // base hold, keeping the span re-bought above the desire until the
-        // grown hold.
+        // Capacity released and soon needed back grows the hold, for
+        // falls like those: a desire below the counts re-bought lately by
+        // more than their span is a different fall (traffic gone, not a
+        // level wobbling), and waits only the base hold.
         let grown = self.scale_down_delay(spec);
         let waited = now.saturating_duration_since(since);
-        let (delay, keep) = match self.rebought_span() {
-            // Only a fall deeper than twice the span: one barely below it
-            // is the same wobble again.
-            Some(m) if waited < grown && rec.saturating_add(m.saturating_mul(2)) <= current => {
+        let delay = match self.rebought_span() {
+            Some(span_n) if rec.saturating_add(span_n) < self.rebought_from => {
                 missing_note = format!(
-                    "{missing_note}; keeping {m} above the desire (the most re-bought lately) for {}, the rest after {}",
-                    span(grown),
-                    span(self.base_hold(spec))
+                    "{missing_note}; the desire is below the counts re-bought lately ({}–{}) by more than their span: the base hold, not {}",
+                    self.rebought_from,
+                    self.rebought_to,
+                    span(grown)
                 );
-                (self.base_hold(spec), m)
+                self.base_hold(spec)
             }
-            _ => (grown, 0),
+            _ => grown,
         };
         if waited < delay {
             return Plan::hold(
@@ -906,12 +904,7 @@ impl Autoscaler {
                 ),
             );
         }
-        let highest = self
-            .desires
-            .max(now, delay)
-            .unwrap_or(rec)
-            .max(rec)
-            .saturating_add(keep);
+        let highest = self.desires.max(now, delay).unwrap_or(rec).max(rec);
         let step_floor = current.saturating_sub(spec.max_scale_down_step);
         let target = highest.max(step_floor);
         if target >= current {
@@ -950,8 +943,8 @@ impl Autoscaler {
         self.hold(spec, mult)
     }
 
-    /// How many replicas the grown hold is for: the span of the counts
-    /// re-bought since it began to grow, while it is grown.
+    /// The span of the counts re-bought since the hold began to grow,
+    /// while it is grown.
     fn rebought_span(&self) -> Option<u32> {
         (self.hold_mult > 1.0
             && self.burst_floor.is_none()
