@@ -291,12 +291,7 @@ impl DemandHistory {
     ///   otherwise; zero with no history at all.
     pub fn forecast(&self, now_unix_s: i64, horizon_s: i64) -> Forecast {
         let horizon = horizon_s.clamp(0, MAX_HORIZON_S);
-        let recent = self
-            .fine
-            .span(now_unix_s - TREND_SPAN_S + 1, now_unix_s)
-            .into_iter()
-            .map(|(start, d)| ((start + FINE_BUCKET_S / 2).min(now_unix_s), d))
-            .collect::<Vec<_>>();
+        let recent = self.trend_buckets(now_unix_s);
         let ongoing = self.forecast_one(&recent, now_unix_s, horizon, |d| d.ongoing);
         let rps = self.forecast_one(&recent, now_unix_s, horizon, |d| d.rps);
         let basis = match (&ongoing, recent.is_empty()) {
@@ -313,6 +308,16 @@ impl DemandHistory {
             expected_rps: rps.map_or(0.0, |o| o.value),
             basis: format!("{basis} ({} ahead)", minutes(horizon)),
         }
+    }
+
+    /// The fine buckets the trend at `at` is fitted to (the last
+    /// `TREND_SPAN_S`), each at its middle.
+    fn trend_buckets(&self, at: i64) -> Vec<(i64, Demand)> {
+        self.fine
+            .span(at - TREND_SPAN_S + 1, at)
+            .into_iter()
+            .map(|(start, d)| ((start + FINE_BUCKET_S / 2).min(at), d))
+            .collect()
     }
 
     fn forecast_one(
@@ -343,10 +348,7 @@ impl DemandHistory {
                     .iter()
                     .map(|(_, d)| pick(d)),
             );
-            let estimate = match (level, base) {
-                (Some(level), Some(base)) => (level + peak - base).max(0.0),
-                _ => peak,
-            };
+            let estimate = risen(level, base, peak);
             seasons.push((name, weight, peak, estimate));
         }
         if let Some(p) = self.period_s() {
@@ -360,17 +362,8 @@ impl DemandHistory {
             if let Some(peak) = peak {
                 // The level then, read as today's is: a rise a period ago
                 // is added to today's level.
-                let before = self
-                    .fine
-                    .span(then - TREND_SPAN_S + 1, then)
-                    .into_iter()
-                    .map(|(start, d)| ((start + FINE_BUCKET_S / 2).min(then), d))
-                    .collect::<Vec<_>>();
-                let base = fit_trend(&before, then, 0, &pick).map(|t| t.level);
-                let estimate = match (level, base) {
-                    (Some(level), Some(base)) => (level + peak - base).max(0.0),
-                    _ => peak,
-                };
+                let base = fit_trend(&self.trend_buckets(then), then, 0, &pick).map(|t| t.level);
+                let estimate = risen(level, base, peak);
                 seasons.push((period_name(p), PERIOD_WEIGHT, peak, estimate));
             }
         }
@@ -461,6 +454,15 @@ fn fit_trend(
         slope_per_s: slope,
         projected,
     })
+}
+
+/// Today's level plus how far demand rose from `base` to `peak` then; the
+/// peak alone without both levels.
+fn risen(level: Option<f64>, base: Option<f64>, peak: f64) -> f64 {
+    match (level, base) {
+        (Some(level), Some(base)) => (level + peak - base).max(0.0),
+        _ => peak,
+    }
 }
 
 /// Bucket means over `[from, to)`, from the first recorded bucket on, an
