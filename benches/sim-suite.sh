@@ -7,8 +7,11 @@
 #   KINDS="on-off flash-crowd" SEEDS="4 5" benches/sim-suite.sh
 #   MODEL=my-model.toml EXTRA="--concurrency 16" benches/sim-suite.sh
 #   BIN=target/release/gpufleet benches/sim-suite.sh
+#   SHORT="--duration 8h --peak-rps 15" DAY="--duration 24h --peak-rps 10 --bursts 6" \
+#     SEEDS="11 12" benches/sim-suite.sh       # the held-out set
 #
-# Every run: 6 h at --peak-rps 30 (diurnal: 24 h at 20), --start-at-level,
+# Every run: 6 h at --peak-rps 30 (diurnal: 24 h at 20; SHORT and DAY change
+# these), --start-at-level,
 # --slo 10s end to end (conversational: --slo-kind ttft --slo 2s).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +22,8 @@ MODEL=${MODEL:-tests/fixtures/traces/model.toml}
 KINDS=${KINDS:-"code-completion conversational diurnal on-off flash-crowd slow-ramp"}
 SEEDS=${SEEDS:-"1 2 3"}
 EXTRA=${EXTRA:-}
+SHORT=${SHORT:-"--duration 6h --peak-rps 30"}
+DAY=${DAY:-"--duration 24h --peak-rps 20"}
 [ -x "$BIN" ] || { echo "no binary at $BIN (cargo build first)" >&2; exit 1; }
 command -v jq >/dev/null || { echo "jq is needed" >&2; exit 1; }
 
@@ -29,8 +34,10 @@ for kind in $KINDS; do
     args=(--synthetic "$kind" --seed "$seed" --start-at-level --model "$MODEL"
       --policies gpufleet,hpa,knative,static-peak,oracle -o json)
     case $kind in
-      diurnal) args+=(--duration 24h --peak-rps 20) ;;
-      *) args+=(--duration 6h --peak-rps 30) ;;
+      # shellcheck disable=SC2206
+      diurnal) args+=($DAY) ;;
+      # shellcheck disable=SC2206
+      *) args+=($SHORT) ;;
     esac
     case $kind in
       conversational) args+=(--slo-kind ttft --slo 2s) ;;

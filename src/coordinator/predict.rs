@@ -1,5 +1,6 @@
 //! Demand history per model and the forecast drawn from it: same time
-//! yesterday and last week, blended with the recent trend, one cold-start
+//! yesterday and last week, and one recurring period ago where demand has
+//! one shorter than a day, blended with the recent trend, one cold-start
 //! horizon ahead. Pure: time is a parameter (unix seconds, since seasons
 //! follow the wall clock), so the simulator can replay weeks in a second.
 
@@ -33,6 +34,14 @@ const LAGS: [(i64, &str, f64); 2] = [(DAY_S, "yesterday", 0.6), (WEEK_S, "last w
 const SEASON_WEIGHT: f64 = 0.7;
 /// Horizons beyond a day would read yesterday's profile from the future.
 const MAX_HORIZON_S: i64 = DAY_S;
+/// Recurring periods looked for: from a quarter of an hour to half a day
+/// (a day's is the daily lag's).
+const MIN_PERIOD_S: i64 = 15 * 60;
+const MAX_PERIOD_S: i64 = DAY_S / 2;
+/// Weight of the season one recurring period ago among the seasonal lags.
+const PERIOD_WEIGHT: f64 = 0.6;
+
+mod period;
 
 /// One bucket's sums; `samples == 0` is an empty slot.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -146,11 +155,28 @@ impl Ring {
 }
 
 /// A model's demand over the last two weeks, in bounded memory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(from = "StoredHistory", into = "StoredHistory")]
 pub struct DemandHistory {
     fine: Ring,
     coarse: Ring,
+    /// The recurring period found at the start of a coarse bucket: derived
+    /// from the buckets, looked for once per coarse bucket, not stored.
+    period: Option<FoundPeriod>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FoundPeriod {
+    /// The coarse bucket it was looked for in.
+    at: i64,
+    seconds: Option<i64>,
+}
+
+/// Two histories are equal when their buckets are: the period is derived.
+impl PartialEq for DemandHistory {
+    fn eq(&self, other: &Self) -> bool {
+        self.fine == other.fine && self.coarse == other.coarse
+    }
 }
 
 /// The persisted form: filled buckets only, so a young history stays small.
@@ -202,6 +228,7 @@ impl DemandHistory {
         DemandHistory {
             fine: Ring::new(FINE_BUCKET_S, FINE_BUCKETS),
             coarse: Ring::new(COARSE_BUCKET_S, COARSE_BUCKETS),
+            period: None,
         }
     }
 
@@ -215,6 +242,37 @@ impl DemandHistory {
         let (ongoing, rps) = (ongoing.max(0.0), requests_per_s.max(0.0));
         self.fine.add(now_unix_s, ongoing, rps);
         self.coarse.add(now_unix_s, ongoing, rps);
+        let bucket = self.coarse.start_of(now_unix_s);
+        if self.period.is_none_or(|p| p.at < bucket) {
+            self.period = Some(FoundPeriod {
+                at: bucket,
+                seconds: self.find_period(bucket),
+            });
+        }
+    }
+
+    /// The recurring period of the demand before `bucket` (a coarse
+    /// bucket's start), if it has one seen at least twice within the last
+    /// day: found in the coarse buckets, then refined to the fine ones.
+    /// Unrecorded buckets after the first recorded one count as no demand
+    /// (a model at zero records nothing).
+    fn find_period(&self, bucket: i64) -> Option<i64> {
+        let coarse = series(&self.coarse, bucket - DAY_S, bucket);
+        let lag = period::detect(
+            &coarse,
+            (MIN_PERIOD_S / COARSE_BUCKET_S) as usize,
+            (MAX_PERIOD_S / COARSE_BUCKET_S) as usize,
+        )? as i64;
+        let seconds = lag * COARSE_BUCKET_S;
+        let fine = series(&self.fine, bucket - (4 * seconds).min(DAY_S), bucket);
+        let per = COARSE_BUCKET_S / FINE_BUCKET_S;
+        let lag = period::refine(&fine, (lag * per) as usize, per as usize)? as i64;
+        Some(lag * FINE_BUCKET_S)
+    }
+
+    /// The recurring period of the demand (shorter than a day), if any.
+    pub fn period_s(&self) -> Option<i64> {
+        self.period.and_then(|p| p.seconds)
     }
 
     /// Expected demand `horizon_s` from now (capped at a day).
@@ -233,12 +291,7 @@ impl DemandHistory {
     ///   otherwise; zero with no history at all.
     pub fn forecast(&self, now_unix_s: i64, horizon_s: i64) -> Forecast {
         let horizon = horizon_s.clamp(0, MAX_HORIZON_S);
-        let recent = self
-            .fine
-            .span(now_unix_s - TREND_SPAN_S + 1, now_unix_s)
-            .into_iter()
-            .map(|(start, d)| ((start + FINE_BUCKET_S / 2).min(now_unix_s), d))
-            .collect::<Vec<_>>();
+        let recent = self.trend_buckets(now_unix_s);
         let ongoing = self.forecast_one(&recent, now_unix_s, horizon, |d| d.ongoing);
         let rps = self.forecast_one(&recent, now_unix_s, horizon, |d| d.rps);
         let basis = match (&ongoing, recent.is_empty()) {
@@ -257,6 +310,16 @@ impl DemandHistory {
         }
     }
 
+    /// The fine buckets the trend at `at` is fitted to (the last
+    /// `TREND_SPAN_S`), each at its middle.
+    fn trend_buckets(&self, at: i64) -> Vec<(i64, Demand)> {
+        self.fine
+            .span(at - TREND_SPAN_S + 1, at)
+            .into_iter()
+            .map(|(start, d)| ((start + FINE_BUCKET_S / 2).min(at), d))
+            .collect()
+    }
+
     fn forecast_one(
         &self,
         recent: &[(i64, Demand)],
@@ -268,6 +331,7 @@ impl DemandHistory {
         let level = trend.as_ref().map(|t| t.level);
         let mut seasons = Vec::new();
         for (lag, name, weight) in LAGS {
+            let name = format!("same time {name}");
             let then = now - lag;
             let Some(peak) = self
                 .coarse
@@ -284,11 +348,24 @@ impl DemandHistory {
                     .iter()
                     .map(|(_, d)| pick(d)),
             );
-            let estimate = match (level, base) {
-                (Some(level), Some(base)) => (level + peak - base).max(0.0),
-                _ => peak,
-            };
+            let estimate = risen(level, base, peak);
             seasons.push((name, weight, peak, estimate));
+        }
+        if let Some(p) = self.period_s() {
+            let then = now - p;
+            let peak = self
+                .fine
+                .span(then, then + horizon.min(p))
+                .iter()
+                .map(|(_, d)| pick(d))
+                .reduce(f64::max);
+            if let Some(peak) = peak {
+                // The level then, read as today's is: a rise a period ago
+                // is added to today's level.
+                let base = fit_trend(&self.trend_buckets(then), then, 0, &pick).map(|t| t.level);
+                let estimate = risen(level, base, peak);
+                seasons.push((period_name(p), PERIOD_WEIGHT, peak, estimate));
+            }
         }
         let season = if seasons.is_empty() {
             None
@@ -298,7 +375,7 @@ impl DemandHistory {
         };
         let season_words = seasons
             .iter()
-            .map(|(name, _, peak, _)| format!("same time {name} up to {}", num(*peak)))
+            .map(|(name, _, peak, _)| format!("{name} up to {}", num(*peak)))
             .collect::<Vec<_>>()
             .join(", ");
         match (season, trend) {
@@ -377,6 +454,41 @@ fn fit_trend(
         slope_per_s: slope,
         projected,
     })
+}
+
+/// Today's level plus how far demand rose from `base` to `peak` then; the
+/// peak alone without both levels.
+fn risen(level: Option<f64>, base: Option<f64>, peak: f64) -> f64 {
+    match (level, base) {
+        (Some(level), Some(base)) => (level + peak - base).max(0.0),
+        _ => peak,
+    }
+}
+
+/// Bucket means over `[from, to)`, from the first recorded bucket on, an
+/// unrecorded one after it as zero.
+fn series(ring: &Ring, from: i64, to: i64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut start = ring.start_of(from);
+    while start < to {
+        match ring.get(start) {
+            Some(d) => out.push(d.ongoing),
+            None if !out.is_empty() => out.push(0.0),
+            None => {}
+        }
+        start += ring.width;
+    }
+    out
+}
+
+/// "one period (1h) ago", as the forecast's basis says it.
+fn period_name(seconds: i64) -> String {
+    let text = if seconds % 3600 == 0 {
+        format!("{}h", seconds / 3600)
+    } else {
+        minutes(seconds)
+    };
+    format!("one period ({text}) ago")
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {

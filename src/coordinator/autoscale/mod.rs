@@ -133,6 +133,13 @@ pub struct Autoscaler {
     /// doubled when capacity released is needed again within the longest
     /// delay, back to 1 when it was not.
     hold_mult: f64,
+    /// The counts capacity was re-bought between since the hold began to
+    /// grow (lowest from, highest to; `u32::MAX` and 0 while it is at its
+    /// base). A fall far below them is not the fall that was re-bought and
+    /// waits only the base hold: a level that wobbles by a few replicas
+    /// must not keep all of them idle long after its traffic has gone.
+    rebought_from: u32,
+    rebought_to: u32,
     last_down: Option<Instant>,
     /// Recent bursts, for the capacity kept between them (with an SLO).
     bursts: BurstMemory,
@@ -188,6 +195,8 @@ impl Autoscaler {
             start: StartTime::default(),
             queued_since: None,
             hold_mult: 1.0,
+            rebought_from: u32::MAX,
+            rebought_to: 0,
             last_down: None,
             bursts: BurstMemory::default(),
             burst_floor: None,
@@ -347,11 +356,14 @@ impl Autoscaler {
                 let rebought = self
                     .last_down
                     .is_some_and(|t| now.saturating_duration_since(t) < spec.scale_down_delay);
-                self.hold_mult = if rebought {
-                    (self.hold_mult * 2.0).min(1024.0)
+                if rebought {
+                    self.hold_mult = (self.hold_mult * 2.0).min(1024.0);
+                    self.rebought_from = self.rebought_from.min(current);
+                    self.rebought_to = self.rebought_to.max(desired);
                 } else {
-                    1.0
-                };
+                    self.hold_mult = 1.0;
+                    (self.rebought_from, self.rebought_to) = (u32::MAX, 0);
+                }
             }
         } else if desired < current {
             // The first release of a walk down, with no capacity needed
@@ -361,6 +373,9 @@ impl Autoscaler {
                 .is_some_and(|t| now.saturating_duration_since(t) < spec.stable_window);
             if !walking {
                 self.hold_mult = (self.hold_mult / 2.0).max(1.0);
+                if self.hold_mult <= 1.0 {
+                    (self.rebought_from, self.rebought_to) = (u32::MAX, 0);
+                }
             }
             self.last_down = Some(now);
         }
@@ -859,8 +874,24 @@ impl Autoscaler {
                 span(missing_for)
             );
         }
-        let delay = self.scale_down_delay(spec);
+        // Capacity released and soon needed back grows the hold, for
+        // falls like those: a desire below the counts re-bought lately by
+        // more than their span is a different fall (traffic gone, not a
+        // level wobbling), and waits only the base hold.
+        let grown = self.scale_down_delay(spec);
         let waited = now.saturating_duration_since(since);
+        let delay = match self.rebought_span() {
+            Some(span_n) if rec.saturating_add(span_n) < self.rebought_from => {
+                missing_note = format!(
+                    "{missing_note}; the desire is below the counts re-bought lately ({}–{}) by more than their span: the base hold, not {}",
+                    self.rebought_from,
+                    self.rebought_to,
+                    span(grown)
+                );
+                self.base_hold(spec)
+            }
+            _ => grown,
+        };
         if waited < delay {
             return Plan::hold(
                 current,
@@ -902,16 +933,35 @@ impl Autoscaler {
     /// again, up to 4 × `scale_down_delay` (the delay itself holds until a
     /// start is seen).
     fn scale_down_delay(&self, spec: &ScalingSpec) -> Duration {
+        // Recurring bursts are held by the burst memory: its floor, not a
+        // grown hold, keeps what they need.
+        let mult = if self.burst_floor.is_some() {
+            1.0
+        } else {
+            self.hold_mult
+        };
+        self.hold(spec, mult)
+    }
+
+    /// The span of the counts re-bought since the hold began to grow,
+    /// while it is grown.
+    fn rebought_span(&self) -> Option<u32> {
+        (self.hold_mult > 1.0
+            && self.burst_floor.is_none()
+            && self.rebought_to > self.rebought_from)
+            .then(|| self.rebought_to - self.rebought_from)
+    }
+
+    /// The ski-rental hold before it grows: `scale_down_hold_factor` start
+    /// times (the fixed delay until a start is seen).
+    fn base_hold(&self, spec: &ScalingSpec) -> Duration {
+        self.hold(spec, 1.0)
+    }
+
+    fn hold(&self, spec: &ScalingSpec, mult: f64) -> Duration {
         match self.start.get() {
             Some(start) if spec.scale_down_hold_factor > 0.0 => {
                 let cap = 4.0 * spec.scale_down_delay.as_secs_f64();
-                // Recurring bursts are held by the burst memory: its
-                // floor, not a grown hold, keeps what they need.
-                let mult = if self.burst_floor.is_some() {
-                    1.0
-                } else {
-                    self.hold_mult
-                };
                 let hold = start * spec.scale_down_hold_factor * mult;
                 Duration::from_secs_f64(hold.min(cap).min(86_400.0))
             }

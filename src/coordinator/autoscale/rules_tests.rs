@@ -247,3 +247,50 @@ fn a_panic_starts_no_more_replicas_for_a_backlog_the_ready_ones_work_off() {
     assert!(blind.decide(&off, 4, now).desired > 4);
     assert!(d.panic, "still in panic mode");
 }
+
+/// 10 replicas at full target re-buy more soon after a release (a queue
+/// builds: the hold grows), then demand falls to `after` replicas' worth:
+/// how long until the first replica is released, within 10 minutes.
+fn release_after_a_rebuy(after: f64) -> Option<Duration> {
+    let (mut a, mut now) = measured_at(10, 8.0);
+    let s = ScalingSpec {
+        max_replicas: 32,
+        ..spec()
+    };
+    a.last_down = Some(now);
+    let mut current = 10;
+    for i in 1..=20 {
+        now += SECOND;
+        a.observe(now, &tick(current, 80.0, 100.0 * f64::from(i), 100.0));
+        let d = a.decide(&s, current, now);
+        current = d.desired;
+        if current > 10 {
+            break;
+        }
+    }
+    assert!(current > 10, "re-bought");
+    assert_eq!(a.scale_down_delay(&s), Duration::from_secs(144));
+    let load = after * 8.0;
+    let start = now;
+    while now < start + Duration::from_secs(600) {
+        now += SECOND;
+        a.observe(now, &tick(current, load, 0.0, load));
+        let d = a.decide(&s, current, now);
+        if d.desired < current {
+            return Some(now - start);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_fall_below_the_level_capacity_was_rebought_from_waits_only_the_base_hold() {
+    // Back to the level it was re-bought from: the grown hold (144 s).
+    let grown = release_after_a_rebuy(10.0).expect("released");
+    assert!(grown >= Duration::from_secs(144), "took {grown:?}");
+    // Traffic gone (two replicas' worth): the replicas between 2 and 10
+    // were never needed back, so the base hold (72 s) applies.
+    let base = release_after_a_rebuy(2.0).expect("released");
+    assert!(base < Duration::from_secs(144), "took {base:?}");
+    assert!(base >= Duration::from_secs(72), "took {base:?}");
+}

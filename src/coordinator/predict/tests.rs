@@ -252,3 +252,44 @@ fn replicas_needed_follows_the_target_within_bounds() {
     assert_eq!(replicas_needed(&f(0.0, 0.1), &zero), 1);
     assert_eq!(replicas_needed(&f(f64::NAN, 0.0), &zero), 0);
 }
+
+/// 120 in flight for the first 20 minutes of every hour, none for the other 40.
+fn on_off(t: i64) -> f64 {
+    if (t - T0).rem_euclid(HOUR_S) < 20 * 60 {
+        120.0
+    } else {
+        0.0
+    }
+}
+
+#[test]
+fn an_hourly_schedule_is_forecast_before_its_next_rise() {
+    let mut h = DemandHistory::new();
+    // Two and a half hours: two rises seen, the third 30 minutes away.
+    let now = T0 + 2 * HOUR_S + 59 * 60 + 20;
+    record(&mut h, T0, now, on_off);
+    assert_eq!(h.period_s(), Some(HOUR_S));
+    // A start (60 s) ahead the rise 40 s away is seen...
+    let ahead = h.forecast(now, 60);
+    assert!(ahead.expected_ongoing >= 0.7 * 120.0, "{ahead:?}");
+    assert!(
+        ahead.basis.contains("one period (1h) ago up to 120"),
+        "{}",
+        ahead.basis
+    );
+    assert!(replicas_needed(&ahead, &spec()) >= 11, "{ahead:?}");
+    // ...not ten minutes earlier.
+    let early = h.forecast(now - 600, 60);
+    assert!(early.expected_ongoing < 1.0, "{early:?}");
+}
+
+#[test]
+fn one_rise_is_not_yet_a_period() {
+    let mut h = DemandHistory::new();
+    // A single office day, then a flat quiet one: no recurring period.
+    record(&mut h, T0, T0 + DAY_S + 8 * HOUR_S, office_hours);
+    assert_eq!(h.period_s(), None);
+    let mut h = DemandHistory::new();
+    record(&mut h, T0, T0 + HOUR_S + 30 * 60, on_off);
+    assert_eq!(h.period_s(), None, "one and a half hours: seen once");
+}
