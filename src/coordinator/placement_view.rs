@@ -8,7 +8,7 @@
 //! confirmed. The choice is the one [`placement::place`] makes over every
 //! node (tested against it below).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::decide::gpu_candidates;
 use super::fleet::Fleet;
@@ -163,7 +163,8 @@ impl PlacementView {
         special: &[NodeCandidate],
         mut candidate: impl FnMut(&str) -> Option<NodeCandidate>,
     ) -> Option<Placement> {
-        let is_special = |n: &str| special.iter().any(|c| c.name == n);
+        let special_names: HashSet<&str> = special.iter().map(|c| c.name.as_str()).collect();
+        let is_special = |n: &str| special_names.contains(n);
         let whole = needs.gpus > 1;
         let order = if whole { &self.whole } else { &self.all };
         let want = needs.gpus as usize;
@@ -321,6 +322,14 @@ mod tests {
         }
     }
 
+    /// Healthy whole GPUs, none taken, with `free` GiB free each.
+    fn free_gpus(free: &[u64]) -> Vec<GpuCandidate> {
+        free.iter()
+            .enumerate()
+            .map(|(i, f)| gpu(i as u32, *f, true, false, false))
+            .collect()
+    }
+
     fn view_of(
         nodes: &[NodeCandidate],
         schedulable: impl Fn(&NodeCandidate) -> bool,
@@ -379,14 +388,7 @@ mod tests {
     #[test]
     fn keeps_its_order_as_nodes_change() {
         let mut view = PlacementView::default();
-        let room = |free: &[u64]| {
-            let gpus: Vec<GpuCandidate> = free
-                .iter()
-                .enumerate()
-                .map(|(i, f)| gpu(i as u32, *f, true, false, false))
-                .collect();
-            NodeRoom::of(&gpus, vec![])
-        };
+        let room = |free: &[u64]| NodeRoom::of(&free_gpus(free), vec![]);
         view.set("a", Some(room(&[80, 80, 80])));
         view.set("b", Some(room(&[80])));
         view.set("c", Some(room(&[80, 80])));
@@ -409,21 +411,8 @@ mod tests {
     fn a_node_whose_free_gpus_are_too_small_for_some_ranks_by_those_that_fit() {
         // a: 3 free, one of them big enough; b: 2 free, both big enough.
         let nodes = vec![
-            node(
-                "a",
-                vec![
-                    gpu(0, 70, true, false, false),
-                    gpu(1, 5, true, false, false),
-                    gpu(2, 5, true, false, false),
-                ],
-            ),
-            node(
-                "b",
-                vec![
-                    gpu(0, 70, true, false, false),
-                    gpu(1, 70, true, false, false),
-                ],
-            ),
+            node("a", free_gpus(&[70, 5, 5])),
+            node("b", free_gpus(&[70, 70])),
         ];
         let view = view_of(&nodes, |_| true);
         let p = by_view(&view, &nodes, &needs(1, 20, false)).unwrap();
@@ -433,16 +422,7 @@ mod tests {
 
     #[test]
     fn a_node_the_view_shows_but_that_fell_silent_is_passed_over() {
-        let mut nodes = vec![
-            node("a", vec![gpu(0, 80, true, false, false)]),
-            node(
-                "b",
-                vec![
-                    gpu(0, 80, true, false, false),
-                    gpu(1, 80, true, false, false),
-                ],
-            ),
-        ];
+        let mut nodes = vec![node("a", free_gpus(&[80])), node("b", free_gpus(&[80, 80]))];
         let view = view_of(&nodes, |_| true);
         nodes[0].unschedulable = Some("suspect".into());
         assert_eq!(
