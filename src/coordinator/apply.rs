@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::api::SignalPoint;
 use crate::domain::event::ScaleRule;
-use crate::domain::{unix_ms_now, Assignment, EventKind, ReplicaSpec, ToAgent, WarmSpec};
+use crate::domain::{unix_ms_now, Assignment, EventKind, ReplicaSpec, ToAgent};
 
 use super::decide::{liveness, Change, RetireReason, ScaleChange};
 use super::fleet::{Fleet, PlannedReplica};
@@ -24,6 +24,7 @@ impl Fleet {
         for change in changes {
             self.apply_one(change, now);
         }
+        self.refresh_view();
     }
 
     fn apply_one(&mut self, change: Change, now: Instant) {
@@ -63,9 +64,7 @@ impl Fleet {
                 });
             }
             Change::Respec { replica, spec_hash } => {
-                if let Some(r) = self.plan.get_mut(&replica) {
-                    r.spec_hash = spec_hash;
-                }
+                self.plan.update(&replica, |r| r.spec_hash = spec_hash);
             }
             Change::Retire { replica, reason } => {
                 self.retire(&replica.id, now);
@@ -91,8 +90,7 @@ impl Fleet {
                 self.plan.remove(&replica);
             }
             Change::Keep { replica } => {
-                if let Some(r) = self.plan.get_mut(&replica.id) {
-                    r.retiring_since = None;
+                if self.plan.update(&replica.id, |r| r.retiring_since = None) {
                     self.record(EventKind::ReplicaKept {
                         model: replica.model,
                         node: replica.node,
@@ -110,7 +108,7 @@ impl Fleet {
                     gpus: replica.gpus.clone(),
                     why,
                 };
-                self.plan.insert(replica.id.clone(), replica);
+                self.plan.insert(replica);
                 self.record(what);
             }
             Change::PlacementProblem { model, problem } => {
@@ -133,6 +131,9 @@ impl Fleet {
                 self.record(EventKind::DrainFinished { node });
             }
             Change::WarmPlan { plan, news } => {
+                if self.warm_plan != plan {
+                    self.assign_all = true;
+                }
                 self.warm_plan = plan;
                 for (model, on) in news {
                     self.record(EventKind::WarmPlanned { model, on });
@@ -204,57 +205,38 @@ impl Fleet {
 
     /// Marks a replica retiring in the endpoints; it stops after `retire_grace`.
     pub(super) fn retire(&mut self, id: &str, now: Instant) {
-        if let Some(r) = self.plan.get_mut(id) {
+        self.plan.update(id, |r| {
             r.retiring_since.get_or_insert(now);
-        }
+        });
     }
 
-    /// Sends each node whose desired state changed its new assignment. A
-    /// fingerprint of the plan's part for each node finds them, so a tick
-    /// in a steady fleet builds no assignment (specs, tokens) at all.
+    /// Sends each node whose desired state changed its new assignment. Only
+    /// the nodes marked since the last time are looked at (all of them
+    /// after a change to a model or the warm plan), and a fingerprint of
+    /// the plan's part for each tells whether it changed, so a tick in a
+    /// steady fleet builds no assignment (specs, tokens) at all.
     pub(super) fn send_assignments(&mut self) {
-        use std::hash::{Hash, Hasher};
         let started = Instant::now();
-        let spec_prints: std::collections::HashMap<&str, u64> = self
-            .models
-            .iter()
-            .map(|(name, m)| {
-                let mut h = std::hash::DefaultHasher::new();
-                m.record.spec_toml.hash(&mut h);
-                (name.as_str(), h.finish())
-            })
-            .collect();
-        let mut by_node: std::collections::HashMap<&str, Vec<&PlannedReplica>> = Default::default();
-        for r in self.plan.values() {
-            by_node.entry(r.node.as_str()).or_default().push(r);
-        }
-        let fingerprint = |planned: &[&PlannedReplica], warm: &[WarmSpec], evict: &[WarmSpec]| {
-            let mut h = std::hash::DefaultHasher::new();
-            for r in planned {
-                (&r.id, &r.model, &r.gpus, spec_prints.get(r.model.as_str())).hash(&mut h);
-            }
-            warm.len().hash(&mut h);
-            for w in warm.iter().chain(evict) {
-                (&w.model, &w.path).hash(&mut h);
-            }
-            h.finish()
+        // Nodes whose planned replicas changed are marked by this.
+        self.refresh_view();
+        let marked: Vec<String> = if std::mem::take(&mut self.assign_all) {
+            self.assign_stale.clear();
+            self.nodes.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.assign_stale).into_iter().collect()
         };
-        // First the nodes whose fingerprint moved, without copying a name
-        // per node: in a steady fleet, none.
-        let changed: Vec<(String, u64)> = self
-            .nodes
-            .iter()
-            .filter(|(_, node)| node.session.is_some())
-            .filter_map(|(name, node)| {
-                let planned = by_node.get(name.as_str()).map_or(&[][..], Vec::as_slice);
-                let (warm, evict) = self.warm_specs(name);
-                let key = fingerprint(planned, &warm, &evict);
-                (node.sent.is_none() || node.sent_key != key).then(|| (name.clone(), key))
+        // First the nodes whose fingerprint moved: in a steady fleet, none.
+        let changed: Vec<(String, u64)> = marked
+            .into_iter()
+            .filter_map(|name| {
+                let node = self.nodes.get(&name).filter(|n| n.session.is_some())?;
+                let key = self.assignment_print(&name);
+                (node.sent.is_none() || node.sent_key != key).then_some((name, key))
             })
             .collect();
         let mut sent = 0u64;
         for (name, key) in changed {
-            let planned = by_node.remove(name.as_str()).unwrap_or_default();
+            let planned: Vec<&PlannedReplica> = self.plan.on_node(&name).collect();
             let (warm, evict) = self.warm_specs(&name);
             let mut replicas = Vec::new();
             let mut keep = Vec::new();
@@ -294,7 +276,8 @@ impl Fleet {
                 // A full outbox means the agent is slow to read; the next tick
                 // tries again with whatever is wanted then.
                 Err(e) => {
-                    tracing::debug!(node = %name, error = %e, "assignment not sent this tick")
+                    tracing::debug!(node = %name, error = %e, "assignment not sent this tick");
+                    self.assign_stale.insert(name);
                 }
             }
         }
@@ -305,6 +288,41 @@ impl Fleet {
             super::metrics::FleetMetrics::process()
                 .assignments_sent
                 .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        }
+        #[cfg(test)]
+        self.check_assignments();
+    }
+
+    /// A fingerprint of the plan's part for `node`: its replicas (ids,
+    /// models, GPUs, their models' specs) and its warm and evict lists.
+    fn assignment_print(&self, node: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        for r in self.plan.on_node(node) {
+            let spec = self.models.get(&r.model).map(|m| &m.record.spec_toml);
+            (&r.id, &r.model, &r.gpus, spec).hash(&mut h);
+        }
+        let (warm, evict) = self.warm_specs(node);
+        warm.len().hash(&mut h);
+        for w in warm.iter().chain(&evict) {
+            (&w.model, &w.path).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Every change to what a node should run marks it: after assignments
+    /// went out, each connected node has been sent its present one, or is
+    /// marked to be tried again.
+    #[cfg(test)]
+    fn check_assignments(&self) {
+        for (name, n) in self.nodes.iter().filter(|(_, n)| n.session.is_some()) {
+            if self.assign_stale.contains(name) {
+                continue;
+            }
+            assert!(
+                n.sent.is_some() && n.sent_key == self.assignment_print(name),
+                "{name}'s assignment changed but the node was not marked"
+            );
         }
     }
 }

@@ -17,7 +17,8 @@ use crate::domain::event::{DrainReason, NodeLiveness, ReplaceReason, ScaleRule};
 use crate::domain::ReplicaState;
 
 use super::autoscale::{ModelScaler, Signals, Tick};
-use super::fleet::{Fleet, PlannedReplica};
+use super::fleet::{Fleet, Model, PlannedReplica};
+use super::nodes::Node;
 use super::placement::{self, warm_targets, GpuCandidate, NodeCandidate, ReplicaNeeds};
 use super::predict::replicas_needed;
 use super::scaling::PREDICT_HORIZON;
@@ -203,6 +204,17 @@ struct PlannedOnNode {
     model_replicas: u32,
     /// Host CPU and memory its replicas' specs ask for.
     asked: Vec<(f64, u64)>,
+}
+
+impl PlannedOnNode {
+    fn add(&mut self, r: &PlannedReplica, model: &str, models: &BTreeMap<String, Model>) {
+        self.taken.extend(r.gpus.iter().copied());
+        self.model_replicas += u32::from(r.model == model);
+        if let Some(m) = models.get(&r.model) {
+            self.asked
+                .push((m.spec.server.cpu, m.spec.server.memory_bytes));
+        }
+    }
 }
 
 /// The plan's replicas by model, in one pass: per-model loops look their
@@ -455,6 +467,10 @@ impl Fleet {
     /// take it (the host may be what is wrong: a bad driver, a full disk).
     /// The node is avoided for that model for a while.
     pub(super) fn decide_crash_loops(&self, now: Instant) -> Vec<Change> {
+        self.decide_crash_loops_by(now, self.pick())
+    }
+
+    pub(super) fn decide_crash_loops_by(&self, now: Instant, pick: Pick) -> Vec<Change> {
         let mut out = Vec::new();
         // Replicas moved before this one free their GPUs for it.
         let mut moved: Vec<&str> = Vec::new();
@@ -474,11 +490,12 @@ impl Fleet {
             let Some(m) = self.models.get(&r.model) else {
                 continue;
             };
-            let mut candidates = self.candidates(&r.model, now, &[], &moved);
-            for c in candidates.iter_mut().filter(|c| c.name == r.node) {
+            let running = self.nodes_running(&r.model);
+            let mut pool = self.pool(&r.model, now, &[], &moved, pick, &running, &[&r.node]);
+            for c in pool.candidates.iter_mut().filter(|c| c.name == r.node) {
                 c.unschedulable = Some("the replica crash-loops here".into());
             }
-            if let Ok(p) = placement::place(&candidates, &needs(&m.spec)) {
+            if let Ok(p) = self.place_from(&pool, &r.model, &needs(&m.spec), now, &[], &moved) {
                 moved.push(&r.id);
                 out.push(Change::Replace {
                     replica: r.clone(),
@@ -569,12 +586,24 @@ impl Fleet {
     /// Keeps retiring replicas wanted again and places the missing ones,
     /// at most `PLACEMENTS_PER_TICK` a tick.
     pub(super) fn decide_placements(&self, now: Instant) -> Vec<Change> {
+        self.decide_placements_by(now, self.pick())
+    }
+
+    /// `decide_placements`, looking at the fleet through the placement
+    /// view or at every node (the same choices; tests compare them).
+    pub(super) fn decide_placements_by(&self, now: Instant, pick: Pick) -> Vec<Change> {
         // Per model, in one pass over the plan: replicas serving, and those
         // retiring, off draining nodes (replicas on a draining node are on
-        // their way out: replacements are placed for them).
+        // their way out: replacements are placed for them); and the nodes
+        // running it.
         let mut counts: HashMap<&str, (u32, Vec<&PlannedReplica>)> = Default::default();
+        let mut running: HashMap<&str, BTreeSet<&str>> = Default::default();
         let any_draining = self.nodes.values().any(|n| n.flags.draining);
         for r in self.plan.values() {
+            running
+                .entry(r.model.as_str())
+                .or_default()
+                .insert(r.node.as_str());
             if any_draining && self.on_draining_node(&r.node) {
                 continue;
             }
@@ -607,10 +636,12 @@ impl Fleet {
             }
             // Built once per model; after each placement only the node
             // that took the replica is looked at again.
-            let mut candidates = if current < desired {
-                self.candidates(name, now, &placed, &[])
+            let no_nodes = BTreeSet::new();
+            let mut pool = if current < desired {
+                let running = running.get(name.as_str()).unwrap_or(&no_nodes);
+                self.pool(name, now, &placed, &[], pick, running, &[])
             } else {
-                Vec::new()
+                Pool::default()
             };
             let spec_hash = model.spec.spec_hash();
             let needs = needs(&model.spec);
@@ -619,7 +650,7 @@ impl Fleet {
                     out.push(Change::PlaceRestSoon);
                     break;
                 }
-                match placement::place(&candidates, &needs) {
+                match self.place_from(&pool, name, &needs, now, &placed, &[]) {
                     Ok(p) => {
                         let replica = PlannedReplica {
                             id: self.new_replica_id(name, &placed),
@@ -631,11 +662,8 @@ impl Fleet {
                             retiring_since: None,
                         };
                         placed.push(replica.clone());
-                        if let (Some(slot), Some(fresh)) = (
-                            candidates.iter_mut().find(|c| c.name == p.node),
-                            self.candidate_on(&p.node, name, now, &placed),
-                        ) {
-                            *slot = fresh;
+                        if let Some(fresh) = self.candidate_on(&p.node, name, now, &placed, &[]) {
+                            pool.put(fresh);
                         }
                         out.push(Change::Place {
                             replica,
@@ -772,52 +800,136 @@ impl Fleet {
         placed: &[PlannedReplica],
         gone: &[&str],
     ) -> Vec<NodeCandidate> {
-        let planned = self.planned_on_nodes(model, None, placed, gone);
+        let planned = self.planned_on_nodes(model, placed, gone);
         self.nodes
             .values()
             .map(|n| self.candidate(n, model, now, planned.get(n.name.as_str())))
             .collect()
     }
 
-    /// One node as placement sees it for one model (after a placement
-    /// there, the rest of the fleet is unchanged).
-    fn candidate_on(
+    /// One node as placement sees it for one model, with the replicas
+    /// `placed` so far this tick and without those `gone`, from the plan's
+    /// replicas on that node alone.
+    pub(super) fn candidate_on(
         &self,
         node: &str,
         model: &str,
         now: Instant,
         placed: &[PlannedReplica],
+        gone: &[&str],
     ) -> Option<NodeCandidate> {
         let n = self.nodes.get(node)?;
-        let planned = self.planned_on_nodes(model, Some(node), placed, &[]);
-        Some(self.candidate(n, model, now, planned.get(node)))
+        let mut planned = PlannedOnNode::default();
+        for r in self
+            .plan
+            .on_node(node)
+            .chain(placed.iter().filter(|r| r.node == node))
+        {
+            if !gone.contains(&r.id.as_str()) {
+                planned.add(r, model, &self.models);
+            }
+        }
+        Some(self.candidate(n, model, now, Some(&planned)))
     }
 
-    /// In one pass over the plan (not one per node), per node (or for
-    /// `only` that one): what the plan, with the replicas `placed` so far
-    /// this tick and without those `gone`, holds there for placing `model`.
+    /// In one pass over the plan (not one per node), per node: what the
+    /// plan, with the replicas `placed` so far this tick and without those
+    /// `gone`, holds there for placing `model`.
     fn planned_on_nodes<'a>(
         &'a self,
         model: &str,
-        only: Option<&str>,
         placed: &'a [PlannedReplica],
         gone: &[&str],
     ) -> HashMap<&'a str, PlannedOnNode> {
         let mut out: HashMap<&str, PlannedOnNode> = HashMap::new();
         for r in self.plan.values().chain(placed) {
-            if only.is_some_and(|n| n != r.node) || gone.contains(&r.id.as_str()) {
-                continue;
-            }
-            let entry = out.entry(r.node.as_str()).or_default();
-            entry.taken.extend(r.gpus.iter().copied());
-            entry.model_replicas += u32::from(r.model == model);
-            if let Some(m) = self.models.get(&r.model) {
-                entry
-                    .asked
-                    .push((m.spec.server.cpu, m.spec.server.memory_bytes));
+            if !gone.contains(&r.id.as_str()) {
+                out.entry(r.node.as_str())
+                    .or_default()
+                    .add(r, model, &self.models);
             }
         }
         out
+    }
+
+    /// Which way placements look at the fleet: through the placement view
+    /// when it is up to date (it is after every command and every applied
+    /// change; a test that drives the fleet's methods directly may leave it
+    /// behind), else at every node.
+    pub(super) fn pick(&self) -> Pick {
+        if self.view_current() {
+            Pick::View
+        } else {
+            Pick::Scan
+        }
+    }
+
+    /// The nodes the plan has replicas of `model` on.
+    fn nodes_running(&self, model: &str) -> BTreeSet<&str> {
+        self.plan
+            .values()
+            .filter(|r| r.model == model)
+            .map(|r| r.node.as_str())
+            .collect()
+    }
+
+    /// The nodes one model's placements start from: every node, or with the
+    /// view only those whose rank the view does not give (warm for the
+    /// model, `running` it, given or losing a replica this tick, `also`).
+    #[allow(clippy::too_many_arguments)]
+    fn pool(
+        &self,
+        model: &str,
+        now: Instant,
+        placed: &[PlannedReplica],
+        gone: &[&str],
+        pick: Pick,
+        running: &BTreeSet<&str>,
+        also: &[&str],
+    ) -> Pool {
+        let candidates = match pick {
+            Pick::Scan => self.candidates(model, now, placed, gone),
+            Pick::View => {
+                let mut names: BTreeSet<&str> = running.clone();
+                names.extend(self.view.warm_nodes(model));
+                names.extend(placed.iter().map(|r| r.node.as_str()));
+                names.extend(
+                    gone.iter()
+                        .filter_map(|id| self.plan.get(*id))
+                        .map(|r| r.node.as_str()),
+                );
+                names.extend(also);
+                names
+                    .into_iter()
+                    .filter_map(|n| self.candidate_on(n, model, now, placed, gone))
+                    .collect()
+            }
+        };
+        Pool { pick, candidates }
+    }
+
+    /// One replica of `model` placed from `pool`: as `placement::place`
+    /// over every node would place it.
+    fn place_from(
+        &self,
+        pool: &Pool,
+        model: &str,
+        needs: &ReplicaNeeds,
+        now: Instant,
+        placed: &[PlannedReplica],
+        gone: &[&str],
+    ) -> Result<placement::Placement, String> {
+        if pool.pick == Pick::Scan {
+            return placement::place(&pool.candidates, needs);
+        }
+        let by_view = self.view.place(needs, &pool.candidates, |n| {
+            self.candidate_on(n, model, now, placed, gone)
+        });
+        match by_view {
+            Some(p) => Ok(p),
+            // Nothing fits: every node, to say why.
+            None => placement::place(&self.candidates(model, now, placed, gone), needs),
+        }
     }
 
     fn candidate(
@@ -846,15 +958,6 @@ impl Fleet {
         } else {
             self.host_shortfall(n, model, &planned.asked)
         };
-        let mut taken = planned.taken.clone();
-        // Replicas still running outside the plan (being stopped)
-        // hold their GPUs until they are gone.
-        taken.extend(
-            n.replicas
-                .iter()
-                .filter(|r| r.state.is_live())
-                .flat_map(|r| r.gpus.iter().copied()),
-        );
         let warm = n
             .warm
             .iter()
@@ -864,22 +967,7 @@ impl Fleet {
         NodeCandidate {
             name: n.name.clone(),
             unschedulable,
-            gpus: n
-                .gpus
-                .iter()
-                .map(|g| {
-                    let s = n.sample(g.index);
-                    GpuCandidate {
-                        index: g.index,
-                        healthy: g.healthy && s.is_none_or(|s| s.healthy),
-                        taken: taken.contains(&g.index),
-                        free_bytes: s
-                            .map(|s| s.memory_total_bytes.saturating_sub(s.memory_used_bytes))
-                            .unwrap_or(g.memory_total_bytes),
-                        mig: g.mig_parent.is_some(),
-                    }
-                })
-                .collect(),
+            gpus: gpu_candidates(n, &planned.taken),
             warm_fraction: warm,
             model_replicas: planned.model_replicas,
         }
@@ -913,6 +1001,62 @@ impl Fleet {
                     .map(|r| (r.id.clone(), (r.state, r.ready_unix_ms)))
             })
             .collect()
+    }
+}
+
+/// A node's GPUs as placement sees them, whatever the model: `planned`
+/// are those the plan gives to replicas there.
+pub(super) fn gpu_candidates(n: &Node, planned: &[u32]) -> Vec<GpuCandidate> {
+    let mut taken = planned.to_vec();
+    // Replicas still running outside the plan (being stopped)
+    // hold their GPUs until they are gone.
+    taken.extend(
+        n.replicas
+            .iter()
+            .filter(|r| r.state.is_live())
+            .flat_map(|r| r.gpus.iter().copied()),
+    );
+    n.gpus
+        .iter()
+        .map(|g| {
+            let s = n.sample(g.index);
+            GpuCandidate {
+                index: g.index,
+                healthy: g.healthy && s.is_none_or(|s| s.healthy),
+                taken: taken.contains(&g.index),
+                free_bytes: s
+                    .map(|s| s.memory_total_bytes.saturating_sub(s.memory_used_bytes))
+                    .unwrap_or(g.memory_total_bytes),
+                mig: g.mig_parent.is_some(),
+            }
+        })
+        .collect()
+}
+
+/// How placements look at the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Pick {
+    /// Through the placement view: few nodes per placement.
+    View,
+    /// At every node.
+    #[default]
+    Scan,
+}
+
+/// The candidates one model's placements start from (`Fleet::pool`).
+#[derive(Default)]
+struct Pool {
+    pick: Pick,
+    candidates: Vec<NodeCandidate>,
+}
+
+impl Pool {
+    /// A node seen afresh (it took a replica): replaces what was there.
+    fn put(&mut self, c: NodeCandidate) {
+        match self.candidates.iter_mut().find(|x| x.name == c.name) {
+            Some(slot) => *slot = c,
+            None => self.candidates.push(c),
+        }
     }
 }
 

@@ -49,7 +49,7 @@ struct Snapshot {
 
 fn snapshot(f: &Fleet) -> Snapshot {
     Snapshot {
-        plan: f.plan.clone(),
+        plan: (*f.plan).clone(),
         desired: f
             .models
             .iter()

@@ -220,6 +220,11 @@ impl Fleet {
     }
 
     pub(super) fn handle(&mut self, cmd: Command) {
+        self.handle_command(cmd);
+        self.refresh_view();
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
         let now = Instant::now();
         // What an operator (or a new agent) asks for is acted on at once.
         let acts = matches!(
@@ -630,6 +635,8 @@ impl Fleet {
         // node's full assignment.
         node.sent = None;
         node.announced = crate::api::NodeState::Ready;
+        self.touch_node(&name);
+        self.assign_stale.insert(name.clone());
         let gpus = hello.gpus.len();
         let replicas = hello.replicas.len();
         self.screen_claims(&name);
@@ -669,6 +676,10 @@ impl Fleet {
             .map(|s| s.outbox.clone())
         else {
             // A report from a replaced session: its node has moved on.
+            return false;
+        };
+        self.touch_node(name);
+        let Some(node) = self.nodes.get_mut(name) else {
             return false;
         };
         // Load generators ask when the report is handled; agents never do.
@@ -761,6 +772,7 @@ impl Fleet {
         }
         node.session = None;
         node.sent = None;
+        self.touch_node(name);
         self.record(EventKind::NodeDisconnected {
             node: name.to_string(),
             reason: reason.to_string(),
@@ -808,6 +820,8 @@ impl Fleet {
             Applied::New
         };
         self.quarantined.remove(&name);
+        // Its spec is in every assignment of its replicas and warm lists.
+        self.assign_all = true;
         // An update keeps the model's scaling state and history.
         let model = match self.models.remove(&name) {
             Some(mut m) => {
@@ -834,11 +848,12 @@ impl Fleet {
             .map_err(|e| FleetError::Internal(format!("model `{name}` not deleted: {e}")))?;
         self.models.remove(name);
         self.quarantined.remove(name);
+        self.assign_all = true;
         if let Err(e) = self.store.delete_demand(name) {
             tracing::warn!(model = %name, error = %e, "demand history not deleted");
         }
         let before = self.plan.len();
-        self.plan.retain(|_, r| r.model != name);
+        self.plan.retain(|r| r.model != name);
         let stopping = (before - self.plan.len()) as u32;
         self.record(EventKind::ModelDeleted {
             model: name.to_string(),

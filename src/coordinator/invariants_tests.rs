@@ -13,6 +13,7 @@ use crate::domain::{
     Assignment, GpuInfo, GpuSample, Hello, ReplicaState, ReplicaStatus, Report, ToAgent,
 };
 
+use super::decide::Pick;
 use super::fleet::{Fleet, FleetSettings, NodeOp};
 use super::store::{DamagedRecord, ModelRecord, NodeFlags, Store, StoreError};
 
@@ -64,6 +65,8 @@ struct FakeAgent {
     session: Option<u64>,
     inbox: Option<mpsc::Receiver<ToAgent>>,
     running: Assignment,
+    /// GPU memory used outside the fleet's replicas, by GPU index.
+    used: BTreeMap<u32, u64>,
 }
 
 impl FakeAgent {
@@ -104,7 +107,7 @@ impl FakeAgent {
                 .map(|g| GpuSample {
                     index: g.index,
                     memory_total_bytes: g.memory_total_bytes,
-                    memory_used_bytes: 0,
+                    memory_used_bytes: self.used.get(&g.index).copied().unwrap_or(0),
                     healthy: g.healthy,
                     ..Default::default()
                 })
@@ -189,6 +192,7 @@ impl World {
                 session: None,
                 inbox: None,
                 running: Assignment::default(),
+                used: BTreeMap::new(),
             })
             .collect();
         let mut w = World {
@@ -325,25 +329,7 @@ proptest! {
         w.fleet.apply_model(spec("big", 2, 70)).unwrap();
         let models = ["small", "big"];
         for op in ops {
-            match op {
-                Op::Tick => {}
-                Op::Pin(m, n) => { w.fleet.scale_model(models[m], Some(n)).unwrap(); }
-                Op::Down(i) => w.down(i),
-                Op::Up(i) => {
-                    // A returning agent opens a new session.
-                    if !w.agents[i].up { w.agents[i].session = None; w.up(i); }
-                }
-                Op::Sick(i, g) | Op::Heal(i, g) => {
-                    let sick = matches!(op, Op::Sick(..));
-                    if let Some(x) = w.agents[i].gpus.iter_mut().find(|x| x.index == g) {
-                        x.healthy = !sick;
-                        x.health_reason = if sick { "Xid 79".into() } else { String::new() };
-                    }
-                }
-                Op::Cordon(i) => { let _ = w.fleet.node_operation(&format!("n{i}"), NodeOp::Cordon, w.now); }
-                Op::Uncordon(i) => { let _ = w.fleet.node_operation(&format!("n{i}"), NodeOp::Uncordon, w.now); }
-                Op::Drain(i) => { let _ = w.fleet.node_operation(&format!("n{i}"), NodeOp::Drain { deadline: Duration::from_secs(5) }, w.now); }
-            }
+            w.run(&op, &models);
             let before: BTreeMap<String, (String, Vec<u32>)> = w.fleet.plan.values().map(|r| (r.id.clone(), (r.node.clone(), r.gpus.clone()))).collect();
             let names: Vec<String> = w.agents.iter().map(|a| a.name.clone()).collect();
             let schedulable: BTreeMap<String, bool> = names.iter().map(|n| (n.clone(), w.schedulable(n) && !w.fleet.nodes[n].flags.cordoned && !w.fleet.nodes[n].flags.draining)).collect();
@@ -357,6 +343,92 @@ proptest! {
         for _ in 0..20 { w.tick(); }
         let sent = w.tick();
         prop_assert!(sent.is_empty(), "a settled fleet got new assignments: {sent:?}");
+    }
+}
+
+impl World {
+    fn run(&mut self, op: &Op, models: &[&str]) {
+        let w = self;
+        match *op {
+            Op::Tick => {}
+            Op::Pin(m, n) => {
+                w.fleet.scale_model(models[m], Some(n)).unwrap();
+            }
+            Op::Down(i) => w.down(i),
+            Op::Up(i) => {
+                // A returning agent opens a new session.
+                if !w.agents[i].up {
+                    w.agents[i].session = None;
+                    w.up(i);
+                }
+            }
+            Op::Sick(i, g) | Op::Heal(i, g) => {
+                let sick = matches!(op, Op::Sick(..));
+                if let Some(x) = w.agents[i].gpus.iter_mut().find(|x| x.index == g) {
+                    x.healthy = !sick;
+                    x.health_reason = if sick { "Xid 79".into() } else { String::new() };
+                }
+            }
+            Op::Cordon(i) => {
+                let _ = w
+                    .fleet
+                    .node_operation(&format!("n{i}"), NodeOp::Cordon, w.now);
+            }
+            Op::Uncordon(i) => {
+                let _ = w
+                    .fleet
+                    .node_operation(&format!("n{i}"), NodeOp::Uncordon, w.now);
+            }
+            Op::Drain(i) => {
+                let deadline = Duration::from_secs(5);
+                let _ = w
+                    .fleet
+                    .node_operation(&format!("n{i}"), NodeOp::Drain { deadline }, w.now);
+            }
+        }
+    }
+}
+
+// ---- Placement: the incremental view chooses as a scan of every node ----
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// On random fleets as the control loop changes them (nodes going down
+    /// and coming back, GPUs failing, cordons, drains, GPU memory used
+    /// outside the plan; models of one and two GPUs, packed and spread),
+    /// every placement through the placement view is the one a look at
+    /// every node makes. (Each tick of every test also checks this, and that
+    /// the view matches the nodes after each change.)
+    #[test]
+    fn placing_through_the_view_decides_as_a_scan_of_every_node(
+        gpu_counts in proptest::collection::vec(1u32..5, 4),
+        mem_gib in proptest::collection::vec(prop_oneof![Just(24u64), Just(48), Just(80)], 4),
+        used in proptest::collection::vec((0usize..4, 0u32..4, 0u64..60), 0..6),
+        ops in proptest::collection::vec(op(), 1..40),
+    ) {
+        let mut w = World::new(&gpu_counts, &mem_gib);
+        for (i, g, gib) in used {
+            w.agents[i].used.insert(g, gib * GIB);
+        }
+        w.fleet.apply_model(spec("small", 1, 20)).unwrap();
+        w.fleet.apply_model(spec("big", 2, 40)).unwrap();
+        w.fleet.apply_model(spec("wide", 1, 10).replace("replicas = 1", "replicas = 3\nspread = true")).unwrap();
+        let models = ["small", "wide"];
+        for op in ops {
+            w.run(&op, &models);
+            w.fleet.refresh_view();
+            prop_assert!(w.fleet.view_current());
+            let now = w.now + Duration::from_secs(1);
+            prop_assert_eq!(
+                w.fleet.decide_placements_by(now, Pick::View),
+                w.fleet.decide_placements_by(now, Pick::Scan)
+            );
+            // The tick compares the two again, after it scaled.
+            w.tick();
+        }
+        // Placement had something to do.
+        prop_assert!(w.fleet.events.iter().any(|e| e.kind == "place"));
     }
 }
 
@@ -463,6 +535,7 @@ fn a_node_cannot_claim_another_nodes_replica_nor_invent_one() {
         ..w.agents[rogue].hello()
     };
     w.fleet.nodes.get_mut(&rogue_name).unwrap().session = None;
+    w.fleet.touch_node(&rogue_name);
     let session = w
         .fleet
         .connect(hello, "10.0.0.66:1".into(), tx, w.now)

@@ -23,6 +23,8 @@ pub mod metrics;
 pub mod nodes;
 pub mod operations;
 pub mod placement;
+mod placement_view;
+mod plan;
 pub mod predict;
 pub mod reconcile;
 pub mod scaling;

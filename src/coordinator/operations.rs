@@ -65,6 +65,9 @@ impl Fleet {
         if let Some(n) = self.nodes.get_mut(name) {
             n.flags = flags.clone();
         }
+        self.touch_node(name);
+        // Its warm and evict lists are in its assignment.
+        self.assign_stale.insert(name.to_string());
         self.node_flags.insert(name.to_string(), flags);
         Ok(())
     }

@@ -66,6 +66,15 @@ impl Fleet {
         clock.done(Phase::Surplus);
         self.take_reports(&mut clock);
         let changes = self.decide_placements(now);
+        // Every test's tick: the view chose as a scan of every node would.
+        #[cfg(test)]
+        if self.pick() == super::decide::Pick::View {
+            assert_eq!(
+                changes,
+                self.decide_placements_by(now, super::decide::Pick::Scan),
+                "placement through the view differs from a scan of every node"
+            );
+        }
         self.apply(changes, now);
         // Drains retire what the placements just replaced.
         let changes = self.decide_drains(now_unix_ms);
@@ -227,7 +236,7 @@ impl Fleet {
                 replica: r.id.clone(),
                 unsigned,
             };
-            self.plan.insert(r.id.clone(), r);
+            self.plan.insert(r);
             self.record(what);
         }
     }

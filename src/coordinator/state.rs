@@ -14,6 +14,8 @@ use crate::domain::{EventKind, LogSlice};
 
 use super::handle::FleetError;
 use super::nodes::Node;
+use super::placement_view::PlacementView;
+use super::plan::ReplicaPlan;
 use super::store::{ModelRecord, NodeFlags, Store};
 use super::trust::{AssignmentKey, Refusal};
 
@@ -121,7 +123,17 @@ pub struct Fleet {
     pub(super) models: BTreeMap<String, Model>,
     /// Models whose stored record did not load, by name.
     pub(super) quarantined: BTreeMap<String, Quarantined>,
-    pub(super) plan: BTreeMap<String, PlannedReplica>,
+    pub(super) plan: ReplicaPlan,
+    /// Placement's view of the schedulable nodes' free GPUs, kept up to
+    /// date as nodes and the plan change.
+    pub(super) view: PlacementView,
+    /// Nodes changed since the view was last brought up to date.
+    pub(super) view_stale: std::collections::BTreeSet<String>,
+    /// Nodes whose assignment may have changed since assignments were last
+    /// sent (their planned replicas, warm lists, a new session); with
+    /// `assign_all`, every node's may have (a model's spec, the warm plan).
+    pub(super) assign_stale: std::collections::BTreeSet<String>,
+    pub(super) assign_all: bool,
     /// When the coordinator started, or woke from a pause: the reconnect
     /// grace runs from here.
     pub(super) started: Instant,
@@ -228,7 +240,11 @@ impl Fleet {
             node_flags,
             models,
             quarantined,
-            plan: BTreeMap::new(),
+            plan: ReplicaPlan::default(),
+            view: PlacementView::default(),
+            view_stale: Default::default(),
+            assign_stale: Default::default(),
+            assign_all: true,
             started: Instant::now(),
             tick_at: None,
             awaiting_measurement: false,
