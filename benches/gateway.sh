@@ -19,7 +19,7 @@
 #            BASELINE=PATH also runs a gateway from another gpufleet binary
 #            (an older build) on the same fleet, measured in the same
 #            rotation as the other two paths (A/B on one replica).
-#            GATEWAY_THREADS=N gives the gateways N request threads
+#            GATEWAY_THREADS=N gives the gateways N runtime worker threads
 #            (TOKIO_WORKER_THREADS; default one per CPU).
 #            TOKEN_TIME (1ms) is how long the replica takes per request: the
 #            default is the worst case for a proxy; a longer one is nearer

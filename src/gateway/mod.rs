@@ -52,6 +52,9 @@ pub struct Gateway {
     pub metrics: metrics::Metrics,
     /// To the replicas, for questions of the gateway's own (their slots).
     pub client: reqwest::Client,
+    /// To the replicas, for clients' requests: hyper's pooled client
+    /// itself, as the proxy's hot path needs none of reqwest's conveniences.
+    pub upstream: Upstream,
     /// Asks the link to report now (a request found its model asleep).
     pub wake: Notify,
     /// Whether the routing stream is up.
@@ -125,6 +128,16 @@ pub async fn run(
         .pool_idle_timeout(REPLICA_IDLE)
         .build()
         .context("building the HTTP client for replicas")?;
+    let upstream = {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // Token streams are many small writes: each goes out at once.
+        connector.set_nodelay(true);
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(REPLICA_IDLE)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector)
+    };
     let gw = Arc::new(Gateway {
         dispatcher: SharedDispatcher::new(Dispatcher::new(
             cfg.queue_capacity,
@@ -133,6 +146,7 @@ pub async fn run(
         )),
         metrics: metrics::Metrics::default(),
         client,
+        upstream,
         wake: Notify::new(),
         connected: AtomicBool::new(false),
         client_tokens,
@@ -154,10 +168,7 @@ pub async fn run(
         },
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
-    let lanes = http::Lanes::start(&gw, http::request_threads(), &halt_rx)
-        .context("starting the gateway's request threads")?;
-    let server = tokio::spawn(http::serve(listener, lanes, stop_rx));
+    let server = tokio::spawn(http::serve(listener, gw.clone(), stop_rx));
     crate::notify::ready("routing");
     shutdown.await;
     tracing::info!("shutting down: no new connections; letting requests in flight finish");
@@ -175,22 +186,6 @@ pub async fn run(
         }
     })
     .await;
-    let _ = halt_tx.send(true);
     link.abort();
     Ok(())
-}
-
-/// The client that forwards clients' requests to replicas, one per request
-/// thread: hyper's pooled client itself, as the proxy's hot path needs none
-/// of reqwest's conveniences. Its connections are driven by the runtime it
-/// is first used on.
-pub fn upstream_client() -> Upstream {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    // Token streams are many small writes: each goes out at once.
-    connector.set_nodelay(true);
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(REPLICA_IDLE)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
 }

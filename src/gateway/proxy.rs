@@ -12,9 +12,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::dispatch::{Admission, Refusal, Slot};
-use super::http::Lane;
 use super::prefix::{prefix_hashes, prompt_text, Routing};
-use super::{Gateway, Upstream};
+use super::Gateway;
 
 /// Label for requests whose model is not one the fleet serves, so that
 /// client-chosen names cannot grow the metrics without bound.
@@ -333,8 +332,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Serves one OpenAI request for `path` ("/v1/completions").
-pub async fn forward(lane: &Lane, path: &'static str, req: axum::extract::Request) -> Response {
-    let gw = &lane.gw;
+pub async fn forward(
+    gw: Arc<Gateway>,
+    path: &'static str,
+    req: axum::extract::Request,
+) -> Response {
     let arrived = Instant::now();
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
@@ -355,7 +357,7 @@ pub async fn forward(lane: &Lane, path: &'static str, req: axum::extract::Reques
             }
             Routing::LeastOutstanding | Routing::RoundRobin => (peek_model(&bytes)?, Vec::new()),
         };
-        send(lane, path, &headers, bytes, &model, prefix, arrived).await
+        send(&gw, path, &headers, bytes, &model, prefix, arrived).await
     }
     .await;
     match result {
@@ -379,7 +381,7 @@ pub async fn forward(lane: &Lane, path: &'static str, req: axum::extract::Reques
 /// Holds the request until a replica has room, then sends it; tries
 /// another replica while the chosen one fails before answering.
 async fn send(
-    lane: &Lane,
+    gw: &Arc<Gateway>,
     path: &'static str,
     headers: &HeaderMap,
     body: Bytes,
@@ -387,7 +389,6 @@ async fn send(
     prefix: Vec<u64>,
     arrived: Instant,
 ) -> Result<(String, Response), ApiError> {
-    let gw = &lane.gw;
     let deadline = arrived + gw.cfg.hold_timeout;
     let mut attempt = 1;
     loop {
@@ -396,7 +397,7 @@ async fn send(
         gw.metrics.placed(model, slot.grant().how, held);
         let mut resent = false;
         let sent = loop {
-            match upstream(&lane.upstream, &slot.grant().address, path, headers, &body).await {
+            match upstream(gw, &slot.grant().address, path, headers, &body).await {
                 Err(e) if !resent && closed_unanswered(&*e) => {
                     // The replica closed a kept-alive connection as the
                     // request went out on it (llama.cpp closes one after
@@ -440,7 +441,7 @@ type SendError = Box<dyn std::error::Error + Send + Sync>;
 /// Sends the request to the replica at `address` over a pooled connection;
 /// the answer's body is still to come.
 async fn upstream(
-    client: &Upstream,
+    gw: &Gateway,
     address: &str,
     path: &'static str,
     headers: &HeaderMap,
@@ -455,7 +456,7 @@ async fn upstream(
     *req.method_mut() = axum::http::Method::POST;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers.clone();
-    Ok(client.request(req).await?)
+    Ok(gw.upstream.request(req).await?)
 }
 
 /// Whether the replica closed the connection with no answer at all (no
