@@ -21,6 +21,9 @@
 #            rotation as the other two paths (A/B on one replica).
 #            GATEWAY_THREADS=N gives the gateways N runtime worker threads
 #            (TOKIO_WORKER_THREADS; default one per CPU).
+#            TOKEN_TIME (1ms) is how long the replica takes per request: the
+#            default is the worst case for a proxy; a longer one is nearer
+#            an engine, whose requests take milliseconds to seconds.
 # step       the autoscaling reaction as benches/autoscale.sh measures it
 #            (tick 1s, report_interval 1s, scrape_interval 500ms; min 1,
 #            max 4, target 4 ongoing, max_concurrency 4): a step from 0 to
@@ -58,6 +61,7 @@ CONNS=${CONNS:-32}
 PIN=${PIN:-0}
 BASELINE=${BASELINE:-}
 GATEWAY_THREADS=${GATEWAY_THREADS:-}
+TOKEN_TIME=${TOKEN_TIME:-1ms}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 . benches/lib.sh
 
@@ -71,7 +75,7 @@ cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
 head -c $((8 << 20)) /dev/urandom >"$work/weights.bin"
 
 PYTHONPATH="$root/benches" python3 - "$work" "$RUNS" "$PARTS" "$RPS_LOW" "$RPS_HIGH" "$RPS_STEP" "$LOAD_FOR" \
-    "$TRICKLE" "$BURST" "$ZERO_INIT" "$CONNS" "$PIN" "$BASELINE" "$GATEWAY_THREADS" <<'PY'
+    "$TRICKLE" "$BURST" "$ZERO_INIT" "$CONNS" "$PIN" "$BASELINE" "$GATEWAY_THREADS" "$TOKEN_TIME" <<'PY'
 import json, os, re, statistics, subprocess, sys, threading, time, urllib.request
 from fleet import Fleet, spawn, free_port, gateway_replicas, stream_completion, wait_for as wait
 
@@ -80,6 +84,7 @@ rps_low, rps_high, rps_step, load_for = sys.argv[4], sys.argv[5], sys.argv[6], s
 trickle, burst, zero_init = float(sys.argv[8]), int(sys.argv[9]), sys.argv[10]
 conns, pin = int(sys.argv[11]), sys.argv[12] == "1"
 baseline, gateway_threads = sys.argv[13] != "", sys.argv[14]
+token_time = sys.argv[15]
 # With PIN: the load generator (and the replica) on CPU 0, the gateway on CPU 1.
 on_cpu0 = ["taskset", "-c", "0"] if pin else []
 binary, pidfile, weights = f"{work}/gpufleet", f"{work}/pids", f"{work}/weights.bin"
@@ -118,7 +123,7 @@ if "overhead" in parts:
     fleet.apply(
         f'name = "bench-llm"\nweights = "{weights}"\n[server]\npreset = "vllm"\n'
         f'command = ["{binary}", "demo", "server", "--port", "{{port}}", "--weights", "{{weights}}", '
-        f'"--model-name", "bench-llm", "--concurrency", "256", "--token-time", "1ms", "--tokens", "1"]\n'
+        f'"--model-name", "bench-llm", "--concurrency", "256", "--token-time", "{token_time}", "--tokens", "1"]\n'
         f'gpus = 1\ngpu_memory = "20GiB"\nready_timeout = "120s"\nmax_concurrency = 256\n')
     port = gateway(fleet, d)
     base_port = gateway(fleet, d, f"{work}/gpufleet-baseline", "baseline") if baseline else None
@@ -181,7 +186,7 @@ if "overhead" in parts:
     print(json.dumps(sat), file=sys.stderr)
     end_run()
     layout = "gateway on CPU 1, load generator and replica on CPU 0" if pin else "all processes on all CPUs"
-    print(f"\noverhead: one demo replica answering at once ({layout}); median of {runs} runs of {load_for} s each\n")
+    print(f"\noverhead: one demo replica answering after {token_time} ({layout}); median of {runs} runs of {load_for} s each\n")
     print("| offered req/s | path | p50 (ms) | p90 (ms) | completed/s | failed |")
     print("|---|---|---|---|---|---|")
     for rps, path, p50, p90, tput, failed in rows:

@@ -409,6 +409,68 @@ async fn streams_pass_through_byte_for_byte() {
     assert!(String::from_utf8_lossy(&direct).contains("café ✓"));
 }
 
+/// SIGTERM: the gateway takes no new connection, lets a request in flight
+/// (its stream half sent) finish on the connection it came in on, and
+/// exits 0 once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_gateway_finishes_requests_in_flight_then_exits() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 1, "");
+    h.wait_ready_nodes(1);
+    let command = demo_command(&[
+        "--model-name",
+        "slow",
+        "--token-time",
+        "100ms",
+        "--tokens",
+        "15",
+    ]);
+    h.apply(&h.model_spec("slow", 1, "", &command, ""));
+    let mut gw = gateway(&h, "gw", "");
+    let replica = serving(&h, &gw, "slow", 1)[0];
+
+    let body = json!({"model": "slow", "prompt": "x", "stream": true});
+    let direct = client()
+        .post(format!("http://127.0.0.1:{replica}/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut resp = client()
+        .post(gw.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut got = resp.chunk().await.unwrap().unwrap().to_vec();
+    gw._proc.signal(libc::SIGTERM);
+    let port = gw.port;
+    wait_until(Duration::from_secs(5), "new connections refused", || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .is_err()
+            .then_some(())
+    });
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(
+        text.matches("data: ").count(),
+        direct.matches("data: ").count(),
+        "{text}"
+    );
+    let exited = wait_until(Duration::from_secs(10), "the gateway to exit", || {
+        gw._proc.exited()
+    });
+    assert_eq!(exited.code(), Some(0), "{}", gw._proc.log_text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_failing_before_the_first_byte_is_retried_never_after() {
     let h = Harness::new();

@@ -124,7 +124,6 @@ impl<'de> serde::de::Visitor<'de> for PeekVisitor {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Peeked, A::Error> {
-        use serde::de::IgnoredAny;
         let mut model = Peeked::Absent;
         while let Some(key) = map.next_key::<IsModel>()? {
             if key.0 {
@@ -134,14 +133,14 @@ impl<'de> serde::de::Visitor<'de> for PeekVisitor {
                     _ => Peeked::NotString,
                 };
             } else {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<Checked>()?;
             }
         }
         Ok(model)
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Peeked, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Checked>()?.is_some() {}
         Ok(Peeked::NotObject)
     }
 
@@ -167,6 +166,62 @@ impl<'de> serde::de::Visitor<'de> for PeekVisitor {
 
     fn visit_unit<E>(self) -> Result<Peeked, E> {
         Ok(Peeked::NotObject)
+    }
+}
+
+/// Any JSON value, read as strictly as parsing it into a tree would (every
+/// string unescaped and checked, every number read) but kept nowhere:
+/// serde's `IgnoredAny` skips strings without checking their escapes, and
+/// would pass on a body that parsing refuses.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
     }
 }
 
@@ -254,24 +309,25 @@ pub async fn read_body(body: Body, limit: u64, timeout: Duration) -> Result<Byte
 }
 
 /// Headers that belong to one connection (or, `authorization`, to the
-/// client and the gateway), never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-    "content-length",
-    "authorization",
+/// client and the gateway), never forwarded. Names, not text: removing one
+/// by name skips parsing it, twice per request.
+static HOP_BY_HOP: [header::HeaderName; 10] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::AUTHORIZATION,
 ];
 
 /// Removes the headers that belong to one connection.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -387,15 +443,15 @@ type SendError = Box<dyn std::error::Error + Send + Sync>;
 async fn upstream(
     gw: &Gateway,
     address: &str,
-    path: &str,
+    path: &'static str,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<axum::http::Response<hyper::body::Incoming>, SendError> {
-    let uri = axum::http::Uri::builder()
-        .scheme("http")
-        .authority(address)
-        .path_and_query(path)
-        .build()?;
+    let mut uri = axum::http::uri::Parts::default();
+    uri.scheme = Some(axum::http::uri::Scheme::HTTP);
+    uri.authority = Some(address.parse()?);
+    uri.path_and_query = Some(axum::http::uri::PathAndQuery::from_static(path));
+    let uri = axum::http::Uri::from_parts(uri)?;
     let mut req = axum::http::Request::new(http_body_util::Full::new(body.clone()));
     *req.method_mut() = axum::http::Method::POST;
     *req.uri_mut() = uri;
@@ -648,6 +704,75 @@ mod tests {
         assert_eq!(
             peek_model(br#"{"mod\u0065l":"escaped-key"}"#).unwrap(),
             "escaped-key"
+        );
+    }
+
+    #[test]
+    fn peeking_reads_only_the_top_level_model_of_odd_json() {
+        let deep = |n: usize| format!(r#"{{"model":"m","x":{}{}}}"#, "[".repeat(n), "]".repeat(n));
+        let bodies: Vec<Vec<u8>> = vec![
+            // Escaped keys: the key is compared once unescaped.
+            br#"{"\u006d\u006f\u0064\u0065\u006c":"all-escaped"}"#.to_vec(),
+            br#"{"mo\"del":"not-model","model":"real"}"#.to_vec(),
+            br#"{"Model":"case","model ":"space"}"#.to_vec(),
+            br#"{"model\u0000":"nul"}"#.to_vec(),
+            // `model` inside nested objects and arrays, before and after.
+            br#"{"messages":[{"role":"user","model":"inner"}],"model":"outer","extra":{"model":"later"}}"#
+                .to_vec(),
+            br#"{"a":{"b":{"c":{"model":"deep"}}}}"#.to_vec(),
+            // Whitespace everywhere, a surrogate pair, a byte-order mark.
+            b" \n\t{ \"model\" :\r\n \"sp\\ud83d\\ude00ace\" } \n".to_vec(),
+            b"\xef\xbb\xbf{\"model\":\"bom\"}".to_vec(),
+            br#"{"model":"bad-escape\x"}"#.to_vec(),
+            br#"{"model":"lone-\ud83d"}"#.to_vec(),
+            br#"{"model":"m","prompt":"lone-\ud83d"}"#.to_vec(),
+            br#"{"model":"m","temperature":1e400}"#.to_vec(),
+            b"{\"model\":\"not-utf8-\xff\"}".to_vec(),
+            // Nesting past the parser's depth limit is not JSON it accepts.
+            deep(100).into_bytes(),
+            deep(10_000).into_bytes(),
+        ];
+        for body in &bodies {
+            assert_eq!(
+                peek_model(body),
+                model_of(body).map(|(m, _)| m),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let peek = |b: &[u8]| peek_model(b).map_err(|e| e.reason);
+        assert_eq!(peek(&bodies[0]), Ok("all-escaped".into()));
+        assert_eq!(peek(&bodies[1]), Ok("real".into()));
+        assert_eq!(peek(&bodies[2]), Err("missing_model"));
+        assert_eq!(peek(&bodies[4]), Ok("outer".into()));
+        assert_eq!(peek(&bodies[5]), Err("missing_model"));
+        assert_eq!(peek(&bodies[6]), Ok("sp\u{1f600}ace".into()));
+        // Refused as parsing refuses them, wherever in the body they are.
+        assert_eq!(peek(&bodies[10]), Err("invalid_json"));
+        assert_eq!(peek(&bodies[11]), Err("invalid_json"));
+        assert_eq!(peek(&bodies[13]), Ok("m".into()));
+        assert_eq!(peek(&bodies[14]), Err("invalid_json"));
+    }
+
+    #[test]
+    fn peeking_a_huge_body_finds_the_model_wherever_it_is() {
+        let prompt = "lorem \\\"ipsum\\\" \\u00e9 ".repeat(200_000);
+        let first = format!(r#"{{"model":"big","prompt":"{prompt}","max_tokens":1}}"#);
+        let last = format!(r#"{{"prompt":"{prompt}","stop":["\n"],"model":"big"}}"#);
+        let none = format!(r#"{{"prompt":"{prompt}"}}"#);
+        let cut = &first[..first.len() - 2];
+        assert!(first.len() > 4 << 20);
+        assert_eq!(peek_model(first.as_bytes()).unwrap(), "big");
+        assert_eq!(peek_model(last.as_bytes()).unwrap(), "big");
+        let e = peek_model(none.as_bytes()).unwrap_err();
+        assert_eq!(
+            (e.status, e.reason),
+            (StatusCode::BAD_REQUEST, "missing_model")
+        );
+        assert!(e.message.contains("add a `model` field"), "{}", e.message);
+        assert_eq!(
+            peek_model(cut.as_bytes()).unwrap_err().reason,
+            "invalid_json"
         );
     }
 
