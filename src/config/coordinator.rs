@@ -473,6 +473,18 @@ fn store_backend(
         raw.lease_ttl.as_deref().unwrap_or("5s"),
         Duration::from_secs(2)..=Duration::from_secs(60),
     )?;
+    // etcd grants leases in whole seconds: a fraction would be cut off
+    // there, and the step-down deadline, reckoned from this value, would
+    // come later than the lease's real end allows.
+    if lease_ttl.subsec_nanos() != 0 {
+        return Err(Problem::invalid(
+            "store.lease_ttl",
+            format!(
+                "store.lease_ttl = \"{}\" is not whole seconds; etcd leases are granted in seconds (e.g. \"5s\")",
+                raw.lease_ttl.as_deref().unwrap_or_default().trim()
+            ),
+        ));
+    }
     let tls = raw.tls.unwrap_or_default();
     Ok(StoreBackend::Etcd(Box::new(EtcdStoreSettings {
         etcd: crate::etcd::EtcdSettings {
@@ -508,6 +520,23 @@ mod tests {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_lease_ttl_must_be_whole_seconds() {
+        let etcd = |ttl: &str| {
+            format!("[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"{ttl}\"\n")
+        };
+        match load(&etcd("7s")).store {
+            StoreBackend::Etcd(e) => assert_eq!(e.lease_ttl, Duration::from_secs(7)),
+            other => panic!("{other:?}"),
+        }
+        let e = err(&etcd("5500ms"));
+        assert!(
+            e.contains("store.lease_ttl") && e.contains("whole seconds"),
+            "{e}"
+        );
+        assert!(err(&etcd("1s")).contains("out of range"));
     }
 
     #[test]
