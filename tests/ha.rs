@@ -271,6 +271,12 @@ fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
     let (code, body) = http("GET", follower.http, "/healthz", "");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("follower") && body.contains(&first), "{body}");
+    // A CLI given only the follower's URL is refused there (nothing run)
+    // and the call goes on to the leader the refusal names.
+    let out = cli_at(&follower.url, &["model", "scale", "steady", "--replicas", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = json_at(&follower.url, &["model", "show", "steady"]).expect("shown via the leader");
+    assert_eq!(shown["pinned_replicas"], 2, "{shown}");
 
     let at = cs.iter().position(|c| c.name == first).unwrap();
     cs[at].proc.kill9();

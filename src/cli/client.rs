@@ -1,7 +1,8 @@
 //! The CLI's connection to the coordinator's Control API.
 
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -111,9 +112,15 @@ impl ClientArgs {
 const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
 /// The coordinator this CLI process talks to and its request timeout, kept
-/// so that every failed call can say where it went (one per process: the CLI
-/// talks to one coordinator).
-static TARGET: OnceLock<(String, Duration)> = OnceLock::new();
+/// so that every failed call can say where it went (the last one connected:
+/// a call refused by a coordinator that stopped leading goes on to the next).
+static TARGET: Mutex<Option<(String, Duration)>> = Mutex::new(None);
+
+fn set_target(url: &str, timeout: Duration) {
+    if let Ok(mut t) = TARGET.lock() {
+        *t = Some((url.to_string(), timeout));
+    }
+}
 
 /// How long each coordinator of a list has to say who leads.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -132,7 +139,7 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
         .collect();
     let first = urls.first().copied().unwrap_or(DEFAULT_COORDINATOR);
     if urls.len() <= 1 {
-        let _ = TARGET.set((first.to_string(), args.request_timeout));
+        set_target(first, args.request_timeout);
         return connect_one(args, first).await;
     }
     let wait = args.request_timeout;
@@ -162,7 +169,7 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
                 Ok(Ok(s)) => s.into_inner(),
                 // A coordinator from before HA: one coordinator, so it leads.
                 Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
-                    let _ = TARGET.set((url.to_string(), args.request_timeout));
+                    set_target(url, args.request_timeout);
                     return Ok(c);
                 }
                 Ok(Err(s)) => {
@@ -172,14 +179,14 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
             };
             match status.role.as_str() {
                 "leader" => {
-                    let _ = TARGET.set((url.to_string(), args.request_timeout));
+                    set_target(url, args.request_timeout);
                     return Ok(c);
                 }
                 "follower" if !status.leader_address.is_empty() => {
                     let leader = status.leader_address;
                     match connect_one(args, &leader).await {
                         Ok(c) => {
-                            let _ = TARGET.set((leader, args.request_timeout));
+                            set_target(&leader, args.request_timeout);
                             return Ok(c);
                         }
                         Err(e) => why.push(format!("the leader {leader}: {e:#}")),
@@ -189,7 +196,7 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            let _ = TARGET.set((first.to_string(), args.request_timeout));
+            set_target(first, args.request_timeout);
             anyhow::bail!(
                 "no leading coordinator among {} within {}: {}",
                 urls.join(", "),
@@ -198,6 +205,48 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs one call on the leading coordinator. A coordinator that does not
+/// lead refuses a call before running any of it, naming the leader (or no
+/// one, during an election): such a call is sent again, to the leader it
+/// names or to the one `connect` finds next, until `--request-timeout`. This
+/// covers a single URL that names a follower, and a leader that stopped
+/// leading between `connect`'s probe and the call. Any other outcome, a
+/// failed one included, is the call's own and is returned as it came (a call
+/// that failed in flight may have run, so it is never repeated here).
+pub async fn on_leader<T, F, Fut>(
+    args: &ClientArgs,
+    mut call: F,
+) -> anyhow::Result<Result<T, tonic::Status>>
+where
+    F: FnMut(Control) -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + args.request_timeout;
+    let mut c = connect(args).await?;
+    loop {
+        let outcome = call(c.clone()).await;
+        let leader = match &outcome {
+            Err(s) => crate::wire::leader_of(s),
+            Ok(_) => None,
+        };
+        let Some(leader) = leader else {
+            return Ok(outcome);
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(outcome);
+        }
+        c = if leader.is_empty() {
+            // An election: ask again shortly, as `connect` does.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            connect(args).await?
+        } else {
+            let c = connect_one(args, &leader).await?;
+            set_target(&leader, args.request_timeout);
+            c
+        };
     }
 }
 
@@ -225,8 +274,9 @@ async fn connect_one(args: &ClientArgs, url: &str) -> anyhow::Result<Control> {
 
 /// Turns a gRPC status into the one line an operator reads.
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
-    let (url, timeout) = TARGET
-        .get()
+    let target = TARGET.lock().ok().and_then(|t| t.clone());
+    let (url, timeout) = target
+        .as_ref()
         .map(|(u, t)| (u.as_str(), *t))
         .unwrap_or((DEFAULT_COORDINATOR, Duration::ZERO));
     // A status the coordinator never sent: the transport failed under it.

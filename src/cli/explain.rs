@@ -3,17 +3,18 @@
 use crate::api::Explanation;
 use crate::wire::pb;
 
-use super::client::{connect, status_error, ClientArgs};
+use super::client::{on_leader, status_error, ClientArgs};
 use super::output::{opt, print_data, Output, Table};
 
 pub async fn run(model: String, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
-    let mut c = connect(client).await?;
-    let e: Explanation = c
-        .explain(pb::ModelRef { name: model })
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .into();
+    let e: Explanation = on_leader(client, |mut c| {
+        let name = model.clone();
+        async move { c.explain(pb::ModelRef { name }).await }
+    })
+    .await?
+    .map_err(status_error)?
+    .into_inner()
+    .into();
     if output.is_data() {
         return print_data(&e, output);
     }

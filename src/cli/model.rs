@@ -8,7 +8,7 @@ use crate::api::ModelView;
 use crate::config::ModelSpec;
 use crate::wire::pb;
 
-use super::client::{connect, status_error, ClientArgs};
+use super::client::{connect, on_leader, status_error, ClientArgs};
 use super::list::{print_list, ListArgs};
 use super::output::{ago, opt, print_data, Output, Table};
 
@@ -52,13 +52,14 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             for warning in spec.warnings() {
                 eprintln!("warning: {}: {warning}", file.display());
             }
-            let mut c = connect(client).await?;
-            let view: ModelView = c
-                .apply_model(pb::ApplyModelRequest { spec_toml: text })
-                .await
-                .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), s.message()))?
-                .into_inner()
-                .into();
+            let view: ModelView = on_leader(client, |mut c| {
+                let spec_toml = text.clone();
+                async move { c.apply_model(pb::ApplyModelRequest { spec_toml }).await }
+            })
+            .await?
+            .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), s.message()))?
+            .into_inner()
+            .into();
             if output.is_data() {
                 return print_data(&with_spec(&view)?, output);
             }
@@ -100,25 +101,27 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             return print_list(&list, output, fetch, table).await;
         }
         ModelCommand::Show { name } => {
-            let mut c = connect(client).await?;
-            let view: ModelView = c
-                .get_model(pb::ModelRef { name })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .into();
+            let view: ModelView = on_leader(client, |mut c| {
+                let name = name.clone();
+                async move { c.get_model(pb::ModelRef { name }).await }
+            })
+            .await?
+            .map_err(status_error)?
+            .into_inner()
+            .into();
             if output.is_data() {
                 return print_data(&with_spec(&view)?, output);
             }
             print_model(&view);
         }
         ModelCommand::Rm { name } => {
-            let mut c = connect(client).await?;
-            let r = c
-                .delete_model(pb::ModelRef { name })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let r = on_leader(client, |mut c| {
+                let name = name.clone();
+                async move { c.delete_model(pb::ModelRef { name }).await }
+            })
+            .await?
+            .map_err(status_error)?
+            .into_inner();
             if output.is_data() {
                 return print_data(
                     &serde_json::json!({"name": r.name, "replicas_stopping": r.replicas_stopping}),
@@ -131,13 +134,14 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             );
         }
         ModelCommand::Wake { name } => {
-            let mut c = connect(client).await?;
-            let view: ModelView = c
-                .wake_model(pb::ModelRef { name })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .into();
+            let view: ModelView = on_leader(client, |mut c| {
+                let name = name.clone();
+                async move { c.wake_model(pb::ModelRef { name }).await }
+            })
+            .await?
+            .map_err(status_error)?
+            .into_inner()
+            .into();
             if output.is_data() {
                 return print_data(&with_spec(&view)?, output);
             }
@@ -151,17 +155,19 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             replicas,
             auto,
         } => {
-            let mut c = connect(client).await?;
-            let view: ModelView = c
-                .scale_model(pb::ScaleModelRequest {
-                    name,
-                    replicas,
-                    auto,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .into();
+            let req = pb::ScaleModelRequest {
+                name,
+                replicas,
+                auto,
+            };
+            let view: ModelView = on_leader(client, |mut c| {
+                let req = req.clone();
+                async move { c.scale_model(req).await }
+            })
+            .await?
+            .map_err(status_error)?
+            .into_inner()
+            .into();
             if output.is_data() {
                 return print_data(&with_spec(&view)?, output);
             }

@@ -3,7 +3,7 @@
 use crate::api::NodeView;
 use crate::wire::pb;
 
-use super::client::{connect, status_error, ClientArgs};
+use super::client::{connect, on_leader, status_error, ClientArgs};
 use super::list::{print_list, ListArgs};
 use super::output::{ago, bytes, print_data, Output, Table};
 
@@ -31,9 +31,9 @@ pub enum NodeCommand {
 }
 
 pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
-    let mut c = connect(client).await?;
     match cmd {
         NodeCommand::Ls { list } => {
+            let c = connect(client).await?;
             let fetch = || {
                 let mut c = c.clone();
                 async move {
@@ -52,21 +52,25 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
             return print_list(&list, output, fetch, table).await;
         }
         NodeCommand::Cordon { node } => {
-            let n: NodeView = c
-                .cordon_node(pb::NodeRef { name: node })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .into();
+            let n: NodeView = on_leader(client, |mut c| {
+                let name = node.clone();
+                async move { c.cordon_node(pb::NodeRef { name }).await }
+            })
+            .await?
+            .map_err(status_error)?
+            .into_inner()
+            .into();
             return done(&n, output, "cordoned: no new replicas will be placed on it");
         }
         NodeCommand::Uncordon { node } => {
-            let n: NodeView = c
-                .uncordon_node(pb::NodeRef { name: node })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .into();
+            let n: NodeView = on_leader(client, |mut c| {
+                let name = node.clone();
+                async move { c.uncordon_node(pb::NodeRef { name }).await }
+            })
+            .await?
+            .map_err(status_error)?
+            .into_inner()
+            .into();
             return done(&n, output, "uncordoned: it takes replicas again");
         }
         NodeCommand::Drain { node, deadline } => {
@@ -74,21 +78,25 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
                 name: node,
                 deadline_ms: deadline.map(|d| d.as_millis() as u64).unwrap_or(0),
             };
-            let n: NodeView = c
-                .drain_node(req)
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .into();
+            let n: NodeView = on_leader(client, |mut c| {
+                let req = req.clone();
+                async move { c.drain_node(req).await }
+            })
+            .await?
+            .map_err(status_error)?
+            .into_inner()
+            .into();
             return done(&n, output, "draining: replicas move elsewhere; follow with `gpufleet events --node NODE --follow`");
         }
         NodeCommand::Show { node } => {
-            let n: NodeView = c
-                .get_node(pb::NodeRef { name: node })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .into();
+            let n: NodeView = on_leader(client, |mut c| {
+                let name = node.clone();
+                async move { c.get_node(pb::NodeRef { name }).await }
+            })
+            .await?
+            .map_err(status_error)?
+            .into_inner()
+            .into();
             if output.is_data() {
                 return print_data(&n, output);
             }

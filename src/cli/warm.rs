@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::api::WarmView;
 use crate::wire::pb;
 
-use super::client::{connect, status_error, ClientArgs, Control};
+use super::client::{connect, on_leader, status_error, ClientArgs, Control};
 use super::list::{print_list, ListArgs};
 use super::output::{bytes, print_data, Output, Table};
 
@@ -93,9 +93,9 @@ fn table(entries: &[WarmView], wide: bool) -> Table {
 }
 
 pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
-    let mut c = connect(client).await?;
     match cmd {
         WarmCommand::Ls { node, list: args } => {
+            let c = connect(client).await?;
             let fetch = || {
                 let (mut c, node) = (c.clone(), node.clone());
                 async move { list(&mut c, node).await }
@@ -108,6 +108,7 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
             wait,
             timeout,
         } => {
+            let mut c = connect(client).await?;
             let req = pb::WarmRequest {
                 model: model.clone(),
                 node: node.clone(),
@@ -146,18 +147,21 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
             }
         }
         WarmCommand::Evict { model, node } => {
-            let entries: Vec<WarmView> = c
-                .warm_evict(pb::WarmRequest {
-                    model: model.clone(),
-                    node: node.clone(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .entries
-                .into_iter()
-                .map(Into::into)
-                .collect();
+            let req = pb::WarmRequest {
+                model: model.clone(),
+                node: node.clone(),
+            };
+            let entries: Vec<WarmView> = on_leader(client, |mut c| {
+                let req = req.clone();
+                async move { c.warm_evict(req).await }
+            })
+            .await?
+            .map_err(status_error)?
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(Into::into)
+            .collect();
             if output.is_data() {
                 return print_data(&entries, output);
             }
