@@ -273,7 +273,10 @@ fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
     assert!(body.contains("follower") && body.contains(&first), "{body}");
     // A CLI given only the follower's URL is refused there (nothing run)
     // and the call goes on to the leader the refusal names.
-    let out = cli_at(&follower.url, &["model", "scale", "steady", "--replicas", "2"]);
+    let out = cli_at(
+        &follower.url,
+        &["model", "scale", "steady", "--replicas", "2"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let shown = json_at(&follower.url, &["model", "show", "steady"]).expect("shown via the leader");
     assert_eq!(shown["pinned_replicas"], 2, "{shown}");

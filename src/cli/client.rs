@@ -250,6 +250,21 @@ where
     }
 }
 
+/// `on_leader` for the usual call: `request` sent (again, if refused by a
+/// coordinator that does not lead), its answer's message, or the refusal in
+/// the operator's words.
+pub async fn ask<Req, T, F, Fut>(args: &ClientArgs, request: Req, mut call: F) -> anyhow::Result<T>
+where
+    Req: Clone,
+    F: FnMut(Control, Req) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    on_leader(args, |c| call(c, request.clone()))
+        .await?
+        .map(tonic::Response::into_inner)
+        .map_err(status_error)
+}
+
 async fn connect_one(args: &ClientArgs, url: &str) -> anyhow::Result<Control> {
     let token = BearerToken::from_sources(args.token_file.as_deref(), args.token_env.clone())?;
     let tls = tls::cli_tls(args.ca.as_deref(), url)?;

@@ -3,17 +3,16 @@
 use crate::api::Explanation;
 use crate::wire::pb;
 
-use super::client::{on_leader, status_error, ClientArgs};
+use super::client::{ask, ClientArgs};
 use super::output::{opt, print_data, Output, Table};
 
 pub async fn run(model: String, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
-    let e: Explanation = on_leader(client, |mut c| {
-        let name = model.clone();
-        async move { c.explain(pb::ModelRef { name }).await }
-    })
+    let e: Explanation = ask(
+        client,
+        pb::ModelRef { name: model },
+        |mut c, r| async move { c.explain(r).await },
+    )
     .await?
-    .map_err(status_error)?
-    .into_inner()
     .into();
     if output.is_data() {
         return print_data(&e, output);

@@ -3,7 +3,7 @@
 use crate::api::GpuView;
 use crate::wire::pb;
 
-use super::client::{connect, on_leader, status_error, ClientArgs};
+use super::client::{ask, connect, status_error, ClientArgs};
 use super::list::{print_list, ListArgs};
 use super::output::{bytes, opt, Output, Table};
 
@@ -30,12 +30,15 @@ pub async fn run(cmd: GpuCommand, client: &ClientArgs, output: Output) -> anyhow
     let (node, args) = match cmd {
         GpuCommand::Ls { node, list } => (node, list),
         GpuCommand::MarkHealthy { node, gpu } => {
-            on_leader(client, |mut c| {
-                let node = node.clone();
-                async move { c.mark_gpu_healthy(pb::GpuRef { node, index: gpu }).await }
-            })
-            .await?
-            .map_err(status_error)?;
+            ask(
+                client,
+                pb::GpuRef {
+                    node: node.clone(),
+                    index: gpu,
+                },
+                |mut c, r| async move { c.mark_gpu_healthy(r).await },
+            )
+            .await?;
             println!("GPU {gpu} on {node} marked healthy; the next samples decide again");
             return Ok(());
         }

@@ -8,7 +8,7 @@ use crate::api::ModelView;
 use crate::config::ModelSpec;
 use crate::wire::pb;
 
-use super::client::{connect, on_leader, status_error, ClientArgs};
+use super::client::{ask, connect, on_leader, status_error, ClientArgs};
 use super::list::{print_list, ListArgs};
 use super::output::{ago, opt, print_data, Output, Table};
 
@@ -101,13 +101,10 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             return print_list(&list, output, fetch, table).await;
         }
         ModelCommand::Show { name } => {
-            let view: ModelView = on_leader(client, |mut c| {
-                let name = name.clone();
-                async move { c.get_model(pb::ModelRef { name }).await }
+            let view: ModelView = ask(client, pb::ModelRef { name }, |mut c, r| async move {
+                c.get_model(r).await
             })
             .await?
-            .map_err(status_error)?
-            .into_inner()
             .into();
             if output.is_data() {
                 return print_data(&with_spec(&view)?, output);
@@ -115,13 +112,10 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             print_model(&view);
         }
         ModelCommand::Rm { name } => {
-            let r = on_leader(client, |mut c| {
-                let name = name.clone();
-                async move { c.delete_model(pb::ModelRef { name }).await }
+            let r = ask(client, pb::ModelRef { name }, |mut c, r| async move {
+                c.delete_model(r).await
             })
-            .await?
-            .map_err(status_error)?
-            .into_inner();
+            .await?;
             if output.is_data() {
                 return print_data(
                     &serde_json::json!({"name": r.name, "replicas_stopping": r.replicas_stopping}),
@@ -134,13 +128,10 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
             );
         }
         ModelCommand::Wake { name } => {
-            let view: ModelView = on_leader(client, |mut c| {
-                let name = name.clone();
-                async move { c.wake_model(pb::ModelRef { name }).await }
+            let view: ModelView = ask(client, pb::ModelRef { name }, |mut c, r| async move {
+                c.wake_model(r).await
             })
             .await?
-            .map_err(status_error)?
-            .into_inner()
             .into();
             if output.is_data() {
                 return print_data(&with_spec(&view)?, output);
@@ -160,13 +151,12 @@ pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyh
                 replicas,
                 auto,
             };
-            let view: ModelView = on_leader(client, |mut c| {
-                let req = req.clone();
-                async move { c.scale_model(req).await }
-            })
+            let view: ModelView = ask(
+                client,
+                req,
+                |mut c, r| async move { c.scale_model(r).await },
+            )
             .await?
-            .map_err(status_error)?
-            .into_inner()
             .into();
             if output.is_data() {
                 return print_data(&with_spec(&view)?, output);

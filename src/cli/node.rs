@@ -3,7 +3,7 @@
 use crate::api::NodeView;
 use crate::wire::pb;
 
-use super::client::{connect, on_leader, status_error, ClientArgs};
+use super::client::{ask, connect, status_error, ClientArgs};
 use super::list::{print_list, ListArgs};
 use super::output::{ago, bytes, print_data, Output, Table};
 
@@ -52,24 +52,18 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
             return print_list(&list, output, fetch, table).await;
         }
         NodeCommand::Cordon { node } => {
-            let n: NodeView = on_leader(client, |mut c| {
-                let name = node.clone();
-                async move { c.cordon_node(pb::NodeRef { name }).await }
+            let n: NodeView = ask(client, pb::NodeRef { name: node }, |mut c, r| async move {
+                c.cordon_node(r).await
             })
             .await?
-            .map_err(status_error)?
-            .into_inner()
             .into();
             return done(&n, output, "cordoned: no new replicas will be placed on it");
         }
         NodeCommand::Uncordon { node } => {
-            let n: NodeView = on_leader(client, |mut c| {
-                let name = node.clone();
-                async move { c.uncordon_node(pb::NodeRef { name }).await }
+            let n: NodeView = ask(client, pb::NodeRef { name: node }, |mut c, r| async move {
+                c.uncordon_node(r).await
             })
             .await?
-            .map_err(status_error)?
-            .into_inner()
             .into();
             return done(&n, output, "uncordoned: it takes replicas again");
         }
@@ -78,24 +72,16 @@ pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyho
                 name: node,
                 deadline_ms: deadline.map(|d| d.as_millis() as u64).unwrap_or(0),
             };
-            let n: NodeView = on_leader(client, |mut c| {
-                let req = req.clone();
-                async move { c.drain_node(req).await }
-            })
-            .await?
-            .map_err(status_error)?
-            .into_inner()
-            .into();
+            let n: NodeView = ask(client, req, |mut c, r| async move { c.drain_node(r).await })
+                .await?
+                .into();
             return done(&n, output, "draining: replicas move elsewhere; follow with `gpufleet events --node NODE --follow`");
         }
         NodeCommand::Show { node } => {
-            let n: NodeView = on_leader(client, |mut c| {
-                let name = node.clone();
-                async move { c.get_node(pb::NodeRef { name }).await }
+            let n: NodeView = ask(client, pb::NodeRef { name: node }, |mut c, r| async move {
+                c.get_node(r).await
             })
             .await?
-            .map_err(status_error)?
-            .into_inner()
             .into();
             if output.is_data() {
                 return print_data(&n, output);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::api::WarmView;
 use crate::wire::pb;
 
-use super::client::{connect, on_leader, status_error, ClientArgs, Control};
+use super::client::{ask, connect, status_error, ClientArgs, Control};
 use super::list::{print_list, ListArgs};
 use super::output::{bytes, print_data, Output, Table};
 
@@ -151,17 +151,13 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
                 model: model.clone(),
                 node: node.clone(),
             };
-            let entries: Vec<WarmView> = on_leader(client, |mut c| {
-                let req = req.clone();
-                async move { c.warm_evict(req).await }
-            })
-            .await?
-            .map_err(status_error)?
-            .into_inner()
-            .entries
-            .into_iter()
-            .map(Into::into)
-            .collect();
+            let entries: Vec<WarmView> =
+                ask(client, req, |mut c, r| async move { c.warm_evict(r).await })
+                    .await?
+                    .entries
+                    .into_iter()
+                    .map(Into::into)
+                    .collect();
             if output.is_data() {
                 return print_data(&entries, output);
             }
