@@ -283,6 +283,7 @@ fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
         .route("/metrics", get(metrics))
         .with_state(engine)
 }
@@ -295,15 +296,124 @@ async fn health(State(engine): State<Arc<Engine>>) -> Response {
     }
 }
 
+/// A completion or chat completion request: the fields the demo reads;
+/// the rest (temperature, stop, …) are accepted and ignored, as an engine
+/// that samples at random would.
 #[derive(Debug, Deserialize)]
 struct CompletionRequest {
-    prompt: Prompt,
+    /// `/v1/completions`.
+    #[serde(default)]
+    prompt: Option<Prompt>,
+    /// `/v1/chat/completions`.
+    #[serde(default)]
+    messages: Option<Vec<ChatMessage>>,
     #[serde(default)]
     max_tokens: Option<u32>,
+    /// The chat API's newer name for `max_tokens`; it wins when both are set.
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
     stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    /// A string, or a list of parts of which the `text` ones count.
+    #[serde(default)]
+    content: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    /// A last chunk with the request's token counts, as OpenAI sends.
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Which of the two OpenAI APIs a request came in on: the same generation,
+/// shaped differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Completions,
+    Chat,
+}
+
+impl Api {
+    fn id(self, n: u64) -> String {
+        match self {
+            Api::Completions => format!("cmpl-{n:016x}"),
+            Api::Chat => format!("chatcmpl-{n:016x}"),
+        }
+    }
+
+    /// The whole answer's one choice.
+    fn choice(self, text: String) -> serde_json::Value {
+        match self {
+            Api::Completions => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": "length"})
+            }
+            Api::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": "length",
+            }),
+        }
+    }
+
+    /// The streamed choice of token `i`; the chat API names the role in the
+    /// first delta.
+    fn chunk_choice(self, i: u32, finish: serde_json::Value) -> serde_json::Value {
+        let text = generated_text_at(i);
+        match self {
+            Api::Completions => {
+                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+            }
+            Api::Chat if i == 0 => json!({
+                "index": 0,
+                "delta": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+            Api::Chat => json!({
+                "index": 0,
+                "delta": {"content": text},
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+        }
+    }
+
+    fn object(self, streamed: bool) -> &'static str {
+        match (self, streamed) {
+            (Api::Completions, _) => "text_completion",
+            (Api::Chat, false) => "chat.completion",
+            (Api::Chat, true) => "chat.completion.chunk",
+        }
+    }
+}
+
+/// Whitespace-separated words stand in for tokens.
+fn words(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
+impl ChatMessage {
+    fn tokens(&self) -> usize {
+        match &self.content {
+            Some(serde_json::Value::String(s)) => words(s),
+            Some(serde_json::Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+                .map(words)
+                .sum(),
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,11 +424,10 @@ enum Prompt {
 }
 
 impl Prompt {
-    /// Whitespace-separated words stand in for tokens.
     fn tokens(&self) -> usize {
         match self {
-            Prompt::One(p) => p.split_whitespace().count(),
-            Prompt::Many(ps) => ps.iter().map(|p| p.split_whitespace().count()).sum(),
+            Prompt::One(p) => words(p),
+            Prompt::Many(ps) => ps.iter().map(|p| words(p)).sum(),
         }
     }
 }
@@ -332,6 +441,21 @@ fn api_error(status: StatusCode, kind: &str, message: String) -> Response {
 
 async fn completions(
     State(engine): State<Arc<Engine>>,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Response {
+    generate(engine, Api::Completions, body).await
+}
+
+async fn chat_completions(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Response {
+    generate(engine, Api::Chat, body).await
+}
+
+async fn generate(
+    engine: Arc<Engine>,
+    api: Api,
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
     let arrived = Instant::now();
@@ -360,7 +484,30 @@ async fn completions(
             format!("The model `{asked}` does not exist; this server serves `{name}`."),
         );
     }
-    let tokens = req.max_tokens.unwrap_or(engine.cfg.default_tokens.get());
+    let prompt_tokens = match (api, &req.prompt, &req.messages) {
+        (Api::Completions, Some(prompt), _) => prompt.tokens(),
+        (Api::Chat, _, Some(messages)) if !messages.is_empty() => {
+            messages.iter().map(ChatMessage::tokens).sum()
+        }
+        (Api::Completions, None, _) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequestError",
+                "`prompt` is missing: a string or a list of strings".into(),
+            )
+        }
+        (Api::Chat, _, _) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequestError",
+                "`messages` is missing or empty: a list of {\"role\", \"content\"}".into(),
+            )
+        }
+    };
+    let tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(engine.cfg.default_tokens.get());
     if !(1..=MAX_TOKENS_LIMIT).contains(&tokens) {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -380,7 +527,11 @@ async fn completions(
     };
     drop(queued);
     if req.stream {
-        return stream_tokens(engine.clone(), slot, tokens, arrived);
+        let usage = req
+            .stream_options
+            .is_some_and(|o| o.include_usage)
+            .then_some(prompt_tokens);
+        return stream_tokens(engine.clone(), api, slot, tokens, usage, arrived);
     }
     let _slot = slot;
     let generating = InGauge::enter(&engine.running);
@@ -394,35 +545,37 @@ async fn completions(
         .unwrap_or_else(PoisonError::into_inner)
         .observe(arrived.elapsed().as_secs_f64());
     let id = engine.next_id.fetch_add(1, Ordering::Relaxed);
-    let prompt_tokens = req.prompt.tokens();
     let created = crate::domain::unix_ms_now() / 1000;
     Json(json!({
-        "id": format!("cmpl-{id:016x}"),
-        "object": "text_completion",
+        "id": api.id(id),
+        "object": api.object(false),
         "created": created,
         "model": name,
-        "choices": [{
-            "index": 0,
-            "text": generated_text(tokens),
-            "logprobs": null,
-            "finish_reason": "length",
-        }],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": tokens,
-            "total_tokens": prompt_tokens + tokens as usize,
-        },
+        "choices": [api.choice(generated_text(tokens))],
+        "usage": usage(prompt_tokens, tokens),
     }))
     .into_response()
 }
 
+fn usage(prompt_tokens: usize, tokens: u32) -> serde_json::Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": tokens,
+        "total_tokens": prompt_tokens + tokens as usize,
+    })
+}
+
 /// `stream: true`: one server-sent event per token as it is generated
-/// (OpenAI's `text_completion` chunks), then `data: [DONE]`. The slot is held
-/// until the last token; a client that hangs up frees it.
+/// (OpenAI's `text_completion` or `chat.completion.chunk` chunks), with
+/// `usage` (the prompt's token count) a last chunk of token counts, then
+/// `data: [DONE]`. The slot is held until the last token; a client that
+/// hangs up frees it.
 fn stream_tokens(
     engine: Arc<Engine>,
+    api: Api,
     slot: tokio::sync::OwnedSemaphorePermit,
     tokens: u32,
+    usage: Option<usize>,
     arrived: Instant,
 ) -> Response {
     let id = engine.next_id.fetch_add(1, Ordering::Relaxed);
@@ -451,10 +604,20 @@ fn stream_tokens(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .observe(arrived.elapsed().as_secs_f64());
-            return Some((
-                Ok::<_, std::convert::Infallible>("data: [DONE]\n\n".to_string()),
-                None,
-            ));
+            let mut last = String::new();
+            if let Some(prompt_tokens) = usage {
+                let chunk = json!({
+                    "id": api.id(id),
+                    "object": api.object(true),
+                    "created": created,
+                    "model": g.engine.cfg.model_name,
+                    "choices": [],
+                    "usage": self::usage(prompt_tokens, tokens),
+                });
+                last = format!("data: {chunk}\n\n");
+            }
+            last.push_str("data: [DONE]\n\n");
+            return Some((Ok::<_, std::convert::Infallible>(last), None));
         }
         tokio::time::sleep(g.engine.cfg.token_time).await;
         let finish = if g.next + 1 == tokens {
@@ -463,11 +626,11 @@ fn stream_tokens(
             json!(null)
         };
         let chunk = json!({
-            "id": format!("cmpl-{id:016x}"),
-            "object": "text_completion",
+            "id": api.id(id),
+            "object": api.object(true),
             "created": created,
             "model": g.engine.cfg.model_name,
-            "choices": [{"index": 0, "text": generated_text_at(g.next), "logprobs": null, "finish_reason": finish}],
+            "choices": [api.chunk_choice(g.next, finish)],
         });
         g.next += 1;
         Some((Ok(format!("data: {chunk}\n\n")), Some(g)))

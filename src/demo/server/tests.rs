@@ -467,3 +467,83 @@ async fn stream_true_sends_one_event_per_token_then_done() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn chat_completions_answer_in_the_chat_shape() {
+    let server = TestServer::start_ready(|c| c.token_time = Duration::from_millis(1)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", server.base);
+    let resp = client
+        .post(&url)
+        .json(&json!({
+            "model": "tiny-model",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "hello there"}]},
+            ],
+            "max_completion_tokens": 3,
+            "temperature": 0.2,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(body["choices"][0]["message"]["content"], " the fleet keeps");
+    assert_eq!(body["usage"]["prompt_tokens"], 4, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+
+    // Streamed: the role in the first delta, a usage chunk when asked.
+    let text = client
+        .post(&url)
+        .json(&json!({
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(events[0]["object"], "chat.completion.chunk");
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(events[1]["choices"][0]["delta"]["content"], " fleet");
+    assert_eq!(events[1]["choices"][0]["finish_reason"], "length");
+    assert_eq!(events[2]["choices"], json!([]));
+    assert_eq!(events[2]["usage"]["total_tokens"], 3, "{text}");
+
+    // A chat request without messages, and a completion without a prompt.
+    let resp = client
+        .post(&url)
+        .json(&json!({"messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("`messages`"),
+        "{body}"
+    );
+    let (status, body) = complete(&client, &server.base, json!({"max_tokens": 1})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"].as_str().unwrap().contains("`prompt`"),
+        "{body}"
+    );
+    server.stop().await.unwrap();
+}
