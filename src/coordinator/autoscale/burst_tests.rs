@@ -266,3 +266,57 @@ fn an_slo_target_never_exceeds_the_spec_target() {
         .map(|(_, v)| v.clone());
     assert_eq!(target.as_deref(), Some("6"), "{:?}", d.inputs);
 }
+
+#[test]
+fn a_panic_on_a_climbing_rate_is_sized_for_the_rate_a_start_ahead_and_a_step_is_not() {
+    let s = ScalingSpec {
+        max_replicas: 30,
+        ..slo_spec()
+    };
+    // Five minutes at 10 req/s, then a climb of 1 req/s per second to 90.
+    let ramp = |t: u32| {
+        if t < 300 {
+            10.0
+        } else {
+            (10.0 + f64::from(t - 300)).min(90.0)
+        }
+    };
+    let out = run(&s, 420, ramp);
+    let rising: Vec<_> = out
+        .iter()
+        .filter(|(_, d)| d.rule == Rule::RisingRate)
+        .collect();
+    assert!(!rising.is_empty(), "the climb is projected");
+    for (t, d) in &rising {
+        // Only while it climbs (and a panic window after, while the
+        // windows still see it), once it has climbed a panic window.
+        assert!((306..386).contains(t), "at {t}: {}", d.reason);
+        let input = |k: &str| -> f64 {
+            d.inputs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap()
+        };
+        // Above what the panic window's rate alone asks for.
+        assert!(
+            input("rising_desire") > input("panic_desire"),
+            "{:?}",
+            d.inputs
+        );
+    }
+    // Capacity for the top is asked for earlier than without projecting:
+    // the count reaches what 90 req/s needs at the target (11.25 → 12)
+    // before the climb is over.
+    let reached = out
+        .iter()
+        .find(|(_, d)| d.desired >= 12)
+        .map(|(t, _)| *t)
+        .unwrap();
+    assert!(reached < 380, "reached 12 at {reached}");
+    // A step to the same rate has a flat line since it began: never
+    // projected.
+    let step = |t: u32| if t < 300 { 10.0 } else { 90.0 };
+    let out = run(&s, 420, step);
+    assert!(out.iter().all(|(_, d)| d.rule != Rule::RisingRate));
+}

@@ -126,6 +126,65 @@ impl SignalHistory {
     }
 }
 
+/// A straight line through the arrival rates of the measured samples
+/// since some instant (least squares), read at the newest sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Trend {
+    /// Requests per second, on the line at the newest sample.
+    pub rps_now: f64,
+    /// Change of the rate, requests per second per second.
+    pub slope: f64,
+    /// The slope's standard error (from the residuals).
+    pub slope_se: f64,
+    /// Seconds from the first sample to the newest.
+    pub span_s: f64,
+}
+
+impl SignalHistory {
+    /// The arrival rate's line over the measured samples from `from` to
+    /// `now` (at least four, spread over time), `None` with fewer.
+    pub fn arrival_trend(&self, from: Instant, now: Instant) -> Option<Trend> {
+        let points: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .rev()
+            .take_while(|(t, _)| *t >= from)
+            .filter(|(t, s)| *t <= now && s.ready > 0 && s.requests_per_s.is_finite())
+            .map(|(t, s)| {
+                (
+                    -now.saturating_duration_since(*t).as_secs_f64(),
+                    s.requests_per_s,
+                )
+            })
+            .collect();
+        let n = points.len() as f64;
+        if points.len() < 4 {
+            return None;
+        }
+        let mean_t = points.iter().map(|p| p.0).sum::<f64>() / n;
+        let mean_r = points.iter().map(|p| p.1).sum::<f64>() / n;
+        let stt: f64 = points.iter().map(|p| (p.0 - mean_t).powi(2)).sum();
+        if stt <= 0.0 {
+            return None;
+        }
+        let slope = points
+            .iter()
+            .map(|p| (p.0 - mean_t) * (p.1 - mean_r))
+            .sum::<f64>()
+            / stt;
+        let at = |t: f64| mean_r + slope * (t - mean_t);
+        let rss: f64 = points.iter().map(|p| (p.1 - at(p.0)).powi(2)).sum();
+        let newest = points.iter().map(|p| p.0).fold(f64::MIN, f64::max);
+        let oldest = points.iter().map(|p| p.0).fold(f64::MAX, f64::min);
+        Some(Trend {
+            rps_now: at(newest),
+            slope,
+            slope_se: (rss / (n - 2.0) / stt).sqrt(),
+            span_s: newest - oldest,
+        })
+    }
+}
+
 impl WindowAverage {
     /// Means of each signal over `samples`; only samples with a ready
     /// replica measure load.

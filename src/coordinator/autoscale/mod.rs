@@ -145,6 +145,9 @@ pub struct Autoscaler {
     bursts: BurstMemory,
     /// What the burst memory asks for this tick, and why.
     burst_floor: Option<(u32, String)>,
+    /// Set by the decision under way: the queue has stood too long for the
+    /// cold-start rule and the burst memory's bound (see `standing_queue`).
+    standing: Option<String>,
 }
 
 impl Default for Autoscaler {
@@ -200,6 +203,7 @@ impl Autoscaler {
             last_down: None,
             bursts: BurstMemory::default(),
             burst_floor: None,
+            standing: None,
         }
     }
 
@@ -303,6 +307,7 @@ impl Autoscaler {
         if derived.is_some() {
             inputs.add("target_from_slo", num(spec.target_ongoing_requests));
         }
+        self.standing = self.standing_queue(spec, now);
         let mut plan = if current == 0 {
             Plan::hold(
                 0,
@@ -320,6 +325,17 @@ impl Autoscaler {
             self.plan_from_signals(spec, current, now, &mut inputs)
         };
 
+        if let Some(note) = self.standing.take() {
+            // Name the rule that let the scale-up through.
+            let lifted = matches!(plan.rule, Rule::Panic | Rule::PanicHold | Rule::Steady);
+            if lifted && plan.target > current {
+                plan = Plan::new(
+                    plan.target,
+                    Rule::StandingQueue,
+                    format!("{}; the queue {note}", plan.why),
+                );
+            }
+        }
         let lo = spec.min_replicas;
         if plan.target < lo {
             plan = Plan::new(lo, Rule::BelowMinimum, format!("below the minimum {lo}"));
@@ -597,6 +613,16 @@ impl Autoscaler {
             .map(|(r, wait_s)| (r.replicas, burst_note(r, *wait_s)));
 
         if let Some(until) = self.panic_until.filter(|u| now < *u) {
+            // A rate still climbing is sized for where it will be when the
+            // replicas bought now are ready, not where the window was.
+            let rising = self
+                .rising_rate(spec, &panic_avg, service_s, drain, now)
+                .filter(|r| panic_best.as_ref().is_none_or(|p| r.replicas > p.replicas));
+            if let Some(r) = &rising {
+                inputs.add("rising_desire", num(r.replicas));
+            }
+            let rose = rising.is_some();
+            let panic_best = rising.or(panic_best);
             let mut panic_rec = panic_best.as_ref().map_or(0, |p| ceil_count(p.replicas));
             // A backlog the ready replicas work off before a new one could
             // be ready needs no new one, panic or not.
@@ -641,6 +667,17 @@ impl Autoscaler {
                         driver.explain,
                         span(until.saturating_duration_since(now))
                     ),
+                ),
+                (note, _) if rose && panic_rec > rec.max(current) => (
+                    Rule::RisingRate,
+                    match note {
+                        Some(note) => format!("{} ({note})", driver.explain),
+                        None => format!(
+                            "{}; panic mode for another {}",
+                            driver.explain,
+                            span(until.saturating_duration_since(now))
+                        ),
+                    },
                 ),
                 (Some(note), _) => (Rule::Panic, format!("{} ({note})", driver.explain)),
                 (None, _) => (
@@ -767,6 +804,9 @@ impl Autoscaler {
         let wait_s = self.slo_wait(spec)?;
         let service = self.service.service_s()?;
         let length_s = self.bursts.typical_length_s()?;
+        if self.standing_queue(spec, now).is_some() {
+            return None;
+        }
         if self.bursts.open_for_s(now).unwrap_or(0.0) > 2.0 * length_s {
             return None;
         }
@@ -791,6 +831,85 @@ impl Autoscaler {
     fn slo_wait(&self, spec: &ScalingSpec) -> Option<f64> {
         let wait = spec.slo?.as_secs_f64() - self.service.service_s()?;
         (wait > 0.0).then_some(wait)
+    }
+
+    /// While a burst is under way (arrivals rose over the rate before it)
+    /// and has lasted at least a panic window, the arrival rate's line
+    /// since it began: if it still climbs (slope above twice its standard
+    /// error), what the rate projected ahead asks for. The projection
+    /// looks as far ahead as a replica start, but no further than the rise
+    /// has lasted (its age is the best guess of what is left of it), and
+    /// at most to twice the panic window's rate. A step has a flat line
+    /// since it began, so only a ramp is projected; a window's mean, which
+    /// straddles a step, cannot tell the two apart.
+    fn rising_rate(
+        &self,
+        spec: &ScalingSpec,
+        recent: &history::WindowAverage,
+        service_s: Option<f64>,
+        drain: Option<Drain>,
+        now: Instant,
+    ) -> Option<Desire> {
+        let service_s = service_s.filter(|_| spec.size_from_arrivals)?;
+        let age_s = self.bursts.open_for_s(now)?;
+        if age_s < spec.panic_window.as_secs_f64() {
+            return None;
+        }
+        let from = now.checked_sub(Duration::from_secs_f64(age_s))?;
+        let trend = self.history.arrival_trend(from, now)?;
+        let window_rps = recent.requests_per_s?;
+        if !(trend.slope > 0.0 && trend.slope > 2.0 * trend.slope_se && trend.rps_now > window_rps)
+        {
+            return None;
+        }
+        // Still climbing now: the newest panic window's rate is over the
+        // one before by at least half what the line says. A climb that has
+        // ended leaves the line since the rise began sloped for long after.
+        let window = spec.panic_window;
+        let before = self
+            .history
+            .average(now.checked_sub(window)?, window)
+            .requests_per_s?;
+        if window_rps - before < 0.5 * trend.slope * window.as_secs_f64() {
+            return None;
+        }
+        let ahead_s = self.start.get().map_or(age_s, |s| s.min(age_s));
+        let rps = (trend.rps_now + trend.slope * ahead_s).min(2.0 * window_rps);
+        let label = format!(
+            "arrivals rising {} req/s per s for {}, projected {} ahead:",
+            num(trend.slope),
+            seconds(age_s),
+            seconds(ahead_s)
+        );
+        let projected = history::WindowAverage {
+            requests_per_s: Some(rps),
+            ..*recent
+        };
+        policy::desires(&projected, &label, spec, Some(service_s), drain)
+            .into_iter()
+            .find(|d| d.metric == Metric::Arrivals)
+    }
+
+    /// A queue that has stood, never emptying, for longer than a replica
+    /// start plus the queue wait the SLO leaves (without an SLO, a second
+    /// start): not a burst the current replicas absorb, whatever the
+    /// noisy recent arrivals project, and not one of the short bursts the
+    /// burst memory sizes for. Its requests already wait past the SLO. The
+    /// cold-start rule and the burst memory's bound then hold nothing back.
+    fn standing_queue(&self, spec: &ScalingSpec, now: Instant) -> Option<String> {
+        let start_s = self.start.get()?;
+        let age_s = now
+            .saturating_duration_since(self.queued_since?)
+            .as_secs_f64();
+        let wait_s = self.slo_wait(spec).unwrap_or(start_s);
+        (age_s > start_s + wait_s).then(|| {
+            format!(
+                "has stood for {}, longer than a replica start ({}) plus the SLO's queue wait ({}): a replica started now still helps",
+                seconds(age_s),
+                seconds(start_s),
+                seconds(wait_s)
+            )
+        })
     }
 
     /// A surge in the newest samples: the ongoing requests of every sample
@@ -1000,6 +1119,9 @@ impl Autoscaler {
                 ),
             ));
         };
+        if let Some(note) = self.standing_queue(spec, now) {
+            return Some((false, format!("backlog {} {note}", num(waiting))));
+        }
         let slots = self.service.slots(spec.target_ongoing_requests);
         let b = Backlog {
             waiting,

@@ -27,12 +27,17 @@ pub enum Rule {
     Panic,
     /// Holding while panic mode lasts.
     PanicHold,
+    /// A panic sized for the arrival rate one start ahead, while it climbs.
+    RisingRate,
     /// The backlog drains at the current capacity before a new replica could
     /// be ready: none is started.
     BacklogDrains,
     /// Capacity kept for recurring bursts, or a panic bounded by what
     /// serves a burst within the SLO.
     BurstMemory,
+    /// A queue that has stood longer than a start plus the SLO's queue
+    /// wait: the cold-start rule and the burst memory's bound are lifted.
+    StandingQueue,
     /// A change within the tolerance.
     Tolerance,
     /// Lower desire, waiting out the scale-down delay.
@@ -60,8 +65,10 @@ impl Rule {
             Rule::Steady => "steady",
             Rule::Panic => "panic",
             Rule::PanicHold => "panic-hold",
+            Rule::RisingRate => "rising-rate",
             Rule::BacklogDrains => "cold-start-aware",
             Rule::BurstMemory => "burst-memory",
+            Rule::StandingQueue => "standing-queue",
             Rule::Tolerance => "tolerance",
             Rule::ScaleDownWait => "scale-down-wait",
             Rule::ScaleDownHeld => "scale-down-held",

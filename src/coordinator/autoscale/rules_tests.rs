@@ -294,3 +294,45 @@ fn a_fall_below_the_level_capacity_was_rebought_from_waits_only_the_base_hold() 
     assert!(base < Duration::from_secs(144), "took {base:?}");
     assert!(base >= Duration::from_secs(72), "took {base:?}");
 }
+
+#[test]
+fn a_queue_standing_longer_than_a_start_and_the_slo_wait_gets_a_replica() {
+    // 1 s requests on one replica of 8 slots, a target of 6, 20 s starts
+    // and an SLO of 11 s: 10 s of queue wait.
+    let s = ScalingSpec {
+        target_ongoing_requests: 6.0,
+        slo: Some(Duration::from_secs(11)),
+        ..spec()
+    };
+    let mut a = Autoscaler::new();
+    a.record_start(Duration::from_secs(20));
+    let mut now = Instant::now();
+    for i in 0..80 {
+        let rps = if i < 5 { 8.0 } else { 6.3 };
+        a.observe(now, &tick(1, rps, 0.0, rps));
+        now += SECOND;
+    }
+    // Then a queue of 12 that never empties while 6.3 req/s arrive. At the
+    // 8 req/s the replica is believed to complete it would drain within a
+    // start (the cold-start rule), and 6.3 req/s is within the tolerance of
+    // one replica at the target: held, while it is young.
+    let mut seen = Vec::new();
+    for i in 0..60u32 {
+        a.observe(now, &tick(1, 8.0, 12.0, 6.3));
+        let d = a.decide(&s, 1, now);
+        seen.push((i, d));
+        now += SECOND;
+    }
+    for (i, d) in &seen[..30] {
+        assert_eq!(d.desired, 1, "at {i} s: {}", d.reason);
+    }
+    // Standing longer than a start plus the SLO's wait (30 s), its requests
+    // already wait past the SLO: the backlog counts, and a replica starts.
+    let (i, d) = seen
+        .iter()
+        .find(|(_, d)| d.desired > 1)
+        .expect("a standing queue gets a replica");
+    assert!(*i >= 30, "not before 30 s: at {i} s");
+    assert_eq!(d.rule, Rule::StandingQueue, "{}", d.reason);
+    assert!(d.reason.contains("has stood for"), "{}", d.reason);
+}
