@@ -320,3 +320,25 @@ fn a_panic_on_a_climbing_rate_is_sized_for_the_rate_a_start_ahead_and_a_step_is_
     let out = run(&s, 420, step);
     assert!(out.iter().all(|(_, d)| d.rule != Rule::RisingRate));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+    /// Steps up of any size, from any base, with or without an SLO, are
+    /// never projected as a climb: the line since the rise began is flat.
+    #[test]
+    fn a_step_is_never_projected_as_a_climbing_rate(
+        base in 2.0..40.0f64,
+        factor in 1.6..8.0f64,
+        at in 120u32..240,
+        slo in proptest::bool::ANY,
+    ) {
+        let s = ScalingSpec {
+            max_replicas: 60,
+            ..if slo { slo_spec() } else { spec() }
+        };
+        let out = run(&s, at + 120, |t| if t < at { base } else { base * factor });
+        for (t, d) in &out {
+            proptest::prop_assert_ne!(d.rule, Rule::RisingRate, "at {}: {}", t, d.reason);
+        }
+    }
+}
