@@ -185,6 +185,39 @@ impl SignalHistory {
     }
 }
 
+impl SignalHistory {
+    /// Requests per second the ready replicas completed per replica over
+    /// the measured samples from `from` to `now`, as arrivals less the
+    /// queue's growth: `None` over less than `min_s` or without a queue
+    /// throughout (only a full replica's completions say what it can do).
+    pub fn completed_per_replica(&self, from: Instant, now: Instant, min_s: f64) -> Option<f64> {
+        let points: Vec<(Instant, &Signals)> = self
+            .samples
+            .iter()
+            .filter(|(t, s)| *t >= from && *t <= now && s.ready > 0)
+            .map(|(t, s)| (*t, s))
+            .collect();
+        let (first, last) = (points.first()?, points.last()?);
+        let elapsed = last.0.saturating_duration_since(first.0).as_secs_f64();
+        if elapsed < min_s
+            || points
+                .iter()
+                .any(|(_, s)| s.waiting.is_none_or(|w| w < 0.5))
+        {
+            return None;
+        }
+        let mut arrived = 0.0;
+        let mut ready = 0.0;
+        for w in points.windows(2) {
+            let dt = w[1].0.saturating_duration_since(w[0].0).as_secs_f64();
+            arrived += w[1].1.requests_per_s * dt;
+            ready += f64::from(w[1].1.ready) * dt;
+        }
+        let grew = last.1.waiting? - first.1.waiting?;
+        (ready > 0.0).then(|| ((arrived - grew) / ready).max(0.0))
+    }
+}
+
 impl WindowAverage {
     /// Means of each signal over `samples`; only samples with a ready
     /// replica measure load.

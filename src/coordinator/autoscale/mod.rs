@@ -1130,7 +1130,17 @@ impl Autoscaler {
                 .requests_per_s
                 .unwrap_or(0.0)
                 .min(recent.requests_per_s.unwrap_or(f64::MAX)),
-            capacity_rps: f64::from(capacity) * slots / service_s,
+            capacity_rps: f64::from(capacity) * {
+                // What full replicas were seen to complete, where the queue
+                // has been there long enough to tell: the service time is
+                // measured at smaller batches, which run faster.
+                let believed = slots / service_s;
+                let seen = self.queued_since.and_then(|q| {
+                    let from = q.max(now.checked_sub(spec.panic_window)?);
+                    self.history.completed_per_replica(from, now, 3.0)
+                });
+                seen.map_or(believed, |c| c.min(believed))
+            },
             age_s: self
                 .queued_since
                 .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()),

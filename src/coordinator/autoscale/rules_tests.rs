@@ -336,3 +336,35 @@ fn a_queue_standing_longer_than_a_start_and_the_slo_wait_gets_a_replica() {
     assert_eq!(d.rule, Rule::StandingQueue, "{}", d.reason);
     assert!(d.reason.contains("has stood for"), "{}", d.reason);
 }
+
+#[test]
+fn the_cold_start_rule_trusts_what_full_replicas_were_seen_to_complete() {
+    // Two replicas believed to complete 8 req/s each (1 s requests, 8
+    // slots, measured at small batches). 20 req/s arrive and the queue
+    // grows by 10 a second: full, they complete only 5 each.
+    let s = spec();
+    let (mut a, mut now) = measured(2);
+    let mut last = None;
+    for i in 0..5u32 {
+        a.observe(
+            now,
+            &Signals {
+                measurement: 2000 + u64::from(i),
+                rescraped_at: Some(now),
+                ..tick(2, 16.0, 10.0 * f64::from(i + 1), 20.0)
+            },
+        );
+        last = Some(a.decide(&s, 2, now));
+        now += SECOND;
+    }
+    let d = last.unwrap();
+    // At 16 req/s the queue of 50 would drain before a 36 s start; at the
+    // 10 req/s seen it outlasts one, and is drained over one.
+    assert_ne!(d.rule, Rule::BacklogDrains, "{}", d.reason);
+    assert!(d.desired > 2, "{}", d.reason);
+    assert!(
+        d.reason.contains("backlog 50 drained over 36s"),
+        "{}",
+        d.reason
+    );
+}
