@@ -297,8 +297,8 @@ fn a_fall_below_the_level_capacity_was_rebought_from_waits_only_the_base_hold() 
 
 #[test]
 fn a_queue_standing_longer_than_a_start_and_the_slo_wait_gets_a_replica() {
-    // 1 s requests on one replica of 8 slots, a target of 6, 20 s starts
-    // and an SLO of 11 s: 10 s of queue wait.
+    // 1 s requests on one replica, a target of 6 (its measured slots), 20 s
+    // starts and an SLO of 11 s: 10 s of queue wait.
     let s = ScalingSpec {
         target_ongoing_requests: 6.0,
         slo: Some(Duration::from_secs(11)),
@@ -307,34 +307,51 @@ fn a_queue_standing_longer_than_a_start_and_the_slo_wait_gets_a_replica() {
     let mut a = Autoscaler::new();
     a.record_start(Duration::from_secs(20));
     let mut now = Instant::now();
-    for i in 0..80 {
-        let rps = if i < 5 { 8.0 } else { 6.3 };
-        a.observe(now, &tick(1, rps, 0.0, rps));
+    let mut queue = 0.0f64;
+    let step = |a: &mut Autoscaler, now: Instant, rps: f64, queue: &mut f64| {
+        let running = (*queue + rps).min(6.0);
+        *queue = (*queue + rps - running).max(0.0);
+        a.observe(now, &tick(1, running, *queue, rps));
+        a.decide(&s, 1, now)
+    };
+    for _ in 0..70 {
+        step(&mut a, now, 4.0, &mut queue);
         now += SECOND;
     }
-    // Then a queue of 12 that never empties while 6.3 req/s arrive. At the
-    // 8 req/s the replica is believed to complete it would drain within a
-    // start (the cold-start rule), and 6.3 req/s is within the tolerance of
-    // one replica at the target: held, while it is young.
+    // Four 4 s spikes of 14 req/s, 40 s apart: remembered as short bursts
+    // that one replica works off within the SLO's wait, so a panic among
+    // them is bounded to one replica.
+    for n in 0..4 {
+        let ticks = if n < 3 { 40 } else { 4 };
+        for i in 0..ticks {
+            step(&mut a, now, if i < 4 { 14.0 } else { 4.0 }, &mut queue);
+            now += SECOND;
+        }
+    }
+    // Then 6.5 req/s: within the tolerance of one replica at the target,
+    // but over what it completes, so the spike's queue never empties. The
+    // last spike's panic lasts a stable window, bounded by the burst memory.
     let mut seen = Vec::new();
-    for i in 0..60u32 {
-        a.observe(now, &tick(1, 8.0, 12.0, 6.3));
-        let d = a.decide(&s, 1, now);
+    for i in 0..55u32 {
+        let d = step(&mut a, now, 6.5, &mut queue);
         seen.push((i, d));
         now += SECOND;
     }
-    for (i, d) in &seen[..30] {
-        assert_eq!(d.desired, 1, "at {i} s: {}", d.reason);
-    }
-    // Standing longer than a start plus the SLO's wait (30 s), its requests
-    // already wait past the SLO: the backlog counts, and a replica starts.
+    // Standing longer than a start plus the SLO's wait (30 s since the
+    // spike began), its requests already wait past the SLO: the bound is
+    // lifted while the panic lasts, and a replica starts.
     let (i, d) = seen
         .iter()
         .find(|(_, d)| d.desired > 1)
         .expect("a standing queue gets a replica");
-    assert!(*i >= 30, "not before 30 s: at {i} s");
-    assert_eq!(d.rule, Rule::StandingQueue, "{}", d.reason);
+    assert_eq!(d.rule, Rule::StandingQueue, "at {i} s: {}", d.reason);
     assert!(d.reason.contains("has stood for"), "{}", d.reason);
+    assert!(
+        seen.iter()
+            .take_while(|(_, d)| d.desired == 1)
+            .any(|(_, d)| d.rule == Rule::BurstMemory),
+        "held by the burst memory while the queue was young"
+    );
 }
 
 #[test]
