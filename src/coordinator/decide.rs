@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::api::NodeState;
 use crate::config::{ModelSpec, WarmMode};
 use crate::domain::event::{DrainReason, NodeLiveness, ReplaceReason, ScaleRule};
-use crate::domain::ReplicaState;
+use crate::domain::{ReplicaState, ReplicaStatus};
 
 use super::autoscale::{ModelScaler, Signals, Tick};
 use super::fleet::{Fleet, Model, PlannedReplica};
@@ -114,7 +114,7 @@ pub struct ScaleChange {
 }
 
 /// What a model's scaling step reads from the fleet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScaleInputs {
     pub signals: Signals,
     /// Whether the signals are news (at least one replica scraped anew, or
@@ -229,6 +229,22 @@ pub(super) fn plan_by_model(
     out
 }
 
+/// What each node reports of each replica, by (node, replica id): the
+/// first status a node lists for an id, as a search of its list finds it.
+type Reported<'a> = HashMap<(&'a str, &'a str), (&'a Node, &'a ReplicaStatus)>;
+
+/// [`Reported`] in one pass over the nodes' reports.
+fn reported_on_nodes(nodes: &BTreeMap<String, Node>) -> Reported<'_> {
+    let mut out: Reported<'_> = HashMap::with_capacity(nodes.len());
+    for n in nodes.values() {
+        for st in &n.replicas {
+            out.entry((n.name.as_str(), st.id.as_str()))
+                .or_insert((n, st));
+        }
+    }
+    out
+}
+
 impl Fleet {
     /// Each node's lifecycle transition since it was last announced.
     pub(super) fn decide_node_states(&self, now: Instant) -> Vec<Change> {
@@ -251,59 +267,110 @@ impl Fleet {
             .collect()
     }
 
-    /// Each model's scale step on this tick's signals. Takes `&mut self`
-    /// only for the models' scalers; see [`scale_step`].
-    pub(super) fn decide_scale(&mut self, now: Instant, now_unix_s: i64) -> Vec<Change> {
-        let inputs = self.scale_inputs(now);
-        let mut changes = Vec::with_capacity(inputs.len());
-        for (name, inputs) in inputs {
-            let Some(m) = self.models.get_mut(&name) else {
-                continue;
-            };
-            let model = ScaledModel {
-                name: &name,
-                spec: &m.spec,
-                pinned: m.record.pinned_replicas,
-                desired: m.desired,
-            };
-            let change = scale_step(model, &mut m.scaler, &inputs, now, now_unix_s);
-            changes.push(Change::Scale(Box::new(change)));
-        }
-        changes
+    /// One model's scale step on `inputs` (read by [`Fleet::scale_inputs`]
+    /// for every model at once). Takes `&mut self` only for the model's
+    /// scaler; see [`scale_step`]. `None` for a model no longer applied.
+    pub(super) fn decide_scale(
+        &mut self,
+        name: &str,
+        inputs: &ScaleInputs,
+        now: Instant,
+        now_unix_s: i64,
+    ) -> Option<ScaleChange> {
+        let m = self.models.get_mut(name)?;
+        let model = ScaledModel {
+            name,
+            spec: &m.spec,
+            pinned: m.record.pinned_replicas,
+            desired: m.desired,
+        };
+        Some(scale_step(model, &mut m.scaler, inputs, now, now_unix_s))
     }
 
     /// What each model's scale step reads from the fleet, by model.
     pub(super) fn scale_inputs(&self, now: Instant) -> Vec<(String, ScaleInputs)> {
-        // One pass over the plan for all models, not one per model.
+        let inputs = self.scale_inputs_indexed(now);
+        // Every test's tick: the indexed lookups read what a scan reads.
+        #[cfg(test)]
+        assert_eq!(
+            inputs,
+            self.scale_inputs_by_scan(now),
+            "scale inputs through the index differ from a scan of the plan"
+        );
+        inputs
+    }
+
+    fn scale_inputs_indexed(&self, now: Instant) -> Vec<(String, ScaleInputs)> {
+        // One pass over the plan for all models, not one per model, and one
+        // over the nodes' reports: a planned replica's status is then a hash
+        // lookup, not a search of the nodes by name and of the node's list.
         let by_model = plan_by_model(&self.plan);
+        let reported = reported_on_nodes(&self.nodes);
         self.models
             .keys()
             .map(|name| {
                 let planned = by_model.get(name.as_str()).map_or(&[][..], Vec::as_slice);
-                let (signals, fresh) = self.model_signals(name, planned, now);
-                let replicas = planned
-                    .iter()
-                    .filter(|r| r.retiring_since.is_none())
-                    .map(|r| {
-                        let ready = self.nodes.get(&r.node).is_some_and(|n| {
-                            n.replicas
-                                .iter()
-                                .any(|x| x.id == r.id && x.state == ReplicaState::Ready)
-                        });
-                        (
-                            r.id.clone(),
-                            ready,
-                            now.saturating_duration_since(r.created),
-                        )
-                    })
-                    .collect();
                 (
                     name.clone(),
-                    ScaleInputs {
-                        signals,
-                        fresh,
-                        replicas,
-                    },
+                    self.model_inputs(name, planned, &reported, now),
+                )
+            })
+            .collect()
+    }
+
+    /// One model's scale inputs from its `planned` replicas and what their
+    /// nodes report of them.
+    fn model_inputs(
+        &self,
+        model: &str,
+        planned: &[&PlannedReplica],
+        reported: &Reported<'_>,
+        now: Instant,
+    ) -> ScaleInputs {
+        let (signals, fresh) = self.model_signals(model, planned, reported, now);
+        let replicas = planned
+            .iter()
+            .filter(|r| r.retiring_since.is_none())
+            .map(|r| {
+                let ready = reported
+                    .get(&(r.node.as_str(), r.id.as_str()))
+                    .is_some_and(|(_, st)| st.state == ReplicaState::Ready);
+                (
+                    r.id.clone(),
+                    ready,
+                    now.saturating_duration_since(r.created),
+                )
+            })
+            .collect();
+        ScaleInputs {
+            signals,
+            fresh,
+            replicas,
+        }
+    }
+
+    /// `scale_inputs` as it was computed before the lookups were indexed:
+    /// per model a pass over the whole plan, per replica its node found by
+    /// name. Tests compare the two at every tick.
+    #[cfg(test)]
+    pub(super) fn scale_inputs_by_scan(&self, now: Instant) -> Vec<(String, ScaleInputs)> {
+        self.models
+            .keys()
+            .map(|name| {
+                let planned: Vec<&PlannedReplica> =
+                    self.plan.values().filter(|r| &r.model == name).collect();
+                let mut reported: Reported<'_> = HashMap::new();
+                for r in &planned {
+                    let Some(node) = self.nodes.get(&r.node) else {
+                        continue;
+                    };
+                    if let Some(st) = node.replicas.iter().find(|x| x.id == r.id) {
+                        reported.insert((r.node.as_str(), r.id.as_str()), (node, st));
+                    }
+                }
+                (
+                    name.clone(),
+                    self.model_inputs(name, &planned, &reported, now),
                 )
             })
             .collect()
@@ -316,6 +383,7 @@ impl Fleet {
         &self,
         model: &str,
         planned: &[&PlannedReplica],
+        reported: &Reported<'_>,
         now: Instant,
     ) -> (Signals, bool) {
         let mut s = Signals {
@@ -328,13 +396,8 @@ impl Fleet {
         let mut kv = Vec::new();
         let mut util = Vec::new();
         for r in planned.iter().filter(|r| r.retiring_since.is_none()) {
-            let Some(node) = self.nodes.get(&r.node) else {
-                s.starting += 1;
-                continue;
-            };
-            let status = node.replicas.iter().find(|x| x.id == r.id);
-            match status {
-                Some(st) if st.state == ReplicaState::Ready => {
+            match reported.get(&(r.node.as_str(), r.id.as_str())) {
+                Some(&(node, st)) if st.state == ReplicaState::Ready => {
                     s.ready += 1;
                     if st.signals.fresh {
                         fresh = true;
@@ -513,19 +576,27 @@ impl Fleet {
     /// A changed spec hash reaches the agent in the next assignment, which
     /// replaces the replica (stop, then start with the new spec).
     pub(super) fn decide_spec_changes(&self) -> Vec<Change> {
-        // Once per model, not per replica.
-        let hashes: HashMap<&str, String> = self
+        // Each model's hash is kept with its spec, not hashed per tick.
+        #[cfg(test)]
+        for m in self.models.values() {
+            assert_eq!(
+                m.spec_hash,
+                m.spec.spec_hash(),
+                "a spec changed without its hash"
+            );
+        }
+        let hashes: HashMap<&str, &str> = self
             .models
             .iter()
-            .map(|(name, m)| (name.as_str(), m.spec.spec_hash()))
+            .map(|(name, m)| (name.as_str(), m.spec_hash.as_str()))
             .collect();
         self.plan
             .values()
             .filter_map(|r| {
-                let hash = hashes.get(r.model.as_str())?;
-                (&r.spec_hash != hash).then(|| Change::Respec {
+                let hash = *hashes.get(r.model.as_str())?;
+                (r.spec_hash != hash).then(|| Change::Respec {
                     replica: r.id.clone(),
-                    spec_hash: hash.clone(),
+                    spec_hash: hash.to_string(),
                 })
             })
             .collect()
@@ -535,8 +606,15 @@ impl Fleet {
     /// then the ones that became ready last), and stops the retiring ones
     /// whose grace has passed.
     pub(super) fn decide_surplus(&self, now: Instant) -> Vec<Change> {
-        // Built only if some model has a surplus: most ticks none has.
-        let mut statuses = None;
+        // Every test's tick: one replica's lookup reads what the map of
+        // every reported replica holds for it.
+        #[cfg(test)]
+        {
+            let all = self.reported_statuses();
+            for r in self.plan.values() {
+                assert_eq!(self.reported_status(r), all.get(&r.id).copied());
+            }
+        }
         let by_model = plan_by_model(&self.plan);
         let any_draining = self.nodes.values().any(|n| n.flags.draining);
         let mut out = Vec::new();
@@ -554,9 +632,10 @@ impl Fleet {
             if surplus == 0 {
                 continue;
             }
-            let statuses = statuses.get_or_insert_with(|| self.reported_statuses());
+            // Only this model's replicas are looked up, each on its node:
+            // not a map of every replica in the fleet for one surplus.
             mine.sort_by_key(|r| {
-                let s = statuses.get(&r.id);
+                let s = self.reported_status(r);
                 let ready = s.is_some_and(|s| s.0 == ReplicaState::Ready);
                 let ready_since = s.map(|s| s.1).unwrap_or(i64::MAX);
                 (ready, std::cmp::Reverse(ready_since))
@@ -592,32 +671,27 @@ impl Fleet {
     /// `decide_placements`, looking at the fleet through the placement
     /// view or at every node (the same choices; tests compare them).
     pub(super) fn decide_placements_by(&self, now: Instant, pick: Pick) -> Vec<Change> {
-        // Per model, in one pass over the plan: replicas serving, and those
-        // retiring, off draining nodes (replicas on a draining node are on
-        // their way out: replacements are placed for them); and the nodes
-        // running it.
-        let mut counts: HashMap<&str, (u32, Vec<&PlannedReplica>)> = Default::default();
-        let mut running: HashMap<&str, BTreeSet<&str>> = Default::default();
+        // The plan by model, in one pass; per model then: replicas serving,
+        // and those retiring, off draining nodes (replicas on a draining
+        // node are on their way out: replacements are placed for them).
+        let by_model = plan_by_model(&self.plan);
         let any_draining = self.nodes.values().any(|n| n.flags.draining);
-        for r in self.plan.values() {
-            running
-                .entry(r.model.as_str())
-                .or_default()
-                .insert(r.node.as_str());
-            if any_draining && self.on_draining_node(&r.node) {
-                continue;
-            }
-            let entry = counts.entry(r.model.as_str()).or_default();
-            match r.retiring_since {
-                None => entry.0 += 1,
-                Some(_) => entry.1.push(r),
-            }
-        }
         let mut out = Vec::new();
         // Replicas placed so far this tick: later placements see them.
         let mut placed: Vec<PlannedReplica> = Vec::new();
         for (name, model) in &self.models {
-            let (mut current, retiring) = counts.remove(name.as_str()).unwrap_or_default();
+            let mine = by_model.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+            let mut current = 0u32;
+            let mut retiring = Vec::new();
+            for r in mine {
+                if any_draining && self.on_draining_node(&r.node) {
+                    continue;
+                }
+                match r.retiring_since {
+                    None => current += 1,
+                    Some(_) => retiring.push(*r),
+                }
+            }
             let desired = model.desired;
             // A replica still retiring is running capacity: keep it rather
             // than start another (a wake right after a scale-down, say).
@@ -634,16 +708,21 @@ impl Fleet {
                 out.push(Change::PlaceRestSoon);
                 break;
             }
+            if current >= desired {
+                // Nothing to place: nothing keeps it from being placed.
+                if !model.placement_problem.is_empty() {
+                    out.push(Change::PlacementProblem {
+                        model: name.clone(),
+                        problem,
+                    });
+                }
+                continue;
+            }
             // Built once per model; after each placement only the node
             // that took the replica is looked at again.
-            let no_nodes = BTreeSet::new();
-            let mut pool = if current < desired {
-                let running = running.get(name.as_str()).unwrap_or(&no_nodes);
-                self.pool(name, now, &placed, &[], pick, running, &[])
-            } else {
-                Pool::default()
-            };
-            let spec_hash = model.spec.spec_hash();
+            let running: BTreeSet<&str> = mine.iter().map(|r| r.node.as_str()).collect();
+            let mut pool = self.pool(name, now, &placed, &[], pick, &running, &[]);
+            let spec_hash = model.spec_hash.clone();
             let needs = needs(&model.spec);
             for _ in current..desired {
                 if placed.len() >= PLACEMENTS_PER_TICK {
@@ -989,9 +1068,19 @@ impl Fleet {
             .expect("an endless sequence of ids has a free one")
     }
 
+    /// (state, ready since) of a planned replica as the node it is
+    /// assigned to reports it (the last status in its list for that id).
+    fn reported_status(&self, r: &PlannedReplica) -> Option<(ReplicaState, i64)> {
+        let node = self.nodes.get(&r.node)?;
+        let st = node.replicas.iter().rev().find(|x| x.id == r.id)?;
+        Some((st.state, st.ready_unix_ms))
+    }
+
     /// (state, ready since) of every replica the agents report, by id.
     /// Each replica counts only as reported by the node it is assigned to.
-    fn reported_statuses(&self) -> BTreeMap<String, (ReplicaState, i64)> {
+    /// What `reported_status` answers for one, for every one.
+    #[cfg(test)]
+    pub(super) fn reported_statuses(&self) -> BTreeMap<String, (ReplicaState, i64)> {
         self.nodes
             .values()
             .flat_map(|n| {

@@ -50,6 +50,10 @@ pub(super) const EARLY_TICK_GAP: Duration = Duration::from_millis(100);
 /// built from the whole fleet, too much work to do per report.
 const ROUTES_EVERY: Duration = Duration::from_millis(100);
 
+/// How long reports queued during a long phase wait at most before the
+/// phase lets them in (where it can: `Fleet::take_reports_due`).
+pub(super) const REPORTS_WAIT: Duration = Duration::from_millis(4);
+
 /// How long an agent may take to answer a log request.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -141,6 +145,22 @@ impl Fleet {
         }
         self.inbox = Some(rx);
         clock.done(Phase::Reports);
+    }
+
+    /// Within a phase, between two pieces of its work that allow it (see
+    /// each caller): takes the queued reports in when the last were taken
+    /// `REPORTS_WAIT` ago or more, so a long phase does not hold them all
+    /// its length.
+    pub(super) fn take_reports_due(
+        &mut self,
+        clock: &mut super::metrics::PhaseClock,
+        phase: Phase,
+    ) {
+        if clock.since_reports() < self.reports_wait {
+            return;
+        }
+        clock.done(phase);
+        self.take_reports(clock);
     }
 
     fn run_tick(&mut self) {
@@ -826,6 +846,7 @@ impl Fleet {
         let model = match self.models.remove(&name) {
             Some(mut m) => {
                 m.record = record;
+                m.spec_hash = spec.spec_hash();
                 m.spec = spec;
                 m
             }

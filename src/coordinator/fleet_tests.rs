@@ -400,3 +400,180 @@ async fn reports_queued_while_the_fleet_task_is_busy_are_handled_as_the_newest()
         .await;
     assert!(matches!(rx.try_recv(), Ok(Command::Report { .. })));
 }
+
+/// The tick reads each planned replica's status through one index of what
+/// the nodes report, built per tick; it reads what a search of the
+/// replica's own node finds: the first status that node lists for the id,
+/// none from another node that claims it, and a replica not reported is
+/// starting. The surplus rule retires the one not ready.
+#[test]
+fn each_replica_counts_as_its_own_node_reports_it() {
+    use crate::domain::{ReplicaState, ReplicaStatus, Report, ServingSignals};
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path());
+    let t0 = f.started;
+    let (s1, _o1) = connect_host(&mut f, "gpu-1", HostInfo::default(), t0);
+    let (s2, _o2) = connect_host(&mut f, "gpu-2", HostInfo::default(), t0);
+    let (s3, _o3) = connect_host(&mut f, "gpu-3", HostInfo::default(), t0);
+    f.apply_model(
+        "name = \"m\"\nweights = \"/srv/m\"\nreplicas = 3\n[server]\ncommand = [\"/bin/serve\"]\ngpu_memory = \"1GiB\"\n"
+            .into(),
+    )
+    .unwrap();
+    let now = t0 + Duration::from_secs(1);
+    f.tick(now).finish();
+    let on = |f: &Fleet, node: &str| {
+        f.plan
+            .values()
+            .find(|r| r.node == node)
+            .map(|r| r.id.clone())
+            .expect("a replica on each node")
+    };
+    let (r1, r2) = (on(&f, "gpu-1"), on(&f, "gpu-2"));
+    let hash = f.models["m"].spec_hash.clone();
+    let status = |id: &str, state, seq| ReplicaStatus {
+        id: id.into(),
+        model: "m".into(),
+        spec_hash: hash.clone(),
+        state,
+        gpus: vec![0],
+        signals: ServingSignals {
+            fresh: true,
+            scrape_seq: seq,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // gpu-1 lists its replica twice: ready first, then failed.
+    let report = Report {
+        replicas: vec![
+            status(&r1, ReplicaState::Ready, 1),
+            status(&r1, ReplicaState::Failed, 2),
+        ],
+        ..Default::default()
+    };
+    f.report(s1, "gpu-1", report, now);
+    // gpu-2's replica is starting; gpu-3 claims gpu-2's replica as ready.
+    let report = Report {
+        replicas: vec![status(&r2, ReplicaState::Starting, 0)],
+        ..Default::default()
+    };
+    f.report(s2, "gpu-2", report, now);
+    let report = Report {
+        replicas: vec![status(&r2, ReplicaState::Ready, 5)],
+        ..Default::default()
+    };
+    f.report(s3, "gpu-3", report, now);
+
+    let inputs = f.scale_inputs(now);
+    assert_eq!(inputs, f.scale_inputs_by_scan(now));
+    let (_, m) = &inputs[0];
+    assert_eq!((m.signals.ready, m.signals.starting), (1, 2));
+    assert_eq!(m.signals.measurement, 1, "gpu-3's claim is not counted");
+    let ready: Vec<(&str, bool)> = m
+        .replicas
+        .iter()
+        .map(|(id, ready, _)| (id.as_str(), *ready))
+        .collect();
+    assert!(ready.contains(&(r1.as_str(), true)), "{ready:?}");
+    assert!(ready.contains(&(r2.as_str(), false)), "{ready:?}");
+
+    // Two wanted: the surplus rule reads each replica on its own node (the
+    // last status listed, as the map of every reported replica holds it)
+    // and retires first the one no node reports: gpu-3's.
+    f.scale_model("m", Some(2)).unwrap();
+    f.tick(now + Duration::from_secs(1)).finish();
+    let retiring: Vec<&str> = f
+        .plan
+        .values()
+        .filter(|r| r.retiring_since.is_some())
+        .map(|r| r.node.as_str())
+        .collect();
+    assert_eq!(retiring, ["gpu-3"]);
+}
+
+/// A `decide` phase that runs long takes the queued reports in between two
+/// models' steps (here at every step: no wait allowed), holds everything
+/// else, and decides every model on what the fleet showed at the phase's
+/// start: a report that turns replicas ready counts from the next tick on.
+#[test]
+fn a_long_decide_phase_takes_reports_between_models_on_inputs_read_before() {
+    use super::fleet::Command;
+    use crate::domain::{ReplicaState, ReplicaStatus, Report};
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path());
+    let t0 = f.started;
+    let host = HostInfo {
+        cpus: 8,
+        memory_total_bytes: 64 << 30,
+        ..HostInfo::default()
+    };
+    let (session, mut outbox) = connect_host(&mut f, "node-a", host, t0);
+    for m in ["a", "b"] {
+        f.apply_model(format!(
+            "name = \"{m}\"\nweights = \"/srv/{m}\"\n[server]\ncommand = [\"/bin/serve\"]\ngpus = 0\ncpu = 1\nmemory = \"1GiB\"\n"
+        ))
+        .unwrap();
+    }
+    let mut now = t0 + Duration::from_secs(1);
+    f.tick(now).finish();
+    assert_eq!(f.plan.len(), 2, "one replica of each placed");
+    let ready: Vec<ReplicaStatus> = f
+        .plan
+        .values()
+        .map(|r| ReplicaStatus {
+            id: r.id.clone(),
+            model: r.model.clone(),
+            spec_hash: r.spec_hash.clone(),
+            state: ReplicaState::Ready,
+            ..Default::default()
+        })
+        .collect();
+
+    let (tx, rx) = mpsc::channel(16);
+    f.inbox = Some(rx);
+    f.reports_wait = Duration::ZERO;
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    tx.try_send(Command::ListNodes { reply }).unwrap();
+    let slot = std::sync::Arc::new(super::handle::ReportSlot::default());
+    let report = Report {
+        seq: 3,
+        ack: true,
+        replicas: ready,
+        ..Default::default()
+    };
+    assert!(slot.offer(report, now));
+    tx.try_send(Command::Report {
+        session,
+        node: "node-a".into(),
+        slot,
+    })
+    .unwrap();
+    while outbox.try_recv().is_ok() {}
+
+    now += Duration::from_secs(1);
+    let mut clock = super::metrics::FleetMetrics::process().phases();
+    f.scale_phase(now, 0, &mut clock);
+    let mut acked = false;
+    while let Ok(m) = outbox.try_recv() {
+        acked |= matches!(m, ToAgent::ReportAck(3));
+    }
+    assert!(acked, "the report was taken in during the phase");
+    assert!(
+        answer.try_recv().is_err(),
+        "node ls waits for the tick's end"
+    );
+    assert_eq!(f.held.len(), 1);
+    for m in ["a", "b"] {
+        let point = f.models[m].timeline.back().expect("the model decided");
+        assert_eq!(
+            point.ready, 0,
+            "model {m} decided on the inputs read before"
+        );
+    }
+    // The next decision sees the report.
+    f.scale_phase(now + Duration::from_secs(1), 0, &mut clock);
+    for m in ["a", "b"] {
+        assert_eq!(f.models[m].timeline.back().unwrap().ready, 1, "model {m}");
+    }
+}

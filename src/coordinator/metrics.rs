@@ -188,6 +188,8 @@ pub struct PhaseClock {
     last: std::time::Instant,
     /// This tick's time per phase so far (a phase may come more than once).
     spent_ns: [u64; Phase::ALL.len()],
+    /// When reports were last taken in (or the tick began).
+    reports_at: std::time::Instant,
 }
 
 impl FleetMetrics {
@@ -206,6 +208,7 @@ impl FleetMetrics {
             started: now,
             last: now,
             spent_ns: [0; Phase::ALL.len()],
+            reports_at: now,
         }
     }
 
@@ -321,6 +324,14 @@ impl PhaseClock {
         self.last = now;
         self.metrics.phase_ns[phase as usize].fetch_add(ns, Ordering::Relaxed);
         self.spent_ns[phase as usize] += ns;
+        if phase == Phase::Reports {
+            self.reports_at = now;
+        }
+    }
+
+    /// How long since reports were last taken in during this tick.
+    pub fn since_reports(&self) -> Duration {
+        self.reports_at.elapsed()
     }
 
     /// Ends the tick: its time, less the reports handled between its

@@ -43,20 +43,21 @@ impl Fleet {
             }
             return clock;
         }
-        let changes = self.decide_scale(now, now_unix_ms / 1000);
-        self.awaiting_measurement = changes
-            .iter()
-            .any(|c| matches!(c, Change::Scale(s) if s.awaits_measurement));
-        self.apply(changes, now);
+        self.scale_phase(now, now_unix_ms / 1000, &mut clock);
         clock.done(Phase::Decide);
         self.take_reports(&mut clock);
+        // Each rule reads the fleet afresh, as each phase does: when the
+        // phase runs long, reports may come in between two rules.
         let changes = self.decide_lost_nodes(now);
         self.apply(changes, now);
+        self.take_reports_due(&mut clock, Phase::Replace);
         let changes = self.decide_unhealthy_gpus();
         self.apply(changes, now);
+        self.take_reports_due(&mut clock, Phase::Replace);
         self.avoid.retain(|_, until| *until > now);
         let changes = self.decide_crash_loops(now);
         self.apply(changes, now);
+        self.take_reports_due(&mut clock, Phase::Replace);
         let changes = self.decide_spec_changes();
         self.apply(changes, now);
         clock.done(Phase::Replace);
@@ -76,9 +77,12 @@ impl Fleet {
             );
         }
         self.apply(changes, now);
+        // Drains and the warm plan read the fleet afresh too.
+        self.take_reports_due(&mut clock, Phase::Place);
         // Drains retire what the placements just replaced.
         let changes = self.decide_drains(now_unix_ms);
         self.apply(changes, now);
+        self.take_reports_due(&mut clock, Phase::Place);
         let changes = vec![self.decide_warm(now, now_unix_ms / 1000)];
         self.apply(changes, now);
         clock.done(Phase::Place);
@@ -86,6 +90,27 @@ impl Fleet {
         self.send_assignments();
         clock.done(Phase::Assign);
         clock
+    }
+
+    /// The `decide` phase: every model's scale step, applied. When it runs
+    /// long, reports are taken in between two models' steps.
+    pub(super) fn scale_phase(&mut self, now: Instant, now_unix_s: i64, clock: &mut PhaseClock) {
+        // Every model's inputs are read at once, before any decides: a
+        // report taken in between two models' steps (when the phase runs
+        // long) changes no input already read, so every model decides on
+        // the fleet as it was at the phase's start, and the report counts
+        // from the next tick on, as one that came just after the phase.
+        // A step reads and writes only its own model's scaler and count.
+        let inputs = self.scale_inputs(now);
+        let mut awaiting = false;
+        for (name, inputs) in inputs {
+            if let Some(change) = self.decide_scale(&name, &inputs, now, now_unix_s) {
+                awaiting |= change.awaits_measurement;
+                self.apply(vec![Change::Scale(Box::new(change))], now);
+            }
+            self.take_reports_due(clock, Phase::Decide);
+        }
+        self.awaiting_measurement = awaiting;
     }
 
     /// While the reconnect grace holds, why, in words. It holds for

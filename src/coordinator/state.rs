@@ -67,6 +67,9 @@ pub struct PlannedReplica {
 pub struct Model {
     pub record: ModelRecord,
     pub spec: ModelSpec,
+    /// `spec.spec_hash()`, set with the spec: read per tick for every
+    /// replica, too often to hash the spec each time.
+    pub spec_hash: String,
     pub desired: u32,
     pub placement_problem: String,
     pub last_decision: String,
@@ -83,6 +86,7 @@ impl Model {
     pub fn new(record: ModelRecord, spec: ModelSpec) -> Model {
         Model {
             record,
+            spec_hash: spec.spec_hash(),
             spec,
             desired: 0,
             placement_problem: String::new(),
@@ -185,6 +189,9 @@ pub struct Fleet {
     /// Commands other than reports that came in during a tick, handled in
     /// order once it ends.
     pub(super) held: VecDeque<super::handle::Command>,
+    /// `fleet::REPORTS_WAIT`; tests set it to zero, so a phase that may
+    /// take reports in between its steps does so at every one.
+    pub(super) reports_wait: std::time::Duration,
 }
 
 impl Fleet {
@@ -271,6 +278,7 @@ impl Fleet {
             routes_published: Instant::now(),
             inbox: None,
             held: VecDeque::new(),
+            reports_wait: super::fleet::REPORTS_WAIT,
         };
         fleet.record(EventKind::CoordinatorStarted {
             models: fleet.models.len(),
