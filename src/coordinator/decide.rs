@@ -221,21 +221,27 @@ impl PlannedOnNode {
 /// model up here instead of scanning the whole plan each.
 pub(super) fn plan_by_model(
     plan: &BTreeMap<String, PlannedReplica>,
-) -> HashMap<&str, Vec<&PlannedReplica>> {
-    let mut out: HashMap<&str, Vec<&PlannedReplica>> = Default::default();
+) -> TickMap<&str, Vec<&PlannedReplica>> {
+    let mut out: TickMap<&str, Vec<&PlannedReplica>> = Default::default();
     for r in plan.values() {
         out.entry(r.model.as_str()).or_default().push(r);
     }
     out
 }
 
+/// A map built and dropped within one tick, keyed by names and ids: hashed
+/// with foldhash (randomly seeded, several times faster than the default
+/// SipHash on short strings; these maps hold every replica, every tick).
+pub(super) type TickMap<K, V> = foldhash::HashMap<K, V>;
+
 /// What each node reports of each replica, by (node, replica id): the
 /// first status a node lists for an id, as a search of its list finds it.
-type Reported<'a> = HashMap<(&'a str, &'a str), (&'a Node, &'a ReplicaStatus)>;
+type Reported<'a> = TickMap<(&'a str, &'a str), (&'a Node, &'a ReplicaStatus)>;
 
 /// [`Reported`] in one pass over the nodes' reports.
 fn reported_on_nodes(nodes: &BTreeMap<String, Node>) -> Reported<'_> {
-    let mut out: Reported<'_> = HashMap::with_capacity(nodes.len());
+    let mut out: Reported<'_> = Reported::default();
+    out.reserve(nodes.len());
     for n in nodes.values() {
         for st in &n.replicas {
             out.entry((n.name.as_str(), st.id.as_str()))
@@ -327,21 +333,8 @@ impl Fleet {
         reported: &Reported<'_>,
         now: Instant,
     ) -> ScaleInputs {
-        let (signals, fresh) = self.model_signals(model, planned, reported, now);
-        let replicas = planned
-            .iter()
-            .filter(|r| r.retiring_since.is_none())
-            .map(|r| {
-                let ready = reported
-                    .get(&(r.node.as_str(), r.id.as_str()))
-                    .is_some_and(|(_, st)| st.state == ReplicaState::Ready);
-                (
-                    r.id.clone(),
-                    ready,
-                    now.saturating_duration_since(r.created),
-                )
-            })
-            .collect();
+        let mut replicas = Vec::with_capacity(planned.len());
+        let (signals, fresh) = self.model_signals(model, planned, reported, now, &mut replicas);
         ScaleInputs {
             signals,
             fresh,
@@ -359,7 +352,7 @@ impl Fleet {
             .map(|name| {
                 let planned: Vec<&PlannedReplica> =
                     self.plan.values().filter(|r| &r.model == name).collect();
-                let mut reported: Reported<'_> = HashMap::new();
+                let mut reported: Reported<'_> = Reported::default();
                 for r in &planned {
                     let Some(node) = self.nodes.get(&r.node) else {
                         continue;
@@ -385,6 +378,7 @@ impl Fleet {
         planned: &[&PlannedReplica],
         reported: &Reported<'_>,
         now: Instant,
+        replicas: &mut Vec<(String, bool, Duration)>,
     ) -> (Signals, bool) {
         let mut s = Signals {
             waiting: Some(0.0),
@@ -396,8 +390,16 @@ impl Fleet {
         let mut kv = Vec::new();
         let mut util = Vec::new();
         for r in planned.iter().filter(|r| r.retiring_since.is_none()) {
-            match reported.get(&(r.node.as_str(), r.id.as_str())) {
-                Some(&(node, st)) if st.state == ReplicaState::Ready => {
+            let status = reported.get(&(r.node.as_str(), r.id.as_str()));
+            // Also the scale step's list of replicas, from the same lookup.
+            let ready = status.is_some_and(|(_, st)| st.state == ReplicaState::Ready);
+            replicas.push((
+                r.id.clone(),
+                ready,
+                now.saturating_duration_since(r.created),
+            ));
+            match status {
+                Some(&(node, st)) if ready => {
                     s.ready += 1;
                     if st.signals.fresh {
                         fresh = true;
@@ -585,7 +587,7 @@ impl Fleet {
                 "a spec changed without its hash"
             );
         }
-        let hashes: HashMap<&str, &str> = self
+        let hashes: TickMap<&str, &str> = self
             .models
             .iter()
             .map(|(name, m)| (name.as_str(), m.spec_hash.as_str()))

@@ -8,7 +8,7 @@
 //! confirmed. The choice is the one [`placement::place`] makes over every
 //! node (tested against it below).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use super::decide::gpu_candidates;
 use super::fleet::Fleet;
@@ -91,11 +91,11 @@ impl Order {
 /// which changes with time alone, is checked per node when one is chosen).
 #[derive(Debug, Default)]
 pub struct PlacementView {
-    rooms: HashMap<String, NodeRoom>,
+    rooms: foldhash::HashMap<String, NodeRoom>,
     all: Order,
     whole: Order,
     /// model → nodes with some of its weights resident.
-    warm: HashMap<String, BTreeSet<String>>,
+    warm: foldhash::HashMap<String, BTreeSet<String>>,
 }
 
 impl PlacementView {

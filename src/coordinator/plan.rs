@@ -4,7 +4,7 @@
 //! go through `Deref` to the map; every change goes through the methods
 //! here, which keep the index and note the nodes whose part changed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
 
 use super::state::PlannedReplica;
@@ -13,7 +13,7 @@ use super::state::PlannedReplica;
 pub struct ReplicaPlan {
     replicas: BTreeMap<String, PlannedReplica>,
     /// node → ids of the replicas planned there.
-    by_node: HashMap<String, BTreeSet<String>>,
+    by_node: foldhash::HashMap<String, BTreeSet<String>>,
     /// Nodes whose planned replicas changed since `take_touched`.
     touched: BTreeSet<String>,
 }
