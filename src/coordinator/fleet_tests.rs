@@ -62,6 +62,44 @@ fn connect_host(
     (session, rx)
 }
 
+/// What the fleet task's queue holds during a tick in these tests: an
+/// operator's `node ls`, then node-a's `report` (its session's slot). The
+/// sender keeps the queue open; the receiver gets the `node ls` answer.
+fn queue_node_ls_and_report(
+    f: &mut Fleet,
+    session: u64,
+    report: crate::domain::Report,
+    now: Instant,
+) -> (
+    mpsc::Sender<super::fleet::Command>,
+    tokio::sync::oneshot::Receiver<Result<Vec<crate::api::NodeView>, super::fleet::FleetError>>,
+) {
+    use super::fleet::Command;
+    let (tx, rx) = mpsc::channel(16);
+    f.inbox = Some(rx);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    tx.try_send(Command::ListNodes { reply }).unwrap();
+    let slot = std::sync::Arc::new(super::handle::ReportSlot::default());
+    assert!(slot.offer(report, now));
+    tx.try_send(Command::Report {
+        session,
+        node: "node-a".into(),
+        slot,
+    })
+    .unwrap();
+    (tx, answer)
+}
+
+/// Whether the node's outbox holds the acknowledgement of report `seq`
+/// (everything in it is taken).
+fn acked(outbox: &mut mpsc::Receiver<ToAgent>, seq: u64) -> bool {
+    let mut acked = false;
+    while let Ok(m) = outbox.try_recv() {
+        acked |= matches!(m, ToAgent::ReportAck(s) if s == seq);
+    }
+    acked
+}
+
 fn kinds(fleet: &Fleet, kind: &str) -> Vec<String> {
     fleet
         .events
@@ -271,35 +309,22 @@ fn a_gateway_report_ticks_early_on_a_step_or_when_a_surge_awaits_it() {
 /// the tick's end, in order, and is answered then.
 #[test]
 fn a_tick_takes_in_reports_between_its_phases_and_holds_the_rest() {
-    use super::fleet::Command;
     let dir = tempfile::tempdir().unwrap();
     let mut f = fleet(dir.path());
     let now = Instant::now();
     let (session, mut outbox) = connect_host(&mut f, "node-a", HostInfo::default(), now);
-    let (tx, rx) = mpsc::channel(16);
-    f.inbox = Some(rx);
-    let (reply, mut answer) = tokio::sync::oneshot::channel();
-    tx.try_send(Command::ListNodes { reply }).unwrap();
     let report = crate::domain::Report {
         seq: 7,
         ack: true,
         ..Default::default()
     };
-    let slot = std::sync::Arc::new(super::handle::ReportSlot::default());
-    assert!(slot.offer(report, now));
-    tx.try_send(Command::Report {
-        session,
-        node: "node-a".into(),
-        slot,
-    })
-    .unwrap();
+    let (_tx, mut answer) = queue_node_ls_and_report(&mut f, session, report, now);
 
     f.tick(now).finish();
-    let mut acked = false;
-    while let Ok(m) = outbox.try_recv() {
-        acked |= matches!(m, ToAgent::ReportAck(7));
-    }
-    assert!(acked, "the report was handled during the tick");
+    assert!(
+        acked(&mut outbox, 7),
+        "the report was handled during the tick"
+    );
     assert!(
         answer.try_recv().is_err(),
         "node ls waits for the tick's end"
@@ -498,7 +523,6 @@ fn each_replica_counts_as_its_own_node_reports_it() {
 /// start: a report that turns replicas ready counts from the next tick on.
 #[test]
 fn a_long_decide_phase_takes_reports_between_models_on_inputs_read_before() {
-    use super::fleet::Command;
     use crate::domain::{ReplicaState, ReplicaStatus, Report};
     let dir = tempfile::tempdir().unwrap();
     let mut f = fleet(dir.path());
@@ -530,35 +554,23 @@ fn a_long_decide_phase_takes_reports_between_models_on_inputs_read_before() {
         })
         .collect();
 
-    let (tx, rx) = mpsc::channel(16);
-    f.inbox = Some(rx);
     f.reports_wait = Duration::ZERO;
-    let (reply, mut answer) = tokio::sync::oneshot::channel();
-    tx.try_send(Command::ListNodes { reply }).unwrap();
-    let slot = std::sync::Arc::new(super::handle::ReportSlot::default());
     let report = Report {
         seq: 3,
         ack: true,
         replicas: ready,
         ..Default::default()
     };
-    assert!(slot.offer(report, now));
-    tx.try_send(Command::Report {
-        session,
-        node: "node-a".into(),
-        slot,
-    })
-    .unwrap();
+    let (_tx, mut answer) = queue_node_ls_and_report(&mut f, session, report, now);
     while outbox.try_recv().is_ok() {}
 
     now += Duration::from_secs(1);
     let mut clock = super::metrics::FleetMetrics::process().phases();
     f.scale_phase(now, 0, &mut clock);
-    let mut acked = false;
-    while let Ok(m) = outbox.try_recv() {
-        acked |= matches!(m, ToAgent::ReportAck(3));
-    }
-    assert!(acked, "the report was taken in during the phase");
+    assert!(
+        acked(&mut outbox, 3),
+        "the report was taken in during the phase"
+    );
     assert!(
         answer.try_recv().is_err(),
         "node ls waits for the tick's end"
