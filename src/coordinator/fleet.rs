@@ -311,14 +311,7 @@ impl Fleet {
                 let _ = reply.send(self.explain(&name));
             }
             Command::ListModels { reply } => {
-                let mut views: Vec<ModelView> = self
-                    .models
-                    .keys()
-                    .chain(self.quarantined.keys())
-                    .map(|m| self.model_view(m, false))
-                    .collect();
-                views.sort_by(|a, b| a.name.cmp(&b.name));
-                let _ = reply.send(Ok(views));
+                let _ = reply.send(Ok(self.model_views()));
             }
             Command::GetModel { name, reply } => {
                 let r = if self.models.contains_key(&name) || self.quarantined.contains_key(&name) {

@@ -589,3 +589,79 @@ fn a_long_decide_phase_takes_reports_between_models_on_inputs_read_before() {
         assert_eq!(f.models[m].timeline.back().unwrap().ready, 1, "model {m}");
     }
 }
+
+/// `replica ls` (and `/metrics`, which counts it) shows each replica once:
+/// as its node reports it, or, planned and not reported, as starting.
+#[test]
+fn replica_views_show_each_replica_once_reported_or_starting() {
+    use crate::domain::{ReplicaState, ReplicaStatus, Report};
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path());
+    let t0 = f.started;
+    let (s1, _o1) = connect_host(&mut f, "gpu-1", HostInfo::default(), t0);
+    let _o2 = connect_host(&mut f, "gpu-2", HostInfo::default(), t0);
+    f.apply_model(
+        "name = \"m\"\nweights = \"/srv/m\"\nreplicas = 2\n[server]\ncommand = [\"/bin/serve\"]\ngpu_memory = \"1GiB\"\n"
+            .into(),
+    )
+    .unwrap();
+    let now = t0 + Duration::from_secs(1);
+    f.tick(now).finish();
+    let on1 = f.plan.values().find(|r| r.node == "gpu-1").unwrap().clone();
+    let report = Report {
+        replicas: vec![ReplicaStatus {
+            id: on1.id.clone(),
+            model: "m".into(),
+            spec_hash: on1.spec_hash.clone(),
+            state: ReplicaState::Ready,
+            gpus: vec![0],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    f.report(s1, "gpu-1", report, now);
+    let all = f.replica_views(None, None);
+    let states: Vec<(&str, ReplicaState)> = all
+        .iter()
+        .map(|v| (v.node.as_str(), v.status.state))
+        .collect();
+    assert_eq!(all.len(), 2, "{states:?}");
+    assert!(
+        states.contains(&("gpu-1", ReplicaState::Ready)),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("gpu-2", ReplicaState::Starting)),
+        "{states:?}"
+    );
+    assert_eq!(f.replica_views(Some("m"), Some("gpu-2")).len(), 1);
+    assert_eq!(f.model_view("m", false).ready_replicas, 1);
+
+    // `model ls` walks the fleet once for every model: what each model's
+    // own view says, also when a node names its replica's model otherwise.
+    f.apply_model(
+        "name = \"n\"\nweights = \"/srv/n\"\nreplicas = 1\n[server]\ncommand = [\"/bin/serve\"]\ngpus = 0\ncpu = 1\nmemory = \"1GiB\"\n"
+            .into(),
+    )
+    .unwrap();
+    let report = Report {
+        replicas: vec![
+            ReplicaStatus {
+                id: on1.id.clone(),
+                model: "n".into(),
+                state: ReplicaState::Ready,
+                ..Default::default()
+            },
+            ReplicaStatus {
+                id: "stray-1".into(),
+                model: "n".into(),
+                state: ReplicaState::Starting,
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    f.report(s1, "gpu-1", report, now);
+    let one_by_one: Vec<_> = ["m", "n"].iter().map(|m| f.model_view(m, false)).collect();
+    assert_eq!(f.model_views(), one_by_one);
+}

@@ -61,6 +61,10 @@ impl Fleet {
         node: Option<&str>,
     ) -> Vec<ReplicaView> {
         let mut out = Vec::new();
+        // The ids shown so far: a set, not a search of the list per planned
+        // replica (quadratic in the fleet's replicas for `replica ls` and
+        // every `/metrics` scrape).
+        let mut shown: foldhash::HashSet<&str> = Default::default();
         // A view, not a decision: the wall of the moment is fine.
         let now = Instant::now();
         for n in self.nodes.values() {
@@ -76,6 +80,7 @@ impl Fleet {
                 // operator needs to see it.
                 let mut status = r.clone();
                 status.assignment_token.clear();
+                shown.insert(r.id.as_str());
                 out.push(ReplicaView {
                     node: n.name.clone(),
                     signals_health: health(r, n.scraped.get(&r.id), now),
@@ -89,28 +94,78 @@ impl Fleet {
             {
                 continue;
             }
-            if !out.iter().any(|v| v.status.id == p.id) {
-                out.push(ReplicaView {
-                    node: p.node.clone(),
-                    status: crate::domain::ReplicaStatus {
-                        id: p.id.clone(),
-                        model: p.model.clone(),
-                        spec_hash: p.spec_hash.clone(),
-                        state: crate::domain::ReplicaState::Starting,
-                        gpus: p.gpus.clone(),
-                        reason: "assigned; waiting for the agent to start it".into(),
-                        ..Default::default()
-                    },
-                    signals_health: SignalsHealth::NotScraped,
-                });
+            if shown.insert(p.id.as_str()) {
+                out.push(starting(p));
             }
         }
         out.sort_by(|a, b| (&a.status.model, &a.status.id).cmp(&(&b.status.model, &b.status.id)));
         out
     }
 
+    /// What the nodes report of each model and its planned replicas not
+    /// reported (starting), by model: `replica_views(Some(m), None)` for
+    /// every `m` at once, in one walk of the nodes and the plan (each group
+    /// sorted by id, as that sorts it).
+    fn replica_views_by_model(&self) -> foldhash::HashMap<&str, Vec<ReplicaView>> {
+        let mut out: foldhash::HashMap<&str, Vec<ReplicaView>> = Default::default();
+        // (model, id) shown: a planned replica is shown as starting unless
+        // its node reported it as that model.
+        let mut shown: foldhash::HashSet<(&str, &str)> = Default::default();
+        let now = Instant::now();
+        for n in self.nodes.values() {
+            for r in &n.replicas {
+                if n.refused_claims.contains(&r.id) {
+                    continue;
+                }
+                let mut status = r.clone();
+                status.assignment_token.clear();
+                shown.insert((r.model.as_str(), r.id.as_str()));
+                out.entry(r.model.as_str()).or_default().push(ReplicaView {
+                    node: n.name.clone(),
+                    signals_health: health(r, n.scraped.get(&r.id), now),
+                    status,
+                });
+            }
+        }
+        for p in self.plan.values() {
+            if shown.insert((p.model.as_str(), p.id.as_str())) {
+                out.entry(p.model.as_str()).or_default().push(starting(p));
+            }
+        }
+        for views in out.values_mut() {
+            views.sort_by(|a, b| a.status.id.cmp(&b.status.id));
+        }
+        out
+    }
+
+    /// `model_view(m, false)` of every model, quarantined ones too, by
+    /// name: one walk of the fleet for all, not one per model.
+    pub(super) fn model_views(&self) -> Vec<ModelView> {
+        let by_model = self.replica_views_by_model();
+        let mut views: Vec<ModelView> = self
+            .models
+            .keys()
+            .chain(self.quarantined.keys())
+            .map(|m| {
+                let replicas = by_model.get(m.as_str()).cloned().unwrap_or_default();
+                self.model_view_of(m, replicas, false)
+            })
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views
+    }
+
     pub(super) fn model_view(&self, name: &str, with_replicas: bool) -> ModelView {
-        let replicas = self.replica_views(Some(name), None);
+        self.model_view_of(name, self.replica_views(Some(name), None), with_replicas)
+    }
+
+    /// A model's view from its `replicas` (as `replica_views` shows them).
+    fn model_view_of(
+        &self,
+        name: &str,
+        replicas: Vec<ReplicaView>,
+        with_replicas: bool,
+    ) -> ModelView {
         let Some(m) = self.models.get(name) else {
             // Callers check that the model exists: here, quarantined.
             let reason = self
@@ -164,5 +219,22 @@ impl Fleet {
             updated_unix_ms: m.record.updated_unix_ms,
             replicas: if with_replicas { replicas } else { Vec::new() },
         }
+    }
+}
+
+/// A planned replica its node has not reported yet: shown as starting.
+fn starting(p: &super::state::PlannedReplica) -> ReplicaView {
+    ReplicaView {
+        node: p.node.clone(),
+        status: crate::domain::ReplicaStatus {
+            id: p.id.clone(),
+            model: p.model.clone(),
+            spec_hash: p.spec_hash.clone(),
+            state: crate::domain::ReplicaState::Starting,
+            gpus: p.gpus.clone(),
+            reason: "assigned; waiting for the agent to start it".into(),
+            ..Default::default()
+        },
+        signals_health: SignalsHealth::NotScraped,
     }
 }
