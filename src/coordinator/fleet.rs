@@ -405,12 +405,15 @@ impl Fleet {
             Command::Endpoints { reply } => {
                 let _ = reply.send(Ok(self.endpoints()));
             }
-            Command::RefusedClaims { reply } => {
-                let _ = reply.send(Ok(self
-                    .refused_claims
-                    .iter()
-                    .map(|((node, why), n)| (node.clone(), *why, *n))
-                    .collect()));
+            Command::Counts { reply } => {
+                let counts = self.counts(now);
+                #[cfg(test)]
+                assert_eq!(
+                    counts,
+                    self.counts_from_views(now),
+                    "counts and views differ"
+                );
+                let _ = reply.send(Ok(counts));
             }
             Command::GatewayConnect { reply } => {
                 let _ = reply.send(Ok(self.gateway_connected()));

@@ -664,4 +664,48 @@ fn replica_views_show_each_replica_once_reported_or_starting() {
     f.report(s1, "gpu-1", report, now);
     let one_by_one: Vec<_> = ["m", "n"].iter().map(|m| f.model_view(m, false)).collect();
     assert_eq!(f.model_views(), one_by_one);
+
+    // What `/metrics` counts is what the views show, without building them:
+    // with a retiring replica, a claim not believed and a quarantined model.
+    assert_eq!(f.counts(now), f.counts_from_views(now));
+    let retiring = f
+        .plan
+        .values()
+        .find(|r| r.node == "gpu-2")
+        .unwrap()
+        .id
+        .clone();
+    assert!(f.plan.update(&retiring, |r| r.retiring_since = Some(now)));
+    f.nodes
+        .get_mut("gpu-1")
+        .unwrap()
+        .refused_claims
+        .insert("stray-1".into());
+    let mut kept = on1.clone();
+    kept.id = "q-1".into();
+    kept.model = "q".into();
+    f.plan.insert(kept);
+    f.quarantined.insert(
+        "q".into(),
+        super::state::Quarantined {
+            reason: "bad".into(),
+        },
+    );
+    let counts = f.counts(now);
+    assert_eq!(counts, f.counts_from_views(now));
+    let m = counts.models.iter().find(|c| c.name == "m").unwrap();
+    assert_eq!((m.desired, m.ready, m.current), (2, 0, 1), "{counts:?}");
+    assert_eq!(
+        counts.replicas.get(&("m".to_string(), "starting")),
+        Some(&1)
+    );
+    assert_eq!(
+        counts.replicas.get(&("q".to_string(), "starting")),
+        Some(&1)
+    );
+    let q = counts.models.iter().find(|c| c.name == "q").unwrap();
+    assert_eq!((q.ready, q.current), (0, 1), "{counts:?}");
+    assert_eq!(counts.nodes.get("ready"), Some(&2), "{counts:?}");
+    assert_eq!(counts.replicas.get(&("n".to_string(), "ready")), Some(&1));
+    assert_eq!(counts.replicas.get(&("n".to_string(), "starting")), None);
 }

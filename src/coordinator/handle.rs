@@ -149,9 +149,9 @@ pub enum Command {
     Endpoints {
         reply: Reply<BTreeMap<String, Vec<super::fleet::Endpoint>>>,
     },
-    /// Replica reports not believed, for `/metrics`.
-    RefusedClaims {
-        reply: Reply<Vec<(String, super::trust::Refusal, u64)>>,
+    /// What `/metrics` counts of the fleet.
+    Counts {
+        reply: Reply<super::views::FleetCounts>,
     },
     /// A gateway opened its stream: its link id and the routing table to follow.
     GatewayConnect {
@@ -511,11 +511,10 @@ impl FleetHandle {
         ask!(self, Endpoints {})
     }
 
-    /// Replica reports not believed so far: (node, why, how many).
-    pub async fn refused_claims(
-        &self,
-    ) -> Result<Vec<(String, super::trust::Refusal, u64)>, FleetError> {
-        ask!(self, RefusedClaims {})
+    /// What `/metrics` counts of the fleet: nodes, GPUs, models and
+    /// replicas by state, and replica reports not believed.
+    pub async fn counts(&self) -> Result<super::views::FleetCounts, FleetError> {
+        ask!(self, Counts {})
     }
 
     pub async fn gateway_connect(

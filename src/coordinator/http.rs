@@ -215,20 +215,15 @@ async fn wake(
 
 async fn metrics(State(s): State<HttpState>) -> Response {
     let fleet = &s.fleet;
-    let (nodes, models, replicas, refused) = match tokio::try_join!(
-        fleet.list_nodes(),
-        fleet.list_models(),
-        fleet.list_replicas(None, None),
-        fleet.refused_claims()
-    ) {
-        Ok(v) => v,
+    let counts = match fleet.counts().await {
+        Ok(c) => c,
         Err(e) => return unavailable(e),
     };
     let mut out = String::new();
     let nodes_by_state = ["ready", "suspect", "lost", "cordoned", "draining"]
         .iter()
         .map(|state| {
-            let n = nodes.iter().filter(|n| n.state.as_str() == *state).count();
+            let n = counts.nodes.get(state).copied().unwrap_or(0);
             (labels(&[("state", state)]), n.to_string())
         })
         .collect();
@@ -239,57 +234,54 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         "Nodes by state.",
         nodes_by_state,
     );
-    let gpus: Vec<_> = nodes.iter().flat_map(|n| n.gpus.iter()).collect();
-    let healthy = gpus.iter().filter(|g| g.healthy).count();
     family(
         &mut out,
         "gpufleet_gpus",
         "gauge",
         "GPUs known to the fleet by health.",
         vec![
-            (labels(&[("healthy", "true")]), healthy.to_string()),
+            (
+                labels(&[("healthy", "true")]),
+                counts.gpus_healthy.to_string(),
+            ),
             (
                 labels(&[("healthy", "false")]),
-                (gpus.len() - healthy).to_string(),
+                counts.gpus_unhealthy.to_string(),
             ),
         ],
     );
-    type ModelField = fn(&crate::api::ModelView) -> u32;
+    type ModelField = fn(&super::views::ModelCount) -> u32;
     let per_model: [(&str, &str, ModelField); 3] = [
         (
             "gpufleet_model_desired_replicas",
             "Replicas the coordinator wants for the model.",
-            |m| m.desired_replicas,
+            |m| m.desired,
         ),
         (
             "gpufleet_model_ready_replicas",
             "Replicas of the model that are ready.",
-            |m| m.ready_replicas,
+            |m| m.ready,
         ),
         (
             "gpufleet_model_current_replicas",
             "Replicas of the model placed, in any state.",
-            |m| m.current_replicas,
+            |m| m.current,
         ),
     ];
     for (name, help, field) in per_model {
-        let series: Vec<Series> = models
+        let series: Vec<Series> = counts
+            .models
             .iter()
             .map(|m| (labels(&[("model", &m.name)]), field(m).to_string()))
             .collect();
         family(&mut out, name, "gauge", help, series);
     }
-    let mut counts: std::collections::BTreeMap<(String, &str), u32> = Default::default();
-    for r in &replicas {
-        *counts
-            .entry((r.status.model.clone(), r.status.state.as_str()))
-            .or_default() += 1;
-    }
     let by_state = counts
-        .into_iter()
+        .replicas
+        .iter()
         .map(|((model, state), n)| {
             (
-                labels(&[("model", &model), ("state", state)]),
+                labels(&[("model", model), ("state", state)]),
                 n.to_string(),
             )
         })
@@ -301,11 +293,12 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         "Replicas by model and state.",
         by_state,
     );
-    let refused = refused
-        .into_iter()
+    let refused = counts
+        .refused
+        .iter()
         .map(|(node, why, n)| {
             (
-                labels(&[("node", &node), ("reason", why.as_str())]),
+                labels(&[("node", node), ("reason", why.as_str())]),
                 n.to_string(),
             )
         })

@@ -144,6 +144,11 @@ impl Node {
         map
     }
 
+    /// A GPU is healthy while its inventory and its newest sample both say so.
+    pub fn gpu_healthy(&self, g: &GpuInfo) -> bool {
+        g.healthy && self.sample(g.index).is_none_or(|s| s.healthy)
+    }
+
     pub fn view(&self, state: NodeState) -> NodeView {
         NodeView {
             name: self.name.clone(),
@@ -175,7 +180,7 @@ impl Node {
                         memory_total_bytes: g.memory_total_bytes,
                         memory_used_bytes: s.map(|s| s.memory_used_bytes).unwrap_or(0),
                         utilization_pct: s.map(|s| s.utilization_pct).unwrap_or(0.0),
-                        healthy: g.healthy && s.map(|s| s.healthy).unwrap_or(true),
+                        healthy: self.gpu_healthy(g),
                         health_reason: health_reason(g, s),
                     }
                 })
@@ -200,7 +205,7 @@ impl Node {
                     utilization_pct: s.map(|s| s.utilization_pct).unwrap_or(0.0),
                     temperature_c: s.and_then(|s| s.temperature_c),
                     power_w: s.and_then(|s| s.power_w),
-                    healthy: g.healthy && s.map(|s| s.healthy).unwrap_or(true),
+                    healthy: self.gpu_healthy(g),
                     health_reason: health_reason(g, s),
                     replica: by_gpu
                         .get(&g.index)
