@@ -242,7 +242,11 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
             u64::from(args.agents) + 256
         );
     }
-    let mut control = crate::cli::client::connect(client).await?;
+    // Fails fast on a coordinator that cannot be reached. The connection
+    // the models are applied on is opened once the agents have registered:
+    // one opened now would sit idle while they connect (10 s for 10,000),
+    // and the coordinator closes a connection that sends no request in time.
+    drop(crate::cli::client::connect(client).await?);
     let url = client.url().to_string();
     let probe = CoordinatorProbe::new(args.metrics.clone(), args.coordinator_pid);
     probe.sample().await?;
@@ -282,6 +286,7 @@ async fn swarm(args: &SwarmArgs, client: &ClientArgs) -> anyhow::Result<SwarmRes
         )
     };
     let expected: u64 = totals.iter().sum();
+    let mut control = crate::cli::client::connect(client).await?;
     for (i, replicas) in totals.iter().enumerate() {
         let request = pb::ApplyModelRequest {
             spec_toml: model_spec(&args.name_prefix, i as u32, *replicas),

@@ -279,12 +279,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     let by_state = counts
         .replicas
         .iter()
-        .map(|((model, state), n)| {
-            (
-                labels(&[("model", model), ("state", state)]),
-                n.to_string(),
-            )
-        })
+        .map(|((model, state), n)| (labels(&[("model", model), ("state", state)]), n.to_string()))
         .collect();
     family(
         &mut out,
