@@ -44,6 +44,9 @@ struct AssignedFacts {
     memory: BTreeMap<String, u64>,
 }
 
+/// How long the agent waits for its first GPU sample before it says Hello.
+const FIRST_SAMPLE_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs the agent until `shutdown` resolves. Replicas keep running when the
 /// agent stops (a restarted agent re-adopts them) unless `options` says
 /// otherwise.
@@ -71,6 +74,21 @@ pub async fn run(
     let backend = opened.probe.backend();
     let sampler = Arc::new(gpu::spawn_sampler(opened.probe, cfg.gpu.sample_interval));
     let gpus = sampler.subscribe();
+    // The Hello names the host's GPUs: wait for the first sample (NVML's
+    // start can take seconds), or the coordinator would meet a node with no
+    // GPUs until its next report. Not forever: a probe that hangs is the
+    // sampler's to report, and the inventory follows in a report.
+    let mut first = gpus.clone();
+    let sampled = tokio::time::timeout(FIRST_SAMPLE_WAIT, async {
+        first.wait_for(|s| !s.backend.is_empty()).await.is_ok()
+    })
+    .await;
+    if sampled.is_err() {
+        tracing::warn!(
+            "no GPU sample within {}: connecting without the GPU inventory, which follows in a report",
+            humantime::format_duration(FIRST_SAMPLE_WAIT)
+        );
+    }
 
     let (state_dir_tx, state_dir_rx) = watch::channel(None);
     tokio::spawn(host::watch_state_dir(cfg.state_dir.clone(), state_dir_tx));
