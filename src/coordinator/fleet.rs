@@ -25,7 +25,9 @@ pub use super::state::{
 };
 use super::store::{ModelRecord, NodeFlags, Store};
 
-const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(60);
+/// How often each model's demand history is saved (a share of the models
+/// each tick: `Fleet::save_demand`).
+pub(super) const DEMAND_SAVE_EVERY: Duration = Duration::from_secs(60);
 
 /// The fleet task's command queue: sessions wait to hand in a report when
 /// it is full.
@@ -173,7 +175,7 @@ impl Fleet {
         self.take_reports(&mut clock);
         self.publish_routes();
         clock.done(Phase::Routes);
-        self.save_demand(now);
+        self.save_demand();
         self.flush_new_nodes();
         self.flush_events();
         clock.done(Phase::Store);
@@ -210,18 +212,37 @@ impl Fleet {
         self.tick_at = Some(self.tick_at.map_or(at, |t| t.min(at)));
     }
 
-    /// Saves each model's demand history once a minute: losing the last
-    /// minute in a crash costs the forecast nothing.
-    fn save_demand(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.demand_saved) < DEMAND_SAVE_EVERY {
+    /// Saves a share of the models' demand histories each tick, in turn, so
+    /// that each is saved about once per `DEMAND_SAVE_EVERY` (losing the
+    /// last minute in a crash costs the forecast nothing) and no tick saves
+    /// them all: 500 models' histories in one go held the fleet task, and
+    /// every report queued for it, for most of a second.
+    pub(super) fn save_demand(&mut self) {
+        let n = self.models.len();
+        if n == 0 {
             return;
         }
-        self.demand_saved = now;
-        for (name, m) in &self.models {
-            if let Err(e) = self.store.put_demand(name, &m.scaler.demand) {
-                tracing::warn!(model = %name, error = %e, "demand history not saved");
-            }
+        let ticks = DEMAND_SAVE_EVERY.as_secs_f64() / self.settings.tick.as_secs_f64().max(1e-3);
+        let share = ((n as f64 / ticks.max(1.0)).ceil() as usize).clamp(1, n);
+        use std::ops::Bound::{Excluded, Unbounded};
+        let after: Box<dyn Iterator<Item = (&String, &Model)>> = match &self.demand_saved_last {
+            Some(last) => Box::new(
+                self.models
+                    .range::<str, _>((Excluded(last.as_str()), Unbounded)),
+            ),
+            None => Box::new(std::iter::empty()),
+        };
+        // Past the last model, round to the first again.
+        let batch: Vec<(&str, &crate::coordinator::predict::DemandHistory)> = after
+            .chain(self.models.iter())
+            .take(share)
+            .map(|(name, m)| (name.as_str(), &m.scaler.demand))
+            .collect();
+        let last = batch.last().map(|(name, _)| name.to_string());
+        if let Err(e) = self.store.put_many_demand(&batch) {
+            tracing::warn!(error = %e, "{} models' demand histories not saved", batch.len());
         }
+        self.demand_saved_last = last;
     }
 
     /// Saves the nodes first seen since the last tick, in one write. Those

@@ -709,3 +709,33 @@ fn replica_views_show_each_replica_once_reported_or_starting() {
     assert_eq!(counts.replicas.get(&("n".to_string(), "ready")), Some(&1));
     assert_eq!(counts.replicas.get(&("n".to_string(), "starting")), None);
 }
+
+/// Each tick saves its share of the models' demand histories, in turn: all
+/// of them within `DEMAND_SAVE_EVERY`, never all in one tick.
+#[test]
+fn demand_histories_are_saved_a_share_per_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fleet(dir.path());
+    let models: usize = 70;
+    for i in 0..models {
+        f.apply_model(format!(
+            "name = \"m{i:02}\"\nweights = \"/srv/m\"\n[server]\ncommand = [\"/bin/serve\"]\ngpu_memory = \"1GiB\"\n"
+        ))
+        .unwrap();
+    }
+    let ticks =
+        (super::fleet::DEMAND_SAVE_EVERY.as_secs_f64() / settings().tick.as_secs_f64()) as usize;
+    let share = models.div_ceil(ticks);
+    assert!(share > 1 && share < models, "{share}");
+    let saved = |f: &Fleet| f.store.load_demand().unwrap().len();
+    assert_eq!(saved(&f), 0);
+    for tick in 1..=models.div_ceil(share) {
+        f.save_demand();
+        assert_eq!(saved(&f), (tick * share).min(models), "after tick {tick}");
+    }
+    // Round again from the first: nothing saved twice in a row, none missed.
+    assert_eq!(f.demand_saved_last.as_deref(), Some("m69"));
+    f.save_demand();
+    assert_eq!(f.demand_saved_last, Some(format!("m{:02}", share - 1)));
+    assert_eq!(saved(&f), models);
+}

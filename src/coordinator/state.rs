@@ -150,8 +150,10 @@ pub struct Fleet {
     /// is acted on at once.
     pub(super) awaiting_measurement: bool,
     pub(super) last_tick: Instant,
+    /// The model whose demand history was saved last: the next tick's
+    /// share starts after it (`Fleet::save_demand`).
+    pub(super) demand_saved_last: Option<String>,
     /// node → model → why (standby, predictive): weights kept warm there.
-    pub(super) demand_saved: Instant,
     pub(super) warm_plan: BTreeMap<String, BTreeMap<String, &'static str>>,
     /// (model, node) pairs placement avoids until the instant given.
     pub(super) avoid: BTreeMap<(String, String), Instant>,
@@ -259,7 +261,7 @@ impl Fleet {
             avoid: BTreeMap::new(),
             id_seed: rand::random(),
             warm_plan: BTreeMap::new(),
-            demand_saved: Instant::now(),
+            demand_saved_last: None,
             next_session: 1,
             pending_logs: BTreeMap::new(),
             next_request: 1,

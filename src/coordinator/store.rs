@@ -133,6 +133,12 @@ pub trait Store: Send {
     /// Each model's demand history, for prediction across restarts.
     fn load_demand(&self) -> Result<Vec<(String, DemandHistory)>, StoreError>;
     fn put_demand(&self, model: &str, history: &DemandHistory) -> Result<(), StoreError>;
+    /// Several models' demand histories at once (a tick's share of them).
+    fn put_many_demand(&self, histories: &[(&str, &DemandHistory)]) -> Result<(), StoreError> {
+        histories
+            .iter()
+            .try_for_each(|(model, history)| self.put_demand(model, history))
+    }
     fn delete_demand(&self, model: &str) -> Result<(), StoreError>;
     /// The key that signs assignment tokens: made (32 random bytes) and kept
     /// on first use, the same ever after, so a restarted coordinator can
@@ -594,6 +600,27 @@ impl Store for RedbStore {
 
     fn delete_demand(&self, model: &str) -> Result<(), StoreError> {
         self.remove(DEMAND, model)
+    }
+
+    fn put_many_demand(&self, histories: &[(&str, &DemandHistory)]) -> Result<(), StoreError> {
+        if histories.is_empty() {
+            return Ok(());
+        }
+        self.with_db("write", true, |db| {
+            let mut tx = db.begin_write()?;
+            // History for the forecast, saved again within a minute: like
+            // events, not worth an fsync of its own.
+            tx.set_durability(redb::Durability::Eventual);
+            {
+                let mut t = tx.open_table(DEMAND)?;
+                for (model, history) in histories {
+                    let bytes = record::encode(&serde_json::to_vec(history)?);
+                    t.insert(*model, bytes.as_slice())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     fn assignment_key(&self) -> Result<Vec<u8>, StoreError> {
