@@ -59,12 +59,71 @@ pub(super) const REPORTS_WAIT: Duration = Duration::from_millis(4);
 /// How long an agent may take to answer a log request.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The fleet task, on a thread and a runtime of its own. Among the
+/// runtime's workers it would wait behind the sessions' tasks (thousands of
+/// agents' reports to decode every second) and be preempted with the
+/// workers it shares, while every report waits for it. A thread of its own,
+/// asleep while it has nothing to do, is run by the kernel as soon as a
+/// command wakes it. (docs/scale.md, "The fleet task's thread".)
+///
+/// Awaiting it waits for the task to end; dropping it leaves the task
+/// running until its inbox closes, as a detached tokio task would.
+pub struct FleetTask {
+    stop: Option<oneshot::Sender<()>>,
+    ended: tokio::task::JoinHandle<()>,
+}
+
+impl FleetTask {
+    fn start(fleet: Fleet, rx: mpsc::Receiver<Command>) -> std::io::Result<FleetTask> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ended_tx, ended_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("fleet".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = fleet.run(rx) => {}
+                        Ok(()) = stopped => {}
+                    }
+                });
+                let _ = ended_tx.send(());
+            })?;
+        let ended = tokio::spawn(async move {
+            // The thread drops the sender without sending only by unwinding.
+            if ended_rx.await.is_err() {
+                panic!("the fleet task panicked");
+            }
+        });
+        Ok(FleetTask {
+            stop: Some(stop),
+            ended,
+        })
+    }
+
+    /// Stops the task at its next wait (a tick is finished, not cut) and
+    /// returns once it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.ended).await;
+    }
+
+    /// What ends when the task ends (with a panic when it panicked).
+    pub fn into_join_handle(self) -> tokio::task::JoinHandle<()> {
+        self.ended
+    }
+}
+
 impl Fleet {
     /// Loads the desired state from the store and starts the fleet task.
     pub fn spawn(
         settings: FleetSettings,
         store: Box<dyn Store>,
-    ) -> Result<(FleetHandle, tokio::task::JoinHandle<()>), FleetError> {
+    ) -> Result<(FleetHandle, FleetTask), FleetError> {
         Fleet::spawn_leading(settings, store, 0)
     }
 
@@ -74,11 +133,13 @@ impl Fleet {
         settings: FleetSettings,
         store: Box<dyn Store>,
         epoch: u64,
-    ) -> Result<(FleetHandle, tokio::task::JoinHandle<()>), FleetError> {
+    ) -> Result<(FleetHandle, FleetTask), FleetError> {
         let mut fleet = Fleet::new(settings, store)?;
         fleet.epoch = epoch;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-        let task = tokio::spawn(fleet.run(rx));
+        let task = FleetTask::start(fleet, rx).map_err(|e| {
+            FleetError::Internal(format!("cannot start the fleet task's thread: {e}"))
+        })?;
         let (_, route) = tokio::sync::watch::channel(super::handle::Route::Fleet(tx));
         Ok((FleetHandle::routed(route), task))
     }

@@ -739,3 +739,33 @@ fn demand_histories_are_saved_a_share_per_tick() {
     assert_eq!(f.demand_saved_last, Some(format!("m{:02}", share - 1)));
     assert_eq!(saved(&f), models);
 }
+
+/// The fleet task runs on a thread of its own: it answers while the
+/// runtime that started it is busy (here: never driven again), and it stops
+/// when told to, after which its handle says so.
+#[test]
+fn the_fleet_task_answers_whatever_its_starters_runtime_does_and_stops_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Box::new(RedbStore::open(dir.path()).unwrap());
+    let starter = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (handle, task) = starter
+        .block_on(async { Fleet::spawn(settings(), store) })
+        .unwrap();
+    let asker = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let models = asker.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), handle.list_models()).await
+    });
+    assert!(
+        matches!(models, Ok(Ok(ref m)) if m.is_empty()),
+        "{models:?}"
+    );
+    starter.block_on(task.stop());
+    let after = asker.block_on(handle.list_models());
+    assert!(after.is_err(), "{after:?}");
+}

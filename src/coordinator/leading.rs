@@ -21,7 +21,7 @@ struct FleetTerm {
     etcd: EtcdStoreSettings,
     fence: Arc<Fence>,
     route: watch::Sender<Route>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<super::fleet::FleetTask>,
 }
 
 impl Term for FleetTerm {
@@ -66,8 +66,7 @@ impl Term for FleetTerm {
     async fn resign(&mut self) {
         self.route.send_replace(Route::Elsewhere { leader: None });
         if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
+            task.stop().await;
             tracing::info!("control loop stopped");
         }
     }

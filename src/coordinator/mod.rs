@@ -93,7 +93,7 @@ pub async fn run(
             }
             let (fleet, task) = Fleet::spawn(settings, Box::new(store))
                 .map_err(|e| anyhow::anyhow!("cannot load the fleet state: {e}"))?;
-            (fleet, task, store_health, None)
+            (fleet, task.into_join_handle(), store_health, None)
         }
         StoreBackend::Etcd(etcd) => {
             let l = leading::start(settings, (**etcd).clone(), stopped(stop_rx.clone())).await?;
