@@ -220,10 +220,54 @@ pub struct ScalingSpec {
     pub size_from_arrivals: bool,
     /// Pre-scale only while the forecast's recent relative error is at most this.
     pub prescale_max_error: f64,
-    /// End-to-end latency objective per request: once a service time is
-    /// measured, the per-replica target follows from it.
+    /// Latency objective per request, of the kind `slo_kind` says: once a
+    /// service time is measured, the per-replica target follows from it.
     #[serde(serialize_with = "human_duration_opt")]
     pub slo: Option<Duration>,
+    /// What `slo` bounds: end to end (arrival to last token, the default)
+    /// or the time to first token (queueing plus prefill).
+    pub slo_kind: SloKind,
+}
+
+/// Which latency an SLO bounds: the model spec's `slo_kind` and
+/// `gpufleet simulate --slo-kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SloKind {
+    /// Arrival to last token, queueing included.
+    #[default]
+    E2e,
+    /// Arrival to first token: queueing plus prefill, whatever the length.
+    Ttft,
+}
+
+impl SloKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SloKind::E2e => "e2e",
+            SloKind::Ttft => "ttft",
+        }
+    }
+}
+
+impl fmt::Display for SloKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SloKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "e2e" => Ok(SloKind::E2e),
+            "ttft" => Ok(SloKind::Ttft),
+            other => Err(format!(
+                "unknown SLO kind `{other}`; allowed: e2e (arrival to last token), ttft (time to first token)"
+            )),
+        }
+    }
 }
 
 /// How the model's weights are kept in page caches beyond running replicas.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    ModelSpec, Preset, ScalingSpec, ServerSpec, WarmMode, WarmPolicy, PLACEHOLDERS,
+    ModelSpec, Preset, ScalingSpec, ServerSpec, SloKind, WarmMode, WarmPolicy, PLACEHOLDERS,
 };
 use super::problem::{duration_in, int_in, size, Problem};
 use crate::domain::MetricsPort;
@@ -119,6 +119,8 @@ struct RawScaling {
     prescale_max_error: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     slo: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slo_kind: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -534,6 +536,7 @@ fn validate_scaling(raw: RawScaling) -> Result<ScalingSpec, Problem> {
         10.0,
         "(0, 10]",
     )?;
+    let (slo, slo_kind) = validate_slo(raw.slo.as_deref(), raw.slo_kind.as_deref())?;
 
     Ok(ScalingSpec {
         min_replicas,
@@ -554,12 +557,33 @@ fn validate_scaling(raw: RawScaling) -> Result<ScalingSpec, Problem> {
         cold_start_aware: raw.cold_start_aware.unwrap_or(true),
         size_from_arrivals: raw.size_from_arrivals.unwrap_or(true),
         prescale_max_error,
-        slo: raw
-            .slo
-            .as_deref()
-            .map(|v| duration_in("scaling.slo", v, Duration::from_millis(1)..=HOUR))
-            .transpose()?,
+        slo,
+        slo_kind,
     })
+}
+
+/// The SLO and what it bounds: `slo_kind` names one of the kinds and needs
+/// an `slo` to apply to.
+fn validate_slo(
+    slo: Option<&str>,
+    kind: Option<&str>,
+) -> Result<(Option<Duration>, SloKind), Problem> {
+    let slo = slo
+        .map(|v| duration_in("scaling.slo", v, Duration::from_millis(1)..=HOUR))
+        .transpose()?;
+    let Some(kind) = kind else {
+        return Ok((slo, SloKind::E2e));
+    };
+    let kind = kind
+        .parse::<SloKind>()
+        .map_err(|e| Problem::invalid("scaling.slo_kind", format!("scaling.slo_kind: {e}")))?;
+    if slo.is_none() {
+        return Err(Problem::invalid(
+            "scaling.slo_kind",
+            "scaling.slo_kind has no effect without scaling.slo; set slo = \"2s\" (say) too",
+        ));
+    }
+    Ok((slo, kind))
 }
 
 /// A number in (0, max]; NaN and infinities fail too.
@@ -650,6 +674,7 @@ pub(super) fn to_toml(spec: &ModelSpec) -> String {
             size_from_arrivals: Some(c.size_from_arrivals),
             prescale_max_error: Some(c.prescale_max_error),
             slo: c.slo.map(exact_duration),
+            slo_kind: c.slo.map(|_| c.slo_kind.as_str().to_string()),
         }),
         warm: Some(RawWarm {
             mode: Some(spec.warm.mode.as_str().to_string()),

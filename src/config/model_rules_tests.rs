@@ -423,6 +423,47 @@ fn panic_threshold_tolerance_and_step() {
 }
 
 #[test]
+fn an_slo_bounds_end_to_end_latency_unless_its_kind_says_time_to_first_token() {
+    let c = ok(&scaling("slo = \"10s\"")).scaling.unwrap();
+    assert_eq!(
+        (c.slo, c.slo_kind),
+        (Some(Duration::from_secs(10)), SloKind::E2e)
+    );
+    let c = ok(&scaling("slo = \"2s\"\nslo_kind = \"ttft\""))
+        .scaling
+        .unwrap();
+    assert_eq!(
+        (c.slo, c.slo_kind),
+        (Some(Duration::from_secs(2)), SloKind::Ttft)
+    );
+    let spec = ok(&scaling("slo = \"1500ms\"\nslo_kind = \"ttft\""));
+    assert_eq!(ok(&spec.to_toml()), spec, "the kind survives to_toml");
+    let e = err(&scaling("slo = \"2s\"\nslo_kind = \"p99\""));
+    assert!(
+        e.ends_with(
+            "scaling.slo_kind: unknown SLO kind `p99`; allowed: e2e (arrival to last token), ttft (time to first token)"
+        ),
+        "{e}"
+    );
+    let e = err(&scaling("slo_kind = \"ttft\""));
+    assert!(
+        e.ends_with(
+            "scaling.slo_kind has no effect without scaling.slo; set slo = \"2s\" (say) too"
+        ),
+        "{e}"
+    );
+    let e = err(&scaling("slo = \"0s\"\nslo_kind = \"ttft\""));
+    assert!(
+        e.ends_with("scaling.slo = \"0s\" is out of range; allowed: 1ms..=1h"),
+        "{e}"
+    );
+    let e = err(&scaling("slo = \"-2s\"\nslo_kind = \"ttft\""));
+    assert!(e.contains("scaling.slo "), "{e}");
+    let e = err(&scaling("slo = 2\nslo_kind = \"ttft\""));
+    assert!(e.contains("slo"), "{e}");
+}
+
+#[test]
 fn broken_toml_says_where() {
     let e = err("name = \"x\"\nweights = \n");
     assert!(e.starts_with("line 2: not valid TOML"), "{e}");

@@ -286,3 +286,30 @@ mod oracle_bound {
         }
     }
 }
+
+#[test]
+fn gpufleet_is_handed_the_runs_slo_of_either_kind_and_keeps_a_specs_own() {
+    let scaling = scaling_of(&spec(), &setup().fleet).unwrap();
+    let mut ttft = setup();
+    ttft.slo_s = 2.0;
+    ttft.slo_kind = SloKind::Ttft;
+    let given = with_run_slo(&scaling, &ttft);
+    assert_eq!(
+        (given.slo, given.slo_kind),
+        (Some(std::time::Duration::from_secs(2)), SloKind::Ttft)
+    );
+    let given = with_run_slo(&scaling, &setup());
+    assert_eq!(
+        (given.slo, given.slo_kind),
+        (Some(std::time::Duration::from_secs(10)), SloKind::E2e)
+    );
+    let own = ScalingSpec {
+        slo: Some(std::time::Duration::from_secs(30)),
+        ..scaling
+    };
+    let kept = with_run_slo(&own, &ttft);
+    assert_eq!(
+        (kept.slo, kept.slo_kind),
+        (Some(std::time::Duration::from_secs(30)), SloKind::E2e)
+    );
+}

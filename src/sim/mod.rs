@@ -237,13 +237,14 @@ pub fn scaling_of(spec: &ModelSpec, fleet: &FleetShape) -> Result<ScalingSpec, S
 }
 
 /// gpufleet's `[scaling]` as the run gives it: a spec without an `slo` gets
-/// the run's `--slo` when it bounds end-to-end latency (the spec's `slo` is
-/// end to end), so the rules that size from an SLO see the one the run is
-/// scored against. A spec's own `slo` is kept.
+/// the run's `--slo` and `--slo-kind`, so the rules that size from an SLO
+/// see the one the run is scored against. A spec's own `slo` is kept, with
+/// its own kind.
 fn with_run_slo(scaling: &ScalingSpec, setup: &Setup) -> ScalingSpec {
     let mut scaling = scaling.clone();
-    if scaling.slo.is_none() && setup.slo_kind == SloKind::E2e && setup.slo_s > 0.0 {
+    if scaling.slo.is_none() && setup.slo_s > 0.0 {
         scaling.slo = Some(std::time::Duration::from_secs_f64(setup.slo_s));
+        scaling.slo_kind = setup.slo_kind;
     }
     scaling
 }

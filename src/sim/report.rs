@@ -156,25 +156,7 @@ pub struct Outcome {
     pub finish_s: f64,
 }
 
-/// Which latency the SLO bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SloKind {
-    /// Arrival to last token, queueing included.
-    #[default]
-    E2e,
-    /// Arrival to first token: queueing plus prefill, whatever the length.
-    Ttft,
-}
-
-impl SloKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SloKind::E2e => "e2e",
-            SloKind::Ttft => "ttft",
-        }
-    }
-}
+pub use crate::config::model::SloKind;
 
 /// Running totals of one policy's run.
 #[derive(Debug, Clone)]

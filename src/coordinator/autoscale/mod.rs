@@ -20,7 +20,7 @@ mod tests;
 
 use std::time::{Duration, Instant};
 
-use crate::config::model::ScalingSpec;
+use crate::config::model::{ScalingSpec, SloKind};
 
 use burst::{burst_need, BurstMemory, Recall};
 use history::{DesireWindow, SignalHistory};
@@ -148,6 +148,83 @@ pub struct Autoscaler {
     /// Set by the decision under way: the queue has stood too long for the
     /// cold-start rule and the burst memory's bound (see `standing_queue`).
     standing: Option<String>,
+}
+
+/// What the spec's SLO makes of the per-replica target this tick.
+#[derive(Debug, Default)]
+struct SloTarget {
+    /// The spec with the derived target, once a service time is measured.
+    spec: Option<ScalingSpec>,
+    /// The SLO cannot be met whatever the count.
+    warning: Option<String>,
+    /// How a time-to-first-token target was found, for the inputs.
+    note: Option<String>,
+}
+
+/// Standard deviations of the requests in service kept free in slots with a
+/// time-to-first-token SLO: every slot is busy at once about 1 time in 700.
+pub const TTFT_HEADROOM_SD: f64 = 3.0;
+
+/// A per-replica target from a time-to-first-token SLO, and how it follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TtftTarget {
+    pub target: f64,
+    pub note: String,
+}
+
+/// The per-replica target that keeps a request's wait for a slot inside a
+/// time-to-first-token SLO of `slo_s`, for `concurrent` requests in service
+/// on average (arrival rate × service time `service_s`) and `slots` per
+/// replica. A request waits for its first token only while every slot is
+/// busy. The requests in service at once are about Poisson with that mean
+/// whatever the service times' spread (the M/G/∞ queue), so
+/// a + [`TTFT_HEADROOM_SD`] × √a slots are all busy rarely (square-root
+/// staffing): replicas = that ÷ slots, i.e. a target of slots × a ÷ (a +
+/// 3√a). Heavy-tailed requests hold their slots long, so a request that
+/// does find them all busy can wait seconds for one; the headroom is what
+/// keeps that rare. Where the SLO is long enough for the slots to work off
+/// a queue of `slots × slo ÷ service` per replica within it (the
+/// end-to-end rule's queue), that looser target suffices and is taken. The
+/// caller caps it at the spec's own target.
+pub fn ttft_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> TtftTarget {
+    let queue = if service_s > 0.0 {
+        slots * slo_s / service_s
+    } else {
+        slots
+    };
+    if concurrent <= 0.0 || queue >= slots {
+        return TtftTarget {
+            target: queue.min(slots),
+            note: format!(
+                "the slots work off a queue of {} per replica within the SLO {}",
+                num(queue),
+                seconds(slo_s)
+            ),
+        };
+    }
+    let needed = concurrent + TTFT_HEADROOM_SD * concurrent.sqrt();
+    let free = slots * concurrent / needed;
+    if queue >= free {
+        return TtftTarget {
+            target: queue,
+            note: format!(
+                "the slots work off a queue of {} per replica within the SLO {}",
+                num(queue),
+                seconds(slo_s)
+            ),
+        };
+    }
+    TtftTarget {
+        target: free,
+        note: format!(
+            "{} concurrent need {} + {} × √{} = {} slots for a request to find one free",
+            num(concurrent),
+            num(concurrent),
+            num(TTFT_HEADROOM_SD),
+            num(concurrent),
+            num(needed)
+        ),
+    }
 }
 
 impl Default for Autoscaler {
@@ -293,7 +370,11 @@ impl Autoscaler {
     /// model's desired replicas), not what is running: replicas still
     /// starting are capacity on its way.
     pub fn decide(&mut self, spec: &ScalingSpec, current: u32, now: Instant) -> Decision {
-        let (derived, warning) = self.slo_target(spec);
+        let SloTarget {
+            spec: derived,
+            warning,
+            note: slo_note,
+        } = self.slo_target(spec, now);
         let spec = derived.as_ref().unwrap_or(spec);
         self.retain = spec.stable_window.max(spec.panic_window);
         self.stale_after = spec.panic_window.max(SIGNALS_STALE_AFTER);
@@ -306,6 +387,9 @@ impl Autoscaler {
         inputs.add("current", current);
         if derived.is_some() {
             inputs.add("target_from_slo", num(spec.target_ongoing_requests));
+        }
+        if let Some(note) = slo_note {
+            inputs.add("ttft_slots", note);
         }
         self.standing = self.standing_queue(spec, now);
         let mut plan = if current == 0 {
@@ -418,37 +502,53 @@ impl Autoscaler {
     }
 
     /// The spec with the per-replica target its `slo` asks for, once a
-    /// service time is measured: the queue wait the SLO leaves (SLO −
-    /// service) times a replica's completion rate (slots ÷ service) is how
-    /// many may wait per replica, so the target is the slots scaled by
-    /// (SLO − service) ÷ service, at most the slots. An SLO the service time
-    /// alone exceeds cannot be met: the target stays, with a warning.
-    fn slo_target(&self, spec: &ScalingSpec) -> (Option<ScalingSpec>, Option<String>) {
+    /// service time is measured, with a note on how it was found.
+    ///
+    /// End to end: the queue wait the SLO leaves (SLO − service) times a
+    /// replica's completion rate (slots ÷ service) is how many may wait per
+    /// replica, so the target is the slots scaled by (SLO − service) ÷
+    /// service, at most the slots. An SLO the service time alone exceeds
+    /// cannot be met: the target stays, with a warning.
+    ///
+    /// Time to first token: see [`ttft_target`], from the stable window's
+    /// arrivals × the service time.
+    fn slo_target(&self, spec: &ScalingSpec, now: Instant) -> SloTarget {
         let (Some(slo), Some(service)) = (spec.slo, self.service.service_s()) else {
-            return (None, None);
+            return SloTarget::default();
         };
         let slo = slo.as_secs_f64();
-        if service >= slo {
-            return (
-                None,
-                Some(format!(
-                    "the measured service time {} is not under the SLO {}: no replica count can meet it",
-                    seconds(service),
-                    seconds(slo)
-                )),
-            );
-        }
         let slots = self.service.slots(spec.target_ongoing_requests);
-        let target = (slots * (slo - service) / service)
-            .clamp(0.1, slots)
-            .min(spec.target_ongoing_requests);
-        (
-            Some(ScalingSpec {
+        let (target, note) = match spec.slo_kind {
+            SloKind::E2e if service >= slo => {
+                return SloTarget {
+                    warning: Some(format!(
+                        "the measured service time {} is not under the SLO {}: no replica count can meet it",
+                        seconds(service),
+                        seconds(slo)
+                    )),
+                    ..SloTarget::default()
+                };
+            }
+            SloKind::E2e => (slots * (slo - service) / service, None),
+            SloKind::Ttft => {
+                let rps = self
+                    .history
+                    .average(now, spec.stable_window)
+                    .requests_per_s
+                    .unwrap_or(0.0);
+                let t = ttft_target(slots, rps * service, slo, service);
+                (t.target, Some(t.note))
+            }
+        };
+        let target = target.clamp(0.1, slots).min(spec.target_ongoing_requests);
+        SloTarget {
+            spec: Some(ScalingSpec {
                 target_ongoing_requests: target,
                 ..spec.clone()
             }),
-            None,
-        )
+            warning: None,
+            note,
+        }
     }
 
     /// The count the signals ask for, for a model that has replicas.
@@ -826,10 +926,17 @@ impl Autoscaler {
         ))
     }
 
-    /// The queue wait the spec's SLO leaves after the measured service
-    /// time, when both are known and it is positive.
+    /// The queue wait the spec's SLO leaves, once a service time is
+    /// measured, when it is positive: end to end, the SLO less the service
+    /// time; before the first token, the whole SLO (the prompt's prefill,
+    /// which the signals do not measure apart, counts against it too).
     fn slo_wait(&self, spec: &ScalingSpec) -> Option<f64> {
-        let wait = spec.slo?.as_secs_f64() - self.service.service_s()?;
+        let slo = spec.slo?.as_secs_f64();
+        let service = self.service.service_s()?;
+        let wait = match spec.slo_kind {
+            SloKind::E2e => slo - service,
+            SloKind::Ttft => slo,
+        };
         (wait > 0.0).then_some(wait)
     }
 

@@ -180,6 +180,90 @@ fn an_slo_sets_the_target_and_one_the_service_cannot_meet_warns() {
 }
 
 #[test]
+fn a_ttft_target_keeps_slots_free_for_the_load_and_a_long_slo_keeps_the_queue_rule() {
+    // 50 in service on 8-slot replicas, 5 s requests, a 2 s TTFT SLO: the
+    // slots work off 3.2 queued per replica within 2 s, too few; 50 + 3 ×
+    // √50 = 71.2 slots are all busy rarely, so 50 ÷ 71.2 of 8 slots each.
+    let t = ttft_target(8.0, 50.0, 2.0, 5.0);
+    assert!((t.target - 8.0 * 50.0 / (50.0 + 3.0 * 50f64.sqrt())).abs() < 1e-9);
+    assert!((t.target - 5.62).abs() < 0.01, "{}", t.target);
+    assert!(
+        t.note.contains("71.2 slots for a request to find one free"),
+        "{}",
+        t.note
+    );
+    // The replicas that target asks for hold those slots.
+    assert!((50.0 / t.target * 8.0 - 71.2).abs() < 0.1);
+    // A heavier load needs less headroom per replica (√a ÷ a shrinks).
+    assert!(ttft_target(8.0, 200.0, 2.0, 5.0).target > t.target);
+    assert!(ttft_target(8.0, 5.0, 2.0, 5.0).target < t.target);
+    // An SLO of 4 s lets 6.4 queue per replica within it: that looser
+    // target suffices.
+    let t = ttft_target(8.0, 50.0, 4.0, 5.0);
+    assert!((t.target - 6.4).abs() < 1e-9, "{}", t.target);
+    assert!(
+        t.note
+            .contains("queue of 6.4 per replica within the SLO 4s"),
+        "{}",
+        t.note
+    );
+    // An SLO longer than a request's service: every slot's worth.
+    assert_eq!(ttft_target(8.0, 50.0, 6.0, 5.0).target, 8.0);
+    // No traffic yet: nothing to keep free.
+    assert!((ttft_target(8.0, 0.0, 2.0, 5.0).target - 3.2).abs() < 1e-9);
+}
+
+#[test]
+fn a_time_to_first_token_slo_keeps_slots_free_where_an_end_to_end_one_cannot_be_met() {
+    // 4 replicas, 6 running on each at 24 req/s: a 1 s service time, 24 in
+    // service, within the spec's target of 8.
+    let (mut a, now) = measured_at(4, 6.0);
+    let steady = tick(4, 24.0, 0.0, 24.0);
+    a.observe(now, &steady);
+    let plain = a.decide(&spec(), 4, now);
+    assert_eq!(plain.desired, 4, "{}", plain.reason);
+    // End to end, 200 ms is under the 1 s service: no count meets it, the
+    // target stays and the decision warns.
+    let e2e = ScalingSpec {
+        slo: Some(Duration::from_millis(200)),
+        ..spec()
+    };
+    let d = a.decide(&e2e, 4, now);
+    assert!(d
+        .warning
+        .is_some_and(|w| w.contains("no replica count can meet it")));
+    // Before the first token, 200 ms bounds the wait for a slot: 24 + 3 ×
+    // √24 = 38.7 slots, 5 replicas of 8, target 24 ÷ 38.7 × 8 = 5.
+    let ttft = ScalingSpec {
+        slo_kind: SloKind::Ttft,
+        ..e2e
+    };
+    let d = a.decide(&ttft, 4, now);
+    assert_eq!(d.warning, None);
+    assert_eq!(d.desired, 5, "{}", d.reason);
+    assert!(
+        d.inputs.contains(&("target_from_slo".into(), "5".into())),
+        "{:?}",
+        d.inputs
+    );
+    assert!(
+        d.inputs
+            .iter()
+            .any(|(k, v)| k == "ttft_slots" && v.contains("38.7 slots")),
+        "{:?}",
+        d.inputs
+    );
+    assert!(d.reason.contains("/ target 5 per replica"), "{}", d.reason);
+    // A TTFT SLO only tightens: 30 s would loosen past the spec's 8.
+    let loose = ScalingSpec {
+        slo: Some(Duration::from_secs(30)),
+        ..ttft
+    };
+    let d = a.decide(&loose, 4, now);
+    assert_eq!(d.desired, 4, "{}", d.reason);
+}
+
+#[test]
 fn a_queue_already_worked_off_adds_nothing_though_the_window_still_holds_it() {
     let (mut a, mut now) = measured(2);
     let s = spec();

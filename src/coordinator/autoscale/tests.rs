@@ -30,6 +30,7 @@ pub(super) fn spec() -> ScalingSpec {
         size_from_arrivals: true,
         prescale_max_error: 0.1,
         slo: None,
+        slo_kind: crate::config::model::SloKind::E2e,
     }
 }
 
