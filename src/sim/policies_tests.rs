@@ -253,14 +253,31 @@ fn simulator_and_coordinator_decide_alike_on_one_signal_sequence() {
 
 /// The coordinator's scale decision (`decide::scale_step`, as its tick runs
 /// it) and this policy, fed one signal sequence, decide alike: count, rule,
-/// reason and inputs, tick by tick.
+/// reason and inputs, tick by tick — also with a time-to-first-token SLO,
+/// which sizes the target from the load.
 #[test]
 fn the_coordinators_scale_step_and_the_simulator_decide_alike() {
+    let mut ttft = spec();
+    if let Some(sc) = ttft.scaling.as_mut() {
+        sc.slo = Some(Duration::from_millis(1500));
+        sc.slo_kind = crate::config::model::SloKind::Ttft;
+    }
+    for (s, sizes_from_ttft) in [(spec(), false), (ttft, true)] {
+        let inputs = decide_alike(&s);
+        let ttft_sized = inputs
+            .iter()
+            .any(|i| i.iter().any(|(k, _)| k == "ttft_slots"));
+        assert_eq!(ttft_sized, sizes_from_ttft, "{:?}", s.scaling);
+    }
+}
+
+/// Feeds one signal sequence to the coordinator's step and the simulator's
+/// policy for `s`, asserts they decide alike, and returns each tick's inputs.
+fn decide_alike(s: &ModelSpec) -> Vec<Vec<(String, String)>> {
     use crate::coordinator::decide::{scale_step, ScaleInputs, ScaledModel};
     use crate::coordinator::scaling::PREDICT_HORIZON;
     use crate::domain::event::ScaleRule;
     let c = cluster();
-    let s = spec();
     let scaling = s.scaling.clone().unwrap();
     // The coordinator looks one PREDICT_HORIZON ahead until it has measured
     // a start, and so does a simulation run (`sim::policy`).
@@ -302,7 +319,7 @@ fn the_coordinators_scale_step_and_the_simulator_decide_alike() {
         };
         let model = ScaledModel {
             name: &s.name,
-            spec: &s,
+            spec: s,
             pinned: None,
             desired,
         };
@@ -329,4 +346,5 @@ fn the_coordinators_scale_step_and_the_simulator_decide_alike() {
         counts.len() >= 2,
         "the sequence moves the count: {counts:?}"
     );
+    got.into_iter().map(|d| d.inputs).collect()
 }
