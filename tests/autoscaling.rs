@@ -307,3 +307,70 @@ fn a_burst_that_drains_before_a_replica_could_start_starts_none() {
         "the burst reached {most_ongoing} ongoing: under the panic threshold, the rule was not tested"
     );
 }
+
+/// A time-to-first-token SLO live: the coordinator keeps slots free for
+/// the measured load, where the spec's own target (every slot) would hold
+/// one replica, and says so in the decision's inputs.
+#[test]
+fn a_ttft_slo_keeps_slots_free_for_the_load() {
+    let h = Harness::new();
+    let _c = h.coordinator("");
+    let _a = h.agent("node-a", 4, "scrape_interval = \"250ms\"");
+    h.wait_ready_nodes(1);
+    // 4 slots of 16 tokens × 20 ms: about 0.32 s a request.
+    let command = demo_command(&[
+        "--concurrency",
+        "4",
+        "--token-time",
+        "20ms",
+        "--tokens",
+        "16",
+    ]);
+    h.apply(&h.model_spec(
+        "chat",
+        1,
+        "",
+        &command,
+        "[scaling]\nmin_replicas = 1\nmax_replicas = 4\ntarget_ongoing_requests = 4\nstable_window = \"6s\"\npanic_window = \"2s\"\nslo = \"50ms\"\nslo_kind = \"ttft\"",
+    ));
+    wait_until(Duration::from_secs(40), "one ready replica", || {
+        (model(&h, "chat")?["ready_replicas"] == 1).then_some(())
+    });
+    let shown = stdout(&h.cli(&["model", "show", "chat"]));
+    assert!(shown.contains("slo_kind = \"ttft\""), "{shown}");
+    // 6 requests/s keep about 2 in service (4 on a machine running the
+    // server twice as slowly): 1 replica at the spec's target of 4, but
+    // 2 + 3 × √2 = 6.2 slots (4 + 3 × 2 = 10) for a request to find one
+    // free. (The slots work off a queue of under 1 per replica in 50 ms.)
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _steady = Reaped(load(&h, "chat", "6", "60s"));
+    wait_until(
+        Duration::from_secs(45),
+        "a second replica for the TTFT SLO",
+        || (model(&h, "chat")?["desired_replicas"].as_u64()? >= 2).then_some(()),
+    );
+    let e = h.json(&["explain", "chat"]);
+    let ups: Vec<String> = e["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "scale")
+        .map(|d| d.to_string())
+        .collect();
+    assert!(
+        ups.iter()
+            .any(|d| d.contains("ttft_slots") && d.contains("for a request to find one free")),
+        "{ups:?}"
+    );
+    assert!(
+        !ups.iter()
+            .any(|d| d.contains("no replica count can meet it")),
+        "a TTFT SLO under the service time is not impossible: {ups:?}"
+    );
+}
