@@ -194,6 +194,16 @@ fn a_load_step_is_acted_on_at_once_not_at_the_next_tick_or_report() {
     let _ = load.wait();
 }
 
+/// A load generator, stopped and reaped however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn load(h: &Harness, model: &str, rps: &str, duration: &str) -> std::process::Child {
     load_with(h, model, rps, duration, &[])
 }
@@ -262,14 +272,6 @@ fn a_burst_that_drains_before_a_replica_could_start_starts_none() {
     });
     // A steady 2 requests/s: the coordinator measures the service time (it
     // measured the 8 s start while the replica loaded).
-    // Stopped and reaped however the test ends.
-    struct Reaped(std::process::Child);
-    impl Drop for Reaped {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _steady = Reaped(load(&h, "bursty", "2", "30s"));
     std::thread::sleep(Duration::from_secs(15));
     let summary = h.json(&["explain", "bursty"])["summary"]
@@ -342,13 +344,6 @@ fn a_ttft_slo_keeps_slots_free_for_the_load() {
     // server twice as slowly): 1 replica at the spec's target of 4, but
     // 2 + 3 × √2 = 6.2 slots (4 + 3 × 2 = 10) for a request to find one
     // free. (The slots work off a queue of under 1 per replica in 50 ms.)
-    struct Reaped(std::process::Child);
-    impl Drop for Reaped {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _steady = Reaped(load(&h, "chat", "6", "60s"));
     wait_until(
         Duration::from_secs(45),
