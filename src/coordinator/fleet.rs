@@ -776,10 +776,13 @@ impl Fleet {
             // A report from a replaced session: its node has moved on.
             return false;
         };
-        self.touch_node(name);
-        let Some(node) = self.nodes.get_mut(name) else {
-            return false;
-        };
+        // Per report, the node is looked up by name once (at 10,000 nodes
+        // the lookups were most of a report's cost): the work below goes
+        // through `node` and the fleet's other fields, and asks the rest
+        // only when the report brings news for it.
+        if !self.view_stale.contains(name) {
+            self.view_stale.insert(name.to_string());
+        }
         // Load generators ask when the report is handled; agents never do.
         let ack = report.ack.then_some(report.seq);
         // Live load feeds the routing table: published within ROUTES_EVERY.
@@ -808,9 +811,23 @@ impl Fleet {
             .collect();
         let scrape_changes = scrape_changes(&node.replicas, &report.replicas);
         node.replicas = report.replicas;
-        let (asked, _) = self.warm_specs(name);
-        let Some(node) = self.nodes.get_mut(name) else {
-            return false;
+        // Only a fill that turned resident or failed since the last report
+        // can have ended.
+        let fill_news = report.warm.iter().any(|a| {
+            matches!(a.state.as_str(), "resident" | "failed")
+                && !node
+                    .warm
+                    .iter()
+                    .any(|b| b.model == a.model && b.path == a.path && b.state == a.state)
+        });
+        let (node, asked) = if fill_news {
+            let (asked, _) = self.warm_specs(name);
+            let Some(node) = self.nodes.get_mut(name) else {
+                return false;
+            };
+            (node, asked)
+        } else {
+            (node, Vec::new())
         };
         let ended: Vec<EventKind> = crate::domain::fills_ended(&node.warm, &report.warm, &asked)
             .map(|w| {
@@ -836,7 +853,17 @@ impl Fleet {
         if !report.inventory.is_empty() {
             node.gpus = report.inventory;
         }
-        self.screen_claims(name);
+        // Claims to screen: a replica the plan has on another node, or
+        // refused claims to forget once the node no longer makes them.
+        let plan = &self.plan;
+        let claims = !node.refused_claims.is_empty()
+            || node
+                .replicas
+                .iter()
+                .any(|r| plan.get(&r.id).is_some_and(|p| p.node != name));
+        if claims {
+            self.screen_claims(name);
+        }
         for c in scrape_changes {
             self.record(EventKind::ScrapeHealth {
                 model: c.model,
