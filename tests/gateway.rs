@@ -62,15 +62,14 @@ async fn post(url: &str, body: &Value) -> (u16, Option<String>, String) {
     (status, retry, resp.text().await.unwrap_or_default())
 }
 
+/// GETs `url`; the body, whatever the status.
+async fn get_text(url: &str) -> String {
+    let resp = client().get(url).send().await.unwrap();
+    resp.text().await.unwrap()
+}
+
 async fn status_of(gw: &Gw) -> Value {
-    client()
-        .get(gw.url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    serde_json::from_str(&get_text(&gw.url("/status")).await).unwrap()
 }
 
 /// Applies `name`, served by demo model servers that answer as `name`;
@@ -98,14 +97,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 }
 
 async fn metrics_of(gw: &Gw) -> String {
-    client()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(&gw.url("/metrics")).await
 }
 
 /// A coordinator and one agent running `model` as `replicas` replicas of
@@ -414,15 +406,9 @@ async fn a_stopping_gateway_finishes_requests_in_flight_then_exits() {
     let replica = serving(&h, &gw, "slow", 1)[0];
 
     let body = json!({"model": "slow", "prompt": "x", "stream": true});
-    let direct = client()
-        .post(format!("http://127.0.0.1:{replica}/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let direct_url = format!("http://127.0.0.1:{replica}/v1/completions");
+    let (status, _, direct) = post(&direct_url, &body).await;
+    assert_eq!(status, 200, "{direct}");
     let mut resp = client()
         .post(gw.url("/v1/completions"))
         .json(&body)
@@ -947,14 +933,7 @@ async fn a_client_hanging_up_frees_its_place_and_its_replica_slot() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{replica_port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://127.0.0.1:{replica_port}/metrics")).await;
     assert_eq!(
         metric(&metrics, "vllm:num_requests_running"),
         0.0,
