@@ -24,9 +24,7 @@ fn model(h: &Harness, name: &str) -> Option<serde_json::Value> {
 #[test]
 fn load_scales_a_model_up_within_seconds_and_back_down_after_the_delay() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 4, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(4, "");
     apply(
         &h,
         "elastic",
@@ -100,9 +98,7 @@ fn load_scales_a_model_up_within_seconds_and_back_down_after_the_delay() {
 #[test]
 fn an_idle_model_scales_to_zero_and_wakes_on_demand() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(1, "");
     apply(
         &h,
         "sleepy",
@@ -242,9 +238,7 @@ fn load_with(
 #[test]
 fn a_burst_that_drains_before_a_replica_could_start_starts_none() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 4, "scrape_interval = \"250ms\"");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(4, "scrape_interval = \"250ms\"");
     // 4 slots of 16 tokens × 20 ms: 12.5 requests/s per replica.
     let command = demo_command(&[
         "--concurrency",

@@ -35,9 +35,7 @@ fn bare(args: &[&str]) -> std::process::Output {
 #[test]
 fn global_flags_go_before_the_noun_and_every_format_shows_the_same_list() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 2, "[labels]\nrack = \"r1\"\n");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(2, "[labels]\nrack = \"r1\"\n");
     let url = h.coordinator_url();
 
     let json = bare(&["--coordinator", &url, "-o", "json", "node", "ls"]);
@@ -71,9 +69,7 @@ fn global_flags_go_before_the_noun_and_every_format_shows_the_same_list() {
 #[test]
 fn a_pipe_closed_early_ends_the_command_quietly() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(2, "");
     // `gpufleet node ls -o json | head -c0`: the reader is gone before the
     // CLI prints anything.
     let mut child = Command::new(BIN)
@@ -121,9 +117,7 @@ fn a_hung_coordinator_is_named_within_the_request_timeout() {
 #[test]
 fn watch_prints_the_list_again_when_it_changes() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(2, "");
     let mut watch = Command::new(BIN)
         .args([
             "model",

@@ -66,9 +66,7 @@ fn ten_agent_kills_under_load_leave_the_server_alone_and_fail_no_request() {
     let h = Harness::new();
     let _reaper = Reaper::new(&h);
     let url = h.coordinator_url();
-    let _c = h.coordinator("");
-    let mut agent = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
+    let (_c, mut agent) = h.one_node_fleet(1, "");
     apply_model(&h, &url, "steady", 1, &demo_server());
     let r = wait_until(Duration::from_secs(30), "a ready replica", || {
         all_ready_at(&url, "steady", 1)
@@ -192,9 +190,7 @@ fn a_crash_looping_replica_keeps_backing_off_across_an_agent_kill() {
     let h = Harness::new();
     let _reaper = Reaper::new(&h);
     let url = h.coordinator_url();
-    let _c = h.coordinator("");
-    let mut agent = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
+    let (_c, mut agent) = h.one_node_fleet(1, "");
     let file = h.path("launches.txt");
     apply_crash_looping(&h, &file);
     let before = second_failure(&h, &file);
@@ -240,9 +236,7 @@ fn a_crash_looping_replica_keeps_backing_off_across_an_agent_kill() {
 fn an_agent_restart_does_not_cut_a_crash_loop_backoff_short() {
     let h = Harness::new();
     let _reaper = Reaper::new(&h);
-    let _c = h.coordinator("");
-    let mut agent = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
+    let (_c, mut agent) = h.one_node_fleet(1, "");
     let file = h.path("launches.txt");
     apply_crash_looping(&h, &file);
     let before = second_failure(&h, &file);
@@ -483,9 +477,7 @@ fn a_full_state_dir_is_reported_and_recovers_while_supervision_goes_on() {
             return;
         }
     };
-    let _c = h.coordinator("");
-    let mut agent = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
+    let (_c, mut agent) = h.one_node_fleet(2, "");
     apply_model(&h, &url, "steady", 1, &demo_server());
     let steady = wait_until(Duration::from_secs(30), "steady ready", || {
         all_ready_at(&url, "steady", 1)

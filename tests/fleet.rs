@@ -234,12 +234,7 @@ fn a_second_agent_with_the_same_node_name_is_refused() {
 #[test]
 fn a_silent_node_turns_suspect_then_lost() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let mut a = h.agent("node-a", 1, "");
-    wait_until(Duration::from_secs(15), "node ready", || {
-        let nodes = h.try_json(&["node", "ls"])?;
-        (nodes_in_state(&nodes, "ready") == ["node-a"]).then_some(())
-    });
+    let (_c, mut a) = h.one_node_fleet(1, "");
     a.kill9();
     wait_until(Duration::from_secs(10), "node suspect", || {
         let nodes = h.try_json(&["node", "ls"])?;

@@ -62,15 +62,22 @@ async fn post(url: &str, body: &Value) -> (u16, Option<String>, String) {
     (status, retry, resp.text().await.unwrap_or_default())
 }
 
+/// GETs `url`; the body, whatever the status.
+async fn get_text(url: &str) -> String {
+    let resp = client().get(url).send().await.unwrap();
+    resp.text().await.unwrap()
+}
+
 async fn status_of(gw: &Gw) -> Value {
-    client()
-        .get(gw.url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    serde_json::from_str(&get_text(&gw.url("/status")).await).unwrap()
+}
+
+/// Applies `name`, served by demo model servers that answer as `name`;
+/// `args` are more of their arguments, `tail` goes after `[server]`'s keys.
+fn apply_demo(h: &Harness, name: &str, args: &[&str], tail: &str) {
+    let mut all = vec!["--model-name", name];
+    all.extend(args);
+    h.apply(&h.model_spec(name, 1, "", &demo_command(&all), tail));
 }
 
 fn model(h: &Harness, name: &str) -> Option<Value> {
@@ -90,14 +97,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 }
 
 async fn metrics_of(gw: &Gw) -> String {
-    client()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_text(&gw.url("/metrics")).await
 }
 
 /// A coordinator and one agent running `model` as `replicas` replicas of
@@ -171,24 +171,13 @@ fn ready_ports(h: &Harness, model: &str) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_model_at_zero_holds_requests_wakes_and_then_serves_them() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
-    let command = demo_command(&[
-        "--model-name",
+    let (_c, _a) = h.one_node_fleet(2, "");
+    apply_demo(
+        &h,
         "sleepy",
-        "--token-time",
-        "5ms",
-        "--tokens",
-        "4",
-    ]);
-    h.apply(&h.model_spec(
-        "sleepy",
-        1,
-        "",
-        &command,
+        &["--token-time", "5ms", "--tokens", "4"],
         "[scaling]\nmin_replicas = 0\nmax_replicas = 1\nscale_to_zero_after = \"1h\"",
-    ));
+    );
     let gw = gateway(&h, "gw", "");
     assert_eq!(model(&h, "sleepy").unwrap()["desired_replicas"], 0);
 
@@ -242,17 +231,13 @@ async fn a_model_at_zero_holds_requests_wakes_and_then_serves_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overflow_gets_429_a_long_hold_503_and_bad_requests_clear_errors() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
-    let command = demo_command(&["--model-name", "pinned"]);
-    h.apply(&h.model_spec(
+    let (_c, _a) = h.one_node_fleet(1, "");
+    apply_demo(
+        &h,
         "pinned",
-        1,
-        "",
-        &command,
+        &[],
         "[scaling]\nmin_replicas = 0\nmax_replicas = 1",
-    ));
+    );
     // Pinned to zero: nothing can wake it, so held requests stay held.
     let out = h.cli(&["model", "scale", "pinned", "--replicas", "0"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -415,31 +400,15 @@ async fn streams_pass_through_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopping_gateway_finishes_requests_in_flight_then_exits() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
-    let command = demo_command(&[
-        "--model-name",
-        "slow",
-        "--token-time",
-        "100ms",
-        "--tokens",
-        "15",
-    ]);
-    h.apply(&h.model_spec("slow", 1, "", &command, ""));
+    let (_c, _a) = h.one_node_fleet(1, "");
+    apply_demo(&h, "slow", &["--token-time", "100ms", "--tokens", "15"], "");
     let mut gw = gateway(&h, "gw", "");
     let replica = serving(&h, &gw, "slow", 1)[0];
 
     let body = json!({"model": "slow", "prompt": "x", "stream": true});
-    let direct = client()
-        .post(format!("http://127.0.0.1:{replica}/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let direct_url = format!("http://127.0.0.1:{replica}/v1/completions");
+    let (status, _, direct) = post(&direct_url, &body).await;
+    assert_eq!(status, 200, "{direct}");
     let mut resp = client()
         .post(gw.url("/v1/completions"))
         .json(&body)
@@ -638,28 +607,15 @@ async fn a_retiring_replica_receives_nothing_new() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_queue_drives_a_scale_up() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 4, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(4, "");
     // Each replica takes 2 requests at once; scrapes alone see 2 ongoing,
     // exactly the target: only the queue at the gateway shows the demand.
-    let command = demo_command(&[
-        "--model-name",
+    apply_demo(
+        &h,
         "queued",
-        "--concurrency",
-        "2",
-        "--token-time",
-        "100ms",
-        "--tokens",
-        "40",
-    ]);
-    h.apply(&h.model_spec(
-        "queued",
-        1,
-        "",
-        &command,
+        &["--concurrency", "2", "--token-time", "100ms", "--tokens", "40"],
         "max_concurrency = 2\n[scaling]\nmin_replicas = 1\nmax_replicas = 3\ntarget_ongoing_requests = 2\nstable_window = \"6s\"\npanic_window = \"2s\"",
-    ));
+    );
     wait_until(Duration::from_secs(30), "one ready replica", || {
         (model(&h, "queued")?["ready_replicas"] == 1).then_some(())
     });
@@ -689,24 +645,13 @@ async fn the_gateway_queue_drives_a_scale_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_gateways_share_a_fleet() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
-    let command = demo_command(&[
-        "--model-name",
+    let (_c, _a) = h.one_node_fleet(1, "");
+    apply_demo(
+        &h,
         "shared",
-        "--token-time",
-        "5ms",
-        "--tokens",
-        "4",
-    ]);
-    h.apply(&h.model_spec(
-        "shared",
-        1,
-        "",
-        &command,
+        &["--token-time", "5ms", "--tokens", "4"],
         "[scaling]\nmin_replicas = 0\nmax_replicas = 1\nscale_to_zero_after = \"1h\"",
-    ));
+    );
     let one = gateway(&h, "gw-1", "");
     let two = gateway(&h, "gw-2", "");
     // Both hold at zero; either wakes the model; both are served by the same replica.
@@ -914,18 +859,13 @@ fn tokens_and_tls_guard_both_sides_of_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_hanging_up_frees_its_place_and_its_replica_slot() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
-    let command = demo_command(&[
-        "--model-name",
+    let (_c, _a) = h.one_node_fleet(1, "");
+    apply_demo(
+        &h,
         "one",
-        "--token-time",
-        "50ms",
-        "--tokens",
-        "40",
-    ]);
-    h.apply(&h.model_spec("one", 1, "", &command, "max_concurrency = 1"));
+        &["--token-time", "50ms", "--tokens", "40"],
+        "max_concurrency = 1",
+    );
     let gw = gateway(&h, "gw", "");
     let replica_port = wait_until(Duration::from_secs(30), "a ready replica", || {
         ready_ports(&h, "one").first().copied()
@@ -993,14 +933,7 @@ async fn a_client_hanging_up_frees_its_place_and_its_replica_slot() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let metrics = client()
-        .get(format!("http://127.0.0.1:{replica_port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://127.0.0.1:{replica_port}/metrics")).await;
     assert_eq!(
         metric(&metrics, "vllm:num_requests_running"),
         0.0,

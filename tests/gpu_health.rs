@@ -11,9 +11,7 @@ use common::*;
 #[test]
 fn a_gpu_that_falls_off_the_bus_is_reported_and_its_replica_moves() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let a = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
+    let (_c, a) = h.one_node_fleet(2, "");
     h.apply(&h.model_spec("m", 1, "replicas = 1", &demo_command(&[]), ""));
     let first = wait_until(Duration::from_secs(30), "a ready replica", || {
         let rs = h.try_json(&["replica", "ls"])?;
@@ -102,9 +100,7 @@ fn a_gpu_that_falls_off_the_bus_is_reported_and_its_replica_moves() {
 #[test]
 fn an_xid_makes_a_gpu_unhealthy_until_the_operator_marks_it_healthy() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let a = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
+    let (_c, a) = h.one_node_fleet(2, "");
     let (status, body) = http(
         "POST",
         a.http_port,

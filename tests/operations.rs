@@ -84,9 +84,7 @@ fn cordon_keeps_new_replicas_off_and_drain_moves_them_without_a_gap() {
 #[test]
 fn a_lost_node_is_replaced_and_its_return_leaves_exactly_the_desired_count() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let mut a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
+    let (_c, mut a) = h.one_node_fleet(1, "");
     h.apply(&h.model_spec("resilient", 1, "replicas = 1", &demo_command(&[]), ""));
     wait_until(Duration::from_secs(30), "ready on node-a", || {
         (ready_on(&h, "resilient") == ["node-a"]).then_some(())

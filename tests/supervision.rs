@@ -54,9 +54,7 @@ fn server_pids(h: &Harness, model: &str) -> Vec<i64> {
 #[test]
 fn replicas_start_on_their_gpus_become_ready_serve_and_stop() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(2, "");
     let f = spec(&h, "served", 2, &demo_server_command());
     let out = h.cli(&["model", "apply", "-f", f.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -134,9 +132,7 @@ fn replicas_start_on_their_gpus_become_ready_serve_and_stop() {
 #[test]
 fn a_killed_server_is_restarted_and_a_killed_agent_re_adopts_without_duplicates() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let mut agent = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
+    let (_c, mut agent) = h.one_node_fleet(1, "");
     let f = spec(&h, "sturdy", 1, &demo_server_command());
     assert!(h
         .cli(&["model", "apply", "-f", f.to_str().unwrap()])
@@ -188,9 +184,7 @@ fn a_killed_server_is_restarted_and_a_killed_agent_re_adopts_without_duplicates(
 #[test]
 fn a_command_that_cannot_run_fails_with_its_reason_and_spares_the_rest() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 2, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(2, "");
     let good = spec(&h, "good", 1, &demo_server_command());
     let bad = spec(
         &h,
@@ -225,9 +219,7 @@ fn a_command_that_cannot_run_fails_with_its_reason_and_spares_the_rest() {
 #[test]
 fn a_command_outside_allowed_executables_fails_with_that_reason() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "allowed_executables = [\"/usr/bin/true\"]\n");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(1, "allowed_executables = [\"/usr/bin/true\"]\n");
     h.apply(&spec(&h, "forbidden", 1, &demo_server_command()));
     let r = wait_until(Duration::from_secs(20), "a failed replica", || {
         let rs = replicas(&h, "forbidden");
@@ -271,9 +263,7 @@ fn an_agent_as_root_refuses_a_root_replica_unless_allowed() {
 #[test]
 fn a_spec_whose_env_loads_code_is_refused_at_apply() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(1, "");
     let spec = h.model_spec(
         "preload",
         1,

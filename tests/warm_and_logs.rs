@@ -18,9 +18,7 @@ fn warm_entry(h: &Harness, model: &str) -> Option<serde_json::Value> {
 #[test]
 fn warm_start_waits_until_resident_and_evict_drops_it() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(1, "");
     h.apply(&h.model_spec("cached", 32, "replicas = 0", &demo_command(&[]), ""));
 
     let out = h.cli(&[
@@ -85,9 +83,7 @@ fn warm_start_waits_until_resident_and_evict_drops_it() {
 #[test]
 fn replica_logs_come_from_the_node() {
     let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 1, "");
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(1, "");
     h.apply(&h.model_spec("talky", 1, "replicas = 1", &demo_command(&[]), ""));
     let id = wait_until(Duration::from_secs(30), "a ready replica", || {
         let rs = h.try_json(&["replica", "ls"])?;
@@ -113,15 +109,13 @@ fn replica_logs_come_from_the_node() {
 fn replica_logs_follow_prints_each_new_line_once() {
     use std::io::{BufRead, BufReader};
     let h = Harness::new();
-    let _c = h.coordinator("");
     // The script is handed the gpufleet binary's path as an argument.
     let bin_dir = std::path::Path::new(BIN)
         .parent()
         .unwrap()
         .display()
         .to_string();
-    let _a = h.agent("node-a", 1, &format!("allowed_paths = [\"{bin_dir}\"]\n"));
-    h.wait_ready_nodes(1);
+    let (_c, _a) = h.one_node_fleet(1, &format!("allowed_paths = [\"{bin_dir}\"]\n"));
     // A server that also writes a numbered line every 100 ms.
     let command = format!(
         "[\"/bin/sh\", \"-c\", \"i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done & exec \\\"$0\\\" demo server --port \\\"$1\\\" --weights \\\"$2\\\"\", \"{BIN}\", \"{{port}}\", \"{{weights}}\"]"

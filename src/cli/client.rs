@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context};
+use tokio::time::Instant;
 use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 
@@ -131,6 +132,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `kill -9` that is the lease (5 s by default) and the new leader's load of
 /// the state.
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
+    let deadline = Instant::now() + args.request_timeout;
+    Ok(connect_until(args, deadline).await?.0)
+}
+
+/// `connect`, done by `deadline`: the leading coordinator and its URL.
+async fn connect_until(args: &ClientArgs, deadline: Instant) -> anyhow::Result<(Control, String)> {
     let urls: Vec<&str> = args
         .url()
         .split(',')
@@ -140,82 +147,96 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Control> {
     let first = urls.first().copied().unwrap_or(DEFAULT_COORDINATOR);
     if urls.len() <= 1 {
         set_target(first, args.request_timeout);
-        return connect_one(args, first).await;
+        return Ok((connect_one(args, first, deadline).await?, first.to_string()));
     }
-    let wait = args.request_timeout;
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut why = Vec::new();
+    // Each coordinator's latest answer: one that the deadline cuts off keeps
+    // what it said the round before.
+    let mut why = vec![String::new(); urls.len()];
     loop {
-        why.clear();
-        for url in &urls {
-            let mut c = match connect_one(args, url).await {
+        for (url, why) in urls.iter().zip(&mut why) {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let mut c = match connect_one(args, url, deadline).await {
                 Ok(c) => c,
                 Err(e) => {
-                    why.push(format!("{e:#}"));
+                    *why = format!("{e:#}");
                     continue;
                 }
             };
             // A coordinator that does not answer at once (paused) is passed over.
+            let probe = PROBE_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
             let asked = tokio::time::timeout(
-                PROBE_TIMEOUT,
+                probe,
                 c.get_coordinator_status(crate::wire::pb::GetCoordinatorStatusRequest {}),
             )
             .await;
             let status = match asked {
                 Err(_) => {
-                    why.push(format!("{url}: no answer within {PROBE_TIMEOUT:?}"));
+                    *why = format!("{url}: no answer within {probe:?}");
                     continue;
                 }
                 Ok(Ok(s)) => s.into_inner(),
                 // A coordinator from before HA: one coordinator, so it leads.
                 Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
                     set_target(url, args.request_timeout);
-                    return Ok(c);
+                    return Ok((c, url.to_string()));
                 }
                 Ok(Err(s)) => {
-                    why.push(format!("{url}: {}", s.message()));
+                    *why = format!("{url}: {}", s.message());
                     continue;
                 }
             };
             match status.role.as_str() {
                 "leader" => {
                     set_target(url, args.request_timeout);
-                    return Ok(c);
+                    return Ok((c, url.to_string()));
                 }
                 "follower" if !status.leader_address.is_empty() => {
                     let leader = status.leader_address;
-                    match connect_one(args, &leader).await {
+                    match connect_one(args, &leader, deadline).await {
                         Ok(c) => {
                             set_target(&leader, args.request_timeout);
-                            return Ok(c);
+                            return Ok((c, leader));
                         }
-                        Err(e) => why.push(format!("the leader {leader}: {e:#}")),
+                        Err(e) => *why = format!("the leader {leader}: {e:#}"),
                     }
                 }
-                _ => why.push(format!("{url}: no leader")),
+                _ => *why = format!("{url}: no leader"),
             }
         }
-        if tokio::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             set_target(first, args.request_timeout);
+            let why: Vec<&str> = why
+                .iter()
+                .map(String::as_str)
+                .filter(|w| !w.is_empty())
+                .collect();
             anyhow::bail!(
                 "no leading coordinator among {} within {}: {}",
                 urls.join(", "),
-                humantime::format_duration(wait),
+                humantime::format_duration(args.request_timeout),
                 why.join("; ")
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        pause(deadline).await;
     }
+}
+
+/// The wait before asking again during an election, cut short by `deadline`.
+async fn pause(deadline: Instant) {
+    tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(250))).await;
 }
 
 /// Runs one call on the leading coordinator. A coordinator that does not
 /// lead refuses a call before running any of it, naming the leader (or no
 /// one, during an election): such a call is sent again, to the leader it
-/// names or to the one `connect` finds next, until `--request-timeout`. This
-/// covers a single URL that names a follower, and a leader that stopped
-/// leading between `connect`'s probe and the call. Any other outcome, a
-/// failed one included, is the call's own and is returned as it came (a call
-/// that failed in flight may have run, so it is never repeated here).
+/// names or to the one `connect` finds next. This covers a single URL that
+/// names a follower, and a leader that stopped leading between `connect`'s
+/// probe and the call. Connecting, the calls and the waits between them
+/// share one `--request-timeout`. Any other outcome, a failed one included,
+/// is the call's own and is returned as it came (a call that failed in
+/// flight may have run, so it is never repeated here).
 pub async fn on_leader<T, F, Fut>(
     args: &ClientArgs,
     mut call: F,
@@ -224,29 +245,51 @@ where
     F: FnMut(Control) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
-    let deadline = tokio::time::Instant::now() + args.request_timeout;
-    let mut c = connect(args).await?;
+    let deadline = Instant::now() + args.request_timeout;
+    let (mut c, mut at) = connect_until(args, deadline).await?;
+    let mut sent_to: Vec<String> = Vec::new();
     loop {
-        let outcome = call(c.clone()).await;
-        let leader = match &outcome {
-            Err(s) => crate::wire::leader_of(s),
+        if !sent_to.contains(&at) {
+            sent_to.push(at.clone());
+        }
+        let Ok(outcome) = tokio::time::timeout_at(deadline, call(c.clone())).await else {
+            // Worded as tonic words its own request timeout, so that
+            // `status_error` tells the operator the same.
+            return Ok(Err(tonic::Status::deadline_exceeded("Timeout expired")));
+        };
+        let refusal = match &outcome {
+            Err(s) => crate::wire::leader_of(s).map(|leader| (leader, s.message().to_string())),
             Ok(_) => None,
         };
-        let Some(leader) = leader else {
+        let Some((leader, refused)) = refusal else {
             return Ok(outcome);
         };
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(outcome);
+        let gave_up = || {
+            format!(
+                "no leading coordinator took the call within {} (sent to {}): {at} refused it: {refused}",
+                humantime::format_duration(args.request_timeout),
+                sent_to.join(", ")
+            )
+        };
+        if Instant::now() >= deadline {
+            anyhow::bail!(gave_up());
         }
-        c = if leader.is_empty() {
+        let next = if leader.is_empty() {
             // An election: ask again shortly, as `connect` does.
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            connect(args).await?
+            pause(deadline).await;
+            connect_until(args, deadline).await
         } else {
-            let c = connect_one(args, &leader).await?;
-            set_target(&leader, args.request_timeout);
-            c
+            if sent_to.contains(&leader) {
+                // Refused there already: its leadership is changing hands.
+                pause(deadline).await;
+            }
+            let c = connect_one(args, &leader, deadline).await;
+            c.map(|c| {
+                set_target(&leader, args.request_timeout);
+                (c, leader)
+            })
         };
+        (c, at) = next.with_context(gave_up)?;
     }
 }
 
@@ -265,17 +308,28 @@ where
         .map_err(status_error)
 }
 
-async fn connect_one(args: &ClientArgs, url: &str) -> anyhow::Result<Control> {
+/// A channel to `url`, connected by `deadline`; each request on it may take
+/// `--request-timeout`.
+async fn connect_one(args: &ClientArgs, url: &str, deadline: Instant) -> anyhow::Result<Control> {
     let token = BearerToken::from_sources(args.token_file.as_deref(), args.token_env.clone())?;
     let tls = tls::cli_tls(args.ca.as_deref(), url)?;
+    let left = deadline.saturating_duration_since(Instant::now());
     let endpoint = tls::endpoint(url, tls.as_ref())
         .map_err(|e| {
             anyhow!("coordinator URL `{url}` is invalid: {e}; expected e.g. http://127.0.0.1:7460")
         })?
-        .connect_timeout(args.request_timeout.min(Duration::from_secs(5)))
+        .connect_timeout(left.min(Duration::from_secs(5)))
         .timeout(args.request_timeout)
         .tcp_nodelay(true);
-    let channel = tls::connect(endpoint, tls.as_ref()).await.map_err(|e| {
+    let Ok(connected) =
+        tokio::time::timeout_at(deadline, tls::connect(endpoint, tls.as_ref())).await
+    else {
+        anyhow::bail!(
+            "cannot reach the coordinator at {url}: no connection within {} (--request-timeout)",
+            humantime::format_duration(args.request_timeout)
+        );
+    };
+    let channel = connected.map_err(|e| {
         let chain = crate::wire::error_chain(&e);
         match transport_hint(url, &chain) {
             Some(hint) => anyhow!("cannot reach the coordinator at {url}: {hint} ({chain})"),
@@ -335,7 +389,155 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::transport_hint;
+    use super::*;
+    use crate::coordinator::handle::FleetError;
+    use crate::wire::pb;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A coordinator of a fleet whose leadership is changing hands: it
+    /// refuses every call as a follower does, naming `leader` (none: an
+    /// election). To `coordinator status` it says it leads once, the first
+    /// time it is asked `leads_after` from its start, or never.
+    #[derive(Clone)]
+    struct Refuser {
+        leader: Option<String>,
+        started: Instant,
+        leads_after: Option<Duration>,
+        has_led: Arc<AtomicBool>,
+    }
+
+    type Answer =
+        Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
+
+    impl tower_service::Service<http::Request<tonic::body::Body>> for Refuser {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = Answer;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Answer {
+            if req.uri().path() != "/gpufleet.v1.Control/GetCoordinatorStatus" {
+                let refusal = tonic::Status::from(FleetError::NotLeader {
+                    leader: self.leader.clone(),
+                });
+                return Box::pin(async move { Ok(refusal.into_http()) });
+            }
+            let leads = self
+                .leads_after
+                .is_some_and(|after| self.started.elapsed() >= after)
+                && !self.has_led.swap(true, Ordering::Relaxed);
+            let status = pb::CoordinatorStatus {
+                role: if leads { "leader" } else { "follower" }.into(),
+                leader_address: self.leader.clone().unwrap_or_default(),
+                ..Default::default()
+            };
+            Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(grpc.unary(StatusAnswer(status), req).await)
+            })
+        }
+    }
+
+    impl tonic::server::NamedService for Refuser {
+        const NAME: &'static str = "gpufleet.v1.Control";
+    }
+
+    struct StatusAnswer(pb::CoordinatorStatus);
+
+    impl tonic::server::UnaryService<pb::GetCoordinatorStatusRequest> for StatusAnswer {
+        type Response = pb::CoordinatorStatus;
+        type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
+        fn call(&mut self, _: tonic::Request<pb::GetCoordinatorStatusRequest>) -> Self::Future {
+            std::future::ready(Ok(tonic::Response::new(self.0.clone())))
+        }
+    }
+
+    /// A loopback port for a coordinator, and its URL.
+    async fn listen() -> (tokio::net::TcpListener, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        (listener, url)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, refuser: Refuser) {
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(refuser)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+    }
+
+    fn refuser(leader: Option<&str>, leads_after: Option<Duration>) -> Refuser {
+        Refuser {
+            leader: leader.map(str::to_string),
+            started: Instant::now(),
+            leads_after,
+            has_led: Arc::default(),
+        }
+    }
+
+    fn args(urls: &[&str], timeout: Duration) -> ClientArgs {
+        ClientArgs {
+            request_timeout: timeout,
+            ..ClientArgs::plain(urls.join(","))
+        }
+    }
+
+    /// `model ls`'s call, which must fail within 1.5 × `--request-timeout`
+    /// (one timeout and room for a loaded machine; two would be a second
+    /// wait): its error.
+    async fn given_up(args: &ClientArgs) -> String {
+        let asked = Instant::now();
+        let answer = ask(args, pb::ListModelsRequest {}, |mut c, r| async move {
+            c.list_models(r).await
+        })
+        .await;
+        let (took, timeout) = (asked.elapsed(), args.request_timeout);
+        let err = format!("{:#}", answer.expect_err("no coordinator leads"));
+        assert!(
+            took < timeout * 3 / 2,
+            "took {took:?} with --request-timeout {timeout:?}: {err}"
+        );
+        err
+    }
+
+    #[tokio::test]
+    async fn a_call_that_finds_no_leader_gives_up_after_one_request_timeout() {
+        // The first coordinator leads only once, late, and refuses the call
+        // anyway (it lost the lease meanwhile): the election goes on past
+        // the timeout. Finding that leader took most of the timeout, and the
+        // search after the refusal has only what is left of it.
+        let timeout = Duration::from_secs(4);
+        let (late_port, late) = listen().await;
+        let (never_port, never) = listen().await;
+        serve(late_port, refuser(None, Some(timeout * 3 / 4)));
+        serve(never_port, refuser(None, None));
+        let err = given_up(&args(&[&late, &never], timeout)).await;
+        assert!(err.contains(&format!("sent to {late}")), "{err}");
+        assert!(err.contains("no leader now"), "{err}");
+        assert!(err.contains(&format!("among {late}, {never}")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn followers_that_name_each_other_are_left_at_the_timeout_naming_both() {
+        let timeout = Duration::from_secs(2);
+        let (a_port, a) = listen().await;
+        let (b_port, b) = listen().await;
+        serve(a_port, refuser(Some(&b), None));
+        serve(b_port, refuser(Some(&a), None));
+        let err = given_up(&args(&[&a], timeout)).await;
+        assert!(err.contains(&format!("sent to {a}, {b}")), "{err}");
+        assert!(err.contains("the leader is http://"), "{err}");
+    }
 
     #[test]
     fn transport_errors_become_sentences_with_a_likely_cause() {

@@ -504,15 +504,17 @@ async fn generate(
             )
         }
     };
-    let tokens = req
-        .max_completion_tokens
-        .or(req.max_tokens)
-        .unwrap_or(engine.cfg.default_tokens.get());
+    // The error names the field the client sent, so it can find what to fix.
+    let (field, tokens) = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(tokens), _) => ("max_completion_tokens", tokens),
+        (None, Some(tokens)) => ("max_tokens", tokens),
+        (None, None) => ("this server's --tokens", engine.cfg.default_tokens.get()),
+    };
     if !(1..=MAX_TOKENS_LIMIT).contains(&tokens) {
         return api_error(
             StatusCode::BAD_REQUEST,
             "BadRequestError",
-            format!("max_tokens is {tokens}; allowed: 1 to {MAX_TOKENS_LIMIT}"),
+            format!("{field} is {tokens}; allowed: 1 to {MAX_TOKENS_LIMIT}"),
         );
     }
 

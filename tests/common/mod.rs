@@ -205,6 +205,16 @@ impl Harness {
             .cloned()
     }
 
+    /// The fleet most tests start from: the harness's coordinator and one
+    /// agent, `node-a`, with `gpus` simulated GPUs (`agent_extra` added to
+    /// its config), ready. Returns (coordinator, agent).
+    pub fn one_node_fleet(&self, gpus: u32, agent_extra: &str) -> (Proc, Proc) {
+        let coordinator = self.coordinator("");
+        let agent = self.agent("node-a", gpus, agent_extra);
+        self.wait_ready_nodes(1);
+        (coordinator, agent)
+    }
+
     /// Waits until `n` nodes are ready (and so the coordinator answers).
     pub fn wait_ready_nodes(&self, n: usize) -> serde_json::Value {
         wait_until(Duration::from_secs(20), &format!("{n} ready nodes"), || {

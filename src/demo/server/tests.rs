@@ -547,3 +547,37 @@ async fn chat_completions_answer_in_the_chat_shape() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_bad_token_limit_is_named_as_the_client_sent_it() {
+    let server = TestServer::start_ready(|c| c.token_time = Duration::from_millis(1)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", server.base);
+    let cases = [
+        (
+            json!({"max_completion_tokens": 0}),
+            "max_completion_tokens is 0;",
+        ),
+        (json!({"max_tokens": 9000}), "max_tokens is 9000;"),
+        // The newer name wins when both are sent, so it is the one named.
+        (
+            json!({"max_completion_tokens": 9000, "max_tokens": 5}),
+            "max_completion_tokens is 9000;",
+        ),
+    ];
+    for (limit, named) in cases {
+        let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(limit.as_object().unwrap().clone());
+        let resp = client.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        let answer: Value = resp.json().await.unwrap();
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(named) && message.ends_with("allowed: 1 to 8192"),
+            "{body} → {message}"
+        );
+    }
+    server.stop().await.unwrap();
+}
