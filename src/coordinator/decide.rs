@@ -294,34 +294,62 @@ impl Fleet {
     }
 
     /// What each model's scale step reads from the fleet, by model.
+    #[cfg(test)]
     pub(super) fn scale_inputs(&self, now: Instant) -> Vec<(String, ScaleInputs)> {
-        let inputs = self.scale_inputs_indexed(now);
-        // Every test's tick: the indexed lookups read what a scan reads.
-        #[cfg(test)]
-        assert_eq!(
-            inputs,
-            self.scale_inputs_by_scan(now),
-            "scale inputs through the index differ from a scan of the plan"
-        );
-        inputs
+        let names: Vec<String> = self.models.keys().cloned().collect();
+        self.scale_inputs_run(&names, now, None)
     }
 
-    fn scale_inputs_indexed(&self, now: Instant) -> Vec<(String, ScaleInputs)> {
+    /// The scale inputs of a run of `names` from the first, read at once:
+    /// all of them, or those read within `budget` after the indexes below
+    /// are built (at least one; and the budget is at least twice the
+    /// indexes' time, so that runs do not go mostly to building them). A
+    /// zero budget reads one.
+    pub(super) fn scale_inputs_run(
+        &self,
+        names: &[String],
+        now: Instant,
+        budget: Option<Duration>,
+    ) -> Vec<(String, ScaleInputs)> {
+        let started = Instant::now();
         // One pass over the plan for all models, not one per model, and one
         // over the nodes' reports: a planned replica's status is then a hash
         // lookup, not a search of the nodes by name and of the node's list.
         let by_model = plan_by_model(&self.plan);
         let reported = reported_on_nodes(&self.nodes);
-        self.models
-            .keys()
-            .map(|name| {
-                let planned = by_model.get(name.as_str()).map_or(&[][..], Vec::as_slice);
-                (
-                    name.clone(),
-                    self.model_inputs(name, planned, &reported, now),
-                )
-            })
-            .collect()
+        let indexed = started.elapsed();
+        // No wait allowed (tests): one model per run.
+        let until = budget.map(|b| {
+            if b.is_zero() {
+                Duration::ZERO
+            } else {
+                indexed + b.max(indexed * 2)
+            }
+        });
+        let mut out = Vec::new();
+        for name in names {
+            let planned = by_model.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+            out.push((
+                name.clone(),
+                self.model_inputs(name, planned, &reported, now),
+            ));
+            if until.is_some_and(|until| started.elapsed() >= until) {
+                break;
+            }
+        }
+        // Every test's tick: the indexed lookups read what a scan reads.
+        #[cfg(test)]
+        {
+            let scan = self.scale_inputs_by_scan(now);
+            for (name, inputs) in &out {
+                let (_, expected) = scan.iter().find(|(n, _)| n == name).expect("a model");
+                assert_eq!(
+                    inputs, expected,
+                    "scale inputs through the index differ from a scan of the plan"
+                );
+            }
+        }
+        out
     }
 
     /// One model's scale inputs from its `planned` replicas and what their

@@ -518,11 +518,12 @@ fn each_replica_counts_as_its_own_node_reports_it() {
 }
 
 /// A `decide` phase that runs long takes the queued reports in between two
-/// models' steps (here at every step: no wait allowed), holds everything
-/// else, and decides every model on what the fleet showed at the phase's
-/// start: a report that turns replicas ready counts from the next tick on.
+/// models' steps (here at every step: no wait allowed) and holds everything
+/// else. Inputs are read in runs of models (here one model a run): a model
+/// decides on what the fleet showed when its run's inputs were read, so a
+/// report that turns replicas ready counts for the models after it.
 #[test]
-fn a_long_decide_phase_takes_reports_between_models_on_inputs_read_before() {
+fn a_long_decide_phase_takes_reports_between_models_and_later_runs_read_them() {
     use crate::domain::{ReplicaState, ReplicaStatus, Report};
     let dir = tempfile::tempdir().unwrap();
     let mut f = fleet(dir.path());
@@ -576,13 +577,9 @@ fn a_long_decide_phase_takes_reports_between_models_on_inputs_read_before() {
         "node ls waits for the tick's end"
     );
     assert_eq!(f.held.len(), 1);
-    for m in ["a", "b"] {
-        let point = f.models[m].timeline.back().expect("the model decided");
-        assert_eq!(
-            point.ready, 0,
-            "model {m} decided on the inputs read before"
-        );
-    }
+    let ready = |f: &Fleet, m: &str| f.models[m].timeline.back().expect("decided").ready;
+    assert_eq!(ready(&f, "a"), 0, "model a decided before the report");
+    assert_eq!(ready(&f, "b"), 1, "model b's inputs were read after it");
     // The next decision sees the report.
     f.scale_phase(now + Duration::from_secs(1), 0, &mut clock);
     for m in ["a", "b"] {

@@ -95,20 +95,27 @@ impl Fleet {
     /// The `decide` phase: every model's scale step, applied. When it runs
     /// long, reports are taken in between two models' steps.
     pub(super) fn scale_phase(&mut self, now: Instant, now_unix_s: i64, clock: &mut PhaseClock) {
-        // Every model's inputs are read at once, before any decides: a
-        // report taken in between two models' steps (when the phase runs
-        // long) changes no input already read, so every model decides on
-        // the fleet as it was at the phase's start, and the report counts
-        // from the next tick on, as one that came just after the phase.
+        // The models' inputs are read at once for a run of models, as many
+        // as fit before the queued reports are due (at 10,000 replicas,
+        // reading every model's took longer than reports may wait), then
+        // those models decide. A report taken in between two models' steps
+        // changes no input already read: the models of the run decide on
+        // the fleet as it was when the run's inputs were read, and the
+        // report counts for the runs after it and from the next tick on.
         // A step reads and writes only its own model's scaler and count.
-        let inputs = self.scale_inputs(now);
+        let names: Vec<String> = self.models.keys().cloned().collect();
         let mut awaiting = false;
-        for (name, inputs) in inputs {
-            if let Some(change) = self.decide_scale(&name, &inputs, now, now_unix_s) {
-                awaiting |= change.awaits_measurement;
-                self.apply(vec![Change::Scale(Box::new(change))], now);
+        let mut next = 0;
+        while next < names.len() {
+            let inputs = self.scale_inputs_run(&names[next..], now, Some(self.reports_wait));
+            next += inputs.len();
+            for (name, inputs) in inputs {
+                if let Some(change) = self.decide_scale(&name, &inputs, now, now_unix_s) {
+                    awaiting |= change.awaits_measurement;
+                    self.apply(vec![Change::Scale(Box::new(change))], now);
+                }
+                self.take_reports_due(clock, Phase::Decide);
             }
-            self.take_reports_due(clock, Phase::Decide);
         }
         self.awaiting_measurement = awaiting;
     }
