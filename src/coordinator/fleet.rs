@@ -236,7 +236,7 @@ impl Fleet {
         self.take_reports(&mut clock);
         self.publish_routes();
         clock.done(Phase::Routes);
-        self.save_demand();
+        self.save_demand(&mut clock);
         self.flush_new_nodes();
         self.flush_events();
         clock.done(Phase::Store);
@@ -278,7 +278,10 @@ impl Fleet {
     /// last minute in a crash costs the forecast nothing) and no tick saves
     /// them all: 500 models' histories in one go held the fleet task, and
     /// every report queued for it, for most of a second.
-    pub(super) fn save_demand(&mut self) {
+    ///
+    /// A history a day old or more is about a megabyte of JSON: the queued
+    /// reports are taken in between two models' saves.
+    pub(super) fn save_demand(&mut self, clock: &mut super::metrics::PhaseClock) {
         let n = self.models.len();
         if n == 0 {
             return;
@@ -294,16 +297,20 @@ impl Fleet {
             None => Box::new(std::iter::empty()),
         };
         // Past the last model, round to the first again.
-        let batch: Vec<(&str, &crate::coordinator::predict::DemandHistory)> = after
+        let batch: Vec<String> = after
             .chain(self.models.iter())
             .take(share)
-            .map(|(name, m)| (name.as_str(), &m.scaler.demand))
+            .map(|(name, _)| name.clone())
             .collect();
-        let last = batch.last().map(|(name, _)| name.to_string());
-        if let Err(e) = self.store.put_many_demand(&batch) {
-            tracing::warn!(error = %e, "{} models' demand histories not saved", batch.len());
+        for name in batch {
+            if let Some(m) = self.models.get(&name) {
+                if let Err(e) = self.store.put_many_demand(&[(&name, &m.scaler.demand)]) {
+                    tracing::warn!(model = %name, error = %e, "demand history not saved");
+                }
+            }
+            self.demand_saved_last = Some(name);
+            self.take_reports_due(clock, Phase::Store);
         }
-        self.demand_saved_last = last;
     }
 
     /// Saves the nodes first seen since the last tick, in one write. Those

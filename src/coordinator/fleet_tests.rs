@@ -726,13 +726,14 @@ fn demand_histories_are_saved_a_share_per_tick() {
     assert!(share > 1 && share < models, "{share}");
     let saved = |f: &Fleet| f.store.load_demand().unwrap().len();
     assert_eq!(saved(&f), 0);
+    let mut clock = super::metrics::FleetMetrics::process().phases();
     for tick in 1..=models.div_ceil(share) {
-        f.save_demand();
+        f.save_demand(&mut clock);
         assert_eq!(saved(&f), (tick * share).min(models), "after tick {tick}");
     }
     // Round again from the first: nothing saved twice in a row, none missed.
     assert_eq!(f.demand_saved_last.as_deref(), Some("m69"));
-    f.save_demand();
+    f.save_demand(&mut clock);
     assert_eq!(f.demand_saved_last, Some(format!("m{:02}", share - 1)));
     assert_eq!(saved(&f), models);
 }
