@@ -302,7 +302,7 @@ impl Fleet {
 
     /// The scale inputs of a run of `names` from the first, read at once:
     /// all of them, or those read within `budget` after the indexes below
-    /// are built (at least one; and the budget is at least twice the
+    /// are built (at least one; and the budget is at least the
     /// indexes' time, so that runs do not go mostly to building them). A
     /// zero budget reads one.
     pub(super) fn scale_inputs_run(
@@ -323,7 +323,7 @@ impl Fleet {
             if b.is_zero() {
                 Duration::ZERO
             } else {
-                indexed + b.max(indexed * 2)
+                indexed + b.max(indexed)
             }
         });
         let mut out = Vec::new();
