@@ -238,19 +238,6 @@ pub(super) type TickMap<K, V> = foldhash::HashMap<K, V>;
 /// first status a node lists for an id, as a search of its list finds it.
 type Reported<'a> = TickMap<(&'a str, &'a str), (&'a Node, &'a ReplicaStatus)>;
 
-/// [`Reported`] in one pass over the nodes' reports.
-fn reported_on_nodes(nodes: &BTreeMap<String, Node>) -> Reported<'_> {
-    let mut out: Reported<'_> = Reported::default();
-    out.reserve(nodes.len());
-    for n in nodes.values() {
-        for st in &n.replicas {
-            out.entry((n.name.as_str(), st.id.as_str()))
-                .or_insert((n, st));
-        }
-    }
-    out
-}
-
 impl Fleet {
     /// Each node's lifecycle transition since it was last announced.
     pub(super) fn decide_node_states(&self, now: Instant) -> Vec<Change> {
@@ -301,10 +288,8 @@ impl Fleet {
     }
 
     /// The scale inputs of a run of `names` from the first, read at once:
-    /// all of them, or those read within `budget` after the indexes below
-    /// are built (at least one; and the budget is at least the
-    /// indexes' time, so that runs do not go mostly to building them). A
-    /// zero budget reads one.
+    /// all of them, or those read within `budget` (at least one; a zero
+    /// budget reads one).
     pub(super) fn scale_inputs_run(
         &self,
         names: &[String],
@@ -312,28 +297,26 @@ impl Fleet {
         budget: Option<Duration>,
     ) -> Vec<(String, ScaleInputs)> {
         let started = Instant::now();
-        // One pass over the plan for all models, not one per model, and one
-        // over the nodes' reports: a planned replica's status is then a hash
-        // lookup, not a search of the nodes by name and of the node's list.
-        let by_model = plan_by_model(&self.plan);
-        let reported = reported_on_nodes(&self.nodes);
-        let indexed = started.elapsed();
-        // No wait allowed (tests): one model per run.
-        let until = budget.map(|b| {
-            if b.is_zero() {
-                Duration::ZERO
-            } else {
-                indexed + b.max(indexed)
-            }
-        });
         let mut out = Vec::new();
         for name in names {
-            let planned = by_model.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+            // The model's replicas from the plan's index by model, and each
+            // one's status from its node: no pass over the whole plan or
+            // every node, so a run costs what its models hold.
+            let planned: Vec<&PlannedReplica> = self.plan.of_model(name).collect();
+            let mut reported: Reported<'_> = Reported::default();
+            for r in &planned {
+                let Some(node) = self.nodes.get(&r.node) else {
+                    continue;
+                };
+                if let Some(st) = node.replicas.iter().find(|x| x.id == r.id) {
+                    reported.insert((r.node.as_str(), r.id.as_str()), (node, st));
+                }
+            }
             out.push((
                 name.clone(),
-                self.model_inputs(name, planned, &reported, now),
+                self.model_inputs(name, &planned, &reported, now),
             ));
-            if until.is_some_and(|until| started.elapsed() >= until) {
+            if budget.is_some_and(|b| started.elapsed() >= b) {
                 break;
             }
         }

@@ -14,6 +14,8 @@ pub struct ReplicaPlan {
     replicas: BTreeMap<String, PlannedReplica>,
     /// node → ids of the replicas planned there.
     by_node: foldhash::HashMap<String, BTreeSet<String>>,
+    /// model → ids of its planned replicas.
+    by_model: foldhash::HashMap<String, BTreeSet<String>>,
     /// Nodes whose planned replicas changed since `take_touched`.
     touched: BTreeSet<String>,
 }
@@ -31,6 +33,10 @@ impl ReplicaPlan {
         let old = self.remove(&r.id);
         self.by_node
             .entry(r.node.clone())
+            .or_default()
+            .insert(r.id.clone());
+        self.by_model
+            .entry(r.model.clone())
             .or_default()
             .insert(r.id.clone());
         self.touched.insert(r.node.clone());
@@ -76,6 +82,15 @@ impl ReplicaPlan {
             .filter_map(|id| self.replicas.get(id))
     }
 
+    /// The replicas planned for `model`, by id.
+    pub fn of_model<'a>(&'a self, model: &str) -> impl Iterator<Item = &'a PlannedReplica> + 'a {
+        self.by_model
+            .get(model)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.replicas.get(id))
+    }
+
     /// The nodes whose planned replicas changed since the last call.
     pub fn take_touched(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.touched)
@@ -91,6 +106,12 @@ impl ReplicaPlan {
             ids.remove(&r.id);
             if ids.is_empty() {
                 self.by_node.remove(&r.node);
+            }
+        }
+        if let Some(ids) = self.by_model.get_mut(&r.model) {
+            ids.remove(&r.id);
+            if ids.is_empty() {
+                self.by_model.remove(&r.model);
             }
         }
         self.touched.insert(r.node.clone());
@@ -151,5 +172,29 @@ mod tests {
             plan.take_touched().into_iter().collect::<Vec<_>>(),
             ["n1", "n2", "n3"]
         );
+    }
+
+    #[test]
+    fn the_model_index_follows_every_change() {
+        let ids_of = |plan: &ReplicaPlan, model: &str| -> Vec<String> {
+            plan.of_model(model).map(|r| r.id.clone()).collect()
+        };
+        let mut plan = ReplicaPlan::default();
+        plan.insert(replica("a", "n1"));
+        plan.insert(replica("b", "n2"));
+        let mut other = replica("c", "n1");
+        other.model = "o".into();
+        plan.insert(other);
+        assert_eq!(ids_of(&plan, "m"), ["a", "b"]);
+        assert_eq!(ids_of(&plan, "o"), ["c"]);
+        // Moved to another model in place, then gone.
+        assert!(plan.update("b", |r| r.model = "o".into()));
+        assert_eq!(ids_of(&plan, "m"), ["a"]);
+        assert_eq!(ids_of(&plan, "o"), ["b", "c"]);
+        plan.retain(|r| r.model != "o");
+        assert!(ids_of(&plan, "o").is_empty());
+        assert!(plan.remove("a").is_some());
+        assert!(ids_of(&plan, "m").is_empty());
+        assert!(plan.by_model.is_empty());
     }
 }
