@@ -39,6 +39,8 @@ enum Wake {
     Routes,
     Tick,
     EarlyTick,
+    /// Whoever could stop the task let it go: it runs until its inbox closes.
+    Detached,
 }
 
 /// Ticks run ahead of the clock (`Fleet::tick_soon`) at most this often, so
@@ -83,12 +85,10 @@ impl FleetTask {
         std::thread::Builder::new()
             .name("fleet".into())
             .spawn(move || {
-                runtime.block_on(async move {
-                    tokio::select! {
-                        () = fleet.run(rx) => {}
-                        Ok(()) = stopped => {}
-                    }
-                });
+                // The fleet, and its store with it, is dropped (closed
+                // cleanly) before the task counts as ended.
+                runtime.block_on(fleet.run(rx, Some(stopped)));
+                drop(runtime);
                 let _ = ended_tx.send(());
             })?;
         let ended = tokio::spawn(async move {
@@ -103,18 +103,29 @@ impl FleetTask {
         })
     }
 
-    /// Stops the task at its next wait (a tick is finished, not cut) and
-    /// returns once it has stopped.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = (&mut self.ended).await;
+    /// Stops the task at its next wait (a tick is finished, not cut; what
+    /// it has not saved yet is saved, and its store closed) and returns once
+    /// it has stopped.
+    pub async fn stop(self) {
+        let (ended, stop) = self.into_parts();
+        stop.stop();
+        let _ = ended.await;
     }
 
-    /// What ends when the task ends (with a panic when it panicked).
-    pub fn into_join_handle(self) -> tokio::task::JoinHandle<()> {
-        self.ended
+    /// What ends when the task ends (with a panic when it panicked), and
+    /// what stops it.
+    pub fn into_parts(mut self) -> (tokio::task::JoinHandle<()>, FleetStop) {
+        let stop = self.stop.take().expect("a fleet task is stopped once");
+        (self.ended, FleetStop(stop))
+    }
+}
+
+/// Stops a fleet task (`FleetTask::stop`), without waiting for it.
+pub struct FleetStop(oneshot::Sender<()>);
+
+impl FleetStop {
+    pub fn stop(self) {
+        let _ = self.0.send(());
     }
 }
 
@@ -144,7 +155,9 @@ impl Fleet {
         Ok((FleetHandle::routed(route), task))
     }
 
-    async fn run(mut self, rx: mpsc::Receiver<Command>) {
+    /// The loop; it ends when `stop` says so or every sender of `rx` is
+    /// gone (a dropped `stop` stops nothing).
+    async fn run(mut self, rx: mpsc::Receiver<Command>, mut stop: Option<oneshot::Receiver<()>>) {
         let mut tick = tokio::time::interval(self.settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.inbox = Some(rx);
@@ -167,8 +180,13 @@ impl Fleet {
                 _ = tokio::time::sleep_until(routes_due.unwrap_or_else(tokio::time::Instant::now)), if routes_due.is_some() => Wake::Routes,
                 _ = tick.tick() => Wake::Tick,
                 _ = tokio::time::sleep_until(early.unwrap_or_else(tokio::time::Instant::now)), if early.is_some() => Wake::EarlyTick,
+                told = async { stop.as_mut().expect("checked").await }, if stop.is_some() => match told {
+                    Ok(()) => break,
+                    Err(_) => Wake::Detached,
+                },
             };
             match wake {
+                Wake::Detached => stop = None,
                 Wake::Command(cmd) => self.handle(cmd),
                 Wake::Routes => self.publish_routes(),
                 Wake::Tick => self.run_tick(),
@@ -276,11 +294,11 @@ impl Fleet {
     /// Saves a share of the models' demand histories each tick, in turn, so
     /// that each is saved about once per `DEMAND_SAVE_EVERY` (losing the
     /// last minute in a crash costs the forecast nothing) and no tick saves
-    /// them all: 500 models' histories in one go held the fleet task, and
-    /// every report queued for it, for most of a second.
-    ///
-    /// A history a day old or more is about a megabyte of JSON: the queued
-    /// reports are taken in between two models' saves.
+    /// them all: 500 models' histories in one go, one durable write each,
+    /// held the fleet task, and every report queued for it, for most of a
+    /// second. The share is one durable write (a write without an fsync of
+    /// its own would leave the store to be repaired at the next start, and
+    /// a store damaged elsewhere could then not be opened at all).
     pub(super) fn save_demand(&mut self, clock: &mut super::metrics::PhaseClock) {
         let n = self.models.len();
         if n == 0 {
@@ -302,15 +320,15 @@ impl Fleet {
             .take(share)
             .map(|(name, _)| name.clone())
             .collect();
-        for name in batch {
-            if let Some(m) = self.models.get(&name) {
-                if let Err(e) = self.store.put_many_demand(&[(&name, &m.scaler.demand)]) {
-                    tracing::warn!(model = %name, error = %e, "demand history not saved");
-                }
-            }
-            self.demand_saved_last = Some(name);
-            self.take_reports_due(clock, Phase::Store);
+        let histories: Vec<(&str, &crate::coordinator::predict::DemandHistory)> = batch
+            .iter()
+            .filter_map(|name| Some((name.as_str(), &self.models.get(name)?.scaler.demand)))
+            .collect();
+        if let Err(e) = self.store.put_many_demand(&histories) {
+            tracing::warn!(error = %e, "{} models' demand histories not saved", batch.len());
         }
+        self.demand_saved_last = batch.last().cloned();
+        self.take_reports_due(clock, Phase::Store);
     }
 
     /// Saves the nodes first seen since the last tick, in one write. Those

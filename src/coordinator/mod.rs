@@ -82,7 +82,7 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let (fleet, mut fleet_task, store_health, ha) = match &cfg.store {
+    let (fleet, mut fleet_task, fleet_stop, store_health, ha) = match &cfg.store {
         StoreBackend::Redb => {
             let store = store::RedbStore::open(&cfg.data_dir)?;
             let store_health = store.health();
@@ -93,7 +93,8 @@ pub async fn run(
             }
             let (fleet, task) = Fleet::spawn(settings, Box::new(store))
                 .map_err(|e| anyhow::anyhow!("cannot load the fleet state: {e}"))?;
-            (fleet, task.into_join_handle(), store_health, None)
+            let (ended, stop) = task.into_parts();
+            (fleet, ended, Some(stop), store_health, None)
         }
         StoreBackend::Etcd(etcd) => {
             let l = leading::start(settings, (**etcd).clone(), stopped(stop_rx.clone())).await?;
@@ -106,6 +107,7 @@ pub async fn run(
             (
                 l.fleet,
                 l.election,
+                None,
                 tokio::sync::watch::channel(None).1,
                 Some(ha),
             )
@@ -182,10 +184,14 @@ pub async fn run(
     crate::notify::stopping();
     drop(status_task);
     let _ = stop_tx.send(true);
-    if ha.is_some() {
-        // The election resigns and revokes its lease: a follower leads now.
-        let _ = tokio::time::timeout(Duration::from_secs(2), fleet_task).await;
+    if let Some(stop) = fleet_stop {
+        // The fleet task saves what it holds and closes the store, so the
+        // next start opens it without a repair.
+        stop.stop();
     }
+    // With several coordinators the election resigns (its fleet task stops
+    // the same way) and revokes its lease: a follower leads now.
+    let _ = tokio::time::timeout(Duration::from_secs(2), fleet_task).await;
     // Agent sessions are endless streams: give them a moment, then go.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = grpc_task.await;

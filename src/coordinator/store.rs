@@ -607,10 +607,7 @@ impl Store for RedbStore {
             return Ok(());
         }
         self.with_db("write", true, |db| {
-            let mut tx = db.begin_write()?;
-            // History for the forecast, saved again within a minute: like
-            // events, not worth an fsync of its own.
-            tx.set_durability(redb::Durability::Eventual);
+            let tx = db.begin_write()?;
             {
                 let mut t = tx.open_table(DEMAND)?;
                 for (model, history) in histories {
