@@ -303,15 +303,7 @@ impl Fleet {
             // one's status from its node: no pass over the whole plan or
             // every node, so a run costs what its models hold.
             let planned: Vec<&PlannedReplica> = self.plan.of_model(name).collect();
-            let mut reported: Reported<'_> = Reported::default();
-            for r in &planned {
-                let Some(node) = self.nodes.get(&r.node) else {
-                    continue;
-                };
-                if let Some(st) = node.replicas.iter().find(|x| x.id == r.id) {
-                    reported.insert((r.node.as_str(), r.id.as_str()), (node, st));
-                }
-            }
+            let reported = self.reported_of(&planned);
             out.push((
                 name.clone(),
                 self.model_inputs(name, &planned, &reported, now),
@@ -353,9 +345,23 @@ impl Fleet {
         }
     }
 
-    /// `scale_inputs` as it was computed before the lookups were indexed:
-    /// per model a pass over the whole plan, per replica its node found by
-    /// name. Tests compare the two at every tick.
+    /// What the nodes of `planned` report of each: its node looked up by
+    /// name, the first status its list gives for the id.
+    fn reported_of<'a>(&'a self, planned: &[&'a PlannedReplica]) -> Reported<'a> {
+        let mut reported: Reported<'a> = Reported::default();
+        for r in planned {
+            let Some(node) = self.nodes.get(&r.node) else {
+                continue;
+            };
+            if let Some(st) = node.replicas.iter().find(|x| x.id == r.id) {
+                reported.insert((r.node.as_str(), r.id.as_str()), (node, st));
+            }
+        }
+        reported
+    }
+
+    /// `scale_inputs` without the plan's index by model: per model a pass
+    /// over the whole plan. Tests compare the two at every tick.
     #[cfg(test)]
     pub(super) fn scale_inputs_by_scan(&self, now: Instant) -> Vec<(String, ScaleInputs)> {
         self.models
@@ -363,15 +369,7 @@ impl Fleet {
             .map(|name| {
                 let planned: Vec<&PlannedReplica> =
                     self.plan.values().filter(|r| &r.model == name).collect();
-                let mut reported: Reported<'_> = Reported::default();
-                for r in &planned {
-                    let Some(node) = self.nodes.get(&r.node) else {
-                        continue;
-                    };
-                    if let Some(st) = node.replicas.iter().find(|x| x.id == r.id) {
-                        reported.insert((r.node.as_str(), r.id.as_str()), (node, st));
-                    }
-                }
+                let reported = self.reported_of(&planned);
                 (
                     name.clone(),
                     self.model_inputs(name, &planned, &reported, now),
