@@ -254,9 +254,12 @@ impl Fleet {
         self.take_reports(&mut clock);
         self.publish_routes();
         clock.done(Phase::Routes);
-        self.save_demand(&mut clock);
         self.flush_new_nodes();
         self.flush_events();
+        // Last, and durable: it makes the tick's events (written without an
+        // fsync) durable too, so a crash after the tick leaves nothing for
+        // the next start to repair.
+        self.save_demand(&mut clock);
         clock.done(Phase::Store);
         clock.finish();
     }
