@@ -38,16 +38,49 @@ if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd-container debootstrap >/dev/null ||
         fail "apt-get install systemd-container debootstrap failed"
 fi
-if [[ ! -x $ROOTFS/usr/lib/systemd/systemd ]]; then
+# Anything mounted below a directory (a debootstrap or a container that was
+# killed leaves /proc mounted there) is unmounted before the directory is
+# copied or removed: `rm -rf` cannot remove a mounted /proc, and `cp -a` would
+# copy the host's.
+unmount_below() {
+    local dir=$1 mounts
+    mounts=$(awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+    for m in $mounts; do umount -l "$m" 2>/dev/null || umount -lf "$m" || fail "cannot unmount $m"; done
+}
+remove_tree() {
+    unmount_below "$1"
+    rm -rf "$1" || fail "cannot remove $1"
+}
+
+# One run at a time makes or uses the base: two checks at once would remove
+# each other's trees.
+exec {lock}>"$ROOTFS.lock"
+flock -w 1800 "$lock" || fail "another systemd check holds $ROOTFS.lock"
+
+# The base is made in a side directory and moved into place only when
+# debootstrap finished, so an interrupted run never leaves a half-made base
+# that a later run would take for whole.
+done_mark=$ROOTFS/.gpufleet-base-complete
+if [[ ! -e $done_mark ]]; then
     step "debootstrap of a minimal Debian into $ROOTFS (a few minutes, once)"
-    rm -rf "$ROOTFS"
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$ROOTFS" "$MIRROR" \
-        >"$ROOTFS.log" 2>&1 || fail "debootstrap failed; see $ROOTFS.log"
+    partial=$ROOTFS.partial
+    remove_tree "$partial"
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$partial" "$MIRROR" \
+        >"$ROOTFS.log" 2>&1 || {
+        remove_tree "$partial"
+        fail "debootstrap failed; see $ROOTFS.log"
+    }
+    unmount_below "$partial"
+    [[ -x $partial/usr/lib/systemd/systemd ]] || fail "debootstrap made no systemd; see $ROOTFS.log"
+    touch "$partial/.gpufleet-base-complete"
+    remove_tree "$ROOTFS"
+    mv "$partial" "$ROOTFS"
 fi
+unmount_below "$ROOTFS"
 # Every run boots a fresh copy of the never-booted base: nothing an earlier
 # run installed or changed is there.
 run_root=$ROOTFS.run
-rm -rf "$run_root"
+remove_tree "$run_root"
 cp -a "$ROOTFS" "$run_root"
 cp "$deb" "$run_root/root/gpufleet.deb"
 
@@ -58,7 +91,7 @@ cleanup() {
     kill "$nspawn" 2>/dev/null || true
     wait "$nspawn" 2>/dev/null || true
     rm -f "$log"
-    rm -rf "$run_root"
+    remove_tree "$run_root"
 }
 trap cleanup EXIT
 
