@@ -24,6 +24,11 @@
 #            TOKEN_TIME (1ms) is how long the replica takes per request: the
 #            default is the worst case for a proxy; a longer one is nearer
 #            an engine, whose requests take milliseconds to seconds.
+#            NGINX=1 also puts nginx (one worker per CPU, kept-alive upstream
+#            connections, access log off) in front of the same replica and
+#            measures it in the same rotation: the proxy an operator would
+#            otherwise put there, for what any HTTP proxy costs on this
+#            machine. Its CPU per request counts master and workers.
 # step       the autoscaling reaction as benches/autoscale.sh measures it
 #            (tick 1s, report_interval 1s, scrape_interval 500ms; min 1,
 #            max 4, target 4 ongoing, max_concurrency 4): a step from 0 to
@@ -62,10 +67,12 @@ PIN=${PIN:-0}
 BASELINE=${BASELINE:-}
 GATEWAY_THREADS=${GATEWAY_THREADS:-}
 TOKEN_TIME=${TOKEN_TIME:-1ms}
+NGINX=${NGINX:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 . benches/lib.sh
 
 case " $PARTS " in *" overhead "*) need wrk ;; esac
+[ "$NGINX" != 1 ] || need nginx
 work=$(mktemp -d /var/tmp/gpufleet-gateway.XXXXXX)
 touch "$work/pids"
 trap 'end_fleet "$work"' EXIT
@@ -75,7 +82,7 @@ cp "$CARGO_TARGET_DIR/release/gpufleet" "$work/gpufleet"
 head -c $((8 << 20)) /dev/urandom >"$work/weights.bin"
 
 PYTHONPATH="$root/benches" python3 - "$work" "$RUNS" "$PARTS" "$RPS_LOW" "$RPS_HIGH" "$RPS_STEP" "$LOAD_FOR" \
-    "$TRICKLE" "$BURST" "$ZERO_INIT" "$CONNS" "$PIN" "$BASELINE" "$GATEWAY_THREADS" "$TOKEN_TIME" <<'PY'
+    "$TRICKLE" "$BURST" "$ZERO_INIT" "$CONNS" "$PIN" "$BASELINE" "$GATEWAY_THREADS" "$TOKEN_TIME" "$NGINX" <<'PY'
 import json, os, re, statistics, subprocess, sys, threading, time, urllib.request
 from fleet import Fleet, spawn, free_port, gateway_replicas, stream_completion, wait_for as wait
 
@@ -85,6 +92,7 @@ trickle, burst, zero_init = float(sys.argv[8]), int(sys.argv[9]), sys.argv[10]
 conns, pin = int(sys.argv[11]), sys.argv[12] == "1"
 baseline, gateway_threads = sys.argv[13] != "", sys.argv[14]
 token_time = sys.argv[15]
+with_nginx = sys.argv[16] == "1"
 # With PIN: the load generator (and the replica) on CPU 0, the gateway on CPU 1.
 on_cpu0 = ["taskset", "-c", "0"] if pin else []
 binary, pidfile, weights = f"{work}/gpufleet", f"{work}/pids", f"{work}/weights.bin"
@@ -98,6 +106,47 @@ def gateway(fleet, d, exe=binary, name="gateway"):
     p = spawn(pidfile, [*threads, exe, "gateway", "--config", f"{d}/{name}.toml"], f"{d}/{name}.log")
     gateway.pids = getattr(gateway, "pids", []) + [p.pid]
     return port
+
+def nginx(d, replica_port):
+    """nginx as a reverse proxy in front of the replica, as an operator would
+    set it up for throughput: a worker per CPU, kept-alive upstream
+    connections, no access log. Returns its port."""
+    port = free_port()
+    os.makedirs(f"{d}/nginx", exist_ok=True)
+    with open(f"{d}/nginx/nginx.conf", "w") as f:
+        f.write(f"""user root;
+worker_processes auto;
+daemon off;
+pid {d}/nginx/nginx.pid;
+error_log {d}/nginx/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/nginx/body;
+    proxy_temp_path {d}/nginx/proxy;
+    upstream replica {{ server 127.0.0.1:{replica_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://replica;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+""")
+    spawn(pidfile, ["nginx", "-p", f"{d}/nginx", "-c", f"{d}/nginx/nginx.conf"], f"{d}/nginx/out.log")
+    wait("nginx", lambda: len(nginx_pids(d)) > 1)
+    return port
+
+def nginx_pids(d):
+    """nginx's master and its workers."""
+    try:
+        master = open(f"{d}/nginx/nginx.pid").read().strip()
+    except OSError:
+        return []
+    workers = subprocess.run(["pgrep", "-P", master], capture_output=True, text=True).stdout.split()
+    return [master, *workers]
 
 def end_run():
     for p in open(pidfile).read().split():
@@ -129,6 +178,7 @@ if "overhead" in parts:
     base_port = gateway(fleet, d, f"{work}/gpufleet-baseline", "baseline") if baseline else None
     rep = wait("a ready replica", lambda: [x for x in (fleet.cli("replica", "ls") or []) if x.get("state") == "ready"])
     direct = f"http://127.0.0.1:{rep[0]['port']}"
+    nginx_port = nginx(d, rep[0]["port"]) if with_nginx else None
     for p in (port, base_port):
         if p:
             wait("the replica at the gateway", lambda: gateway_replicas(p))
@@ -141,7 +191,8 @@ if "overhead" in parts:
                 return b""
         pids = [p for p in os.listdir("/proc") if p.isdigit() and cmdline(p).startswith(server)]
         assert pids, "the replica's process was not found"
-        for p, cpu in [(p, "0") for p in pids] + [(str(g), "1") for g in gateway.pids]:
+        proxies = gateway.pids + (nginx_pids(d) if nginx_port else [])
+        for p, cpu in [(p, "0") for p in pids] + [(str(g), "1") for g in proxies]:
             subprocess.run(["taskset", "-a", "-p", "-c", cpu, p], check=True, capture_output=True)
     rows = []
     for rps in [r for r in (rps_low, rps_high) if r != "0"]:
@@ -162,7 +213,14 @@ if "overhead" in parts:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     def wrk(url, pid):
-        before = cpu_s(pid) if pid else None
+        # pid: one process, or a function giving the processes to count.
+        if callable(pid):
+            procs = pid
+            pid = None
+            before = sum(cpu_s(p) for p in procs())
+        else:
+            procs = None
+            before = cpu_s(pid) if pid else None
         out = subprocess.run([*on_cpu0, "wrk", "-t", "1", "-c", str(conns), "-d", f"{load_for}s", "--latency",
                               "-s", f"{d}/post.lua", f"{url}/v1/completions"],
                              capture_output=True, text=True, check=True).stdout
@@ -170,11 +228,16 @@ if "overhead" in parts:
         done = int(re.search(r"(\d+) requests in", out).group(1))
         # The gateway's CPU time per request: robust to the machine's other
         # load, which moves requests/s far more.
-        us = (cpu_s(pid) - before) / done * 1e6 if pid and done else None
+        if procs:
+            us = (sum(cpu_s(p) for p in procs()) - before) / done * 1e6 if done else None
+        else:
+            us = (cpu_s(pid) - before) / done * 1e6 if pid and done else None
         return (float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)), int(errors.group(1)) if errors else 0, us)
     targets = {"direct": (direct, None), "gateway": (f"http://127.0.0.1:{port}", gateway.pids[0])}
     if base_port:
         targets["baseline"] = (f"http://127.0.0.1:{base_port}", gateway.pids[1])
+    if nginx_port:
+        targets["nginx"] = (f"http://127.0.0.1:{nginx_port}", lambda: nginx_pids(d))
     sat = {path: [] for path in targets}
     order = list(targets)
     for n in range(runs):
@@ -199,10 +262,12 @@ if "overhead" in parts:
         print(f"| {path} | {med(r[0] for r in rs):.0f} | {', '.join(f'{r[0]:.0f}' for r in rs)} | {sum(r[1] for r in rs)} | "
               f"{'' if us is None else f'{us:.1f}'} |")
     print(f"\ngateway / direct: {med(r[0] for r in sat['gateway']) / med(r[0] for r in sat['direct']):.2f}")
-    if base_port:
-        print(f"baseline / direct: {med(r[0] for r in sat['baseline']) / med(r[0] for r in sat['direct']):.2f}")
+    others = [p for p in ("baseline", "nginx") if p in sat]
+    for path in others:
+        print(f"{path} / direct: {med(r[0] for r in sat[path]) / med(r[0] for r in sat['direct']):.2f}")
+    if others:
         # Per run, against the direct run next to it: robust to drift.
-        for path in ("gateway", "baseline"):
+        for path in ("gateway", *others):
             ratios = [g[0] / d[0] for g, d in zip(sat[path], sat["direct"])]
             print(f"{path} / direct per run: {', '.join(f'{r:.2f}' for r in ratios)} (median {med(ratios):.2f})")
 
