@@ -363,3 +363,78 @@ fn a_ttft_slo_keeps_slots_free_for_the_load() {
         "a TTFT SLO under the service time is not impossible: {ups:?}"
     );
 }
+
+/// A model's demand history as the stopped coordinator's store holds it,
+/// and the keys of the store's demand table.
+fn saved_demand(
+    h: &Harness,
+    name: &str,
+) -> (gpufleet::coordinator::predict::DemandHistory, Vec<String>) {
+    use gpufleet::coordinator::store::{RedbStore, Store};
+    use redb::ReadableTable;
+    let data = h.path("coordinator-data");
+    let keys = {
+        let db = redb::Database::open(data.join("gpufleet.redb")).unwrap();
+        let tx = db.begin_read().unwrap();
+        let table = tx
+            .open_table(redb::TableDefinition::<&str, &[u8]>::new("demand"))
+            .unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|row| row.unwrap().0.value().to_string())
+            .collect()
+    };
+    let history = RedbStore::open(&data)
+        .unwrap()
+        .load_demand()
+        .unwrap()
+        .into_iter()
+        .find(|(m, _)| m == name)
+        .unwrap_or_else(|| panic!("no demand history of {name} saved"))
+        .1;
+    (history, keys)
+}
+
+/// The fine buckets' start times of a history.
+fn bucket_starts(history: &gpufleet::coordinator::predict::DemandHistory) -> Vec<i64> {
+    history.stored()[0].1.iter().map(|b| b.start()).collect()
+}
+
+#[test]
+fn demand_history_is_saved_in_chunks_and_survives_a_coordinator_restart() {
+    let h = Harness::new();
+    let (mut c, _a) = h.one_node_fleet(2, "");
+    apply(&h, "steady", "min_replicas = 1\nmax_replicas = 1");
+    let recording = |h: &Harness| {
+        wait_until(Duration::from_secs(30), "demand recorded", || {
+            let ready = model(h, "steady")?["ready_replicas"] == 1;
+            let e = h.try_json(&["explain", "steady"])?;
+            (ready && !e["signals"].as_array()?.is_empty()).then_some(())
+        });
+        // A few ticks more: with one model, each tick saves its history.
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    recording(&h);
+    assert_eq!(c.stop(Duration::from_secs(10)), Some(0));
+    let (before, keys) = saved_demand(&h, "steady");
+    assert!(!bucket_starts(&before).is_empty());
+    assert!(
+        keys.iter().any(|k| k.starts_with("steady/fine/"))
+            && keys.iter().any(|k| k.starts_with("steady/coarse/"))
+            && keys.iter().all(|k| k.starts_with("steady/")),
+        "{keys:?}"
+    );
+
+    let mut c = h.coordinator("");
+    recording(&h);
+    assert_eq!(c.stop(Duration::from_secs(10)), Some(0));
+    let (after, _) = saved_demand(&h, "steady");
+    assert_ne!(after, before, "demand recorded after the restart was saved");
+    let kept = bucket_starts(&after);
+    assert!(
+        bucket_starts(&before).iter().all(|s| kept.contains(s)),
+        "the history from before the restart is kept: {:?} then {kept:?}",
+        bucket_starts(&before)
+    );
+}

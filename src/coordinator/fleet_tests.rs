@@ -720,6 +720,10 @@ fn demand_histories_are_saved_a_share_per_tick() {
         ))
         .unwrap();
     }
+    // An empty history is nothing to store: give each some demand.
+    for m in f.models.values_mut() {
+        m.scaler.demand.record(1_700_000_000, 1.0, 1.0);
+    }
     let ticks =
         (super::fleet::DEMAND_SAVE_EVERY.as_secs_f64() / settings().tick.as_secs_f64()) as usize;
     let share = models.div_ceil(ticks);

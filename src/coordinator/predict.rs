@@ -43,9 +43,10 @@ const PERIOD_WEIGHT: f64 = 0.6;
 
 mod period;
 
-/// One bucket's sums; `samples == 0` is an empty slot.
+/// One bucket's sums; `samples == 0` is an empty slot. Public as the
+/// store keeps it, in pieces (`DemandHistory::stored`).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-struct Bucket {
+pub struct Bucket {
     start: i64,
     ongoing_sum: f64,
     rps_sum: f64,
@@ -59,7 +60,22 @@ struct Demand {
     rps: f64,
 }
 
+/// Bitwise, so that the store can tell a changed bucket from its hash.
+impl std::hash::Hash for Bucket {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.start.hash(state);
+        self.ongoing_sum.to_bits().hash(state);
+        self.rps_sum.to_bits().hash(state);
+        self.samples.hash(state);
+    }
+}
+
 impl Bucket {
+    /// Unix seconds at which the bucket begins.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
     fn mean(&self) -> Option<Demand> {
         (self.samples > 0).then(|| Demand {
             ongoing: self.ongoing_sum / f64::from(self.samples),
@@ -197,14 +213,7 @@ impl From<DemandHistory> for StoredHistory {
 
 impl From<StoredHistory> for DemandHistory {
     fn from(s: StoredHistory) -> Self {
-        let mut h = DemandHistory::new();
-        for b in s.fine {
-            h.fine.restore(b);
-        }
-        for b in s.coarse {
-            h.coarse.restore(b);
-        }
-        h
+        DemandHistory::from_stored(s.fine, s.coarse)
     }
 }
 
@@ -230,6 +239,31 @@ impl DemandHistory {
             coarse: Ring::new(COARSE_BUCKET_S, COARSE_BUCKETS),
             period: None,
         }
+    }
+
+    /// The filled buckets, as the store keeps them: the fine ring's, then
+    /// the coarse ring's, in slot order.
+    pub fn stored(&self) -> [(&'static str, Vec<&Bucket>); 2] {
+        [
+            ("fine", self.fine.filled().collect()),
+            ("coarse", self.coarse.filled().collect()),
+        ]
+    }
+
+    /// A history from stored buckets, in any order: of two for one slot,
+    /// the newer stays; broken ones are left out.
+    pub fn from_stored(
+        fine: impl IntoIterator<Item = Bucket>,
+        coarse: impl IntoIterator<Item = Bucket>,
+    ) -> DemandHistory {
+        let mut h = DemandHistory::new();
+        for b in fine {
+            h.fine.restore(b);
+        }
+        for b in coarse {
+            h.coarse.restore(b);
+        }
+        h
     }
 
     /// Records one observation of the model's demand (once per tick is

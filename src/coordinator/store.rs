@@ -10,6 +10,7 @@
 //! again at the next write, so the coordinator recovers once space returns.
 
 mod backup;
+mod demand;
 pub mod etcd;
 mod record;
 
@@ -30,6 +31,10 @@ pub use record::RecordProblem;
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 const NODE_FLAGS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_flags");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Demand history: chunks under `<model>/fine/<hour>` and
+/// `<model>/coarse/<day>` (`demand.rs`), and, in a store written before
+/// chunking, a model's whole history under `<model>` until its next save.
+/// One table for both, so the upgrade and a backup need nothing of their own.
 const DEMAND: TableDefinition<&str, &[u8]> = TableDefinition::new("demand");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const ASSIGNMENT_KEY: &str = "assignment-hmac-sha256";
@@ -168,6 +173,12 @@ pub struct RedbStore {
     db: Mutex<Option<Database>>,
     /// Why writes fail now (None while they work), for `/healthz`.
     degraded: tokio::sync::watch::Sender<Option<String>>,
+    /// What each model's demand chunks hold in the file, so a save writes
+    /// only the chunks that changed.
+    demand_written: Mutex<demand::Written>,
+    /// Demand chunks and their bytes written since the store opened.
+    demand_chunks_put: std::sync::atomic::AtomicU64,
+    demand_bytes_put: std::sync::atomic::AtomicU64,
 }
 
 /// Runs redb code that may panic on a damaged file, turning the panic into
@@ -326,11 +337,24 @@ impl RedbStore {
             open,
             db: Mutex::new(Some(db)),
             degraded: tokio::sync::watch::Sender::new(None),
+            demand_written: Mutex::new(demand::Written::default()),
+            demand_chunks_put: Default::default(),
+            demand_bytes_put: Default::default(),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Demand chunks written since the store opened, and their bytes.
+    #[cfg(test)]
+    fn demand_put(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.demand_chunks_put.load(Relaxed),
+            self.demand_bytes_put.load(Relaxed),
+        )
     }
 
     /// Follows whether the store can write: None, or why not.
@@ -591,33 +615,115 @@ impl Store for RedbStore {
     }
 
     fn load_demand(&self) -> Result<Vec<(String, DemandHistory)>, StoreError> {
-        Ok(usable("demand history", self.load_json(DEMAND)?))
+        let rows = self.with_db("read", false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(DEMAND)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })?;
+        let (histories, written) = demand::load(rows);
+        *self
+            .demand_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = written;
+        Ok(histories)
     }
 
     fn put_demand(&self, model: &str, history: &DemandHistory) -> Result<(), StoreError> {
-        self.put_json(DEMAND, model, history)
+        self.put_many_demand(&[(model, history)])
     }
 
-    fn delete_demand(&self, model: &str) -> Result<(), StoreError> {
-        self.remove(DEMAND, model)
-    }
-
+    /// Only the chunks that changed are written, the ones the histories no
+    /// longer have deleted, all in one durable transaction. A model whose
+    /// stored chunks are not known yet (saved before `load_demand`, or
+    /// kept whole by an older coordinator) has them read first, and its
+    /// whole record is replaced by chunks.
     fn put_many_demand(&self, histories: &[(&str, &DemandHistory)]) -> Result<(), StoreError> {
         if histories.is_empty() {
             return Ok(());
         }
+        let chunks: Vec<(&str, demand::Chunks)> = histories
+            .iter()
+            .map(|(model, history)| (*model, demand::Chunks::of(history)))
+            .collect();
+        let mut written = self
+            .demand_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (puts, bytes) = self.with_db("write", true, |db| {
+            let tx = db.begin_write()?;
+            let (mut puts, mut bytes) = (0u64, 0u64);
+            let mut deletes = 0;
+            {
+                let mut t = tx.open_table(DEMAND)?;
+                let mut read = demand::Written::default();
+                for (model, now) in &chunks {
+                    let known = if written.knows(model) {
+                        &*written
+                    } else {
+                        read.know(model);
+                        let (from, to) = demand::key_range(model);
+                        for row in t.range(from.as_str()..to.as_str())? {
+                            let (k, v) = row?;
+                            if let Some((_, suffix)) = demand::split(k.value()) {
+                                read.note_record(model, suffix, v.value());
+                            }
+                        }
+                        deletes += u64::from(t.remove(*model)?.is_some());
+                        &read
+                    };
+                    let changes = known.changes(model, now);
+                    for suffix in &changes.put {
+                        let stored = now.record(suffix).map_err(Fail::Other)?;
+                        t.insert(demand::key(model, suffix).as_str(), stored.as_slice())?;
+                        puts += 1;
+                        bytes += stored.len() as u64;
+                    }
+                    for suffix in &changes.delete {
+                        t.remove(demand::key(model, suffix).as_str())?;
+                        deletes += 1;
+                    }
+                }
+            }
+            if puts + deletes == 0 {
+                // Nothing changed: no commit, so no fsync either.
+                tx.abort()?;
+            } else {
+                tx.commit()?;
+            }
+            Ok((puts, bytes))
+        })?;
+        for (model, now) in &chunks {
+            written.saved(model, now);
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.demand_chunks_put.fetch_add(puts, Relaxed);
+        self.demand_bytes_put.fetch_add(bytes, Relaxed);
+        Ok(())
+    }
+
+    fn delete_demand(&self, model: &str) -> Result<(), StoreError> {
+        let mut written = self
+            .demand_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         self.with_db("write", true, |db| {
             let tx = db.begin_write()?;
             {
                 let mut t = tx.open_table(DEMAND)?;
-                for (model, history) in histories {
-                    let bytes = record::encode(&serde_json::to_vec(history)?);
-                    t.insert(*model, bytes.as_slice())?;
-                }
+                let (from, to) = demand::key_range(model);
+                t.retain_in(from.as_str()..to.as_str(), |_, _| false)?;
+                t.remove(model)?;
             }
             tx.commit()?;
             Ok(())
-        })
+        })?;
+        written.forget(model);
+        Ok(())
     }
 
     fn assignment_key(&self) -> Result<Vec<u8>, StoreError> {
@@ -778,6 +884,262 @@ mod tests {
         assert!(f.expected_ongoing > 0.0, "{f:?}");
         s.delete_demand("m").unwrap();
         assert!(s.load_demand().unwrap().is_empty());
+    }
+
+    /// A history with `hours` of demand recorded every 10 s from `from`.
+    pub(super) fn recorded(from: i64, hours: i64) -> DemandHistory {
+        let mut h = DemandHistory::new();
+        for t in (0..hours * 3600).step_by(10) {
+            h.record(from + t, 1.0 + (t % 7) as f64, 2.0);
+        }
+        h
+    }
+
+    /// An hour-aligned time, so a history's chunks are easy to count.
+    const T0: i64 = 1_699_920_000;
+
+    /// The demand table's keys, in order.
+    fn demand_keys(s: &RedbStore) -> Vec<String> {
+        s.with_db("read", false, |db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(DEMAND)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                out.push(row?.0.value().to_string());
+            }
+            Ok(out)
+        })
+        .unwrap()
+    }
+
+    /// The demand histories of the store in `dir`, opened afresh.
+    fn reloaded(dir: &Path) -> Vec<(String, DemandHistory)> {
+        RedbStore::open(dir).unwrap().load_demand().unwrap()
+    }
+
+    /// Writes `history` whole under `model`, as stores before chunking did.
+    fn put_whole(s: &RedbStore, model: &str, history: &DemandHistory) {
+        s.put_json(DEMAND, model, history).unwrap();
+    }
+
+    #[test]
+    fn a_day_old_history_is_stored_in_chunks_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = recorded(T0, 26);
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            s.put_many_demand(&[("llama", &h), ("mistral-7b", &recorded(T0, 1))])
+                .unwrap();
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        let loaded = s.load_demand().unwrap();
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded[0], ("llama".to_string(), h.clone()));
+        let keys = demand_keys(&s);
+        let llama: Vec<&String> = keys.iter().filter(|k| k.starts_with("llama/")).collect();
+        // A day of fine buckets (24 hours), two days of coarse ones.
+        assert_eq!(
+            llama
+                .iter()
+                .filter(|k| k.starts_with("llama/fine/"))
+                .count(),
+            24
+        );
+        assert_eq!(
+            llama
+                .iter()
+                .filter(|k| k.starts_with("llama/coarse/"))
+                .count(),
+            2
+        );
+        assert_eq!(keys.len(), llama.len() + 2, "{keys:?}");
+        // Saving what was loaded writes nothing: the store knows its chunks.
+        s.put_demand("llama", &h).unwrap();
+        assert_eq!(s.demand_put(), (0, 0));
+    }
+
+    #[test]
+    fn a_second_save_writes_only_the_chunks_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let mut h = recorded(T0, 5);
+        s.put_many_demand(&[("m", &h)]).unwrap();
+        let (chunks, bytes) = s.demand_put();
+        assert_eq!(chunks, 5 + 1, "five hours of fine buckets, a day of coarse");
+        let before = demand_keys(&s);
+
+        h.record(T0 + 5 * 3600 - 5, 9.0, 9.0);
+        s.put_many_demand(&[("m", &h)]).unwrap();
+        let (chunks2, bytes2) = s.demand_put();
+        assert_eq!(chunks2 - chunks, 2, "the last hour's chunk and the day's");
+        assert!(
+            (bytes2 - bytes) * 2 < bytes,
+            "{} of {bytes} bytes rewritten",
+            bytes2 - bytes
+        );
+        assert_eq!(demand_keys(&s), before);
+
+        s.put_demand("m", &h).unwrap();
+        assert_eq!(s.demand_put(), (chunks2, bytes2), "nothing changed");
+        drop(s);
+        assert_eq!(reloaded(dir.path()), vec![("m".to_string(), h)]);
+    }
+
+    #[test]
+    fn chunks_that_aged_out_of_the_history_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let mut h = recorded(T0, 3);
+        s.put_demand("m", &h).unwrap();
+        let first_hour = format!("m/fine/{T0}");
+        assert!(demand_keys(&s).contains(&first_hour));
+        // A day and more later: the first hours' fine buckets are reused.
+        for t in (3 * 3600..27 * 3600).step_by(10) {
+            h.record(T0 + t, 1.0, 1.0);
+        }
+        s.put_demand("m", &h).unwrap();
+        let keys = demand_keys(&s);
+        assert!(!keys.contains(&first_hour), "{keys:?}");
+        assert_eq!(
+            keys.iter().filter(|k| k.starts_with("m/fine/")).count(),
+            24,
+            "{keys:?}"
+        );
+        drop(s);
+        assert_eq!(reloaded(dir.path()), vec![("m".to_string(), h)]);
+    }
+
+    #[test]
+    fn a_whole_history_from_before_chunks_is_read_and_converted_at_its_next_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, older) = (recorded(T0, 3), recorded(T0, 2));
+        {
+            let s = RedbStore::open(dir.path()).unwrap();
+            put_whole(&s, "m", &old);
+            put_whole(&s, "n", &older);
+        }
+        let s = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.load_demand().unwrap(),
+            vec![
+                ("m".to_string(), old.clone()),
+                ("n".to_string(), older.clone())
+            ]
+        );
+        let mut newer = old.clone();
+        newer.record(T0 + 3 * 3600, 4.0, 4.0);
+        s.put_many_demand(&[("m", &newer)]).unwrap();
+        let keys = demand_keys(&s);
+        assert!(!keys.contains(&"m".to_string()), "{keys:?}");
+        assert!(keys.contains(&"n".to_string()), "not saved yet: {keys:?}");
+        assert_eq!(keys.iter().filter(|k| k.starts_with("m/")).count(), 4 + 1);
+        drop(s);
+
+        // Saved by a coordinator that has not loaded the store: the whole
+        // record is still replaced, not left beside the chunks.
+        let s = RedbStore::open(dir.path()).unwrap();
+        s.put_demand("n", &older).unwrap();
+        assert!(!demand_keys(&s).contains(&"n".to_string()));
+        assert_eq!(
+            s.load_demand().unwrap(),
+            vec![("m".to_string(), newer), ("n".to_string(), older)]
+        );
+    }
+
+    #[test]
+    fn deleting_a_history_removes_its_chunks_and_whole_record_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path()).unwrap();
+        let h = recorded(T0, 3);
+        // `m-2` sorts just before `m/`: a neighbour, not a chunk of `m`.
+        s.put_many_demand(&[("m", &h), ("m-2", &h), ("m0", &h)])
+            .unwrap();
+        put_whole(&s, "m", &h);
+        s.delete_demand("m").unwrap();
+        let keys = demand_keys(&s);
+        assert!(
+            keys.iter().all(|k| !k.starts_with("m/") && k != "m"),
+            "{keys:?}"
+        );
+        let names: Vec<String> = s
+            .load_demand()
+            .unwrap()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        assert_eq!(names, vec!["m-2", "m0"]);
+        // Saved again after its deletion: all of it is written.
+        s.put_demand("m", &h).unwrap();
+        assert_eq!(s.load_demand().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_restored_backup_holds_the_demand_histories() {
+        let data = tempfile::tempdir().unwrap();
+        let h = recorded(T0, 26);
+        let old = recorded(T0, 2);
+        {
+            let s = RedbStore::open(data.path()).unwrap();
+            s.put_demand("m", &h).unwrap();
+            put_whole(&s, "old", &old);
+        }
+        let out = tempfile::tempdir().unwrap();
+        let file = out.path().join("fleet.backup");
+        backup(data.path(), &file).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        restore(other.path(), &file).unwrap();
+        let s = RedbStore::open(other.path()).unwrap();
+        assert_eq!(
+            s.load_demand().unwrap(),
+            vec![("m".to_string(), h), ("old".to_string(), old)]
+        );
+    }
+
+    /// Bytes and time a save of one model's history takes, whole (as
+    /// before chunking: one record) and in chunks, by the history's age, over
+    /// an hour of saves once a minute: a benchmark, not a test
+    /// (docs/scale.md). `cargo test --release --lib demand_save_bytes --
+    /// --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn demand_save_bytes_by_history_age() {
+        for (age, hours) in [("an hour", 1), ("a day", 25), ("two weeks", 14 * 24 + 1)] {
+            let (whole_dir, chunked_dir) =
+                (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let whole = RedbStore::open(whole_dir.path()).unwrap();
+            let chunked = RedbStore::open(chunked_dir.path()).unwrap();
+            let mut h = DemandHistory::new();
+            let mut now = T0;
+            let tick = |h: &mut DemandHistory, now: &mut i64, seconds: i64| {
+                for _ in 0..seconds {
+                    h.record(*now, 3.0 + (*now % 13) as f64, 5.0);
+                    *now += 1;
+                }
+            };
+            tick(&mut h, &mut now, hours * 3600 - 3600);
+            chunked.put_demand("m", &h).unwrap();
+            let (chunks_before, bytes_before) = chunked.demand_put();
+            let (mut whole_bytes, mut whole_s, mut chunked_s) = (0, 0.0, 0.0);
+            for _ in 0..60 {
+                tick(&mut h, &mut now, 60);
+                let t = std::time::Instant::now();
+                whole.put_json(DEMAND, "m", &h).unwrap();
+                whole_s += t.elapsed().as_secs_f64();
+                whole_bytes += record::encode(&serde_json::to_vec(&h).unwrap()).len();
+                let t = std::time::Instant::now();
+                chunked.put_demand("m", &h).unwrap();
+                chunked_s += t.elapsed().as_secs_f64();
+            }
+            let (chunks_after, bytes_after) = chunked.demand_put();
+            println!(
+                "history {age} old, a save: whole {} KB in {:.1} ms; chunked {:.1} chunks, {} KB in {:.1} ms",
+                whole_bytes / 60 / 1000,
+                whole_s * 1000.0 / 60.0,
+                (chunks_after - chunks_before) as f64 / 60.0,
+                (bytes_after - bytes_before) / 60 / 1000,
+                chunked_s * 1000.0 / 60.0,
+            );
+        }
     }
 
     #[test]

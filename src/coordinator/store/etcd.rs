@@ -9,7 +9,6 @@
 //! `demand/<model>/coarse/<day>`, `secrets/assignment-hmac-sha256`.
 //! Values are the same checksummed records as in redb.
 
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,16 +19,11 @@ use crate::api::Event;
 use crate::coordinator::predict::DemandHistory;
 use crate::etcd::{self, Etcd, EtcdError, EtcdSettings, RequestOp, TxnRequest};
 
-use super::{record, DamagedRecord, ModelRecord, NodeFlags, Store, StoreError};
+use super::{demand, record, DamagedRecord, ModelRecord, NodeFlags, Store, StoreError};
 
 /// Each value stays well under etcd's request limit; a bigger one is
 /// refused before anything is sent.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
-
-/// Demand history is kept in chunks: an hour of fine buckets, a day of
-/// coarse ones, so a save rewrites the current chunk only.
-const FINE_CHUNK_S: i64 = 3600;
-const COARSE_CHUNK_S: i64 = 86_400;
 
 /// The leadership a store writes under: the epoch it holds (0: none), until
 /// when its lease is surely still live, and a signal raised when a write
@@ -146,9 +140,9 @@ pub struct EtcdStore {
     etcd: Etcd,
     bridge: Bridge,
     fence: Arc<Fence>,
-    /// Bytes of each demand chunk as last written, so a save sends only
-    /// the chunks that changed.
-    demand_written: Mutex<HashMap<String, Vec<u8>>>,
+    /// What each model's demand chunks hold in etcd, so a save sends only
+    /// the chunks that changed (`demand.rs`).
+    demand_written: Mutex<demand::Written>,
 }
 
 /// The keys of one fleet under `prefix`.
@@ -202,7 +196,7 @@ impl EtcdStore {
             etcd,
             bridge,
             fence,
-            demand_written: Mutex::new(HashMap::new()),
+            demand_written: Mutex::new(demand::Written::default()),
         };
         let probe = store.etcd.clone();
         let key = store.keys().leader().into_bytes();
@@ -295,7 +289,11 @@ impl EtcdStore {
 
     fn put_op<T: Serialize>(&self, key: String, value: &T) -> Result<RequestOp, StoreError> {
         let json = serde_json::to_vec(value).map_err(|e| io("write", e.to_string()))?;
-        let bytes = record::encode(&json);
+        self.put_record(key, record::encode(&json))
+    }
+
+    /// A put of a stored record (`record::encode`d).
+    fn put_record(&self, key: String, bytes: Vec<u8>) -> Result<RequestOp, StoreError> {
         if bytes.len() > MAX_VALUE_BYTES {
             return Err(StoreError::TooLarge {
                 key,
@@ -315,41 +313,6 @@ impl EtcdStore {
         let key = format!("{}{key}", self.keys().table(table)).into_bytes();
         self.write(vec![etcd::delete_op(key, vec![])])
     }
-}
-
-/// The demand history's chunks: key suffix (`fine/<hour>`) → its buckets.
-fn demand_chunks(history: &DemandHistory) -> Result<BTreeMap<String, serde_json::Value>, String> {
-    let value = serde_json::to_value(history).map_err(|e| e.to_string())?;
-    let mut out: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    for (ring, span) in [("fine", FINE_CHUNK_S), ("coarse", COARSE_CHUNK_S)] {
-        for bucket in value[ring].as_array().cloned().unwrap_or_default() {
-            let start = bucket["start"].as_i64().unwrap_or(0);
-            let chunk = start.div_euclid(span) * span;
-            out.entry(format!("{ring}/{chunk}"))
-                .or_default()
-                .push(bucket);
-        }
-    }
-    Ok(out
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::Value::Array(v)))
-        .collect())
-}
-
-/// A history from its chunks (any order).
-fn demand_from_chunks(chunks: Vec<(String, serde_json::Value)>) -> Result<DemandHistory, String> {
-    let mut fine = Vec::new();
-    let mut coarse = Vec::new();
-    for (suffix, buckets) in chunks {
-        let into = if suffix.starts_with("fine/") {
-            &mut fine
-        } else {
-            &mut coarse
-        };
-        into.extend(buckets.as_array().cloned().unwrap_or_default());
-    }
-    serde_json::from_value(serde_json::json!({ "fine": fine, "coarse": coarse }))
-        .map_err(|e| e.to_string())
 }
 
 impl Store for EtcdStore {
@@ -419,90 +382,49 @@ impl Store for EtcdStore {
     }
 
     fn load_demand(&self) -> Result<Vec<(String, DemandHistory)>, StoreError> {
-        let mut by_model: BTreeMap<String, Vec<(String, serde_json::Value)>> = BTreeMap::new();
-        let mut written = HashMap::new();
-        for (key, bytes) in self.load("demand")? {
-            let Some((model, suffix)) = key.split_once('/') else {
-                continue;
-            };
-            match super::decode_json::<serde_json::Value>(&bytes) {
-                Ok(v) => {
-                    written.insert(key.clone(), bytes);
-                    by_model
-                        .entry(model.to_string())
-                        .or_default()
-                        .push((suffix.to_string(), v));
-                }
-                Err(why) => tracing::error!("stored demand history chunk `{key}` ignored: {why}"),
-            }
-        }
+        let (histories, written) = demand::load(self.load("demand")?);
         *self
             .demand_written
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = written;
-        Ok(super::usable(
-            "demand history",
-            by_model
-                .into_iter()
-                .map(|(m, chunks)| (m, demand_from_chunks(chunks)))
-                .collect(),
-        ))
+        Ok(histories)
     }
 
     fn put_demand(&self, model: &str, history: &DemandHistory) -> Result<(), StoreError> {
         let table = self.keys().table("demand");
-        let chunks = demand_chunks(history).map_err(|e| io("write", e))?;
+        let chunks = demand::Chunks::of(history);
         let mut written = self
             .demand_written
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let changes = written.changes(model, &chunks);
         let mut ops = Vec::new();
-        let mut now = Vec::new();
-        for (suffix, buckets) in &chunks {
-            let key = format!("{model}/{suffix}");
-            let op = self.put_op(format!("{table}{key}"), buckets)?;
-            let Some(etcd::request_op::Request::RequestPut(put)) = &op.request else {
-                unreachable!("put_op makes a put");
-            };
-            if written.get(&key) != Some(&put.value) {
-                now.push((key.clone(), put.value.clone()));
-                ops.push(op);
-            }
+        for suffix in &changes.put {
+            let key = format!("{table}{}", demand::key(model, suffix));
+            let stored = chunks.record(suffix).map_err(|e| io("write", e))?;
+            ops.push(self.put_record(key, stored)?);
         }
-        let gone: Vec<String> = written
-            .keys()
-            .filter(|k| {
-                k.strip_prefix(model)
-                    .and_then(|r| r.strip_prefix('/'))
-                    .is_some_and(|suffix| !chunks.contains_key(suffix))
-            })
-            .cloned()
-            .collect();
-        for key in &gone {
-            ops.push(etcd::delete_op(
-                format!("{table}{key}").into_bytes(),
-                vec![],
-            ));
+        for suffix in &changes.delete {
+            let key = format!("{table}{}", demand::key(model, suffix));
+            ops.push(etcd::delete_op(key.into_bytes(), vec![]));
         }
         if ops.is_empty() {
             return Ok(());
         }
         self.write(ops)?;
-        for key in gone {
-            written.remove(&key);
-        }
-        written.extend(now);
+        written.saved(model, &chunks);
         Ok(())
     }
 
     fn delete_demand(&self, model: &str) -> Result<(), StoreError> {
-        let start = format!("{}{model}/", self.keys().table("demand"));
+        let (from, _) = demand::key_range(model);
+        let start = format!("{}{from}", self.keys().table("demand"));
         let end = etcd::prefix_end(start.as_bytes());
         self.write(vec![etcd::delete_op(start.into_bytes(), end)])?;
         self.demand_written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| !k.starts_with(&format!("{model}/")));
+            .forget(model);
         Ok(())
     }
 
@@ -549,6 +471,8 @@ impl Store for EtcdStore {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::etcd::server::LocalEtcd;
 
@@ -623,6 +547,69 @@ mod tests {
         let key = s.assignment_key().unwrap();
         assert_eq!(key.len(), 32);
         assert_eq!(s.assignment_key().unwrap(), key);
+    }
+
+    /// Each demand chunk's key (under the model) and the revision it was
+    /// last written at.
+    fn chunk_revisions(s: &EtcdStore, model: &str) -> BTreeMap<String, i64> {
+        let prefix = format!("{}{model}/", s.keys().table("demand"));
+        let p = prefix.clone().into_bytes();
+        s.on_bridge(move |etcd| async move { etcd.range_prefix(&p).await })
+            .unwrap()
+            .into_iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+                (key, kv.mod_revision)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_demand_save_sends_only_changed_chunks_and_deletes_aged_out_ones() {
+        let Some(etcd) = LocalEtcd::start_or_skip() else {
+            return;
+        };
+        let (s, _) = leading(&etcd, "/t6");
+        // An hour-aligned start, three hours of demand.
+        let t0 = 1_699_920_000;
+        let mut h = crate::coordinator::store::tests::recorded(t0, 3);
+        s.put_demand("m", &h).unwrap();
+        let first = chunk_revisions(&s, "m");
+        assert_eq!(first.len(), 3 + 1, "{first:?}");
+
+        h.record(t0 + 3 * 3600 - 5, 9.0, 9.0);
+        s.put_demand("m", &h).unwrap();
+        let second = chunk_revisions(&s, "m");
+        let rewritten: Vec<&String> = second
+            .iter()
+            .filter(|(k, rev)| first.get(*k) != Some(rev))
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            rewritten,
+            vec![&format!("coarse/{t0}"), &format!("fine/{}", t0 + 2 * 3600)]
+        );
+
+        // A new leader loads what is stored: saving it again sends nothing.
+        etcd.delete("/t6/leader");
+        let (again, _) = leading(&etcd, "/t6");
+        assert_eq!(
+            again.load_demand().unwrap(),
+            vec![("m".to_string(), h.clone())]
+        );
+        again.put_demand("m", &h).unwrap();
+        assert_eq!(chunk_revisions(&again, "m"), second);
+
+        // A day later the first hours' fine buckets are reused: their
+        // chunks go.
+        for t in (3 * 3600..27 * 3600).step_by(10) {
+            h.record(t0 + t, 1.0, 1.0);
+        }
+        again.put_demand("m", &h).unwrap();
+        let later = chunk_revisions(&again, "m");
+        assert!(!later.contains_key(&format!("fine/{t0}")), "{later:?}");
+        assert_eq!(later.keys().filter(|k| k.starts_with("fine/")).count(), 24);
+        assert_eq!(again.load_demand().unwrap(), vec![("m".to_string(), h)]);
     }
 
     #[test]
