@@ -66,7 +66,7 @@ if [[ ! -e $done_mark ]]; then
     partial=$ROOTFS.partial
     remove_tree "$partial"
     debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus bookworm "$partial" "$MIRROR" \
-        >"$ROOTFS.log" 2>&1 || {
+        >"$ROOTFS.log" 2>&1 {lock}>&- || {
         remove_tree "$partial"
         fail "debootstrap failed; see $ROOTFS.log"
     }
@@ -80,17 +80,28 @@ unmount_below "$ROOTFS"
 # Every run boots a fresh copy of the never-booted base: nothing an earlier
 # run installed or changed is there.
 run_root=$ROOTFS.run
+# A container left booted by a run that was killed (no trap ran) would hold
+# the copy and the ports its units listen on.
+if [[ -s $run_root.pid ]] && kill -0 "$(cat "$run_root.pid")" 2>/dev/null; then
+    step "stopping the container a killed run left (pid $(cat "$run_root.pid"))"
+    kill "$(cat "$run_root.pid")" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$(cat "$run_root.pid")" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$(cat "$run_root.pid")" 2>/dev/null || true
+fi
 remove_tree "$run_root"
 cp -a "$ROOTFS" "$run_root"
 cp "$deb" "$run_root/root/gpufleet.deb"
 
 log=$(mktemp)
-systemd-nspawn --keep-unit --register=no --console=pipe -q -D "$run_root" -b >"$log" 2>&1 &
+# The container does not inherit the lock: one left running must not keep
+# every later check waiting.
+systemd-nspawn --keep-unit --register=no --console=pipe -q -D "$run_root" -b >"$log" 2>&1 {lock}>&- &
 nspawn=$!
+echo "$nspawn" >"$run_root.pid"
 cleanup() {
     kill "$nspawn" 2>/dev/null || true
     wait "$nspawn" 2>/dev/null || true
-    rm -f "$log"
+    rm -f "$log" "$run_root.pid"
     remove_tree "$run_root"
 }
 trap cleanup EXIT
