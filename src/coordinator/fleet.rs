@@ -841,13 +841,10 @@ impl Fleet {
         node.replicas = report.replicas;
         // Only a fill that turned resident or failed since the last report
         // can have ended.
-        let fill_news = report.warm.iter().any(|a| {
-            matches!(a.state.as_str(), "resident" | "failed")
-                && !node
-                    .warm
-                    .iter()
-                    .any(|b| b.model == a.model && b.path == a.path && b.state == a.state)
-        });
+        let fill_news = report
+            .warm
+            .iter()
+            .any(|a| crate::domain::turned_final(&node.warm, a));
         let (node, asked) = if fill_news {
             let (asked, _) = self.warm_specs(name);
             let Some(node) = self.nodes.get_mut(name) else {

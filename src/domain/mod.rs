@@ -18,7 +18,7 @@ pub use replica::{
 };
 pub use routes::{GatewayReport, ModelDemand, ModelRoutes, RouteTarget, RoutingTable};
 pub use session::{Assignment, Hello, LogQuery, LogSlice, LogsReply, LogsRequest, Report, ToAgent};
-pub use warm::{fills_ended, warm_states_changed, WarmSpec, WarmStatus};
+pub use warm::{fills_ended, turned_final, warm_states_changed, WarmSpec, WarmStatus};
 
 /// Milliseconds since the Unix epoch, for display and history only: every
 /// timeout and window uses the monotonic clock.

@@ -31,12 +31,17 @@ pub fn fills_ended<'a>(
     asked: &'a [WarmSpec],
 ) -> impl Iterator<Item = &'a WarmStatus> + 'a {
     after.iter().filter(move |a| {
-        matches!(a.state.as_str(), "resident" | "failed")
-            && asked.iter().any(|w| w.model == a.model && w.path == a.path)
-            && !before
-                .iter()
-                .any(|b| b.model == a.model && b.path == a.path && b.state == a.state)
+        turned_final(before, a) && asked.iter().any(|w| w.model == a.model && w.path == a.path)
     })
+}
+
+/// Whether `now` is a fill that turned resident or failed since `before`
+/// (the node's previous report): the one way a fill can have ended.
+pub fn turned_final(before: &[WarmStatus], now: &WarmStatus) -> bool {
+    matches!(now.state.as_str(), "resident" | "failed")
+        && !before
+            .iter()
+            .any(|b| b.model == now.model && b.path == now.path && b.state == now.state)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -78,6 +83,23 @@ mod tests {
             &before,
             &[entry("a", "warming"), entry("b", "warming")]
         ));
+    }
+
+    #[test]
+    fn only_a_fill_that_turned_resident_or_failed_since_the_last_report_turned_final() {
+        let before = [entry("a", "warming"), entry("b", "resident")];
+        assert!(turned_final(&before, &entry("a", "resident")));
+        assert!(turned_final(&before, &entry("a", "failed")));
+        assert!(
+            turned_final(&before, &entry("c", "resident")),
+            "new and already done"
+        );
+        assert!(
+            !turned_final(&before, &entry("b", "resident")),
+            "resident before"
+        );
+        assert!(!turned_final(&before, &entry("a", "warming")));
+        assert!(!turned_final(&before, &entry("a", "partial")));
     }
 
     #[test]
