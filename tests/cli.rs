@@ -145,3 +145,22 @@ fn watch_prints_the_list_again_when_it_changes() {
     watch.kill().unwrap();
     watch.wait().unwrap();
 }
+
+#[test]
+fn the_coordinators_http_port_given_for_its_grpc_port_is_named_as_such() {
+    let h = Harness::new();
+    let mut c = h.coordinator("");
+    let port: u16 = h.http_url().rsplit(':').next().unwrap().parse().unwrap();
+    wait_until(Duration::from_secs(30), "coordinator HTTP up", || {
+        (try_http("GET", port, "/healthz", "", "")?.0 == 200).then_some(())
+    });
+    // The easy slip: the HTTP port (7461) where the gRPC one (7460) belongs.
+    let url = h.http_url();
+    let out = bare(&["--coordinator", &url, "node", "ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&url), "the error names the address: {err}");
+    assert!(err.contains("HTTP 404 without gRPC"), "{err}");
+    assert!(err.contains("gRPC port"), "{err}");
+    c.stop(Duration::from_secs(5));
+}

@@ -88,6 +88,16 @@ pub fn transport_hint(url: &str, error: &str) -> Option<String> {
             "this port does not speak TLS: use {}",
             url.replacen("https://", "http://", 1)
         )
+    } else if let Some(status) = e
+        .split_once("mapped from http status code ")
+        .map(|(_, code)| code.trim())
+    {
+        // tonic's words for an HTTP answer without gRPC in it: another
+        // server, or the coordinator's HTTP port given for its gRPC one.
+        format!(
+            "it answered HTTP {status} without gRPC: is this the coordinator's gRPC port \
+             (7460 by default; 7461 is its HTTP port)?"
+        )
     } else if has(&["metadata size", "header list size", "headers too large"]) {
         "the answer was too large to read (a very long value sent back in it)".to_string()
     } else if has(&["timed out", "deadline"]) {
@@ -348,7 +358,9 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
         .as_ref()
         .map(|(u, t)| (u.as_str(), *t))
         .unwrap_or((DEFAULT_COORDINATOR, Duration::ZERO));
-    // A status the coordinator never sent: the transport failed under it.
+    // A status the coordinator never sent: the transport failed under it, or
+    // the answer was plain HTTP (which tonic maps to a code, often
+    // Unimplemented, keeping the HTTP status in the message).
     let transport = matches!(
         s.code(),
         tonic::Code::Unknown
@@ -356,7 +368,7 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
             | tonic::Code::Internal
             | tonic::Code::Cancelled
             | tonic::Code::DeadlineExceeded
-    );
+    ) || s.message().starts_with("grpc-status header missing");
     let chain = match std::error::Error::source(&s) {
         Some(e) => format!("{}: {}", s.message(), crate::wire::error_chain(e)),
         None => s.message().to_string(),
@@ -556,6 +568,11 @@ mod tests {
         assert!(
             h("http://c:7460", "received metadata size exceeds hard limit").contains("too large")
         );
+        assert!(h(
+            "http://c:7461",
+            "grpc-status header missing, mapped from HTTP status code 404"
+        )
+        .contains("HTTP 404 without gRPC: is this the coordinator's gRPC port"));
         assert_eq!(transport_hint("http://c:7460", "model `x` not found"), None);
     }
 }
