@@ -25,9 +25,22 @@ pub enum NodeCommand {
     Drain {
         node: String,
         /// Stop whatever is left on the node after this long [default: 30m].
-        #[arg(long, value_parser = super::parse_duration)]
+        #[arg(long, value_parser = parse_deadline)]
         deadline: Option<std::time::Duration>,
     },
+}
+
+/// A drain deadline: the Control API takes whole milliseconds and reads 0 as
+/// "not given" (the default 30m), so a shorter one would silently become
+/// half an hour.
+fn parse_deadline(s: &str) -> Result<std::time::Duration, String> {
+    let d = super::parse_duration(s)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "a drain deadline of `{s}` is too short; allowed: 1s or more (without --deadline: 30m)"
+        ));
+    }
+    Ok(d)
 }
 
 pub async fn run(cmd: NodeCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
@@ -214,4 +227,42 @@ fn done(n: &NodeView, output: Output, what: &str) -> anyhow::Result<()> {
     }
     println!("node {} {what}", n.name);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use std::time::Duration;
+
+    fn drain(deadline: &str) -> Result<Option<Duration>, String> {
+        let cli = Cli::try_parse_from([
+            "gpufleet",
+            "node",
+            "drain",
+            "gpu-01",
+            "--deadline",
+            deadline,
+        ])
+        .map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Node {
+                cmd: super::NodeCommand::Drain { deadline, .. },
+            } => Ok(deadline),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_drain_deadline_under_a_second_is_refused_not_taken_for_the_default() {
+        assert_eq!(drain("10m"), Ok(Some(Duration::from_secs(600))));
+        assert_eq!(drain("1s"), Ok(Some(Duration::from_secs(1))));
+        for short in ["0s", "500ms", "900us"] {
+            let err = drain(short).unwrap_err();
+            assert!(
+                err.contains("too short; allowed: 1s or more"),
+                "{short}: {err}"
+            );
+        }
+    }
 }
