@@ -203,3 +203,35 @@ fn standby_warming_keeps_a_spare_node_warm_and_scale_up_lands_there() {
         },
     );
 }
+
+#[test]
+fn evicting_the_weights_of_a_running_replica_says_they_stay() {
+    let h = Harness::new();
+    let (_c, _a) = h.one_node_fleet(1, "");
+    h.apply(&h.model_spec("serving", 8, "replicas = 1", &demo_command(&[]), ""));
+    wait_until(
+        Duration::from_secs(60),
+        "its weights warm for the replica",
+        || {
+            let w = warm_entry(&h, "serving")?;
+            let ready = h
+                .replicas_of("serving")
+                .iter()
+                .any(|r| r["state"] == "ready");
+            (ready && w["reason"] == "replica" && w["state"] == "resident").then_some(())
+        },
+    );
+
+    let out = h.cli(&["warm", "evict", "serving", "--node", "node-a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("a replica of serving runs on node-a: its weights stay"),
+        "{said}"
+    );
+    assert!(!said.contains("evicting"), "{said}");
+    // And they do stay.
+    std::thread::sleep(Duration::from_secs(2));
+    let w = warm_entry(&h, "serving").expect("still warm");
+    assert_eq!(w["resident_bytes"], w["total_bytes"], "{w}");
+}

@@ -161,7 +161,19 @@ pub async fn run(cmd: WarmCommand, client: &ClientArgs, output: Output) -> anyho
             if output.is_data() {
                 return print_data(&entries, output);
             }
-            println!("evicting {model} from {node}'s page cache");
+            // The agent never drops the weights of a replica it runs: the wish
+            // waits in the node's flags until the replica stops.
+            if entries
+                .iter()
+                .any(|w| w.model == model && w.reason == "replica")
+            {
+                println!(
+                    "a replica of {model} runs on {node}: its weights stay in the page cache \
+                     until it stops there, then they are evicted"
+                );
+            } else {
+                println!("evicting {model} from {node}'s page cache");
+            }
         }
     }
     Ok(())
