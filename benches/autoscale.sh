@@ -14,7 +14,7 @@
 #   cold   [warm] mode = "off"; the weights are evicted (vmtouch -e, checked 0%)
 #          after the first replica is ready, so new replicas read them cold
 #
-#   CARGO_TARGET_DIR=/work/target-helpers benches/autoscale.sh
+#   benches/autoscale.sh
 #   MODES=cold RUNS=5 WEIGHTS=/srv/models/big.bin benches/autoscale.sh
 #   TICK=200ms REPORT_INTERVAL=200ms benches/autoscale.sh   # faster periods
 # Also printed per run: when the coordinator first saw ongoing > 0 after the

@@ -7,7 +7,7 @@
 #   cached  - evicted, then just read with cat (the "already cached" case).
 # RUNS rounds (default 5), the three cases interleaved; medians reported.
 #
-#   CARGO_TARGET_DIR=/work/target-helpers benches/coldstart.sh
+#   benches/coldstart.sh
 #   WEIGHTS=/srv/models/big.bin SIZE_MIB=8192 RUNS=5 benches/coldstart.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

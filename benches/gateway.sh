@@ -45,7 +45,7 @@
 #            request (the wake), TTFT p50 / max of the rest, replicas at the
 #            end.
 #
-#   CARGO_TARGET_DIR=/work/target-helpers benches/gateway.sh
+#   benches/gateway.sh
 #   PARTS=step RUNS=5 benches/gateway.sh
 #   PARTS=zero BURST=200 benches/gateway.sh
 #   PARTS=overhead BASELINE=/tmp/gpufleet-old benches/gateway.sh

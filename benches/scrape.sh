@@ -6,7 +6,7 @@
 # DURATION seconds once all 8 are ready, the CPU time of the agent and of the
 # 8 servers together (utime + stime from /proc), and the bytes of one page.
 #
-#   CARGO_TARGET_DIR=/work/target-helpers benches/scrape.sh
+#   benches/scrape.sh
 #   INTERVALS="1s 500ms 250ms" DURATION=60 ROUNDS=3 benches/scrape.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -8,7 +8,7 @@
 # Each run is timed with /usr/bin/time, so the CPU (user + sys) each tool
 # spends is reported next to its wall time.
 #
-#   CARGO_TARGET_DIR=/work/target-helpers benches/warm-tools.sh
+#   benches/warm-tools.sh
 #   RUNS=5 WORKERS=8 DIR=/srv/models/bench benches/warm-tools.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
