@@ -68,6 +68,8 @@ fn main() -> ExitCode {
                 .is_some()
             {
                 ExitCode::from(EXIT_CONFIG)
+            } else if e.chain().any(|c| c.is::<cli::UsageError>()) {
+                ExitCode::from(cli::EXIT_USAGE)
             } else {
                 ExitCode::FAILURE
             }

@@ -266,3 +266,28 @@ fn recurring_short_bursts_cost_about_a_fleet_kept_for_them_not_a_panic_each() {
     assert!(hours(g) <= 1.5 * hours(s), "{out}");
     assert!(share(g) >= share(s) - 0.002, "{out}");
 }
+
+#[test]
+fn flags_out_of_range_are_usage_errors_and_a_missing_file_is_not() {
+    for bad in [
+        &["--duration", "0s"][..],
+        &["--peak-rps", "0"],
+        &["--concurrency", "0"],
+        &["--decode-tps", "0"],
+        &["--gpu-memory", "1GiB"],
+    ] {
+        let o = simulate(&[&["--synthetic", "diurnal", "--model", MODEL][..], bad].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("allowed"), "{bad:?}: {err}");
+    }
+    let o = simulate(&["--synthetic", "diurnal", "--duration", "10m"]);
+    assert_eq!(o.status.code(), Some(2), "--model is needed");
+    let o = simulate(&[
+        "--synthetic",
+        "diurnal",
+        "--model",
+        "/nonexistent/model.toml",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "a file that cannot be read");
+}

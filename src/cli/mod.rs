@@ -227,6 +227,22 @@ fn parse_backend(s: &str) -> Result<GpuBackend, String> {
 /// Exit code for bad configuration (sysexits EX_USAGE / EX_CONFIG family).
 pub const EXIT_CONFIG: u8 = 64;
 
+/// Exit code for a command line that cannot run as given, as clap exits
+/// for the errors it finds itself.
+pub const EXIT_USAGE: u8 = 2;
+
+/// A flag's value, or a mix of flags, that a command refuses after clap has
+/// parsed them (a range clap cannot express, a flag another one makes
+/// required): the process exits `EXIT_USAGE`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Wraps a refusal of the command line as a `UsageError`.
+pub fn usage(why: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(why.to_string()).into()
+}
+
 /// Runs an operator command with the global flags it was given.
 pub async fn run_operator(
     command: Command,

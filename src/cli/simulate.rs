@@ -7,7 +7,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::ArgGroup;
 
 use crate::config::model::ModelSpec;
@@ -18,7 +18,7 @@ use crate::sim::report::{PolicyReport, SloKind};
 use crate::sim::serving::{FleetShape, ServingModel};
 use crate::sim::synthetic::{DiurnalSpec, Synthetic, SyntheticKind};
 use crate::sim::trace::{self, TokenDefaults};
-use crate::sim::{self as simulation, Setup, Trace};
+use crate::sim::{self as simulation, Setup, SimError, Trace};
 
 use super::output::{Output, Table};
 
@@ -172,7 +172,7 @@ fn load_trace(args: &SimulateArgs) -> anyhow::Result<(Trace, String)> {
         tokens,
     };
     let kind = args.synthetic.unwrap_or(SyntheticKind::Diurnal);
-    let s = Synthetic::generate(kind, &spec)?;
+    let s = Synthetic::generate(kind, &spec).map_err(super::usage)?;
     let name = format!(
         "synthetic {} {}, peak {} req/s, seed {}, {} bursts",
         kind.as_str(),
@@ -223,16 +223,24 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         if args.write_trace.is_some() {
             return Ok(());
         }
-        bail!("--model FILE is required to simulate (the spec whose [scaling] and [warm] gpufleet uses)");
+        return Err(super::usage(
+            "--model FILE is required to simulate (the spec whose [scaling] and [warm] gpufleet uses)",
+        ));
     };
     let spec = ModelSpec::parse(&read(model_path, "model spec")?)
         .with_context(|| format!("in model spec {}", model_path.display()))?;
     if args.policies.is_empty() {
-        bail!("--policies is empty; allowed: gpufleet, hpa, knative, static-peak, oracle");
+        return Err(super::usage(
+            "--policies is empty; allowed: gpufleet, hpa, knative, static-peak, oracle",
+        ));
     }
     let setup = setup(&args);
     let started = Instant::now();
-    let runs = simulation::compare(&trace, &spec, &setup, &args.policies)?;
+    let runs = simulation::compare(&trace, &spec, &setup, &args.policies).map_err(|e| match e {
+        // Flags out of range, or a fleet the spec's replicas cannot fit.
+        SimError::Setting { .. } | SimError::DoesNotFit { .. } => super::usage(e),
+        other => other.into(),
+    })?;
     let elapsed = started.elapsed();
 
     if let Some(path) = &args.plot {
