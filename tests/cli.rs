@@ -164,3 +164,27 @@ fn the_coordinators_http_port_given_for_its_grpc_port_is_named_as_such() {
     assert!(err.contains("gRPC port"), "{err}");
     c.stop(Duration::from_secs(5));
 }
+
+#[test]
+fn a_coordinator_or_gateway_url_without_its_scheme_is_a_usage_error() {
+    let h = Harness::new();
+    let mut c = h.coordinator("");
+    // `host:port` as curl takes it: refused at once, naming the fix, even
+    // when a coordinator listens there.
+    let bare_url = h.coordinator_url().replacen("http://", "", 1);
+    let out = bare(&["--coordinator", &bare_url, "node", "ls"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("has no scheme; use http://{bare_url}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = bare(&["gateway", "status", "--gateway", "127.0.0.1:7470"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the gateway URL `127.0.0.1:7470` has no scheme"),
+        "{}",
+        stderr(&out)
+    );
+    c.stop(Duration::from_secs(5));
+}

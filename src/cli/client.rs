@@ -111,6 +111,24 @@ pub fn transport_hint(url: &str, error: &str) -> Option<String> {
     Some(hint)
 }
 
+/// Refuses a URL the operator gave without one of `schemes` (for the
+/// coordinator, the scheme says whether TLS is used): `127.0.0.1:7460`, as
+/// curl would take it, otherwise fails only when connecting, with "scheme is
+/// missing" or "relative URL without a base".
+pub fn require_scheme(what: &str, url: &str, schemes: &[&str]) -> anyhow::Result<()> {
+    if schemes.iter().any(|s| url.starts_with(&format!("{s}://"))) {
+        return Ok(());
+    }
+    let allowed: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+    Err(super::usage(match url.split_once("://") {
+        Some((scheme, _)) => format!(
+            "the {what} URL `{url}` starts with {scheme}://; allowed: {}",
+            allowed.join(" or ")
+        ),
+        None => format!("the {what} URL `{url}` has no scheme; use http://{url}"),
+    }))
+}
+
 impl ClientArgs {
     /// The coordinator URL these options name.
     pub fn url(&self) -> &str {
@@ -154,6 +172,9 @@ async fn connect_until(args: &ClientArgs, deadline: Instant) -> anyhow::Result<(
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .collect();
+    for url in &urls {
+        require_scheme("coordinator", url, &["http", "https"])?;
+    }
     let first = urls.first().copied().unwrap_or(DEFAULT_COORDINATOR);
     if urls.len() <= 1 {
         set_target(first, args.request_timeout);
@@ -574,5 +595,23 @@ mod tests {
         )
         .contains("HTTP 404 without gRPC: is this the coordinator's gRPC port"));
         assert_eq!(transport_hint("http://c:7460", "model `x` not found"), None);
+    }
+
+    #[test]
+    fn a_url_without_its_scheme_is_refused_naming_the_fix() {
+        let tls = ["http", "https"];
+        assert!(require_scheme("coordinator", "http://c:7460", &tls).is_ok());
+        assert!(require_scheme("coordinator", "https://c:7460", &tls).is_ok());
+        let e = require_scheme("gateway", "127.0.0.1:7470", &["http"]).unwrap_err();
+        assert!(e.is::<crate::cli::UsageError>());
+        assert_eq!(
+            e.to_string(),
+            "the gateway URL `127.0.0.1:7470` has no scheme; use http://127.0.0.1:7470"
+        );
+        let e = require_scheme("coordinator", "grpc://c:7460", &tls).unwrap_err();
+        assert!(
+            e.to_string().ends_with("allowed: http:// or https://"),
+            "{e}"
+        );
     }
 }

@@ -19,6 +19,8 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<()> {
+    // Gateways serve plain HTTP (TLS, where used, ends in front of them).
+    super::client::require_scheme("gateway", &args.gateway, &["http"])?;
     let url = format!("{}/status", args.gateway.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
