@@ -400,25 +400,37 @@ impl Dispatcher {
             .filter(|(_, s)| s.known)
             .map(|(name, s)| {
                 prune_arrivals(&mut s.arrivals, now);
+                let replicas: Vec<ReplicaSnapshot> = s
+                    .replicas
+                    .iter()
+                    .map(|r| ReplicaSnapshot {
+                        id: r.id.clone(),
+                        node: r.node.clone(),
+                        address: r.address.clone(),
+                        in_flight: s.in_flight.get(&r.id).copied().unwrap_or(0),
+                        max_concurrency: s.room_of(&r.id, default_max).unwrap_or(0),
+                        ongoing_scraped: r.ongoing,
+                    })
+                    .collect();
+                // Without a spec limit each replica takes what its engine
+                // said: the model's figure is the largest of those, not the
+                // default that none of them may use.
+                let max_concurrency = s.max_concurrency.unwrap_or_else(|| {
+                    replicas
+                        .iter()
+                        .map(|r| r.max_concurrency)
+                        .max()
+                        .filter(|m| *m > 0)
+                        .unwrap_or(default_max)
+                });
                 ModelSnapshot {
                     model: name.clone(),
                     queued: s.waiters.len(),
                     in_flight: s.in_flight.values().sum(),
                     arrivals_per_s: s.arrivals.len() as f64 / ARRIVAL_WINDOW.as_secs_f64(),
                     desired_replicas: s.desired,
-                    max_concurrency: s.max_concurrency.unwrap_or(default_max),
-                    replicas: s
-                        .replicas
-                        .iter()
-                        .map(|r| ReplicaSnapshot {
-                            id: r.id.clone(),
-                            node: r.node.clone(),
-                            address: r.address.clone(),
-                            in_flight: s.in_flight.get(&r.id).copied().unwrap_or(0),
-                            max_concurrency: s.room_of(&r.id, default_max).unwrap_or(0),
-                            ongoing_scraped: r.ongoing,
-                        })
-                        .collect(),
+                    max_concurrency,
+                    replicas,
                 }
             })
             .collect()

@@ -210,6 +210,11 @@ fn without_a_spec_limit_a_replica_waits_for_its_engine_slots_then_takes_that_man
     go(d.admit("m", vec![], now, &mut first));
     let (_, mut queued, _) = wait(d.admit("m", vec![], now, &mut first));
     assert_eq!(d.snapshot(now)[0].replicas[0].max_concurrency, 2);
+    assert_eq!(
+        d.snapshot(now)[0].max_concurrency,
+        2,
+        "the model's figure is its replica's, not the default 8"
+    );
     // A spec limit wins and needs no asking.
     assert!(d
         .apply_table(&table(&[("m", Some(3), &["a", "b"])]), now, &mut first)
