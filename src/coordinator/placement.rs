@@ -72,13 +72,17 @@ pub fn place(nodes: &[NodeCandidate], needs: &ReplicaNeeds) -> Result<Placement,
     }
     if let Some((node, fit)) = best {
         let gpus: Vec<u32> = fit.iter().copied().take(needs.gpus as usize).collect();
+        let warm = node.warm_fraction * 100.0;
+        let why = if needs.gpus == 0 {
+            // A CPU replica: its host's CPUs and RAM were checked before
+            // placement; the GPUs free there are not its concern.
+            format!("warm {warm:.0}%, a CPU replica")
+        } else {
+            format!("warm {warm:.0}%, {} fitting GPUs free there", fit.len())
+        };
         return Ok(Placement {
             node: node.name.clone(),
-            why: format!(
-                "warm {:.0}%, {} fitting GPUs free there",
-                node.warm_fraction * 100.0,
-                fit.len()
-            ),
+            why,
             gpus,
         });
     }
@@ -216,6 +220,16 @@ mod tests {
         let p = place(&nodes, &needs(1, 20)).unwrap();
         assert_eq!(p.node, "b");
         assert_eq!(p.gpus, vec![0]);
+    }
+
+    #[test]
+    fn a_cpu_replica_is_placed_without_gpus_and_says_so() {
+        let nodes = vec![node("a", &[80, 80, 80, 80])];
+        let p = place(&nodes, &needs(0, 0)).unwrap();
+        assert_eq!(p.gpus, Vec::<u32>::new());
+        assert_eq!(p.why, "warm 0%, a CPU replica");
+        let p = place(&nodes, &needs(1, 20)).unwrap();
+        assert_eq!(p.why, "warm 0%, 4 fitting GPUs free there");
     }
 
     #[test]

@@ -492,8 +492,12 @@ impl EventKind {
                 why,
                 ..
             } => {
-                let gpus: Vec<String> = gpus.iter().map(u32::to_string).collect();
-                format!("placed {replica} on {node} GPU {} ({why})", gpus.join(","))
+                if gpus.is_empty() {
+                    format!("placed {replica} on {node} ({why})")
+                } else {
+                    let gpus: Vec<String> = gpus.iter().map(u32::to_string).collect();
+                    format!("placed {replica} on {node} GPU {} ({why})", gpus.join(","))
+                }
             }
             ReplicaKept { replica, .. } => {
                 format!("keeping replica {replica}: wanted again before it stopped")
@@ -718,6 +722,17 @@ mod tests {
                 },
                 "place",
                 "placed m-0a1b2 on gpu-1 GPU 0,1 (warm)",
+            ),
+            (
+                EventKind::ReplicaPlaced {
+                    model: s("m"),
+                    node: s("cpu-1"),
+                    replica: s("m-3c4d5"),
+                    gpus: Vec::new(),
+                    why: s("warm 0%, a CPU replica"),
+                },
+                "place",
+                "placed m-3c4d5 on cpu-1 (warm 0%, a CPU replica)",
             ),
             (
                 EventKind::ReplicaRetiring {
