@@ -146,7 +146,14 @@ fn a_damaged_or_empty_store_stops_the_coordinator_with_one_line_and_a_snapshot_r
         !out.status.success(),
         "an existing file is never overwritten"
     );
-    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: {} already exists; choose a new file name",
+            backup.display()
+        ),
+        "said alone, not as a store in use"
+    );
     assert!(model_row(&h, "kept").is_some(), "the coordinator runs on");
 
     h.apply(&h.model_spec("later", 1, "replicas = 0", "[\"/bin/sleep\", \"100\"]", ""));

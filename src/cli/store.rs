@@ -29,6 +29,11 @@ pub async fn run(cmd: StoreCommand, client: &ClientArgs) -> anyhow::Result<()> {
     let dir = &cfg.data_dir;
     match &cmd {
         StoreCommand::Backup { file, .. } => {
+            // Said first, alone: whichever way the copy would be made, the
+            // file is never overwritten.
+            if file.exists() {
+                anyhow::bail!("{} already exists; choose a new file name", file.display());
+            }
             let here = dir.join(STORE_FILE).exists();
             if here {
                 match store::backup(dir, file) {
