@@ -209,8 +209,13 @@ fn table(models: &[ModelView], wide: bool) -> Table {
 
 fn with_spec(view: &ModelView) -> anyhow::Result<serde_json::Value> {
     let mut v = serde_json::to_value(view)?;
-    if let (Some(obj), Ok(spec)) = (v.as_object_mut(), ModelSpec::parse(&view.spec_toml)) {
-        obj.insert("spec".into(), serde_json::to_value(spec)?);
+    if let Some(obj) = v.as_object_mut() {
+        // `model ls` leaves the empty list out; `show` always has it (a
+        // model at zero has `"replicas": []`, as docs/cli.md promises).
+        obj.insert("replicas".into(), serde_json::to_value(&view.replicas)?);
+        if let Ok(spec) = ModelSpec::parse(&view.spec_toml) {
+            obj.insert("spec".into(), serde_json::to_value(spec)?);
+        }
     }
     Ok(v)
 }
@@ -249,5 +254,24 @@ fn print_model(m: &ModelView) {
     if !m.replicas.is_empty() {
         println!();
         super::replica::table(&m.replicas, false).print();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_as_json_has_spec_and_replicas_also_for_a_model_at_zero() {
+        let view = ModelView {
+            name: "idle".into(),
+            spec_toml: "name = \"idle\"\nweights = \"/srv/models/idle\"\nreplicas = 0\n\
+                        [server]\ncommand = [\"/bin/sleep\"]\ngpus = 1\ngpu_memory = \"1GiB\"\n"
+                .into(),
+            ..Default::default()
+        };
+        let v = with_spec(&view).unwrap();
+        assert_eq!(v["replicas"], serde_json::json!([]));
+        assert_eq!(v["spec"]["name"], "idle");
     }
 }
