@@ -359,8 +359,9 @@ pub struct HaStatus {
     pub store: Vec<EtcdEndpoint>,
     /// The answering coordinator's role: leader, follower or no-leader.
     pub role: String,
-    /// The leader's gRPC URL, when the answering coordinator follows it.
-    #[serde(skip_serializing_if = "String::is_empty", default)]
+    /// The leader's gRPC URL, when the answering coordinator follows it
+    /// (empty otherwise, but always there: docs/cli.md lists it).
+    #[serde(default)]
     pub leader_address: String,
 }
 
@@ -389,4 +390,26 @@ pub struct EtcdEndpoint {
     pub healthy: bool,
     /// Its version, or why it did not answer.
     pub detail: String,
+}
+
+#[cfg(test)]
+mod ha_status_tests {
+    use super::*;
+
+    #[test]
+    fn coordinator_status_json_has_every_field_docs_list() {
+        let v = serde_json::to_value(HaStatus::single()).unwrap();
+        for key in [
+            "backend",
+            "prefix",
+            "leader",
+            "epoch",
+            "members",
+            "store",
+            "role",
+            "leader_address",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
+    }
 }
