@@ -1010,3 +1010,32 @@ fn a_bad_gateway_config_exits_64_naming_the_key() {
         stderr(&out)
     );
 }
+
+#[test]
+fn before_its_first_routing_table_the_gateway_lists_no_models_it_says_why() {
+    let h = Harness::new();
+    // No coordinator listens at the harness's address: no table comes.
+    let port = free_port();
+    let cfg = h.write(
+        "gw.toml",
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\ncoordinator = \"{}\"\n",
+            h.coordinator_url()
+        ),
+    );
+    let _gw = h.spawn("gw", &["gateway", "--config", cfg.to_str().unwrap()]);
+    wait_until(Duration::from_secs(20), "the gateway listening", || {
+        try_http("GET", port, "/healthz", "", "")
+    });
+    let (code, body) = http("GET", port, "/v1/models", "");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"no_routes\""), "{body}");
+    let (code, body) = http(
+        "POST",
+        port,
+        "/v1/completions",
+        r#"{"model":"m","prompt":"x"}"#,
+    );
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"no_routes\""), "{body}");
+}

@@ -84,6 +84,10 @@ async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
     if let Err(e) = gw.authorize(&headers) {
         return e.into_response();
     }
+    // An empty list would say the fleet has no models.
+    if !gw.dispatcher.has_table() {
+        return super::proxy::no_routes(&gw, "").into_response();
+    }
     let data: Vec<serde_json::Value> = gw
         .dispatcher
         .snapshot()

@@ -483,6 +483,21 @@ fn closed_unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The answer while no routing table has come from the coordinator: the
+/// gateway cannot tell yet which models the fleet has.
+pub(super) fn no_routes(gw: &Gateway, model: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_routes",
+        model,
+        format!(
+            "the gateway has not yet received the fleet's replicas from the coordinator at {}",
+            gw.cfg.coordinator
+        ),
+    )
+    .retry_after(1)
+}
+
 /// A slot on a replica of `model`, waiting (until `deadline`) while none
 /// has room.
 async fn hold(
@@ -495,18 +510,7 @@ async fn hold(
     let (id, rx, first) = match gw.dispatcher.admit(model, prefix) {
         Admission::Go(grant) => return Ok(gw.dispatcher.slot(model, grant)),
         Admission::Wait { id, rx, first } => (id, rx, first),
-        Admission::Refused(Refusal::NoTable) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_routes",
-                model,
-                format!(
-                    "the gateway has not yet received the fleet's replicas from the coordinator at {}",
-                    gw.cfg.coordinator
-                ),
-            )
-            .retry_after(1))
-        }
+        Admission::Refused(Refusal::NoTable) => return Err(no_routes(gw, model)),
         Admission::Refused(Refusal::UnknownModel { known }) => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
