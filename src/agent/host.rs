@@ -116,7 +116,7 @@ fn parse_meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
 }
 
 /// (free, total) bytes of the filesystem holding `dir`.
-fn disk_space(dir: &Path) -> Option<(u64, u64)> {
+pub(crate) fn disk_space(dir: &Path) -> Option<(u64, u64)> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     let frag = st.fragment_size() as u64;
     Some((

@@ -163,29 +163,50 @@ fn spawn(
     })
 }
 
+/// Free space the demo's weights file must leave on its filesystem, for the
+/// fleet's logs and state (and whoever else shares the disk).
+const DISK_HEADROOM: u64 = 1 << 30;
+
 fn write_weights(path: &Path, size: u64) -> anyhow::Result<()> {
-    if std::fs::metadata(path)
-        .map(|m| m.len() == size)
-        .unwrap_or(false)
-    {
+    let existing = std::fs::metadata(path).map(|m| m.len()).ok();
+    if existing == Some(size) {
         return Ok(());
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    // A size the disk cannot hold would fill it before the write failed.
+    if let Some((free, _)) = crate::agent::host::disk_space(parent) {
+        let room = (free + existing.unwrap_or(0)).saturating_sub(DISK_HEADROOM);
+        if size > room {
+            bail!(
+                "--weights-size {} does not fit: {} has {} free; allowed: up to {} (leaving {} free)",
+                crate::config::units::format_bytes(size),
+                parent.display(),
+                crate::config::units::format_bytes(free),
+                crate::config::units::format_bytes(room),
+                crate::config::units::format_bytes(DISK_HEADROOM)
+            );
+        }
     }
     use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    // Non-zero bytes, so no filesystem can store the file sparsely and the
-    // server's read is a real read.
-    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        f.write_all(&chunk[..n])?;
-        left -= n as u64;
+    let written = (|| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        // Non-zero bytes, so no filesystem can store the file sparsely and
+        // the server's read is a real read.
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            f.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        f.flush()
+    })();
+    if written.is_err() {
+        // A part of the file is no use and may be most of a disk.
+        let _ = std::fs::remove_file(path);
     }
-    f.flush()?;
-    Ok(())
+    Ok(written?)
 }
 
 pub async fn run(args: FleetArgs, log_format: crate::logging::LogFormat) -> anyhow::Result<()> {
@@ -859,6 +880,21 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         fleet: FleetArgs,
+    }
+
+    #[test]
+    fn weights_larger_than_the_disk_are_refused_before_a_byte_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("models").join("weights.bin");
+        let err = write_weights(&path, 1 << 60).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--weights-size 1.0 EiB does not fit:"),
+            "{err}"
+        );
+        assert!(err.contains("allowed: up to"), "{err}");
+        assert!(!path.exists());
+        write_weights(&path, 3 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 << 20);
     }
 
     #[test]
