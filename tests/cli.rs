@@ -188,3 +188,32 @@ fn a_coordinator_or_gateway_url_without_its_scheme_is_a_usage_error() {
     );
     c.stop(Duration::from_secs(5));
 }
+
+#[test]
+fn following_events_ends_with_an_error_when_the_coordinator_goes_away() {
+    let h = Harness::new();
+    let mut c = h.coordinator("");
+    wait_until(Duration::from_secs(30), "the coordinator answering", || {
+        h.try_json(&["events"])
+    });
+    let mut follow = Command::new(BIN)
+        .args(["events", "--follow"])
+        .env("GPUFLEET_COORDINATOR", h.coordinator_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The follow is open once the past events are printed.
+    let mut out = BufReader::new(follow.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("coordinator started"), "{first}");
+    c.stop(Duration::from_secs(10));
+    let status = wait_until(Duration::from_secs(30), "the follow to end", || {
+        follow.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("ended the event stream"), "{err}");
+}

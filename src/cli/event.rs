@@ -89,7 +89,12 @@ pub async fn run(args: EventsArgs, client: &ClientArgs, output: Output) -> anyho
             print_event(&e, output)?;
         }
     }
-    Ok(())
+    // The coordinator never ends a follow of its own accord: it went away.
+    anyhow::bail!(
+        "the coordinator at {} ended the event stream (it stopped, restarted or stopped leading); \
+         run the command again to follow on",
+        client.url()
+    )
 }
 
 /// Following prints one JSON object per line, so a pipe can read it live.
