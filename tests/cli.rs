@@ -217,3 +217,44 @@ fn following_events_ends_with_an_error_when_the_coordinator_goes_away() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("ended the event stream"), "{err}");
 }
+
+#[test]
+fn a_spec_piped_to_apply_dash_f_dash_is_read_from_stdin() {
+    use std::io::Write;
+    let h = Harness::new();
+    let mut c = h.coordinator("");
+    let apply = |spec: &str| {
+        let mut child = Command::new(BIN)
+            .args(["model", "apply", "-f", "-"])
+            .env("GPUFLEET_COORDINATOR", h.coordinator_url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(spec.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = wait_until(Duration::from_secs(30), "the coordinator answering", || {
+        let out = apply(SPEC);
+        out.status.success().then_some(out)
+    });
+    assert!(
+        stdout(&out).contains("model watched applied"),
+        "{}",
+        stdout(&out)
+    );
+    let out = apply("name = \"watched\"\nbogus = 1\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("error: stdin: line 2: unknown key `bogus`"),
+        "{}",
+        stderr(&out)
+    );
+    c.stop(Duration::from_secs(5));
+}

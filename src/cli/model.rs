@@ -16,6 +16,7 @@ use super::output::{ago, opt, print_data, Output, Table};
 pub enum ModelCommand {
     /// Create or update a model from its spec file (TOML).
     Apply {
+        /// The spec file; `-` reads it from stdin.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
@@ -43,21 +44,19 @@ pub enum ModelCommand {
 pub async fn run(cmd: ModelCommand, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Apply { file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
+            let (text, source) = read_spec(&file)?;
             // Validate here too: the operator gets the file name with the error
             // without a round trip, and nothing bad reaches the coordinator.
-            let spec =
-                ModelSpec::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let spec = ModelSpec::parse(&text).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
             for warning in spec.warnings() {
-                eprintln!("warning: {}: {warning}", file.display());
+                eprintln!("warning: {source}: {warning}");
             }
             let view: ModelView = on_leader(client, |mut c| {
                 let spec_toml = text.clone();
                 async move { c.apply_model(pb::ApplyModelRequest { spec_toml }).await }
             })
             .await?
-            .map_err(|s| anyhow::anyhow!("{}: {}", file.display(), s.message()))?
+            .map_err(|s| anyhow::anyhow!("{source}: {}", s.message()))?
             .into_inner()
             .into();
             if output.is_data() {
@@ -205,6 +204,20 @@ fn table(models: &[ModelView], wide: bool) -> Table {
         t.row(row);
     }
     t
+}
+
+/// The spec's text and the name its errors go by: the file, or stdin for
+/// `-f -` (`render-spec | gpufleet model apply -f -`, as with kubectl).
+fn read_spec(file: &std::path::Path) -> anyhow::Result<(String, String)> {
+    if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read the spec from stdin")?;
+        return Ok((text, "stdin".into()));
+    }
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok((text, file.display().to_string()))
 }
 
 fn with_spec(view: &ModelView) -> anyhow::Result<serde_json::Value> {
