@@ -24,7 +24,8 @@ pub enum NodeCommand {
     /// then leave it cordoned.
     Drain {
         node: String,
-        /// Stop whatever is left on the node after this long [default: 30m].
+        /// Retire whatever is left on the node after this long; it stops after
+        /// the coordinator's retire_grace [default: 30m].
         #[arg(long, value_parser = parse_deadline)]
         deadline: Option<std::time::Duration>,
     },

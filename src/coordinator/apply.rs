@@ -83,6 +83,7 @@ impl Fleet {
                         node,
                         replica: id,
                         reason,
+                        grace_ms: self.settings.retire_grace.as_millis() as u64,
                     },
                 });
             }

@@ -255,6 +255,10 @@ pub enum EventKind {
         node: String,
         replica: String,
         reason: DrainReason,
+        /// How long it stays up, retiring, before it is stopped (0 in
+        /// records written before this was said).
+        #[serde(default)]
+        grace_ms: u64,
     },
     DrainFinished {
         node: String,
@@ -587,6 +591,7 @@ impl EventKind {
                 node,
                 replica,
                 reason,
+                grace_ms,
             } => {
                 let why = match reason {
                     DrainReason::DeadlinePassed => "the drain deadline passed".to_string(),
@@ -594,7 +599,16 @@ impl EventKind {
                         format!("{ready} ready replicas of {model} run elsewhere")
                     }
                 };
-                format!("stopping {replica} on draining node {node}: {why}")
+                // It retires as a scale-down's surplus does: out of the
+                // endpoints now, stopped after the grace.
+                if *grace_ms > 0 {
+                    format!(
+                        "retiring {replica} on draining node {node}: {why} (marked retiring in the endpoints now, stopped in {})",
+                        span(*grace_ms)
+                    )
+                } else {
+                    format!("stopping {replica} on draining node {node}: {why}")
+                }
             }
             DrainFinished { .. } => "drain finished: no replicas left; the node stays cordoned until `node uncordon`".into(),
             GpuMarkedHealthy { gpu, .. } => format!(
@@ -796,9 +810,21 @@ mod tests {
                     node: s("gpu-1"),
                     replica: s("m-1"),
                     reason: DrainReason::ReadyElsewhere { ready: 2 },
+                    grace_ms: 0,
                 },
                 "drain",
                 "stopping m-1 on draining node gpu-1: 2 ready replicas of m run elsewhere",
+            ),
+            (
+                EventKind::DrainStop {
+                    model: s("m"),
+                    node: s("gpu-1"),
+                    replica: s("m-1"),
+                    reason: DrainReason::DeadlinePassed,
+                    grace_ms: 75_000,
+                },
+                "drain",
+                "retiring m-1 on draining node gpu-1: the drain deadline passed (marked retiring in the endpoints now, stopped in 1m 15s)",
             ),
             (
                 EventKind::WarmAsked {
@@ -858,6 +884,18 @@ mod tests {
                 node: "gpu-1",
                 ..Subject::default()
             }
+        );
+    }
+
+    /// A drain stop stored before it carried its grace loads, and says
+    /// "stopping" as it did.
+    #[test]
+    fn a_drain_stop_stored_without_its_grace_loads() {
+        let old = r#"{"type":"drain-stop","model":"m","node":"gpu-1","replica":"m-1","reason":{"because":"deadline-passed"}}"#;
+        let e: EventKind = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            e.message(),
+            "stopping m-1 on draining node gpu-1: the drain deadline passed"
         );
     }
 
