@@ -634,6 +634,25 @@ fn replica_views_show_each_replica_once_reported_or_starting() {
     assert_eq!(f.replica_views(Some("m"), Some("gpu-2")).len(), 1);
     assert_eq!(f.model_view("m", false).ready_replicas, 1);
 
+    // Retiring, it still runs and its node reports it ready: the view says
+    // it gets nothing new and when it stops (the grace counts from now).
+    f.retire(&on1.id, Instant::now());
+    let view = f.replica_views(Some("m"), Some("gpu-1")).remove(0);
+    assert_eq!(view.status.state, ReplicaState::Ready);
+    assert!(
+        view.status
+            .reason
+            .starts_with("retiring: out of the endpoints, stops in "),
+        "{:?}",
+        view.status.reason
+    );
+    let shown = f.model_view("m", true).replicas;
+    assert!(
+        shown.iter().any(|r| r.status.reason == view.status.reason),
+        "model show agrees: {shown:?}"
+    );
+    f.plan.update(&on1.id, |r| r.retiring_since = None);
+
     // `model ls` walks the fleet once for every model: what each model's
     // own view says, also when a node names its replica's model otherwise.
     f.apply_model(

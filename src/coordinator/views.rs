@@ -80,6 +80,7 @@ impl Fleet {
                 // operator needs to see it.
                 let mut status = r.clone();
                 status.assignment_token.clear();
+                self.note_retiring(&mut status, now);
                 shown.insert(r.id.as_str());
                 out.push(ReplicaView {
                     node: n.name.clone(),
@@ -100,6 +101,25 @@ impl Fleet {
         }
         out.sort_by(|a, b| (&a.status.model, &a.status.id).cmp(&(&b.status.model, &b.status.id)));
         out
+    }
+
+    /// A retiring replica still runs, and its node reports it ready: its
+    /// reason says that it gets no new requests and when it stops.
+    fn note_retiring(&self, status: &mut crate::domain::ReplicaStatus, now: Instant) {
+        let Some(since) = self.plan.get(&status.id).and_then(|p| p.retiring_since) else {
+            return;
+        };
+        if !status.reason.is_empty() {
+            return;
+        }
+        let left = self
+            .settings
+            .retire_grace
+            .saturating_sub(now.saturating_duration_since(since));
+        status.reason = format!(
+            "retiring: out of the endpoints, stops in {}",
+            super::autoscale::format_span(left)
+        );
     }
 
     /// What the nodes report of each model and its planned replicas not
