@@ -258,3 +258,22 @@ fn a_spec_piped_to_apply_dash_f_dash_is_read_from_stdin() {
     );
     c.stop(Duration::from_secs(5));
 }
+
+#[test]
+fn bench_swarm_flags_out_of_range_are_usage_errors() {
+    // Refused before any coordinator is dialled.
+    let out = bare(&[
+        "--coordinator",
+        "http://127.0.0.1:9",
+        "bench",
+        "swarm",
+        "--agents",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--agents 0 is out of range; allowed: 1..=100000"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -171,7 +171,7 @@ impl Swarm {
 }
 
 pub async fn run(args: SwarmArgs, client: &ClientArgs, output: Output) -> anyhow::Result<()> {
-    validate(&args)?;
+    validate(&args).map_err(crate::cli::usage)?;
     let result = swarm(&args, client).await?;
     if let Some(doc) = output.document(&result)? {
         print!("{doc}");
