@@ -279,12 +279,18 @@ impl Drop for InGauge<'_> {
     }
 }
 
+/// Largest request body the demo server reads: axum's default (2 MB) is
+/// below what a gateway passes by default (`max_body`, 4 MiB), and long
+/// prompts are what engines are for.
+const MAX_REQUEST_BODY: usize = 64 << 20;
+
 fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/metrics", get(metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(engine)
 }
 

@@ -303,6 +303,11 @@ async fn bad_requests_get_openai_style_errors() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["usage"]["prompt_tokens"], 3);
+
+    // A prompt past axum's 2 MB default, within a gateway's 4 MiB.
+    let long = "a ".repeat(3 << 19);
+    let (status, body) = complete(&client, base, json!({"prompt": long, "max_tokens": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     server.stop().await.unwrap();
 }
 
