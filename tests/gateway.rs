@@ -1012,7 +1012,7 @@ fn a_bad_gateway_config_exits_64_naming_the_key() {
 }
 
 #[test]
-fn before_its_first_routing_table_the_gateway_lists_no_models_it_says_why() {
+fn before_its_first_routing_table_the_gateway_lists_no_models_it_says_why_as_for_unknown_paths() {
     let h = Harness::new();
     // No coordinator listens at the harness's address: no table comes.
     let port = free_port();
@@ -1038,4 +1038,20 @@ fn before_its_first_routing_table_the_gateway_lists_no_models_it_says_why() {
     );
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("\"no_routes\""), "{body}");
+
+    // Paths and methods it does not serve get OpenAI-shaped errors too.
+    let (code, body) = http("POST", port, "/v1/embeddings", "{}");
+    assert_eq!(code, 404, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["reason"], "unknown_path", "{body}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no /v1/embeddings"),
+        "{body}"
+    );
+    let (code, body) = http("GET", port, "/v1/completions", "");
+    assert_eq!(code, 405, "{body}");
+    assert!(body.contains("\"method_not_allowed\""), "{body}");
 }

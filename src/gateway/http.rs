@@ -24,7 +24,36 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(gw)
+}
+
+/// OpenAI clients read `error.message`: an empty 404 or 405 left them
+/// nothing to say.
+async fn unknown_path(req: Request) -> Response {
+    super::proxy::ApiError::refusal(
+        StatusCode::NOT_FOUND,
+        "unknown_path",
+        format!(
+            "the gateway serves no {}; it serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models",
+            crate::api::capped(req.uri().path().to_string(), 200)
+        ),
+    )
+    .into_response()
+}
+
+async fn wrong_method(req: Request) -> Response {
+    super::proxy::ApiError::refusal(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not served on {}: POST /v1/completions and /v1/chat/completions, GET the others",
+            req.method(),
+            crate::api::capped(req.uri().path().to_string(), 200)
+        ),
+    )
+    .into_response()
 }
 
 /// Accepts until `stop` turns true; each connection is served on its own

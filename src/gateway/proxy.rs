@@ -41,6 +41,11 @@ impl ApiError {
         }
     }
 
+    /// A refusal that concerns no model (an unknown path, a wrong method).
+    pub(super) fn refusal(status: StatusCode, reason: &'static str, message: String) -> ApiError {
+        ApiError::new(status, reason, "", message)
+    }
+
     fn retry_after(mut self, secs: u64) -> ApiError {
         self.retry_after = Some(secs.max(1));
         self
