@@ -165,6 +165,13 @@ struct SloTarget {
 /// time-to-first-token SLO: every slot is busy at once about 1 time in 700.
 pub const TTFT_HEADROOM_SD: f64 = 3.0;
 
+/// A scale-down waits while the panic window's arrival rate is above the
+/// stable window's by this factor...
+const ABOVE_STABLE_FACTOR: f64 = 1.2;
+/// ...and by this many standard deviations of a Poisson count over the
+/// panic window at the stable rate (so noise alone rarely holds one).
+const ABOVE_STABLE_SD: f64 = 3.0;
+
 /// A per-replica target from a time-to-first-token SLO, and how it follows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TtftTarget {
@@ -1100,6 +1107,13 @@ impl Autoscaler {
                 span(missing_for)
             );
         }
+        if let Some(why) = self.arrivals_above_stable(spec, now) {
+            return Plan::hold(
+                current,
+                Rule::ArrivalsAboveStable,
+                format!("{}; {why}{missing_note}", best.explain),
+            );
+        }
         // Capacity released and soon needed back grows the hold, for
         // falls like those: a desire below the counts re-bought lately by
         // more than their span is a different fall (traffic gone, not a
@@ -1150,6 +1164,33 @@ impl Autoscaler {
         }
         why.push_str(&missing_note);
         Plan::new(target, Rule::ScaleDown, why)
+    }
+
+    /// The newest arrivals, over the panic window, well above the stable
+    /// window's rate: the load has risen and the stable average, which the
+    /// lower desire comes from, has not caught up. A scale-down now would be
+    /// bought back within moments (with a hold of two short starts, a
+    /// 30-second window's lag outlasts it). `Some(why)` while that holds.
+    fn arrivals_above_stable(&self, spec: &ScalingSpec, now: Instant) -> Option<String> {
+        let recent = self
+            .history
+            .average(now, spec.panic_window)
+            .requests_per_s?;
+        let stable = self
+            .history
+            .average(now, spec.stable_window)
+            .requests_per_s?;
+        let noise = (stable / spec.panic_window.as_secs_f64()).sqrt();
+        (recent > ABOVE_STABLE_FACTOR * stable && recent - stable > ABOVE_STABLE_SD * noise).then(
+            || {
+                format!(
+                    "arrivals over the last {} ({} req/s) are above the stable window's ({} req/s): no scale-down while its average catches up",
+                    span(spec.panic_window),
+                    num(recent),
+                    num(stable)
+                )
+            },
+        )
     }
 
     /// How long a lower desire must last before a scale-down. Ski-rental:

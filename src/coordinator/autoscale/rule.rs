@@ -44,6 +44,9 @@ pub enum Rule {
     ScaleDownWait,
     /// Lower desire held by a higher one within the delay.
     ScaleDownHeld,
+    /// Lower desire held: the newest arrivals are well above the stable
+    /// window's, whose average lags a rise.
+    ArrivalsAboveStable,
     ScaleDown,
     /// A configured signal is missing: no scale-down on partial signals.
     MissingSignals,
@@ -72,6 +75,7 @@ impl Rule {
             Rule::Tolerance => "tolerance",
             Rule::ScaleDownWait => "scale-down-wait",
             Rule::ScaleDownHeld => "scale-down-held",
+            Rule::ArrivalsAboveStable => "arrivals-above-stable",
             Rule::ScaleDown => "scale-down",
             Rule::MissingSignals => "missing-signals",
             Rule::ScaleToZero => "scale-to-zero",

@@ -469,3 +469,53 @@ fn the_cold_start_rule_trusts_what_full_replicas_were_seen_to_complete() {
         d.reason
     );
 }
+
+#[test]
+fn no_scale_down_while_the_newest_arrivals_are_well_above_the_stable_windows() {
+    let s = spec();
+    // 4 replicas serving 4 req/s of 1 s requests: one replica's worth, so a
+    // scale-down is due once the hold (2 × the 36 s start) has passed.
+    let walk = |rps: fn(u32) -> f64, ticks: u32| {
+        let (mut a, mut now) = measured_at(4, 1.0);
+        let mut current = 4;
+        let mut out = Vec::new();
+        for i in 0..ticks {
+            let r = rps(i);
+            a.observe(now, &tick(current, r, 0.0, r));
+            let d = a.decide(&s, current, now);
+            current = d.desired;
+            out.push(d);
+            now += SECOND;
+        }
+        out
+    };
+    // Steady, it walks down within seconds.
+    let steady = walk(|_| 4.0, 20);
+    assert!(steady.iter().any(|d| d.desired < 4), "{:?}", steady.last());
+    // The same moment with arrivals stepping to 12 req/s: the 60 s
+    // window's average still asks for one replica, but nothing is released
+    // while the newest arrivals are well above it.
+    let rising = walk(|_| 12.0, 20);
+    assert!(rising.iter().all(|d| d.desired == 4), "{:?}", rising);
+    let held = rising
+        .iter()
+        .find(|d| d.rule == Rule::ArrivalsAboveStable)
+        .expect("held by the rule");
+    assert!(
+        held.reason.contains("arrivals over the last 6s (")
+            && held
+                .reason
+                .ends_with("req/s): no scale-down while its average catches up"),
+        "{}",
+        held.reason
+    );
+    // Once the stable window has caught up, the lower desire (12 req/s of
+    // 1 s requests at target 8: 2 replicas) is acted on.
+    let settled = walk(|_| 12.0, 150);
+    assert_eq!(
+        settled.last().map(|d| d.desired),
+        Some(2),
+        "{:?}",
+        settled.last()
+    );
+}
