@@ -466,8 +466,12 @@ impl EventKind {
                 let why = rule.describe(*to);
                 // The policy's reason already says "from → to: …" when the
                 // count changes.
-                if why.contains('→') {
+                // The first decision after an apply or a restart is recorded
+                // even when the count holds: it says so, not "0 → 0".
+                if why.contains('→') || why.starts_with("holding ") {
                     why
+                } else if from == to {
+                    format!("holding {to}: {why}")
                 } else {
                     format!("{from} → {to}: {why}")
                 }
@@ -704,7 +708,22 @@ mod tests {
                     inputs: Vec::new(),
                 },
                 "scale",
-                "4 → 4: pinned to 4 by `model scale`",
+                "holding 4: pinned to 4 by `model scale`",
+            ),
+            (
+                EventKind::Scaled {
+                    model: s("m"),
+                    from: 0,
+                    to: 0,
+                    rule: ScaleRule::Policy {
+                        rule: s("scale-to-zero"),
+                        reason: s("holding 0: no requests"),
+                        warning: None,
+                    },
+                    inputs: Vec::new(),
+                },
+                "scale",
+                "holding 0: no requests [rule: scale-to-zero]",
             ),
             (
                 EventKind::SignalsMissing {
