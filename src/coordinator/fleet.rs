@@ -471,7 +471,7 @@ impl Fleet {
                 let _ = reply.send(r);
             }
             Command::ListReplicas { model, node, reply } => {
-                let _ = reply.send(Ok(self.replica_views(model.as_deref(), node.as_deref())));
+                let _ = reply.send(self.list_replicas(model.as_deref(), node.as_deref()));
             }
             Command::ReplicaLogs { id, query, reply } => self.request_logs(id, query, reply, now),
             Command::LogsReply { session, reply } => self.logs_reply(session, reply),

@@ -632,6 +632,22 @@ fn replica_views_show_each_replica_once_reported_or_starting() {
         "{states:?}"
     );
     assert_eq!(f.replica_views(Some("m"), Some("gpu-2")).len(), 1);
+    // A name that matches nothing is an error naming what exists, not an
+    // empty table; a known model with none on a known node is just empty.
+    let typo = f
+        .list_replicas(Some("nosuch"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        typo.contains("`nosuch` not found; known models: m"),
+        "{typo}"
+    );
+    let typo = f
+        .list_replicas(None, Some("gpu-9"))
+        .unwrap_err()
+        .to_string();
+    assert!(typo.contains("known nodes: gpu-1, gpu-2"), "{typo}");
+    assert_eq!(f.list_replicas(Some("m"), None).unwrap().len(), 2);
     assert_eq!(f.model_view("m", false).ready_replicas, 1);
 
     // Retiring, it still runs and its node reports it ready: the view says

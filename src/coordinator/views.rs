@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::api::{ModelView, ReplicaView, SignalsHealth};
 
 use super::fleet::Fleet;
+use super::handle::FleetError;
 use super::scrapes::health;
 use super::state::{Endpoint, INVALID_STORED_SPEC};
 
@@ -53,6 +54,24 @@ impl Fleet {
             }
         }
         out
+    }
+
+    /// `replica ls`: the views, or, where a name asked for matches
+    /// nothing, an error naming what exists rather than an empty table (a
+    /// typo looks like "no replicas"). A deleted model's retiring replicas,
+    /// or a forgotten node's, still list.
+    pub(super) fn list_replicas(
+        &self,
+        model: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Vec<ReplicaView>, FleetError> {
+        let views = self.replica_views(model, node);
+        match (model, node) {
+            _ if !views.is_empty() => Ok(views),
+            (Some(m), _) if !self.models.contains_key(m) => Err(self.model_not_found(m)),
+            (_, Some(n)) if !self.nodes.contains_key(n) => Err(self.node_not_found(n)),
+            _ => Ok(views),
+        }
     }
 
     pub(super) fn replica_views(
