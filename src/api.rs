@@ -11,16 +11,38 @@ const SHOWN_WHOLE: usize = 64;
 
 /// A value as messages show it: "`llama-3`", or for a long one its start and
 /// its size ("`aaaaaaaa…` (1,048,576 bytes)"), so no message grows with what
-/// a client sent.
+/// a client sent. Control characters show escaped (`a\0b`, `x\n`): a NUL or
+/// an escape sequence sent in a name never reaches a terminal or a log raw.
 pub fn quoted(value: &str) -> String {
     if value.len() <= SHOWN_WHOLE {
-        return format!("`{value}`");
+        return format!("`{}`", escaped(value));
     }
     let mut end = 32;
     while !value.is_char_boundary(end) {
         end -= 1;
     }
-    format!("`{}…` ({} bytes)", &value[..end], grouped(value.len()))
+    format!(
+        "`{}…` ({} bytes)",
+        escaped(&value[..end]),
+        grouped(value.len())
+    )
+}
+
+fn escaped(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.chars().any(char::is_control) {
+        return value.into();
+    }
+    value
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Cuts a whole message to at most `max` bytes, saying so: the last guard
@@ -325,6 +347,12 @@ mod quoting_tests {
     #[test]
     fn long_values_are_cut_with_their_size() {
         assert_eq!(quoted("llama-3"), "`llama-3`");
+        // Control characters never travel raw.
+        assert_eq!(quoted("a\0b\n\u{1b}[2J"), "`a\\0b\\n\\u{1b}[2J`");
+        assert_eq!(
+            quoted(&format!("{}\0", "a".repeat(70))),
+            format!("`{}…` (71 bytes)", "a".repeat(32))
+        );
         let long = "a".repeat(1 << 20);
         assert_eq!(
             quoted(&long),
