@@ -277,3 +277,48 @@ fn bench_swarm_flags_out_of_range_are_usage_errors() {
         stderr(&out)
     );
 }
+
+#[test]
+fn tls_init_and_demo_load_flags_out_of_range_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().to_str().unwrap();
+    let out = bare(&["tls", "init", "--out", out_dir, "--days", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--days 0 is out of range; allowed: 1..="),
+        "{}",
+        stderr(&out)
+    );
+    let out = bare(&["tls", "init", "--out", out_dir, "--agents", "a/b"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // Nothing was half-written by the refused runs.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    let out = bare(&[
+        "demo",
+        "load",
+        "--rps",
+        "0",
+        "--duration",
+        "1s",
+        "--url",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--rps and --ramp-to are both 0"),
+        "{}",
+        stderr(&out)
+    );
+    let out = bare(&[
+        "demo",
+        "load",
+        "--rps",
+        "1",
+        "--duration",
+        "1s",
+        "--url",
+        "ftp://127.0.0.1:9",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

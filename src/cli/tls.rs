@@ -50,6 +50,13 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         agents: args.agents.clone(),
         days: args.days,
         force: args.force,
+    })
+    .map_err(|e| {
+        if e.is_usage() {
+            super::usage(e)
+        } else {
+            e.into()
+        }
     })?;
     println!(
         "wrote {} files to {} (keys are 0600), valid {} days:",

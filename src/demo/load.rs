@@ -94,6 +94,13 @@ pub enum LoadError {
     Endpoints(#[from] EndpointsError),
 }
 
+impl LoadError {
+    /// A refusal of the flags as given, not a failure of the run.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, LoadError::Endpoints(_))
+    }
+}
+
 /// What one run did. `sent == completed + failed`: a request still running
 /// when the timeout ends the run counts as failed ("timeout").
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -41,7 +41,13 @@ pub async fn run(
         Some(DemoCommand::Server(a)) => server::run_server(a).await,
         Some(DemoCommand::Load(mut a)) => {
             a.output = output;
-            let report = load::run_load(a).await?;
+            let report =
+                load::run_load(a)
+                    .await
+                    .map_err(|e| match e.downcast_ref::<load::LoadError>() {
+                        Some(l) if l.is_usage() => crate::cli::usage(l),
+                        _ => e,
+                    })?;
             load::print_report(&report, output);
             Ok(())
         }

@@ -55,6 +55,14 @@ pub enum CertError {
     },
 }
 
+impl CertError {
+    /// A refusal of the flags as given (a name, a range, a missing
+    /// `--force`), not a failure to do what they ask.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, CertError::Generate { .. } | CertError::Write { .. })
+    }
+}
+
 fn list(names: &[String]) -> String {
     names.join(", ")
 }
