@@ -209,15 +209,35 @@ fn write_weights(path: &Path, size: u64) -> anyhow::Result<()> {
     Ok(written?)
 }
 
+/// The folder of this program when it is called `gpufleet`; otherwise
+/// `<dir>/bin`, with a `gpufleet` link to it there.
+fn exe_dir_named_gpufleet(exe: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    if exe.file_name().is_some_and(|n| n == "gpufleet") {
+        return Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default());
+    }
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
+    let link = bin.join("gpufleet");
+    match std::fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot replace {}", link.display())),
+    }
+    std::os::unix::fs::symlink(exe, &link)
+        .with_context(|| format!("cannot link {} to {}", link.display(), exe.display()))?;
+    Ok(bin)
+}
+
 pub async fn run(args: FleetArgs, log_format: crate::logging::LogFormat) -> anyhow::Result<()> {
     let dir = args
         .dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEMO_SPEC_DIR));
     let exe = std::env::current_exe().context("cannot find this program's path")?;
-    let exe_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     // Model specs name the server as bare `gpufleet`: put this binary first
-    // on the agents' PATH.
+    // on the agents' PATH (under that name, also when it was copied or
+    // renamed: `gpufleet-1.2`, `target/release/deps/gpufleet-…`).
+    let exe_dir = exe_dir_named_gpufleet(&exe, &dir)?;
     let path_env = format!(
         "{}:{}",
         exe_dir.display(),
