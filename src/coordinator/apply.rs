@@ -174,7 +174,7 @@ impl Fleet {
         if c.to != model.desired || model.last_decision.is_empty() || warned {
             let scaled = EventKind::Scaled {
                 model: c.model.clone(),
-                from: model.desired,
+                from: c.from,
                 to: c.to,
                 rule: c.rule,
                 inputs: c.inputs,

@@ -806,3 +806,118 @@ fn the_fleet_task_answers_whatever_its_starters_runtime_does_and_stops_when_told
     let after = asker.block_on(handle.list_models());
     assert!(after.is_err(), "{after:?}");
 }
+
+#[test]
+fn a_restart_keeps_an_autoscaled_models_running_replicas() {
+    use crate::domain::{ReplicaState, ReplicaStatus, Report};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = "name = \"m\"\nweights = \"/srv/m\"\n[server]\ncommand = [\"/bin/serve\"]\ngpu_memory = \"1GiB\"\n[scaling]\nmin_replicas = 1\nmax_replicas = 8\n";
+    let nodes = ["gpu-1", "gpu-2", "gpu-3"];
+    // Every planned replica of `f`, ready, in its node's report.
+    let report_all = |f: &mut Fleet, sessions: &[(u64, &str)], now: Instant| {
+        for &(s, node) in sessions {
+            let replicas = f
+                .plan
+                .values()
+                .filter(|r| r.node == node)
+                .map(|r| ReplicaStatus {
+                    id: r.id.clone(),
+                    model: r.model.clone(),
+                    spec_hash: r.spec_hash.clone(),
+                    state: ReplicaState::Ready,
+                    gpus: r.gpus.clone(),
+                    assignment_token: f.assignment_key.token(node, &r.id, &r.model),
+                    ..Default::default()
+                })
+                .collect();
+            let report = Report {
+                replicas,
+                ..Default::default()
+            };
+            f.report(s, node, report, now);
+        }
+    };
+    let running: Vec<(String, String)>;
+    {
+        let mut f = fleet(dir.path());
+        let t0 = f.started;
+        let conns: Vec<_> = nodes
+            .iter()
+            .map(|n| connect_host(&mut f, n, HostInfo::default(), t0))
+            .collect();
+        let sessions: Vec<(u64, &str)> = conns.iter().map(|c| c.0).zip(nodes).collect();
+        f.apply_model(spec.into()).unwrap();
+        // Three replicas, by hand, then back to the autoscaler, which holds
+        // them until its scale-down delay has passed.
+        f.scale_model("m", Some(3)).unwrap();
+        f.tick(t0 + Duration::from_secs(1)).finish();
+        report_all(&mut f, &sessions, t0 + Duration::from_secs(1));
+        f.scale_model("m", None).unwrap();
+        for s in 2..5 {
+            let now = t0 + Duration::from_secs(s);
+            report_all(&mut f, &sessions, now);
+            f.tick(now).finish();
+        }
+        running = f
+            .plan
+            .values()
+            .map(|r| (r.node.clone(), r.id.clone()))
+            .collect();
+        assert_eq!(running.len(), 3, "{running:?}");
+        f.flush_new_nodes();
+    }
+    // A new coordinator on the same store; the agents come back with the
+    // replicas they run, in their hellos.
+    let mut f = fleet(dir.path());
+    let t0 = f.started;
+    let hash = f.models["m"].spec_hash.clone();
+    let mut conns = Vec::new();
+    for node in nodes {
+        let replicas = running
+            .iter()
+            .filter(|(n, _)| n == node)
+            .map(|(_, id)| ReplicaStatus {
+                id: id.clone(),
+                model: "m".into(),
+                spec_hash: hash.clone(),
+                state: ReplicaState::Ready,
+                gpus: vec![0],
+                assignment_token: f.assignment_key.token(node, id, "m"),
+                ..Default::default()
+            })
+            .collect();
+        let hello = Hello {
+            node_name: node.into(),
+            gpus: vec![GpuInfo {
+                index: 0,
+                uuid: format!("GPU-{node}"),
+                memory_total_bytes: 80 << 30,
+                healthy: true,
+                ..Default::default()
+            }],
+            replicas,
+            agent_instance: "i".into(),
+            ..Default::default()
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let session = f.connect(hello, "127.0.0.1:1".into(), tx, t0).unwrap();
+        conns.push((session, rx));
+    }
+    assert_eq!(f.plan.len(), 3, "{:?}", kinds(&f, "adopt"));
+    let sessions: Vec<(u64, &str)> = conns.iter().map(|c| c.0).zip(nodes).collect();
+    for s in 1..5 {
+        let now = t0 + Duration::from_secs(s);
+        report_all(&mut f, &sessions, now);
+        f.tick(now).finish();
+    }
+    let kept: Vec<&str> = f
+        .plan
+        .values()
+        .filter(|r| r.retiring_since.is_none())
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(kept.len(), 3, "{:?}", kinds(&f, "scale"));
+    // The first decision says it holds what runs.
+    let scaled = kinds(&f, "scale");
+    assert!(scaled[0].starts_with("holding 3: "), "{scaled:?}");
+}
