@@ -144,11 +144,28 @@ fn fleet_with_replicas(h: &Harness, list: &str) -> (Vec<Proc>, Replicas) {
     wait_until(Duration::from_secs(30), "two connected nodes", || {
         all_connected(list, 2)
     });
-    let spec = h.model_spec("steady", 1, "replicas = 2", &demo_command(&[]), "");
+    // Autoscaled, and running above its minimum: a new leader must start
+    // from the two replicas it adopts, not walk to the minimum from 0 (the
+    // scale-down delay is long and fixed, so nothing else lowers it here).
+    let spec = h.model_spec(
+        "steady",
+        1,
+        "[scaling]\nmin_replicas = 1\nmax_replicas = 2\nscale_down_delay = \"10m\"\nscale_down_hold_factor = 0",
+        &demo_command(&[]),
+        "",
+    );
     let out = cli_at(list, &["model", "apply", "-f", spec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli_at(list, &["model", "scale", "steady", "--replicas", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let ready = wait_until(Duration::from_secs(40), "two ready replicas", || {
         replicas(list, "steady").filter(|r| r.len() == 2)
+    });
+    let out = cli_at(list, &["model", "scale", "steady", "--auto"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until(Duration::from_secs(10), "the autoscaler holding 2", || {
+        let m = json_at(list, &["model", "show", "steady"])?;
+        (m["pinned_replicas"].is_null() && m["desired_replicas"] == 2).then_some(())
     });
     (procs, ready)
 }

@@ -271,21 +271,11 @@ impl Fleet {
         now_unix_s: i64,
     ) -> Option<ScaleChange> {
         let m = self.models.get_mut(name)?;
-        // Before its first decision on this coordinator (a restart, a
-        // failover to another coordinator), a model's count is what runs:
-        // the replicas its agents reported and the plan adopted, not the 0
-        // a model starts from, from which the autoscaler would walk down to
-        // its minimum and retire the rest.
-        let desired = if m.last_decision.is_empty() {
-            m.desired.max(inputs.replicas.len() as u32)
-        } else {
-            m.desired
-        };
         let model = ScaledModel {
             name,
             spec: &m.spec,
             pinned: m.record.pinned_replicas,
-            desired,
+            desired: m.desired,
         };
         Some(scale_step(model, &mut m.scaler, inputs, now, now_unix_s))
     }

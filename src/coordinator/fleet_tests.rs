@@ -809,6 +809,19 @@ fn the_fleet_task_answers_whatever_its_starters_runtime_does_and_stops_when_told
 
 #[test]
 fn a_restart_keeps_an_autoscaled_models_running_replicas() {
+    restart_with_replicas_running(false);
+}
+
+#[test]
+fn agents_back_after_the_reconnect_grace_keep_an_autoscaled_models_replicas() {
+    restart_with_replicas_running(true);
+}
+
+/// Three replicas of an autoscaled model (minimum 1) run; the coordinator
+/// restarts and the agents come back with them, in time or (`late`) after
+/// the reconnect grace, once the model was decided with nothing running.
+/// All three are kept.
+fn restart_with_replicas_running(late: bool) {
     use crate::domain::{ReplicaState, ReplicaStatus, Report};
     let dir = tempfile::tempdir().unwrap();
     let spec = "name = \"m\"\nweights = \"/srv/m\"\n[server]\ncommand = [\"/bin/serve\"]\ngpu_memory = \"1GiB\"\n[scaling]\nmin_replicas = 1\nmax_replicas = 8\n";
@@ -869,7 +882,16 @@ fn a_restart_keeps_an_autoscaled_models_running_replicas() {
     // A new coordinator on the same store; the agents come back with the
     // replicas they run, in their hellos.
     let mut f = fleet(dir.path());
-    let t0 = f.started;
+    let mut t0 = f.started;
+    if late {
+        t0 += GRACE + Duration::from_secs(1);
+        f.tick(t0).finish();
+        assert!(
+            kinds(&f, "scale")[0].starts_with("0 → 1: below the minimum"),
+            "{:?}",
+            kinds(&f, "scale")
+        );
+    }
     let hash = f.models["m"].spec_hash.clone();
     let mut conns = Vec::new();
     for node in nodes {
@@ -918,6 +940,15 @@ fn a_restart_keeps_an_autoscaled_models_running_replicas() {
         .collect();
     assert_eq!(kept.len(), 3, "{:?}", kinds(&f, "scale"));
     // The first decision says it holds what runs.
-    let scaled = kinds(&f, "scale");
-    assert!(scaled[0].starts_with("holding 3: "), "{scaled:?}");
+    if !late {
+        let scaled = kinds(&f, "scale");
+        assert!(scaled[0].starts_with("holding 3: "), "{scaled:?}");
+    }
+    assert!(
+        f.model_view("m", false)
+            .decision_now
+            .starts_with("holding 3: "),
+        "{}",
+        f.model_view("m", false).decision_now
+    );
 }

@@ -261,6 +261,7 @@ impl Fleet {
             );
             self.refuse_claim(node, &r, why, message);
         }
+        let mut grown = Vec::new();
         for (r, unsigned) in adopted {
             let what = EventKind::ReplicaAdopted {
                 model: r.model.clone(),
@@ -268,8 +269,42 @@ impl Fleet {
                 replica: r.id.clone(),
                 unsigned,
             };
+            grown.push(r.model.clone());
             self.plan.insert(r);
             self.record(what);
+        }
+        grown.sort_unstable();
+        grown.dedup();
+        for model in grown {
+            self.count_adopted_replicas(&model);
+        }
+    }
+
+    /// An autoscaled model's count takes in the replicas adopted: what runs
+    /// is its current count, and a lower desire waits the scale-down delay
+    /// as any other. Without this, a coordinator that decided before the
+    /// agents were back (a restart, a failover whose agents take longer than
+    /// the reconnect grace) counted 0 running, walked to `min_replicas`,
+    /// and retired the adopted replicas above it. A fixed or pinned count
+    /// is the operator's: a surplus is retired as before.
+    fn count_adopted_replicas(&mut self, name: &str) {
+        let Some(model) = self.models.get(name) else {
+            return;
+        };
+        let Some(scaling) = &model.spec.scaling else {
+            return;
+        };
+        if model.record.pinned_replicas.is_some() {
+            return;
+        }
+        let running = self
+            .plan
+            .of_model(name)
+            .filter(|r| r.retiring_since.is_none())
+            .count() as u32;
+        let count = running.min(scaling.max_replicas);
+        if let Some(model) = self.models.get_mut(name) {
+            model.desired = model.desired.max(count);
         }
     }
 }

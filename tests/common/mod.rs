@@ -216,8 +216,10 @@ impl Harness {
     }
 
     /// Waits until `n` nodes are ready (and so the coordinator answers).
+    /// Seconds, usually; the bound is generous for a CI machine whose two
+    /// cores are busy with a parallel test's llama.cpp load.
     pub fn wait_ready_nodes(&self, n: usize) -> serde_json::Value {
-        wait_until(Duration::from_secs(20), &format!("{n} ready nodes"), || {
+        wait_until(Duration::from_secs(60), &format!("{n} ready nodes"), || {
             let nodes = self.try_json(&["node", "ls"])?;
             (nodes_in_state(&nodes, "ready").len() == n).then_some(nodes)
         })
