@@ -44,7 +44,12 @@ fn connect_host(
     host: HostInfo,
     now: Instant,
 ) -> (u64, mpsc::Receiver<ToAgent>) {
-    let hello = Hello {
+    connect_hello(fleet, hello(node, host, Vec::new()), now)
+}
+
+/// `node`'s Hello: one 80 GiB GPU, `host`, the replicas it runs.
+fn hello(node: &str, host: HostInfo, replicas: Vec<crate::domain::ReplicaStatus>) -> Hello {
+    Hello {
         node_name: node.into(),
         host,
         gpus: vec![GpuInfo {
@@ -54,9 +59,13 @@ fn connect_host(
             healthy: true,
             ..Default::default()
         }],
+        replicas,
         agent_instance: "i".into(),
         ..Default::default()
-    };
+    }
+}
+
+fn connect_hello(fleet: &mut Fleet, hello: Hello, now: Instant) -> (u64, mpsc::Receiver<ToAgent>) {
     let (tx, rx) = mpsc::channel(64);
     let session = fleet.connect(hello, "127.0.0.1:1".into(), tx, now).unwrap();
     (session, rx)
@@ -908,22 +917,11 @@ fn restart_with_replicas_running(late: bool) {
                 ..Default::default()
             })
             .collect();
-        let hello = Hello {
-            node_name: node.into(),
-            gpus: vec![GpuInfo {
-                index: 0,
-                uuid: format!("GPU-{node}"),
-                memory_total_bytes: 80 << 30,
-                healthy: true,
-                ..Default::default()
-            }],
-            replicas,
-            agent_instance: "i".into(),
-            ..Default::default()
-        };
-        let (tx, rx) = mpsc::channel(64);
-        let session = f.connect(hello, "127.0.0.1:1".into(), tx, t0).unwrap();
-        conns.push((session, rx));
+        conns.push(connect_hello(
+            &mut f,
+            hello(node, HostInfo::default(), replicas),
+            t0,
+        ));
     }
     assert_eq!(f.plan.len(), 3, "{:?}", kinds(&f, "adopt"));
     let sessions: Vec<(u64, &str)> = conns.iter().map(|c| c.0).zip(nodes).collect();
