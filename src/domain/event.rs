@@ -549,7 +549,7 @@ impl EventKind {
                     ""
                 };
                 format!(
-                    "adopted replica {replica} that {node} reports running{unsigned}; it counts toward the model's replicas (any surplus is stopped)"
+                    "adopted replica {replica} that {node} reports running{unsigned}; it counts toward the model's replicas (a surplus over a fixed or pinned count is stopped; an autoscaled count takes it in)"
                 )
             }
             NodeState {
@@ -862,7 +862,7 @@ mod tests {
                     unsigned: false,
                 },
                 "adopt",
-                "adopted replica m-1 that gpu-1 reports running; it counts toward the model's replicas (any surplus is stopped)",
+                "adopted replica m-1 that gpu-1 reports running; it counts toward the model's replicas (a surplus over a fixed or pinned count is stopped; an autoscaled count takes it in)",
             ),
             (
                 EventKind::WarmResident {
