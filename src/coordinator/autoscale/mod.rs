@@ -1229,7 +1229,13 @@ impl Autoscaler {
         match self.start.get() {
             Some(start) if spec.scale_down_hold_factor > 0.0 => {
                 let cap = 4.0 * spec.scale_down_delay.as_secs_f64();
-                let hold = start * spec.scale_down_hold_factor * mult;
+                // Never shorter than the panic window (nor the delay set):
+                // a lower desire that has not lasted that long is the
+                // noise of a second or two, and a server that starts in half
+                // a second would otherwise be released and bought back
+                // within a few seconds, again and again.
+                let floor = spec.panic_window.min(spec.scale_down_delay);
+                let hold = (start * spec.scale_down_hold_factor * mult).max(floor.as_secs_f64());
                 Duration::from_secs_f64(hold.min(cap).min(86_400.0))
             }
             _ => spec.scale_down_delay,

@@ -519,3 +519,30 @@ fn no_scale_down_while_the_newest_arrivals_are_well_above_the_stable_windows() {
         settled.last()
     );
 }
+
+#[test]
+fn a_server_that_starts_in_half_a_second_is_held_a_panic_window_at_least() {
+    let s = spec();
+    // 4 replicas serving 4 req/s of 1 s requests, a start measured at 0.5 s:
+    // 2 × the start would release capacity after a second of lower desire.
+    let mut a = Autoscaler::new();
+    let mut now = Instant::now();
+    a.record_start(Duration::from_millis(500));
+    let mut current = 4;
+    let mut first_down = None;
+    for i in 0..120u32 {
+        a.observe(now, &tick(current, 4.0, 0.0, 4.0));
+        let d = a.decide(&s, current, now);
+        if d.desired < current && first_down.is_none() {
+            first_down = Some((i, d.reason.clone()));
+        }
+        current = d.desired;
+        now += SECOND;
+    }
+    let (at, reason) = first_down.expect("a scale-down at all");
+    assert!(
+        reason.contains("scale-down waited 6s,"),
+        "at {at} s: {reason}"
+    );
+    assert!(current < 4, "{current}");
+}
