@@ -14,8 +14,9 @@ pub struct EventsArgs {
     pub model: Option<String>,
     #[arg(long)]
     pub node: Option<String>,
-    /// How many past events to show.
-    #[arg(long, default_value_t = 50)]
+    /// How many past events to show (1 or more; the coordinator keeps
+    /// `event_log_capacity`).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
     /// Keep printing new events as they happen.
     #[arg(long, short = 'f')]

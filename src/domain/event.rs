@@ -432,6 +432,7 @@ impl EventKind {
     pub fn message(&self) -> String {
         use EventKind::*;
         match self {
+            CoordinatorStarted { models: 1 } => "coordinator started with 1 model".into(),
             CoordinatorStarted { models } => format!("coordinator started with {models} models"),
             CoordinatorPaused { gap_s } => format!(
                 "the coordinator did not run for {} (stopped or frozen); nodes are not judged for that time, and agents get the reconnect grace again",
