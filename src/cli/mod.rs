@@ -131,10 +131,10 @@ pub struct CoordinatorArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// gRPC listen address [default: 0.0.0.0:7460].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
     /// HTTP listen address (/metrics, /healthz, /v1/endpoints) [default: 0.0.0.0:7461].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_listen)]
     pub http_listen: Option<SocketAddr>,
     /// Where the store lives [default: /var/lib/gpufleet/coordinator].
     #[arg(long)]
@@ -185,7 +185,7 @@ pub struct GatewayArgs {
     /// Client listen address [default: 0.0.0.0:7470]. The coordinator is
     /// the global --coordinator [default: the config file's, else
     /// http://127.0.0.1:7460].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
 }
 
@@ -212,7 +212,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub simulated_gpus: Option<u32>,
     /// HTTP listen address (/metrics, /healthz) [default: 127.0.0.1:7462].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_listen)]
     pub http_listen: Option<SocketAddr>,
     /// Stop every replica when the agent exits (the demo's throwaway fleet).
     /// Without it replicas outlive the agent and are re-adopted.
@@ -222,6 +222,12 @@ pub struct AgentArgs {
 
 fn parse_backend(s: &str) -> Result<GpuBackend, String> {
     s.parse()
+}
+
+/// A listen address as the config files take it, with their message.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "not an address; use IP:PORT (port 0–65535), e.g. 0.0.0.0:7470".to_string())
 }
 
 /// Exit code for bad configuration (sysexits EX_USAGE / EX_CONFIG family).
