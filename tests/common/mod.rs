@@ -341,8 +341,16 @@ impl Harness {
         let cfg = state.join("agent.toml");
         let http_port = free_port();
         // Each agent its own port range: agents of tests running at once
-        // must not race for the same replica port.
-        let base = 20000 + (free_port() % 400) * 100;
+        // must not race for the same replica port. Below the kernel's
+        // ephemeral ports (32768 and up), where the tests' client sockets
+        // and `free_port()` listeners come from and could hold a replica's
+        // port for a minute; 127 ranges of 100 taken in turn within a test
+        // binary, from an offset per process.
+        static NEXT_RANGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let slot = (std::process::id()
+            + NEXT_RANGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            % 127;
+        let base = 20000 + slot * 100;
         // Keys before the first `[table]` line go at the top; the rest after.
         let table_at = extra
             .lines()
