@@ -59,7 +59,9 @@ pub(super) struct Chunks<'h> {
 
 impl<'h> Chunks<'h> {
     pub(super) fn of(history: &'h DemandHistory) -> Chunks<'h> {
-        let mut grouped: BTreeMap<String, Vec<&Bucket>> = BTreeMap::new();
+        // Grouped by (ring, chunk start), the key formatted once a chunk:
+        // a day's history is thousands of buckets and a few dozen chunks.
+        let mut grouped: BTreeMap<(&'static str, i64), Vec<&Bucket>> = BTreeMap::new();
         for (ring, buckets) in history.stored() {
             let span = if ring == "fine" {
                 FINE_CHUNK_S
@@ -68,17 +70,14 @@ impl<'h> Chunks<'h> {
             };
             for b in buckets {
                 let chunk = b.start().div_euclid(span) * span;
-                grouped
-                    .entry(format!("{ring}/{chunk}"))
-                    .or_default()
-                    .push(b);
+                grouped.entry((ring, chunk)).or_default().push(b);
             }
         }
         let by_suffix = grouped
             .into_iter()
-            .map(|(suffix, buckets)| {
+            .map(|((ring, chunk), buckets)| {
                 let hash = hash_of(buckets.iter().copied());
-                (suffix, Chunk { buckets, hash })
+                (format!("{ring}/{chunk}"), Chunk { buckets, hash })
             })
             .collect();
         Chunks { by_suffix }
