@@ -125,6 +125,9 @@ pub fn require_scheme(what: &str, url: &str, schemes: &[&str]) -> anyhow::Result
             "the {what} URL `{url}` starts with {scheme}://; allowed: {}",
             allowed.join(" or ")
         ),
+        None if schemes.contains(&"https") => format!(
+            "the {what} URL `{url}` has no scheme; use http://{url} (https://{url} with TLS)"
+        ),
         None => format!("the {what} URL `{url}` has no scheme; use http://{url}"),
     }))
 }
@@ -607,6 +610,12 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "the gateway URL `127.0.0.1:7470` has no scheme; use http://127.0.0.1:7470"
+        );
+        let e = require_scheme("coordinator", "c:7460", &tls).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("use http://c:7460 (https://c:7460 with TLS)"),
+            "{e}"
         );
         let e = require_scheme("coordinator", "grpc://c:7460", &tls).unwrap_err();
         assert!(
