@@ -145,6 +145,95 @@ fn a_written_trace_replays_to_the_same_requests_and_prints_a_table() {
 }
 
 #[test]
+fn public_trace_layouts_are_read_and_how_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    // The Mooncake trace: JSON lines, `timestamp` in milliseconds.
+    let mooncake = dir.path().join("mooncake.jsonl");
+    let lines: Vec<String> = (0..600)
+        .map(|i| {
+            format!(
+                "{{\"timestamp\": {}, \"input_length\": 2000, \"output_length\": 100, \"hash_ids\": [{i}]}}",
+                i * 500
+            )
+        })
+        .collect();
+    std::fs::write(&mooncake, lines.join("\n")).unwrap();
+    let o = simulate(&[
+        "--trace",
+        mooncake.to_str().unwrap(),
+        "--model",
+        MODEL,
+        "--policies",
+        "gpufleet",
+        "-o",
+        "json",
+    ]);
+    let runs = reports(&stdout(&o));
+    assert_eq!(runs[0]["requests"], 600);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("read 600 requests from")
+            && err.contains("JSON lines; times from `timestamp` (milliseconds when a number); prompt tokens from `input_length`; answer tokens from `output_length`"),
+        "{err}"
+    );
+    // 600 requests 0.5 s apart: five minutes, not 83 hours of seconds.
+    let hours = runs[0]["gpu_hours"].as_f64().unwrap();
+    assert!(hours < 1.0, "read as milliseconds: {hours} GPU-hours");
+
+    // BurstGPT: token counts in `Request tokens` / `Response tokens`.
+    let burst = dir.path().join("burstgpt.csv");
+    std::fs::write(
+        &burst,
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n\
+         5,ChatGPT,472,18,490,Conversation log\n45,GPT-4,1087,0,1087,Conversation log\n",
+    )
+    .unwrap();
+    let o = simulate(&[
+        "--trace",
+        burst.to_str().unwrap(),
+        "--model",
+        MODEL,
+        "--policies",
+        "gpufleet",
+    ]);
+    stdout(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("prompt tokens from `Request tokens`; answer tokens from `Response tokens`"),
+        "{err}"
+    );
+
+    // A trace without token columns says what it filled in.
+    let bare = dir.path().join("bare.csv");
+    std::fs::write(&bare, "time\n0\n1\n").unwrap();
+    let o = simulate(&[
+        "--trace",
+        bare.to_str().unwrap(),
+        "--model",
+        MODEL,
+        "--policies",
+        "gpufleet",
+    ]);
+    stdout(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no prompt-token column: 1000 each (--context-tokens)"),
+        "{err}"
+    );
+
+    // --time-unit belongs to --trace.
+    let o = simulate(&[
+        "--synthetic",
+        "diurnal",
+        "--time-unit",
+        "ms",
+        "--model",
+        MODEL,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+}
+
+#[test]
 fn a_broken_trace_names_the_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("bad.csv");

@@ -17,7 +17,7 @@ use crate::sim::policies::PolicyKind;
 use crate::sim::report::{PolicyReport, SloKind};
 use crate::sim::serving::{FleetShape, ServingModel};
 use crate::sim::synthetic::{DiurnalSpec, Synthetic, SyntheticKind};
-use crate::sim::trace::{self, TokenDefaults};
+use crate::sim::trace::{self, TimeUnit, TokenDefaults, TraceOptions};
 use crate::sim::{self as simulation, Setup, SimError, Trace};
 
 use super::output::{Output, Table};
@@ -28,11 +28,18 @@ const PLOT_BINS: usize = 288;
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["trace", "counts", "synthetic"])))]
 pub struct SimulateArgs {
-    /// CSV trace with a header: a TIMESTAMP column (`2023-11-16 18:15:46.68`,
-    /// unix seconds, or seconds from the start), optional ContextTokens and
-    /// GeneratedTokens columns (the Azure LLM inference trace layout).
+    /// Request trace: CSV with a header (a TIMESTAMP column: `2023-11-16
+    /// 18:15:46.68`, unix seconds, or seconds from the start; optional
+    /// ContextTokens and GeneratedTokens columns, as in the Azure LLM
+    /// inference trace, or BurstGPT's Request/Response tokens), or JSON lines
+    /// (one object per request, as in the Mooncake trace: timestamp in ms,
+    /// input_length, output_length).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+    /// What a numeric timestamp of --trace counts [default: as the column's
+    /// name says (timestamp_ms), else ms for JSON lines' `timestamp`, else s].
+    #[arg(long, value_enum)]
+    pub time_unit: Option<TimeUnitArg>,
     /// Per-second request counts: one integer per line, or `second,count`.
     #[arg(long, value_name = "FILE")]
     pub counts: Option<PathBuf>,
@@ -121,6 +128,24 @@ pub struct SimulateArgs {
     pub output: Output,
 }
 
+/// `--time-unit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimeUnitArg {
+    S,
+    Ms,
+    Us,
+}
+
+impl From<TimeUnitArg> for TimeUnit {
+    fn from(u: TimeUnitArg) -> TimeUnit {
+        match u {
+            TimeUnitArg::S => TimeUnit::Seconds,
+            TimeUnitArg::Ms => TimeUnit::Millis,
+            TimeUnitArg::Us => TimeUnit::Micros,
+        }
+    }
+}
+
 fn parse_fleet(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("`{s}` is not a fleet; use NODESxGPUS, e.g. \"4x8\"");
     let (n, g) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
@@ -154,9 +179,26 @@ fn load_trace(args: &SimulateArgs) -> anyhow::Result<(Trace, String)> {
         context_tokens: args.context_tokens,
         generated_tokens: args.generated_tokens,
     };
+    if args.time_unit.is_some() && args.trace.is_none() {
+        return Err(super::usage(
+            "--time-unit applies to --trace only (counts files count seconds; synthetic traces are made in seconds)",
+        ));
+    }
     if let Some(path) = &args.trace {
-        let t = trace::parse_csv(&read(path, "trace")?, tokens)
+        let opts = TraceOptions {
+            tokens,
+            time_unit: args.time_unit.map(TimeUnit::from),
+        };
+        let (t, layout) = trace::parse(&read(path, "trace")?, opts)
             .with_context(|| format!("in trace {}", path.display()))?;
+        // On stderr, so that `-o json` stays one document: how the file was
+        // read, which a wrong guess (a unit, a column) would otherwise hide.
+        eprintln!(
+            "read {} requests from {}: {}",
+            t.requests.len(),
+            path.display(),
+            layout.describe(tokens)
+        );
         return Ok((Trace::Requests(t), path.display().to_string()));
     }
     if let Some(path) = &args.counts {

@@ -62,6 +62,13 @@ pub enum TraceError {
         expected: &'static str,
         found: String,
     },
+    #[error("line {line}, key `{key}`: expected {expected}, found `{found}`")]
+    Key {
+        line: usize,
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
 }
 
 /// Header names (lowercase, without `_`, `-` and spaces) of each column.
@@ -73,17 +80,25 @@ const TIMESTAMP_NAMES: [&str; 6] = [
     "arrivals",
     "ts",
 ];
-const CONTEXT_NAMES: [&str; 5] = [
+const CONTEXT_NAMES: [&str; 9] = [
     "contexttokens",
     "prompttokens",
     "inputtokens",
+    "requesttokens",
+    "inputlength",
+    "promptlength",
+    "inputlen",
     "context",
     "prompt",
 ];
-const GENERATED_NAMES: [&str; 5] = [
+const GENERATED_NAMES: [&str; 9] = [
     "generatedtokens",
     "outputtokens",
     "completiontokens",
+    "responsetokens",
+    "outputlength",
+    "completionlength",
+    "outputlen",
     "generated",
     "output",
 ];
@@ -92,9 +107,120 @@ const GENERATED_NAMES: [&str; 5] = [
 /// from the start of the trace.
 const UNIX_FROM: f64 = 1e9;
 
-const TIMESTAMP_EXPECTED: &str =
-    "a time like `2023-11-16 18:15:46.6805900`, unix seconds, or seconds from the start";
 const TOKENS_EXPECTED: &str = "a whole number of tokens (0 or more)";
+
+/// What a number in a timestamp column counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    Seconds,
+    Millis,
+    Micros,
+}
+
+impl TimeUnit {
+    fn per_second(self) -> f64 {
+        match self {
+            TimeUnit::Seconds => 1.0,
+            TimeUnit::Millis => 1e3,
+            TimeUnit::Micros => 1e6,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeUnit::Seconds => "seconds",
+            TimeUnit::Millis => "milliseconds",
+            TimeUnit::Micros => "microseconds",
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            TimeUnit::Seconds => {
+                "a time like `2023-11-16 18:15:46.6805900`, unix seconds, or seconds from the start"
+            }
+            TimeUnit::Millis => {
+                "a time like `2023-11-16 18:15:46.6805900`, unix milliseconds, or milliseconds from the start"
+            }
+            TimeUnit::Micros => {
+                "a time like `2023-11-16 18:15:46.6805900`, unix microseconds, or microseconds from the start"
+            }
+        }
+    }
+}
+
+/// How a request trace is read.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TraceOptions {
+    pub tokens: TokenDefaults,
+    /// What numbers in the timestamp column count; `None`: as the column's
+    /// name says (`timestamp_ms`), else milliseconds for a `timestamp` key in
+    /// JSON lines (the Mooncake trace layout) and seconds otherwise.
+    pub time_unit: Option<TimeUnit>,
+}
+
+/// How a trace file was read: its layout and which column gave what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceLayout {
+    pub json_lines: bool,
+    pub timestamp: String,
+    pub time_unit: TimeUnit,
+    pub context: Option<String>,
+    pub generated: Option<String>,
+}
+
+impl TraceLayout {
+    /// One line for the operator: what was read from where, and what was
+    /// filled in.
+    pub fn describe(&self, tokens: TokenDefaults) -> String {
+        let (what, field) = if self.json_lines {
+            ("JSON lines", "key")
+        } else {
+            ("CSV", "column")
+        };
+        let column = |name: &Option<String>, kind: &str, default: u32, flag: &str| match name {
+            Some(n) => format!("{kind} tokens from `{n}`"),
+            None => format!("no {kind}-token {field}: {default} each ({flag})"),
+        };
+        format!(
+            "{what}; times from `{}` ({} when a number); {}; {}",
+            self.timestamp,
+            self.time_unit.as_str(),
+            column(
+                &self.context,
+                "prompt",
+                tokens.context_tokens,
+                "--context-tokens"
+            ),
+            column(
+                &self.generated,
+                "answer",
+                tokens.generated_tokens,
+                "--generated-tokens"
+            ),
+        )
+    }
+}
+
+/// The unit a timestamp column's name gives (`timestamp_ms`), if it is one.
+fn timestamp_column(name: &str) -> Option<Option<TimeUnit>> {
+    let n = normalized(name);
+    if TIMESTAMP_NAMES.contains(&&*n) {
+        return Some(None);
+    }
+    for (suffix, unit) in [
+        ("ms", TimeUnit::Millis),
+        ("us", TimeUnit::Micros),
+        ("s", TimeUnit::Seconds),
+    ] {
+        if let Some(base) = n.strip_suffix(suffix) {
+            if TIMESTAMP_NAMES.contains(&base) {
+                return Some(Some(unit));
+            }
+        }
+    }
+    None
+}
 
 fn normalized(name: &str) -> String {
     name.trim()
@@ -114,31 +240,95 @@ fn fields(line: &str) -> Vec<&str> {
 /// Parses a CSV trace with a header line. Token columns are optional;
 /// `defaults` fills them in. Rows may come in any order.
 pub fn parse_csv(text: &str, defaults: TokenDefaults) -> Result<RequestTrace, TraceError> {
+    parse(
+        text,
+        TraceOptions {
+            tokens: defaults,
+            time_unit: None,
+        },
+    )
+    .map(|(t, _)| t)
+}
+
+/// Parses a request trace: CSV with a header line, or JSON lines (one object
+/// per request, as in the Mooncake trace), told apart by the first line.
+/// Rows may come in any order.
+pub fn parse(text: &str, opts: TraceOptions) -> Result<(RequestTrace, TraceLayout), TraceError> {
     let mut lines = text
         .lines()
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
-        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-    let Some((header_line, header)) = lines.next() else {
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .peekable();
+    let Some((_, first)) = lines.peek() else {
         return Err(TraceError::Empty(
-            "a header line (e.g. `TIMESTAMP,ContextTokens,GeneratedTokens`) and one line per request",
+            "a header line (e.g. `TIMESTAMP,ContextTokens,GeneratedTokens`) and one line per request, or one JSON object per request",
         ));
+    };
+    let (stamps, layout) = if first.trim_start().starts_with('{') {
+        read_json_lines(lines, opts)?
+    } else {
+        read_csv(lines, opts)?
+    };
+    if stamps.is_empty() {
+        return Err(TraceError::Empty("at least one request after the header"));
+    }
+    let first = stamps.iter().map(|s| s.0).fold(f64::INFINITY, f64::min);
+    let absolute = stamps.iter().all(|s| s.3);
+    let mut requests: Vec<Request> = stamps
+        .into_iter()
+        .map(|(t, context_tokens, generated_tokens, _)| Request {
+            arrival_s: t - first,
+            context_tokens,
+            generated_tokens,
+        })
+        .collect();
+    requests.sort_by(|a, b| a.arrival_s.total_cmp(&b.arrival_s));
+    let trace = RequestTrace {
+        requests,
+        start_unix_s: if absolute { first.floor() as i64 } else { 0 },
+    };
+    Ok((trace, layout))
+}
+
+/// A request as read: seconds, prompt and answer tokens, whether the time
+/// is absolute (unix).
+type Stamp = (f64, u32, u32, bool);
+
+fn read_csv<'a>(
+    mut lines: impl Iterator<Item = (usize, &'a str)>,
+    opts: TraceOptions,
+) -> Result<(Vec<Stamp>, TraceLayout), TraceError> {
+    let Some((header_line, header)) = lines.next() else {
+        return Err(TraceError::Empty("a header line"));
     };
     let names = fields(header);
     let find = |wanted: &[&str]| names.iter().position(|n| wanted.contains(&&*normalized(n)));
-    let Some(ts_col) = find(&TIMESTAMP_NAMES) else {
+    let Some((ts_col, named_unit)) = names
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| timestamp_column(n).map(|u| (i, u)))
+    else {
         return Err(TraceError::Line {
             line: header_line,
             message: format!(
                 "no timestamp column in the header `{header}`; expected a column named \
-                 TIMESTAMP (or timestamp, time, arrival)"
+                 TIMESTAMP (or timestamp, time, arrival; timestamp_ms for milliseconds)"
             ),
         });
     };
+    let unit = opts.time_unit.or(named_unit).unwrap_or(TimeUnit::Seconds);
     let ctx_col = find(&CONTEXT_NAMES);
     let gen_col = find(&GENERATED_NAMES);
+    let layout = TraceLayout {
+        json_lines: false,
+        timestamp: names[ts_col].to_string(),
+        time_unit: unit,
+        context: ctx_col.map(|c| names[c].to_string()),
+        generated: gen_col.map(|c| names[c].to_string()),
+    };
 
-    let mut stamps: Vec<(f64, u32, u32, bool)> = Vec::new();
+    let mut stamps = Vec::new();
     for (line, text) in lines {
         let row = fields(text);
         if row.len() != names.len() {
@@ -158,44 +348,134 @@ pub fn parse_csv(text: &str, defaults: TokenDefaults) -> Result<RequestTrace, Tr
             expected,
             found: row[col].to_string(),
         };
-        let (stamp, absolute) =
-            parse_timestamp(row[ts_col]).ok_or_else(|| field_error(ts_col, TIMESTAMP_EXPECTED))?;
+        let (stamp, absolute) = parse_timestamp(row[ts_col], unit)
+            .ok_or_else(|| field_error(ts_col, unit.expected()))?;
         let tokens = |col: Option<usize>, default: u32| match col {
             None => Ok(default),
             Some(c) => row[c]
                 .parse::<u32>()
                 .map_err(|_| field_error(c, TOKENS_EXPECTED)),
         };
-        let context = tokens(ctx_col, defaults.context_tokens)?;
-        let generated = tokens(gen_col, defaults.generated_tokens)?;
+        let context = tokens(ctx_col, opts.tokens.context_tokens)?;
+        let generated = tokens(gen_col, opts.tokens.generated_tokens)?;
         stamps.push((stamp, context, generated, absolute));
     }
-    if stamps.is_empty() {
-        return Err(TraceError::Empty("at least one request after the header"));
+    Ok((stamps, layout))
+}
+
+/// JSON lines: one object per request. The keys are found by the same
+/// names as CSV columns, on the first line; every line must have those the
+/// first had.
+fn read_json_lines<'a>(
+    lines: impl Iterator<Item = (usize, &'a str)>,
+    opts: TraceOptions,
+) -> Result<(Vec<Stamp>, TraceLayout), TraceError> {
+    let mut layout: Option<TraceLayout> = None;
+    let mut stamps = Vec::new();
+    for (line, text) in lines {
+        let obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| TraceError::Line {
+                line,
+                message: format!(
+                    "expected a JSON object (one request per line, as on the first line): {e}"
+                ),
+            })?;
+        let layout = match &layout {
+            Some(l) => l,
+            None => layout.insert(json_layout(&obj, line, opts)?),
+        };
+        let value = |key: &str| {
+            obj.get(key).ok_or_else(|| TraceError::Line {
+                line,
+                message: format!("no `{key}` key; expected one on every line, as on the first"),
+            })
+        };
+        let field_error = |key: &str, expected, found: &serde_json::Value| TraceError::Key {
+            line,
+            key: key.to_string(),
+            expected,
+            found: found.to_string(),
+        };
+        let v = value(&layout.timestamp)?;
+        let text_stamp = match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let (stamp, absolute) = text_stamp
+            .and_then(|s| parse_timestamp(&s, layout.time_unit))
+            .ok_or_else(|| field_error(&layout.timestamp, layout.time_unit.expected(), v))?;
+        let tokens = |key: &Option<String>, default: u32| match key {
+            None => Ok(default),
+            Some(k) => {
+                let v = value(k)?;
+                let n = match v {
+                    serde_json::Value::Number(n) => n.as_u64(),
+                    serde_json::Value::String(s) => s.trim().parse().ok(),
+                    _ => None,
+                };
+                n.and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| field_error(k, TOKENS_EXPECTED, v))
+            }
+        };
+        let context = tokens(&layout.context, opts.tokens.context_tokens)?;
+        let generated = tokens(&layout.generated, opts.tokens.generated_tokens)?;
+        stamps.push((stamp, context, generated, absolute));
     }
-    let first = stamps.iter().map(|s| s.0).fold(f64::INFINITY, f64::min);
-    let absolute = stamps.iter().all(|s| s.3);
-    let mut requests: Vec<Request> = stamps
-        .into_iter()
-        .map(|(t, context_tokens, generated_tokens, _)| Request {
-            arrival_s: t - first,
-            context_tokens,
-            generated_tokens,
-        })
-        .collect();
-    requests.sort_by(|a, b| a.arrival_s.total_cmp(&b.arrival_s));
-    Ok(RequestTrace {
-        requests,
-        start_unix_s: if absolute { first.floor() as i64 } else { 0 },
+    let layout = layout.ok_or(TraceError::Empty("at least one request"))?;
+    Ok((stamps, layout))
+}
+
+/// Which keys of a JSON-lines trace hold what, from its first object.
+fn json_layout(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    line: usize,
+    opts: TraceOptions,
+) -> Result<TraceLayout, TraceError> {
+    let find = |wanted: &[&str]| {
+        obj.keys()
+            .find(|k| wanted.contains(&&*normalized(k)))
+            .cloned()
+    };
+    let Some((timestamp, named_unit)) = obj
+        .keys()
+        .find_map(|k| timestamp_column(k).map(|u| (k.clone(), u)))
+    else {
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        return Err(TraceError::Line {
+            line,
+            message: format!(
+                "no timestamp key in the object (keys: {}); expected one named timestamp \
+                 (milliseconds, as in the Mooncake trace), time or arrival (seconds)",
+                keys.join(", ")
+            ),
+        });
+    };
+    // The Mooncake trace and the tools that replay it count `timestamp` in
+    // milliseconds from the first request.
+    let unit = opts.time_unit.or(named_unit).unwrap_or_else(|| {
+        if normalized(&timestamp) == "timestamp" {
+            TimeUnit::Millis
+        } else {
+            TimeUnit::Seconds
+        }
+    });
+    Ok(TraceLayout {
+        json_lines: true,
+        timestamp,
+        time_unit: unit,
+        context: find(&CONTEXT_NAMES),
+        generated: find(&GENERATED_NAMES),
     })
 }
 
-/// A timestamp in seconds, and whether it is absolute (unix time).
-fn parse_timestamp(s: &str) -> Option<(f64, bool)> {
+/// A timestamp in seconds, and whether it is absolute (unix time). A
+/// number counts `unit`s.
+fn parse_timestamp(s: &str, unit: TimeUnit) -> Option<(f64, bool)> {
     if s.contains('-') || s.contains(':') {
         return parse_datetime(s).map(|t| (t, true));
     }
-    let v: f64 = s.parse().ok()?;
+    let v: f64 = s.parse::<f64>().ok()? / unit.per_second();
     (v.is_finite() && v >= 0.0).then_some((v, v >= UNIX_FROM))
 }
 
@@ -449,6 +729,98 @@ mod tests {
         ));
     }
 
+    fn read(text: &str, unit: Option<TimeUnit>) -> Result<(RequestTrace, TraceLayout), TraceError> {
+        parse(
+            text,
+            TraceOptions {
+                tokens: TokenDefaults::default(),
+                time_unit: unit,
+            },
+        )
+    }
+
+    #[test]
+    fn reads_burstgpts_request_and_response_tokens() {
+        let (t, layout) = read(
+            "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type
+             5,ChatGPT,472,18,490,Conversation log
+             45.5,GPT-4,1087,0,1087,Conversation log
+",
+            None,
+        )
+        .unwrap();
+        assert_eq!(layout.time_unit, TimeUnit::Seconds);
+        assert_eq!(layout.context.as_deref(), Some("Request tokens"));
+        assert_eq!(layout.generated.as_deref(), Some("Response tokens"));
+        let got: Vec<_> = t
+            .requests
+            .iter()
+            .map(|r| (r.arrival_s, r.context_tokens, r.generated_tokens))
+            .collect();
+        assert_eq!(got, vec![(0.0, 472, 18), (40.5, 1087, 0)]);
+    }
+
+    #[test]
+    fn reads_mooncake_json_lines_in_milliseconds() {
+        let text = "{\"timestamp\": 3052, \"input_length\": 7234, \"output_length\": 794, \"hash_ids\": [0, 28]}\n\
+                    {\"timestamp\": 0, \"input_length\": 6755, \"output_length\": 500, \"hash_ids\": [0, 1]}\n";
+        let (t, layout) = read(text, None).unwrap();
+        assert!(layout.json_lines);
+        assert_eq!(layout.time_unit, TimeUnit::Millis);
+        let got: Vec<_> = t
+            .requests
+            .iter()
+            .map(|r| (r.arrival_s, r.context_tokens, r.generated_tokens))
+            .collect();
+        assert_eq!(got, vec![(0.0, 6755, 500), (3.052, 7234, 794)]);
+        assert_eq!(t.start_unix_s, 0);
+        // Told otherwise, the same numbers are seconds.
+        let (t, _) = read(text, Some(TimeUnit::Seconds)).unwrap();
+        assert_eq!(t.requests[1].arrival_s, 3052.0);
+        // Other time keys are seconds, as in CSV.
+        let (t, layout) = read("{\"arrival\": 2.5}\n{\"arrival\": 4}\n", None).unwrap();
+        assert_eq!(layout.time_unit, TimeUnit::Seconds);
+        assert_eq!(t.requests[1].arrival_s, 1.5);
+        assert_eq!(t.requests[1].context_tokens, 1000, "default fills in");
+    }
+
+    #[test]
+    fn a_columns_name_can_give_its_unit() {
+        let (t, layout) = read("timestamp_ms,prompt_tokens\n1500,1\n500,2\n", None).unwrap();
+        assert_eq!(layout.time_unit, TimeUnit::Millis);
+        assert_eq!(t.requests[1].arrival_s, 1.0);
+        let (t, _) = read("time_us\n1700000000000000\n1700000002000000\n", None).unwrap();
+        assert_eq!(t.start_unix_s, 1_700_000_000, "unix microseconds");
+        assert_eq!(t.requests[1].arrival_s, 2.0);
+        let err = read("timestamp_ms\nsoon\n", None).unwrap_err().to_string();
+        assert!(
+            err.contains("unix milliseconds, or milliseconds from the start"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_json_lines_say_where_and_what() {
+        let err = |text: &str| read(text, None).unwrap_err().to_string();
+        assert_eq!(
+            err("{\"timestamp\": 0, \"input_length\": 5}\n{\"timestamp\": 1, \"input_length\": \"x\"}\n"),
+            "line 2, key `input_length`: expected a whole number of tokens (0 or more), found `\"x\"`"
+        );
+        assert_eq!(
+            err("{\"timestamp\": 0, \"input_length\": 5}\n{\"time\": 1}\n"),
+            "line 2: no `timestamp` key; expected one on every line, as on the first"
+        );
+        assert!(err("{\"timestamp\": 0}\n[1]\n")
+            .starts_with("line 2: expected a JSON object (one request per line"));
+        assert!(err("{\"when\": 0, \"input_length\": 5}\n")
+            .starts_with("line 1: no timestamp key in the object (keys: input_length, when)"));
+        assert!(
+            err("{\"timestamp\": -1}\n").starts_with("line 1, key `timestamp`: expected a time")
+        );
+        assert!(err("{\"timestamp\": 1, \"output_length\": 5000000000}\n")
+            .starts_with("line 1, key `output_length`: expected a whole number"));
+    }
+
     #[test]
     fn counts_one_per_line_or_pairs() {
         let c = parse_counts("3\n0\n# quiet\n\n2\n", TokenDefaults::default()).unwrap();
@@ -510,6 +882,14 @@ mod tests {
         fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
             let _ = parse_csv(&text, TokenDefaults::default());
             let _ = parse_counts(&text, TokenDefaults::default());
+        }
+
+        #[test]
+        fn json_like_text_never_panics(
+            rows in proptest::collection::vec("\\{[a-z_\":, 0-9.eE+-]{0,40}\\}?", 0..10),
+        ) {
+            let _ = read(&rows.join("\n"), None);
+            let _ = read(&rows.join("\n"), Some(TimeUnit::Micros));
         }
 
         #[test]
