@@ -55,7 +55,7 @@ for kind in $KINDS; do
         + " | \($p.hpa.gpu_hours | gh) (\($p.hpa.slo_share | pct))"
         + " | \($p.knative.gpu_hours | gh) (\($p.knative.slo_share | pct))"
         + " | \($p["static-peak"].gpu_hours | gh)"
-        + " | \(((1 - $g.gpu_hours / $p["static-peak"].gpu_hours) * 100 | round) as $d | if $d >= 0 then "+\($d)" else "\($d)" end)%"
+        + " | \((((1 - $g.gpu_hours / $p["static-peak"].gpu_hours) * 100 | round) + 0) as $d | if $d >= 0 then "+\($d)" else "\($d)" end)%"
         + " | \(if $g.slo_share >= $best.slo_share - 0.002 then "yes" else "no" end)"
         + " | \(if $g.gpu_hours_vs_oracle <= 1.2 then "yes" else "no" end) |"'
   done

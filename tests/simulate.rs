@@ -328,32 +328,44 @@ fn recurring_short_bursts_cost_about_a_fleet_kept_for_them_not_a_panic_each() {
     // steady base, each over before a replica could start for it. The
     // run's 10 s SLO reaches gpufleet's spec, whose burst memory keeps what
     // the bursts need within it; a panic held for each burst cost more
-    // than twice static-peak's GPU-hours here.
-    let out = stdout(&simulate(&[
-        "--synthetic",
-        "code-completion",
-        "--seed",
-        "1",
-        "--duration",
-        "2h",
-        "--peak-rps",
-        "30",
-        "--slo",
-        "10s",
-        "--start-at-level",
-        "--model",
-        MODEL,
-        "--policies",
-        "gpufleet,static-peak",
-        "-o",
-        "json",
-    ]));
-    let rows = reports(&out);
-    let (g, s) = (&rows[0], &rows[1]);
-    let hours = |r: &serde_json::Value| r["gpu_hours"].as_f64().unwrap();
-    let share = |r: &serde_json::Value| r["slo_share"].as_f64().unwrap();
-    assert!(hours(g) <= 1.5 * hours(s), "{out}");
-    assert!(share(g) >= share(s) - 0.002, "{out}");
+    // than twice static-peak's GPU-hours here. Five seeds: where one burst
+    // lands against a walk down moves a single run's share by tenths of a
+    // point either way.
+    let (mut shares, mut static_shares) = (0.0, 0.0);
+    for seed in ["1", "2", "3", "4", "5"] {
+        let out = stdout(&simulate(&[
+            "--synthetic",
+            "code-completion",
+            "--seed",
+            seed,
+            "--duration",
+            "2h",
+            "--peak-rps",
+            "30",
+            "--slo",
+            "10s",
+            "--start-at-level",
+            "--model",
+            MODEL,
+            "--policies",
+            "gpufleet,static-peak",
+            "-o",
+            "json",
+        ]));
+        let rows = reports(&out);
+        let (g, s) = (&rows[0], &rows[1]);
+        let hours = |r: &serde_json::Value| r["gpu_hours"].as_f64().unwrap();
+        let share = |r: &serde_json::Value| r["slo_share"].as_f64().unwrap();
+        assert!(hours(g) <= 1.5 * hours(s), "seed {seed}: {out}");
+        shares += share(g);
+        static_shares += share(s);
+    }
+    assert!(
+        shares / 5.0 >= static_shares / 5.0 - 0.002,
+        "mean share {} against static-peak's {}",
+        shares / 5.0,
+        static_shares / 5.0
+    );
 }
 
 #[test]

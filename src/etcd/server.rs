@@ -157,7 +157,7 @@ impl LocalEtcd {
 
     /// Waits until this member answers.
     fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if self.block_on(|etcd| async move { etcd.get(b"/").await.is_ok() }) {
                 return Ok(());
@@ -171,7 +171,7 @@ impl LocalEtcd {
             std::thread::sleep(Duration::from_millis(100));
         }
         anyhow::bail!(
-            "etcd did not answer within 20 s; see {}",
+            "etcd did not answer within 60 s; see {}",
             self.dir.join("etcd.log").display()
         )
     }

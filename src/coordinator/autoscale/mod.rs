@@ -141,6 +141,13 @@ pub struct Autoscaler {
     rebought_from: u32,
     rebought_to: u32,
     last_down: Option<Instant>,
+    /// The count the last walk down began from: a rise re-buys capacity up
+    /// to it; above it the capacity is new.
+    released_from: u32,
+    /// Whether the rise under way has already counted as a re-buy: a rise
+    /// taken in several steps (a panic, then a climbing rate) is one re-buy,
+    /// not one per step.
+    rebuy_counted: bool,
     /// Recent bursts, for the capacity kept between them (with an SLO).
     bursts: BurstMemory,
     /// What the burst memory asks for this tick, and why.
@@ -164,6 +171,12 @@ struct SloTarget {
 /// Standard deviations of the requests in service kept free in slots with a
 /// time-to-first-token SLO: every slot is busy at once about 1 time in 700.
 pub const TTFT_HEADROOM_SD: f64 = 3.0;
+
+/// What a re-buy (capacity released lately bought back) multiplies the
+/// scale-down hold by; one in a panic, whose requests waited for the start,
+/// by the second.
+const REBUY_GROWTH: f64 = 2.0;
+const PANIC_REBUY_GROWTH: f64 = 4.0;
 
 /// A scale-down waits while the panic window's arrival rate is above the
 /// stable window's by this factor...
@@ -285,6 +298,8 @@ impl Autoscaler {
             rebought_from: u32::MAX,
             rebought_to: 0,
             last_down: None,
+            released_from: 0,
+            rebuy_counted: false,
             bursts: BurstMemory::default(),
             burst_floor: None,
             standing: None,
@@ -463,11 +478,22 @@ impl Autoscaler {
                 let rebought = self
                     .last_down
                     .is_some_and(|t| now.saturating_duration_since(t) < spec.scale_down_delay);
-                if rebought {
-                    self.hold_mult = (self.hold_mult * 2.0).min(1024.0);
+                // Capacity released lately bought back: the hold grows, once
+                // per rise however many steps it takes (a panic, then a
+                // climbing rate). A re-buy in a panic cost requests as well
+                // as a start, so it grows the hold twice as much.
+                if rebought && current < self.released_from {
+                    if !std::mem::replace(&mut self.rebuy_counted, true) {
+                        let growth = if self.panicking(now) {
+                            PANIC_REBUY_GROWTH
+                        } else {
+                            REBUY_GROWTH
+                        };
+                        self.hold_mult = (self.hold_mult * growth).min(1024.0);
+                    }
                     self.rebought_from = self.rebought_from.min(current);
-                    self.rebought_to = self.rebought_to.max(desired);
-                } else {
+                    self.rebought_to = self.rebought_to.max(desired.min(self.released_from));
+                } else if !rebought {
                     self.hold_mult = 1.0;
                     (self.rebought_from, self.rebought_to) = (u32::MAX, 0);
                 }
@@ -475,16 +501,23 @@ impl Autoscaler {
         } else if desired < current {
             // The first release of a walk down, with no capacity needed
             // again since the last: the next release need not wait as long.
+            // (After a re-buy the grown hold stands: halving it at every
+            // walk would undo each re-buy's growth, and bursts that recur
+            // would never be held longer.)
             let walking = self
                 .last_down
                 .is_some_and(|t| now.saturating_duration_since(t) < spec.stable_window);
             if !walking {
+                self.released_from = current;
+            }
+            if !walking && !self.rebuy_counted {
                 self.hold_mult = (self.hold_mult / 2.0).max(1.0);
                 if self.hold_mult <= 1.0 {
                     (self.rebought_from, self.rebought_to) = (u32::MAX, 0);
                 }
             }
             self.last_down = Some(now);
+            self.rebuy_counted = false;
         }
         if self.hold_mult > 1.0 {
             inputs.add("hold_multiplier", num(self.hold_mult));
@@ -1117,20 +1150,28 @@ impl Autoscaler {
         // Capacity released and soon needed back grows the hold, for
         // falls like those: a desire below the counts re-bought lately by
         // more than their span is a different fall (traffic gone, not a
-        // level wobbling), and waits only the base hold.
+        // level wobbling), and so is one that stays above them (a surge
+        // receding, whose capacity was never released): both wait only the
+        // base hold.
         let grown = self.scale_down_delay(spec);
         let waited = now.saturating_duration_since(since);
-        let delay = match self.rebought_span() {
-            Some(span_n) if rec.saturating_add(span_n) < self.rebought_from => {
+        let other_fall = match self.rebought_span() {
+            Some(span_n) if rec.saturating_add(span_n) < self.rebought_from => Some("below"),
+            Some(_) if rec >= self.rebought_to => Some("above"),
+            _ => None,
+        };
+        let delay = match other_fall {
+            Some(side) => {
                 missing_note = format!(
-                    "{missing_note}; the desire is below the counts re-bought lately ({}–{}) by more than their span: the base hold, not {}",
+                    "{missing_note}; the desire is {side} the counts re-bought lately ({}–{}){}: the base hold, not {}",
                     self.rebought_from,
                     self.rebought_to,
+                    if side == "below" { " by more than their span" } else { "" },
                     span(grown)
                 );
                 self.base_hold(spec)
             }
-            _ => grown,
+            None => grown,
         };
         if waited < delay {
             return Plan::hold(

@@ -137,7 +137,9 @@ fn ski_rental_releases_idle_capacity_after_a_few_start_times_not_five_minutes() 
 fn capacity_needed_again_soon_after_release_is_held_longer_next_time() {
     let (mut a, mut now) = measured(2);
     assert_eq!(a.scale_down_delay(&spec()), Duration::from_secs(72));
+    // 3 → 2 released.
     a.last_down = Some(now);
+    a.released_from = 3;
     now += Duration::from_secs(30);
     a.observe(now, &tick(2, 16.0, 200.0, 40.0));
     let mut d = a.decide(&spec(), 2, now);
@@ -150,6 +152,27 @@ fn capacity_needed_again_soon_after_release_is_held_longer_next_time() {
         d = a.decide(&spec(), 2, now);
     }
     assert!(d.desired > 2, "{}", d.reason);
+    // Bought back in a panic, with requests waiting for the start: the
+    // hold grows fourfold.
+    assert!(d.panic, "{}", d.reason);
+    assert_eq!(a.scale_down_delay(&spec()), Duration::from_secs(288));
+
+    // Bought back calmly (the stable window's demand rising to 3
+    // replicas' worth): it doubles.
+    let (mut a, mut now) = measured(2);
+    a.last_down = Some(now);
+    a.released_from = 3;
+    let mut d = a.decide(&spec(), 2, now);
+    for _ in 0..120 {
+        if d.desired > 2 {
+            break;
+        }
+        now += SECOND;
+        a.observe(now, &tick(2, 24.0, 0.0, 24.0));
+        d = a.decide(&spec(), 2, now);
+    }
+    assert_eq!(d.desired, 3, "{}", d.reason);
+    assert!(!d.panic, "{}", d.reason);
     assert_eq!(a.scale_down_delay(&spec()), Duration::from_secs(144));
 }
 
@@ -341,7 +364,9 @@ fn release_after_a_rebuy(after: f64) -> Option<Duration> {
         max_replicas: 32,
         ..spec()
     };
+    // 11 → 10 was released a moment ago.
     a.last_down = Some(now);
+    a.released_from = 11;
     let mut current = 10;
     for i in 1..=20 {
         now += SECOND;
@@ -377,6 +402,71 @@ fn a_fall_below_the_level_capacity_was_rebought_from_waits_only_the_base_hold() 
     let base = release_after_a_rebuy(2.0).expect("released");
     assert!(base < Duration::from_secs(144), "took {base:?}");
     assert!(base >= Duration::from_secs(72), "took {base:?}");
+}
+
+#[test]
+fn a_surge_soon_after_a_release_is_one_rebuy_and_its_fall_waits_the_base_hold() {
+    let (mut a, mut now) = measured_at(3, 8.0);
+    let s = ScalingSpec {
+        max_replicas: 40,
+        ..spec()
+    };
+    // 4 → 3 was released a moment ago; then arrivals climb from 24 req/s
+    // to 200 over 20 s, a queue piling up: the count rises in several
+    // steps (a panic, then a climbing rate).
+    a.last_down = Some(now);
+    a.released_from = 4;
+    let mut current = 3;
+    let mut steps = 0;
+    let mut queue = 0.0;
+    for i in 1..=20u32 {
+        now += SECOND;
+        let rps = 24.0 + 9.0 * f64::from(i);
+        let running = (8.0 * f64::from(current)).min(rps + queue);
+        queue = (queue + rps - running).max(0.0);
+        a.observe(
+            now,
+            &Signals {
+                measurement: 1000 + u64::from(i),
+                rescraped_at: Some(now),
+                ..tick(current, running, queue, rps)
+            },
+        );
+        let d = a.decide(&s, current, now);
+        if d.desired > current {
+            steps += 1;
+        }
+        current = d.desired;
+    }
+    assert!(steps >= 2, "a rise in {steps} steps, to {current}");
+    // One re-buy (in a panic: fourfold), of the one replica released.
+    assert_eq!(a.hold_mult, 4.0);
+    assert_eq!((a.rebought_from, a.rebought_to), (3, 4));
+    // The surge recedes to half (still far above 4 replicas' worth): that
+    // fall was never re-bought, so it waits the base hold (72 s), not the
+    // grown one (288 s).
+    let load = 100.0;
+    let start = now;
+    let mut released = None;
+    while now < start + Duration::from_secs(300) {
+        now += SECOND;
+        a.observe(now, &tick(current, load, 0.0, load));
+        let d = a.decide(&s, current, now);
+        if d.desired < current {
+            assert!(
+                d.reason.contains("above the counts re-bought lately (3–4)"),
+                "{}",
+                d.reason
+            );
+            released = Some(now - start);
+            break;
+        }
+    }
+    let took = released.expect("released within 5 minutes");
+    assert!(took < Duration::from_secs(144), "took {took:?}");
+    // The first release of that walk, after a re-buy, leaves the grown
+    // hold as it is (halving it would undo the re-buy's growth).
+    assert_eq!(a.hold_mult, 4.0);
 }
 
 #[test]
