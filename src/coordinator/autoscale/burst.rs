@@ -64,6 +64,18 @@ pub(super) struct Recall {
     pub rps: f64,
 }
 
+/// How long bursts are held for, and which set a floor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Limits {
+    /// The horizon is never shorter (the ski-rental hold).
+    pub min_hold: Duration,
+    /// Nor longer; bursts older than it are forgotten.
+    pub horizon_cap: Duration,
+    /// A burst longer than this sets no floor (served by replicas started
+    /// for it).
+    pub longest_s: Option<f64>,
+}
+
 /// Replicas that work off a burst of `rps` for `length_s` within a queue
 /// wait of `wait_s`, each completing `target / service_s` per second.
 pub(super) fn burst_need(rps: f64, length_s: f64, service_s: f64, target: f64, wait_s: f64) -> f64 {
@@ -154,9 +166,10 @@ impl BurstMemory {
     }
 
     /// While bursts recur (two or more remembered, the last within four
-    /// times their mean spacing, at least `min_hold`, at most
-    /// `horizon_cap`), the replicas the biggest of them needed within
-    /// `wait_s`. A burst's need is sized once, with the service time of
+    /// times their mean spacing, at least `limits.min_hold`, at most
+    /// `limits.horizon_cap`), the replicas the biggest of them no longer
+    /// than `limits.longest_s` needed within `wait_s` (a longer one is served by
+    /// replicas started for it, and keeps none between bursts). A burst's need is sized once, with the service time of
     /// the first recall after it, so the floor does not flicker with the
     /// estimate. Forgets bursts older than the cap.
     pub fn recall(
@@ -165,20 +178,19 @@ impl BurstMemory {
         service_s: f64,
         target: f64,
         wait_s: f64,
-        min_hold: Duration,
-        horizon_cap: Duration,
+        limits: Limits,
     ) -> Option<Recall> {
         while self
             .past
             .front()
-            .is_some_and(|p| now.saturating_duration_since(p.start) > horizon_cap)
+            .is_some_and(|p| now.saturating_duration_since(p.start) > limits.horizon_cap)
         {
             self.past.pop_front();
         }
         let gap = self.mean_gap_s(now)?;
         let horizon = (HORIZON_GAPS * gap)
-            .max(min_hold.as_secs_f64())
-            .min(horizon_cap.as_secs_f64());
+            .max(limits.min_hold.as_secs_f64())
+            .min(limits.horizon_cap.as_secs_f64());
         let last = self.past.back()?;
         let since_last = now.saturating_duration_since(last.start).as_secs_f64() - last.length_s;
         if since_last > horizon {
@@ -191,6 +203,7 @@ impl BurstMemory {
         let biggest = self
             .past
             .iter()
+            .filter(|p| limits.longest_s.is_none_or(|l| p.length_s <= l))
             .max_by(|a, b| a.need.unwrap_or(0.0).total_cmp(&b.need.unwrap_or(0.0)))?;
         Some(Recall {
             replicas: super::ceil_count(biggest.need.unwrap_or(0.0)),

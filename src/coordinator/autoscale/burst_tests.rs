@@ -4,11 +4,19 @@
 
 use std::time::{Duration, Instant};
 
-use super::burst::{burst_need, BurstMemory};
+use super::burst::{burst_need, BurstMemory, Limits};
 use super::tests::spec;
 use super::*;
 
 const SECOND: Duration = Duration::from_secs(1);
+
+fn limits(min_hold: Duration, horizon_cap: Duration, longest_s: Option<f64>) -> Limits {
+    Limits {
+        min_hold,
+        horizon_cap,
+        longest_s,
+    }
+}
 
 #[test]
 fn a_burst_needs_the_replicas_that_work_it_off_within_the_slo_wait() {
@@ -46,7 +54,7 @@ fn bursts_are_remembered_while_they_recur_and_forgotten_when_they_stop() {
     let t0 = Instant::now();
     let hold = Duration::from_secs(60);
     let cap = Duration::from_secs(1200);
-    let recall = |m: &mut BurstMemory, now| m.recall(now, 1.0, 8.0, 10.0, hold, cap);
+    let recall = |m: &mut BurstMemory, now| m.recall(now, 1.0, 8.0, 10.0, limits(hold, cap, None));
     m.observe(t0 - SECOND, 10.0, 10.0, cap);
     let mut now = burst(&mut m, t0, 60.0, 10, 120);
     assert_eq!(recall(&mut m, now), None, "one burst is not a pattern");
@@ -61,6 +69,38 @@ fn bursts_are_remembered_while_they_recur_and_forgotten_when_they_stop() {
     assert!(recall(&mut m, now + Duration::from_secs(600)).is_some());
     // …and released once the horizon (here its cap, 20 min) passes.
     assert_eq!(recall(&mut m, now + Duration::from_secs(1500)), None);
+}
+
+#[test]
+fn a_burst_many_starts_long_keeps_no_capacity_between_bursts() {
+    let mut m = BurstMemory::default();
+    let t0 = Instant::now();
+    let hold = Duration::from_secs(60);
+    let cap = Duration::from_secs(1200);
+    m.observe(t0 - SECOND, 10.0, 10.0, cap);
+    // A 10 s burst at 60 req/s, then a 5-minute crowd at 100 req/s.
+    let mut now = burst(&mut m, t0, 60.0, 10, 120);
+    now = burst(&mut m, now, 100.0, 300, 330);
+    // Without a limit the crowd sets the floor: 100 / 8 × 300 / 310.
+    let all = m
+        .recall(now, 1.0, 8.0, 10.0, limits(hold, cap, None))
+        .unwrap();
+    assert_eq!((all.replicas, all.rps), (13, 100.0), "{all:?}");
+    // With 36 s starts the crowd lasted 8 of them: replicas started for it
+    // served it, and the short burst alone sets the floor.
+    let short = m
+        .recall(now, 1.0, 8.0, 10.0, limits(hold, cap, Some(4.0 * 36.0)))
+        .unwrap();
+    assert_eq!((short.replicas, short.rps), (4, 60.0), "{short:?}");
+    // Only long ones: none.
+    let mut m = BurstMemory::default();
+    m.observe(t0 - SECOND, 10.0, 10.0, cap);
+    let mut now = burst(&mut m, t0, 100.0, 300, 330);
+    now = burst(&mut m, now, 100.0, 300, 330);
+    assert_eq!(
+        m.recall(now, 1.0, 8.0, 10.0, limits(hold, cap, Some(144.0))),
+        None
+    );
 }
 
 #[test]

@@ -172,6 +172,12 @@ struct SloTarget {
 /// time-to-first-token SLO: every slot is busy at once about 1 time in 700.
 pub const TTFT_HEADROOM_SD: f64 = 3.0;
 
+/// A burst that lasts this many replica starts is served mostly by
+/// replicas started for it: the burst memory keeps no capacity for it
+/// between bursts (a flash crowd of 13 minutes had held 20 replicas after it
+/// was over).
+const LONG_BURST_STARTS: f64 = 4.0;
+
 /// What a re-buy (capacity released lately bought back) multiplies the
 /// scale-down hold by; one in a panic, whose requests waited for the start,
 /// by the second.
@@ -924,8 +930,11 @@ impl Autoscaler {
                 service,
                 spec.target_ongoing_requests,
                 wait_s,
-                hold,
-                longest,
+                burst::Limits {
+                    min_hold: hold,
+                    horizon_cap: longest,
+                    longest_s: self.start.get().map(|s| LONG_BURST_STARTS * s),
+                },
             )
             .map(|r| (r, wait_s))
     }
