@@ -188,16 +188,20 @@ fn public_trace_layouts_are_read_and_how_is_said() {
          5,ChatGPT,472,18,490,Conversation log\n45,GPT-4,1087,0,1087,Conversation log\n",
     )
     .unwrap();
-    let o = simulate(&[
-        "--trace",
-        burst.to_str().unwrap(),
-        "--model",
-        MODEL,
-        "--policies",
-        "gpufleet",
-    ]);
-    stdout(&o);
-    let err = String::from_utf8_lossy(&o.stderr);
+    // How a trace was read, as the run says on stderr.
+    let read_as = |trace: &Path| {
+        let o = simulate(&[
+            "--trace",
+            trace.to_str().unwrap(),
+            "--model",
+            MODEL,
+            "--policies",
+            "gpufleet",
+        ]);
+        stdout(&o);
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = read_as(&burst);
     assert!(
         err.contains("prompt tokens from `Request tokens`; answer tokens from `Response tokens`"),
         "{err}"
@@ -206,16 +210,7 @@ fn public_trace_layouts_are_read_and_how_is_said() {
     // A trace without token columns says what it filled in.
     let bare = dir.path().join("bare.csv");
     std::fs::write(&bare, "time\n0\n1\n").unwrap();
-    let o = simulate(&[
-        "--trace",
-        bare.to_str().unwrap(),
-        "--model",
-        MODEL,
-        "--policies",
-        "gpufleet",
-    ]);
-    stdout(&o);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = read_as(&bare);
     assert!(
         err.contains("no prompt-token column: 1000 each (--context-tokens)"),
         "{err}"
