@@ -472,17 +472,23 @@ fn json_layout(
 /// A timestamp in seconds, and whether it is absolute (unix time). A
 /// number counts `unit`s.
 fn parse_timestamp(s: &str, unit: TimeUnit) -> Option<(f64, bool)> {
-    if s.contains('-') || s.contains(':') {
+    let Ok(v) = s.parse::<f64>() else {
         return parse_datetime(s).map(|t| (t, true));
-    }
-    let v: f64 = s.parse::<f64>().ok()? / unit.per_second();
+    };
+    let v = v / unit.per_second();
     (v.is_finite() && v >= 0.0).then_some((v, v >= UNIX_FROM))
 }
 
-/// `YYYY-MM-DD HH:MM:SS[.fraction][Z]` (or with a `T`), in UTC, to unix seconds.
+/// `YYYY-MM-DD HH:MM:SS[.fraction]` (or with a `T`), in UTC or with a
+/// `Z` or a UTC offset (`+00:00`, `-0500`, `+02`, as pandas and ISO 8601
+/// write them), to unix seconds.
 fn parse_datetime(s: &str) -> Option<f64> {
     let s = s.strip_suffix('Z').unwrap_or(s);
     let (date, time) = s.split_once([' ', 'T'])?;
+    let (time, offset_s) = match time.rfind(['+', '-']) {
+        Some(at) => (&time[..at], utc_offset_s(&time[at..])?),
+        None => (time, 0),
+    };
     let mut d = date.split('-');
     let year: i64 = d.next()?.parse().ok()?;
     let month: u32 = d.next()?.parse().ok()?;
@@ -513,8 +519,31 @@ fn parse_datetime(s: &str) -> Option<f64> {
         format!("0.{fraction}").parse::<f64>().ok()?
     };
     let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second);
+    let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_s;
     Some(secs as f64 + frac)
+}
+
+/// Seconds east of UTC of `+HH:MM`, `+HHMM` or `+HH` (or `-`).
+fn utc_offset_s(s: &str) -> Option<i64> {
+    let sign = match s.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits: String = s[1..].chars().filter(|c| *c != ':').collect();
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) {
+        return None;
+    }
+    let hours: i64 = digits[..2].parse().ok()?;
+    let minutes: i64 = if digits.len() == 4 {
+        digits[2..].parse().ok()?
+    } else {
+        0
+    };
+    if hours > 23 || minutes > 59 || (s[1..].contains(':') && s.len() != 6) {
+        return None;
+    }
+    Some(sign * (hours * 3600 + minutes * 60))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
@@ -868,6 +897,35 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let t = parse_csv(&text, TokenDefaults::default()).unwrap();
         assert_eq!(t.requests, reqs);
+    }
+
+    #[test]
+    fn times_with_a_utc_offset_are_read_as_utc() {
+        // As the Azure LLM inference trace 2024 writes them.
+        let t = parse_csv(
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n\
+             2024-05-10 00:00:00.009930+00:00,2048,28\n\
+             2024-05-10 02:00:01.5+02:00,10,1\n\
+             2024-05-09T19:00:03-0500,10,1\n\
+             2024-05-10T00:00:04Z,10,1\n",
+            TokenDefaults::default(),
+        )
+        .unwrap();
+        assert_eq!(t.start_unix_s, 1_715_299_200, "2024-05-10 00:00:00 UTC");
+        let at: Vec<f64> = t
+            .requests
+            .iter()
+            .map(|r| (r.arrival_s * 1e3).round() / 1e3)
+            .collect();
+        assert_eq!(at, vec![0.0, 1.49, 2.99, 3.99]);
+        for bad in [
+            "2024-05-10 00:00:00+25:00",
+            "2024-05-10 00:00:00+1",
+            "2024-05-10 00:00:00+00:0",
+            "2024-05-10 00:00:00+0a:00",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
     }
 
     #[test]
