@@ -254,6 +254,8 @@ pub fn parse_csv(text: &str, defaults: TokenDefaults) -> Result<RequestTrace, Tr
 /// per request, as in the Mooncake trace), told apart by the first line.
 /// Rows may come in any order.
 pub fn parse(text: &str, opts: TraceOptions) -> Result<(RequestTrace, TraceLayout), TraceError> {
+    // A byte-order mark, as spreadsheets write one, is not part of the header.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .lines()
         .enumerate()
@@ -562,6 +564,8 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// n − 1), or `second,count` lines (seconds in any order; repeats add up).
 /// An optional header line and `#` comments are skipped.
 pub fn parse_counts(text: &str, tokens: TokenDefaults) -> Result<CountTrace, TraceError> {
+    // A byte-order mark would make the first count look like a header.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut counts: Vec<u32> = Vec::new();
     let mut two_columns: Option<bool> = None;
     let mut next_second = 0usize;
@@ -856,6 +860,10 @@ mod tests {
         assert_eq!(c.counts, vec![3, 0, 2]);
         let c = parse_counts("second,count\n4,2\n1,1\n4,1\n", TokenDefaults::default()).unwrap();
         assert_eq!(c.counts, vec![0, 1, 0, 0, 3]);
+        let c = parse_counts("\u{feff}3\n1\n", TokenDefaults::default()).unwrap();
+        assert_eq!(c.counts, vec![3, 1], "a byte-order mark is no header");
+        let c = parse_counts("second,count\n4,2\n1,1\n4,1\n", TokenDefaults::default()).unwrap();
+        assert_eq!(c.counts, vec![0, 1, 0, 0, 3]);
     }
 
     #[test]
@@ -918,6 +926,9 @@ mod tests {
             .map(|r| (r.arrival_s * 1e3).round() / 1e3)
             .collect();
         assert_eq!(at, vec![0.0, 1.49, 2.99, 3.99]);
+        // A spreadsheet's byte-order mark before the header.
+        let t = parse_csv("\u{feff}TIMESTAMP\n1\n2\n", TokenDefaults::default()).unwrap();
+        assert_eq!(t.requests.len(), 2);
         for bad in [
             "2024-05-10 00:00:00+25:00",
             "2024-05-10 00:00:00+1",
