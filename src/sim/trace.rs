@@ -262,11 +262,20 @@ pub fn parse(text: &str, opts: TraceOptions) -> Result<(RequestTrace, TraceLayou
         .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         .peekable();
-    let Some((_, first)) = lines.peek() else {
+    let Some(&(first_line, first)) = lines.peek() else {
         return Err(TraceError::Empty(
             "a header line (e.g. `TIMESTAMP,ContextTokens,GeneratedTokens`) and one line per request, or one JSON object per request",
         ));
     };
+    if first.trim_start().starts_with('[') {
+        return Err(TraceError::Line {
+            line: first_line,
+            message: format!(
+                "`{}…` looks like one JSON array; expected CSV with a header, or one JSON object per line (`jq -c '.[]' FILE` writes that)",
+                first.trim_start().chars().take(20).collect::<String>()
+            ),
+        });
+    }
     let (stamps, layout) = if first.trim_start().starts_with('{') {
         read_json_lines(lines, opts)?
     } else {
@@ -849,6 +858,9 @@ mod tests {
             .starts_with("line 1: no timestamp key in the object (keys: input_length, when)"));
         assert!(
             err("{\"timestamp\": -1}\n").starts_with("line 1, key `timestamp`: expected a time")
+        );
+        assert!(
+            err("[{\"timestamp\": 1}]\n").contains("one JSON object per line (`jq -c '.[]' FILE`")
         );
         assert!(err("{\"timestamp\": 1, \"output_length\": 5000000000}\n")
             .starts_with("line 1, key `output_length`: expected a whole number"));
