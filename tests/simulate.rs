@@ -216,6 +216,26 @@ fn public_trace_layouts_are_read_and_how_is_said() {
         "{err}"
     );
 
+    // One model of several.
+    let o = simulate(&[
+        "--trace",
+        burst.to_str().unwrap(),
+        "--trace-model",
+        "GPT-4",
+        "--model",
+        MODEL,
+        "--policies",
+        "gpufleet",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(reports(&stdout(&o))[0]["requests"], 1);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("1 of 2 requests, those whose `Model` is `GPT-4`"),
+        "{err}"
+    );
+
     // --time-unit belongs to --trace.
     let o = simulate(&[
         "--synthetic",

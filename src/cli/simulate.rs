@@ -40,6 +40,10 @@ pub struct SimulateArgs {
     /// name says (timestamp_ms), else ms for JSON lines' `timestamp`, else s].
     #[arg(long, value_enum)]
     pub time_unit: Option<TimeUnitArg>,
+    /// Replay only the requests of this model from a trace of several (its
+    /// `model` column or key, e.g. BurstGPT's `ChatGPT` or `GPT-4`).
+    #[arg(long, value_name = "NAME")]
+    pub trace_model: Option<String>,
     /// Per-second request counts: one integer per line, or `second,count`.
     #[arg(long, value_name = "FILE")]
     pub counts: Option<PathBuf>,
@@ -184,10 +188,16 @@ fn load_trace(args: &SimulateArgs) -> anyhow::Result<(Trace, String)> {
             "--time-unit applies to --trace only (counts files count seconds; synthetic traces are made in seconds)",
         ));
     }
+    if args.trace_model.is_some() && args.trace.is_none() {
+        return Err(super::usage(
+            "--trace-model applies to --trace only (a trace with a model column)",
+        ));
+    }
     if let Some(path) = &args.trace {
         let opts = TraceOptions {
             tokens,
             time_unit: args.time_unit.map(TimeUnit::from),
+            model: args.trace_model.as_deref(),
         };
         let (t, layout) = trace::parse(&read(path, "trace")?, opts)
             .with_context(|| format!("in trace {}", path.display()))?;

@@ -62,6 +62,8 @@ pub enum TraceError {
         expected: &'static str,
         found: String,
     },
+    #[error("{0}")]
+    Filter(String),
     #[error("line {line}, key `{key}`: expected {expected}, found `{found}`")]
     Key {
         line: usize,
@@ -151,12 +153,15 @@ impl TimeUnit {
 
 /// How a request trace is read.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct TraceOptions {
+pub struct TraceOptions<'a> {
     pub tokens: TokenDefaults,
     /// What numbers in the timestamp column count; `None`: as the column's
     /// name says (`timestamp_ms`), else milliseconds for a `timestamp` key in
     /// JSON lines (the Mooncake trace layout) and seconds otherwise.
     pub time_unit: Option<TimeUnit>,
+    /// Keep only the requests whose model column (`model`, `Model`) names
+    /// this model (traces of several models, as BurstGPT's).
+    pub model: Option<&'a str>,
 }
 
 /// How a trace file was read: its layout and which column gave what.
@@ -167,6 +172,51 @@ pub struct TraceLayout {
     pub time_unit: TimeUnit,
     pub context: Option<String>,
     pub generated: Option<String>,
+    /// The model column a filter read, with the requests it kept and read.
+    pub model: Option<ModelFilter>,
+}
+
+/// Which requests a `--trace-model` filter kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFilter {
+    pub column: String,
+    pub model: String,
+    pub kept: usize,
+    pub read: usize,
+}
+
+/// Names of a model column.
+const MODEL_NAMES: [&str; 2] = ["model", "modelname"];
+
+/// Whether `value` names `wanted` (case and surrounding space aside), and
+/// the distinct other values seen, for the error when none matches.
+#[derive(Default)]
+struct ModelMatch {
+    seen: Vec<String>,
+}
+
+impl ModelMatch {
+    fn matches(&mut self, value: &str, wanted: &str) -> bool {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case(wanted.trim()) {
+            return true;
+        }
+        if self.seen.len() < 20 && !self.seen.iter().any(|s| s == value) {
+            self.seen.push(value.to_string());
+        }
+        false
+    }
+
+    fn none_matched(&self, column: &str, wanted: &str) -> TraceError {
+        TraceError::Filter(format!(
+            "no request of model `{wanted}` in column `{column}`; models seen: {}",
+            if self.seen.is_empty() {
+                "none".to_string()
+            } else {
+                self.seen.join(", ")
+            }
+        ))
+    }
 }
 
 impl TraceLayout {
@@ -182,8 +232,18 @@ impl TraceLayout {
             Some(n) => format!("{kind} tokens from `{n}`"),
             None => format!("no {kind}-token {field}: {default} each ({flag})"),
         };
+        let filter = self
+            .model
+            .as_ref()
+            .map(|f| {
+                format!(
+                    "; {} of {} requests, those whose `{}` is `{}`",
+                    f.kept, f.read, f.column, f.model
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "{what}; times from `{}` ({} when a number); {}; {}",
+            "{what}; times from `{}` ({} when a number); {}; {}{filter}",
             self.timestamp,
             self.time_unit.as_str(),
             column(
@@ -245,6 +305,7 @@ pub fn parse_csv(text: &str, defaults: TokenDefaults) -> Result<RequestTrace, Tr
         TraceOptions {
             tokens: defaults,
             time_unit: None,
+            model: None,
         },
     )
     .map(|(t, _)| t)
@@ -253,7 +314,10 @@ pub fn parse_csv(text: &str, defaults: TokenDefaults) -> Result<RequestTrace, Tr
 /// Parses a request trace: CSV with a header line, or JSON lines (one object
 /// per request, as in the Mooncake trace), told apart by the first line.
 /// Rows may come in any order.
-pub fn parse(text: &str, opts: TraceOptions) -> Result<(RequestTrace, TraceLayout), TraceError> {
+pub fn parse(
+    text: &str,
+    opts: TraceOptions<'_>,
+) -> Result<(RequestTrace, TraceLayout), TraceError> {
     // A byte-order mark, as spreadsheets write one, is not part of the header.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
@@ -308,7 +372,7 @@ type Stamp = (f64, u32, u32, bool);
 
 fn read_csv<'a>(
     mut lines: impl Iterator<Item = (usize, &'a str)>,
-    opts: TraceOptions,
+    opts: TraceOptions<'_>,
 ) -> Result<(Vec<Stamp>, TraceLayout), TraceError> {
     let Some((header_line, header)) = lines.next() else {
         return Err(TraceError::Empty("a header line"));
@@ -331,13 +395,25 @@ fn read_csv<'a>(
     let unit = opts.time_unit.or(named_unit).unwrap_or(TimeUnit::Seconds);
     let ctx_col = find(&CONTEXT_NAMES);
     let gen_col = find(&GENERATED_NAMES);
-    let layout = TraceLayout {
+    let model_col = match opts.model {
+        None => None,
+        Some(_) => Some(find(&MODEL_NAMES).ok_or_else(|| TraceError::Line {
+            line: header_line,
+            message: format!(
+                "--trace-model needs a model column (named model or model_name); the header `{header}` has none"
+            ),
+        })?),
+    };
+    let mut layout = TraceLayout {
         json_lines: false,
         timestamp: names[ts_col].to_string(),
         time_unit: unit,
         context: ctx_col.map(|c| names[c].to_string()),
         generated: gen_col.map(|c| names[c].to_string()),
+        model: None,
     };
+    let mut matcher = ModelMatch::default();
+    let mut read = 0;
 
     let mut stamps = Vec::new();
     for (line, text) in lines {
@@ -359,6 +435,12 @@ fn read_csv<'a>(
             expected,
             found: row[col].to_string(),
         };
+        read += 1;
+        if let (Some(c), Some(wanted)) = (model_col, opts.model) {
+            if !matcher.matches(row[c], wanted) {
+                continue;
+            }
+        }
         let (stamp, absolute) = parse_timestamp(row[ts_col], unit)
             .ok_or_else(|| field_error(ts_col, unit.expected()))?;
         let tokens = |col: Option<usize>, default: u32| match col {
@@ -371,6 +453,17 @@ fn read_csv<'a>(
         let generated = tokens(gen_col, opts.tokens.generated_tokens)?;
         stamps.push((stamp, context, generated, absolute));
     }
+    if let (Some(c), Some(wanted)) = (model_col, opts.model) {
+        if stamps.is_empty() && read > 0 {
+            return Err(matcher.none_matched(names[c], wanted));
+        }
+        layout.model = Some(ModelFilter {
+            column: names[c].to_string(),
+            model: wanted.to_string(),
+            kept: stamps.len(),
+            read,
+        });
+    }
     Ok((stamps, layout))
 }
 
@@ -379,10 +472,12 @@ fn read_csv<'a>(
 /// first had.
 fn read_json_lines<'a>(
     lines: impl Iterator<Item = (usize, &'a str)>,
-    opts: TraceOptions,
+    opts: TraceOptions<'_>,
 ) -> Result<(Vec<Stamp>, TraceLayout), TraceError> {
     let mut layout: Option<TraceLayout> = None;
     let mut stamps = Vec::new();
+    let mut matcher = ModelMatch::default();
+    let mut read = 0;
     for (line, text) in lines {
         let obj: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(text).map_err(|e| TraceError::Line {
@@ -407,6 +502,17 @@ fn read_json_lines<'a>(
             expected,
             found: found.to_string(),
         };
+        read += 1;
+        if let (Some(filter), Some(wanted)) = (&layout.model, opts.model) {
+            let v = value(&filter.column)?;
+            let name = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            if !matcher.matches(&name, wanted) {
+                continue;
+            }
+        }
         let v = value(&layout.timestamp)?;
         let text_stamp = match v {
             serde_json::Value::String(s) => Some(s.clone()),
@@ -433,7 +539,13 @@ fn read_json_lines<'a>(
         let generated = tokens(&layout.generated, opts.tokens.generated_tokens)?;
         stamps.push((stamp, context, generated, absolute));
     }
-    let layout = layout.ok_or(TraceError::Empty("at least one request"))?;
+    let mut layout = layout.ok_or(TraceError::Empty("at least one request"))?;
+    if let (Some(filter), Some(wanted)) = (&mut layout.model, opts.model) {
+        if stamps.is_empty() {
+            return Err(matcher.none_matched(&filter.column, wanted));
+        }
+        (filter.kept, filter.read) = (stamps.len(), read);
+    }
     Ok((stamps, layout))
 }
 
@@ -441,7 +553,7 @@ fn read_json_lines<'a>(
 fn json_layout(
     obj: &serde_json::Map<String, serde_json::Value>,
     line: usize,
-    opts: TraceOptions,
+    opts: TraceOptions<'_>,
 ) -> Result<TraceLayout, TraceError> {
     let find = |wanted: &[&str]| {
         obj.keys()
@@ -471,12 +583,25 @@ fn json_layout(
             TimeUnit::Seconds
         }
     });
+    let model = match opts.model {
+        None => None,
+        Some(wanted) => Some(ModelFilter {
+            column: find(&MODEL_NAMES).ok_or_else(|| TraceError::Line {
+                line,
+                message: "--trace-model needs a model key (named model or model_name); the first object has none".into(),
+            })?,
+            model: wanted.to_string(),
+            kept: 0,
+            read: 0,
+        }),
+    };
     Ok(TraceLayout {
         json_lines: true,
         timestamp,
         time_unit: unit,
         context: find(&CONTEXT_NAMES),
         generated: find(&GENERATED_NAMES),
+        model,
     })
 }
 
@@ -777,8 +902,68 @@ mod tests {
             TraceOptions {
                 tokens: TokenDefaults::default(),
                 time_unit: unit,
+                model: None,
             },
         )
+    }
+
+    fn of_model(text: &str, model: &str) -> Result<(RequestTrace, TraceLayout), TraceError> {
+        parse(
+            text,
+            TraceOptions {
+                model: Some(model),
+                ..TraceOptions::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_trace_of_several_models_replays_one() {
+        let burst = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n\
+                     5,ChatGPT,472,18,490,Conversation log\n\
+                     7,GPT-4,1087,0,1087,Conversation log\n\
+                     9,ChatGPT,100,10,110,API log\n";
+        let (t, layout) = of_model(burst, "gpt-4").unwrap();
+        assert_eq!(t.requests.len(), 1);
+        assert_eq!(t.requests[0].context_tokens, 1087);
+        let f = layout.model.clone().unwrap();
+        assert_eq!((f.column.as_str(), f.kept, f.read), ("Model", 1, 3));
+        assert!(
+            layout
+                .describe(TokenDefaults::default())
+                .ends_with("; 1 of 3 requests, those whose `Model` is `gpt-4`"),
+            "{}",
+            layout.describe(TokenDefaults::default())
+        );
+        let (t, _) = of_model(burst, "ChatGPT").unwrap();
+        assert_eq!(
+            t.requests.iter().map(|r| r.arrival_s).collect::<Vec<_>>(),
+            vec![0.0, 4.0]
+        );
+        assert_eq!(
+            of_model(burst, "llama").unwrap_err().to_string(),
+            "no request of model `llama` in column `Model`; models seen: ChatGPT, GPT-4"
+        );
+        assert!(of_model("time\n1\n", "x")
+            .unwrap_err()
+            .to_string()
+            .contains("--trace-model needs a model column"));
+        // JSON lines alike.
+        let lines = "{\"timestamp\": 0, \"model\": \"a\"}\n{\"timestamp\": 500, \"model\": \"b\"}\n{\"timestamp\": 1500, \"model\": \"b\"}\n";
+        let (t, layout) = of_model(lines, "b").unwrap();
+        assert_eq!(
+            t.requests.iter().map(|r| r.arrival_s).collect::<Vec<_>>(),
+            vec![0.0, 1.0]
+        );
+        assert_eq!(layout.model.map(|f| (f.kept, f.read)), Some((2, 3)));
+        assert!(of_model(lines, "c")
+            .unwrap_err()
+            .to_string()
+            .ends_with("models seen: a, b"));
+        assert!(of_model("{\"timestamp\": 0}\n", "a")
+            .unwrap_err()
+            .to_string()
+            .contains("needs a model key"));
     }
 
     #[test]
