@@ -1106,7 +1106,7 @@ mod tests {
 
     #[test]
     fn times_with_a_utc_offset_are_read_as_utc() {
-        // As the Azure LLM inference trace 2024 writes them.
+        // As pandas writes time-zone-aware times.
         let t = parse_csv(
             "TIMESTAMP,ContextTokens,GeneratedTokens\n\
              2024-05-10 00:00:00.009930+00:00,2048,28\n\
