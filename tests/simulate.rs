@@ -158,26 +158,25 @@ fn public_trace_layouts_are_read_and_how_is_said() {
         })
         .collect();
     std::fs::write(&mooncake, lines.join("\n")).unwrap();
-    let o = simulate(&[
-        "--trace",
-        mooncake.to_str().unwrap(),
-        "--model",
-        MODEL,
-        "--policies",
-        "gpufleet",
-        "-o",
-        "json",
-    ]);
-    let runs = reports(&stdout(&o));
-    assert_eq!(runs[0]["requests"], 600);
-    let err = String::from_utf8_lossy(&o.stderr);
+    // Replays a trace with gpufleet alone: its report, and how the run says
+    // (on stderr) it read the trace.
+    let replay = |trace: &Path, extra: &[&str]| {
+        let mut args = vec!["--trace", trace.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--model", MODEL, "--policies", "gpufleet", "-o", "json"]);
+        let o = simulate(&args);
+        let report = reports(&stdout(&o)).remove(0);
+        (report, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (report, err) = replay(&mooncake, &[]);
+    assert_eq!(report["requests"], 600);
     assert!(
         err.contains("read 600 requests from")
             && err.contains("JSON lines; times from `timestamp` (milliseconds when a number); prompt tokens from `input_length`; answer tokens from `output_length`"),
         "{err}"
     );
     // 600 requests 0.5 s apart: five minutes, not 83 hours of seconds.
-    let hours = runs[0]["gpu_hours"].as_f64().unwrap();
+    let hours = report["gpu_hours"].as_f64().unwrap();
     assert!(hours < 1.0, "read as milliseconds: {hours} GPU-hours");
 
     // BurstGPT: token counts in `Request tokens` / `Response tokens`.
@@ -188,20 +187,7 @@ fn public_trace_layouts_are_read_and_how_is_said() {
          5,ChatGPT,472,18,490,Conversation log\n45,GPT-4,1087,0,1087,Conversation log\n",
     )
     .unwrap();
-    // How a trace was read, as the run says on stderr.
-    let read_as = |trace: &Path| {
-        let o = simulate(&[
-            "--trace",
-            trace.to_str().unwrap(),
-            "--model",
-            MODEL,
-            "--policies",
-            "gpufleet",
-        ]);
-        stdout(&o);
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    };
-    let err = read_as(&burst);
+    let (_, err) = replay(&burst, &[]);
     assert!(
         err.contains("prompt tokens from `Request tokens`; answer tokens from `Response tokens`"),
         "{err}"
@@ -210,27 +196,15 @@ fn public_trace_layouts_are_read_and_how_is_said() {
     // A trace without token columns says what it filled in.
     let bare = dir.path().join("bare.csv");
     std::fs::write(&bare, "time\n0\n1\n").unwrap();
-    let err = read_as(&bare);
+    let (_, err) = replay(&bare, &[]);
     assert!(
         err.contains("no prompt-token column: 1000 each (--context-tokens)"),
         "{err}"
     );
 
     // One model of several.
-    let o = simulate(&[
-        "--trace",
-        burst.to_str().unwrap(),
-        "--trace-model",
-        "GPT-4",
-        "--model",
-        MODEL,
-        "--policies",
-        "gpufleet",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(reports(&stdout(&o))[0]["requests"], 1);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (report, err) = replay(&burst, &["--trace-model", "GPT-4"]);
+    assert_eq!(report["requests"], 1);
     assert!(
         err.contains("1 of 2 requests, those whose `Model` is `GPT-4`"),
         "{err}"

@@ -39,7 +39,7 @@ pub struct SimulateArgs {
     /// What a numeric timestamp of --trace counts [default: as the column's
     /// name says (timestamp_ms), else ms for JSON lines' `timestamp`, else s].
     #[arg(long, value_enum)]
-    pub time_unit: Option<TimeUnitArg>,
+    pub time_unit: Option<TimeUnit>,
     /// Replay only the requests of this model from a trace of several (its
     /// `model` column or key, e.g. BurstGPT's `ChatGPT` or `GPT-4`).
     #[arg(long, value_name = "NAME")]
@@ -132,24 +132,6 @@ pub struct SimulateArgs {
     pub output: Output,
 }
 
-/// `--time-unit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TimeUnitArg {
-    S,
-    Ms,
-    Us,
-}
-
-impl From<TimeUnitArg> for TimeUnit {
-    fn from(u: TimeUnitArg) -> TimeUnit {
-        match u {
-            TimeUnitArg::S => TimeUnit::Seconds,
-            TimeUnitArg::Ms => TimeUnit::Millis,
-            TimeUnitArg::Us => TimeUnit::Micros,
-        }
-    }
-}
-
 fn parse_fleet(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("`{s}` is not a fleet; use NODESxGPUS, e.g. \"4x8\"");
     let (n, g) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
@@ -188,6 +170,15 @@ fn load_trace(args: &SimulateArgs) -> anyhow::Result<(Trace, String)> {
             "--time-unit applies to --trace only (counts files count seconds; synthetic traces are made in seconds)",
         ));
     }
+    if args
+        .trace_model
+        .as_deref()
+        .is_some_and(|m| m.trim().is_empty())
+    {
+        return Err(super::usage(
+            "--trace-model is empty; give the name in the trace's model column (e.g. GPT-4)",
+        ));
+    }
     if args.trace_model.is_some() && args.trace.is_none() {
         return Err(super::usage(
             "--trace-model applies to --trace only (a trace with a model column)",
@@ -196,7 +187,7 @@ fn load_trace(args: &SimulateArgs) -> anyhow::Result<(Trace, String)> {
     if let Some(path) = &args.trace {
         let opts = TraceOptions {
             tokens,
-            time_unit: args.time_unit.map(TimeUnit::from),
+            time_unit: args.time_unit,
             model: args.trace_model.as_deref(),
         };
         let (t, layout) = trace::parse(&read(path, "trace")?, opts)

@@ -111,11 +111,14 @@ const UNIX_FROM: f64 = 1e9;
 
 const TOKENS_EXPECTED: &str = "a whole number of tokens (0 or more)";
 
-/// What a number in a timestamp column counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a number in a timestamp column counts (`--time-unit s|ms|us`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TimeUnit {
+    #[value(name = "s")]
     Seconds,
+    #[value(name = "ms")]
     Millis,
+    #[value(name = "us")]
     Micros,
 }
 
@@ -295,20 +298,6 @@ fn fields(line: &str) -> Vec<&str> {
     line.split(',')
         .map(|f| f.trim().trim_matches('"'))
         .collect()
-}
-
-/// Parses a CSV trace with a header line. Token columns are optional;
-/// `defaults` fills them in. Rows may come in any order.
-pub fn parse_csv(text: &str, defaults: TokenDefaults) -> Result<RequestTrace, TraceError> {
-    parse(
-        text,
-        TraceOptions {
-            tokens: defaults,
-            time_unit: None,
-            model: None,
-        },
-    )
-    .map(|(t, _)| t)
 }
 
 /// Parses a request trace: CSV with a header line, or JSON lines (one object
@@ -794,7 +783,7 @@ pub fn parse_counts(text: &str, tokens: TokenDefaults) -> Result<CountTrace, Tra
 const MAX_COUNT_SECONDS: usize = 31 * 86_400;
 
 /// Writes requests as a CSV trace (`timestamp,context_tokens,
-/// generated_tokens`, seconds from the start) that [`parse_csv`] reads back.
+/// generated_tokens`, seconds from the start) that [`parse`] reads back.
 pub fn write_csv(
     requests: impl Iterator<Item = Request>,
     out: &mut impl std::io::Write,
@@ -822,6 +811,18 @@ mod tests {
     use proptest::prelude::*;
 
     const AZURE: &str = include_str!("../../tests/fixtures/traces/azure_conv.csv");
+
+    /// A trace as `--trace` reads it with no other flag.
+    fn parse_csv(text: &str, defaults: TokenDefaults) -> Result<RequestTrace, TraceError> {
+        parse(
+            text,
+            TraceOptions {
+                tokens: defaults,
+                ..TraceOptions::default()
+            },
+        )
+        .map(|(t, _)| t)
+    }
 
     #[test]
     fn reads_the_azure_layout() {
