@@ -1165,17 +1165,18 @@ impl Autoscaler {
         let grown = self.scale_down_delay(spec);
         let waited = now.saturating_duration_since(since);
         let other_fall = match self.rebought_span() {
-            Some(span_n) if rec.saturating_add(span_n) < self.rebought_from => Some("below"),
-            Some(_) if rec >= self.rebought_to => Some("above"),
+            Some(span_n) if rec.saturating_add(span_n) < self.rebought_from => {
+                Some(("below", " by more than their span"))
+            }
+            Some(_) if rec >= self.rebought_to => Some(("above", "")),
             _ => None,
         };
         let delay = match other_fall {
-            Some(side) => {
+            Some((side, by)) => {
                 missing_note = format!(
-                    "{missing_note}; the desire is {side} the counts re-bought lately ({}–{}){}: the base hold, not {}",
+                    "{missing_note}; the desire is {side} the counts re-bought lately ({}–{}){by}: the base hold, not {}",
                     self.rebought_from,
                     self.rebought_to,
-                    if side == "below" { " by more than their span" } else { "" },
                     span(grown)
                 );
                 self.base_hold(spec)
