@@ -178,7 +178,14 @@ impl Gpufleet {
 pub fn signals(load: &Load) -> Signals {
     let seen = load.ready > 0;
     Signals {
-        ongoing: if seen { load.ongoing() } else { 0.0 },
+        // Summed over ready replicas, as the coordinator's are: requests
+        // finishing on draining replicas would make a replica seem to run
+        // more than its slots.
+        ongoing: if seen {
+            f64::from(load.queued) + f64::from(load.running_on_ready)
+        } else {
+            0.0
+        },
         waiting: Some(if seen { f64::from(load.queued) } else { 0.0 }),
         p95_latency_s: load.recent_p95_s.filter(|_| seen),
         gpu_utilization: load.busy_share,

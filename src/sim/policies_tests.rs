@@ -48,6 +48,7 @@ fn load(ready: u32, ongoing: u32) -> Load {
     Load {
         queued: ongoing.saturating_sub(ready * 8),
         running: ongoing.min(ready * 8),
+        running_on_ready: ongoing.min(ready * 8),
         ready,
         arrivals_last_s: ongoing / 4,
         busy_share: Some(f64::from(ongoing.min(ready * 8)) / f64::from(ready.max(1) * 8)),
@@ -184,6 +185,17 @@ fn signals_hide_demand_that_no_ready_replica_reports() {
     let s = signals(&load(2, 20));
     assert_eq!((s.ongoing, s.ready), (20.0, 2));
     assert_eq!(s.gpu_utilization, Some(1.0));
+    // Requests finishing on a draining replica are not the ready ones'
+    // (16 on 2 ready replicas of 8 slots, 5 more on one draining): the
+    // coordinator scrapes only ready replicas, and a replica never seems
+    // to run more than its slots.
+    let s = signals(&Load {
+        running: 21,
+        running_on_ready: 16,
+        draining: 1,
+        ..load(2, 16)
+    });
+    assert_eq!(s.ongoing, 16.0);
 }
 
 #[test]

@@ -163,6 +163,9 @@ pub struct Load {
     pub queued: u32,
     /// Requests being served (on ready and draining replicas).
     pub running: u32,
+    /// The part of `running` on ready replicas: what the coordinator's
+    /// signals sum (a draining replica is no longer scraped for them).
+    pub running_on_ready: u32,
     pub ready: u32,
     pub starting: u32,
     pub draining: u32,
@@ -354,6 +357,7 @@ impl Cluster {
         Load {
             queued: self.queue.len() as u32,
             running: self.running,
+            running_on_ready: on_ready,
             ready: self.ready,
             starting: self.starting,
             draining: self.draining,
