@@ -11,6 +11,7 @@ mod measure;
 mod policy;
 #[cfg(test)]
 mod properties;
+mod queueing;
 mod rule;
 #[cfg(test)]
 mod rules_tests;
@@ -29,6 +30,9 @@ pub(crate) use policy::num as format_count;
 pub(crate) use policy::span as format_span;
 pub use policy::Metric;
 use policy::{missing_signals, num, percent, seconds, span, strongest, Desire, Drain};
+pub use queueing::{
+    e2e_target, erlang_slots, ttft_target, SlotTarget, E2E_LATE_SHARE, TTFT_HEADROOM_SD,
+};
 pub use rule::Rule;
 pub use scaler::{ModelScaler, Tick};
 
@@ -155,6 +159,10 @@ pub struct Autoscaler {
     /// Set by the decision under way: the queue has stood too long for the
     /// cold-start rule and the burst memory's bound (see `standing_queue`).
     standing: Option<String>,
+    /// Set by the decision under way: the SLO set the target (below the
+    /// spec's), which holds the queueing headroom already, so only the
+    /// stable window's noise holds a rise above it.
+    slo_sized: bool,
 }
 
 /// What the spec's SLO makes of the per-replica target this tick.
@@ -164,13 +172,9 @@ struct SloTarget {
     spec: Option<ScalingSpec>,
     /// The SLO cannot be met whatever the count.
     warning: Option<String>,
-    /// How a time-to-first-token target was found, for the inputs.
-    note: Option<String>,
+    /// How the target was found, for the inputs: the input's name and text.
+    note: Option<(&'static str, String)>,
 }
-
-/// Standard deviations of the requests in service kept free in slots with a
-/// time-to-first-token SLO: every slot is busy at once about 1 time in 700.
-pub const TTFT_HEADROOM_SD: f64 = 3.0;
 
 /// A burst that lasts this many replica starts is served mostly by
 /// replicas started for it: the burst memory keeps no capacity for it
@@ -190,68 +194,6 @@ const ABOVE_STABLE_FACTOR: f64 = 1.2;
 /// ...and by this many standard deviations of a Poisson count over the
 /// panic window at the stable rate (so noise alone rarely holds one).
 const ABOVE_STABLE_SD: f64 = 3.0;
-
-/// A per-replica target from a time-to-first-token SLO, and how it follows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TtftTarget {
-    pub target: f64,
-    pub note: String,
-}
-
-/// The per-replica target that keeps a request's wait for a slot inside a
-/// time-to-first-token SLO of `slo_s`, for `concurrent` requests in service
-/// on average (arrival rate × service time `service_s`) and `slots` per
-/// replica. A request waits for its first token only while every slot is
-/// busy. The requests in service at once are about Poisson with that mean
-/// whatever the service times' spread (the M/G/∞ queue), so
-/// a + [`TTFT_HEADROOM_SD`] × √a slots are all busy rarely (square-root
-/// staffing): replicas = that ÷ slots, i.e. a target of slots × a ÷ (a +
-/// 3√a). Heavy-tailed requests hold their slots long, so a request that
-/// does find them all busy can wait seconds for one; the headroom is what
-/// keeps that rare. Where the SLO is long enough for the slots to work off
-/// a queue of `slots × slo ÷ service` per replica within it (the
-/// end-to-end rule's queue), that looser target suffices and is taken. The
-/// caller caps it at the spec's own target.
-pub fn ttft_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> TtftTarget {
-    let queue = if service_s > 0.0 {
-        slots * slo_s / service_s
-    } else {
-        slots
-    };
-    if concurrent <= 0.0 || queue >= slots {
-        return TtftTarget {
-            target: queue.min(slots),
-            note: format!(
-                "the slots work off a queue of {} per replica within the SLO {}",
-                num(queue),
-                seconds(slo_s)
-            ),
-        };
-    }
-    let needed = concurrent + TTFT_HEADROOM_SD * concurrent.sqrt();
-    let free = slots * concurrent / needed;
-    if queue >= free {
-        return TtftTarget {
-            target: queue,
-            note: format!(
-                "the slots work off a queue of {} per replica within the SLO {}",
-                num(queue),
-                seconds(slo_s)
-            ),
-        };
-    }
-    TtftTarget {
-        target: free,
-        note: format!(
-            "{} concurrent need {} + {} × √{} = {} slots for a request to find one free",
-            num(concurrent),
-            num(concurrent),
-            num(TTFT_HEADROOM_SD),
-            num(concurrent),
-            num(needed)
-        ),
-    }
-}
 
 impl Default for Autoscaler {
     fn default() -> Self {
@@ -309,6 +251,7 @@ impl Autoscaler {
             bursts: BurstMemory::default(),
             burst_floor: None,
             standing: None,
+            slo_sized: false,
         }
     }
 
@@ -403,6 +346,9 @@ impl Autoscaler {
             warning,
             note: slo_note,
         } = self.slo_target(spec, now);
+        self.slo_sized = derived
+            .as_ref()
+            .is_some_and(|d| d.target_ongoing_requests < spec.target_ongoing_requests);
         let spec = derived.as_ref().unwrap_or(spec);
         self.retain = spec.stable_window.max(spec.panic_window);
         self.stale_after = spec.panic_window.max(SIGNALS_STALE_AFTER);
@@ -416,8 +362,8 @@ impl Autoscaler {
         if derived.is_some() {
             inputs.add("target_from_slo", num(spec.target_ongoing_requests));
         }
-        if let Some(note) = slo_note {
-            inputs.add("ttft_slots", note);
+        if let Some((key, note)) = slo_note {
+            inputs.add(key, note);
         }
         self.standing = self.standing_queue(spec, now);
         let mut plan = if current == 0 {
@@ -550,13 +496,9 @@ impl Autoscaler {
     /// The spec with the per-replica target its `slo` asks for, once a
     /// service time is measured, with a note on how it was found.
     ///
-    /// End to end: the queue wait the SLO leaves (SLO − service) times a
-    /// replica's completion rate (slots ÷ service) is how many may wait per
-    /// replica, so the target is the slots scaled by (SLO − service) ÷
-    /// service, at most the slots. An SLO the service time alone exceeds
-    /// cannot be met: the target stays, with a warning.
-    ///
-    /// Time to first token: see [`ttft_target`], from the stable window's
+    /// End to end: see [`e2e_target`]; an SLO the service time alone
+    /// exceeds cannot be met: the target stays, with a warning. Time to
+    /// first token: see [`ttft_target`]. Both from the stable window's
     /// arrivals × the service time.
     fn slo_target(&self, spec: &ScalingSpec, now: Instant) -> SloTarget {
         let (Some(slo), Some(service)) = (spec.slo, self.service.service_s()) else {
@@ -564,6 +506,12 @@ impl Autoscaler {
         };
         let slo = slo.as_secs_f64();
         let slots = self.service.slots(spec.target_ongoing_requests);
+        let concurrent = self
+            .history
+            .average(now, spec.stable_window)
+            .requests_per_s
+            .unwrap_or(0.0)
+            * service;
         let (target, note) = match spec.slo_kind {
             SloKind::E2e if service >= slo => {
                 return SloTarget {
@@ -575,15 +523,13 @@ impl Autoscaler {
                     ..SloTarget::default()
                 };
             }
-            SloKind::E2e => (slots * (slo - service) / service, None),
+            SloKind::E2e => {
+                let t = e2e_target(slots, concurrent, slo, service);
+                (t.target, Some(("e2e_slots", t.note)))
+            }
             SloKind::Ttft => {
-                let rps = self
-                    .history
-                    .average(now, spec.stable_window)
-                    .requests_per_s
-                    .unwrap_or(0.0);
-                let t = ttft_target(slots, rps * service, slo, service);
-                (t.target, Some(t.note))
+                let t = ttft_target(slots, concurrent, slo, service);
+                (t.target, Some(("ttft_slots", t.note)))
             }
         };
         let target = target.clamp(0.1, slots).min(spec.target_ongoing_requests);
@@ -867,7 +813,17 @@ impl Autoscaler {
                 // the count and names the floor.
                 return Plan::hold(current, Rule::Steady, stable_best.explain);
             }
-            if within_tolerance(&stable_best, current, spec) {
+            let rise_tolerance = if self.slo_sized {
+                // The SLO's target holds the queueing headroom already: a
+                // rise above it is held only while the stable window's
+                // Poisson noise (one sd of its count) could explain it.
+                let arrivals =
+                    stable.requests_per_s.unwrap_or(0.0) * spec.stable_window.as_secs_f64();
+                (1.0 / arrivals.max(1.0).sqrt()).min(spec.tolerance)
+            } else {
+                spec.tolerance
+            };
+            if stable_best.replicas / f64::from(current.max(1)) - 1.0 <= rise_tolerance {
                 return Plan::hold(current, Rule::Tolerance, tolerance_note(&stable_best, spec));
             }
             return Plan::new(rec, Rule::Steady, stable_best.explain);

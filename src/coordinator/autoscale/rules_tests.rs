@@ -179,7 +179,9 @@ fn capacity_needed_again_soon_after_release_is_held_longer_next_time() {
 #[test]
 fn an_slo_sets_the_target_and_one_the_service_cannot_meet_warns() {
     let (mut a, now) = measured(2);
-    // 1 s service, 8 slots: a 1.5 s SLO leaves 0.5 s of queue, target 4.
+    // 1 s service, 8 slots, 8 in service: a 1.5 s SLO leaves 0.5 s of
+    // queue, and for 1 request in 1000 to wait longer 15 slots are needed
+    // (Erlang C): a target of 8 × 8 / 15 = 4.3.
     let tight = ScalingSpec {
         slo: Some(Duration::from_millis(1500)),
         ..spec()
@@ -187,11 +189,17 @@ fn an_slo_sets_the_target_and_one_the_service_cannot_meet_warns() {
     a.observe(now, &tick(2, 8.0, 0.0, 8.0));
     let d = a.decide(&tight, 2, now);
     assert!(
-        d.inputs.contains(&("target_from_slo".into(), "4".into())),
+        d.inputs.contains(&("target_from_slo".into(), "4.3".into())),
         "{:?}",
         d.inputs
     );
-    assert_eq!(d.desired, 2, "8 concurrent / target 4");
+    assert!(
+        d.inputs.iter().any(|(k, v)| k == "e2e_slots"
+            && v == "8 in service need 15 slots for 1 request in 1000 to wait past the 500ms the SLO leaves after service"),
+        "{:?}",
+        d.inputs
+    );
+    assert_eq!(d.desired, 2, "8 concurrent / target 4.3");
     assert_eq!(d.warning, None);
     let impossible = ScalingSpec {
         slo: Some(Duration::from_millis(800)),
@@ -200,6 +208,109 @@ fn an_slo_sets_the_target_and_one_the_service_cannot_meet_warns() {
     let d = a.decide(&impossible, 2, now);
     let w = d.warning.expect("a warning");
     assert!(w.contains("service time 1s") && w.contains("800ms"), "{w}");
+}
+
+/// Erlang C from its closed form: a^c / c! × c / (c − a) over the sum of
+/// a^k / k! for k < c plus that term.
+fn erlang_c(c: u32, a: f64) -> f64 {
+    let mut term = 1.0;
+    let mut sum = 0.0;
+    for k in 0..c {
+        sum += term;
+        term *= a / f64::from(k + 1);
+    }
+    let last = term * f64::from(c) / (f64::from(c) - a);
+    last / (sum + last)
+}
+
+#[test]
+fn the_end_to_end_slots_are_the_fewest_that_keep_late_waits_rare() {
+    for (a, slack) in [
+        (0.5, 1.0),
+        (3.0, 0.5),
+        (17.0, 1.0),
+        (18.0, 15.7),
+        (60.0, 2.0),
+        (80.0, 0.9),
+    ] {
+        let c = erlang_slots(a, slack, E2E_LATE_SHARE);
+        let late = |c: f64| erlang_c(c as u32, a) * (-(c - a) * slack).exp();
+        assert!(c > a && c.fract() == 0.0, "{a} {slack}: {c}");
+        assert!(
+            late(c) <= E2E_LATE_SHARE,
+            "{a} {slack}: {c} leaves {}",
+            late(c)
+        );
+        if c - 1.0 > a {
+            assert!(
+                late(c - 1.0) > E2E_LATE_SHARE,
+                "{a} {slack}: {c} is not the fewest"
+            );
+        }
+    }
+    // A slack of many service times needs about the load's own slots; one
+    // of a single service time keeps several free.
+    assert_eq!(erlang_slots(18.0, 15.7, E2E_LATE_SHARE), 19.0);
+    assert_eq!(erlang_slots(80.0, 0.9, E2E_LATE_SHARE), 87.0);
+    // More load needs more slots, a longer slack fewer.
+    assert!(erlang_slots(40.0, 1.0, 0.001) > erlang_slots(20.0, 1.0, 0.001));
+    assert!(erlang_slots(40.0, 4.0, 0.001) < erlang_slots(40.0, 1.0, 0.001));
+    // A slack near zero needs the slots for a request to wait at all only
+    // 1 time in 1000, found in a few steps, not ln(1000) / slack of them.
+    assert_eq!(erlang_slots(10.0, 1e-9, 0.001), 22.0);
+    assert!(erlang_c(22, 10.0) <= 0.001 && erlang_c(21, 10.0) > 0.001);
+    // No load, a load no signal should carry, a slack below zero: an
+    // answer, at once.
+    assert_eq!(erlang_slots(0.0, 1.0, 0.001), 0.0);
+    assert_eq!(erlang_slots(f64::NAN, 1.0, 0.001), 0.0);
+    assert_eq!(erlang_slots(1e12, 1.0, 0.001), 1e12 + 7.0);
+    assert!(erlang_slots(10.0, -1.0, 0.001) > 10.0);
+}
+
+#[test]
+fn an_end_to_end_target_keeps_the_slots_a_queue_needs_to_settle() {
+    // 80 in service on 8-slot replicas, 5.2 s requests, a 10 s SLO: 4.8 s
+    // of wait, under one service time, needs 87 slots; 8 × 80 / 87 each.
+    let t = e2e_target(8.0, 80.0, 10.0, 5.2);
+    assert!((t.target - 8.0 * 80.0 / 87.0).abs() < 1e-9, "{}", t.target);
+    assert_eq!(
+        t.note,
+        "80 in service need 87 slots for 1 request in 1000 to wait past the 4.8s the SLO leaves after service"
+    );
+    // Short requests against the same SLO: nearly every slot.
+    assert!(e2e_target(8.0, 80.0, 10.0, 0.6).target > 7.7);
+    // Nothing measured yet: every slot.
+    assert_eq!(e2e_target(8.0, 0.0, 10.0, 5.2).target, 8.0);
+}
+
+#[test]
+fn a_rise_above_an_slo_target_is_held_only_while_noise_explains_it() {
+    // 63 req/s of 1 s requests on 8 replicas of 8 slots. A 3 s SLO leaves
+    // 2 s of wait: 67 slots (Erlang C), 8.4 replicas, 5% over the 8. The
+    // stable minute counted ~3 800 arrivals, whose noise (1 sd) is 1.6%:
+    // the rise is real, and a replica is added.
+    let with_slo = ScalingSpec {
+        slo: Some(Duration::from_secs(3)),
+        ..spec()
+    };
+    // The same 8.4 replicas from a plain target of 7.5 are within the 10%
+    // tolerance.
+    let plain = ScalingSpec {
+        target_ongoing_requests: 7.5,
+        ..spec()
+    };
+    for (s, want, rule) in [(&with_slo, 9, Rule::Steady), (&plain, 8, Rule::Tolerance)] {
+        let mut a = Autoscaler::new();
+        let mut now = Instant::now();
+        a.record_start(Duration::from_secs(36));
+        let mut d = a.decide(s, 8, now);
+        for _ in 0..70 {
+            a.observe(now, &tick(8, 63.0, 0.0, 63.0));
+            d = a.decide(s, 8, now);
+            now += SECOND;
+        }
+        assert_eq!((d.desired, d.rule), (want, rule), "{}", d.reason);
+    }
 }
 
 #[test]

@@ -1,0 +1,144 @@
+//! Per-replica targets from an SLO: how many slots the requests in service
+//! need for a request to wait for one rarely (time to first token) or
+//! rarely past what the SLO leaves of its time (end to end).
+
+use super::policy::{num, seconds};
+
+/// Standard deviations of the requests in service kept free in slots with a
+/// time-to-first-token SLO: every slot is busy at once about 1 time in 700.
+pub const TTFT_HEADROOM_SD: f64 = 3.0;
+
+/// A per-replica target from an SLO, and how it follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotTarget {
+    pub target: f64,
+    pub note: String,
+}
+
+/// The per-replica target that keeps a request's wait for a slot inside a
+/// time-to-first-token SLO of `slo_s`, for `concurrent` requests in service
+/// on average (arrival rate × service time `service_s`) and `slots` per
+/// replica. A request waits for its first token only while every slot is
+/// busy. The requests in service at once are about Poisson with that mean
+/// whatever the service times' spread (the M/G/∞ queue), so
+/// a + [`TTFT_HEADROOM_SD`] × √a slots are all busy rarely (square-root
+/// staffing): replicas = that ÷ slots, i.e. a target of slots × a ÷ (a +
+/// 3√a). Heavy-tailed requests hold their slots long, so a request that
+/// does find them all busy can wait seconds for one; the headroom is what
+/// keeps that rare. Where the SLO is long enough for the slots to work off
+/// a queue of `slots × slo ÷ service` per replica within it (the
+/// end-to-end rule's queue), that looser target suffices and is taken. The
+/// caller caps it at the spec's own target.
+pub fn ttft_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> SlotTarget {
+    let queue = if service_s > 0.0 {
+        slots * slo_s / service_s
+    } else {
+        slots
+    };
+    if concurrent <= 0.0 || queue >= slots {
+        return SlotTarget {
+            target: queue.min(slots),
+            note: format!(
+                "the slots work off a queue of {} per replica within the SLO {}",
+                num(queue),
+                seconds(slo_s)
+            ),
+        };
+    }
+    let needed = concurrent + TTFT_HEADROOM_SD * concurrent.sqrt();
+    let free = slots * concurrent / needed;
+    if queue >= free {
+        return SlotTarget {
+            target: queue,
+            note: format!(
+                "the slots work off a queue of {} per replica within the SLO {}",
+                num(queue),
+                seconds(slo_s)
+            ),
+        };
+    }
+    SlotTarget {
+        target: free,
+        note: format!(
+            "{} concurrent need {} + {} × √{} = {} slots for a request to find one free",
+            num(concurrent),
+            num(concurrent),
+            num(TTFT_HEADROOM_SD),
+            num(concurrent),
+            num(needed)
+        ),
+    }
+}
+
+/// The share of requests whose wait for a slot may outlast what an
+/// end-to-end SLO leaves after their service: 1 in 1000.
+pub const E2E_LATE_SHARE: f64 = 0.001;
+
+/// The per-replica target that keeps a request's wait for a slot within
+/// what an end-to-end SLO of `slo_s` leaves after a `service_s` service, for
+/// `concurrent` requests in service on average (arrival rate × service time)
+/// and `slots` per replica.
+///
+/// The slots are the servers of an M/M/c queue offered `concurrent` of load:
+/// a request waits with the Erlang C probability, and a wait outlasts `w`
+/// with that probability × e^−(c − a)·w / service. The target is the slots
+/// scaled by a ÷ c for the fewest slots c that make that at most
+/// [`E2E_LATE_SHARE`]. A slack of many service times needs about the load's
+/// own slots (a queue drains well within it); a slack of one service time
+/// keeps several slots free, as a replica run full has a queue that never
+/// settles. Replicas run full only when no load is measured yet.
+pub fn e2e_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> SlotTarget {
+    let slack = slo_s - service_s;
+    if !(concurrent > 0.0 && slack > 0.0 && service_s > 0.0) {
+        return SlotTarget {
+            target: slots,
+            note: "no load measured yet: every slot".to_string(),
+        };
+    }
+    let needed = erlang_slots(concurrent, slack / service_s, E2E_LATE_SHARE);
+    SlotTarget {
+        target: slots * concurrent / needed,
+        note: format!(
+            "{} in service need {} slots for 1 request in {} to wait past the {} the SLO leaves after service",
+            num(concurrent),
+            num(needed),
+            num(1.0 / E2E_LATE_SHARE),
+            seconds(slack)
+        ),
+    }
+}
+
+/// Loads (requests in service) searched slot by slot: a fleet's worth.
+pub const ERLANG_EXACT_UP_TO: f64 = 100_000.0;
+
+/// The fewest servers `c` for which an M/M/c queue offered `load` (arrival
+/// rate × mean service) makes a wait past `slack` mean service times at
+/// most `late`: Erlang C(c, load) × e^−(c − load)·slack ≤ late. Erlang B by
+/// its recurrence, so the count is exact and no factorial overflows. Since
+/// C ≤ 1, `load + ln(1 / late) ÷ slack` servers always suffice: the search
+/// stops there. A load beyond [`ERLANG_EXACT_UP_TO`] takes square-root
+/// staffing's a + 3√a (or that bound, if fewer) instead of a search that
+/// long.
+pub fn erlang_slots(load: f64, slack: f64, late: f64) -> f64 {
+    let slack = slack.max(0.0);
+    let enough = load + (1.0 / late).ln() / slack;
+    if load.is_nan() || load <= 0.0 {
+        return 0.0;
+    }
+    if load > ERLANG_EXACT_UP_TO {
+        return (load + 3.0 * load.sqrt()).min(enough).ceil();
+    }
+    let mut blocking = 1.0;
+    let mut c = 0.0;
+    while c < enough {
+        c += 1.0;
+        blocking = load * blocking / (c + load * blocking);
+        if c > load {
+            let waits = blocking / (1.0 - load / c * (1.0 - blocking));
+            if waits * (-(c - load) * slack).exp() <= late {
+                return c;
+            }
+        }
+    }
+    enough
+}
