@@ -304,16 +304,14 @@ fn a_burst_that_drains_before_a_replica_could_start_starts_none() {
     );
 }
 
-/// A time-to-first-token SLO live: the coordinator keeps slots free for
-/// the measured load, where the spec's own target (every slot) would hold
-/// one replica, and says so in the decision's inputs.
-#[test]
-fn a_ttft_slo_keeps_slots_free_for_the_load() {
-    let h = Harness::new();
-    let _c = h.coordinator("");
-    let _a = h.agent("node-a", 4, "scrape_interval = \"250ms\"");
+/// A coordinator and one 4-GPU agent, and a model `chat` of 4-slot demo
+/// replicas (16 tokens × 20 ms: about 0.32 s a request) scaled between 1
+/// and 4 at a target of 4 with the SLO `slo` (lines of `[scaling]`), once
+/// one replica is ready. Keep the handles: dropping them stops the fleet.
+fn chat_with_slo(h: &Harness, slo: &str) -> (Proc, Proc) {
+    let c = h.coordinator("");
+    let a = h.agent("node-a", 4, "scrape_interval = \"250ms\"");
     h.wait_ready_nodes(1);
-    // 4 slots of 16 tokens × 20 ms: about 0.32 s a request.
     let command = demo_command(&[
         "--concurrency",
         "4",
@@ -327,11 +325,33 @@ fn a_ttft_slo_keeps_slots_free_for_the_load() {
         1,
         "",
         &command,
-        "[scaling]\nmin_replicas = 1\nmax_replicas = 4\ntarget_ongoing_requests = 4\nstable_window = \"6s\"\npanic_window = \"2s\"\nslo = \"50ms\"\nslo_kind = \"ttft\"",
+        &format!("[scaling]\nmin_replicas = 1\nmax_replicas = 4\ntarget_ongoing_requests = 4\nstable_window = \"6s\"\npanic_window = \"2s\"\n{slo}"),
     ));
     wait_until(Duration::from_secs(40), "one ready replica", || {
-        (model(&h, "chat")?["ready_replicas"] == 1).then_some(())
+        (model(h, "chat")?["ready_replicas"] == 1).then_some(())
     });
+    (c, a)
+}
+
+/// `explain`'s scale decisions for `name`, each as its JSON text.
+fn scale_decisions(h: &Harness, name: &str) -> Vec<String> {
+    let e = h.json(&["explain", name]);
+    e["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "scale")
+        .map(|d| d.to_string())
+        .collect()
+}
+
+/// A time-to-first-token SLO live: the coordinator keeps slots free for
+/// the measured load, where the spec's own target (every slot) would hold
+/// one replica, and says so in the decision's inputs.
+#[test]
+fn a_ttft_slo_keeps_slots_free_for_the_load() {
+    let h = Harness::new();
+    let _fleet = chat_with_slo(&h, "slo = \"50ms\"\nslo_kind = \"ttft\"");
     let shown = stdout(&h.cli(&["model", "show", "chat"]));
     assert!(shown.contains("slo_kind = \"ttft\""), "{shown}");
     // 6 requests/s keep about 2 in service (4 on a machine running the
@@ -344,14 +364,7 @@ fn a_ttft_slo_keeps_slots_free_for_the_load() {
         "a second replica for the TTFT SLO",
         || (model(&h, "chat")?["desired_replicas"].as_u64()? >= 2).then_some(()),
     );
-    let e = h.json(&["explain", "chat"]);
-    let ups: Vec<String> = e["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["kind"] == "scale")
-        .map(|d| d.to_string())
-        .collect();
+    let ups = scale_decisions(&h, "chat");
     assert!(
         ups.iter()
             .any(|d| d.contains("ttft_slots") && d.contains("for a request to find one free")),
@@ -361,6 +374,31 @@ fn a_ttft_slo_keeps_slots_free_for_the_load() {
         !ups.iter()
             .any(|d| d.contains("no replica count can meet it")),
         "a TTFT SLO under the service time is not impossible: {ups:?}"
+    );
+}
+
+/// An end-to-end SLO live: the slots a queue needs to settle within what
+/// the SLO leaves after service, where the old rule (the slots × that wait
+/// ÷ the service, at most the slots) ran one replica full.
+#[test]
+fn an_end_to_end_slo_keeps_the_slots_its_queue_needs() {
+    let h = Harness::new();
+    let _fleet = chat_with_slo(&h, "slo = \"1s\"");
+    // 6 requests/s keep about 2 in service, within one replica's 4 slots;
+    // the 0.7 s the SLO leaves is about two services, and for 1 request in
+    // 1000 to wait longer 5 slots are needed (Erlang C; 6 to 10 on a
+    // machine running the server up to twice as slowly): two replicas.
+    let _steady = Reaped(load(&h, "chat", "6", "60s"));
+    wait_until(
+        Duration::from_secs(45),
+        "a second replica for the end-to-end SLO",
+        || (model(&h, "chat")?["desired_replicas"].as_u64()? >= 2).then_some(()),
+    );
+    let ups = scale_decisions(&h, "chat");
+    assert!(
+        ups.iter()
+            .any(|d| d.contains("e2e_slots") && d.contains("for 1 request in 1000 to wait past")),
+        "{ups:?}"
     );
 }
 
