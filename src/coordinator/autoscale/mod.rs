@@ -30,9 +30,7 @@ pub(crate) use policy::num as format_count;
 pub(crate) use policy::span as format_span;
 pub use policy::Metric;
 use policy::{missing_signals, num, percent, seconds, span, strongest, Desire, Drain};
-pub use queueing::{
-    e2e_target, erlang_slots, ttft_target, SlotTarget, E2E_LATE_SHARE, TTFT_HEADROOM_SD,
-};
+use queueing::{e2e_target, ttft_target};
 pub use rule::Rule;
 pub use scaler::{ModelScaler, Tick};
 

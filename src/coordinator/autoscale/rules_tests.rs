@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::queueing::{erlang_slots, E2E_LATE_SHARE};
 use super::tests::spec;
 use super::*;
 
