@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::config::model::{ScalingSpec, SloKind};
 
 use burst::{burst_need, BurstMemory, Recall};
-use history::{DesireWindow, SignalHistory};
+use history::{DesireWindow, SignalHistory, WindowAverage};
 use measure::{Backlog, ServiceEstimate, StartTime};
 pub(crate) use policy::num as format_count;
 pub(crate) use policy::span as format_span;
@@ -541,6 +541,25 @@ impl Autoscaler {
         }
     }
 
+    /// The change a rise in desire must pass to add replicas: the spec's
+    /// tolerance, except where the SLO set the target, which holds the
+    /// queueing headroom already (the spec's tolerance would give it back):
+    /// there only what one standard deviation of the stable window's
+    /// Poisson arrival count explains.
+    fn rise_tolerance(&self, spec: &ScalingSpec, stable: &WindowAverage) -> Tolerance {
+        if !self.slo_sized {
+            return Tolerance::of(spec);
+        }
+        let arrivals = stable.requests_per_s.unwrap_or(0.0) * spec.stable_window.as_secs_f64();
+        Tolerance {
+            share: (1.0 / arrivals.max(1.0).sqrt()).min(spec.tolerance),
+            why: Some(format!(
+                "the noise of {} arrivals in the stable window, as the SLO set the target",
+                num(arrivals)
+            )),
+        }
+    }
+
     /// The count the signals ask for, for a model that has replicas.
     fn plan_from_signals(
         &mut self,
@@ -811,18 +830,13 @@ impl Autoscaler {
                 // the count and names the floor.
                 return Plan::hold(current, Rule::Steady, stable_best.explain);
             }
-            let rise_tolerance = if self.slo_sized {
-                // The SLO's target holds the queueing headroom already: a
-                // rise above it is held only while the stable window's
-                // Poisson noise (one sd of its count) could explain it.
-                let arrivals =
-                    stable.requests_per_s.unwrap_or(0.0) * spec.stable_window.as_secs_f64();
-                (1.0 / arrivals.max(1.0).sqrt()).min(spec.tolerance)
-            } else {
-                spec.tolerance
-            };
-            if stable_best.replicas / f64::from(current.max(1)) - 1.0 <= rise_tolerance {
-                return Plan::hold(current, Rule::Tolerance, tolerance_note(&stable_best, spec));
+            let tolerance = self.rise_tolerance(spec, &stable);
+            if within_tolerance(&stable_best, current, &tolerance) {
+                return Plan::hold(
+                    current,
+                    Rule::Tolerance,
+                    tolerance_note(&stable_best, &tolerance),
+                );
             }
             return Plan::new(rec, Rule::Steady, stable_best.explain);
         }
@@ -1076,8 +1090,9 @@ impl Autoscaler {
         best: &Desire,
     ) -> Plan {
         let since = *self.below_since.get_or_insert(now);
-        if within_tolerance(best, current, spec) {
-            return Plan::hold(current, Rule::Tolerance, tolerance_note(best, spec));
+        let tolerance = Tolerance::of(spec);
+        if within_tolerance(best, current, &tolerance) {
+            return Plan::hold(current, Rule::Tolerance, tolerance_note(best, &tolerance));
         }
         // A signal that stays missing (an engine that does not export it
         // after all, a scrape that keeps failing) holds one stable window at
@@ -1371,15 +1386,35 @@ fn burst_note(r: &Recall, wait_s: f64) -> String {
 }
 
 /// A change this small relative to the current count is noise.
-fn within_tolerance(best: &Desire, current: u32, spec: &ScalingSpec) -> bool {
-    (best.replicas / f64::from(current.max(1)) - 1.0).abs() <= spec.tolerance
+/// The relative change in desire ignored as noise, and where it comes from
+/// when not from the spec.
+struct Tolerance {
+    share: f64,
+    why: Option<String>,
 }
 
-fn tolerance_note(best: &Desire, spec: &ScalingSpec) -> String {
+impl Tolerance {
+    fn of(spec: &ScalingSpec) -> Tolerance {
+        Tolerance {
+            share: spec.tolerance,
+            why: None,
+        }
+    }
+}
+
+fn within_tolerance(best: &Desire, current: u32, tolerance: &Tolerance) -> bool {
+    (best.replicas / f64::from(current.max(1)) - 1.0).abs() <= tolerance.share
+}
+
+fn tolerance_note(best: &Desire, tolerance: &Tolerance) -> String {
+    let why = tolerance
+        .why
+        .as_ref()
+        .map_or(String::new(), |w| format!(": {w}"));
     format!(
-        "{} (within {} tolerance)",
+        "{} (within {}% tolerance{why})",
         best.explain,
-        percent(spec.tolerance)
+        num(tolerance.share * 100.0)
     )
 }
 

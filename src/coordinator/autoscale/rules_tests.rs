@@ -300,18 +300,39 @@ fn a_rise_above_an_slo_target_is_held_only_while_noise_explains_it() {
         target_ongoing_requests: 7.5,
         ..spec()
     };
-    for (s, want, rule) in [(&with_slo, 9, Rule::Steady), (&plain, 8, Rule::Tolerance)] {
+    let steady = |s: &ScalingSpec, rps: f64| {
         let mut a = Autoscaler::new();
         let mut now = Instant::now();
         a.record_start(Duration::from_secs(36));
         let mut d = a.decide(s, 8, now);
         for _ in 0..70 {
-            a.observe(now, &tick(8, 63.0, 0.0, 63.0));
+            a.observe(now, &tick(8, rps, 0.0, rps));
             d = a.decide(s, 8, now);
             now += SECOND;
         }
+        d
+    };
+    for (s, want, rule) in [(&with_slo, 9, Rule::Steady), (&plain, 8, Rule::Tolerance)] {
+        let d = steady(s, 63.0);
         assert_eq!((d.desired, d.rule), (want, rule), "{}", d.reason);
     }
+    assert!(
+        steady(&plain, 63.0)
+            .reason
+            .ends_with("(within 10% tolerance)"),
+        "the spec's tolerance is named as before"
+    );
+    // At 61 req/s, 65 slots: 8.1 replicas, 1.6% over, within the 1.7% the
+    // noise of ~3 660 arrivals explains. The note says which tolerance held.
+    let d = steady(&with_slo, 61.0);
+    assert_eq!((d.desired, d.rule), (8, Rule::Tolerance), "{}", d.reason);
+    assert!(
+        d.reason.contains("(within 1.7% tolerance: the noise of")
+            && d.reason
+                .contains("arrivals in the stable window, as the SLO set the target)"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
