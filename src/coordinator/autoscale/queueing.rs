@@ -26,9 +26,10 @@ pub struct SlotTarget {
 /// 3√a). Heavy-tailed requests hold their slots long, so a request that
 /// does find them all busy can wait seconds for one; the headroom is what
 /// keeps that rare. Where the SLO is long enough for the slots to work off
-/// a queue of `slots × slo ÷ service` per replica within it (the
-/// end-to-end rule's queue), that looser target suffices and is taken. The
-/// caller caps it at the spec's own target.
+/// a queue of `slots × slo ÷ service` per replica within it (a queue
+/// drained at full speed, as the end-to-end rule was before
+/// [`e2e_target`]), that looser target is taken. The caller caps it at the
+/// spec's own target.
 pub fn ttft_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> SlotTarget {
     let queue = if service_s > 0.0 {
         slots * slo_s / service_s
