@@ -15,6 +15,13 @@ pub struct SlotTarget {
     pub note: String,
 }
 
+/// How much longer than an exponential service's a wait for a slot runs,
+/// for a time-to-first-token SLO long enough to let requests queue: the
+/// Allen–Cunneen factor (1 + cv²) ÷ 2 for service times as spread as
+/// heavy-tailed answers (cv² = 3), since the wait a request finds is the
+/// rest of the longest service ahead of it.
+pub const TTFT_WAIT_SPREAD: f64 = 2.0;
+
 /// The per-replica target that keeps a request's wait for a slot inside a
 /// time-to-first-token SLO of `slo_s`, for `concurrent` requests in service
 /// on average (arrival rate × service time `service_s`) and `slots` per
@@ -25,22 +32,26 @@ pub struct SlotTarget {
 /// staffing): replicas = that ÷ slots, i.e. a target of slots × a ÷ (a +
 /// 3√a). Heavy-tailed requests hold their slots long, so a request that
 /// does find them all busy can wait seconds for one; the headroom is what
-/// keeps that rare. Where the SLO is long enough for the slots to work off
-/// a queue of `slots × slo ÷ service` per replica within it (a queue
-/// drained at full speed, as the end-to-end rule was before
-/// [`e2e_target`]), that looser target is taken. The caller caps it at the
-/// spec's own target.
+/// keeps that rare.
+///
+/// Where the SLO is long enough for the slots to work off that headroom's
+/// worth of queue within it (slots × SLO ÷ service per replica at least
+/// the target above), requests may queue: the slots are then the servers
+/// of the M/M/c queue of [`e2e_target`] with the whole SLO as the wait, a
+/// wait [`TTFT_WAIT_SPREAD`] times the exponential's, for 1 request in
+/// 1000 to wait past it — that target if looser than the headroom's. The
+/// caller caps it at the spec's own target.
 pub fn ttft_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> SlotTarget {
     let queue = if service_s > 0.0 {
         slots * slo_s / service_s
     } else {
         slots
     };
-    if concurrent <= 0.0 || queue >= slots {
+    if concurrent <= 0.0 || service_s <= 0.0 {
         return SlotTarget {
             target: queue.min(slots),
             note: format!(
-                "the slots work off a queue of {} per replica within the SLO {}",
+                "no load measured yet: the slots work off a queue of {} per replica within the SLO {}",
                 num(queue),
                 seconds(slo_s)
             ),
@@ -48,18 +59,8 @@ pub fn ttft_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> S
     }
     let needed = concurrent + TTFT_HEADROOM_SD * concurrent.sqrt();
     let free = slots * concurrent / needed;
-    if queue >= free {
-        return SlotTarget {
-            target: queue,
-            note: format!(
-                "the slots work off a queue of {} per replica within the SLO {}",
-                num(queue),
-                seconds(slo_s)
-            ),
-        };
-    }
-    SlotTarget {
-        target: free,
+    let headroom = SlotTarget {
+        target: free.min(slots),
         note: format!(
             "{} concurrent need {} + {} × √{} = {} slots for a request to find one free",
             num(concurrent),
@@ -67,6 +68,29 @@ pub fn ttft_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> S
             num(TTFT_HEADROOM_SD),
             num(concurrent),
             num(needed)
+        ),
+    };
+    if queue < free {
+        return headroom;
+    }
+    let waiting = erlang_slots(
+        concurrent,
+        slo_s / service_s / TTFT_WAIT_SPREAD,
+        E2E_LATE_SHARE,
+    );
+    let queued = slots * concurrent / waiting;
+    if queued <= free {
+        return headroom;
+    }
+    SlotTarget {
+        target: queued.min(slots),
+        note: format!(
+            "{} in service need {} slots for 1 request in {} to wait past the SLO {} (a wait {} times an exponential service's)",
+            num(concurrent),
+            num(waiting),
+            num(1.0 / E2E_LATE_SHARE),
+            seconds(slo_s),
+            num(TTFT_WAIT_SPREAD)
         ),
     }
 }
