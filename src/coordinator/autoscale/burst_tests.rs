@@ -395,3 +395,51 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_burst_is_worked_off_at_what_full_replicas_were_seen_to_complete() {
+    // 1 s requests measured at 10 in service, unqueued; then eight replicas
+    // behind a standing queue that grows by 12 a second at 60 req/s: full,
+    // they complete 6 a second each, not the 8 their slots ÷ the service
+    // time promise (a wide batch serves each request slower).
+    let mut a = Autoscaler::new();
+    let s = spec();
+    let t0 = Instant::now();
+    let tick = |t: u32, ongoing: f64, waiting: f64, rps: f64, ready: u32| Signals {
+        ongoing,
+        waiting: Some(waiting),
+        requests_per_s: rps,
+        ready,
+        measurement: u64::from(t) + 1,
+        rescraped_at: Some(t0 + SECOND * t),
+        ..Signals::default()
+    };
+    for t in 0..20u32 {
+        a.observe(t0 + SECOND * t, &tick(t, 10.0, 0.0, 10.0, 2));
+        a.decide(&s, 2, t0 + SECOND * t);
+    }
+    assert_eq!(a.burst_target(&s, 1.0), 8.0, "no queue seen yet");
+    // Two queued seconds are not yet a full replica's measure.
+    for t in 20..22u32 {
+        let waiting = 12.0 * f64::from(t - 19);
+        a.observe(t0 + SECOND * t, &tick(t, 48.0 + waiting, waiting, 60.0, 8));
+        a.decide(&s, 8, t0 + SECOND * t);
+    }
+    assert_eq!(a.burst_target(&s, 1.0), 8.0);
+    for t in 22..30u32 {
+        let waiting = 12.0 * f64::from(t - 19);
+        a.observe(t0 + SECOND * t, &tick(t, 48.0 + waiting, waiting, 60.0, 8));
+        a.decide(&s, 8, t0 + SECOND * t);
+    }
+    let target = a.burst_target(&s, 1.0);
+    assert!((target - 6.0).abs() < 1e-9, "{target}");
+    // A burst of 60 req/s for 10 s within a 10 s wait: 5 replicas at what
+    // full ones complete, where the slots' promise said 3.75.
+    assert_eq!(burst_need(60.0, 10.0, 1.0, target, 10.0), 5.0);
+    // A spec target below what full replicas complete stands.
+    let low = ScalingSpec {
+        target_ongoing_requests: 4.0,
+        ..spec()
+    };
+    assert_eq!(a.burst_target(&low, 1.0), 4.0);
+}

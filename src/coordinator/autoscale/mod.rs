@@ -161,6 +161,10 @@ pub struct Autoscaler {
     /// spec's), which holds the queueing headroom already, so only the
     /// stable window's noise holds a rise above it.
     slo_sized: bool,
+    /// Requests per second a full replica was seen to complete, while a
+    /// queue stood (a mean over the queues seen): the service time is
+    /// measured at smaller batches, which run faster.
+    full_rate: Option<f64>,
 }
 
 /// What the spec's SLO makes of the per-replica target this tick.
@@ -179,6 +183,11 @@ struct SloTarget {
 /// between bursts (a flash crowd of 13 minutes had held 20 replicas after it
 /// was over).
 const LONG_BURST_STARTS: f64 = 4.0;
+/// Seconds a queue must stand before its replicas count as full: what
+/// they complete then is what full replicas do.
+const FULL_AFTER_S: f64 = 3.0;
+/// Queued ticks the mean of full replicas' completions spans.
+const FULL_RATE_SPAN: f64 = 8.0;
 
 /// What a re-buy (capacity released lately bought back) multiplies the
 /// scale-down hold by; one in a panic, whose requests waited for the start,
@@ -250,6 +259,7 @@ impl Autoscaler {
             burst_floor: None,
             standing: None,
             slo_sized: false,
+            full_rate: None,
         }
     }
 
@@ -656,6 +666,10 @@ impl Autoscaler {
                 trigger = Some(p.panic_note(spec, capacity));
             }
         }
+        self.learn_full_rate(spec, now);
+        if let Some(f) = self.full_rate {
+            inputs.add("full_replica_completes", format!("{} req/s", num(f)));
+        }
         let recall =
             self.remember_bursts(spec, &latest, &stable, &panic_avg, trigger.is_some(), now);
         let drain_note = drains.filter(|(d, _)| *d).map(|(_, note)| note);
@@ -896,7 +910,7 @@ impl Autoscaler {
             .recall(
                 now,
                 service,
-                spec.target_ongoing_requests,
+                self.burst_target(spec, service),
                 wait_s,
                 burst::Limits {
                     min_hold: hold,
@@ -905,6 +919,34 @@ impl Autoscaler {
                 },
             )
             .map(|r| (r, wait_s))
+    }
+
+    /// Updates what full replicas complete, once a queue has stood for
+    /// [`FULL_AFTER_S`]: arrivals less the queue's growth over the panic
+    /// window.
+    fn learn_full_rate(&mut self, spec: &ScalingSpec, now: Instant) {
+        let Some(seen) = self.queued_since.and_then(|q| {
+            let from = q.max(now.checked_sub(spec.panic_window)?);
+            self.history.completed_per_replica(from, now, FULL_AFTER_S)
+        }) else {
+            return;
+        };
+        self.full_rate = Some(match self.full_rate {
+            Some(f) => f + (seen - f) / FULL_RATE_SPAN,
+            None => seen,
+        });
+    }
+
+    /// The per-replica target a burst is worked off at: requests in
+    /// service per replica complete target ÷ service time per second, but
+    /// a replica a burst fills runs a wider batch, slower per request, and
+    /// completes no more than full replicas were seen to (when less, the
+    /// target those completions stand for).
+    fn burst_target(&self, spec: &ScalingSpec, service_s: f64) -> f64 {
+        let target = spec.target_ongoing_requests;
+        self.full_rate
+            .map_or(target, |f| target.min(f * service_s))
+            .max(f64::MIN_POSITIVE)
     }
 
     /// What a burst of the model's usual length at the recent arrival rate
@@ -931,7 +973,13 @@ impl Autoscaler {
             .requests_per_s
             .unwrap_or(0.0)
             .max(latest.requests_per_s);
-        let need = burst_need(rps, length_s, service, spec.target_ongoing_requests, wait_s);
+        let need = burst_need(
+            rps,
+            length_s,
+            service,
+            self.burst_target(spec, service),
+            wait_s,
+        );
         Some((
             ceil_count(need),
             format!(
@@ -1311,7 +1359,7 @@ impl Autoscaler {
                 let believed = slots / service_s;
                 let seen = self.queued_since.and_then(|q| {
                     let from = q.max(now.checked_sub(spec.panic_window)?);
-                    self.history.completed_per_replica(from, now, 3.0)
+                    self.history.completed_per_replica(from, now, FULL_AFTER_S)
                 });
                 seen.map_or(believed, |c| c.min(believed))
             },
