@@ -442,4 +442,12 @@ fn a_burst_is_worked_off_at_what_full_replicas_were_seen_to_complete() {
         ..spec()
     };
     assert_eq!(a.burst_target(&low, 1.0), 4.0);
+    // Replicas that complete nothing behind a queue (a stalled engine) do
+    // not size bursts at nothing: never under half the target.
+    for t in 30..80u32 {
+        let waiting = 12.0 * f64::from(t - 19);
+        a.observe(t0 + SECOND * t, &tick(t, 48.0 + waiting, waiting, 12.0, 8));
+        a.decide(&s, 8, t0 + SECOND * t);
+    }
+    assert_eq!(a.burst_target(&s, 1.0), 4.0);
 }

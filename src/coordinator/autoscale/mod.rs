@@ -941,12 +941,15 @@ impl Autoscaler {
     /// service per replica complete target ÷ service time per second, but
     /// a replica a burst fills runs a wider batch, slower per request, and
     /// completes no more than full replicas were seen to (when less, the
-    /// target those completions stand for).
+    /// target those completions stand for). Never under half the target: a
+    /// wider batch slows requests by tens of percent, and replicas that
+    /// complete less behind a queue are stalled or failing, which their
+    /// health checks answer, not replicas kept for bursts.
     fn burst_target(&self, spec: &ScalingSpec, service_s: f64) -> f64 {
         let target = spec.target_ongoing_requests;
         self.full_rate
             .map_or(target, |f| target.min(f * service_s))
-            .max(f64::MIN_POSITIVE)
+            .max(target / 2.0)
     }
 
     /// What a burst of the model's usual length at the recent arrival rate
