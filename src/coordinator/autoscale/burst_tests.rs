@@ -127,6 +127,17 @@ fn a_burst_that_lasts_as_long_as_the_longest_is_a_new_level_not_a_burst() {
 /// and requests beyond that queue. Arrivals per second come from `rate`.
 /// Returns the decisions, one per second.
 fn run(spec: &ScalingSpec, secs: u32, rate: impl Fn(u32) -> f64) -> Vec<(u32, Decision)> {
+    run_full(spec, secs, rate, 8.0)
+}
+
+/// [`run`] with replicas that complete `full` requests a second each while
+/// a queue stands (a full batch serves each request slower).
+fn run_full(
+    spec: &ScalingSpec,
+    secs: u32,
+    rate: impl Fn(u32) -> f64,
+    full: f64,
+) -> Vec<(u32, Decision)> {
     let start = 20;
     let mut a = Autoscaler::new();
     a.record_start(Duration::from_secs(start));
@@ -147,7 +158,7 @@ fn run(spec: &ScalingSpec, secs: u32, rate: impl Fn(u32) -> f64) -> Vec<(u32, De
         ready = (ready + arrived).min(desired);
         let starting = asked.len() as u32;
         let rps = rate(t);
-        let capacity = f64::from(ready) * 8.0;
+        let capacity = f64::from(ready) * if queue > 0.0 { full } else { 8.0 };
         let running = (queue + rps).min(capacity);
         queue = (queue + rps - running).max(0.0);
         a.observe(
@@ -405,49 +416,97 @@ fn a_burst_is_worked_off_at_what_full_replicas_were_seen_to_complete() {
     let mut a = Autoscaler::new();
     let s = spec();
     let t0 = Instant::now();
+    let at = |t: u32| t0 + SECOND * t;
     let tick = |t: u32, ongoing: f64, waiting: f64, rps: f64, ready: u32| Signals {
         ongoing,
         waiting: Some(waiting),
         requests_per_s: rps,
         ready,
         measurement: u64::from(t) + 1,
-        rescraped_at: Some(t0 + SECOND * t),
+        rescraped_at: Some(at(t)),
         ..Signals::default()
     };
+    let queued = |a: &mut Autoscaler, t: u32, rps: f64| {
+        let waiting = 12.0 * f64::from(t - 19);
+        a.observe(at(t), &tick(t, 48.0 + waiting, waiting, rps, 8));
+        a.decide(&s, 8, at(t));
+    };
     for t in 0..20u32 {
-        a.observe(t0 + SECOND * t, &tick(t, 10.0, 0.0, 10.0, 2));
-        a.decide(&s, 2, t0 + SECOND * t);
+        a.observe(at(t), &tick(t, 10.0, 0.0, 10.0, 2));
+        a.decide(&s, 2, at(t));
     }
-    assert_eq!(a.burst_target(&s, 1.0), 8.0, "no queue seen yet");
+    assert_eq!(a.burst_target(&s), 8.0, "no queue seen yet");
     // Two queued seconds are not yet a full replica's measure.
     for t in 20..22u32 {
-        let waiting = 12.0 * f64::from(t - 19);
-        a.observe(t0 + SECOND * t, &tick(t, 48.0 + waiting, waiting, 60.0, 8));
-        a.decide(&s, 8, t0 + SECOND * t);
+        queued(&mut a, t, 60.0);
     }
-    assert_eq!(a.burst_target(&s, 1.0), 8.0);
+    assert_eq!(a.burst_target(&s), 8.0);
     for t in 22..30u32 {
-        let waiting = 12.0 * f64::from(t - 19);
-        a.observe(t0 + SECOND * t, &tick(t, 48.0 + waiting, waiting, 60.0, 8));
-        a.decide(&s, 8, t0 + SECOND * t);
+        queued(&mut a, t, 60.0);
     }
-    let target = a.burst_target(&s, 1.0);
-    assert!((target - 6.0).abs() < 1e-9, "{target}");
-    // A burst of 60 req/s for 10 s within a 10 s wait: 5 replicas at what
-    // full ones complete, where the slots' promise said 3.75.
-    assert_eq!(burst_need(60.0, 10.0, 1.0, target, 10.0), 5.0);
+    assert!(
+        (a.burst_target(&s) - 6.0).abs() < 1e-9,
+        "{}",
+        a.burst_target(&s)
+    );
+    let d = a.decide(&s, 8, at(29));
+    assert!(
+        d.inputs
+            .iter()
+            .any(|(k, v)| k == "full_replica_concurrency" && v == "6"),
+        "{:?}",
+        d.inputs
+    );
+    // Decisions that see no new sample teach nothing: each counts once.
+    for ms in 1..20u32 {
+        a.decide(&s, 8, at(29) + Duration::from_millis(u64::from(ms) * 50));
+    }
+    assert!(
+        (a.burst_target(&s) - 6.0).abs() < 1e-9,
+        "{}",
+        a.burst_target(&s)
+    );
+    // A new one moves the mean by an eighth of its difference: 68 req/s
+    // with the same growth, 7 completed each over its last second, 6.17
+    // over the panic window.
+    queued(&mut a, 30, 68.0);
+    let moved = a.burst_target(&s);
+    assert!(
+        (moved - (6.0 + (37.0 / 6.0 - 6.0) / 8.0)).abs() < 1e-9,
+        "{moved}"
+    );
     // A spec target below what full replicas complete stands.
     let low = ScalingSpec {
         target_ongoing_requests: 4.0,
         ..spec()
     };
-    assert_eq!(a.burst_target(&low, 1.0), 4.0);
+    assert_eq!(a.burst_target(&low), 4.0);
     // Replicas that complete nothing behind a queue (a stalled engine) do
     // not size bursts at nothing: never under half the target.
-    for t in 30..80u32 {
-        let waiting = 12.0 * f64::from(t - 19);
-        a.observe(t0 + SECOND * t, &tick(t, 48.0 + waiting, waiting, 12.0, 8));
-        a.decide(&s, 8, t0 + SECOND * t);
+    for t in 31..80u32 {
+        queued(&mut a, t, 12.0);
     }
-    assert_eq!(a.burst_target(&s, 1.0), 4.0);
+    assert_eq!(a.burst_target(&s), 4.0);
+    // And the measure is forgotten once no queue has renewed it for four
+    // scale-down delays: the engine may have changed since.
+    let quiet = 80 + 4 * s.scale_down_delay.as_secs() as u32;
+    for t in (80..=quiet + 10).step_by(5) {
+        a.observe(at(t), &tick(t, 10.0, 0.0, 10.0, 2));
+        a.decide(&s, 2, at(t));
+    }
+    assert_eq!(a.burst_target(&s), 8.0);
+}
+
+#[test]
+fn recurring_bursts_on_replicas_slower_when_full_keep_what_those_complete() {
+    // The bursts of the test above, on replicas that complete 5.5 a second
+    // when a queue stands (8 when not): the memory works a burst off at
+    // 5.5, 60 / 5.5 × 10 / 20 = 5.5 → 6 replicas, where the target's 7.3
+    // said 4.1 → 5.
+    let out = run_full(&slo_spec(), 120 * 12, recurring(10), 5.5);
+    for n in 5..10u32 {
+        let (_, d) = &out[(n * 120 + 115) as usize];
+        assert_eq!(d.desired, 6, "before burst {n}: {}", d.reason);
+        assert_eq!(d.rule, Rule::BurstMemory, "{}", d.reason);
+    }
 }

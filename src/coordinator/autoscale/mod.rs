@@ -161,10 +161,23 @@ pub struct Autoscaler {
     /// spec's), which holds the queueing headroom already, so only the
     /// stable window's noise holds a rise above it.
     slo_sized: bool,
-    /// Requests per second a full replica was seen to complete, while a
-    /// queue stood (a mean over the queues seen): the service time is
-    /// measured at smaller batches, which run faster.
-    full_rate: Option<f64>,
+    /// What full replicas were seen to sustain behind a standing queue:
+    /// the service time is measured at smaller batches, which run faster.
+    full: Option<FullReplicas>,
+}
+
+/// What full replicas sustain: a mean over the queued samples seen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FullReplicas {
+    /// Requests in service per replica their completions stand for
+    /// (completions per second × the service time measured then), so a
+    /// change in the request mix, which moves both, leaves it be.
+    concurrency: f64,
+    /// When the newest sample learned from was taken: each sample counts
+    /// once however many decisions see it, and the mean is forgotten once
+    /// no queue has renewed it for [`FULL_FORGET_DELAYS`] scale-down delays
+    /// (an engine or its batch size may have changed since).
+    sample_at: Instant,
 }
 
 /// What the spec's SLO makes of the per-replica target this tick.
@@ -186,8 +199,11 @@ const LONG_BURST_STARTS: f64 = 4.0;
 /// Seconds a queue must stand before its replicas count as full: what
 /// they complete then is what full replicas do.
 const FULL_AFTER_S: f64 = 3.0;
-/// Queued ticks the mean of full replicas' completions spans.
+/// Queued samples the mean of full replicas' completions spans.
 const FULL_RATE_SPAN: f64 = 8.0;
+/// Scale-down delays after which an unrenewed measure of full replicas is
+/// forgotten (as recurring bursts are).
+const FULL_FORGET_DELAYS: u32 = 4;
 
 /// What a re-buy (capacity released lately bought back) multiplies the
 /// scale-down hold by; one in a panic, whose requests waited for the start,
@@ -259,7 +275,7 @@ impl Autoscaler {
             burst_floor: None,
             standing: None,
             slo_sized: false,
-            full_rate: None,
+            full: None,
         }
     }
 
@@ -666,9 +682,9 @@ impl Autoscaler {
                 trigger = Some(p.panic_note(spec, capacity));
             }
         }
-        self.learn_full_rate(spec, now);
-        if let Some(f) = self.full_rate {
-            inputs.add("full_replica_completes", format!("{} req/s", num(f)));
+        self.learn_full_replicas(spec, now);
+        if let Some(f) = self.full {
+            inputs.add("full_replica_concurrency", num(f.concurrency));
         }
         let recall =
             self.remember_bursts(spec, &latest, &stable, &panic_avg, trigger.is_some(), now);
@@ -910,7 +926,7 @@ impl Autoscaler {
             .recall(
                 now,
                 service,
-                self.burst_target(spec, service),
+                self.burst_target(spec),
                 wait_s,
                 burst::Limits {
                     min_hold: hold,
@@ -921,19 +937,40 @@ impl Autoscaler {
             .map(|r| (r, wait_s))
     }
 
-    /// Updates what full replicas complete, once a queue has stood for
-    /// [`FULL_AFTER_S`]: arrivals less the queue's growth over the panic
-    /// window.
-    fn learn_full_rate(&mut self, spec: &ScalingSpec, now: Instant) {
+    /// Learns what full replicas sustain from each new sample once a
+    /// queue has stood for [`FULL_AFTER_S`]: arrivals less the queue's
+    /// growth over the panic window, × the service time; forgets it once
+    /// no queue has renewed it for a while.
+    fn learn_full_replicas(&mut self, spec: &ScalingSpec, now: Instant) {
+        let forget_after = spec.scale_down_delay * FULL_FORGET_DELAYS;
+        if self
+            .full
+            .is_some_and(|f| now.saturating_duration_since(f.sample_at) > forget_after)
+        {
+            self.full = None;
+        }
+        let Some((sample_at, _)) = self.history.latest() else {
+            return;
+        };
+        if self.full.is_some_and(|f| f.sample_at >= sample_at) {
+            return;
+        }
+        let Some(service) = self.service.service_s() else {
+            return;
+        };
         let Some(seen) = self.queued_since.and_then(|q| {
             let from = q.max(now.checked_sub(spec.panic_window)?);
             self.history.completed_per_replica(from, now, FULL_AFTER_S)
         }) else {
             return;
         };
-        self.full_rate = Some(match self.full_rate {
-            Some(f) => f + (seen - f) / FULL_RATE_SPAN,
-            None => seen,
+        let concurrency = seen * service;
+        self.full = Some(FullReplicas {
+            concurrency: match self.full {
+                Some(f) => f.concurrency + (concurrency - f.concurrency) / FULL_RATE_SPAN,
+                None => concurrency,
+            },
+            sample_at,
         });
     }
 
@@ -941,14 +978,14 @@ impl Autoscaler {
     /// service per replica complete target ÷ service time per second, but
     /// a replica a burst fills runs a wider batch, slower per request, and
     /// completes no more than full replicas were seen to (when less, the
-    /// target those completions stand for). Never under half the target: a
-    /// wider batch slows requests by tens of percent, and replicas that
-    /// complete less behind a queue are stalled or failing, which their
-    /// health checks answer, not replicas kept for bursts.
-    fn burst_target(&self, spec: &ScalingSpec, service_s: f64) -> f64 {
+    /// requests in service those completions stand for). Never under half
+    /// the target: a wider batch slows requests by tens of percent, and
+    /// replicas that complete less behind a queue are stalled or failing,
+    /// which their health checks answer, not replicas kept for bursts.
+    fn burst_target(&self, spec: &ScalingSpec) -> f64 {
         let target = spec.target_ongoing_requests;
-        self.full_rate
-            .map_or(target, |f| target.min(f * service_s))
+        self.full
+            .map_or(target, |f| target.min(f.concurrency))
             .max(target / 2.0)
     }
 
@@ -976,13 +1013,7 @@ impl Autoscaler {
             .requests_per_s
             .unwrap_or(0.0)
             .max(latest.requests_per_s);
-        let need = burst_need(
-            rps,
-            length_s,
-            service,
-            self.burst_target(spec, service),
-            wait_s,
-        );
+        let need = burst_need(rps, length_s, service, self.burst_target(spec), wait_s);
         Some((
             ceil_count(need),
             format!(

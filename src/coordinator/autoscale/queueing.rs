@@ -39,8 +39,10 @@ pub const TTFT_WAIT_SPREAD: f64 = 2.0;
 /// the target above), requests may queue: the slots are then the servers
 /// of the M/M/c queue of [`e2e_target`] with the whole SLO as the wait, a
 /// wait [`TTFT_WAIT_SPREAD`] times the exponential's, for 1 request in
-/// 1000 to wait past it — that target if looser than the headroom's. The
-/// caller caps it at the spec's own target.
+/// 1000 to wait past it — that target if looser than the headroom's, and
+/// never looser than that queue worked off at full speed (which keeps the
+/// target continuous where the branch begins). The caller caps it at the
+/// spec's own target.
 pub fn ttft_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> SlotTarget {
     let queue = if service_s > 0.0 {
         slots * slo_s / service_s
@@ -81,6 +83,19 @@ pub fn ttft_target(slots: f64, concurrent: f64, slo_s: f64, service_s: f64) -> S
     let queued = slots * concurrent / waiting;
     if queued <= free {
         return headroom;
+    }
+    if queue < queued {
+        // No queue drains faster than at full speed throughout: near the
+        // gate that bound is the tighter, and the target rises from the
+        // headroom's without a step.
+        return SlotTarget {
+            target: queue.min(slots),
+            note: format!(
+                "the slots work off a queue of {} per replica within the SLO {}, at full speed throughout",
+                num(queue),
+                seconds(slo_s)
+            ),
+        };
     }
     SlotTarget {
         target: queued.min(slots),
