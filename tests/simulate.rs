@@ -389,16 +389,23 @@ fn a_spec_that_states_only_its_slo_keeps_the_slots_its_queue_needs() {
     // 99.9% over six hours); the queueing target keeps the few slots a
     // 4.8 s wait needs free, and holds fewer GPU-hours than HPA at every
     // slot does.
+    slo_only_slow_ramp_beats_hpa(E2E_10S, 0.002);
+}
+
+/// Three seeds of a 3 h slow ramp on the SLO-only spec with the SLO
+/// `slo`: gpufleet holds fewer GPU-hours than HPA on each, and its mean
+/// share is at most `margin` under HPA's.
+fn slo_only_slow_ramp_beats_hpa(slo: &[&str], margin: f64) {
     let (mut shares, mut hpa_shares) = (0.0, 0.0);
     for seed in ["1", "2", "3"] {
         let slo_only = "tests/fixtures/traces/model-slo.toml";
-        let (out, g, h) = gpufleet_against("slow-ramp", seed, "3h", slo_only, "hpa", E2E_10S);
+        let (out, g, h) = gpufleet_against("slow-ramp", seed, "3h", slo_only, "hpa", slo);
         assert!(hours(&g) < hours(&h), "seed {seed}: {out}");
         shares += share(&g);
         hpa_shares += share(&h);
     }
     assert!(
-        shares / 3.0 >= hpa_shares / 3.0 - 0.002,
+        shares / 3.0 >= hpa_shares / 3.0 - margin,
         "mean share {} against HPA's {}",
         shares / 3.0,
         hpa_shares / 3.0
@@ -412,22 +419,9 @@ fn a_time_to_first_token_slo_longer_than_a_service_still_keeps_slots_free() {
     // slots "work off a queue" of every slot per replica: replicas ran
     // full, a queue that never settled (99.79-99.91% against HPA's
     // 99.99-100% over six hours); the M/M/c queue with a heavy-tailed wait
-    // keeps a few slots free, still at fewer GPU-hours than HPA.
-    let (mut shares, mut hpa_shares) = (0.0, 0.0);
-    for seed in ["1", "2", "3"] {
-        let slo_only = "tests/fixtures/traces/model-slo.toml";
-        let ttft = &["--slo-kind", "ttft", "--slo", "5s"][..];
-        let (out, g, h) = gpufleet_against("slow-ramp", seed, "3h", slo_only, "hpa", ttft);
-        assert!(hours(&g) < hours(&h), "seed {seed}: {out}");
-        shares += share(&g);
-        hpa_shares += share(&h);
-    }
-    assert!(
-        shares / 3.0 >= hpa_shares / 3.0 - 0.001,
-        "mean share {} against HPA's {}",
-        shares / 3.0,
-        hpa_shares / 3.0
-    );
+    // keeps a few slots free, still at fewer GPU-hours than HPA (the old
+    // rule's mean was 0.28 pp under HPA's).
+    slo_only_slow_ramp_beats_hpa(&["--slo-kind", "ttft", "--slo", "5s"], 0.001);
 }
 
 #[test]
