@@ -9,10 +9,12 @@
 #   BIN=target/release/gpufleet benches/sim-suite.sh
 #   SHORT="--duration 8h --peak-rps 15" DAY="--duration 24h --peak-rps 10 --bursts 6" \
 #     SEEDS="11 12" benches/sim-suite.sh       # the held-out set
+#   SLO="--slo-kind ttft --slo 5s" benches/sim-suite.sh   # one SLO for every kind
 #
 # Every run: 6 h at --peak-rps 30 (diurnal: 24 h at 20; SHORT and DAY change
 # these), --start-at-level,
-# --slo 10s end to end (conversational: --slo-kind ttft --slo 2s).
+# --slo 10s end to end (conversational: --slo-kind ttft --slo 2s); SLO, when
+# set, is every kind's instead.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,6 +24,7 @@ MODEL=${MODEL:-tests/fixtures/traces/model.toml}
 KINDS=${KINDS:-"code-completion conversational diurnal on-off flash-crowd slow-ramp"}
 SEEDS=${SEEDS:-"1 2 3"}
 EXTRA=${EXTRA:-}
+SLO=${SLO:-}
 SHORT=${SHORT:-"--duration 6h --peak-rps 30"}
 DAY=${DAY:-"--duration 24h --peak-rps 20"}
 [ -x "$BIN" ] || { echo "no binary at $BIN (cargo build first)" >&2; exit 1; }
@@ -39,10 +42,15 @@ for kind in $KINDS; do
       # shellcheck disable=SC2206
       *) args+=($SHORT) ;;
     esac
-    case $kind in
-      conversational) args+=(--slo-kind ttft --slo 2s) ;;
-      *) args+=(--slo 10s) ;;
-    esac
+    if [ -n "$SLO" ]; then
+      # shellcheck disable=SC2206
+      args+=($SLO)
+    else
+      case $kind in
+        conversational) args+=(--slo-kind ttft --slo 2s) ;;
+        *) args+=(--slo 10s) ;;
+      esac
+    fi
     # shellcheck disable=SC2086
     "$BIN" simulate "${args[@]}" $EXTRA | jq -r --arg kind "$kind" --arg seed "$seed" '
       (map({key: .policy, value: .}) | from_entries) as $p
