@@ -345,6 +345,17 @@ fn scale_decisions(h: &Harness, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Sends `chat` 6 requests/s until the coordinator asks for a second
+/// replica (`what` names it, should it not), and returns its scale
+/// decisions.
+fn second_replica_at_6_per_s(h: &Harness, what: &str) -> Vec<String> {
+    let _steady = Reaped(load(h, "chat", "6", "60s"));
+    wait_until(Duration::from_secs(45), what, || {
+        (model(h, "chat")?["desired_replicas"].as_u64()? >= 2).then_some(())
+    });
+    scale_decisions(h, "chat")
+}
+
 /// A time-to-first-token SLO live: the coordinator keeps slots free for
 /// the measured load, where the spec's own target (every slot) would hold
 /// one replica, and says so in the decision's inputs.
@@ -358,13 +369,7 @@ fn a_ttft_slo_keeps_slots_free_for_the_load() {
     // server twice as slowly): 1 replica at the spec's target of 4, but
     // 2 + 3 × √2 = 6.2 slots (4 + 3 × 2 = 10) for a request to find one
     // free. (The slots work off a queue of under 1 per replica in 50 ms.)
-    let _steady = Reaped(load(&h, "chat", "6", "60s"));
-    wait_until(
-        Duration::from_secs(45),
-        "a second replica for the TTFT SLO",
-        || (model(&h, "chat")?["desired_replicas"].as_u64()? >= 2).then_some(()),
-    );
-    let ups = scale_decisions(&h, "chat");
+    let ups = second_replica_at_6_per_s(&h, "a second replica for the TTFT SLO");
     assert!(
         ups.iter()
             .any(|d| d.contains("ttft_slots") && d.contains("for a request to find one free")),
@@ -388,13 +393,7 @@ fn an_end_to_end_slo_keeps_the_slots_its_queue_needs() {
     // the 0.7 s the SLO leaves is about two services, and for 1 request in
     // 1000 to wait longer 5 slots are needed (Erlang C; 6 to 10 on a
     // machine running the server up to twice as slowly): two replicas.
-    let _steady = Reaped(load(&h, "chat", "6", "60s"));
-    wait_until(
-        Duration::from_secs(45),
-        "a second replica for the end-to-end SLO",
-        || (model(&h, "chat")?["desired_replicas"].as_u64()? >= 2).then_some(()),
-    );
-    let ups = scale_decisions(&h, "chat");
+    let ups = second_replica_at_6_per_s(&h, "a second replica for the end-to-end SLO");
     assert!(
         ups.iter()
             .any(|d| d.contains("e2e_slots") && d.contains("for 1 request in 1000 to wait past")),

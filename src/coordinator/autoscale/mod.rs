@@ -937,6 +937,14 @@ impl Autoscaler {
             .map(|r| (r, wait_s))
     }
 
+    /// Requests per second each ready replica completed over the panic
+    /// window, once a queue has stood for [`FULL_AFTER_S`]: arrivals less
+    /// the queue's growth, what full replicas do.
+    fn completed_when_full(&self, spec: &ScalingSpec, now: Instant) -> Option<f64> {
+        let from = self.queued_since?.max(now.checked_sub(spec.panic_window)?);
+        self.history.completed_per_replica(from, now, FULL_AFTER_S)
+    }
+
     /// Learns what full replicas sustain from each new sample once a
     /// queue has stood for [`FULL_AFTER_S`]: arrivals less the queue's
     /// growth over the panic window, × the service time; forgets it once
@@ -958,10 +966,7 @@ impl Autoscaler {
         let Some(service) = self.service.service_s() else {
             return;
         };
-        let Some(seen) = self.queued_since.and_then(|q| {
-            let from = q.max(now.checked_sub(spec.panic_window)?);
-            self.history.completed_per_replica(from, now, FULL_AFTER_S)
-        }) else {
+        let Some(seen) = self.completed_when_full(spec, now) else {
             return;
         };
         let concurrency = seen * service;
@@ -1391,11 +1396,8 @@ impl Autoscaler {
                 // has been there long enough to tell: the service time is
                 // measured at smaller batches, which run faster.
                 let believed = slots / service_s;
-                let seen = self.queued_since.and_then(|q| {
-                    let from = q.max(now.checked_sub(spec.panic_window)?);
-                    self.history.completed_per_replica(from, now, FULL_AFTER_S)
-                });
-                seen.map_or(believed, |c| c.min(believed))
+                self.completed_when_full(spec, now)
+                    .map_or(believed, |c| c.min(believed))
             },
             age_s: self
                 .queued_since
