@@ -413,6 +413,20 @@ impl DemandHistory {
             .collect::<Vec<_>>()
             .join(", ");
         match (season, trend) {
+            // A line through the last minutes cannot see a rise that has
+            // not begun: averaged with it, a season's rise would be
+            // promised at 70% (a pre-scaled hourly job met 17 of the 25
+            // replicas it needed). The season is already added to today's
+            // level, so above the trend it stands alone.
+            (Some(s), Some(t)) if s > t.projected => Some(Estimate {
+                value: s,
+                words: format!(
+                    "{season_words}; recent {} with trend {}/min; \
+                     the season's rise, which the trend cannot see yet",
+                    num(t.level),
+                    signed(t.slope_per_s * 60.0),
+                ),
+            }),
             (Some(s), Some(t)) => Some(Estimate {
                 value: SEASON_WEIGHT * s + (1.0 - SEASON_WEIGHT) * t.projected,
                 words: format!(
@@ -550,12 +564,24 @@ fn minutes(s: i64) -> String {
 /// Replicas the forecast needs at the spec's target ongoing requests per
 /// replica, within the spec's bounds; any expected request at all needs one.
 pub fn replicas_needed(forecast: &Forecast, spec: &ScalingSpec) -> u32 {
-    let ongoing = forecast.expected_ongoing.max(0.0);
-    let wanted = if ongoing.is_finite() && ongoing > 0.0 {
-        let n = (ongoing / spec.target_ongoing_requests - 1e-9).ceil();
+    replicas_for(
+        forecast.expected_ongoing,
+        forecast.expected_rps,
+        spec.target_ongoing_requests,
+        spec,
+    )
+}
+
+/// Replicas that serve `concurrent` requests at `target` per replica,
+/// within the spec's bounds; any expected request at all (`rps` above
+/// zero) needs one.
+pub fn replicas_for(concurrent: f64, rps: f64, target: f64, spec: &ScalingSpec) -> u32 {
+    let concurrent = concurrent.max(0.0);
+    let wanted = if concurrent.is_finite() && concurrent > 0.0 && target > 0.0 {
+        let n = (concurrent / target - 1e-9).ceil();
         n.clamp(1.0, f64::from(spec.max_replicas)) as u32
     } else {
-        u32::from(forecast.expected_rps > 0.0)
+        u32::from(rps > 0.0)
     };
     wanted.clamp(spec.min_replicas, spec.max_replicas)
 }

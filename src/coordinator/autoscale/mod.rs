@@ -525,17 +525,32 @@ impl Autoscaler {
     /// first token: see [`ttft_target`]. Both from the stable window's
     /// arrivals × the service time.
     fn slo_target(&self, spec: &ScalingSpec, now: Instant) -> SloTarget {
-        let (Some(slo), Some(service)) = (spec.slo, self.service.service_s()) else {
+        let Some(service) = self.service.service_s() else {
             return SloTarget::default();
         };
-        let slo = slo.as_secs_f64();
-        let slots = self.service.slots(spec.target_ongoing_requests);
         let concurrent = self
             .history
             .average(now, spec.stable_window)
             .requests_per_s
             .unwrap_or(0.0)
             * service;
+        self.slo_target_at(spec, concurrent)
+    }
+
+    /// The per-replica target for `concurrent` requests in service: the
+    /// SLO's where it sets one, else the spec's.
+    pub fn target_at(&self, spec: &ScalingSpec, concurrent: f64) -> f64 {
+        self.slo_target_at(spec, concurrent)
+            .spec
+            .map_or(spec.target_ongoing_requests, |s| s.target_ongoing_requests)
+    }
+
+    fn slo_target_at(&self, spec: &ScalingSpec, concurrent: f64) -> SloTarget {
+        let (Some(slo), Some(service)) = (spec.slo, self.service.service_s()) else {
+            return SloTarget::default();
+        };
+        let slo = slo.as_secs_f64();
+        let slots = self.service.slots(spec.target_ongoing_requests);
         let (target, note) = match spec.slo_kind {
             SloKind::E2e if service >= slo => {
                 return SloTarget {

@@ -8,7 +8,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::model::ScalingSpec;
-use crate::coordinator::predict::{replicas_needed, DemandHistory};
+use crate::coordinator::predict::{replicas_for, DemandHistory};
 
 use super::{Autoscaler, Decision, Signals};
 
@@ -68,15 +68,17 @@ impl ModelScaler {
             if s.ready > 0 {
                 self.demand
                     .record(tick.now_unix_s, s.ongoing, s.requests_per_s);
-                self.score.settle(tick.now_unix_s, s.ongoing, spec);
+                let actual = self.in_service(spec, s.ongoing, s.requests_per_s);
+                self.score.settle(tick.now_unix_s, actual, spec);
             }
         }
         let horizon = self.horizon(tick.default_horizon);
         let predicted = if tick.forecast || spec.prescale {
             let f = self.demand.forecast(tick.now_unix_s, horizon);
-            self.score
-                .expect(tick.now_unix_s + horizon, f.expected_ongoing);
-            replicas_needed(&f, spec)
+            let expected = self.in_service(spec, f.expected_ongoing, f.expected_rps);
+            self.score.expect(tick.now_unix_s + horizon, expected);
+            let target = self.autoscaler.target_at(spec, expected);
+            replicas_for(expected, f.expected_rps, target, spec)
         } else {
             0
         };
@@ -113,6 +115,19 @@ impl ModelScaler {
         Step {
             decision,
             predicted,
+        }
+    }
+
+    /// The requests in service that `ongoing` requests arriving at `rps`
+    /// are, as the autoscaler sizes for them: once a service time is
+    /// measured (and `size_from_arrivals` holds), Little's law (arrivals ×
+    /// service), which a queue standing then does not inflate (an hourly
+    /// job's rise recorded with its start-up queue asked for every replica
+    /// of the next rise); until then, the ongoing requests themselves.
+    fn in_service(&self, spec: &ScalingSpec, ongoing: f64, rps: f64) -> f64 {
+        match self.autoscaler.measured() {
+            (_, Some(service)) if spec.size_from_arrivals => rps * service,
+            _ => ongoing,
         }
     }
 
@@ -204,6 +219,110 @@ impl ForecastScore {
 mod tests {
     use super::*;
     use crate::coordinator::autoscale::tests::spec;
+
+    /// An hourly job: 30 req/s of 4 s requests for the first 20 minutes of
+    /// every hour, none for the other 40, on replicas of 8 slots; each rise
+    /// begins with a queue (300 waiting, gone within a minute) while
+    /// replicas start.
+    fn hourly(t: i64, ready: u32) -> Signals {
+        let into = t.rem_euclid(3600);
+        let (rps, startup): (f64, f64) = match into {
+            0..1200 => (30.0, (300.0 * (1.0 - into as f64 / 60.0)).max(0.0)),
+            _ => (0.0, 0.0),
+        };
+        let running = (rps * 4.0).min(f64::from(ready) * 8.0);
+        let waiting = rps * 4.0 - running + startup;
+        Signals {
+            ongoing: running + waiting,
+            waiting: Some(waiting),
+            ready,
+            requests_per_s: rps,
+            measurement: t as u64 + 1,
+            ..Signals::default()
+        }
+    }
+
+    /// Every step of two hours of [`hourly`] under `spec`.
+    fn two_hours(spec: &ScalingSpec) -> Vec<Step> {
+        let epoch = Instant::now();
+        let mut scaler = ModelScaler::new();
+        let mut current = 1;
+        let at = |scaler: &mut ModelScaler, t: i64, current: u32| {
+            scaler.step(
+                spec,
+                &Tick {
+                    now: epoch + Duration::from_secs(t as u64),
+                    now_unix_s: 1_700_000_000 - 1_700_000_000 % 3600 + t,
+                    signals: Some(hourly(t, current.max(1))),
+                    current,
+                    default_horizon: Duration::from_secs(60),
+                    forecast: false,
+                },
+            )
+        };
+        let mut steps = Vec::new();
+        for t in 0..7200 {
+            let step = at(&mut scaler, t, current);
+            current = step.decision.desired;
+            steps.push(step);
+        }
+        steps
+    }
+
+    #[test]
+    fn an_hourly_job_is_prescaled_for_its_third_rise_with_what_it_serves() {
+        let spec = ScalingSpec {
+            max_replicas: 40,
+            prescale: true,
+            ..spec()
+        };
+        let steps = two_hours(&spec);
+        // Two rises seen (at 0 and 1 h), the third is a minute away: the
+        // forecast asks for the 30 req/s × 4 s = 120 in service at 8 per
+        // replica — all of it, not 70% of it (the recent minutes' flat
+        // line knows nothing of the rise), and not the queue the last rise
+        // began with, which would ask for 53.
+        let before = &steps[7200 - 50];
+        assert_eq!(before.predicted, 15, "{:?}", before.decision);
+        // The forecast has earned its floor (40 quiet minutes forecast
+        // right), so the replicas are placed ahead of the rise.
+        assert_eq!(before.decision.desired, 15, "{:?}", before.decision);
+        assert!(
+            before
+                .decision
+                .inputs
+                .contains(&("prescale_floor".to_string(), "15".to_string())),
+            "{:?}",
+            before.decision
+        );
+        // Ten minutes earlier, nothing is expected yet.
+        assert_eq!(steps[7200 - 600].predicted, 1);
+
+        // With an SLO, at the target the SLO sets for that load, as the
+        // autoscaler sized the rise before once its queue was gone.
+        let slo = ScalingSpec {
+            slo: Some(Duration::from_secs(5)),
+            ..spec
+        };
+        let steps = two_hours(&slo);
+        let during = &steps[3600 + 900].decision;
+        let input = |name: &str| {
+            during
+                .inputs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let target: f64 = input("target_from_slo").unwrap().parse().unwrap();
+        assert!(target < 8.0, "{during:?}");
+        let desire: f64 = input("stable_desire").unwrap().parse().unwrap();
+        assert!(desire > 15.0, "{during:?}");
+        assert_eq!(
+            f64::from(steps[7200 - 50].predicted),
+            desire.ceil(),
+            "{during:?}"
+        );
+    }
 
     #[test]
     fn forecast_errors_are_scored_when_due() {

@@ -39,12 +39,15 @@ pub(super) fn correlation(xs: &[f64], lag: usize) -> Option<f64> {
 }
 
 /// The recurring period of `xs`, in buckets, between `min_lag` and
-/// `max_lag`, seen at least twice (a lag at most half the series): a local
+/// `max_lag`, seen at least twice (a lag at most half the series, rounded
+/// up: the second sighting may lack its last bucket, so that a period
+/// found at the start of each bucket is known the bucket before its third
+/// rise, in time to prepare for it): a local
 /// maximum of the correlation of at least [`MIN_CORRELATION`], at least
 /// [`MIN_DIP`] above the lowest correlation at a shorter lag; of those
 /// within [`HARMONIC_SLACK`] of the best, the shortest.
 pub(super) fn detect(xs: &[f64], min_lag: usize, max_lag: usize) -> Option<usize> {
-    let top = max_lag.min(xs.len() / 2);
+    let top = max_lag.min(xs.len().div_ceil(2));
     if top < min_lag.max(2) {
         return None;
     }
@@ -106,6 +109,15 @@ mod tests {
         assert_eq!(detect(&xs, 3, 144), Some(12));
         // Seen only once, it is not yet a period.
         assert_eq!(detect(&xs[..20], 3, 144), None);
+    }
+
+    #[test]
+    fn a_period_is_known_the_bucket_before_its_third_rise() {
+        // Rising at buckets 0 and 12: at bucket 23 the second sighting
+        // lacks its last bucket, and the rise at 24 is still ahead.
+        let xs = on_off(23, 4, 8, 0);
+        assert_eq!(detect(&xs, 3, 144), Some(12));
+        assert_eq!(detect(&xs[..22], 3, 144), None);
     }
 
     #[test]

@@ -113,9 +113,34 @@ fn a_quieter_day_keeps_its_own_level() {
     // Today runs at half yesterday's night level.
     record(&mut h, day2, now, |_| 5.0);
     let f = h.forecast(now, 20 * 60);
-    // Yesterday rose by 90 within the horizon: 5 + 90, blended with the flat trend.
-    let expected = 0.7 * 95.0 + 0.3 * 5.0;
-    assert!(close(f.expected_ongoing, expected), "{f:?}");
+    // Yesterday rose by 90 within the horizon: 5 + 90, in full (the flat
+    // trend cannot see a rise that has not begun).
+    assert!(close(f.expected_ongoing, 95.0), "{f:?}");
+}
+
+#[test]
+fn a_trend_above_the_season_is_blended_with_it() {
+    let mut h = DemandHistory::new();
+    let day2 = T0 + DAY_S;
+    let now = day2 + 8 * HOUR_S;
+    // Yesterday flat at 10; today too, until it climbs 0.1 per second.
+    record(&mut h, T0, now - 300, |_| 10.0);
+    record(&mut h, now - 300, now, |t| {
+        10.0 + 0.1 * (t - (now - 300)) as f64
+    });
+    let f = h.forecast(now, 10 * 60);
+    // Season: today's level plus yesterday's (nil) rise; trend: the climb
+    // projected, within twice the recent peak. The trend sees what the
+    // season does not, so the two are blended.
+    assert!(
+        f.basis.contains("blended 70% season, 30% trend"),
+        "{}",
+        f.basis
+    );
+    assert!(
+        f.expected_ongoing > 40.0 && f.expected_ongoing < 80.0,
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -271,14 +296,19 @@ fn an_hourly_schedule_is_forecast_before_its_next_rise() {
     record(&mut h, T0, now, on_off);
     assert_eq!(h.period_s(), Some(HOUR_S));
     // A start (60 s) ahead the rise 40 s away is seen...
+    // ...in full: a flat recent minute does not discount a rise it cannot
+    // see coming.
     let ahead = h.forecast(now, 60);
-    assert!(ahead.expected_ongoing >= 0.7 * 120.0, "{ahead:?}");
+    assert!(ahead.expected_ongoing >= 120.0, "{ahead:?}");
     assert!(
-        ahead.basis.contains("one period (1h) ago up to 120"),
+        ahead.basis.contains("one period (1h) ago up to 120")
+            && ahead
+                .basis
+                .contains("the season's rise, which the trend cannot see yet"),
         "{}",
         ahead.basis
     );
-    assert!(replicas_needed(&ahead, &spec()) >= 11, "{ahead:?}");
+    assert_eq!(replicas_needed(&ahead, &spec()), 15, "{ahead:?}");
     // ...not ten minutes earlier.
     let early = h.forecast(now - 600, 60);
     assert!(early.expected_ongoing < 1.0, "{early:?}");
