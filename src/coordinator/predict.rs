@@ -230,6 +230,8 @@ pub struct Forecast {
     pub expected_rps: f64,
     /// In words: which history the numbers come from, or why there is none.
     pub basis: String,
+    /// The same for the arrival rate's numbers.
+    pub rps_basis: String,
 }
 
 impl DemandHistory {
@@ -328,19 +330,23 @@ impl DemandHistory {
         let recent = self.trend_buckets(now_unix_s);
         let ongoing = self.forecast_one(&recent, now_unix_s, horizon, |d| d.ongoing);
         let rps = self.forecast_one(&recent, now_unix_s, horizon, |d| d.rps);
-        let basis = match (&ongoing, recent.is_empty()) {
-            (None, _) => "no demand history yet; expecting none".to_string(),
-            (Some(o), true) => format!(
-                "no demand recorded in the last {}; {}",
-                minutes(TREND_SPAN_S),
-                o.words
-            ),
-            (Some(o), false) => o.words.clone(),
+        let basis = |estimate: &Option<Estimate>| {
+            let words = match (estimate, recent.is_empty()) {
+                (None, _) => "no demand history yet; expecting none".to_string(),
+                (Some(o), true) => format!(
+                    "no demand recorded in the last {}; {}",
+                    minutes(TREND_SPAN_S),
+                    o.words
+                ),
+                (Some(o), false) => o.words.clone(),
+            };
+            format!("{words} ({} ahead)", minutes(horizon))
         };
         Forecast {
-            expected_ongoing: ongoing.map_or(0.0, |o| o.value),
-            expected_rps: rps.map_or(0.0, |o| o.value),
-            basis: format!("{basis} ({} ahead)", minutes(horizon)),
+            expected_ongoing: ongoing.as_ref().map_or(0.0, |o| o.value),
+            expected_rps: rps.as_ref().map_or(0.0, |o| o.value),
+            basis: basis(&ongoing),
+            rps_basis: basis(&rps),
         }
     }
 

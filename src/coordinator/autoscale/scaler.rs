@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::model::ScalingSpec;
 use crate::coordinator::predict::{replicas_for, DemandHistory};
 
-use super::{Autoscaler, Decision, Signals};
+use super::{format_count, format_span, Autoscaler, Decision, Signals};
 
 /// Forecasts scored before pre-scaling may trust them.
 const MIN_SCORED: u32 = 6;
@@ -73,12 +73,31 @@ impl ModelScaler {
             }
         }
         let horizon = self.horizon(tick.default_horizon);
+        let mut forecast = None;
         let predicted = if tick.forecast || spec.prescale {
             let f = self.demand.forecast(tick.now_unix_s, horizon);
             let expected = self.in_service(spec, f.expected_ongoing, f.expected_rps);
             self.score.expect(tick.now_unix_s + horizon, expected);
             let target = self.autoscaler.target_at(spec, expected);
-            replicas_for(expected, f.expected_rps, target, spec)
+            let n = replicas_for(expected, f.expected_rps, target, spec);
+            forecast = Some(match self.service_for_demand(spec) {
+                Some(service) => format!(
+                    "{n} for {} req/s × service {} = {} concurrent / target {} per replica; \
+                     requests per second: {}",
+                    format_count(f.expected_rps),
+                    format_span(Duration::from_secs_f64(service)),
+                    format_count(expected),
+                    format_count(target),
+                    f.rps_basis
+                ),
+                None => format!(
+                    "{n} for {} ongoing / target {} per replica; ongoing requests: {}",
+                    format_count(expected),
+                    format_count(target),
+                    f.basis
+                ),
+            });
+            n
         } else {
             0
         };
@@ -99,6 +118,9 @@ impl ModelScaler {
                 .map_or("not yet scored".to_string(), |e| {
                     format!("{:.0}%", e * 100.0)
                 });
+            if let Some(f) = forecast {
+                decision.inputs.push(("forecast".into(), f));
+            }
             decision.inputs.push(("forecast_error".into(), error));
             decision.inputs.push((
                 "prescale".into(),
@@ -125,10 +147,16 @@ impl ModelScaler {
     /// job's rise recorded with its start-up queue asked for every replica
     /// of the next rise); until then, the ongoing requests themselves.
     fn in_service(&self, spec: &ScalingSpec, ongoing: f64, rps: f64) -> f64 {
-        match self.autoscaler.measured() {
-            (_, Some(service)) if spec.size_from_arrivals => rps * service,
-            _ => ongoing,
-        }
+        self.service_for_demand(spec)
+            .map_or(ongoing, |service| rps * service)
+    }
+
+    /// The service time demand is sized with, when it is.
+    fn service_for_demand(&self, spec: &ScalingSpec) -> Option<f64> {
+        self.autoscaler
+            .measured()
+            .1
+            .filter(|_| spec.size_from_arrivals)
     }
 
     /// Demand for a model at zero: see [`Autoscaler::wake`].
@@ -292,6 +320,16 @@ mod tests {
                 .decision
                 .inputs
                 .contains(&("prescale_floor".to_string(), "15".to_string())),
+            "{:?}",
+            before.decision
+        );
+        // The decision says what the forecast rests on.
+        let forecast = before.decision.inputs.iter().find(|(k, _)| k == "forecast");
+        assert!(
+            forecast.is_some_and(|(_, v)| v.starts_with(
+                "15 for 30 req/s × service 4s = 120 concurrent / target 8 per replica; \
+                 requests per second: one period (1h) ago up to 30;"
+            )),
             "{:?}",
             before.decision
         );

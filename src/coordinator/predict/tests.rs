@@ -265,6 +265,7 @@ fn replicas_needed_follows_the_target_within_bounds() {
         expected_ongoing: ongoing,
         expected_rps: rps,
         basis: String::new(),
+        rps_basis: String::new(),
     };
     assert_eq!(replicas_needed(&f(16.0, 4.0), &spec), 2);
     assert_eq!(replicas_needed(&f(16.5, 4.0), &spec), 3);
