@@ -20,7 +20,6 @@ use super::autoscale::{ModelScaler, Signals, Tick};
 use super::fleet::{Fleet, Model, PlannedReplica};
 use super::nodes::Node;
 use super::placement::{self, warm_targets, GpuCandidate, NodeCandidate, ReplicaNeeds};
-use super::predict::replicas_needed;
 use super::scaling::PREDICT_HORIZON;
 
 /// Replicas placed in one tick at most: placing one looks at every node, and
@@ -834,11 +833,13 @@ impl Fleet {
             }
             let predicted = match (&model.spec.warm.mode, &model.spec.scaling) {
                 (WarmMode::Predictive, Some(spec)) => {
-                    let f = model
+                    let horizon = PREDICT_HORIZON.as_secs() as i64;
+                    let f = model.scaler.demand.forecast(now_unix_s, horizon);
+                    model
                         .scaler
-                        .demand
-                        .forecast(now_unix_s, PREDICT_HORIZON.as_secs() as i64);
-                    replicas_needed(&f, spec).saturating_sub(model.desired)
+                        .forecast_replicas(spec, &f)
+                        .replicas
+                        .saturating_sub(model.desired)
                 }
                 _ => 0,
             };

@@ -766,7 +766,7 @@ fn demand_histories_are_saved_a_share_per_tick() {
     }
     // An empty history is nothing to store: give each some demand.
     for m in f.models.values_mut() {
-        m.scaler.demand.record(1_700_000_000, 1.0, 1.0);
+        m.scaler.demand.record(1_700_000_000, 1.0, 1.0, 0.0);
     }
     let ticks =
         (super::fleet::DEMAND_SAVE_EVERY.as_secs_f64() / settings().tick.as_secs_f64()) as usize;

@@ -50,7 +50,16 @@ pub struct Bucket {
     start: i64,
     ongoing_sum: f64,
     rps_sum: f64,
+    /// The waiting part of the ongoing requests (absent from histories
+    /// stored before it was kept: none). Left out when none waited, as in
+    /// most buckets, so a history stores no larger for it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    waiting_sum: f64,
     samples: u32,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Mean demand over some span.
@@ -58,6 +67,7 @@ pub struct Bucket {
 struct Demand {
     ongoing: f64,
     rps: f64,
+    waiting: f64,
 }
 
 /// Bitwise, so that the store can tell a changed bucket from its hash.
@@ -66,6 +76,7 @@ impl std::hash::Hash for Bucket {
         self.start.hash(state);
         self.ongoing_sum.to_bits().hash(state);
         self.rps_sum.to_bits().hash(state);
+        self.waiting_sum.to_bits().hash(state);
         self.samples.hash(state);
     }
 }
@@ -80,6 +91,7 @@ impl Bucket {
         (self.samples > 0).then(|| Demand {
             ongoing: self.ongoing_sum / f64::from(self.samples),
             rps: self.rps_sum / f64::from(self.samples),
+            waiting: self.waiting_sum / f64::from(self.samples),
         })
     }
 }
@@ -111,7 +123,7 @@ impl Ring {
             .rem_euclid(self.slots.len() as i64) as usize
     }
 
-    fn add(&mut self, t: i64, ongoing: f64, rps: f64) {
+    fn add(&mut self, t: i64, d: Demand) {
         let start = self.start_of(t);
         let i = self.slot(start);
         let slot = &mut self.slots[i];
@@ -125,16 +137,18 @@ impl Ring {
                 ..Bucket::default()
             };
         }
-        slot.ongoing_sum += ongoing;
-        slot.rps_sum += rps;
+        slot.ongoing_sum += d.ongoing;
+        slot.rps_sum += d.rps;
+        slot.waiting_sum += d.waiting;
         slot.samples = slot.samples.saturating_add(1);
     }
 
     /// Puts back a stored bucket; of two for one slot, the newer stays.
     fn restore(&mut self, b: Bucket) {
-        let valid = b.samples > 0 && b.ongoing_sum.is_finite() && b.rps_sum.is_finite();
+        let sums = [b.ongoing_sum, b.rps_sum, b.waiting_sum];
+        let valid = b.samples > 0 && sums.iter().all(|s| s.is_finite() && *s >= 0.0);
         let start = self.start_of(b.start);
-        if !valid || b.ongoing_sum < 0.0 || b.rps_sum < 0.0 {
+        if !valid {
             return;
         }
         let i = self.slot(start);
@@ -232,6 +246,8 @@ pub struct Forecast {
     pub basis: String,
     /// The same for the arrival rate's numbers.
     pub rps_basis: String,
+    /// Of the expected ongoing requests, those waiting (where engines say).
+    pub expected_waiting: f64,
 }
 
 impl DemandHistory {
@@ -269,15 +285,21 @@ impl DemandHistory {
     }
 
     /// Records one observation of the model's demand (once per tick is
-    /// plenty; bucket means do not depend on the rate). Broken readings are
-    /// dropped rather than averaged in.
-    pub fn record(&mut self, now_unix_s: i64, ongoing: f64, requests_per_s: f64) {
-        if !(ongoing.is_finite() && requests_per_s.is_finite()) {
+    /// plenty; bucket means do not depend on the rate): ongoing requests,
+    /// requests per second and, of the ongoing, those waiting. Broken
+    /// readings are dropped rather than averaged in.
+    pub fn record(&mut self, now_unix_s: i64, ongoing: f64, requests_per_s: f64, waiting: f64) {
+        if !(ongoing.is_finite() && requests_per_s.is_finite() && waiting.is_finite()) {
             return;
         }
-        let (ongoing, rps) = (ongoing.max(0.0), requests_per_s.max(0.0));
-        self.fine.add(now_unix_s, ongoing, rps);
-        self.coarse.add(now_unix_s, ongoing, rps);
+        let ongoing = ongoing.max(0.0);
+        let d = Demand {
+            ongoing,
+            rps: requests_per_s.max(0.0),
+            waiting: waiting.clamp(0.0, ongoing),
+        };
+        self.fine.add(now_unix_s, d);
+        self.coarse.add(now_unix_s, d);
         let bucket = self.coarse.start_of(now_unix_s);
         if self.period.is_none_or(|p| p.at < bucket) {
             self.period = Some(FoundPeriod {
@@ -330,6 +352,7 @@ impl DemandHistory {
         let recent = self.trend_buckets(now_unix_s);
         let ongoing = self.forecast_one(&recent, now_unix_s, horizon, |d| d.ongoing);
         let rps = self.forecast_one(&recent, now_unix_s, horizon, |d| d.rps);
+        let waiting = self.forecast_one(&recent, now_unix_s, horizon, |d| d.waiting);
         let basis = |estimate: &Option<Estimate>| {
             let words = match (estimate, recent.is_empty()) {
                 (None, _) => "no demand history yet; expecting none".to_string(),
@@ -345,6 +368,7 @@ impl DemandHistory {
         Forecast {
             expected_ongoing: ongoing.as_ref().map_or(0.0, |o| o.value),
             expected_rps: rps.as_ref().map_or(0.0, |o| o.value),
+            expected_waiting: waiting.as_ref().map_or(0.0, |o| o.value),
             basis: basis(&ongoing),
             rps_basis: basis(&rps),
         }
@@ -565,17 +589,6 @@ fn minutes(s: i64) -> String {
     } else {
         format!("{s}s")
     }
-}
-
-/// Replicas the forecast needs at the spec's target ongoing requests per
-/// replica, within the spec's bounds; any expected request at all needs one.
-pub fn replicas_needed(forecast: &Forecast, spec: &ScalingSpec) -> u32 {
-    replicas_for(
-        forecast.expected_ongoing,
-        forecast.expected_rps,
-        spec.target_ongoing_requests,
-        spec,
-    )
 }
 
 /// Replicas that serve `concurrent` requests at `target` per replica,

@@ -872,7 +872,7 @@ mod tests {
     fn demand_history_survives_reopen_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let mut h = DemandHistory::new();
-        h.record(1_700_000_000, 12.0, 3.0);
+        h.record(1_700_000_000, 12.0, 3.0, 0.0);
         {
             let s = RedbStore::open(dir.path()).unwrap();
             s.put_demand("m", &h).unwrap();
@@ -890,7 +890,7 @@ mod tests {
     pub(super) fn recorded(from: i64, hours: i64) -> DemandHistory {
         let mut h = DemandHistory::new();
         for t in (0..hours * 3600).step_by(10) {
-            h.record(from + t, 1.0 + (t % 7) as f64, 2.0);
+            h.record(from + t, 1.0 + (t % 7) as f64, 2.0, 0.0);
         }
         h
     }
@@ -968,7 +968,7 @@ mod tests {
         assert_eq!(chunks, 5 + 1, "five hours of fine buckets, a day of coarse");
         let before = demand_keys(&s);
 
-        h.record(T0 + 5 * 3600 - 5, 9.0, 9.0);
+        h.record(T0 + 5 * 3600 - 5, 9.0, 9.0, 0.0);
         s.put_many_demand(&[("m", &h)]).unwrap();
         let (chunks2, bytes2) = s.demand_put();
         assert_eq!(chunks2 - chunks, 2, "the last hour's chunk and the day's");
@@ -995,7 +995,7 @@ mod tests {
         assert!(demand_keys(&s).contains(&first_hour));
         // A day and more later: the first hours' fine buckets are reused.
         for t in (3 * 3600..27 * 3600).step_by(10) {
-            h.record(T0 + t, 1.0, 1.0);
+            h.record(T0 + t, 1.0, 1.0, 0.0);
         }
         s.put_demand("m", &h).unwrap();
         let keys = demand_keys(&s);
@@ -1027,7 +1027,7 @@ mod tests {
             ]
         );
         let mut newer = old.clone();
-        newer.record(T0 + 3 * 3600, 4.0, 4.0);
+        newer.record(T0 + 3 * 3600, 4.0, 4.0, 0.0);
         s.put_many_demand(&[("m", &newer)]).unwrap();
         let keys = demand_keys(&s);
         assert!(!keys.contains(&"m".to_string()), "{keys:?}");
@@ -1112,7 +1112,7 @@ mod tests {
             let mut now = T0;
             let tick = |h: &mut DemandHistory, now: &mut i64, seconds: i64| {
                 for _ in 0..seconds {
-                    h.record(*now, 3.0 + (*now % 13) as f64, 5.0);
+                    h.record(*now, 3.0 + (*now % 13) as f64, 5.0, 0.0);
                     *now += 1;
                 }
             };

@@ -5,6 +5,16 @@ use std::time::Duration;
 
 use super::*;
 
+/// Replicas a forecast of ongoing requests needs at the spec's target.
+fn replicas_needed(f: &Forecast, spec: &ScalingSpec) -> u32 {
+    replicas_for(
+        f.expected_ongoing,
+        f.expected_rps,
+        spec.target_ongoing_requests,
+        spec,
+    )
+}
+
 /// Midnight, so hours of the day read plainly.
 const T0: i64 = 20_000 * DAY_S;
 const HOUR_S: i64 = 3600;
@@ -37,7 +47,7 @@ fn spec() -> ScalingSpec {
 /// Records `demand(t)` every 10 s over `[from, to)`.
 fn record(h: &mut DemandHistory, from: i64, to: i64, demand: impl Fn(i64) -> f64) {
     for t in (from..to).step_by(10) {
-        h.record(t, demand(t), demand(t) / 2.0);
+        h.record(t, demand(t), demand(t) / 2.0, 0.0);
     }
 }
 
@@ -234,9 +244,11 @@ fn stored_garbage_is_dropped_not_trusted() {
     assert_eq!(h.fine.filled().count(), 1);
     assert_eq!(
         h.fine.get(300),
+        // Buckets stored before the waiting requests were kept have none.
         Some(Demand {
             ongoing: 3.0,
-            rps: 1.0
+            rps: 1.0,
+            waiting: 0.0
         })
     );
 }
@@ -244,15 +256,19 @@ fn stored_garbage_is_dropped_not_trusted() {
 #[test]
 fn late_and_broken_samples_are_ignored() {
     let mut h = DemandHistory::new();
-    h.record(T0 + DAY_S, 10.0, 1.0);
+    h.record(T0 + DAY_S, 10.0, 1.0, 0.0);
     // Same slot a day earlier: already replaced.
-    h.record(T0, 1000.0, 1.0);
-    h.record(T0 + DAY_S + 1, f64::NAN, 1.0);
+    h.record(T0, 1000.0, 1.0, 0.0);
+    h.record(T0 + DAY_S + 1, f64::NAN, 1.0, 0.0);
+    h.record(T0 + DAY_S + 2, 10.0, 1.0, f64::INFINITY);
+    // More waiting than ongoing is read as all of them waiting.
+    h.record(T0 + DAY_S + 3, 10.0, 1.0, 12.0);
     assert_eq!(
         h.fine.get(T0 + DAY_S),
         Some(Demand {
             ongoing: 10.0,
-            rps: 1.0
+            rps: 1.0,
+            waiting: 5.0
         })
     );
     assert_eq!(h.fine.get(T0), None);
@@ -266,6 +282,7 @@ fn replicas_needed_follows_the_target_within_bounds() {
         expected_rps: rps,
         basis: String::new(),
         rps_basis: String::new(),
+        expected_waiting: 0.0,
     };
     assert_eq!(replicas_needed(&f(16.0, 4.0), &spec), 2);
     assert_eq!(replicas_needed(&f(16.5, 4.0), &spec), 3);

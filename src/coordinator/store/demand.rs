@@ -267,7 +267,7 @@ mod tests {
         );
         written.saved("m", &before);
         assert_eq!(written.changes("m", &before), ChunkChanges::default());
-        h.record(1_700_000_000 + 2 * 3600 + 5, 3.0, 1.0);
+        h.record(1_700_000_000 + 2 * 3600 + 5, 3.0, 1.0, 0.0);
         let after = Chunks::of(&h);
         let changes = written.changes("m", &after);
         assert_eq!(

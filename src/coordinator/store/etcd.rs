@@ -534,7 +534,7 @@ mod tests {
 
         let mut h = DemandHistory::new();
         for t in 0..400 {
-            h.record(1_700_000_000 + t * 30, 5.0, 1.0);
+            h.record(1_700_000_000 + t * 30, 5.0, 1.0, 0.0);
         }
         s.put_demand("m", &h).unwrap();
         let loaded = s.load_demand().unwrap();
@@ -577,7 +577,7 @@ mod tests {
         let first = chunk_revisions(&s, "m");
         assert_eq!(first.len(), 3 + 1, "{first:?}");
 
-        h.record(t0 + 3 * 3600 - 5, 9.0, 9.0);
+        h.record(t0 + 3 * 3600 - 5, 9.0, 9.0, 0.0);
         s.put_demand("m", &h).unwrap();
         let second = chunk_revisions(&s, "m");
         let rewritten: Vec<&String> = second
@@ -603,7 +603,7 @@ mod tests {
         // A day later the first hours' fine buckets are reused: their
         // chunks go.
         for t in (3 * 3600..27 * 3600).step_by(10) {
-            h.record(t0 + t, 1.0, 1.0);
+            h.record(t0 + t, 1.0, 1.0, 0.0);
         }
         again.put_demand("m", &h).unwrap();
         let later = chunk_revisions(&again, "m");
