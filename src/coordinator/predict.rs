@@ -447,8 +447,10 @@ impl DemandHistory {
             // not begun: averaged with it, a season's rise would be
             // promised at 70% (a pre-scaled hourly job met 17 of the 25
             // replicas it needed). The season is already added to today's
-            // level, so above the trend it stands alone.
-            (Some(s), Some(t)) if s > t.projected => Some(Estimate {
+            // level, so where it rises above both today's level and the
+            // trend it stands alone. A season that only holds today's level
+            // while the trend falls is no rise: those are blended.
+            (Some(s), Some(t)) if s > t.projected && s > t.level => Some(Estimate {
                 value: s,
                 words: format!(
                     "{season_words}; recent {} with trend {}/min; \

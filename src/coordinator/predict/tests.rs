@@ -129,6 +129,27 @@ fn a_quieter_day_keeps_its_own_level() {
 }
 
 #[test]
+fn a_falling_trend_under_a_flat_season_is_blended_with_it() {
+    let mut h = DemandHistory::new();
+    let day2 = T0 + DAY_S;
+    let now = day2 + 8 * HOUR_S;
+    // Yesterday flat at 40; today too, until it falls 0.1 per second.
+    record(&mut h, T0, now - 300, |_| 40.0);
+    record(&mut h, now - 300, now, |t| {
+        40.0 - 0.1 * (t - (now - 300)) as f64
+    });
+    let f = h.forecast(now, 10 * 60);
+    // The season only holds today's level (no rise yesterday): the fall
+    // the trend sees is blended in, not left out.
+    assert!(
+        f.basis.contains("blended 70% season, 30% trend"),
+        "{}",
+        f.basis
+    );
+    assert!(f.expected_ongoing < 10.0, "{f:?}");
+}
+
+#[test]
 fn a_trend_above_the_season_is_blended_with_it() {
     let mut h = DemandHistory::new();
     let day2 = T0 + DAY_S;
