@@ -128,46 +128,39 @@ fn a_quieter_day_keeps_its_own_level() {
     assert!(close(f.expected_ongoing, 95.0), "{f:?}");
 }
 
-#[test]
-fn a_falling_trend_under_a_flat_season_is_blended_with_it() {
+/// The forecast 10 minutes ahead, 8 h into a second day, when yesterday
+/// was flat at `level` and so was today until it moved `slope` per second
+/// over the last 5 minutes; it must blend season and trend.
+fn blended_after_a_flat_day(level: f64, slope: f64) -> Forecast {
     let mut h = DemandHistory::new();
-    let day2 = T0 + DAY_S;
-    let now = day2 + 8 * HOUR_S;
-    // Yesterday flat at 40; today too, until it falls 0.1 per second.
-    record(&mut h, T0, now - 300, |_| 40.0);
+    let now = T0 + DAY_S + 8 * HOUR_S;
+    record(&mut h, T0, now - 300, |_| level);
     record(&mut h, now - 300, now, |t| {
-        40.0 - 0.1 * (t - (now - 300)) as f64
+        level + slope * (t - (now - 300)) as f64
     });
     let f = h.forecast(now, 10 * 60);
-    // The season only holds today's level (no rise yesterday): the fall
-    // the trend sees is blended in, not left out.
     assert!(
         f.basis.contains("blended 70% season, 30% trend"),
         "{}",
         f.basis
     );
+    f
+}
+
+#[test]
+fn a_falling_trend_under_a_flat_season_is_blended_with_it() {
+    // From 40 down to 10: the season only holds today's level (no rise
+    // yesterday), so the fall the trend sees is blended in, not left out.
+    let f = blended_after_a_flat_day(40.0, -0.1);
     assert!(f.expected_ongoing < 10.0, "{f:?}");
 }
 
 #[test]
 fn a_trend_above_the_season_is_blended_with_it() {
-    let mut h = DemandHistory::new();
-    let day2 = T0 + DAY_S;
-    let now = day2 + 8 * HOUR_S;
-    // Yesterday flat at 10; today too, until it climbs 0.1 per second.
-    record(&mut h, T0, now - 300, |_| 10.0);
-    record(&mut h, now - 300, now, |t| {
-        10.0 + 0.1 * (t - (now - 300)) as f64
-    });
-    let f = h.forecast(now, 10 * 60);
-    // Season: today's level plus yesterday's (nil) rise; trend: the climb
-    // projected, within twice the recent peak. The trend sees what the
-    // season does not, so the two are blended.
-    assert!(
-        f.basis.contains("blended 70% season, 30% trend"),
-        "{}",
-        f.basis
-    );
+    // From 10 up to 40. Season: today's level plus yesterday's (nil) rise;
+    // trend: the climb projected, within twice the recent peak. The trend
+    // sees what the season does not, so the two are blended.
+    let f = blended_after_a_flat_day(10.0, 0.1);
     assert!(
         f.expected_ongoing > 40.0 && f.expected_ongoing < 80.0,
         "{f:?}"
