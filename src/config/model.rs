@@ -20,6 +20,7 @@ pub const PLACEHOLDERS: &[&str] = &[
     "gpus",
     "gpu_count",
     "replica_id",
+    "model",
 ];
 
 /// A validated model spec.
@@ -129,6 +130,17 @@ impl Preset {
         match self {
             Preset::Llamacpp => Some("--metrics"),
             Preset::Sglang => Some("--enable-metrics"),
+            _ => None,
+        }
+    }
+
+    /// The flag naming the model the engine answers to. Without it vLLM and
+    /// SGLang answer only to their weights path, and refuse a request whose
+    /// `model` names the fleet's model, as every request through the gateway
+    /// does. Other engines take any name.
+    pub fn served_name_flag(self) -> Option<&'static str> {
+        match self {
+            Preset::Vllm | Preset::Sglang => Some("--served-model-name"),
             _ => None,
         }
     }
@@ -378,6 +390,21 @@ impl ModelSpec {
                 "metrics are scraped from {{metrics_port}}, and server.command never passes it to the {preset} engine (for Triton: \"--metrics-port\", \"{{metrics_port}}\")"
             ));
         }
+        if let Some(flag) = preset.served_name_flag() {
+            let name = &self.name;
+            match flag_values(&self.server.command, flag) {
+                None => out.push(format!(
+                    "server.command has no {flag}: the {preset} engine then answers only to its weights path as the model's name and refuses requests naming `{name}`, as every request through the gateway does; add \"{flag}\", \"{{model}}\""
+                )),
+                Some(names) if !names.iter().any(|n| n == name || n == "{model}") => {
+                    out.push(format!(
+                        "server.command's {flag} {} does not include the model's name `{name}`: the gateway passes requests naming `{name}` to the {preset} engine, which refuses them; give \"{flag}\", \"{{model}}\"",
+                        names.join(" ")
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         out
     }
 
@@ -484,6 +511,25 @@ impl Fnv1a64 {
         self.write(&(bytes.len() as u64).to_le_bytes());
         self.write(bytes);
     }
+}
+
+/// The values a command gives `flag`: those after it up to the next flag
+/// (vLLM's `--served-model-name a b`), or the one after `flag=`; `None`
+/// when it is not given.
+fn flag_values(command: &[String], flag: &str) -> Option<Vec<String>> {
+    let mut found = None;
+    for (i, arg) in command.iter().enumerate() {
+        if arg == flag {
+            let values = command[i + 1..]
+                .iter()
+                .take_while(|a| !a.starts_with('-'))
+                .cloned();
+            found.get_or_insert_with(Vec::new).extend(values);
+        } else if let Some(value) = arg.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            found.get_or_insert_with(Vec::new).push(value.to_string());
+        }
+    }
+    found
 }
 
 fn human_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -165,10 +165,10 @@ fn command_must_name_a_program() {
 
 #[test]
 fn unknown_placeholders_are_named_with_the_allowed_ones() {
-    let e = err(&BASE.replace("\"{port}\"]", "\"{port}\", \"--name\", \"{model}\"]"));
+    let e = err(&BASE.replace("\"{port}\"]", "\"{port}\", \"--name\", \"{model_name}\"]"));
     assert_eq!(
         e,
-        "line 6: server.command[6] uses unknown placeholder `{model}`; allowed: {port}, {metrics_port}, {weights}, {gpus}, {gpu_count}, {replica_id}"
+        "line 6: server.command[6] uses unknown placeholder `{model_name}`; allowed: {port}, {metrics_port}, {weights}, {gpus}, {gpu_count}, {replica_id}, {model}"
     );
     let e = err(&with("server", "env = { MODEL = \"{name}\" }"));
     assert!(
@@ -541,14 +541,59 @@ fn apply_warns_when_the_command_lacks_the_metrics_flag() {
     assert!(spec("llamacpp", ", \"--metrics\"").warnings().is_empty());
     let w = spec("sglang", "").warnings();
     assert!(w[0].contains("--enable-metrics"), "{w:?}");
-    assert!(spec("sglang", ", \"--enable-metrics\"")
+    assert!(spec(
+        "sglang",
+        ", \"--enable-metrics\", \"--served-model-name\", \"m\""
+    )
+    .warnings()
+    .is_empty());
+    assert!(spec("vllm", ", \"--served-model-name\", \"{model}\"")
         .warnings()
         .is_empty());
-    assert!(spec("vllm", "").warnings().is_empty());
     let w = spec("triton", "").warnings();
     assert!(w[0].contains("never passes it"), "{w:?}");
     let with_port = spec("triton", ", \"--metrics-port\", \"{metrics_port}\"");
     assert!(with_port.warnings().is_empty());
+}
+
+#[test]
+fn apply_warns_when_vllm_or_sglang_would_refuse_the_models_name() {
+    let spec = |preset: &str, args: &str| {
+        ModelSpec::parse(&format!("name = \"llama\"\nweights = \"/srv/m\"\n[server]\npreset = \"{preset}\"\ncommand = [\"/opt/serve\", \"--port\", \"{{port}}\"{args}]\ngpu_memory = \"8GiB\"\n")).unwrap().warnings()
+    };
+    let w = spec("vllm", "");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("has no --served-model-name")
+            && w[0].contains("refuses requests naming `llama`")
+            && w[0].contains("add \"--served-model-name\", \"{model}\""),
+        "{w:?}"
+    );
+    let w = spec("vllm", ", \"--served-model-name\", \"meta-llama/Llama-3\"");
+    assert!(
+        w[0].contains(
+            "--served-model-name meta-llama/Llama-3 does not include the model's name `llama`"
+        ),
+        "{w:?}"
+    );
+    // The model's name among several, literal or as {model}, either form.
+    for ok in [
+        ", \"--served-model-name\", \"meta-llama/Llama-3\", \"llama\", \"--seed\", \"1\"",
+        ", \"--served-model-name={model}\"",
+        ", \"--served-model-name\", \"{model}\"",
+    ] {
+        assert!(spec("vllm", ok).is_empty(), "{ok}: {:?}", spec("vllm", ok));
+    }
+    // A flag's value after the names is not one of them.
+    let w = spec(
+        "vllm",
+        ", \"--served-model-name\", \"x\", \"--seed\", \"llama\"",
+    );
+    assert!(w[0].contains("--served-model-name x does not"), "{w:?}");
+    // Engines that take any name are not warned about.
+    for preset in ["tgi", "generic"] {
+        assert!(spec(preset, "").is_empty(), "{preset}");
+    }
 }
 
 #[test]

@@ -58,8 +58,9 @@ pub struct ServerArgs {
     /// spends on CUDA-graph capture and KV-cache profiling.
     #[arg(long, default_value = "0s")]
     pub init_time: humantime::Duration,
-    /// Model name in responses and metrics [default: the weights file's stem].
-    #[arg(long)]
+    /// Model name in responses and metrics [default: the weights file's
+    /// stem]; also spelled as vLLM's `--served-model-name`.
+    #[arg(long, alias = "served-model-name")]
     pub model_name: Option<String>,
 }
 

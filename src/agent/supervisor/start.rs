@@ -110,6 +110,7 @@ impl Owner {
             weights: &weights,
             gpus: &spec.gpus,
             replica_id: &spec.id,
+            model: &spec.model,
         };
         let checked = template::render_command(&spec.command, &spec.env, &vars(0, 0))
             .map_err(|e| Permanent(format!("command: {e}")))?;

@@ -1,6 +1,6 @@
 //! The model server's argv template: `{port}`, `{metrics_port}`, `{weights}`,
-//! `{gpus}`, `{gpu_count}` and `{replica_id}` substituted in each argument and
-//! env value.
+//! `{gpus}`, `{gpu_count}`, `{replica_id}` and `{model}` substituted in each
+//! argument and env value.
 //! Pure: no shell is ever involved, so an argument stays one argument.
 
 use std::collections::BTreeMap;
@@ -33,6 +33,9 @@ pub struct TemplateVars<'a> {
     pub weights: &'a str,
     pub gpus: &'a [u32],
     pub replica_id: &'a str,
+    /// The model's name: what the gateway's clients send as `model`, so
+    /// the engine that checks it must serve under it (`--served-model-name`).
+    pub model: &'a str,
 }
 
 impl TemplateVars<'_> {
@@ -44,6 +47,7 @@ impl TemplateVars<'_> {
             "gpus" => Some(gpu_list(self.gpus)),
             "gpu_count" => Some(self.gpus.len().to_string()),
             "replica_id" => Some(self.replica_id.to_string()),
+            "model" => Some(self.model.to_string()),
             _ => None,
         }
     }
@@ -163,6 +167,7 @@ mod tests {
             weights: "/srv/models/llama 3",
             gpus: &[2, 5],
             replica_id: "llama-3-8b-7f3a",
+            model: "llama-3-8b",
         }
     }
 
@@ -190,6 +195,8 @@ mod tests {
                 "--port={port}",
                 "--gpus",
                 "{gpus}",
+                "--served-model-name",
+                "{model}",
             ]),
             &env,
             &vars(),
@@ -203,7 +210,9 @@ mod tests {
                 "/srv/models/llama 3",
                 "--port=20017",
                 "--gpus",
-                "2,5"
+                "2,5",
+                "--served-model-name",
+                "llama-3-8b"
             ])
         );
         assert_eq!(
@@ -227,12 +236,14 @@ mod tests {
     #[test]
     fn unknown_placeholder_names_itself_and_the_allowed_ones() {
         let err =
-            render_command(&cmd(&["srv", "--x={model}"]), &BTreeMap::new(), &vars()).unwrap_err();
-        assert!(matches!(&err, TemplateError::UnknownPlaceholder { name, .. } if name == "model"));
+            render_command(&cmd(&["srv", "--x={name}"]), &BTreeMap::new(), &vars()).unwrap_err();
+        assert!(matches!(&err, TemplateError::UnknownPlaceholder { name, .. } if name == "name"));
         let msg = err.to_string();
-        assert!(msg.contains("{model}"), "{msg}");
+        assert!(msg.contains("{name}"), "{msg}");
         assert!(
-            msg.contains("{port}, {metrics_port}, {weights}, {gpus}, {gpu_count}, {replica_id}"),
+            msg.contains(
+                "{port}, {metrics_port}, {weights}, {gpus}, {gpu_count}, {replica_id}, {model}"
+            ),
             "{msg}"
         );
     }

@@ -70,7 +70,7 @@ async fn bad_commands_fail_with_a_reason_and_leave_others_running() {
     let sup = Supervisor::spawn(config(dir.path())).await.unwrap();
     let mut rx = sup.subscribe();
     let desired = vec![
-        spec("typo", &["sleep", "{model}"]),
+        spec("typo", &["sleep", "{model_name}"]),
         spec("noexec", &[not_exec.to_str().unwrap()]),
         spec("missing", &["gpufleet-no-such-server"]),
         spec("good", &["sleep", "1000"]),
@@ -86,7 +86,7 @@ async fn bad_commands_fail_with_a_reason_and_leave_others_running() {
         assert_eq!(of(&all, id).unwrap().state, ReplicaState::Failed, "{id}");
     }
     assert!(
-        reason("typo").contains("{model}") && reason("typo").contains("{port}"),
+        reason("typo").contains("{model_name}") && reason("typo").contains("{port}"),
         "{}",
         reason("typo")
     );
