@@ -312,6 +312,25 @@ async fn overflow_gets_429_a_long_hold_503_and_bad_requests_clear_errors() {
         raw("{\"model\":\"nope\"}").await,
         (404, "unknown_model".into())
     );
+    // OpenAI's `GET /v1/models/{model}`: the model object, or 404 naming
+    // the fleet's models.
+    let (status, body) = http("GET", gw.port, "/v1/models/pinned", "");
+    assert_eq!(status, 200, "{body}");
+    let m: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (m["id"].as_str(), m["object"].as_str()),
+        (Some("pinned"), Some("model"))
+    );
+    assert!(m["created"].as_u64().unwrap() > 1_700_000_000, "{body}");
+    let (status, body) = http("GET", gw.port, "/v1/models/nope", "");
+    assert_eq!(status, 404, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["reason"], "unknown_model");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("not served here; models:") && message.contains("pinned"),
+        "{body}"
+    );
     let big = json!({"model": "pinned", "prompt": "x".repeat(4096)});
     let (status, _, body) = post(&url, &big).await;
     assert_eq!(status, 413, "{body}");

@@ -58,6 +58,9 @@ struct Waiter {
 struct ModelState {
     /// Known to the coordinator (in the latest table).
     known: bool,
+    /// When this gateway found it in a table after it was not in one
+    /// (seconds since the Unix epoch): OpenAI's `created`.
+    known_since: u64,
     max_concurrency: Option<u32>,
     desired: u32,
     pinned: Option<u32>,
@@ -126,6 +129,10 @@ pub struct ModelSnapshot {
     pub desired_replicas: u32,
     pub max_concurrency: u32,
     pub replicas: Vec<ReplicaSnapshot>,
+    /// When this gateway first saw the model (seconds since the Unix
+    /// epoch), for `/v1/models`; not part of `/status`.
+    #[serde(skip)]
+    pub known_since: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -185,6 +192,9 @@ impl Dispatcher {
         }
         for (name, routes) in &table.models {
             let state = self.models.entry(name.clone()).or_default();
+            if !state.known {
+                state.known_since = (crate::domain::unix_ms_now() / 1000).max(0) as u64;
+            }
             state.known = true;
             state.max_concurrency = routes.max_concurrency;
             state.desired = routes.desired_replicas;
@@ -431,6 +441,7 @@ impl Dispatcher {
                     desired_replicas: s.desired,
                     max_concurrency,
                     replicas,
+                    known_since: s.known_since,
                 }
             })
             .collect()

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 
+use super::dispatch::ModelSnapshot;
 use super::Gateway;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
@@ -21,6 +22,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/status", get(status))
@@ -117,20 +119,42 @@ async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
     if !gw.dispatcher.has_table() {
         return super::proxy::no_routes(&gw, "").into_response();
     }
-    let data: Vec<serde_json::Value> = gw
-        .dispatcher
-        .snapshot()
-        .into_iter()
-        .map(|m| {
-            serde_json::json!({
-                "id": m.model,
-                "object": "model",
-                "owned_by": "gpufleet",
-                "ready_replicas": m.replicas.len(),
-            })
-        })
-        .collect();
+    let data: Vec<serde_json::Value> = gw.dispatcher.snapshot().iter().map(model_object).collect();
     Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+/// OpenAI's model object for one model (`GET /v1/models/{model}`), 404
+/// naming the fleet's models for one it does not serve.
+async fn model(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = gw.authorize(&headers) {
+        return e.into_response();
+    }
+    let name = crate::api::capped(name, 200);
+    if !gw.dispatcher.has_table() {
+        return super::proxy::no_routes(&gw, &name).into_response();
+    }
+    let models = gw.dispatcher.snapshot();
+    match models.iter().find(|m| m.model == name) {
+        Some(m) => Json(model_object(m)).into_response(),
+        None => {
+            let known: Vec<String> = models.into_iter().map(|m| m.model).collect();
+            super::proxy::unknown_model(&name, &known).into_response()
+        }
+    }
+}
+
+fn model_object(m: &ModelSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "id": m.model,
+        "object": "model",
+        "created": m.known_since,
+        "owned_by": "gpufleet",
+        "ready_replicas": m.replicas.len(),
+    })
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {

@@ -503,6 +503,23 @@ pub(super) fn no_routes(gw: &Gateway, model: &str) -> ApiError {
     .retry_after(1)
 }
 
+/// 404 for a model the fleet does not serve, naming those it does.
+pub(super) fn unknown_model(model: &str, known: &[String]) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_model",
+        model,
+        if known.is_empty() {
+            format!("model `{model}` is not served here; the fleet has no models")
+        } else {
+            format!(
+                "model `{model}` is not served here; models: {}",
+                known.join(", ")
+            )
+        },
+    )
+}
+
 /// A slot on a replica of `model`, waiting (until `deadline`) while none
 /// has room.
 async fn hold(
@@ -517,16 +534,7 @@ async fn hold(
         Admission::Wait { id, rx, first } => (id, rx, first),
         Admission::Refused(Refusal::NoTable) => return Err(no_routes(gw, model)),
         Admission::Refused(Refusal::UnknownModel { known }) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_model",
-                model,
-                if known.is_empty() {
-                    format!("model `{model}` is not served here; the fleet has no models")
-                } else {
-                    format!("model `{model}` is not served here; models: {}", known.join(", "))
-                },
-            ))
+            return Err(unknown_model(model, &known))
         }
         Admission::Refused(Refusal::QueueFull { queued, capacity }) => {
             return Err(ApiError::new(
