@@ -668,7 +668,15 @@ async fn two_gateways_share_a_fleet() {
     apply_demo(
         &h,
         "shared",
-        &["--token-time", "5ms", "--tokens", "4"],
+        // Its batch said as vLLM says it: each gateway's limit per replica.
+        &[
+            "--token-time",
+            "5ms",
+            "--tokens",
+            "4",
+            "--max-num-seqs",
+            "3",
+        ],
         "[scaling]\nmin_replicas = 0\nmax_replicas = 1\nscale_to_zero_after = \"1h\"",
     );
     let one = gateway(&h, "gw-1", "");
@@ -692,6 +700,8 @@ async fn two_gateways_share_a_fleet() {
         s1["models"][0]["replicas"],
         s2["models"][0]["replicas"].clone()
     );
+    assert_eq!(s1["models"][0]["max_concurrency"], 3, "{s1}");
+    assert_eq!(s1["models"][0]["replicas"][0]["max_concurrency"], 3, "{s1}");
     let (status, _, body) = post(
         &two.url("/v1/completions"),
         &json!({"model": "shared", "prompt": "y"}),

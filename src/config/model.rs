@@ -145,6 +145,17 @@ impl Preset {
         }
     }
 
+    /// The flag by which the engine's command says how many requests it runs
+    /// at once (its batch), and the engine's own default, for messages.
+    pub fn batch_flag(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Preset::Vllm => Some(("--max-num-seqs", "256 by default")),
+            Preset::Sglang => Some(("--max-running-requests", "sized from its memory by default")),
+            Preset::Tgi => Some(("--max-concurrent-requests", "128 by default")),
+            _ => None,
+        }
+    }
+
     /// Whether the engine's metrics can give a request latency.
     pub fn exports_latency(self) -> bool {
         self != Preset::Llamacpp
@@ -390,6 +401,11 @@ impl ModelSpec {
                 "metrics are scraped from {{metrics_port}}, and server.command never passes it to the {preset} engine (for Triton: \"--metrics-port\", \"{{metrics_port}}\")"
             ));
         }
+        if let (Some((flag, default)), None) = (preset.batch_flag(), self.replica_concurrency()) {
+            out.push(format!(
+                "neither server.max_concurrency nor a {flag} in server.command says how many requests a replica runs at once: gateways then send each replica at most their default_max_concurrency (8 unless gateway.toml says otherwise) and hold the rest, where the {preset} engine batches more ({flag}: {default}); set server.max_concurrency"
+            ));
+        }
         if let Some(flag) = preset.served_name_flag() {
             let name = &self.name;
             match flag_values(&self.server.command, flag) {
@@ -406,6 +422,25 @@ impl ModelSpec {
             }
         }
         out
+    }
+
+    /// Requests one replica serves at once, as gateways count them:
+    /// `server.max_concurrency`, else the batch the command gives the engine
+    /// (vLLM's `--max-num-seqs 64`); `None` when neither says (llama.cpp's
+    /// gateways then ask its `/props`).
+    pub fn replica_concurrency(&self) -> Option<u32> {
+        self.server.max_concurrency.or_else(|| {
+            let (flag, _) = self.server.preset.batch_flag()?;
+            let underscored = flag.trim_start_matches('-').replace('-', "_");
+            // vLLM and SGLang take `--max_num_seqs` too.
+            let values = flag_values(&self.server.command, flag)
+                .or_else(|| flag_values(&self.server.command, &format!("--{underscored}")))?;
+            values
+                .last()?
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=100_000).contains(n))
+        })
     }
 
     /// The readiness path: the override, else the preset's; `None` means a TCP connect.

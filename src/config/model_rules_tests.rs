@@ -533,7 +533,7 @@ fn a_kv_cache_target_needs_a_preset_that_reports_kv_cache_use() {
 #[test]
 fn apply_warns_when_the_command_lacks_the_metrics_flag() {
     let spec = |preset: &str, flag: &str| {
-        ModelSpec::parse(&format!("name = \"m\"\nweights = \"/srv/m\"\n[server]\npreset = \"{preset}\"\ncommand = [\"/opt/serve\", \"--port\", \"{{port}}\"{flag}]\ngpu_memory = \"8GiB\"\n")).unwrap()
+        ModelSpec::parse(&format!("name = \"m\"\nweights = \"/srv/m\"\n[server]\npreset = \"{preset}\"\ncommand = [\"/opt/serve\", \"--port\", \"{{port}}\"{flag}]\ngpu_memory = \"8GiB\"\nmax_concurrency = 8\n")).unwrap()
     };
     let w = spec("llamacpp", "").warnings();
     assert_eq!(w.len(), 1, "{w:?}");
@@ -559,7 +559,7 @@ fn apply_warns_when_the_command_lacks_the_metrics_flag() {
 #[test]
 fn apply_warns_when_vllm_or_sglang_would_refuse_the_models_name() {
     let spec = |preset: &str, args: &str| {
-        ModelSpec::parse(&format!("name = \"llama\"\nweights = \"/srv/m\"\n[server]\npreset = \"{preset}\"\ncommand = [\"/opt/serve\", \"--port\", \"{{port}}\"{args}]\ngpu_memory = \"8GiB\"\n")).unwrap().warnings()
+        ModelSpec::parse(&format!("name = \"llama\"\nweights = \"/srv/m\"\n[server]\npreset = \"{preset}\"\ncommand = [\"/opt/serve\", \"--port\", \"{{port}}\"{args}]\ngpu_memory = \"8GiB\"\nmax_concurrency = 8\n")).unwrap().warnings()
     };
     let w = spec("vllm", "");
     assert_eq!(w.len(), 1, "{w:?}");
@@ -593,6 +593,55 @@ fn apply_warns_when_vllm_or_sglang_would_refuse_the_models_name() {
     // Engines that take any name are not warned about.
     for preset in ["tgi", "generic"] {
         assert!(spec(preset, "").is_empty(), "{preset}");
+    }
+}
+
+#[test]
+fn a_replicas_concurrency_is_the_specs_else_the_engines_batch_flag() {
+    let spec = |preset: &str, args: &str, server: &str| {
+        ModelSpec::parse(&format!("name = \"m\"\nweights = \"/srv/m\"\n[server]\npreset = \"{preset}\"\ncommand = [\"/opt/serve\", \"--port\", \"{{port}}\", \"--served-model-name\", \"m\"{args}]\ngpu_memory = \"8GiB\"\n{server}")).unwrap()
+    };
+    let s = spec("vllm", ", \"--max-num-seqs\", \"64\"", "");
+    assert_eq!(s.replica_concurrency(), Some(64));
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+    for (preset, args) in [
+        ("vllm", ", \"--max_num_seqs=32\""),
+        (
+            "sglang",
+            ", \"--max-running-requests\", \"32\", \"--enable-metrics\"",
+        ),
+        ("tgi", ", \"--max-concurrent-requests\", \"32\""),
+    ] {
+        assert_eq!(
+            spec(preset, args, "").replica_concurrency(),
+            Some(32),
+            "{preset}"
+        );
+    }
+    // The spec's own figure wins; engines with no such flag have none.
+    let s = spec(
+        "vllm",
+        ", \"--max-num-seqs\", \"64\"",
+        "max_concurrency = 16\n",
+    );
+    assert_eq!(s.replica_concurrency(), Some(16));
+    assert_eq!(
+        spec("llamacpp", ", \"--parallel\", \"4\"", "").replica_concurrency(),
+        None
+    );
+    // Without either, gateways would hold a vLLM replica to their default:
+    // said at apply, with the engine's own default.
+    for args in ["", ", \"--max-num-seqs\", \"many\""] {
+        let s = spec("vllm", args, "");
+        assert_eq!(s.replica_concurrency(), None);
+        let w = s.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("default_max_concurrency (8")
+                && w[0].contains("--max-num-seqs: 256 by default")
+                && w[0].contains("set server.max_concurrency"),
+            "{w:?}"
+        );
     }
 }
 

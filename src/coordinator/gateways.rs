@@ -69,7 +69,7 @@ impl Fleet {
                 .collect();
             replicas.sort_by(|a, b| a.id.cmp(&b.id));
             let routes = ModelRoutes {
-                max_concurrency: m.spec.server.max_concurrency,
+                max_concurrency: m.spec.replica_concurrency(),
                 desired_replicas: m.desired,
                 pinned_replicas: m.record.pinned_replicas,
                 replicas,

@@ -45,8 +45,9 @@ pub struct ServerArgs {
     /// Weights file (or directory) read fully at start, like an engine loading a model.
     #[arg(long)]
     pub weights: PathBuf,
-    /// Requests served at once; the rest wait in the queue.
-    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
+    /// Requests served at once; the rest wait in the queue. Also spelled as
+    /// vLLM's `--max-num-seqs`.
+    #[arg(long, alias = "max-num-seqs", default_value_t = DEFAULT_CONCURRENCY)]
     pub concurrency: NonZeroUsize,
     /// Time to generate one token.
     #[arg(long, default_value_t = DEFAULT_TOKEN_TIME.into())]
