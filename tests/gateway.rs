@@ -228,6 +228,59 @@ async fn a_model_at_zero_holds_requests_wakes_and_then_serves_them() {
     assert_promtool_accepts(&m, "gateway");
 }
 
+/// A burst held at zero is demand before any replica is ready: the model
+/// is sized for it while its first replica still loads, not once that one
+/// is ready to be scraped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_held_at_zero_sizes_the_wake_before_a_replica_is_ready() {
+    let h = Harness::new();
+    let (_c, _a) = h.one_node_fleet(4, "");
+    apply_demo(
+        &h,
+        "burst",
+        &[
+            "--concurrency",
+            "2",
+            "--init-time",
+            "8s",
+            "--token-time",
+            "20ms",
+            "--tokens",
+            "10",
+        ],
+        "max_concurrency = 2
+[scaling]
+min_replicas = 0
+max_replicas = 4
+target_ongoing_requests = 2
+stable_window = \"6s\"\npanic_window = \"2s\"\nscale_to_zero_after = \"1h\"",
+    );
+    let gw = gateway(&h, "gw", "");
+    assert_eq!(model(&h, "burst").unwrap()["desired_replicas"], 0);
+    let url = gw.url("/v1/completions");
+    let sends: Vec<_> = (0..12)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { post(&url, &json!({"model": "burst", "prompt": "x"})).await })
+        })
+        .collect();
+    let sized = tokio::task::block_in_place(|| {
+        wait_until(
+            Duration::from_secs(8),
+            "the wake sized for the burst",
+            || model(&h, "burst").filter(|m| m["desired_replicas"].as_u64() >= Some(3)),
+        )
+    });
+    assert_eq!(
+        sized["ready_replicas"], 0,
+        "sized before a replica was ready: {sized}"
+    );
+    for s in sends {
+        let (status, _, body) = s.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overflow_gets_429_a_long_hold_503_and_bad_requests_clear_errors() {
     let h = Harness::new();

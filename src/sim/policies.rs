@@ -180,23 +180,16 @@ pub fn signals(load: &Load) -> Signals {
     Signals {
         // Summed over ready replicas, as the coordinator's are: requests
         // finishing on draining replicas would make a replica seem to run
-        // more than its slots.
-        ongoing: if seen {
-            f64::from(load.queued) + f64::from(load.running_on_ready)
-        } else {
-            0.0
-        },
-        waiting: Some(if seen { f64::from(load.queued) } else { 0.0 }),
+        // more than its slots. With none ready the queue is what the
+        // gateway that holds it (and wakes the model) reports.
+        ongoing: f64::from(load.queued) + f64::from(load.running_on_ready),
+        waiting: Some(f64::from(load.queued)),
         p95_latency_s: load.recent_p95_s.filter(|_| seen),
         gpu_utilization: load.busy_share,
         kv_cache_usage: load.busy_share,
         ready: load.ready,
         starting: load.starting,
-        requests_per_s: if seen {
-            f64::from(load.arrivals_last_s)
-        } else {
-            0.0
-        },
+        requests_per_s: f64::from(load.arrivals_last_s),
         measurement: 0,
         rescraped_at: None,
         last_active: None,

@@ -171,17 +171,21 @@ fn gpufleet_keeps_a_standby_node_warm_beyond_the_running_ones() {
 }
 
 #[test]
-fn signals_hide_demand_that_no_ready_replica_reports() {
+fn signals_with_no_ready_replica_are_what_the_gateway_holds() {
+    // Held at the gateway that woke the model: its queue and arrivals, and
+    // nothing only replicas measure (latency).
     let s = signals(&Load {
         queued: 5,
         starting: 1,
         arrivals_last_s: 3,
+        recent_p95_s: Some(4.0),
         ..Load::default()
     });
     assert_eq!(
-        (s.ongoing, s.requests_per_s, s.ready, s.starting),
-        (0.0, 0.0, 0, 1)
+        (s.ongoing, s.waiting, s.requests_per_s, s.ready, s.starting),
+        (5.0, Some(5.0), 3.0, 0, 1)
     );
+    assert_eq!(s.p95_latency_s, None);
     let s = signals(&load(2, 20));
     assert_eq!((s.ongoing, s.ready), (20.0, 2));
     assert_eq!(s.gpu_utilization, Some(1.0));

@@ -115,7 +115,7 @@ impl SignalHistory {
             .iter()
             .rev()
             .take_while(|(t, _)| cutoff.is_none_or(|c| *t > c))
-            .filter(|(t, s)| *t <= now && s.ready > 0)
+            .filter(|(t, s)| *t <= now && carries_demand(s))
         {
             if !over(&WindowAverage::of(std::iter::once(s))) {
                 break;
@@ -124,6 +124,14 @@ impl SignalHistory {
         }
         since
     }
+}
+
+/// Whether a sample says what the demand was. Replicas' signals mean
+/// something only while one is ready to be scraped; with none ready, a
+/// gateway's report of requests it holds or saw arrive still does (a
+/// sample of zeros then is only the absence of news).
+pub(super) fn carries_demand(s: &Signals) -> bool {
+    s.ready > 0 || s.ongoing > 0.0 || s.requests_per_s > 0.0
 }
 
 /// A straight line through the arrival rates of the measured samples
@@ -149,7 +157,7 @@ impl SignalHistory {
             .iter()
             .rev()
             .take_while(|(t, _)| *t >= from)
-            .filter(|(t, s)| *t <= now && s.ready > 0 && s.requests_per_s.is_finite())
+            .filter(|(t, s)| *t <= now && carries_demand(s) && s.requests_per_s.is_finite())
             .map(|(t, s)| {
                 (
                     -now.saturating_duration_since(*t).as_secs_f64(),
@@ -219,8 +227,10 @@ impl SignalHistory {
 }
 
 impl WindowAverage {
-    /// Means of each signal over `samples`; only samples with a ready
-    /// replica measure load.
+    /// Means of each signal over `samples`. Demand (ongoing, waiting,
+    /// arrivals) is measured by samples with a ready replica, or by a
+    /// gateway's report with none ([`carries_demand`]); the replicas'
+    /// own signals (latency, GPU, KV cache) only by samples with one ready.
     fn of<'a>(samples: impl Iterator<Item = &'a Signals>) -> WindowAverage {
         let mut ongoing = Mean::default();
         let mut latency = Mean::default();
@@ -229,14 +239,16 @@ impl WindowAverage {
         let mut rps = Mean::default();
         let mut ready = Mean::default();
         let mut waiting = Mean::default();
-        for s in samples.filter(|s| s.ready > 0) {
+        for s in samples.filter(|s| carries_demand(s)) {
             ongoing.add(Some(s.ongoing));
             rps.add(Some(s.requests_per_s));
-            ready.add(Some(f64::from(s.ready)));
-            latency.add(s.p95_latency_s);
-            gpu.add(s.gpu_utilization);
-            kv.add(s.kv_cache_usage);
             waiting.add(s.waiting);
+            if s.ready > 0 {
+                ready.add(Some(f64::from(s.ready)));
+                latency.add(s.p95_latency_s);
+                gpu.add(s.gpu_utilization);
+                kv.add(s.kv_cache_usage);
+            }
         }
         WindowAverage {
             measured: ongoing.n,

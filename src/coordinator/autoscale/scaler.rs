@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::model::ScalingSpec;
 use crate::coordinator::predict::{replicas_for, DemandHistory, Forecast};
 
+use super::history::carries_demand;
 use super::{format_count, format_span, Autoscaler, Decision, Signals};
 
 /// Forecasts scored before pre-scaling may trust them.
@@ -75,14 +76,19 @@ impl ModelScaler {
         let now = tick.now;
         if let Some(s) = &tick.signals {
             self.autoscaler.observe(now, s);
-            if s.ready > 0 {
-                self.demand.record(
-                    tick.now_unix_s,
-                    s.ongoing,
-                    s.requests_per_s,
-                    s.waiting.unwrap_or(0.0),
-                );
+        }
+        // What the demand was this tick, where known: measured by a ready
+        // replica or a gateway's report, or none at all for a model at zero
+        // (any request would have woken it).
+        let demand = match &tick.signals {
+            Some(s) if carries_demand(s) => {
+                Some((s.ongoing, s.requests_per_s, s.waiting.unwrap_or(0.0)))
             }
+            _ if tick.current == 0 => Some((0.0, 0.0, 0.0)),
+            _ => None,
+        };
+        if let Some((ongoing, rps, waiting)) = demand {
+            self.demand.record(tick.now_unix_s, ongoing, rps, waiting);
         }
         let horizon = self.horizon(tick.default_horizon);
         // Forecasts kept in one measure are not scored in the other (the
@@ -94,9 +100,8 @@ impl ModelScaler {
                 ..ForecastScore::default()
             };
         }
-        if let Some(s) = tick.signals.as_ref().filter(|s| s.ready > 0) {
-            let actual =
-                self.in_service(spec, s.ongoing, s.requests_per_s, s.waiting.unwrap_or(0.0));
+        if let Some((ongoing, rps, waiting)) = demand {
+            let actual = self.in_service(spec, ongoing, rps, waiting);
             self.score.settle(tick.now_unix_s, actual, spec);
         }
         let mut forecast = None;
@@ -439,6 +444,104 @@ mod tests {
             f64::from(steps[10800 - 30].predicted),
             desire.ceil(),
             "{during:?}"
+        );
+    }
+
+    /// The hourly job of [`hourly_job`] behind a gateway, on a model that
+    /// scales to zero between runs: the gateway holds what arrives while no
+    /// replica is ready, wakes the model, and reports the requests it holds
+    /// and those arriving (not the replicas' completions). With nothing held
+    /// and none ready it reports nothing.
+    fn hourly_job_at_zero(spec: &ScalingSpec, hours: i64) -> Vec<Step> {
+        let epoch = Instant::now();
+        let mut scaler = ModelScaler::new();
+        let (mut current, mut ready) = (1u32, 1u32);
+        let mut coming: VecDeque<(i64, u32)> = VecDeque::new();
+        let mut in_system = 0.0f64;
+        let mut steps = Vec::new();
+        for t in 0..hours * 3600 {
+            let now = epoch + Duration::from_secs(t as u64);
+            while coming.front().is_some_and(|(at, _)| *at <= t) {
+                ready = coming.pop_front().map_or(ready, |(_, n)| n);
+            }
+            ready = ready.min(current);
+            let arrivals = if t % 3600 < 1200 { 30.0 } else { 0.0 };
+            in_system += arrivals;
+            if current == 0 && in_system > 0.0 {
+                scaler.wake(now);
+            }
+            let running = in_system.min(f64::from(ready) * 8.0);
+            let signals = (ready > 0 || in_system > 0.0).then_some(Signals {
+                ongoing: in_system,
+                waiting: Some(in_system - running),
+                ready,
+                starting: current - ready,
+                requests_per_s: arrivals,
+                measurement: t as u64 + 1,
+                ..Signals::default()
+            });
+            // Whole requests: the last one finishes.
+            in_system -= running / 4.0;
+            if in_system < 0.5 {
+                in_system = 0.0;
+            }
+            let step = scaler.step(
+                spec,
+                &Tick {
+                    now,
+                    now_unix_s: 1_700_000_000 - 1_700_000_000 % 3600 + t,
+                    signals,
+                    current,
+                    default_horizon: Duration::from_secs(60),
+                    forecast: false,
+                },
+            );
+            let desired = step.decision.desired;
+            if desired > current {
+                coming.push_back((t + 30, desired));
+            } else {
+                ready = ready.min(desired);
+            }
+            current = desired;
+            steps.push(step);
+        }
+        steps
+    }
+
+    #[test]
+    fn a_job_at_zero_is_sized_from_the_gateways_queue_and_prescaled_from_zero() {
+        let spec = ScalingSpec {
+            min_replicas: 0,
+            max_replicas: 40,
+            scale_to_zero_after: Duration::from_secs(300),
+            prescale: true,
+            ..spec()
+        };
+        let steps = hourly_job_at_zero(&spec, 3);
+        // Idle after each run, the model goes to zero.
+        assert_eq!(
+            steps[3600 - 60].decision.desired,
+            0,
+            "{:?}",
+            steps[3600 - 60].decision
+        );
+        // The second run wakes it: the first replica is not ready for 30 s,
+        // and the requests the gateway holds meanwhile are demand (30 req/s
+        // × 4 s = 120 in service at 8 per replica, with what waits), not
+        // news to wait for.
+        assert_eq!(steps[3600 - 1].decision.desired, 0);
+        let woken = &steps[3600 + 2].decision;
+        assert!(woken.desired >= 15, "{woken:?}");
+        assert!(woken.reason.contains("req/s × service 4s"), "{woken:?}");
+        // The demand history kept the quiet at zero, so the period is known
+        // and the third run is pre-scaled from zero, one start ahead.
+        assert_eq!(steps[7200 - 120].decision.desired, 0);
+        let before = &steps[7200 - 30];
+        assert!(before.predicted >= 15, "{:?}", before.decision);
+        assert_eq!(
+            before.decision.desired, before.predicted,
+            "{:?}",
+            before.decision
         );
     }
 
