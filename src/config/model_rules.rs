@@ -552,7 +552,7 @@ fn validate_scaling(raw: RawScaling) -> Result<ScalingSpec, Problem> {
         scale_down_delay,
         scale_to_zero_after,
         max_scale_down_step,
-        prescale: raw.prescale.unwrap_or(false),
+        prescale: raw.prescale.unwrap_or(true),
         scale_down_hold_factor,
         cold_start_aware: raw.cold_start_aware.unwrap_or(true),
         size_from_arrivals: raw.size_from_arrivals.unwrap_or(true),

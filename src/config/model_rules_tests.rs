@@ -65,7 +65,10 @@ fn scaling_defaults_follow_the_design() {
     assert_eq!(c.scale_down_delay, Duration::from_secs(300));
     assert_eq!(c.scale_to_zero_after, Duration::from_secs(900));
     assert_eq!(c.max_scale_down_step, 1);
-    assert!(!c.prescale);
+    assert!(
+        c.prescale,
+        "on by default: only while the forecast has earned it"
+    );
     assert_eq!(c.max_p95_latency, None);
     assert_eq!(c.target_gpu_utilization, None);
 }
