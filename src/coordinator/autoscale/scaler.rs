@@ -321,50 +321,7 @@ mod tests {
     /// agent's scrape reports it (without a gateway): short of capacity, it
     /// is the capacity, not the arrivals. Every step of `hours` hours.
     fn hourly_job(spec: &ScalingSpec, hours: i64) -> Vec<Step> {
-        let epoch = Instant::now();
-        let mut scaler = ModelScaler::new();
-        let (mut current, mut ready) = (1u32, 1u32);
-        let mut coming: VecDeque<(i64, u32)> = VecDeque::new();
-        let mut in_system = 0.0f64;
-        let mut steps = Vec::new();
-        for t in 0..hours * 3600 {
-            while coming.front().is_some_and(|(at, _)| *at <= t) {
-                ready = coming.pop_front().map_or(ready, |(_, n)| n);
-            }
-            ready = ready.min(current).max(1);
-            let arrivals = if t % 3600 < 1200 { 30.0 } else { 0.0 };
-            let running = in_system.min(f64::from(ready) * 8.0);
-            let finished = running / 4.0;
-            let signals = Signals {
-                ongoing: in_system,
-                waiting: Some(in_system - running),
-                ready,
-                requests_per_s: finished,
-                measurement: t as u64 + 1,
-                ..Signals::default()
-            };
-            in_system += arrivals - finished;
-            let step = scaler.step(
-                spec,
-                &Tick {
-                    now: epoch + Duration::from_secs(t as u64),
-                    now_unix_s: 1_700_000_000 - 1_700_000_000 % 3600 + t,
-                    signals: Some(signals),
-                    current,
-                    default_horizon: Duration::from_secs(60),
-                    forecast: false,
-                },
-            );
-            let desired = step.decision.desired;
-            if desired > current {
-                coming.push_back((t + 30, desired));
-            } else {
-                ready = ready.min(desired);
-            }
-            current = desired;
-            steps.push(step);
-        }
-        steps
+        job_loop(spec, hours, false)
     }
 
     #[test]
@@ -453,6 +410,12 @@ mod tests {
     /// and those arriving (not the replicas' completions). With nothing held
     /// and none ready it reports nothing.
     fn hourly_job_at_zero(spec: &ScalingSpec, hours: i64) -> Vec<Step> {
+        job_loop(spec, hours, true)
+    }
+
+    /// The closed loop of [`hourly_job`], or with `gateway` that of
+    /// [`hourly_job_at_zero`].
+    fn job_loop(spec: &ScalingSpec, hours: i64, gateway: bool) -> Vec<Step> {
         let epoch = Instant::now();
         let mut scaler = ModelScaler::new();
         let (mut current, mut ready) = (1u32, 1u32);
@@ -466,24 +429,32 @@ mod tests {
             }
             ready = ready.min(current);
             let arrivals = if t % 3600 < 1200 { 30.0 } else { 0.0 };
-            in_system += arrivals;
-            if current == 0 && in_system > 0.0 {
-                scaler.wake(now);
+            if gateway {
+                // Held at the gateway, and seen arriving there.
+                in_system += arrivals;
+                if current == 0 && in_system > 0.0 {
+                    scaler.wake(now);
+                }
             }
             let running = in_system.min(f64::from(ready) * 8.0);
+            let finished = running / 4.0;
             let signals = (ready > 0 || in_system > 0.0).then_some(Signals {
                 ongoing: in_system,
                 waiting: Some(in_system - running),
                 ready,
                 starting: current - ready,
-                requests_per_s: arrivals,
+                requests_per_s: if gateway { arrivals } else { finished },
                 measurement: t as u64 + 1,
                 ..Signals::default()
             });
-            // Whole requests: the last one finishes.
-            in_system -= running / 4.0;
-            if in_system < 0.5 {
-                in_system = 0.0;
+            in_system -= finished;
+            if gateway {
+                // Whole requests: the last one finishes, and the model idles.
+                if in_system < 0.5 {
+                    in_system = 0.0;
+                }
+            } else {
+                in_system += arrivals;
             }
             let step = scaler.step(
                 spec,
