@@ -339,14 +339,9 @@ mod tests {
         // all of the rise, not 70% of it (the recent minutes' flat line
         // knows nothing of it).
         let before = &steps[7200 - 30];
-        assert!(before.predicted >= 15, "{:?}", before.decision);
         // The forecast has earned its floor (40 quiet minutes forecast
         // right), so the replicas are placed ahead of the rise.
-        assert_eq!(
-            before.decision.desired, before.predicted,
-            "{:?}",
-            before.decision
-        );
+        assert_prescaled_for_the_rise(before);
         let floor = before.predicted.to_string();
         assert!(
             before
@@ -507,13 +502,14 @@ mod tests {
         // The demand history kept the quiet at zero, so the period is known
         // and the third run is pre-scaled from zero, one start ahead.
         assert_eq!(steps[7200 - 120].decision.desired, 0);
-        let before = &steps[7200 - 30];
-        assert!(before.predicted >= 15, "{:?}", before.decision);
-        assert_eq!(
-            before.decision.desired, before.predicted,
-            "{:?}",
-            before.decision
-        );
+        assert_prescaled_for_the_rise(&steps[7200 - 30]);
+    }
+
+    /// 30 req/s × 4 s on replicas of 8 slots: at least 15 forecast, and
+    /// the count already there.
+    fn assert_prescaled_for_the_rise(step: &Step) {
+        assert!(step.predicted >= 15, "{:?}", step.decision);
+        assert_eq!(step.decision.desired, step.predicted, "{:?}", step.decision);
     }
 
     #[test]
