@@ -261,27 +261,30 @@ fn kill_9_of_the_leader_hands_over_and_no_replica_is_touched() {
         return;
     };
 
-    let s = status(&list).unwrap();
-    assert_eq!(s["leader"], first.as_str(), "{s}");
-    let mut roles: Vec<(String, String)> = s["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap().into(),
-                m["role"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    roles.sort();
     let other = if first == "c1" { "c2" } else { "c1" };
     let mut want = vec![
         (first.clone(), "leader".to_string()),
         (other.to_string(), "follower".to_string()),
     ];
     want.sort();
-    assert_eq!(roles, want, "{s}");
+    // A member whose lease a loaded machine let lapse is listed again once
+    // it renews: wait for both, rather than read one instant.
+    let s = wait_until(Duration::from_secs(15), "both members listed", || {
+        let s = status(&list)?;
+        let mut roles: Vec<(String, String)> = s["members"]
+            .as_array()?
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or_default().into(),
+                    m["role"].as_str().unwrap_or_default().into(),
+                )
+            })
+            .collect();
+        roles.sort();
+        (roles == want).then_some(s)
+    });
+    assert_eq!(s["leader"], first.as_str(), "{s}");
     assert_eq!(s["store"][0]["healthy"], true, "{s}");
 
     let follower = cs.iter().find(|c| c.name != first).unwrap();
